@@ -1,0 +1,238 @@
+//! A subscriber's cursor: reads what it may see after its position, from the ring or, when it
+//! has fallen behind the ring, from the log. Used by every delivery path (SSE, long-poll).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::ring::RingRead;
+use super::Broadcaster;
+use crate::event::{StoredEvent, Viewer};
+use crate::log::{EventLog, LogError};
+
+/// Events scanned from the ring per lock.
+const RING_SCAN: usize = 1024;
+/// Events read from the log per query when behind the ring.
+const LOG_PAGE: usize = 1000;
+/// Most events scanned (visible or not) in one call, so one call stays bounded.
+const MAX_SCAN_PER_CALL: usize = 16 * 1024;
+
+pub struct Feed {
+    bc: Broadcaster,
+    log: Arc<dyn EventLog>,
+    viewer: Viewer,
+    cursor: u64,
+    head_rx: watch::Receiver<u64>,
+    behind_since: Option<Instant>,
+}
+
+/// What one read produced.
+pub struct Batch {
+    /// Visible events, in order.
+    pub events: Vec<Arc<StoredEvent>>,
+    /// More events after the cursor are already known: read again before waiting.
+    pub more: bool,
+}
+
+impl Feed {
+    /// A cursor at `after`: the next event it yields has a seq above it.
+    pub fn new(bc: Broadcaster, log: Arc<dyn EventLog>, viewer: Viewer, after: u64) -> Feed {
+        let head_rx = bc.watch_head();
+        Feed {
+            bc,
+            log,
+            viewer,
+            cursor: after,
+            head_rx,
+            behind_since: None,
+        }
+    }
+
+    /// Everything up to here was sent or skipped as not visible.
+    pub fn cursor(&self) -> u64 {
+        self.cursor
+    }
+
+    pub fn viewer(&self) -> &Viewer {
+        &self.viewer
+    }
+
+    /// Reads up to `max_events` visible events (and about `max_bytes` of frames) after the cursor
+    /// and advances the cursor past everything it scanned.
+    pub async fn next_batch(&mut self, max_events: usize, max_bytes: usize) -> Result<Batch, LogError> {
+        let observed = *self.head_rx.borrow_and_update();
+        let mut out = Vec::new();
+        let mut bytes = 0usize;
+        let mut scanned = 0usize;
+        let mut page = Vec::new();
+        'read: while scanned < MAX_SCAN_PER_CALL {
+            page.clear();
+            let read = self.bc.read_ring().read_after(self.cursor, RING_SCAN, &mut page);
+            if read == RingRead::Behind {
+                page = self.log.read_after(self.cursor, LOG_PAGE).await?;
+                self.bc.metrics().log_reads_events.inc_by(page.len() as u64);
+            }
+            if page.is_empty() {
+                break;
+            }
+            for ev in page.drain(..) {
+                if out.len() >= max_events || bytes >= max_bytes {
+                    break 'read;
+                }
+                scanned += 1;
+                self.cursor = ev.seq;
+                if ev.target.visible_to(&self.viewer) {
+                    bytes += ev.frame().len();
+                    out.push(ev);
+                }
+            }
+        }
+        let head = observed.max(self.bc.head());
+        let more = self.cursor < head;
+        if more {
+            self.behind_since.get_or_insert_with(Instant::now);
+        } else {
+            self.behind_since = None;
+        }
+        Ok(Batch { events: out, more })
+    }
+
+    /// How long this cursor has continuously been behind the head (None: caught up).
+    pub fn behind_for(&self) -> Option<Duration> {
+        self.behind_since.map(|t| t.elapsed())
+    }
+
+    /// Resolves once an event after the cursor has been committed.
+    pub async fn changed(&mut self) {
+        loop {
+            if *self.head_rx.borrow_and_update() > self.cursor {
+                return;
+            }
+            if self.head_rx.changed().await.is_err() {
+                // The broadcaster is gone; nothing more will come.
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broadcast::RingLimits;
+    use crate::event::{NewEvent, Target};
+    use crate::log::memory::{MemoryLimits, MemoryLog};
+    use crate::log::AppendRequest;
+    use crate::metrics::Metrics;
+
+    /// A memory log whose commits feed a broadcaster with a small ring (log keeps more).
+    fn setup(ring_events: usize) -> (Broadcaster, Arc<dyn EventLog>) {
+        let bc = Broadcaster::new(
+            0,
+            RingLimits {
+                max_events: ring_events,
+                max_bytes: usize::MAX,
+            },
+            100,
+            Arc::new(Metrics::new()),
+        );
+        let sink_bc = bc.clone();
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(
+            "ep".into(),
+            MemoryLimits {
+                max_events: 100_000,
+                max_bytes: usize::MAX,
+            },
+            Box::new(move |evs| sink_bc.push(evs)),
+        ));
+        (bc, log)
+    }
+
+    async fn publish(log: &Arc<dyn EventLog>, n: usize, session: Option<&str>) {
+        let events = (0..n)
+            .map(|_| NewEvent {
+                method: "notifications/t".into(),
+                params: None,
+                target: Target {
+                    tenant: None,
+                    session: session.map(str::to_owned),
+                },
+                key: None,
+            })
+            .collect();
+        log.append(AppendRequest {
+            events,
+            request_key: None,
+        })
+        .await
+        .expect("append");
+    }
+
+    async fn drain(feed: &mut Feed) -> Vec<u64> {
+        let mut seen = vec![];
+        loop {
+            let b = feed.next_batch(100, usize::MAX).await.expect("read");
+            seen.extend(b.events.iter().map(|e| e.seq));
+            if !b.more {
+                return seen;
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_burst_larger_than_the_ring_is_read_from_the_log_without_gaps() {
+        let (bc, log) = setup(8);
+        let mut feed = Feed::new(bc.clone(), log.clone(), Viewer::default(), 0);
+        publish(&log, 500, None).await;
+        let seen = drain(&mut feed).await;
+        assert_eq!(seen, (1..=500).collect::<Vec<_>>());
+        assert!(bc.metrics().log_reads_events.get() > 0);
+        assert!(feed.behind_for().is_none());
+    }
+
+    #[tokio::test]
+    async fn invisible_events_are_skipped_but_passed() {
+        let (bc, log) = setup(1000);
+        let viewer = Viewer {
+            tenant: None,
+            session: Some("mine".into()),
+        };
+        let mut feed = Feed::new(bc, log.clone(), viewer, 0);
+        publish(&log, 3, Some("other")).await;
+        publish(&log, 2, Some("mine")).await;
+        publish(&log, 1, None).await;
+        assert_eq!(drain(&mut feed).await, vec![4, 5, 6]);
+        assert_eq!(feed.cursor(), 6);
+    }
+
+    #[tokio::test]
+    async fn changed_wakes_only_for_new_events() {
+        let (bc, log) = setup(10);
+        let mut feed = Feed::new(bc, log.clone(), Viewer::default(), 0);
+        let waiter = tokio::spawn(async move {
+            feed.changed().await;
+            feed.next_batch(10, usize::MAX).await.map(|b| b.events.len())
+        });
+        tokio::task::yield_now().await;
+        publish(&log, 2, None).await;
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("woken")
+            .expect("joined")
+            .expect("read");
+        assert_eq!(got, 2);
+    }
+
+    #[tokio::test]
+    async fn batches_respect_limits_and_report_more() {
+        let (bc, log) = setup(1000);
+        let mut feed = Feed::new(bc, log.clone(), Viewer::default(), 0);
+        publish(&log, 10, None).await;
+        let b = feed.next_batch(4, usize::MAX).await.expect("read");
+        assert_eq!(b.events.len(), 4);
+        assert!(b.more);
+        assert!(feed.behind_for().is_some());
+        assert_eq!(drain(&mut feed).await, (5..=10).collect::<Vec<_>>());
+    }
+}

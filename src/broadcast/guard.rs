@@ -1,0 +1,128 @@
+//! A subscriber's slot: taken at registration, given back on drop, so counts stay right on every
+//! path (clean end, client gone, write stall, panic). Drop also records why the server ended it.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use super::Shared;
+use crate::metrics::KindLabel;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SubscriberKind {
+    Sse,
+    Poll,
+}
+
+impl SubscriberKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SubscriberKind::Sse => "sse",
+            SubscriberKind::Poll => "poll",
+        }
+    }
+}
+
+/// Why the server ended a subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DropReason {
+    /// Behind the head for longer than `FANOUT_MAX_LAG_SECS`.
+    Lagging,
+    /// Its socket accepted nothing for `FANOUT_WRITE_STALL_SECS`.
+    WriteStall,
+    /// The replica is shutting down.
+    Shutdown,
+    /// `FANOUT_MAX_STREAM_SECS` reached.
+    MaxStreamAge,
+    /// Its cursor fell below what the log retains.
+    CursorPruned,
+    /// The log could not be read.
+    LogUnavailable,
+}
+
+impl DropReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Lagging => "lagging",
+            DropReason::WriteStall => "write_stall",
+            DropReason::Shutdown => "shutdown",
+            DropReason::MaxStreamAge => "max_stream_age",
+            DropReason::CursorPruned => "cursor_pruned",
+            DropReason::LogUnavailable => "log_unavailable",
+        }
+    }
+}
+
+pub struct SubscriberGuard {
+    shared: Arc<Shared>,
+    kind: SubscriberKind,
+    session: Option<String>,
+    reason: Option<DropReason>,
+    /// Set by the connection when a write stalled past the deadline.
+    stalled: Option<Arc<AtomicBool>>,
+}
+
+impl SubscriberGuard {
+    pub(super) fn new(shared: Arc<Shared>, kind: SubscriberKind, session: Option<String>) -> SubscriberGuard {
+        shared
+            .metrics
+            .subscribers
+            .get_or_create(&KindLabel { kind: kind.as_str() })
+            .inc();
+        SubscriberGuard {
+            shared,
+            kind,
+            session,
+            reason: None,
+            stalled: None,
+        }
+    }
+
+    /// Records that the server ended this subscriber, and why.
+    pub fn end(&mut self, reason: DropReason) {
+        self.reason.get_or_insert(reason);
+    }
+
+    /// Ties the subscriber to its connection's write-stall flag.
+    pub fn watch_stall(&mut self, flag: Arc<AtomicBool>) {
+        self.stalled = Some(flag);
+    }
+
+    pub fn session(&self) -> Option<&str> {
+        self.session.as_deref()
+    }
+}
+
+impl Drop for SubscriberGuard {
+    fn drop(&mut self) {
+        self.shared.subscribers.fetch_sub(1, Ordering::AcqRel);
+        let metrics = &self.shared.metrics;
+        metrics
+            .subscribers
+            .get_or_create(&KindLabel {
+                kind: self.kind.as_str(),
+            })
+            .dec();
+        let stalled = self.stalled.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
+        let reason = if stalled {
+            Some(DropReason::WriteStall)
+        } else {
+            self.reason
+        };
+        match reason {
+            Some(reason) => {
+                metrics.dropped(reason.as_str());
+                tracing::info!(
+                    kind = self.kind.as_str(),
+                    session = self.session.as_deref().unwrap_or(""),
+                    reason = reason.as_str(),
+                    "subscriber ended by server"
+                );
+            }
+            None => tracing::debug!(
+                kind = self.kind.as_str(),
+                session = self.session.as_deref().unwrap_or(""),
+                "subscriber left"
+            ),
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! The per-replica broadcaster: a ring of recent framed events, a head watch, and subscriber
+//! accounting. Publishing appends to the ring and wakes waiters; it never waits for a subscriber.
+//! Each subscriber is a [`Feed`] (a cursor) that reads the ring, or the log when it has fallen
+//! behind the ring, so a burst larger than the ring never disconnects a healthy subscriber.
+
+pub mod feed;
+pub mod guard;
+pub mod ring;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+pub use feed::Feed;
+pub use guard::{DropReason, SubscriberGuard, SubscriberKind};
+pub use ring::{Ring, RingLimits, RingRead};
+
+use crate::event::StoredEvent;
+use crate::metrics::Metrics;
+
+#[derive(Clone)]
+pub struct Broadcaster {
+    shared: Arc<Shared>,
+}
+
+pub(crate) struct Shared {
+    ring: RwLock<Ring>,
+    head_tx: watch::Sender<u64>,
+    closed: CancellationToken,
+    subscribers: AtomicUsize,
+    cap: usize,
+    pub(crate) metrics: Arc<Metrics>,
+}
+
+impl Broadcaster {
+    /// A broadcaster whose ring starts at `head` (events at or below it are read from the log).
+    pub fn new(head: u64, limits: RingLimits, cap: usize, metrics: Arc<Metrics>) -> Broadcaster {
+        let (head_tx, _) = watch::channel(head);
+        Broadcaster {
+            shared: Arc::new(Shared {
+                ring: RwLock::new(Ring::new(head, limits)),
+                head_tx,
+                closed: CancellationToken::new(),
+                subscribers: AtomicUsize::new(0),
+                cap,
+                metrics,
+            }),
+        }
+    }
+
+    /// Appends committed events (in seq order; already-seen seqs are skipped) and wakes every
+    /// waiting subscriber. O(events), never awaits.
+    pub fn push(&self, events: &[Arc<StoredEvent>]) {
+        let head = {
+            let mut ring = self.write_ring();
+            for ev in events {
+                ring.push(ev.clone());
+            }
+            ring.head()
+        };
+        self.shared.metrics.log_head.set(i64::try_from(head).unwrap_or(i64::MAX));
+        self.shared.head_tx.send_if_modified(|h| {
+            let changed = *h != head;
+            *h = head;
+            changed
+        });
+    }
+
+    /// Highest seq in the ring.
+    pub fn head(&self) -> u64 {
+        *self.shared.head_tx.borrow()
+    }
+
+    pub(crate) fn read_ring(&self) -> RwLockReadGuard<'_, Ring> {
+        self.shared.ring.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write_ring(&self) -> RwLockWriteGuard<'_, Ring> {
+        self.shared.ring.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn watch_head(&self) -> watch::Receiver<u64> {
+        self.shared.head_tx.subscribe()
+    }
+
+    /// Ends every stream: each ends cleanly with a `retry:` hint.
+    pub fn close(&self) {
+        self.shared.closed.cancel();
+    }
+
+    /// Resolves when the broadcaster is closed.
+    pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.shared.closed.cancelled()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.is_cancelled()
+    }
+
+    pub fn subscriber_count(&self) -> usize {
+        self.shared.subscribers.load(Ordering::Acquire)
+    }
+
+    pub fn capacity(&self) -> usize {
+        self.shared.cap
+    }
+
+    /// Takes a subscriber slot, or `None` at capacity. The guard gives it back on drop.
+    pub fn try_register(&self, kind: SubscriberKind, session: Option<String>) -> Option<SubscriberGuard> {
+        let taken = self
+            .shared
+            .subscribers
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.shared.cap).then_some(n + 1)
+            });
+        taken.ok()?;
+        Some(SubscriberGuard::new(self.shared.clone(), kind, session))
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.shared.metrics
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Target;
+    use std::time::SystemTime;
+
+    pub(crate) fn event(seq: u64) -> Arc<StoredEvent> {
+        Arc::new(StoredEvent::new("ep", seq, "notifications/t", None, Target::default(), SystemTime::now()))
+    }
+
+    fn bc(cap: usize) -> Broadcaster {
+        let limits = RingLimits {
+            max_events: 4,
+            max_bytes: usize::MAX,
+        };
+        Broadcaster::new(0, limits, cap, Arc::new(Metrics::new()))
+    }
+
+    #[tokio::test]
+    async fn push_wakes_waiters_and_never_waits() {
+        let b = bc(10);
+        let mut rx = b.watch_head();
+        // Nobody reads; pushing many more events than the ring holds still returns at once.
+        for s in 1..=1000 {
+            b.push(&[event(s)]);
+        }
+        assert_eq!(b.head(), 1000);
+        rx.changed().await.expect("woken");
+        assert_eq!(*rx.borrow(), 1000);
+    }
+
+    #[tokio::test]
+    async fn subscriber_slots_are_counted_and_capped() {
+        let b = bc(2);
+        let g1 = b.try_register(SubscriberKind::Sse, None).expect("slot 1");
+        let g2 = b.try_register(SubscriberKind::Sse, Some("s".into())).expect("slot 2");
+        assert!(b.try_register(SubscriberKind::Poll, None).is_none());
+        assert_eq!(b.subscriber_count(), 2);
+        drop(g1);
+        assert_eq!(b.subscriber_count(), 1);
+        let mut g3 = b.try_register(SubscriberKind::Sse, None).expect("freed slot");
+        g3.end(DropReason::Lagging);
+        drop(g3);
+        drop(g2);
+        assert_eq!(b.subscriber_count(), 0);
+        let dropped = b.metrics().subscribers_dropped.get_or_create(&crate::metrics::ReasonLabel { reason: "lagging" }).get();
+        assert_eq!(dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn close_is_observable() {
+        let b = bc(1);
+        assert!(!b.is_closed());
+        b.close();
+        b.closed().await;
+        assert!(b.is_closed());
+    }
+}

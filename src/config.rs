@@ -1,0 +1,237 @@
+//! Command line and environment configuration (SPEC §2). Every setting is a flag with an env var.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Default number of open files kept free for the process itself when deriving the subscriber cap.
+const RESERVED_FILES: u64 = 512;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mcp-fanout",
+    version,
+    about = "Fans MCP server notifications out to every SSE subscriber on every replica",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Settings of `serve`, the default subcommand.
+    #[command(flatten)]
+    pub serve: ServeConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the service (the default).
+    Serve(ServeConfig),
+    /// Publish one notification through a running service's admin endpoint.
+    Publish(crate::cli::publish::PublishArgs),
+    /// Subscribe to a running service's SSE stream and print each event as it arrives.
+    Subscribe(crate::cli::subscribe::SubscribeArgs),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum MigrateMode {
+    Auto,
+    Skip,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ServeConfig {
+    /// Public listener (subscribers). Port 0 picks a free port; the bound address is logged.
+    #[arg(long, env = "FANOUT_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+
+    /// Separate listener for admin, metrics and probes. Unset: they share the public listener.
+    #[arg(long, env = "FANOUT_ADMIN_ADDR")]
+    pub admin_addr: Option<SocketAddr>,
+
+    /// Postgres URL for the pool. Unset: single-replica in-memory mode.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    pub database_url: Option<String>,
+
+    /// Direct Postgres URL for the LISTEN connection (when DATABASE_URL goes through PgBouncer).
+    #[arg(long, env = "FANOUT_LISTEN_DATABASE_URL", hide_env_values = true)]
+    pub listen_database_url: Option<String>,
+
+    /// Schema holding every database object; the NOTIFY channel derives from it.
+    #[arg(long, env = "FANOUT_SCHEMA", default_value = "mcp_fanout", value_parser = parse_schema)]
+    pub schema: String,
+
+    /// Apply migrations at start (`auto`) or leave them to a DBA (`skip`).
+    #[arg(long, env = "FANOUT_MIGRATE", value_enum, default_value = "auto")]
+    pub migrate: MigrateMode,
+
+    /// Connect, pool-wait and statement timeout, in milliseconds.
+    #[arg(long, env = "FANOUT_DB_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_timeout_ms: u64,
+
+    /// Comma-separated bearer tokens for /admin/*. None (and no file): admin answers loopback only.
+    #[arg(long, env = "FANOUT_ADMIN_TOKENS", hide_env_values = true)]
+    pub admin_tokens: Option<String>,
+
+    /// File holding admin tokens (comma- or newline-separated).
+    #[arg(long, env = "FANOUT_ADMIN_TOKEN_FILE")]
+    pub admin_token_file: Option<PathBuf>,
+
+    /// Recent events kept in memory per replica (in memory mode: the whole log).
+    #[arg(long, env = "FANOUT_MEMORY_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_events: u64,
+
+    /// Most bytes of recent events kept in memory per replica (in memory mode: the whole log).
+    #[arg(long, env = "FANOUT_MEMORY_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub memory_bytes: u64,
+
+    /// A subscriber whose socket accepts nothing for this long is aborted.
+    #[arg(long, env = "FANOUT_WRITE_STALL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub write_stall_secs: u64,
+
+    /// Most concurrent subscribers on this replica. Default: the open-file limit minus 512.
+    #[arg(long, env = "FANOUT_MAX_SUBSCRIBERS")]
+    pub max_subscribers: Option<u64>,
+
+    /// A subscriber that stays behind the head this long is ended cleanly (it resumes from the log).
+    #[arg(long, env = "FANOUT_MAX_LAG_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_lag_secs: u64,
+
+    /// On SIGTERM: how long streams keep flowing while the load balancer stops routing.
+    #[arg(long, env = "FANOUT_DRAIN_SECS", default_value_t = 5)]
+    pub drain_secs: u64,
+
+    /// On SIGTERM: the hard limit for exiting, counted from the signal.
+    #[arg(long, env = "FANOUT_SHUTDOWN_GRACE_SECS", default_value_t = 25)]
+    pub shutdown_grace_secs: u64,
+
+    /// SSE keep-alive comment interval.
+    #[arg(long, env = "FANOUT_KEEPALIVE_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_secs: u64,
+
+    /// The `retry:` hint (ms) sent to SSE clients; jittered to [R, 2R] on drains and sheds.
+    #[arg(long, env = "FANOUT_RETRY_MS", default_value_t = 2000)]
+    pub retry_ms: u64,
+
+    /// Max life of one GET stream, jittered, for load-balancer rebalancing (0 = unlimited).
+    #[arg(long, env = "FANOUT_MAX_STREAM_SECS", default_value_t = 0)]
+    pub max_stream_secs: u64,
+
+    /// How long the log keeps events.
+    #[arg(long, env = "FANOUT_RETENTION_SECS", default_value_t = 86_400)]
+    pub retention_secs: u64,
+
+    /// How many events the log keeps.
+    #[arg(long, env = "FANOUT_RETENTION_MAX_EVENTS", default_value_t = 1_000_000)]
+    pub retention_max_events: u64,
+
+    /// Largest accepted `params` of one event, measured as compact JSON.
+    #[arg(long, env = "FANOUT_MAX_PAYLOAD_BYTES", default_value_t = 65_536, value_parser = clap::value_parser!(u64).range(2..))]
+    pub max_payload_bytes: u64,
+
+    /// Most events in one publish request.
+    #[arg(long, env = "FANOUT_MAX_BATCH", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_batch: u64,
+
+    /// Largest request body. Default: enough for a full batch of maximal events.
+    #[arg(long, env = "FANOUT_MAX_BODY_BYTES")]
+    pub max_body_bytes: Option<u64>,
+
+    /// Comma-separated browser origins allowed (e.g. `https://app.example.com`). Unset: only
+    /// requests with no `Origin`, or a same-origin one.
+    #[arg(long, env = "FANOUT_ALLOWED_ORIGINS")]
+    pub allowed_origins: Option<String>,
+
+    /// Log format; `RUST_LOG` filters.
+    #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
+}
+
+fn parse_schema(s: &str) -> Result<String, String> {
+    let ok_first = |c: char| c.is_ascii_lowercase() || c == '_';
+    let ok_rest = |c: char| ok_first(c) || c.is_ascii_digit();
+    let mut chars = s.chars();
+    match chars.next() {
+        Some(c) if ok_first(c) && chars.all(ok_rest) && s.len() <= 40 => Ok(s.to_owned()),
+        _ => Err("must match [a-z_][a-z0-9_]* and be at most 40 bytes".into()),
+    }
+}
+
+impl ServeConfig {
+    pub fn keepalive(&self) -> Duration {
+        Duration::from_secs(self.keepalive_secs)
+    }
+    pub fn write_stall(&self) -> Duration {
+        Duration::from_secs(self.write_stall_secs)
+    }
+    pub fn max_lag(&self) -> Duration {
+        Duration::from_secs(self.max_lag_secs)
+    }
+    pub fn retry(&self) -> Duration {
+        Duration::from_millis(self.retry_ms)
+    }
+    pub fn max_stream_age(&self) -> Option<Duration> {
+        (self.max_stream_secs > 0).then(|| Duration::from_secs(self.max_stream_secs))
+    }
+    /// The body limit: explicit, or room for a full batch of maximal events plus envelope.
+    pub fn body_limit(&self) -> usize {
+        let derived = self.max_batch.saturating_mul(self.max_payload_bytes.saturating_add(1024));
+        to_usize(self.max_body_bytes.unwrap_or(derived))
+    }
+    /// The subscriber cap: explicit, or the open-file limit minus a reserve.
+    pub fn subscriber_cap(&self, open_file_limit: u64) -> usize {
+        to_usize(
+            self.max_subscribers
+                .unwrap_or_else(|| open_file_limit.saturating_sub(RESERVED_FILES).max(1)),
+        )
+    }
+    pub fn allowed_origins(&self) -> Vec<String> {
+        split_list(self.allowed_origins.as_deref())
+            .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
+            .collect()
+    }
+}
+
+/// Splits a comma-separated setting, dropping blanks.
+pub fn split_list(s: Option<&str>) -> impl Iterator<Item = &str> {
+    s.unwrap_or("")
+        .split([',', '\n'])
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+pub fn to_usize(n: u64) -> usize {
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_validated() {
+        assert!(parse_schema("mcp_fanout").is_ok());
+        assert!(parse_schema("_x9").is_ok());
+        assert!(parse_schema("9x").is_err());
+        assert!(parse_schema("Upper").is_err());
+        assert!(parse_schema("").is_err());
+        assert!(parse_schema(&"a".repeat(41)).is_err());
+        assert!(parse_schema(&"a".repeat(40)).is_ok());
+    }
+
+    #[test]
+    fn defaults_parse_and_derive_limits() {
+        let cli = Cli::try_parse_from(["mcp-fanout"]).expect("defaults parse");
+        assert!(cli.command.is_none());
+        assert_eq!(cli.serve.body_limit(), 1000 * (65_536 + 1024));
+        assert_eq!(cli.serve.subscriber_cap(20_000), 19_488);
+        assert_eq!(cli.serve.max_stream_age(), None);
+    }
+}

@@ -1,0 +1,118 @@
+//! `POST /admin/publish` (SPEC §4.1) and `GET /admin/cluster` (SPEC §4.2).
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde_json::json;
+
+use super::error::AppError;
+use crate::event::input::{parse_publish_body, validate_visible_ascii, MAX_KEY_BYTES};
+use crate::event::EventId;
+use crate::log::AppendRequest;
+use crate::state::AppState;
+
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+pub async fn publish(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, AppError> {
+    require_json(&headers)?;
+    let bytes = read_body(&headers, body, st.config.body_limit()).await?;
+    let request_key = idempotency_key(&headers)?;
+    let req = parse_publish_body(&bytes, st.publish_limits())?;
+    if request_key.is_some() && req.events.iter().any(|e| e.key.is_some()) {
+        return Err(AppError::InvalidField {
+            field: "key",
+            reason: "cannot be combined with an Idempotency-Key header; use one or the other".into(),
+        });
+    }
+    if st.lifecycle.is_stopped() {
+        return Err(AppError::ShuttingDown);
+    }
+    let seqs = st
+        .log
+        .append(AppendRequest {
+            events: req.events,
+            request_key,
+        })
+        .await?;
+    st.metrics.events_published.inc_by(seqs.len() as u64);
+    let epoch = st.log.epoch();
+    let mut ids = seqs.iter().map(|&seq| EventId { epoch, seq }.to_string());
+    let answer = if req.batch {
+        json!({ "ids": ids.collect::<Vec<_>>() })
+    } else {
+        json!({ "id": ids.next() })
+    };
+    Ok(Json(answer).into_response())
+}
+
+/// `Content-Type: application/json`, parameters allowed.
+fn require_json(headers: &HeaderMap) -> Result<(), AppError> {
+    let ok = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if ok {
+        Ok(())
+    } else {
+        Err(AppError::UnsupportedMediaType)
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, AppError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(AppError::PayloadTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge(limit)),
+        Err(e) => {
+            tracing::debug!(error = %e, "reading a request body failed");
+            Err(AppError::InvalidField {
+                field: "body",
+                reason: "could not be read completely".into(),
+            })
+        }
+    }
+}
+
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
+    let Some(v) = headers.get(IDEMPOTENCY_KEY) else {
+        return Ok(None);
+    };
+    let invalid = |reason: String| AppError::InvalidField {
+        field: "Idempotency-Key",
+        reason,
+    };
+    let s = std::str::from_utf8(v.as_bytes()).map_err(|_| invalid("must be visible ASCII".into()))?;
+    validate_visible_ascii(s, MAX_KEY_BYTES).map_err(invalid)?;
+    Ok(Some(s.to_owned()))
+}
+
+/// In memory mode, the one replica.
+pub async fn cluster(State(st): State<AppState>) -> Json<serde_json::Value> {
+    let head = st.broadcaster.head();
+    let epoch = st.log.epoch();
+    let now = httpdate_like(std::time::SystemTime::now());
+    Json(json!({
+        "replicas": [{
+            "id": st.replica_id,
+            "address": st.public_addr.get().map(ToString::to_string),
+            "subscribers": st.broadcaster.subscriber_count(),
+            "last_delivered_id": EventId { epoch, seq: head }.to_string(),
+            "last_heartbeat": now,
+        }]
+    }))
+}
+
+/// Seconds since the Unix epoch, as a float (exact and sortable).
+fn httpdate_like(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}

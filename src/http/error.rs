@@ -1,0 +1,168 @@
+//! The one error type of the HTTP edge: every error becomes the JSON shape of SPEC §4.1.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::event::{InputError, InvalidEventId};
+use crate::log::LogError;
+use crate::mcp::SUPPORTED_VERSIONS;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error(transparent)]
+    Input(#[from] InputError),
+    #[error("`{field}` {reason}")]
+    InvalidField { field: &'static str, reason: String },
+    #[error("{0}")]
+    InvalidEventId(#[from] InvalidEventId),
+    #[error("Mcp-Session-Id {0}")]
+    InvalidSessionId(String),
+    #[error("MCP-Protocol-Version {0:?} is not supported (supported: {SUPPORTED_VERSIONS})")]
+    UnsupportedProtocolVersion(String),
+    #[error("a valid bearer token is required")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(&'static str),
+    #[error("no route for {0}")]
+    NotFound(String),
+    #[error("method {0} is not allowed on this path")]
+    MethodNotAllowed(String),
+    #[error("this endpoint answers with text/event-stream; the Accept header must list it")]
+    NotAcceptable,
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("Content-Type must be application/json")]
+    UnsupportedMediaType,
+    #[error("this idempotency key was used before with a different body")]
+    IdempotencyConflict { index: Option<usize> },
+    #[error("the database is unavailable; nothing was published, retry later")]
+    DatabaseUnavailable,
+    #[error("this replica is shutting down; retry on another")]
+    ShuttingDown,
+    #[error("internal error")]
+    Internal,
+}
+
+/// Marks an error response with its code, for the `http_errors` metric.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub &'static str);
+
+impl AppError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            AppError::Input(InputError::PayloadTooLarge { .. }) | AppError::PayloadTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            AppError::Input(_)
+            | AppError::InvalidField { .. }
+            | AppError::InvalidEventId(_)
+            | AppError::InvalidSessionId(_)
+            | AppError::UnsupportedProtocolVersion(_) => StatusCode::BAD_REQUEST,
+            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            AppError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            AppError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
+            AppError::DatabaseUnavailable | AppError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            AppError::Input(e) => match e {
+                InputError::InvalidJson(_) => "invalid_json",
+                InputError::InvalidField { .. } => "invalid_field",
+                InputError::UnknownField { .. } => "unknown_field",
+                InputError::InvalidMethod { .. } => "invalid_method",
+                InputError::NotANotification { .. } => "not_a_notification",
+                InputError::InvalidParams { .. } => "invalid_params",
+                InputError::EmptyBatch => "empty_batch",
+                InputError::BatchTooLarge { .. } => "batch_too_large",
+                InputError::PayloadTooLarge { .. } => "payload_too_large",
+            },
+            AppError::InvalidField { .. } => "invalid_field",
+            AppError::InvalidEventId(_) => "invalid_event_id",
+            AppError::InvalidSessionId(_) => "invalid_session_id",
+            AppError::UnsupportedProtocolVersion(_) => "unsupported_protocol_version",
+            AppError::Unauthorized => "unauthorized",
+            AppError::Forbidden(_) => "forbidden",
+            AppError::NotFound(_) => "not_found",
+            AppError::MethodNotAllowed(_) => "method_not_allowed",
+            AppError::NotAcceptable => "not_acceptable",
+            AppError::PayloadTooLarge(_) => "payload_too_large",
+            AppError::UnsupportedMediaType => "unsupported_media_type",
+            AppError::IdempotencyConflict { .. } => "idempotency_conflict",
+            AppError::DatabaseUnavailable => "database_unavailable",
+            AppError::ShuttingDown => "shutting_down",
+            AppError::Internal => "internal_error",
+        }
+    }
+
+    fn field(&self) -> Option<&str> {
+        match self {
+            AppError::Input(e) => e.field(),
+            AppError::InvalidField { field, .. } => Some(field),
+            AppError::InvalidEventId(_) => Some("Last-Event-ID"),
+            AppError::InvalidSessionId(_) => Some("Mcp-Session-Id"),
+            AppError::UnsupportedProtocolVersion(_) => Some("MCP-Protocol-Version"),
+            _ => None,
+        }
+    }
+
+    fn index(&self) -> Option<usize> {
+        match self {
+            AppError::Input(e) => e.index(),
+            AppError::IdempotencyConflict { index } => *index,
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code(), "message": self.to_string() });
+        if let Some(field) = self.field() {
+            error["field"] = field.into();
+        }
+        if let Some(index) = self.index() {
+            error["index"] = index.into();
+        }
+        let status = self.status();
+        let mut resp = (status, axum::Json(json!({ "error": error }))).into_response();
+        let headers = resp.headers_mut();
+        match status {
+            StatusCode::UNAUTHORIZED => {
+                headers.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static(r#"Bearer realm="mcp-fanout""#),
+                );
+            }
+            StatusCode::SERVICE_UNAVAILABLE => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            _ => {}
+        }
+        resp.extensions_mut().insert(ErrorCode(self.code()));
+        resp
+    }
+}
+
+impl From<LogError> for AppError {
+    fn from(e: LogError) -> AppError {
+        match e {
+            LogError::Unavailable(source) => {
+                tracing::warn!(error = %source, "log unavailable");
+                AppError::DatabaseUnavailable
+            }
+            LogError::IdempotencyConflict { index } => AppError::IdempotencyConflict { index },
+            LogError::CursorPruned { .. } | LogError::Internal(_) => {
+                tracing::error!(error = %e, "log error");
+                AppError::Internal
+            }
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! The HTTP surface: routers for the public listener (subscribers) and the admin listener
+//! (publish, cluster, probes, metrics), sharing one error shape.
+
+pub mod admin;
+pub mod admin_auth;
+pub mod error;
+pub mod headers;
+pub mod ops;
+pub mod origin;
+pub mod poll;
+pub mod sse;
+
+use std::any::Any;
+
+use axum::extract::{Request, State};
+use axum::http::{Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
+
+use self::error::{AppError, ErrorCode};
+use crate::metrics::CodeLabel;
+use crate::state::AppState;
+
+/// The routers: `(public, Some(admin))` when admin has its own listener, else `(all, None)`.
+pub fn app(st: AppState) -> (Router, Option<Router>) {
+    if st.config.admin_addr.is_some() {
+        (
+            finish(public_routes(), st.clone()),
+            Some(finish(admin_routes(st.clone()), st)),
+        )
+    } else {
+        (finish(public_routes().merge(admin_routes(st.clone())), st), None)
+    }
+}
+
+fn public_routes() -> Router<AppState> {
+    Router::new()
+        .route("/mcp", get(sse::get_mcp))
+        .route("/poll", get(poll::poll))
+}
+
+fn admin_routes(st: AppState) -> Router<AppState> {
+    let admin = Router::new()
+        .route("/admin/publish", post(admin::publish))
+        .route("/admin/cluster", get(admin::cluster))
+        .route_layer(middleware::from_fn_with_state(st, admin_auth::require_admin));
+    Router::new()
+        .merge(admin)
+        .route("/healthz", get(ops::healthz))
+        .route("/readyz", get(ops::readyz))
+        .route("/metrics", get(ops::metrics))
+}
+
+/// JSON 404/405, origin checks, error counting and panic recovery for every route.
+fn finish(router: Router<AppState>, st: AppState) -> Router {
+    router
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(st.clone(), origin::check_origin))
+        .layer(middleware::from_fn_with_state(st.clone(), count_errors))
+        .layer(CatchPanicLayer::custom(panic_response))
+        .with_state(st)
+}
+
+async fn not_found(uri: Uri) -> AppError {
+    AppError::NotFound(uri.path().to_owned())
+}
+
+async fn method_not_allowed(method: Method) -> AppError {
+    AppError::MethodNotAllowed(method.to_string())
+}
+
+async fn count_errors(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
+        st.metrics.http_errors.get_or_create(&CodeLabel { code }).inc();
+    }
+    resp
+}
+
+fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
+    tracing::error!("a request handler panicked");
+    AppError::Internal.into_response()
+}

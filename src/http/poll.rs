@@ -1,0 +1,114 @@
+//! `GET /poll?after=<id>&timeout=<secs>`: long-poll over the same feed, identity and visibility
+//! as the stream (SPEC §3.4).
+
+use std::time::Duration;
+
+use axum::extract::{RawQuery, State};
+use axum::http::{header, HeaderMap, HeaderValue};
+use axum::response::{IntoResponse, Response};
+
+use super::error::AppError;
+use super::headers;
+use crate::broadcast::{Feed, SubscriberKind};
+use crate::event::{Cursor, EventId, StoredEvent, Viewer};
+use crate::log::Start;
+use crate::mcp::{notification_json, RESYNC_METHODS};
+use crate::state::AppState;
+
+pub const MAX_EVENTS: usize = 1000;
+const DEFAULT_TIMEOUT_SECS: u64 = 30;
+const MAX_TIMEOUT_SECS: u64 = 60;
+
+pub async fn poll(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+) -> Result<Response, AppError> {
+    let timeout = match headers::query_param(query.as_deref(), "timeout") {
+        None => DEFAULT_TIMEOUT_SECS,
+        Some(t) => t.parse::<u64>().map_err(|_| AppError::InvalidField {
+            field: "timeout",
+            reason: "must be an integer ≥ 0 (seconds)".into(),
+        })?,
+    }
+    .min(MAX_TIMEOUT_SECS);
+    let after_raw = headers::query_param(query.as_deref(), "after");
+    let cursor = Cursor::parse(after_raw.as_deref().map(str::as_bytes))?;
+    let session = headers::session_id(&headers)?;
+    let epoch = st.log.epoch();
+    let id = |seq| EventId { epoch, seq }.to_string();
+
+    let bounds = st.log.bounds().await?;
+    let after = match bounds.start_for(&cursor, epoch) {
+        Start::Resync { head } => {
+            let events: Vec<(Option<String>, String)> = RESYNC_METHODS
+                .iter()
+                .map(|m| (None, notification_json(m)))
+                .collect();
+            return Ok(answer(&events, &id(head), false));
+        }
+        Start::Fresh { head } => head,
+        Start::Replay { after } => after,
+    };
+    let viewer = Viewer {
+        tenant: None,
+        session: session.clone(),
+    };
+    let mut feed = Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after);
+    let (mut events, mut more) = collect(&mut feed).await?;
+    if events.is_empty() && timeout > 0 && !st.lifecycle.is_draining() {
+        let Some(_slot) = st.broadcaster.try_register(SubscriberKind::Poll, session) else {
+            st.metrics.shed("capacity");
+            return Ok(answer(&[], &id(after), false));
+        };
+        let wait = tokio::time::sleep(Duration::from_secs(timeout));
+        tokio::pin!(wait);
+        while events.is_empty() {
+            tokio::select! {
+                _ = &mut wait => break,
+                _ = st.broadcaster.closed() => break,
+                _ = st.lifecycle.draining() => break,
+                _ = feed.changed() => (events, more) = collect(&mut feed).await?,
+            }
+        }
+    }
+    let cursor = events.last().map_or_else(|| id(feed.cursor()), |e| e.id().to_owned());
+    let rendered: Vec<(Option<String>, String)> = events
+        .iter()
+        .map(|e| (Some(e.id().to_owned()), String::from_utf8_lossy(&e.message()).into_owned()))
+        .collect();
+    Ok(answer(&rendered, &cursor, more && events.len() >= MAX_EVENTS))
+}
+
+/// Reads visible events after the feed's cursor, up to the answer's limit.
+async fn collect(feed: &mut Feed) -> Result<(Vec<std::sync::Arc<StoredEvent>>, bool), AppError> {
+    let mut events = Vec::new();
+    loop {
+        let batch = feed.next_batch(MAX_EVENTS - events.len(), usize::MAX).await?;
+        events.extend(batch.events);
+        if !batch.more || events.len() >= MAX_EVENTS {
+            return Ok((events, batch.more));
+        }
+    }
+}
+
+/// The answer, with each `message` spliced in as the exact bytes of the stream's `data:` line.
+fn answer(events: &[(Option<String>, String)], cursor: &str, more: bool) -> Response {
+    let mut out = String::from(r#"{"events":["#);
+    for (i, (id, message)) in events.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push_str(r#"{"id":"#);
+        out.push_str(&serde_json::to_string(id).unwrap_or_else(|_| "null".into()));
+        out.push_str(r#","message":"#);
+        out.push_str(message);
+        out.push('}');
+    }
+    out.push_str(r#"],"cursor":"#);
+    out.push_str(&serde_json::Value::from(cursor).to_string());
+    out.push_str(r#","more":"#);
+    out.push_str(if more { "true" } else { "false" });
+    out.push('}');
+    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], out).into_response()
+}

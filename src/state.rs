@@ -1,0 +1,95 @@
+//! Everything a replica shares between its handlers and tasks.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::SystemTime;
+
+use crate::broadcast::{Broadcaster, RingLimits};
+use crate::config::{to_usize, ServeConfig};
+use crate::event::id::random_epoch;
+use crate::event::PublishLimits;
+use crate::http::admin_auth::{AdminTokens, TokenError};
+use crate::log::memory::{MemoryLimits, MemoryLog};
+use crate::log::EventLog;
+use crate::metrics::Metrics;
+use crate::shutdown::Lifecycle;
+
+pub type AppState = Arc<State>;
+
+pub struct State {
+    pub config: ServeConfig,
+    pub log: Arc<dyn EventLog>,
+    pub broadcaster: Broadcaster,
+    pub metrics: Arc<Metrics>,
+    pub admin_tokens: AdminTokens,
+    pub lifecycle: Lifecycle,
+    pub allowed_origins: Vec<String>,
+    /// Random per process; names this replica in `/admin/cluster` and logs.
+    pub replica_id: String,
+    pub started_at: SystemTime,
+    /// The public address actually bound (port 0 resolved).
+    pub public_addr: OnceLock<SocketAddr>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("admin tokens: {0}")]
+    Tokens(#[from] TokenError),
+}
+
+impl State {
+    /// The embedded single-replica mode: an in-memory log bounded by the memory settings, whose
+    /// commits feed the broadcaster directly.
+    pub fn memory(config: ServeConfig, open_file_limit: u64) -> Result<AppState, StateError> {
+        let metrics = Arc::new(Metrics::new());
+        let max_events = to_usize(config.memory_events.min(config.retention_max_events.max(1)));
+        let max_bytes = to_usize(config.memory_bytes);
+        let broadcaster = Broadcaster::new(
+            0,
+            RingLimits {
+                max_events,
+                max_bytes,
+            },
+            config.subscriber_cap(open_file_limit),
+            metrics.clone(),
+        );
+        let sink = broadcaster.clone();
+        let log = Arc::new(MemoryLog::new(
+            random_epoch(),
+            MemoryLimits {
+                max_events,
+                max_bytes,
+            },
+            Box::new(move |events| sink.push(events)),
+        ));
+        Self::assemble(config, log, broadcaster, metrics)
+    }
+
+    fn assemble(
+        config: ServeConfig,
+        log: Arc<dyn EventLog>,
+        broadcaster: Broadcaster,
+        metrics: Arc<Metrics>,
+    ) -> Result<AppState, StateError> {
+        let admin_tokens = AdminTokens::load(config.admin_tokens.as_deref(), config.admin_token_file.as_deref())?;
+        Ok(Arc::new(State {
+            allowed_origins: config.allowed_origins(),
+            config,
+            log,
+            broadcaster,
+            metrics,
+            admin_tokens,
+            lifecycle: Lifecycle::default(),
+            replica_id: random_epoch(),
+            started_at: SystemTime::now(),
+            public_addr: OnceLock::new(),
+        }))
+    }
+
+    pub fn publish_limits(&self) -> PublishLimits {
+        PublishLimits {
+            max_payload_bytes: to_usize(self.config.max_payload_bytes),
+            max_batch: to_usize(self.config.max_batch),
+        }
+    }
+}

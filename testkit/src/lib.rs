@@ -1,0 +1,32 @@
+//! Test kit for `mcp-fanout`: start real replica processes, talk to them over real TCP, and count
+//! what every subscriber received.
+//!
+//! - [`replica`]: one `mcp-fanout` process (clean env, log pump, bound addresses, signals, publish,
+//!   probes, metrics).
+//! - [`sse`]: a raw-TCP SSE client that keeps each frame's exact bytes.
+//! - [`tally`]: loss / duplicate / order accounting against the published ids.
+//! - [`http`]: raw-TCP requests for malformed input, and small reqwest helpers.
+//! - [`metrics`]: Prometheus text parsing.
+//! - [`poll`]: the `/poll` answer with each message's exact bytes.
+//! - [`wait`]: awaiting conditions with deadlines.
+//! - [`wire`]: HTTP/1.1 response head and body framing.
+//!
+//! (A throwaway Postgres cluster for multi-replica tests will live in a `postgres` module.)
+
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod poll;
+pub mod replica;
+pub mod sse;
+pub mod tally;
+pub mod wait;
+pub mod wire;
+
+pub use error::{Error, Result};
+pub use http::{error_code, raw_request, HttpResponse, RawRequest, RawResponse};
+pub use poll::{PollAnswer, PollEvent};
+pub use replica::{PublishOptions, Replica, Token};
+pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
+pub use tally::{EventId, Tally, TallyReport};
+pub use wait::{wait_for, wait_until};
