@@ -27,7 +27,9 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the service (the default).
-    Serve(ServeConfig),
+    Serve(Box<ServeConfig>),
+    /// Apply the database migrations and exit (`--print-sql` prints them for a DBA instead).
+    Migrate(MigrateArgs),
     /// Publish one notification through a running service's admin endpoint.
     Publish(crate::cli::publish::PublishArgs),
     /// Subscribe to a running service's SSE stream and print each event as it arrives.
@@ -75,6 +77,14 @@ pub struct ServeConfig {
     /// Connect, pool-wait and statement timeout, in milliseconds.
     #[arg(long, env = "FANOUT_DB_TIMEOUT_MS", default_value_t = 5000)]
     pub db_timeout_ms: u64,
+
+    /// Connections in the publish/read pool.
+    #[arg(long, env = "FANOUT_DB_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub db_pool_size: u64,
+
+    /// How often retention runs.
+    #[arg(long, env = "FANOUT_RETENTION_INTERVAL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub retention_interval_secs: u64,
 
     /// Comma-separated bearer tokens for /admin/*. None (and no file): admin answers loopback only.
     #[arg(long, env = "FANOUT_ADMIN_TOKENS", hide_env_values = true)]
@@ -154,6 +164,27 @@ pub struct ServeConfig {
     pub log_format: LogFormat,
 }
 
+#[derive(Debug, Clone, Args)]
+pub struct MigrateArgs {
+    /// Postgres URL (a direct one, or through PgBouncer).
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        hide_env_values = true,
+        required_unless_present = "print_sql"
+    )]
+    pub database_url: Option<String>,
+    /// Schema holding every database object.
+    #[arg(long, env = "FANOUT_SCHEMA", default_value = "mcp_fanout", value_parser = parse_schema)]
+    pub schema: String,
+    /// Print the SQL instead of applying it.
+    #[arg(long)]
+    pub print_sql: bool,
+    /// Connect and statement timeout, in milliseconds.
+    #[arg(long, env = "FANOUT_DB_TIMEOUT_MS", default_value_t = 5000)]
+    pub db_timeout_ms: u64,
+}
+
 fn parse_schema(s: &str) -> Result<String, String> {
     let ok_first = |c: char| c.is_ascii_lowercase() || c == '_';
     let ok_rest = |c: char| ok_first(c) || c.is_ascii_digit();
@@ -165,6 +196,9 @@ fn parse_schema(s: &str) -> Result<String, String> {
 }
 
 impl ServeConfig {
+    pub fn db_timeout(&self) -> Duration {
+        Duration::from_millis(self.db_timeout_ms.max(1))
+    }
     pub fn keepalive(&self) -> Duration {
         Duration::from_secs(self.keepalive_secs)
     }
@@ -182,7 +216,9 @@ impl ServeConfig {
     }
     /// The body limit: explicit, or room for a full batch of maximal events plus envelope.
     pub fn body_limit(&self) -> usize {
-        let derived = self.max_batch.saturating_mul(self.max_payload_bytes.saturating_add(1024));
+        let derived = self
+            .max_batch
+            .saturating_mul(self.max_payload_bytes.saturating_add(1024));
         to_usize(self.max_body_bytes.unwrap_or(derived))
     }
     /// The subscriber cap: explicit, or the open-file limit minus a reserve.

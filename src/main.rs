@@ -1,11 +1,17 @@
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use mcp_fanout::config::{Cli, Command, ServeConfig};
-use mcp_fanout::server::{self, ConnOptions};
+use mcp_fanout::bridge::backoff::Backoff;
+use mcp_fanout::bridge::Bridge;
+use mcp_fanout::config::{self, Cli, Command, MigrateArgs, MigrateMode, ServeConfig};
+use mcp_fanout::log::postgres::retention::{self, Retention};
+use mcp_fanout::log::postgres::{connect, migrate, timed, DbError, PgLog};
+use mcp_fanout::log::EventLog;
+use mcp_fanout::server::{self, ConnOptions, RouterSlot};
 use mcp_fanout::shutdown::shutdown_signal;
-use mcp_fanout::state::State;
+use mcp_fanout::state::{AppState, State};
 use mcp_fanout::{cli, http, telemetry};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -20,8 +26,8 @@ enum StartError {
     },
     #[error(transparent)]
     State(#[from] mcp_fanout::state::StateError),
-    #[error("DATABASE_URL is set, but the Postgres log is not built into this release yet")]
-    PostgresNotYet,
+    #[error(transparent)]
+    Db(#[from] DbError),
     #[error(transparent)]
     Cli(#[from] cli::CliError),
     #[error("cannot start the runtime: {0}")]
@@ -30,7 +36,10 @@ enum StartError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("mcp-fanout: {}", StartError::Runtime(e));
@@ -38,8 +47,9 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-            Command::Serve(config) => serve(config).await,
+        match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
+            Command::Serve(config) => serve(*config).await,
+            Command::Migrate(args) => run_migrate(args).await,
             Command::Publish(args) => Ok(cli::publish::run(args).await?),
             Command::Subscribe(args) => Ok(cli::subscribe::run(args).await?),
         }
@@ -57,16 +67,6 @@ fn main() -> ExitCode {
 async fn serve(config: ServeConfig) -> Result<(), StartError> {
     telemetry::init(config.log_format);
     let open_files = raise_open_file_limit();
-    if config.database_url.is_some() {
-        return Err(StartError::PostgresNotYet);
-    }
-    tracing::warn!(
-        "DATABASE_URL is not set: running as a single replica with an in-memory log (events are lost on restart; do not scale this out)"
-    );
-    let st = State::memory(config.clone(), open_files)?;
-    if st.admin_tokens.is_empty() {
-        tracing::warn!("no admin tokens configured: /admin/* answers only loopback requests to localhost");
-    }
     let bind = |addr| async move {
         TcpListener::bind(addr)
             .await
@@ -77,32 +77,63 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         addr: config.addr,
         source,
     })?;
-    let _ = st.public_addr.set(public_addr);
     let admin = match config.admin_addr {
         Some(addr) => Some(bind(addr).await?),
         None => None,
     };
 
-    let (public_router, admin_router) = http::app(st.clone());
+    // Serve probes at once; the full routers replace the starting one when the state is ready.
+    let public_slot = RouterSlot::new(http::starting(config.retry_ms));
+    let admin_slot = admin
+        .as_ref()
+        .map(|_| RouterSlot::new(http::starting(config.retry_ms)));
     let opts = ConnOptions {
         write_stall: config.write_stall(),
     };
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
     tracing::info!(role = "public", addr = %public_addr, "listening");
-    servers.spawn(server::serve(public, public_router, opts, stop_accepting.clone()));
-    if let (Some(listener), Some(router)) = (admin, admin_router) {
+    servers.spawn(server::serve(
+        public,
+        public_slot.clone(),
+        opts,
+        stop_accepting.clone(),
+    ));
+    if let (Some(listener), Some(slot)) = (admin, admin_slot.clone()) {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(role = "admin", addr = %addr, "listening");
         }
-        servers.spawn(server::serve(listener, router, opts, stop_accepting.clone()));
+        servers.spawn(server::serve(listener, slot, opts, stop_accepting.clone()));
     }
-    st.lifecycle.set_ready();
+
+    let stop_tasks = CancellationToken::new();
+    let st = tokio::select! {
+        st = build_state(&config, open_files, &stop_tasks) => st?,
+        _ = shutdown_signal() => {
+            stop_accepting.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), async {
+                while servers.join_next().await.is_some() {}
+            })
+            .await;
+            return Ok(());
+        }
+    };
+    let _ = st.public_addr.set(public_addr);
+    if st.admin_tokens.is_empty() {
+        tracing::warn!(
+            "no admin tokens configured: /admin/* answers only loopback requests to localhost"
+        );
+    }
+    let (public_router, admin_router) = http::app(st.clone());
+    public_slot.set(public_router);
+    if let (Some(slot), Some(router)) = (admin_slot, admin_router) {
+        slot.set(router);
+    }
     tracing::info!(
         replica = %st.replica_id,
         epoch = st.log.epoch(),
         max_subscribers = st.broadcaster.capacity(),
-        "ready"
+        "serving"
     );
 
     shutdown_signal().await;
@@ -110,17 +141,131 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let deadline = tokio::time::Instant::now() + grace;
     st.lifecycle.begin_drain();
     let drain = Duration::from_secs(config.drain_secs).min(grace);
-    tracing::info!(drain_secs = drain.as_secs(), subscribers = st.broadcaster.subscriber_count(), "draining");
+    tracing::info!(
+        drain_secs = drain.as_secs(),
+        subscribers = st.broadcaster.subscriber_count(),
+        "draining"
+    );
     tokio::time::sleep(drain).await;
     st.lifecycle.stop();
     st.broadcaster.close();
     stop_accepting.cancel();
-    tracing::info!(subscribers = st.broadcaster.subscriber_count(), "streams ended; closing connections");
+    tracing::info!(
+        subscribers = st.broadcaster.subscriber_count(),
+        "streams ended; closing connections"
+    );
     let all_done = async { while servers.join_next().await.is_some() {} };
     if tokio::time::timeout_at(deadline, all_done).await.is_err() {
         tracing::warn!("shutdown grace expired with connections still open; exiting");
     }
+    stop_tasks.cancel();
     tracing::info!("stopped");
+    Ok(())
+}
+
+/// The replica's state: in memory, or on Postgres once the database is reachable and migrated
+/// (retrying with backoff meanwhile; `/readyz` answers 503 until then).
+async fn build_state(
+    config: &ServeConfig,
+    open_files: u64,
+    stop_tasks: &CancellationToken,
+) -> Result<AppState, StartError> {
+    let Some(url) = config.database_url.as_deref() else {
+        tracing::warn!(
+            "DATABASE_URL is not set: running as a single replica with an in-memory log (events are lost on restart; do not scale this out)"
+        );
+        let st = State::memory(config.clone(), open_files)?;
+        st.lifecycle.set_ready();
+        return Ok(st);
+    };
+    let timeout = config.db_timeout();
+    let pool = connect::pool(url, timeout, config::to_usize(config.db_pool_size))?;
+    let listen_url = config.listen_database_url.as_deref().unwrap_or(url);
+    let listen_config = connect::pg_config(listen_url, connect::LISTEN_APP_NAME, timeout)?;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let (log, head) = loop {
+        match open_log(&pool, config, timeout).await {
+            Ok(ready) => break ready,
+            Err(error) => {
+                tracing::warn!(%error, "the database is not ready; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    };
+    let st = State::postgres(config.clone(), open_files, log.clone(), head)?;
+    let bridge = Bridge {
+        state: st.clone(),
+        log: log.clone(),
+        listen_config,
+        heartbeat_every: Duration::from_secs(2),
+        heartbeat_timeout: timeout.max(Duration::from_secs(4)),
+        timeout,
+    };
+    tokio::spawn(bridge.run(stop_tasks.clone()));
+    tokio::spawn(retention::run(
+        pool,
+        config.schema.clone(),
+        timeout,
+        Retention {
+            max_age: Duration::from_secs(config.retention_secs),
+            max_events: config.retention_max_events,
+            every: Duration::from_secs(config.retention_interval_secs),
+        },
+        stop_tasks.clone(),
+    ));
+    Ok(st)
+}
+
+async fn open_log(
+    pool: &deadpool_postgres::Pool,
+    config: &ServeConfig,
+    timeout: Duration,
+) -> Result<(Arc<PgLog>, u64), DbError> {
+    let schema = &config.schema;
+    timed(timeout.saturating_mul(4), async {
+        let mut client = pool.get().await.map_err(DbError::Checkout)?;
+        match config.migrate {
+            MigrateMode::Auto => {
+                let applied = migrate::apply(&mut client, schema).await?;
+                if !applied.is_empty() {
+                    tracing::info!(schema, ?applied, "migrations applied");
+                }
+            }
+            MigrateMode::Skip => {
+                let pending = migrate::pending(&client, schema).await?;
+                if !pending.is_empty() {
+                    return Err(DbError::NotMigrated(pending));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let log = PgLog::open(pool.clone(), schema, timeout, config.max_payload_bytes).await?;
+    let head = log
+        .bounds()
+        .await
+        .map_err(|e| DbError::Pool(e.to_string()))?
+        .head;
+    tracing::info!(schema, epoch = log.epoch(), head, "event log open");
+    Ok((Arc::new(log), head))
+}
+
+async fn run_migrate(args: MigrateArgs) -> Result<(), StartError> {
+    if args.print_sql {
+        print!("{}", migrate::print_sql(&args.schema));
+        return Ok(());
+    }
+    telemetry::init(config::LogFormat::Text);
+    let url = args.database_url.as_deref().unwrap_or_default();
+    let timeout = Duration::from_millis(args.db_timeout_ms.max(1));
+    let pool = connect::pool(url, timeout, 1)?;
+    let applied = timed(timeout.saturating_mul(4), async {
+        let mut client = pool.get().await.map_err(DbError::Checkout)?;
+        migrate::apply(&mut client, &args.schema).await
+    })
+    .await?;
+    tracing::info!(schema = args.schema, ?applied, "migrations up to date");
     Ok(())
 }
 

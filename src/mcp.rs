@@ -39,7 +39,10 @@ pub const RESYNC_METHODS: [&str; 3] = [
 
 /// The JSON-RPC text of a parameterless notification.
 pub fn notification_json(method: &str) -> String {
-    format!(r#"{{"jsonrpc":"2.0","method":{}}}"#, serde_json::Value::from(method))
+    format!(
+        r#"{{"jsonrpc":"2.0","method":{}}}"#,
+        serde_json::Value::from(method)
+    )
 }
 
 /// The resync: the three notifications, then the cursor moved to `head_id` (a priming frame for
@@ -90,9 +93,16 @@ mod tests {
 
     #[test]
     fn versions() {
-        assert_eq!(ProtocolVersion::parse(None), Ok(ProtocolVersion::V2025_03_26));
-        assert!(ProtocolVersion::parse(Some(b"2025-11-25")).expect("ok").primes());
-        assert!(!ProtocolVersion::parse(Some(b"2025-06-18")).expect("ok").primes());
+        assert_eq!(
+            ProtocolVersion::parse(None),
+            Ok(ProtocolVersion::V2025_03_26)
+        );
+        assert!(ProtocolVersion::parse(Some(b"2025-11-25"))
+            .expect("ok")
+            .primes());
+        assert!(!ProtocolVersion::parse(Some(b"2025-06-18"))
+            .expect("ok")
+            .primes());
         assert!(ProtocolVersion::parse(Some(b"2024-11-05")).is_err());
     }
 

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabel {
@@ -24,13 +25,14 @@ pub struct CodeLabel {
 }
 
 /// Why the server ends a subscriber (see `broadcast::DropReason`).
-pub const DROP_REASONS: [&str; 6] = [
+pub const DROP_REASONS: [&str; 7] = [
     "lagging",
     "write_stall",
     "shutdown",
     "max_stream_age",
     "cursor_pruned",
     "log_unavailable",
+    "taken_over",
 ];
 /// Why a subscribe request gets a clean end instead of a stream.
 pub const SHED_REASONS: [&str; 3] = ["capacity", "draining", "database"];
@@ -53,6 +55,18 @@ pub struct Metrics {
     pub log_head: Gauge,
     /// Error answers, by code.
     pub http_errors: Family<CodeLabel, Counter>,
+    /// 1 while the LISTEN connection is up (Postgres mode).
+    pub listen_connected: Gauge,
+    pub listen_reconnects: Counter,
+    /// Events the bridge read from the log and pushed into the broadcaster.
+    pub bridge_events: Counter,
+    /// Of those, events read right after a (re)connect.
+    pub catch_up_events: Counter,
+    /// `pg_notification_queue_usage()`, sampled on each heartbeat.
+    pub notify_queue_usage: Gauge<f64, AtomicU64>,
+    pub pool_size: Gauge,
+    pub pool_available: Gauge,
+    pub pool_waiting: Gauge,
 }
 
 impl Default for Metrics {
@@ -73,8 +87,24 @@ impl Metrics {
         let deliver_lag = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let log_head = Gauge::default();
         let http_errors = Family::<CodeLabel, Counter>::default();
-        registry.register("subscribers", "Current subscribers on this replica", subscribers.clone());
-        registry.register("events_published", "Events committed through this replica", events_published.clone());
+        let listen_connected = Gauge::default();
+        let listen_reconnects = Counter::default();
+        let bridge_events = Counter::default();
+        let catch_up_events = Counter::default();
+        let notify_queue_usage = Gauge::<f64, AtomicU64>::default();
+        let pool_size = Gauge::default();
+        let pool_available = Gauge::default();
+        let pool_waiting = Gauge::default();
+        registry.register(
+            "subscribers",
+            "Current subscribers on this replica",
+            subscribers.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events committed through this replica",
+            events_published.clone(),
+        );
         registry.register(
             "events_delivered",
             "Events written to subscribers (one per event per subscriber)",
@@ -100,17 +130,61 @@ impl Metrics {
             "Seconds from commit to the write into a subscriber stream",
             deliver_lag.clone(),
         );
-        registry.register("log_head", "Highest seq this replica has seen committed", log_head.clone());
-        registry.register("http_errors", "Error answers, by error code", http_errors.clone());
+        registry.register(
+            "log_head",
+            "Highest seq this replica has seen committed",
+            log_head.clone(),
+        );
+        registry.register(
+            "http_errors",
+            "Error answers, by error code",
+            http_errors.clone(),
+        );
+        registry.register(
+            "listen_connected",
+            "1 while the LISTEN connection is up",
+            listen_connected.clone(),
+        );
+        registry.register(
+            "listen_reconnects",
+            "LISTEN connection losses",
+            listen_reconnects.clone(),
+        );
+        registry.register(
+            "bridge_events",
+            "Events the bridge read from the log",
+            bridge_events.clone(),
+        );
+        registry.register(
+            "catch_up_events",
+            "Events read from the log right after a LISTEN (re)connect",
+            catch_up_events.clone(),
+        );
+        registry.register(
+            "notify_queue_usage",
+            "pg_notification_queue_usage(), sampled on each heartbeat",
+            notify_queue_usage.clone(),
+        );
+        registry.register("db_pool_size", "Connections in the pool", pool_size.clone());
+        registry.register(
+            "db_pool_available",
+            "Idle connections in the pool",
+            pool_available.clone(),
+        );
+        registry.register(
+            "db_pool_waiting",
+            "Requests waiting for a pool connection",
+            pool_waiting.clone(),
+        );
         // Known label values exist from the start, so rate() and alerts see zeros, not gaps.
         for reason in DROP_REASONS {
-            subscribers_dropped.get_or_create(&ReasonLabel { reason });
+            let _ = subscribers_dropped.get_or_create(&ReasonLabel { reason });
         }
         for reason in SHED_REASONS {
-            subscribers_shed.get_or_create(&ReasonLabel { reason });
+            let _ = subscribers_shed.get_or_create(&ReasonLabel { reason });
         }
         for kind in ["sse", "poll"] {
-            subscribers.get_or_create(&KindLabel { kind });
+            let _ = subscribers.get_or_create(&KindLabel { kind });
         }
         Metrics {
             registry,
@@ -123,6 +197,14 @@ impl Metrics {
             deliver_lag,
             log_head,
             http_errors,
+            listen_connected,
+            listen_reconnects,
+            bridge_events,
+            catch_up_events,
+            notify_queue_usage,
+            pool_size,
+            pool_available,
+            pool_waiting,
         }
     }
 
@@ -134,10 +216,14 @@ impl Metrics {
     }
 
     pub fn dropped(&self, reason: &'static str) {
-        self.subscribers_dropped.get_or_create(&ReasonLabel { reason }).inc();
+        self.subscribers_dropped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 
     pub fn shed(&self, reason: &'static str) {
-        self.subscribers_shed.get_or_create(&ReasonLabel { reason }).inc();
+        self.subscribers_shed
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
     }
 }

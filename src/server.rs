@@ -40,16 +40,43 @@ pub struct ConnOptions {
     pub write_stall: Duration,
 }
 
-/// Serves `router` on `listener` until `stop` is cancelled, then waits for open connections to
-/// finish (the caller bounds that wait).
-pub async fn serve(listener: TcpListener, router: Router, opts: ConnOptions, stop: CancellationToken) {
+/// The router a listener serves, replaceable while serving: a replica answers probes with a
+/// "starting" router while the database comes up, then switches to the full one.
+#[derive(Clone)]
+pub struct RouterSlot(Arc<std::sync::RwLock<Router>>);
+
+impl RouterSlot {
+    pub fn new(router: Router) -> RouterSlot {
+        RouterSlot(Arc::new(std::sync::RwLock::new(router)))
+    }
+
+    pub fn set(&self, router: Router) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = router;
+    }
+
+    fn current(&self) -> Router {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Serves the slot's router on `listener` until `stop` is cancelled, then waits for open
+/// connections to finish (the caller bounds that wait).
+pub async fn serve(
+    listener: TcpListener,
+    slot: RouterSlot,
+    opts: ConnOptions,
+    stop: CancellationToken,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(MAX_HEADER_BYTES);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(MAX_HEADER_BYTES as u32);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
     let graceful = GracefulShutdown::new();
     loop {
         let (stream, peer) = tokio::select! {
@@ -72,9 +99,10 @@ pub async fn serve(listener: TcpListener, router: Router, opts: ConnOptions, sto
             stalled: Arc::new(AtomicBool::new(false)),
         };
         let io = TokioIo::new(StallGuard::new(stream, opts.write_stall, info.clone()));
-        let svc = router.clone().map_request(move |mut req: hyper::Request<Incoming>| {
+        let slot = slot.clone();
+        let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
-            req
+            slot.current().oneshot(req)
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
@@ -111,7 +139,9 @@ impl StallGuard {
     fn on_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         if !self.armed {
             self.armed = true;
-            self.timer.as_mut().reset(tokio::time::Instant::now() + self.limit);
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.limit);
         }
         if self.timer.as_mut().poll(cx).is_ready() {
             self.info.stalled.store(true, Ordering::Release);
@@ -128,13 +158,21 @@ impl StallGuard {
 }
 
 impl AsyncRead for StallGuard {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
     }
 }
 
 impl AsyncWrite for StallGuard {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         match Pin::new(&mut this.inner).poll_write(cx, buf) {
             Poll::Pending => this.on_pending(cx),
@@ -168,5 +206,37 @@ impl AsyncWrite for StallGuard {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+
+    #[tokio::test]
+    async fn a_socket_that_stops_draining_fails_writes_after_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The client connects and never reads.
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (server_side, peer) = listener.accept().await.expect("accept");
+        let info = ConnInfo {
+            peer,
+            stalled: Arc::new(AtomicBool::new(false)),
+        };
+        let mut guarded = StallGuard::new(server_side, Duration::from_millis(200), info.clone());
+        let chunk = vec![b'x'; 64 * 1024];
+        let started = std::time::Instant::now();
+        let err = loop {
+            match tokio::time::timeout(Duration::from_secs(30), guarded.write_all(&chunk)).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break e,
+                Err(_) => panic!("the write never failed"),
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(info.stalled.load(Ordering::Acquire));
+        assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }

@@ -65,13 +65,36 @@ impl State {
         Self::assemble(config, log, broadcaster, metrics)
     }
 
+    /// The Postgres mode: the ring starts at the log's head; the bridge feeds it.
+    pub fn postgres(
+        config: ServeConfig,
+        open_file_limit: u64,
+        log: Arc<dyn EventLog>,
+        head: u64,
+    ) -> Result<AppState, StateError> {
+        let metrics = Arc::new(Metrics::new());
+        let broadcaster = Broadcaster::new(
+            head,
+            RingLimits {
+                max_events: to_usize(config.memory_events),
+                max_bytes: to_usize(config.memory_bytes),
+            },
+            config.subscriber_cap(open_file_limit),
+            metrics.clone(),
+        );
+        Self::assemble(config, log, broadcaster, metrics)
+    }
+
     fn assemble(
         config: ServeConfig,
         log: Arc<dyn EventLog>,
         broadcaster: Broadcaster,
         metrics: Arc<Metrics>,
     ) -> Result<AppState, StateError> {
-        let admin_tokens = AdminTokens::load(config.admin_tokens.as_deref(), config.admin_token_file.as_deref())?;
+        let admin_tokens = AdminTokens::load(
+            config.admin_tokens.as_deref(),
+            config.admin_token_file.as_deref(),
+        )?;
         Ok(Arc::new(State {
             allowed_origins: config.allowed_origins(),
             config,

@@ -6,7 +6,9 @@ use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stdout);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
     // `try_init` fails only if a subscriber is already set (e.g. twice in one process): keep it.
     let _ = match format {
         LogFormat::Json => builder.json().flatten_event(false).try_init(),

@@ -56,7 +56,8 @@ fn expected_message(body: &Value) -> (String, Option<Value>) {
 fn check_event_frame(who: &str, frame: &Frame, id: &str, body: &Value) {
     assert_eq!(frame.id.as_deref(), Some(id), "{who}: frame id");
     assert_eq!(
-        frame.event, None,
+        frame.event,
+        None,
         "{who}: event frames carry no `event:` field: {:?}",
         frame.text()
     );
@@ -86,11 +87,16 @@ fn check_event_frame(who: &str, frame: &Frame, id: &str, body: &Value) {
         "{who}: a notification has no JSON-RPC id: {data}"
     );
     let (method, params) = expected_message(body);
-    assert_eq!(obj.get("method"), Some(&json!(method)), "{who}: method in {data}");
+    assert_eq!(
+        obj.get("method"),
+        Some(&json!(method)),
+        "{who}: method in {data}"
+    );
     match params {
         Some(p) => assert_eq!(obj.get("params"), Some(&p), "{who}: params in {data}"),
         None => assert!(
-            obj.get("params").is_none_or(|p| p.is_null() || p == &json!({})),
+            obj.get("params")
+                .is_none_or(|p| p.is_null() || p == &json!({})),
             "{who}: an event published without params has none: {data}"
         ),
     }
@@ -184,8 +190,7 @@ async fn three_subscribers_get_every_event_once_in_order_with_identical_bytes() 
         let replay = s.events(n - skip, SOON).await.expect("replayed events");
         for (i, (got, want)) in replay.iter().zip(&live[0][skip..]).enumerate() {
             assert_eq!(
-                got.raw,
-                want.raw,
+                got.raw, want.raw,
                 "replay after {from}, event #{i}: bytes identical to the live frame"
             );
         }
@@ -200,7 +205,11 @@ async fn three_subscribers_get_every_event_once_in_order_with_identical_bytes() 
     let answer = PollAnswer::parse(&resp.body).expect("poll answer shape");
     assert!(!answer.more, "{n} events fit in one answer");
     assert_eq!(answer.cursor, ids[n - 1], "cursor is the last returned id");
-    assert_eq!(answer.events.len(), n, "poll returns every event after the anchor");
+    assert_eq!(
+        answer.events.len(),
+        n,
+        "poll returns every event after the anchor"
+    );
     for (ev, frame) in answer.events.iter().zip(&live[0]) {
         assert_eq!(ev.id.as_deref(), frame.id.as_deref(), "poll ids in order");
         assert_eq!(

@@ -60,7 +60,11 @@ impl Feed {
 
     /// Reads up to `max_events` visible events (and about `max_bytes` of frames) after the cursor
     /// and advances the cursor past everything it scanned.
-    pub async fn next_batch(&mut self, max_events: usize, max_bytes: usize) -> Result<Batch, LogError> {
+    pub async fn next_batch(
+        &mut self,
+        max_events: usize,
+        max_bytes: usize,
+    ) -> Result<Batch, LogError> {
         let observed = *self.head_rx.borrow_and_update();
         let mut out = Vec::new();
         let mut bytes = 0usize;
@@ -68,7 +72,10 @@ impl Feed {
         let mut page = Vec::new();
         'read: while scanned < MAX_SCAN_PER_CALL {
             page.clear();
-            let read = self.bc.read_ring().read_after(self.cursor, RING_SCAN, &mut page);
+            let read = self
+                .bc
+                .read_ring()
+                .read_after(self.cursor, RING_SCAN, &mut page);
             if read == RingRead::Behind {
                 page = self.log.read_after(self.cursor, LOG_PAGE).await?;
                 self.bc.metrics().log_reads_events.inc_by(page.len() as u64);
@@ -212,7 +219,9 @@ mod tests {
         let mut feed = Feed::new(bc, log.clone(), Viewer::default(), 0);
         let waiter = tokio::spawn(async move {
             feed.changed().await;
-            feed.next_batch(10, usize::MAX).await.map(|b| b.events.len())
+            feed.next_batch(10, usize::MAX)
+                .await
+                .map(|b| b.events.len())
         });
         tokio::task::yield_now().await;
         publish(&log, 2, None).await;

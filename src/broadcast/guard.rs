@@ -37,6 +37,8 @@ pub enum DropReason {
     CursorPruned,
     /// The log could not be read.
     LogUnavailable,
+    /// A newer stream for the same session took over.
+    TakenOver,
 }
 
 impl DropReason {
@@ -48,6 +50,7 @@ impl DropReason {
             DropReason::MaxStreamAge => "max_stream_age",
             DropReason::CursorPruned => "cursor_pruned",
             DropReason::LogUnavailable => "log_unavailable",
+            DropReason::TakenOver => "taken_over",
         }
     }
 }
@@ -62,11 +65,17 @@ pub struct SubscriberGuard {
 }
 
 impl SubscriberGuard {
-    pub(super) fn new(shared: Arc<Shared>, kind: SubscriberKind, session: Option<String>) -> SubscriberGuard {
+    pub(super) fn new(
+        shared: Arc<Shared>,
+        kind: SubscriberKind,
+        session: Option<String>,
+    ) -> SubscriberGuard {
         shared
             .metrics
             .subscribers
-            .get_or_create(&KindLabel { kind: kind.as_str() })
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
             .inc();
         SubscriberGuard {
             shared,
@@ -102,7 +111,10 @@ impl Drop for SubscriberGuard {
                 kind: self.kind.as_str(),
             })
             .dec();
-        let stalled = self.stalled.as_ref().is_some_and(|f| f.load(Ordering::Acquire));
+        let stalled = self
+            .stalled
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Acquire));
         let reason = if stalled {
             Some(DropReason::WriteStall)
         } else {

@@ -6,6 +6,7 @@
 pub mod feed;
 pub mod guard;
 pub mod ring;
+pub mod sessions;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -16,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 pub use feed::Feed;
 pub use guard::{DropReason, SubscriberGuard, SubscriberKind};
 pub use ring::{Ring, RingLimits, RingRead};
+pub use sessions::{SessionClaim, Sessions};
 
 use crate::event::StoredEvent;
 use crate::metrics::Metrics;
@@ -31,6 +33,7 @@ pub(crate) struct Shared {
     closed: CancellationToken,
     subscribers: AtomicUsize,
     cap: usize,
+    sessions: Arc<Sessions>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -45,6 +48,7 @@ impl Broadcaster {
                 closed: CancellationToken::new(),
                 subscribers: AtomicUsize::new(0),
                 cap,
+                sessions: Arc::default(),
                 metrics,
             }),
         }
@@ -60,7 +64,10 @@ impl Broadcaster {
             }
             ring.head()
         };
-        self.shared.metrics.log_head.set(i64::try_from(head).unwrap_or(i64::MAX));
+        self.shared
+            .metrics
+            .log_head
+            .set(i64::try_from(head).unwrap_or(i64::MAX));
         self.shared.head_tx.send_if_modified(|h| {
             let changed = *h != head;
             *h = head;
@@ -108,15 +115,24 @@ impl Broadcaster {
     }
 
     /// Takes a subscriber slot, or `None` at capacity. The guard gives it back on drop.
-    pub fn try_register(&self, kind: SubscriberKind, session: Option<String>) -> Option<SubscriberGuard> {
-        let taken = self
-            .shared
-            .subscribers
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.shared.cap).then_some(n + 1)
-            });
+    pub fn try_register(
+        &self,
+        kind: SubscriberKind,
+        session: Option<String>,
+    ) -> Option<SubscriberGuard> {
+        let taken =
+            self.shared
+                .subscribers
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    (n < self.shared.cap).then_some(n + 1)
+                });
         taken.ok()?;
         Some(SubscriberGuard::new(self.shared.clone(), kind, session))
+    }
+
+    /// Claims a session for a new stream; the stream holding it is ended.
+    pub fn claim_session(&self, session: &str) -> SessionClaim {
+        self.shared.sessions.claim(session)
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -131,7 +147,14 @@ mod tests {
     use std::time::SystemTime;
 
     pub(crate) fn event(seq: u64) -> Arc<StoredEvent> {
-        Arc::new(StoredEvent::new("ep", seq, "notifications/t", None, Target::default(), SystemTime::now()))
+        Arc::new(StoredEvent::new(
+            "ep",
+            seq,
+            "notifications/t",
+            None,
+            Target::default(),
+            SystemTime::now(),
+        ))
     }
 
     fn bc(cap: usize) -> Broadcaster {
@@ -159,17 +182,25 @@ mod tests {
     async fn subscriber_slots_are_counted_and_capped() {
         let b = bc(2);
         let g1 = b.try_register(SubscriberKind::Sse, None).expect("slot 1");
-        let g2 = b.try_register(SubscriberKind::Sse, Some("s".into())).expect("slot 2");
+        let g2 = b
+            .try_register(SubscriberKind::Sse, Some("s".into()))
+            .expect("slot 2");
         assert!(b.try_register(SubscriberKind::Poll, None).is_none());
         assert_eq!(b.subscriber_count(), 2);
         drop(g1);
         assert_eq!(b.subscriber_count(), 1);
-        let mut g3 = b.try_register(SubscriberKind::Sse, None).expect("freed slot");
+        let mut g3 = b
+            .try_register(SubscriberKind::Sse, None)
+            .expect("freed slot");
         g3.end(DropReason::Lagging);
         drop(g3);
         drop(g2);
         assert_eq!(b.subscriber_count(), 0);
-        let dropped = b.metrics().subscribers_dropped.get_or_create(&crate::metrics::ReasonLabel { reason: "lagging" }).get();
+        let dropped = b
+            .metrics()
+            .subscribers_dropped
+            .get_or_create(&crate::metrics::ReasonLabel { reason: "lagging" })
+            .get();
         assert_eq!(dropped, 1);
     }
 

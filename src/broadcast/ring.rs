@@ -86,7 +86,14 @@ mod tests {
     use std::time::SystemTime;
 
     fn ev(seq: u64) -> Arc<StoredEvent> {
-        Arc::new(StoredEvent::new("e", seq, "notifications/t", None, Target::default(), SystemTime::now()))
+        Arc::new(StoredEvent::new(
+            "e",
+            seq,
+            "notifications/t",
+            None,
+            Target::default(),
+            SystemTime::now(),
+        ))
     }
 
     fn seqs(v: &[Arc<StoredEvent>]) -> Vec<u64> {

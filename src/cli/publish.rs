@@ -37,7 +37,11 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
         }
         body["params"] = params;
     }
-    for (field, value) in [("tenant", &args.tenant), ("session", &args.session), ("key", &args.key)] {
+    for (field, value) in [
+        ("tenant", &args.tenant),
+        ("session", &args.session),
+        ("key", &args.key),
+    ] {
         if let Some(v) = value {
             body[field] = Value::from(v.as_str());
         }

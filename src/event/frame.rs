@@ -36,9 +36,8 @@ impl StoredEvent {
     ) -> StoredEvent {
         let id = EventId { epoch, seq }.to_string();
         let method_json = serde_json::Value::from(method).to_string();
-        let mut out = String::with_capacity(
-            id.len() + method_json.len() + params.map_or(0, str::len) + 64,
-        );
+        let mut out =
+            String::with_capacity(id.len() + method_json.len() + params.map_or(0, str::len) + 64);
         out.push_str("id: ");
         let id_start = out.len();
         out.push_str(&id);
@@ -118,7 +117,17 @@ mod tests {
 
     #[test]
     fn no_params_means_no_params_member() {
-        let ev = StoredEvent::new("e", 1, "notifications/x", None, Target::default(), SystemTime::now());
-        assert_eq!(&ev.message()[..], br#"{"jsonrpc":"2.0","method":"notifications/x"}"#);
+        let ev = StoredEvent::new(
+            "e",
+            1,
+            "notifications/x",
+            None,
+            Target::default(),
+            SystemTime::now(),
+        );
+        assert_eq!(
+            &ev.message()[..],
+            br#"{"jsonrpc":"2.0","method":"notifications/x"}"#
+        );
     }
 }

@@ -157,9 +157,15 @@ mod tests {
             epoch: "k3x",
             seq: 7,
         };
-        assert_eq!(Cursor::parse(Some(id.to_string().as_bytes())), Ok(at("k3x", 7)));
+        assert_eq!(
+            Cursor::parse(Some(id.to_string().as_bytes())),
+            Ok(at("k3x", 7))
+        );
         let e = random_epoch();
         assert_eq!(e.len(), 16);
-        assert!(matches!(Cursor::parse(Some(format!("{e}-1").as_bytes())), Ok(Cursor::At { .. })));
+        assert!(matches!(
+            Cursor::parse(Some(format!("{e}-1").as_bytes())),
+            Ok(Cursor::At { .. })
+        ));
     }
 }

@@ -50,11 +50,17 @@ pub enum InputError {
     #[error("unknown field `{field}` (allowed: jsonrpc, method, params, tenant, session, key)")]
     UnknownField { field: String, index: Option<usize> },
     #[error("`method` {reason}")]
-    InvalidMethod { reason: String, index: Option<usize> },
+    InvalidMethod {
+        reason: String,
+        index: Option<usize>,
+    },
     #[error("a message with an `id` is a request, not a notification")]
     NotANotification { index: Option<usize> },
     #[error("`params` {reason}")]
-    InvalidParams { reason: String, index: Option<usize> },
+    InvalidParams {
+        reason: String,
+        index: Option<usize>,
+    },
     #[error("the batch is empty")]
     EmptyBatch,
     #[error("the batch has {len} events; at most {max} are allowed")]
@@ -93,7 +99,10 @@ impl InputError {
 }
 
 /// Parses a publish body: one object, or an array of 1…`max_batch` objects.
-pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<PublishRequest, InputError> {
+pub fn parse_publish_body(
+    body: &[u8],
+    limits: PublishLimits,
+) -> Result<PublishRequest, InputError> {
     let value: Value =
         serde_json::from_slice(body).map_err(|e| InputError::InvalidJson(e.to_string()))?;
     match value {
@@ -124,7 +133,11 @@ pub fn parse_publish_body(body: &[u8], limits: PublishLimits) -> Result<PublishR
     }
 }
 
-fn parse_event(value: Value, index: Option<usize>, limits: PublishLimits) -> Result<NewEvent, InputError> {
+fn parse_event(
+    value: Value,
+    index: Option<usize>,
+    limits: PublishLimits,
+) -> Result<NewEvent, InputError> {
     let Value::Object(mut obj) = value else {
         return Err(InputError::InvalidField {
             field: "event",
@@ -182,7 +195,9 @@ fn parse_event(value: Value, index: Option<usize>, limits: PublishLimits) -> Res
     let session = optional_string(&mut obj, "session", index, |s| {
         validate_visible_ascii(s, MAX_SESSION_BYTES)
     })?;
-    let key = optional_string(&mut obj, "key", index, |s| validate_visible_ascii(s, MAX_KEY_BYTES))?;
+    let key = optional_string(&mut obj, "key", index, |s| {
+        validate_visible_ascii(s, MAX_KEY_BYTES)
+    })?;
     Ok(NewEvent {
         method,
         params,
@@ -200,7 +215,11 @@ fn optional_string(
     match obj.remove(field) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => {
-            check(&s).map_err(|reason| InputError::InvalidField { field, reason, index })?;
+            check(&s).map_err(|reason| InputError::InvalidField {
+                field,
+                reason,
+                index,
+            })?;
             Ok(Some(s))
         }
         Some(_) => Err(InputError::InvalidField {
@@ -336,10 +355,16 @@ mod tests {
         let full = parse(r#"{"jsonrpc":"2.0","method":"notifications/x","params":{"z":1,"a":2},"tenant":"t","session":"s","key":"k"}"#)
             .expect("ok");
         let e = &full.events[0];
-        assert_eq!(e.params.as_deref(), Some(r#"{"z":1,"a":2}"#), "key order kept");
+        assert_eq!(
+            e.params.as_deref(),
+            Some(r#"{"z":1,"a":2}"#),
+            "key order kept"
+        );
         assert_eq!(e.target.tenant.as_deref(), Some("t"));
         assert_eq!(e.key.as_deref(), Some("k"));
-        let batch = parse(r#"[{"method":"notifications/a"},{"method":"notifications/b","params":null}]"#).expect("ok");
+        let batch =
+            parse(r#"[{"method":"notifications/a"},{"method":"notifications/b","params":null}]"#)
+                .expect("ok");
         assert!(batch.batch);
         assert_eq!(batch.events.len(), 2);
     }
@@ -349,35 +374,102 @@ mod tests {
         assert!(matches!(parse("{"), Err(InputError::InvalidJson(_))));
         assert_eq!(parse("[]").unwrap_err(), InputError::EmptyBatch);
         assert!(matches!(
-            parse(r#"[{"method":"notifications/a"},{"method":"notifications/a"},{"method":"notifications/a"},{"method":"notifications/a"}]"#),
+            parse(
+                r#"[{"method":"notifications/a"},{"method":"notifications/a"},{"method":"notifications/a"},{"method":"notifications/a"}]"#
+            ),
             Err(InputError::BatchTooLarge { len: 4, max: 3 })
         ));
-        assert!(matches!(parse(r#"{"method":"notifications/a","tenat":"x"}"#), Err(InputError::UnknownField { field, .. }) if field == "tenat"));
-        assert!(matches!(parse(r#"{"method":"notifications/a","id":1}"#), Err(InputError::NotANotification { .. })));
-        assert!(matches!(parse(r#"{"method":"tools/list"}"#), Err(InputError::InvalidMethod { .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/"}"#), Err(InputError::InvalidMethod { .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/a b"}"#), Err(InputError::InvalidMethod { .. })));
-        assert!(matches!(parse(r#"{"method":1}"#), Err(InputError::InvalidMethod { .. })));
-        assert!(matches!(parse(r#"{}"#), Err(InputError::InvalidMethod { .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/a","params":[1]}"#), Err(InputError::InvalidParams { .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/a","params":{"a":"\u0000"}}"#), Err(InputError::InvalidParams { .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/a","params":{"\u0000":1}}"#), Err(InputError::InvalidParams { .. })));
-        let big = format!(r#"{{"method":"notifications/a","params":{{"a":"{}"}}}}"#, "x".repeat(100));
-        assert!(matches!(parse_publish_body(big.as_bytes(), LIMITS), Err(InputError::PayloadTooLarge { .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/a","jsonrpc":"1.0"}"#), Err(InputError::InvalidField { field: "jsonrpc", .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/a","session":"a b"}"#), Err(InputError::InvalidField { field: "session", .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/a","key":""}"#), Err(InputError::InvalidField { field: "key", .. })));
-        assert!(matches!(parse(r#"{"method":"notifications/a","tenant":5}"#), Err(InputError::InvalidField { field: "tenant", .. })));
+        assert!(
+            matches!(parse(r#"{"method":"notifications/a","tenat":"x"}"#), Err(InputError::UnknownField { field, .. }) if field == "tenat")
+        );
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a","id":1}"#),
+            Err(InputError::NotANotification { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"tools/list"}"#),
+            Err(InputError::InvalidMethod { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/"}"#),
+            Err(InputError::InvalidMethod { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a b"}"#),
+            Err(InputError::InvalidMethod { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":1}"#),
+            Err(InputError::InvalidMethod { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{}"#),
+            Err(InputError::InvalidMethod { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a","params":[1]}"#),
+            Err(InputError::InvalidParams { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a","params":{"a":"\u0000"}}"#),
+            Err(InputError::InvalidParams { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a","params":{"\u0000":1}}"#),
+            Err(InputError::InvalidParams { .. })
+        ));
+        let big = format!(
+            r#"{{"method":"notifications/a","params":{{"a":"{}"}}}}"#,
+            "x".repeat(100)
+        );
+        assert!(matches!(
+            parse_publish_body(big.as_bytes(), LIMITS),
+            Err(InputError::PayloadTooLarge { .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a","jsonrpc":"1.0"}"#),
+            Err(InputError::InvalidField {
+                field: "jsonrpc",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a","session":"a b"}"#),
+            Err(InputError::InvalidField {
+                field: "session",
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a","key":""}"#),
+            Err(InputError::InvalidField { field: "key", .. })
+        ));
+        assert!(matches!(
+            parse(r#"{"method":"notifications/a","tenant":5}"#),
+            Err(InputError::InvalidField {
+                field: "tenant",
+                ..
+            })
+        ));
         let err = parse(r#"[{"method":"notifications/a"},{"method":"x"}]"#).unwrap_err();
         assert_eq!(err.index(), Some(1));
-        assert!(matches!(parse("3"), Err(InputError::InvalidField { field: "event", .. })));
+        assert!(matches!(
+            parse("3"),
+            Err(InputError::InvalidField { field: "event", .. })
+        ));
     }
 
     #[test]
     fn fingerprints_tell_bodies_apart() {
-        let a = parse(r#"{"method":"notifications/a","params":{"x":1}}"#).expect("ok").events;
-        let b = parse(r#"{"method":"notifications/a","params":{"x":2}}"#).expect("ok").events;
-        let a_keyed = parse(r#"{"method":"notifications/a","params":{"x":1},"key":"k"}"#).expect("ok").events;
+        let a = parse(r#"{"method":"notifications/a","params":{"x":1}}"#)
+            .expect("ok")
+            .events;
+        let b = parse(r#"{"method":"notifications/a","params":{"x":2}}"#)
+            .expect("ok")
+            .events;
+        let a_keyed = parse(r#"{"method":"notifications/a","params":{"x":1},"key":"k"}"#)
+            .expect("ok")
+            .events;
         assert_ne!(a[0].fingerprint(), b[0].fingerprint());
         assert_eq!(a[0].fingerprint(), a_keyed[0].fingerprint());
         assert_ne!(request_fingerprint(&a), request_fingerprint(&b));

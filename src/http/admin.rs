@@ -16,7 +16,11 @@ use crate::state::AppState;
 
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
-pub async fn publish(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Result<Response, AppError> {
+pub async fn publish(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, AppError> {
     require_json(&headers)?;
     let bytes = read_body(&headers, body, st.config.body_limit()).await?;
     let request_key = idempotency_key(&headers)?;
@@ -24,22 +28,28 @@ pub async fn publish(State(st): State<AppState>, headers: HeaderMap, body: Body)
     if request_key.is_some() && req.events.iter().any(|e| e.key.is_some()) {
         return Err(AppError::InvalidField {
             field: "key",
-            reason: "cannot be combined with an Idempotency-Key header; use one or the other".into(),
+            reason: "cannot be combined with an Idempotency-Key header; use one or the other"
+                .into(),
         });
     }
     if st.lifecycle.is_stopped() {
         return Err(AppError::ShuttingDown);
     }
-    let seqs = st
+    let appended = st
         .log
         .append(AppendRequest {
             events: req.events,
             request_key,
         })
         .await?;
-    st.metrics.events_published.inc_by(seqs.len() as u64);
+    st.metrics
+        .events_published
+        .inc_by(appended.new_events as u64);
     let epoch = st.log.epoch();
-    let mut ids = seqs.iter().map(|&seq| EventId { epoch, seq }.to_string());
+    let mut ids = appended
+        .seqs
+        .iter()
+        .map(|&seq| EventId { epoch, seq }.to_string());
     let answer = if req.batch {
         json!({ "ids": ids.collect::<Vec<_>>() })
     } else {
@@ -62,7 +72,11 @@ fn require_json(headers: &HeaderMap) -> Result<(), AppError> {
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<bytes::Bytes, AppError> {
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: usize,
+) -> Result<bytes::Bytes, AppError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -91,7 +105,8 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
         field: "Idempotency-Key",
         reason,
     };
-    let s = std::str::from_utf8(v.as_bytes()).map_err(|_| invalid("must be visible ASCII".into()))?;
+    let s =
+        std::str::from_utf8(v.as_bytes()).map_err(|_| invalid("must be visible ASCII".into()))?;
     validate_visible_ascii(s, MAX_KEY_BYTES).map_err(invalid)?;
     Ok(Some(s.to_owned()))
 }
@@ -114,5 +129,6 @@ pub async fn cluster(State(st): State<AppState>) -> Json<serde_json::Value> {
 
 /// Seconds since the Unix epoch, as a float (exact and sortable).
 fn httpdate_like(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }

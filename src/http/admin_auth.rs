@@ -96,10 +96,19 @@ fn loopback_host(headers: &HeaderMap) -> bool {
         return false;
     };
     let name = match host.rsplit_once(':') {
-        Some((name, port)) if !name.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) && !host.ends_with(']') => name,
+        Some((name, port))
+            if !name.is_empty()
+                && port.bytes().all(|b| b.is_ascii_digit())
+                && !host.ends_with(']') =>
+        {
+            name
+        }
         _ => host,
     };
-    matches!(name.to_ascii_lowercase().as_str(), "localhost" | "127.0.0.1" | "[::1]")
+    matches!(
+        name.to_ascii_lowercase().as_str(),
+        "localhost" | "127.0.0.1" | "[::1]"
+    )
 }
 
 pub async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
@@ -130,10 +139,21 @@ mod tests {
     fn tokens() {
         let t = AdminTokens::load(Some("alpha, beta"), None).expect("load");
         let peer: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
-        assert!(t.authorize(&headers("svc", Some("Bearer beta")), peer).is_ok());
-        assert!(matches!(t.authorize(&headers("svc", Some("Bearer gamma")), peer), Err(AppError::Unauthorized)));
-        assert!(matches!(t.authorize(&headers("svc", Some("beta")), peer), Err(AppError::Unauthorized)));
-        assert!(matches!(t.authorize(&headers("svc", None), peer), Err(AppError::Unauthorized)));
+        assert!(t
+            .authorize(&headers("svc", Some("Bearer beta")), peer)
+            .is_ok());
+        assert!(matches!(
+            t.authorize(&headers("svc", Some("Bearer gamma")), peer),
+            Err(AppError::Unauthorized)
+        ));
+        assert!(matches!(
+            t.authorize(&headers("svc", Some("beta")), peer),
+            Err(AppError::Unauthorized)
+        ));
+        assert!(matches!(
+            t.authorize(&headers("svc", None), peer),
+            Err(AppError::Unauthorized)
+        ));
     }
 
     #[test]
@@ -144,7 +164,13 @@ mod tests {
         assert!(t.authorize(&headers("127.0.0.1:8080", None), lo).is_ok());
         assert!(t.authorize(&headers("localhost", None), lo).is_ok());
         assert!(t.authorize(&headers("[::1]:8080", None), lo).is_ok());
-        assert!(t.authorize(&headers("evil.example:8080", None), lo).is_err(), "DNS rebinding");
-        assert!(t.authorize(&headers("127.0.0.1:8080", None), remote).is_err());
+        assert!(
+            t.authorize(&headers("evil.example:8080", None), lo)
+                .is_err(),
+            "DNS rebinding"
+        );
+        assert!(t
+            .authorize(&headers("127.0.0.1:8080", None), remote)
+            .is_err());
     }
 }

@@ -66,7 +66,9 @@ impl AppError {
             AppError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
-            AppError::DatabaseUnavailable | AppError::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::DatabaseUnavailable | AppError::ShuttingDown => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }

@@ -78,7 +78,11 @@ mod tests {
     #[test]
     fn accept_must_list_event_stream() {
         assert!(require_event_stream(&h(&[("accept", "text/event-stream")])).is_ok());
-        assert!(require_event_stream(&h(&[("accept", "application/json, text/event-stream;q=0.9")])).is_ok());
+        assert!(require_event_stream(&h(&[(
+            "accept",
+            "application/json, text/event-stream;q=0.9"
+        )]))
+        .is_ok());
         assert!(require_event_stream(&h(&[("accept", "*/*")])).is_err());
         assert!(require_event_stream(&h(&[])).is_err());
     }
@@ -86,15 +90,35 @@ mod tests {
     #[test]
     fn header_cursor_wins_over_query() {
         let c = cursor(&h(&[("last-event-id", "e-1")]), Some("e-2")).expect("ok");
-        assert_eq!(c, Cursor::At { epoch: "e".into(), seq: 1 });
+        assert_eq!(
+            c,
+            Cursor::At {
+                epoch: "e".into(),
+                seq: 1
+            }
+        );
         let c = cursor(&h(&[]), Some("e-2")).expect("ok");
-        assert_eq!(c, Cursor::At { epoch: "e".into(), seq: 2 });
-        assert_eq!(query_param(Some("a=1&last_event_id=x%2Dy-3"), "last_event_id").as_deref(), Some("x-y-3"));
+        assert_eq!(
+            c,
+            Cursor::At {
+                epoch: "e".into(),
+                seq: 2
+            }
+        );
+        assert_eq!(
+            query_param(Some("a=1&last_event_id=x%2Dy-3"), "last_event_id").as_deref(),
+            Some("x-y-3")
+        );
     }
 
     #[test]
     fn session_ids_are_checked() {
-        assert_eq!(session_id(&h(&[("mcp-session-id", "abc")])).expect("ok").as_deref(), Some("abc"));
+        assert_eq!(
+            session_id(&h(&[("mcp-session-id", "abc")]))
+                .expect("ok")
+                .as_deref(),
+            Some("abc")
+        );
         assert!(session_id(&h(&[("mcp-session-id", "a b")])).is_err());
         let long: &'static str = Box::leak("x".repeat(129).into_boxed_str());
         assert!(session_id(&h(&[("mcp-session-id", long)])).is_err());

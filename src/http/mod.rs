@@ -32,8 +32,35 @@ pub fn app(st: AppState) -> (Router, Option<Router>) {
             Some(finish(admin_routes(st.clone()), st)),
         )
     } else {
-        (finish(public_routes().merge(admin_routes(st.clone())), st), None)
+        (
+            finish(public_routes().merge(admin_routes(st.clone())), st),
+            None,
+        )
     }
+}
+
+/// What a replica serves while its database is not ready yet: live, not ready; streams are shed
+/// with a `retry:` (never an error status), everything else is `503 database_unavailable`.
+pub fn starting(retry_ms: u64) -> Router {
+    use axum::body::Body;
+    use axum::http::{header, HeaderValue};
+    let shed = move || async move {
+        let mut resp = Response::new(Body::from(crate::mcp::retry_frame(
+            crate::mcp::jittered_retry_ms(retry_ms),
+        )));
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        resp.headers_mut()
+            .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        resp
+    };
+    Router::new()
+        .route("/healthz", get(ops::healthz))
+        .route("/mcp", get(shed))
+        .fallback(|| async { AppError::DatabaseUnavailable })
+        .layer(CatchPanicLayer::custom(panic_response))
 }
 
 fn public_routes() -> Router<AppState> {
@@ -46,7 +73,10 @@ fn admin_routes(st: AppState) -> Router<AppState> {
     let admin = Router::new()
         .route("/admin/publish", post(admin::publish))
         .route("/admin/cluster", get(admin::cluster))
-        .route_layer(middleware::from_fn_with_state(st, admin_auth::require_admin));
+        .route_layer(middleware::from_fn_with_state(
+            st,
+            admin_auth::require_admin,
+        ));
     Router::new()
         .merge(admin)
         .route("/healthz", get(ops::healthz))
@@ -59,7 +89,10 @@ fn finish(router: Router<AppState>, st: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(st.clone(), origin::check_origin))
+        .layer(middleware::from_fn_with_state(
+            st.clone(),
+            origin::check_origin,
+        ))
         .layer(middleware::from_fn_with_state(st.clone(), count_errors))
         .layer(CatchPanicLayer::custom(panic_response))
         .with_state(st)
@@ -76,7 +109,10 @@ async fn method_not_allowed(method: Method) -> AppError {
 async fn count_errors(State(st): State<AppState>, req: Request, next: Next) -> Response {
     let resp = next.run(req).await;
     if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
-        st.metrics.http_errors.get_or_create(&CodeLabel { code }).inc();
+        st.metrics
+            .http_errors
+            .get_or_create(&CodeLabel { code })
+            .inc();
     }
     resp
 }

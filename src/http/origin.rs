@@ -57,11 +57,26 @@ mod tests {
         let none: Vec<String> = vec![];
         let listed = vec!["https://app.example".to_owned()];
         assert!(origin_allowed(&h(None, "svc:8080"), &none));
-        assert!(origin_allowed(&h(Some("http://svc:8080"), "svc:8080"), &none));
-        assert!(!origin_allowed(&h(Some("https://evil.example"), "svc:8080"), &none));
+        assert!(origin_allowed(
+            &h(Some("http://svc:8080"), "svc:8080"),
+            &none
+        ));
+        assert!(!origin_allowed(
+            &h(Some("https://evil.example"), "svc:8080"),
+            &none
+        ));
         assert!(!origin_allowed(&h(Some("null"), "svc:8080"), &none));
-        assert!(origin_allowed(&h(Some("https://app.example"), "svc:8080"), &listed));
-        assert!(origin_allowed(&h(Some("HTTPS://APP.EXAMPLE/"), "svc:8080"), &listed));
-        assert!(!origin_allowed(&h(Some("https://app.example.evil"), "svc:8080"), &listed));
+        assert!(origin_allowed(
+            &h(Some("https://app.example"), "svc:8080"),
+            &listed
+        ));
+        assert!(origin_allowed(
+            &h(Some("HTTPS://APP.EXAMPLE/"), "svc:8080"),
+            &listed
+        ));
+        assert!(!origin_allowed(
+            &h(Some("https://app.example.evil"), "svc:8080"),
+            &listed
+        ));
     }
 }

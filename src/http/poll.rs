@@ -72,19 +72,32 @@ pub async fn poll(
             }
         }
     }
-    let cursor = events.last().map_or_else(|| id(feed.cursor()), |e| e.id().to_owned());
+    let cursor = events
+        .last()
+        .map_or_else(|| id(feed.cursor()), |e| e.id().to_owned());
     let rendered: Vec<(Option<String>, String)> = events
         .iter()
-        .map(|e| (Some(e.id().to_owned()), String::from_utf8_lossy(&e.message()).into_owned()))
+        .map(|e| {
+            (
+                Some(e.id().to_owned()),
+                String::from_utf8_lossy(&e.message()).into_owned(),
+            )
+        })
         .collect();
-    Ok(answer(&rendered, &cursor, more && events.len() >= MAX_EVENTS))
+    Ok(answer(
+        &rendered,
+        &cursor,
+        more && events.len() >= MAX_EVENTS,
+    ))
 }
 
 /// Reads visible events after the feed's cursor, up to the answer's limit.
 async fn collect(feed: &mut Feed) -> Result<(Vec<std::sync::Arc<StoredEvent>>, bool), AppError> {
     let mut events = Vec::new();
     loop {
-        let batch = feed.next_batch(MAX_EVENTS - events.len(), usize::MAX).await?;
+        let batch = feed
+            .next_batch(MAX_EVENTS - events.len(), usize::MAX)
+            .await?;
         events.extend(batch.events);
         if !batch.more || events.len() >= MAX_EVENTS {
             return Ok((events, batch.more));
@@ -110,5 +123,12 @@ fn answer(events: &[(Option<String>, String)], cursor: &str, more: bool) -> Resp
     out.push_str(r#","more":"#);
     out.push_str(if more { "true" } else { "false" });
     out.push('}');
-    ([(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))], out).into_response()
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        out,
+    )
+        .into_response()
 }

@@ -17,7 +17,9 @@ use tokio::time::Instant;
 
 use super::error::AppError;
 use super::headers::{self, MCP_SESSION_ID};
-use crate::broadcast::{Broadcaster, DropReason, Feed, SubscriberGuard, SubscriberKind};
+use crate::broadcast::{
+    Broadcaster, DropReason, Feed, SessionClaim, SubscriberGuard, SubscriberKind,
+};
 use crate::event::{EventId, Viewer};
 use crate::log::{LogError, Start};
 use crate::mcp::{self, KEEPALIVE_FRAME};
@@ -37,12 +39,18 @@ pub async fn get_mcp(
     headers::require_event_stream(&headers)?;
     let version = headers::protocol_version(&headers)?;
     let session = headers::session_id(&headers)?;
-    let cursor = headers::cursor(&headers, headers::query_param(query.as_deref(), "last_event_id").as_deref())?;
+    let cursor = headers::cursor(
+        &headers,
+        headers::query_param(query.as_deref(), "last_event_id").as_deref(),
+    )?;
 
     if st.lifecycle.is_draining() {
         return Ok(shed(&st, "draining", session.as_deref()));
     }
-    let Some(mut guard) = st.broadcaster.try_register(SubscriberKind::Sse, session.clone()) else {
+    let Some(mut guard) = st
+        .broadcaster
+        .try_register(SubscriberKind::Sse, session.clone())
+    else {
         return Ok(shed(&st, "capacity", session.as_deref()));
     };
     let bounds = match st.log.bounds().await {
@@ -75,7 +83,10 @@ pub async fn get_mcp(
         let jitter = rand::rng().random_range(0.8..=1.0);
         Instant::now() + age.mul_f64(jitter)
     });
+    // A shed GET takes over no session: claim only now that the stream will be served.
+    let claim = session.as_deref().map(|s| st.broadcaster.claim_session(s));
     let stream = SseStream {
+        claim,
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after),
         broadcaster: st.broadcaster.clone(),
         guard,
@@ -87,7 +98,9 @@ pub async fn get_mcp(
         done: false,
     };
     let body = futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk().await.map(|chunk| (Ok::<_, Infallible>(chunk), s))
+        s.next_chunk()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
     });
     Ok(stream_response(Body::from_stream(body), session.as_deref()))
 }
@@ -107,7 +120,10 @@ fn stream_response(body: Body, session: Option<&str>) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
     if let Some(v) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
@@ -117,6 +133,8 @@ fn stream_response(body: Body, session: Option<&str>) -> Response {
 }
 
 struct SseStream {
+    /// This stream's hold on its session (a newer stream for it ends this one).
+    claim: Option<SessionClaim>,
     feed: Feed,
     broadcaster: Broadcaster,
     guard: SubscriberGuard,
@@ -140,13 +158,20 @@ impl SseStream {
             if self.broadcaster.is_closed() {
                 return self.finish(DropReason::Shutdown);
             }
+            if self.claim.as_ref().is_some_and(SessionClaim::is_taken) {
+                return self.finish(DropReason::TakenOver);
+            }
             if self.deadline.is_some_and(|d| d <= Instant::now()) {
                 return self.finish(DropReason::MaxStreamAge);
             }
             if self.feed.behind_for().is_some_and(|t| t > self.max_lag) {
                 return self.finish(DropReason::Lagging);
             }
-            let batch = match self.feed.next_batch(MAX_EVENTS_PER_WRITE, MAX_BYTES_PER_WRITE).await {
+            let batch = match self
+                .feed
+                .next_batch(MAX_EVENTS_PER_WRITE, MAX_BYTES_PER_WRITE)
+                .await
+            {
                 Ok(b) => b,
                 Err(LogError::CursorPruned { .. }) => return self.finish(DropReason::CursorPruned),
                 Err(error) => {
@@ -163,9 +188,16 @@ impl SseStream {
                 continue;
             }
             let deadline = self.deadline;
+            let taken = async {
+                match &self.claim {
+                    Some(c) => c.taken().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 biased;
                 _ = self.broadcaster.closed() => return self.finish(DropReason::Shutdown),
+                _ = taken => return self.finish(DropReason::TakenOver),
                 _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending().await } } => {
                     return self.finish(DropReason::MaxStreamAge);
                 }
@@ -198,5 +230,165 @@ impl SseStream {
         self.done = true;
         self.guard.end(reason);
         Some(mcp::retry_frame(mcp::jittered_retry_ms(self.retry_ms)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broadcast::RingLimits;
+    use crate::event::{NewEvent, Target};
+    use crate::log::memory::{MemoryLimits, MemoryLog};
+    use crate::log::{AppendRequest, EventLog};
+    use crate::metrics::{Metrics, ReasonLabel};
+    use std::sync::Arc;
+
+    struct Fixture {
+        bc: Broadcaster,
+        log: Arc<dyn EventLog>,
+    }
+
+    fn fixture() -> Fixture {
+        let bc = Broadcaster::new(
+            0,
+            RingLimits {
+                max_events: 10_000,
+                max_bytes: usize::MAX,
+            },
+            10,
+            Arc::new(Metrics::new()),
+        );
+        let sink = bc.clone();
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(
+            "ep".into(),
+            MemoryLimits {
+                max_events: 10_000,
+                max_bytes: usize::MAX,
+            },
+            Box::new(move |evs| sink.push(evs)),
+        ));
+        Fixture { bc, log }
+    }
+
+    impl Fixture {
+        fn stream(
+            &self,
+            keepalive: Duration,
+            max_lag: Duration,
+            deadline: Option<Instant>,
+        ) -> SseStream {
+            SseStream {
+                claim: None,
+                feed: Feed::new(self.bc.clone(), self.log.clone(), Viewer::default(), 0),
+                broadcaster: self.bc.clone(),
+                guard: self
+                    .bc
+                    .try_register(SubscriberKind::Sse, Some("sess-1".into()))
+                    .expect("slot"),
+                preamble: None,
+                keepalive,
+                max_lag,
+                retry_ms: 100,
+                deadline,
+                done: false,
+            }
+        }
+
+        async fn publish(&self, n: usize) {
+            let events = (0..n)
+                .map(|_| NewEvent {
+                    method: "notifications/t".into(),
+                    params: None,
+                    target: Target::default(),
+                    key: None,
+                })
+                .collect();
+            self.log
+                .append(AppendRequest {
+                    events,
+                    request_key: None,
+                })
+                .await
+                .expect("append");
+        }
+
+        fn dropped(&self, reason: &'static str) -> u64 {
+            self.bc
+                .metrics()
+                .subscribers_dropped
+                .get_or_create(&ReasonLabel { reason })
+                .get()
+        }
+    }
+
+    const LONG: Duration = Duration::from_secs(3600);
+
+    fn is_retry(chunk: &Bytes) -> bool {
+        chunk.starts_with(b"retry: ") && chunk.ends_with(b"\n\n")
+    }
+
+    #[tokio::test]
+    async fn pending_events_are_coalesced_into_one_write() {
+        let f = fixture();
+        let mut s = f.stream(LONG, LONG, None);
+        f.publish(10).await;
+        let chunk = s.next_chunk().await.expect("chunk");
+        let text = std::str::from_utf8(&chunk).expect("utf8");
+        assert_eq!(text.matches("\ndata: ").count(), 10);
+        assert!(text.starts_with("id: ep-1\n") && text.contains("id: ep-10\n"));
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_behind_too_long_is_ended_with_retry_and_counted() {
+        let f = fixture();
+        let mut s = f.stream(LONG, Duration::from_millis(20), None);
+        f.publish(MAX_EVENTS_PER_WRITE * 3).await;
+        let first = s.next_chunk().await.expect("first write");
+        assert!(!is_retry(&first));
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let end = s.next_chunk().await.expect("retry");
+        assert!(is_retry(&end), "{end:?}");
+        assert!(s.next_chunk().await.is_none(), "then the stream ends");
+        drop(s);
+        assert_eq!(f.dropped("lagging"), 1);
+        assert_eq!(f.bc.subscriber_count(), 0);
+    }
+
+    #[tokio::test]
+    async fn closing_the_broadcaster_ends_waiting_streams() {
+        let f = fixture();
+        let mut s = f.stream(LONG, LONG, None);
+        let task = tokio::spawn(async move {
+            let end = s.next_chunk().await;
+            let after = s.next_chunk().await;
+            (end, after)
+        });
+        tokio::task::yield_now().await;
+        f.bc.close();
+        let (end, after) = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("ended promptly")
+            .expect("joined");
+        assert!(end.as_ref().is_some_and(is_retry));
+        assert!(after.is_none());
+        assert_eq!(f.dropped("shutdown"), 1);
+    }
+
+    #[tokio::test]
+    async fn idle_streams_get_keepalive_comments() {
+        let f = fixture();
+        let mut s = f.stream(Duration::from_millis(10), LONG, None);
+        let chunk = s.next_chunk().await.expect("keepalive");
+        assert_eq!(&chunk[..], KEEPALIVE_FRAME);
+    }
+
+    #[tokio::test]
+    async fn streams_end_at_their_max_age() {
+        let f = fixture();
+        let mut s = f.stream(LONG, LONG, Some(Instant::now() + Duration::from_millis(20)));
+        let end = s.next_chunk().await.expect("retry");
+        assert!(is_retry(&end));
+        drop(s);
+        assert_eq!(f.dropped("max_stream_age"), 1);
     }
 }

@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
-use super::{AppendRequest, Bounds, EventLog, LogError};
+use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
 use crate::event::input::request_fingerprint;
 use crate::event::StoredEvent;
 
@@ -56,7 +56,9 @@ impl MemoryLog {
     fn lock(&self) -> MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave `Inner` half-updated in a way that breaks
         // ordering (seqs are assigned before anything is pushed), so keep serving.
-        self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.inner
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
@@ -69,16 +71,21 @@ impl EventLog for MemoryLog {
         &self.epoch
     }
 
-    async fn append(&self, req: AppendRequest) -> Result<Vec<u64>, LogError> {
+    async fn append(&self, req: AppendRequest) -> Result<Appended, LogError> {
         let mut inner = self.lock();
-        let request_key = req
-            .request_key
-            .as_ref()
-            .map(|k| (format!("{REQUEST_KEY_PREFIX}{k}"), request_fingerprint(&req.events)));
+        let request_key = req.request_key.as_ref().map(|k| {
+            (
+                format!("{REQUEST_KEY_PREFIX}{k}"),
+                request_fingerprint(&req.events),
+            )
+        });
         if let Some((key, fp)) = &request_key {
             if let Some(entry) = inner.keys.get(key) {
                 return if entry.fingerprint == *fp {
-                    Ok(entry.seqs.clone())
+                    Ok(Appended {
+                        seqs: entry.seqs.clone(),
+                        new_events: 0,
+                    })
                 } else {
                     Err(LogError::IdempotencyConflict { index: None })
                 };
@@ -93,7 +100,9 @@ impl EventLog for MemoryLog {
                 None => None,
             };
             match known {
-                Some(entry) if entry.fingerprint == ev.fingerprint() => seqs.push(entry.seqs.first().copied()),
+                Some(entry) if entry.fingerprint == ev.fingerprint() => {
+                    seqs.push(entry.seqs.first().copied())
+                }
                 Some(_) => {
                     return Err(LogError::IdempotencyConflict {
                         index: batch.then_some(i),
@@ -150,10 +159,17 @@ impl EventLog for MemoryLog {
         if !fresh.is_empty() {
             (self.sink)(&fresh);
         }
-        Ok(seqs)
+        Ok(Appended {
+            seqs,
+            new_events: fresh.len(),
+        })
     }
 
-    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+    async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
         let inner = self.lock();
         if after < inner.pruned {
             return Err(LogError::CursorPruned {
@@ -240,24 +256,56 @@ mod tests {
     async fn appends_in_order_and_prunes_with_watermark() {
         let (log, last) = log(5);
         for i in 0..12 {
-            let seqs = log.append(req(vec![ev("a", None)], None)).await.expect("append");
+            let seqs = log
+                .append(req(vec![ev("a", None)], None))
+                .await
+                .expect("append")
+                .seqs;
             assert_eq!(seqs, vec![i + 1]);
         }
         assert_eq!(last.load(Ordering::SeqCst), 12);
-        assert_eq!(log.bounds().await.expect("b"), Bounds { head: 12, pruned: 7 });
-        let after7: Vec<u64> = log.read_after(7, 100).await.expect("read").iter().map(|e| e.seq).collect();
+        assert_eq!(
+            log.bounds().await.expect("b"),
+            Bounds {
+                head: 12,
+                pruned: 7
+            }
+        );
+        let after7: Vec<u64> = log
+            .read_after(7, 100)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(after7, vec![8, 9, 10, 11, 12]);
-        let page: Vec<u64> = log.read_after(9, 2).await.expect("read").iter().map(|e| e.seq).collect();
+        let page: Vec<u64> = log
+            .read_after(9, 2)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.seq)
+            .collect();
         assert_eq!(page, vec![10, 11]);
-        assert!(matches!(log.read_after(6, 10).await, Err(LogError::CursorPruned { .. })));
+        assert!(matches!(
+            log.read_after(6, 10).await,
+            Err(LogError::CursorPruned { .. })
+        ));
     }
 
     #[tokio::test]
     async fn request_key_replays_and_conflicts() {
         let (log, last) = log(100);
-        let a = log.append(req(vec![ev("a", None), ev("b", None)], Some("k"))).await.expect("first");
-        let again = log.append(req(vec![ev("a", None), ev("b", None)], Some("k"))).await.expect("retry");
-        assert_eq!(a, again);
+        let a = log
+            .append(req(vec![ev("a", None), ev("b", None)], Some("k")))
+            .await
+            .expect("first");
+        let again = log
+            .append(req(vec![ev("a", None), ev("b", None)], Some("k")))
+            .await
+            .expect("retry");
+        assert_eq!(a.seqs, again.seqs);
+        assert_eq!((a.new_events, again.new_events), (2, 0));
         assert_eq!(last.load(Ordering::SeqCst), 2, "nothing new committed");
         assert!(matches!(
             log.append(req(vec![ev("c", None)], Some("k"))).await,
@@ -268,15 +316,21 @@ mod tests {
     #[tokio::test]
     async fn event_keys_replay_and_conflict_with_index() {
         let (log, last) = log(100);
-        let a = log.append(req(vec![ev("a", Some("x"))], None)).await.expect("first");
+        let a = log
+            .append(req(vec![ev("a", Some("x"))], None))
+            .await
+            .expect("first")
+            .seqs;
         let mixed = log
             .append(req(vec![ev("a", Some("x")), ev("b", Some("y"))], None))
             .await
             .expect("mixed");
-        assert_eq!(mixed, vec![a[0], 2]);
+        assert_eq!(mixed.seqs, vec![a[0], 2]);
+        assert_eq!(mixed.new_events, 1);
         assert_eq!(last.load(Ordering::SeqCst), 2);
         assert!(matches!(
-            log.append(req(vec![ev("z", None), ev("other", Some("y"))], None)).await,
+            log.append(req(vec![ev("z", None), ev("other", Some("y"))], None))
+                .await,
             Err(LogError::IdempotencyConflict { index: Some(1) })
         ));
         assert_eq!(log.bounds().await.expect("b").head, 2, "all or nothing");
@@ -285,11 +339,16 @@ mod tests {
     #[tokio::test]
     async fn keys_are_forgotten_with_their_events() {
         let (log, _) = log(2);
-        log.append(req(vec![ev("a", Some("x"))], None)).await.expect("a");
+        log.append(req(vec![ev("a", Some("x"))], None))
+            .await
+            .expect("a");
         log.append(req(vec![ev("b", None)], None)).await.expect("b");
         log.append(req(vec![ev("c", None)], None)).await.expect("c");
         // seq 1 is pruned, so key x is free again and publishes anew.
-        let again = log.append(req(vec![ev("a", Some("x"))], None)).await.expect("again");
-        assert_eq!(again, vec![4]);
+        let again = log
+            .append(req(vec![ev("a", Some("x"))], None))
+            .await
+            .expect("again");
+        assert_eq!(again.seqs, vec![4]);
     }
 }

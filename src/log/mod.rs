@@ -4,6 +4,7 @@
 //! A log hands out [`StoredEvent`]s framed once, so every reader sends the same bytes.
 
 pub mod memory;
+pub mod postgres;
 
 use std::sync::Arc;
 
@@ -36,7 +37,9 @@ impl Bounds {
     pub fn start_for(&self, cursor: &Cursor, epoch: &str) -> Start {
         match cursor {
             Cursor::Absent => Start::Fresh { head: self.head },
-            Cursor::At { epoch: e, seq } if e == epoch && *seq <= self.head && *seq >= self.pruned => {
+            Cursor::At { epoch: e, seq }
+                if e == epoch && *seq <= self.head && *seq >= self.pruned =>
+            {
                 Start::Replay { after: *seq }
             }
             Cursor::At { .. } | Cursor::Foreign(_) => Start::Resync { head: self.head },
@@ -58,10 +61,21 @@ pub enum LogError {
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     #[error("the idempotency key was used before with a different body")]
     IdempotencyConflict { index: Option<usize> },
-    #[error("events after seq {after} were pruned (watermark {pruned}); the cursor needs a resync")]
+    #[error(
+        "events after seq {after} were pruned (watermark {pruned}); the cursor needs a resync"
+    )]
     CursorPruned { after: u64, pruned: u64 },
     #[error("internal log error: {0}")]
     Internal(String),
+}
+
+/// What an append committed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// One seq per requested event, in order (originals for idempotent retries).
+    pub seqs: Vec<u64>,
+    /// How many events this append committed anew (0 for a pure retry).
+    pub new_events: usize,
 }
 
 /// The ordered event log.
@@ -72,11 +86,12 @@ pub trait EventLog: Send + Sync + 'static {
 
     /// Commits the events (one transaction) and returns their seqs, in order. A retry with a
     /// known idempotency key and the same body returns the original seqs and commits nothing.
-    async fn append(&self, req: AppendRequest) -> Result<Vec<u64>, LogError>;
+    async fn append(&self, req: AppendRequest) -> Result<Appended, LogError>;
 
     /// Up to `limit` events with seq > `after`, in seq order. [`LogError::CursorPruned`] when
     /// some of them are gone.
-    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Arc<StoredEvent>>, LogError>;
+    async fn read_after(&self, after: u64, limit: usize)
+        -> Result<Vec<Arc<StoredEvent>>, LogError>;
 
     /// The head and the pruned watermark, read from the log itself.
     async fn bounds(&self) -> Result<Bounds, LogError>;
@@ -88,7 +103,10 @@ mod tests {
 
     #[test]
     fn start_rule() {
-        let b = Bounds { head: 50, pruned: 20 };
+        let b = Bounds {
+            head: 50,
+            pruned: 20,
+        };
         let at = |epoch: &str, seq| Cursor::At {
             epoch: epoch.into(),
             seq,

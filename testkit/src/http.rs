@@ -41,6 +41,12 @@ impl RawRequest {
         }
     }
 
+    /// Replaces the method.
+    pub fn with_method(mut self, method: &str) -> Self {
+        self.method = method.to_string();
+        self
+    }
+
     /// Adds a header whose value is text.
     pub fn header(self, name: &str, value: &str) -> Self {
         self.header_bytes(name, value.as_bytes())
@@ -71,7 +77,9 @@ impl RawRequest {
     }
 
     fn has_header(&self, name: &str) -> bool {
-        self.headers.iter().any(|(n, _)| n.eq_ignore_ascii_case(name))
+        self.headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
     }
 
     /// The exact bytes that will be written for a server at `addr`.
@@ -187,10 +195,10 @@ pub async fn raw_request(
                 }
                 None => {
                     return Err(Error::Truncated(format!(
-                        "connection closed before a complete response head to {what} ({} bytes: {:?})",
-                        raw.len(),
-                        String::from_utf8_lossy(&raw)
-                    )))
+                    "connection closed before a complete response head to {what} ({} bytes: {:?})",
+                    raw.len(),
+                    String::from_utf8_lossy(&raw)
+                )))
                 }
             }
         }

@@ -29,4 +29,6 @@ pub use poll::{PollAnswer, PollEvent};
 pub use replica::{PublishOptions, Replica, Token};
 pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
 pub use tally::{EventId, Tally, TallyReport};
+/// Re-exported for tests that need throwaway files (token files, data directories).
+pub use tempfile;
 pub use wait::{wait_for, wait_until};

@@ -21,7 +21,9 @@ pub fn parse_selector(selector: &str) -> Result<(String, Vec<(String, String)>)>
         None => Ok((selector.to_string(), Vec::new())),
         Some(open) => {
             let inner = selector[open + 1..].strip_suffix('}').ok_or_else(|| {
-                Error::Protocol(format!("bad metric selector {selector:?}: no closing brace"))
+                Error::Protocol(format!(
+                    "bad metric selector {selector:?}: no closing brace"
+                ))
             })?;
             let labels = parse_labels(inner)
                 .ok_or_else(|| Error::Protocol(format!("bad metric selector {selector:?}")))?;
@@ -135,13 +137,24 @@ mcp_fanout_events_published_total 17 1700000000\n\
 
     #[test]
     fn reads_values_by_selector() {
-        assert_eq!(value(TEXT, "mcp_fanout_subscribers").expect("ok"), Some(3.0));
         assert_eq!(
-            value(TEXT, "mcp_fanout_subscribers_dropped_total{reason=\"write_stall\"}").expect("ok"),
+            value(TEXT, "mcp_fanout_subscribers").expect("ok"),
+            Some(3.0)
+        );
+        assert_eq!(
+            value(
+                TEXT,
+                "mcp_fanout_subscribers_dropped_total{reason=\"write_stall\"}"
+            )
+            .expect("ok"),
             Some(1.0)
         );
         assert_eq!(
-            value(TEXT, "mcp_fanout_subscribers_dropped_total{reason=\"lagging\"}").expect("ok"),
+            value(
+                TEXT,
+                "mcp_fanout_subscribers_dropped_total{reason=\"lagging\"}"
+            )
+            .expect("ok"),
             Some(2.0)
         );
         assert_eq!(
@@ -153,7 +166,11 @@ mcp_fanout_events_published_total 17 1700000000\n\
             Some(17.0)
         );
         assert_eq!(
-            value(TEXT, "mcp_fanout_subscribers_dropped_total{reason=\"shutdown\"}").expect("ok"),
+            value(
+                TEXT,
+                "mcp_fanout_subscribers_dropped_total{reason=\"shutdown\"}"
+            )
+            .expect("ok"),
             None
         );
     }

@@ -113,9 +113,9 @@ impl Replica {
             bin: PathBuf::from(bin),
             source,
         })?;
-        let pid = child
-            .id()
-            .ok_or_else(|| Error::Protocol(format!("replica `{label}` has no pid right after spawn")))?;
+        let pid = child.id().ok_or_else(|| {
+            Error::Protocol(format!("replica `{label}` has no pid right after spawn"))
+        })?;
 
         let logs = Arc::new(Mutex::new(Vec::new()));
         let (addr_tx, mut addr_rx) = watch::channel(Addrs::default());
@@ -273,6 +273,11 @@ impl Replica {
         self.signal(libc::SIGTERM)
     }
 
+    /// Sends SIGINT (what Ctrl-C does).
+    pub fn sigint(&self) -> Result<()> {
+        self.signal(libc::SIGINT)
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: libc::c_int) -> Result<()> {
         let pid = libc::pid_t::try_from(self.pid)
@@ -313,7 +318,13 @@ impl Replica {
 
     /// `GET` on the public address.
     pub async fn get(&self, path_and_query: &str) -> Result<HttpResponse> {
-        HttpResponse::read(self.http.get(self.public_url(path_and_query)).send().await?).await
+        HttpResponse::read(
+            self.http
+                .get(self.public_url(path_and_query))
+                .send()
+                .await?,
+        )
+        .await
     }
 
     /// `GET` on the admin/ops address.
@@ -481,7 +492,9 @@ impl Replica {
                 let last = &last;
                 async move {
                     let v = fut.await.ok().flatten();
-                    *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = v;
+                    *last
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = v;
                     v.filter(|v| pred(*v))
                 }
             },
@@ -491,7 +504,9 @@ impl Replica {
             Error::Timeout { what, after } => Error::Timeout {
                 what: format!(
                     "{what} (last value {:?})",
-                    *last.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+                    *last
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                 ),
                 after,
             },

@@ -651,7 +651,9 @@ mod tests {
                 .await
                 .expect("head");
             for c in chunks {
-                s.write_all(format!("{:x}\r\n", c.len()).as_bytes()).await.expect("size");
+                s.write_all(format!("{:x}\r\n", c.len()).as_bytes())
+                    .await
+                    .expect("size");
                 s.write_all(c).await.expect("data");
                 s.write_all(b"\r\n").await.expect("crlf");
                 s.flush().await.expect("flush");
@@ -676,7 +678,9 @@ mod tests {
         )
         .await;
         let t = Duration::from_secs(5);
-        let mut c = SseConn::connect(addr, &SseRequest::mcp(), t).await.expect("connect");
+        let mut c = SseConn::connect(addr, &SseRequest::mcp(), t)
+            .await
+            .expect("connect");
         assert_eq!(c.status(), 200);
         let f = c.next_frame(t).await.expect("frame").expect("some");
         assert!(f.is_comment_only());
@@ -693,7 +697,9 @@ mod tests {
     async fn a_stream_closed_without_the_last_chunk_is_cut() {
         let addr = serve_once(vec![b"id: e-1\ndata: {}\n\nid: e-2\nda"], false).await;
         let t = Duration::from_secs(5);
-        let mut c = SseConn::connect(addr, &SseRequest::mcp(), t).await.expect("connect");
+        let mut c = SseConn::connect(addr, &SseRequest::mcp(), t)
+            .await
+            .expect("connect");
         let (frames, end) = c.drain(t).await.expect("drain");
         assert_eq!(frames.len(), 1);
         assert!(matches!(end, StreamEnd::Cut(_)), "{end:?}");

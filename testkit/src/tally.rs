@@ -24,7 +24,11 @@ impl FromStr for EventId {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let bad = || Error::Protocol(format!("{s:?} is not an event id of the form <epoch>-<seq>"));
+        let bad = || {
+            Error::Protocol(format!(
+                "{s:?} is not an event id of the form <epoch>-<seq>"
+            ))
+        };
         let (epoch, seq) = s.rsplit_once('-').ok_or_else(bad)?;
         let epoch_ok = !epoch.is_empty()
             && epoch.len() <= 32
@@ -172,13 +176,11 @@ impl Tally {
                     (Some(a), Some(b)) => a.epoch == b.epoch && b.seq > a.seq,
                     _ => true,
                 };
-                let published_order = match (
-                    expected_pos.get(prev_id),
-                    expected_pos.get(id.as_str()),
-                ) {
-                    (Some(a), Some(b)) => b > a,
-                    _ => true,
-                };
+                let published_order =
+                    match (expected_pos.get(prev_id), expected_pos.get(id.as_str())) {
+                        (Some(a), Some(b)) => b > a,
+                        _ => true,
+                    };
                 if !increasing || !published_order {
                     report
                         .out_of_order
@@ -216,11 +218,7 @@ impl Tally {
                 .iter()
                 .map(|(id, n)| format!("{id} ×{n}"))
                 .collect();
-            msg.push_str(&format!(
-                "\n  duplicated ({}): {}",
-                d.len(),
-                preview(&d)
-            ));
+            msg.push_str(&format!("\n  duplicated ({}): {}", d.len(), preview(&d)));
         }
         if !r.out_of_order.is_empty() {
             let o: Vec<String> = r
@@ -228,11 +226,7 @@ impl Tally {
                 .iter()
                 .map(|(pos, a, b)| format!("#{pos}: {b} after {a}"))
                 .collect();
-            msg.push_str(&format!(
-                "\n  out of order ({}): {}",
-                o.len(),
-                preview(&o)
-            ));
+            msg.push_str(&format!("\n  out of order ({}): {}", o.len(), preview(&o)));
         }
         if !r.unexpected.is_empty() {
             msg.push_str(&format!(

@@ -1,0 +1,190 @@
+//! The Postgres bridge: one per replica. It LISTENs on the deployment's channels, and on every
+//! wake-up (and after every reconnect, and on every heartbeat tick) reads the log after its
+//! cursor and pushes those events, in seq order, into the local broadcaster. NOTIFY payloads are
+//! never trusted: a forged or repeated NOTIFY costs one read and nothing else.
+
+pub mod backoff;
+pub mod listener;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio_postgres::types::Type;
+use tokio_util::sync::CancellationToken;
+
+use self::backoff::Backoff;
+use self::listener::{Control, Listener};
+use crate::log::postgres::{timed, DbError, PgLog};
+use crate::log::LogError;
+use crate::state::AppState;
+
+/// Events read from the log per catch-up query.
+const PAGE: usize = 1000;
+
+pub fn events_channel(schema: &str) -> String {
+    format!("{schema}.events")
+}
+
+pub fn control_channel(schema: &str) -> String {
+    format!("{schema}.control")
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("the LISTEN connection closed{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    Closed(Option<tokio_postgres::Error>),
+    #[error("no heartbeat came back within {0:?}")]
+    HeartbeatTimeout(Duration),
+}
+
+pub struct Bridge {
+    pub state: AppState,
+    pub log: Arc<PgLog>,
+    pub listen_config: tokio_postgres::Config,
+    pub heartbeat_every: Duration,
+    pub heartbeat_timeout: Duration,
+    pub timeout: Duration,
+}
+
+impl Bridge {
+    /// Runs until `stop`: connects, catches up, follows; reconnects with jittered backoff.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+        loop {
+            let started = Instant::now();
+            let result = self.session(&stop).await;
+            self.state.metrics.listen_connected.set(0);
+            match result {
+                Ok(()) => return,
+                Err(error) => tracing::warn!(%error, "LISTEN connection lost; reconnecting"),
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff.reset();
+            }
+            self.state.metrics.listen_reconnects.inc();
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+            }
+        }
+    }
+
+    async fn session(&self, stop: &CancellationToken) -> Result<(), BridgeError> {
+        let schema = self.log.schema();
+        let events = events_channel(schema);
+        let control = control_channel(schema);
+        let mut listener =
+            Listener::connect(&self.listen_config, &events, &control, self.timeout).await?;
+        // LISTEN is active: everything committed from now on wakes us; this read covers the rest.
+        let caught_up = self.catch_up().await?;
+        self.state.metrics.catch_up_events.inc_by(caught_up);
+        self.state.metrics.listen_connected.set(1);
+        if !self.state.lifecycle.is_ready() && !self.state.lifecycle.is_draining() {
+            self.state.lifecycle.set_ready();
+            tracing::info!(
+                head = self.state.broadcaster.head(),
+                "LISTEN connected; ready"
+            );
+        } else {
+            tracing::info!(
+                caught_up,
+                head = self.state.broadcaster.head(),
+                "LISTEN reconnected"
+            );
+        }
+        let mut tick = tokio::time::interval(self.heartbeat_every);
+        tick.reset();
+        let mut beat = 0u64;
+        let mut awaiting: Option<(String, Instant)> = None;
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return Ok(()),
+                _ = listener.events.notified() => {
+                    self.catch_up().await?;
+                }
+                msg = listener.control.recv() => match msg {
+                    Some(Control::Message(payload)) => {
+                        if awaiting.as_ref().is_some_and(|(p, _)| *p == payload) {
+                            awaiting = None;
+                        } else {
+                            tracing::debug!(payload, "control message");
+                        }
+                    }
+                    Some(Control::Closed(e)) => return Err(BridgeError::Closed(e)),
+                    None => return Err(BridgeError::Closed(None)),
+                },
+                _ = tick.tick() => {
+                    if let Some((_, since)) = &awaiting {
+                        if since.elapsed() > self.heartbeat_timeout {
+                            return Err(BridgeError::HeartbeatTimeout(self.heartbeat_timeout));
+                        }
+                    } else {
+                        beat += 1;
+                        let payload = format!("heartbeat {} {beat}", self.state.replica_id);
+                        self.heartbeat(&listener, &control, &payload).await?;
+                        awaiting = Some((payload, Instant::now()));
+                    }
+                    // The safety net: a missed wake-up costs at most one tick.
+                    self.catch_up().await?;
+                    self.sample_pool();
+                }
+            }
+        }
+    }
+
+    /// A NOTIFY to ourselves on the LISTEN connection: it must come back, or the connection is
+    /// dead. Also samples the NOTIFY queue usage.
+    async fn heartbeat(
+        &self,
+        listener: &Listener,
+        control: &str,
+        payload: &str,
+    ) -> Result<(), BridgeError> {
+        let rows = timed(self.timeout, async {
+            listener
+                .client
+                .query_typed(
+                    "SELECT pg_notify($1, $2), pg_notification_queue_usage()",
+                    &[(&control, Type::TEXT), (&payload, Type::TEXT)],
+                )
+                .await
+                .map_err(DbError::Query)
+        })
+        .await?;
+        if let Some(usage) = rows.first().map(|r| r.get::<_, f64>(1)) {
+            self.state.metrics.notify_queue_usage.set(usage);
+        }
+        Ok(())
+    }
+
+    /// Reads the log after the broadcaster's head and pushes it, page by page. Returns the count.
+    async fn catch_up(&self) -> Result<u64, BridgeError> {
+        let mut total = 0u64;
+        loop {
+            let cursor = self.state.broadcaster.head();
+            let page = self.log.fetch_after(cursor, PAGE).await?;
+            let n = page.len();
+            if n == 0 {
+                return Ok(total);
+            }
+            self.state.broadcaster.push(&page);
+            total += n as u64;
+            self.state.metrics.bridge_events.inc_by(n as u64);
+            if n < PAGE {
+                return Ok(total);
+            }
+        }
+    }
+
+    fn sample_pool(&self) {
+        let status = self.log.pool().status();
+        let m = &self.state.metrics;
+        m.pool_size.set(status.size as i64);
+        m.pool_available.set(status.available as i64);
+        m.pool_waiting.set(status.waiting as i64);
+    }
+}

@@ -1,0 +1,90 @@
+//! One GET stream per session on this replica: a new stream for a session ends the older one.
+//! (Across replicas the control channel carries the same takeover.)
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+pub struct Sessions {
+    next: AtomicU64,
+    held: Mutex<HashMap<String, (u64, CancellationToken)>>,
+}
+
+/// A stream's hold on its session. `taken()` resolves when a newer stream claims it.
+pub struct SessionClaim {
+    sessions: Arc<Sessions>,
+    session: String,
+    id: u64,
+    token: CancellationToken,
+}
+
+impl Sessions {
+    /// Claims `session` for a new stream, ending the stream that held it.
+    pub fn claim(self: &Arc<Self>, session: &str) -> SessionClaim {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let token = CancellationToken::new();
+        let previous = self
+            .held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(session.to_owned(), (id, token.clone()));
+        if let Some((_, older)) = previous {
+            older.cancel();
+        }
+        SessionClaim {
+            sessions: self.clone(),
+            session: session.to_owned(),
+            id,
+            token,
+        }
+    }
+}
+
+impl SessionClaim {
+    pub fn taken(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.token.cancelled()
+    }
+
+    pub fn is_taken(&self) -> bool {
+        self.token.is_cancelled()
+    }
+}
+
+impl Drop for SessionClaim {
+    fn drop(&mut self) {
+        let mut held = self.sessions.held.lock().unwrap_or_else(|p| p.into_inner());
+        if held
+            .get(&self.session)
+            .is_some_and(|(id, _)| *id == self.id)
+        {
+            held.remove(&self.session);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn newest_claim_wins_and_cleans_up() {
+        let s = Arc::new(Sessions::default());
+        let first = s.claim("a");
+        let other = s.claim("b");
+        assert!(!first.is_taken());
+        let second = s.claim("a");
+        assert!(first.is_taken() && !second.is_taken() && !other.is_taken());
+        drop(first);
+        assert_eq!(
+            s.held.lock().map(|h| h.len()).unwrap_or(0),
+            2,
+            "the older claim does not remove the newer"
+        );
+        drop(second);
+        drop(other);
+        assert!(s.held.lock().map(|h| h.is_empty()).unwrap_or(false));
+    }
+}

@@ -1,0 +1,290 @@
+//! The Postgres log: the durable, commit-ordered event table of SPEC §6.
+//!
+//! Appends go through one group-commit [`writer`] per replica; reads (`read_after`, `bounds`) use
+//! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
+//! same page (many lagging cursors at one position) share one query.
+
+pub mod connect;
+pub mod migrate;
+pub mod retention;
+pub mod writer;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use deadpool_postgres::Pool;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use tokio_postgres::types::Type;
+
+use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
+use crate::event::{StoredEvent, Target};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("invalid database URL: {0}")]
+    Url(#[source] tokio_postgres::Error),
+    #[error("cannot create the pool: {0}")]
+    Pool(String),
+    #[error("cannot get a database connection: {0}")]
+    Checkout(#[source] deadpool_postgres::PoolError),
+    #[error("database error: {0}")]
+    Query(#[source] tokio_postgres::Error),
+    #[error("migration {version} failed: {source}")]
+    Migration {
+        version: i32,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("migrations {0:?} are not applied and FANOUT_MIGRATE=skip (run `mcp-fanout migrate`)")]
+    NotMigrated(Vec<i32>),
+    #[error("the database did not answer within {0:?}")]
+    Timeout(Duration),
+}
+
+impl From<DbError> for LogError {
+    fn from(e: DbError) -> LogError {
+        match &e {
+            DbError::Query(q) if is_sql_error(q) => LogError::Internal(e.to_string()),
+            _ => LogError::Unavailable(Box::new(e)),
+        }
+    }
+}
+
+/// A statement the database refused for what it says (not for being unreachable, overloaded or
+/// shutting down).
+fn is_sql_error(e: &tokio_postgres::Error) -> bool {
+    e.as_db_error().is_some_and(|db| {
+        let class = &db.code().code()[..2];
+        !matches!(class, "08" | "53" | "57" | "58" | "55" | "40")
+    })
+}
+
+/// Bounds `fut` by `limit`.
+pub async fn timed<T>(
+    limit: Duration,
+    fut: impl std::future::Future<Output = Result<T, DbError>>,
+) -> Result<T, DbError> {
+    tokio::time::timeout(limit, fut)
+        .await
+        .unwrap_or(Err(DbError::Timeout(limit)))
+}
+
+pub struct PgLog {
+    inner: Arc<Inner>,
+    writer: writer::Writer,
+    reads: Mutex<HashMap<(u64, usize), SharedRead>>,
+}
+
+struct Inner {
+    epoch: String,
+    schema: String,
+    pool: Pool,
+    timeout: Duration,
+}
+
+type Page = Arc<Vec<Arc<StoredEvent>>>;
+type SharedRead = Shared<BoxFuture<'static, Result<Page, ReadError>>>;
+
+/// A clonable read error, so one failed shared read answers every waiter.
+#[derive(Debug, Clone)]
+enum ReadError {
+    Pruned { after: u64, pruned: u64 },
+    Unavailable(Arc<str>),
+    Internal(Arc<str>),
+}
+
+impl From<ReadError> for LogError {
+    fn from(e: ReadError) -> LogError {
+        match e {
+            ReadError::Pruned { after, pruned } => LogError::CursorPruned { after, pruned },
+            ReadError::Unavailable(m) => LogError::Unavailable(m.to_string().into()),
+            ReadError::Internal(m) => LogError::Internal(m.to_string()),
+        }
+    }
+}
+
+impl From<LogError> for ReadError {
+    fn from(e: LogError) -> ReadError {
+        match e {
+            LogError::CursorPruned { after, pruned } => ReadError::Pruned { after, pruned },
+            LogError::Unavailable(m) => ReadError::Unavailable(m.to_string().into()),
+            other => ReadError::Internal(other.to_string().into()),
+        }
+    }
+}
+
+impl PgLog {
+    /// Opens the log in `schema` (migrations must be applied) and starts its writer.
+    pub async fn open(
+        pool: Pool,
+        schema: &str,
+        timeout: Duration,
+        max_payload_bytes: u64,
+    ) -> Result<PgLog, DbError> {
+        let epoch = timed(timeout, async {
+            let client = pool.get().await.map_err(DbError::Checkout)?;
+            // The payload limit lives in the schema, so SQL publishes are held to the same limit.
+            let limit = i32::try_from(max_payload_bytes).unwrap_or(i32::MAX);
+            client
+                .query_typed(
+                    &format!("UPDATE {schema}.meta SET max_payload_bytes = $1 WHERE max_payload_bytes <> $1"),
+                    &[(&limit, Type::INT4)],
+                )
+                .await
+                .map_err(DbError::Query)?;
+            let row = client
+                .query_typed(&format!("SELECT epoch FROM {schema}.meta"), &[])
+                .await
+                .map_err(DbError::Query)?;
+            Ok(row.first().map(|r| r.get::<_, String>(0)).unwrap_or_default())
+        })
+        .await?;
+        let inner = Arc::new(Inner {
+            epoch,
+            schema: schema.to_owned(),
+            pool: pool.clone(),
+            timeout,
+        });
+        Ok(PgLog {
+            writer: writer::Writer::start(pool, schema.to_owned(), timeout),
+            inner,
+            reads: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Reads a page directly (the bridge's catch-up), not shared with subscribers.
+    pub async fn fetch_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        self.inner.fetch_after(after, limit).await
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    pub fn schema(&self) -> &str {
+        &self.inner.schema
+    }
+}
+
+impl Inner {
+    async fn fetch_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        let schema = &self.schema;
+        let sql = format!(
+            "SELECT m.pruned, e.seq, e.method, e.params, e.tenant, e.session, e.committed_at \
+             FROM {schema}.meta m LEFT JOIN LATERAL ( \
+                 SELECT * FROM {schema}.events WHERE seq > $1 ORDER BY seq LIMIT $2) e ON true"
+        );
+        let after_i = i64::try_from(after).unwrap_or(i64::MAX);
+        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = timed(self.timeout, async {
+            let client = self.pool.get().await.map_err(DbError::Checkout)?;
+            client
+                .query_typed(&sql, &[(&after_i, Type::INT8), (&limit_i, Type::INT8)])
+                .await
+                .map_err(DbError::Query)
+        })
+        .await?;
+        let pruned = rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64;
+        if after < pruned {
+            return Err(LogError::CursorPruned { after, pruned });
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let Some(seq) = r.get::<_, Option<i64>>(1) else {
+                continue;
+            };
+            let method: String = r.get(2);
+            let params: Option<String> = r.get(3);
+            let committed_at: SystemTime = r.get(6);
+            out.push(Arc::new(StoredEvent::new(
+                &self.epoch,
+                seq as u64,
+                &method,
+                params.as_deref(),
+                Target {
+                    tenant: r.get(4),
+                    session: r.get(5),
+                },
+                committed_at,
+            )));
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl EventLog for PgLog {
+    fn epoch(&self) -> &str {
+        &self.inner.epoch
+    }
+
+    async fn append(&self, req: AppendRequest) -> Result<Appended, LogError> {
+        self.writer.append(req).await
+    }
+
+    async fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        let key = (after, limit);
+        let read = {
+            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            reads
+                .entry(key)
+                .or_insert_with(|| {
+                    let inner = self.inner.clone();
+                    async move {
+                        inner
+                            .fetch_after(after, limit)
+                            .await
+                            .map(Arc::new)
+                            .map_err(ReadError::from)
+                    }
+                    .boxed()
+                    .shared()
+                })
+                .clone()
+        };
+        let result = read.clone().await;
+        {
+            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
+            if reads.get(&key).is_some_and(|r| r.ptr_eq(&read)) {
+                reads.remove(&key);
+            }
+        }
+        Ok(result?.as_ref().clone())
+    }
+
+    async fn bounds(&self) -> Result<Bounds, LogError> {
+        let schema = &self.inner.schema;
+        let row = timed(self.inner.timeout, async {
+            let client = self.inner.pool.get().await.map_err(DbError::Checkout)?;
+            client
+                .query_typed(
+                    &format!("SELECT h.seq, m.pruned FROM {schema}.head h, {schema}.meta m"),
+                    &[],
+                )
+                .await
+                .map_err(DbError::Query)
+        })
+        .await?;
+        let r = row
+            .first()
+            .ok_or_else(|| LogError::Internal("the log's head row is missing".into()))?;
+        Ok(Bounds {
+            head: r.get::<_, i64>(0) as u64,
+            pruned: r.get::<_, i64>(1) as u64,
+        })
+    }
+}

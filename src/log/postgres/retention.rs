@@ -1,0 +1,120 @@
+//! Retention: prunes the log by age and count, oldest first, in batches, one replica at a time
+//! (a transaction-scoped advisory try-lock; PgBouncer-safe), and advances the pruned watermark.
+
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_postgres::types::Type;
+use tokio_util::sync::CancellationToken;
+
+use super::{timed, DbError};
+
+/// Rows deleted per transaction.
+const BATCH: i64 = 10_000;
+
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    pub max_age: Duration,
+    pub max_events: u64,
+    pub every: Duration,
+}
+
+pub async fn run(
+    pool: Pool,
+    schema: String,
+    timeout: Duration,
+    policy: Retention,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tokio::time::sleep(policy.every) => {}
+        }
+        // Prune in batches until nothing is left to prune (or another replica holds the lock).
+        loop {
+            match timed(
+                timeout.saturating_mul(2),
+                prune_batch(&pool, &schema, timeout, policy),
+            )
+            .await
+            {
+                Ok(Some(watermark)) => tracing::debug!(watermark, "log pruned"),
+                Ok(None) => break,
+                Err(error) => {
+                    tracing::warn!(%error, "retention failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Deletes one batch of the oldest events beyond the policy; returns the new watermark, or `None`
+/// when there was nothing to do or another replica is pruning.
+pub async fn prune_batch(
+    pool: &Pool,
+    s: &str,
+    timeout: Duration,
+    policy: Retention,
+) -> Result<Option<i64>, DbError> {
+    let mut client = pool.get().await.map_err(DbError::Checkout)?;
+    let tx = client.transaction().await.map_err(DbError::Query)?;
+    tx.batch_execute(&format!(
+        "SET LOCAL statement_timeout = {}",
+        timeout.as_millis()
+    ))
+    .await
+    .map_err(DbError::Query)?;
+    let locked: bool = tx
+        .query_typed(
+            &format!("SELECT pg_try_advisory_xact_lock(hashtext('mcp-fanout retention {s}'))"),
+            &[],
+        )
+        .await
+        .map_err(DbError::Query)?
+        .first()
+        .is_some_and(|r| r.get(0));
+    if !locked {
+        return Ok(None);
+    }
+    let max_events = i64::try_from(policy.max_events).unwrap_or(i64::MAX);
+    let age_secs = policy.max_age.as_secs_f64();
+    // The cut: the highest seq among the oldest batch that is too old or beyond the count.
+    let cut: Option<i64> = tx
+        .query_typed(
+            &format!(
+                "SELECT max(p.seq) FROM (SELECT seq, committed_at FROM {s}.events ORDER BY seq LIMIT $1) p \
+                 WHERE p.seq <= (SELECT seq FROM {s}.head) - $2 \
+                    OR p.committed_at < clock_timestamp() - make_interval(secs => $3)"
+            ),
+            &[(&BATCH, Type::INT8), (&max_events, Type::INT8), (&age_secs, Type::FLOAT8)],
+        )
+        .await
+        .map_err(DbError::Query)?
+        .first()
+        .and_then(|r| r.get(0));
+    let Some(cut) = cut else {
+        return Ok(None);
+    };
+    tx.query_typed(
+        &format!("DELETE FROM {s}.events WHERE seq <= $1"),
+        &[(&cut, Type::INT8)],
+    )
+    .await
+    .map_err(DbError::Query)?;
+    tx.query_typed(
+        &format!("UPDATE {s}.meta SET pruned = greatest(pruned, $1)"),
+        &[(&cut, Type::INT8)],
+    )
+    .await
+    .map_err(DbError::Query)?;
+    tx.query_typed(
+        &format!("DELETE FROM {s}.idempotency WHERE max_seq <= $1"),
+        &[(&cut, Type::INT8)],
+    )
+    .await
+    .map_err(DbError::Query)?;
+    tx.commit().await.map_err(DbError::Query)?;
+    Ok(Some(cut))
+}

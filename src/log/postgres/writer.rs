@@ -1,0 +1,323 @@
+//! Group commit: concurrent publishes on one replica share one transaction.
+//!
+//! One task owns the write path. It takes every request waiting (up to [`MAX_GROUP_EVENTS`]),
+//! locks the head row (which serializes publishers across all replicas, so seqs commit in order),
+//! resolves idempotency keys, inserts the new events with one statement (its trigger sends the
+//! NOTIFY), advances the head and commits. Each request is answered only after the commit. A
+//! request whose key conflicts is refused alone; the others in the group proceed.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::types::Type;
+
+use super::{timed, DbError};
+use crate::event::input::request_fingerprint;
+use crate::log::{AppendRequest, Appended, LogError};
+
+/// Most events committed in one transaction (a request is never split).
+pub const MAX_GROUP_EVENTS: usize = 10_000;
+const QUEUE: usize = 4096;
+
+type Reply = oneshot::Sender<Result<Appended, LogError>>;
+
+struct Job {
+    req: AppendRequest,
+    reply: Reply,
+}
+
+pub struct Writer {
+    tx: mpsc::Sender<Job>,
+}
+
+impl Writer {
+    pub fn start(pool: Pool, schema: String, timeout: Duration) -> Writer {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        tokio::spawn(run(rx, pool, schema, timeout));
+        Writer { tx }
+    }
+
+    pub async fn append(&self, req: AppendRequest) -> Result<Appended, LogError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(Job { req, reply })
+            .await
+            .map_err(|_| LogError::Internal("the writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| LogError::Internal("the writer dropped a request".into()))?
+    }
+}
+
+async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, schema: String, timeout: Duration) {
+    let sql = Statements::new(&schema, timeout);
+    while let Some(first) = rx.recv().await {
+        let mut events = first.req.events.len();
+        let mut group = vec![first];
+        while events < MAX_GROUP_EVENTS {
+            match rx.try_recv() {
+                Ok(job) => {
+                    events += job.req.events.len();
+                    group.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        // Bound the whole transaction, not just each statement.
+        let outcome = timed(timeout.saturating_mul(3), commit_group(&pool, &sql, &group)).await;
+        match outcome {
+            Ok(answers) => {
+                for (job, answer) in group.into_iter().zip(answers) {
+                    let _ = job.reply.send(answer);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, requests = group.len(), "publish transaction failed");
+                let message = error.to_string();
+                let transient = !matches!(&error, DbError::Query(q) if super::is_sql_error(q));
+                for job in group {
+                    let e = if transient {
+                        LogError::Unavailable(message.clone().into())
+                    } else {
+                        LogError::Internal(message.clone())
+                    };
+                    let _ = job.reply.send(Err(e));
+                }
+            }
+        }
+    }
+}
+
+struct Statements {
+    set_local: String,
+    lock_head: String,
+    keys: String,
+    insert_events: String,
+    insert_keys: String,
+    set_head: String,
+}
+
+impl Statements {
+    fn new(s: &str, timeout: Duration) -> Statements {
+        let ms = timeout.as_millis();
+        Statements {
+            set_local: format!("SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"),
+            lock_head: format!("SELECT seq FROM {s}.head FOR UPDATE"),
+            keys: format!("SELECT key, fingerprint, seqs FROM {s}.idempotency WHERE key = ANY($1)"),
+            insert_events: format!(
+                "INSERT INTO {s}.events (seq, method, params, tenant, session) \
+                 SELECT * FROM unnest($1::bigint[], $2::text[], $3::text[], $4::text[], $5::text[])"
+            ),
+            insert_keys: format!(
+                "INSERT INTO {s}.idempotency (key, fingerprint, seqs, max_seq) \
+                 SELECT k, f, string_to_array(q, ',')::bigint[], m \
+                 FROM unnest($1::text[], $2::bytea[], $3::text[], $4::bigint[]) AS t(k, f, q, m)"
+            ),
+            set_head: format!("UPDATE {s}.head SET seq = $1"),
+        }
+    }
+}
+
+/// Rows to insert for the whole group.
+#[derive(Default)]
+struct Rows {
+    seqs: Vec<i64>,
+    methods: Vec<String>,
+    params: Vec<Option<String>>,
+    tenants: Vec<Option<String>>,
+    sessions: Vec<Option<String>>,
+    keys: Vec<String>,
+    fingerprints: Vec<Vec<u8>>,
+    key_seqs: Vec<String>,
+    key_max: Vec<i64>,
+}
+
+struct Known {
+    fingerprint: Vec<u8>,
+    seqs: Vec<i64>,
+}
+
+async fn commit_group(
+    pool: &Pool,
+    sql: &Statements,
+    group: &[Job],
+) -> Result<Vec<Result<Appended, LogError>>, DbError> {
+    let mut client = pool.get().await.map_err(DbError::Checkout)?;
+    let tx = client.transaction().await.map_err(DbError::Query)?;
+    tx.batch_execute(&sql.set_local)
+        .await
+        .map_err(DbError::Query)?;
+    let head: i64 = tx
+        .query_typed(&sql.lock_head, &[])
+        .await
+        .map_err(DbError::Query)?
+        .first()
+        .map_or(0, |r| r.get(0));
+
+    let wanted: Vec<String> = group.iter().flat_map(|j| job_keys(&j.req)).collect();
+    let mut known: HashMap<String, Known> = HashMap::new();
+    if !wanted.is_empty() {
+        for r in tx
+            .query_typed(&sql.keys, &[(&wanted, Type::TEXT_ARRAY)])
+            .await
+            .map_err(DbError::Query)?
+        {
+            known.insert(
+                r.get(0),
+                Known {
+                    fingerprint: r.get(1),
+                    seqs: r.get(2),
+                },
+            );
+        }
+    }
+
+    let mut next = head;
+    let mut rows = Rows::default();
+    let answers = group
+        .iter()
+        .map(|job| plan(&job.req, &mut known, &mut next, &mut rows))
+        .collect();
+    if next > head {
+        tx.query_typed(
+            &sql.insert_events,
+            &[
+                (&rows.seqs, Type::INT8_ARRAY),
+                (&rows.methods, Type::TEXT_ARRAY),
+                (&rows.params, Type::TEXT_ARRAY),
+                (&rows.tenants, Type::TEXT_ARRAY),
+                (&rows.sessions, Type::TEXT_ARRAY),
+            ],
+        )
+        .await
+        .map_err(DbError::Query)?;
+        if !rows.keys.is_empty() {
+            tx.query_typed(
+                &sql.insert_keys,
+                &[
+                    (&rows.keys, Type::TEXT_ARRAY),
+                    (&rows.fingerprints, Type::BYTEA_ARRAY),
+                    (&rows.key_seqs, Type::TEXT_ARRAY),
+                    (&rows.key_max, Type::INT8_ARRAY),
+                ],
+            )
+            .await
+            .map_err(DbError::Query)?;
+        }
+        tx.query_typed(&sql.set_head, &[(&next, Type::INT8)])
+            .await
+            .map_err(DbError::Query)?;
+    }
+    tx.commit().await.map_err(DbError::Query)?;
+    Ok(answers)
+}
+
+const REQUEST_KEY: &str = "request:";
+const EVENT_KEY: &str = "event:";
+
+fn job_keys(req: &AppendRequest) -> Vec<String> {
+    let mut keys: Vec<String> = req
+        .events
+        .iter()
+        .filter_map(|e| e.key.as_ref().map(|k| format!("{EVENT_KEY}{k}")))
+        .collect();
+    if let Some(k) = &req.request_key {
+        keys.push(format!("{REQUEST_KEY}{k}"));
+    }
+    keys
+}
+
+/// Decides one request inside the group: its original seqs (a retry), a conflict, or new rows.
+/// All or nothing: rows are added only if the whole request is accepted.
+fn plan(
+    req: &AppendRequest,
+    known: &mut HashMap<String, Known>,
+    next: &mut i64,
+    rows: &mut Rows,
+) -> Result<Appended, LogError> {
+    let request_key = req.request_key.as_ref().map(|k| {
+        (
+            format!("{REQUEST_KEY}{k}"),
+            request_fingerprint(&req.events).to_vec(),
+        )
+    });
+    if let Some((key, fp)) = &request_key {
+        if let Some(k) = known.get(key) {
+            return if k.fingerprint == *fp {
+                Ok(Appended {
+                    seqs: k.seqs.iter().map(|&s| s as u64).collect(),
+                    new_events: 0,
+                })
+            } else {
+                Err(LogError::IdempotencyConflict { index: None })
+            };
+        }
+    }
+    let batch = req.events.len() > 1;
+    let mut seqs = Vec::with_capacity(req.events.len());
+    let mut fresh = Vec::new();
+    let mut cursor = *next;
+    for (i, ev) in req.events.iter().enumerate() {
+        let key = ev.key.as_ref().map(|k| format!("{EVENT_KEY}{k}"));
+        if let Some(k) = key.as_ref().and_then(|k| known.get(k)) {
+            if k.fingerprint != ev.fingerprint() {
+                return Err(LogError::IdempotencyConflict {
+                    index: batch.then_some(i),
+                });
+            }
+            seqs.push(k.seqs.first().copied().unwrap_or_default());
+            continue;
+        }
+        cursor += 1;
+        seqs.push(cursor);
+        fresh.push((cursor, ev, key));
+    }
+    *next = cursor;
+    let new_events = fresh.len();
+    for (seq, ev, key) in fresh {
+        rows.seqs.push(seq);
+        rows.methods.push(ev.method.clone());
+        rows.params.push(ev.params.clone());
+        rows.tenants.push(ev.target.tenant.clone());
+        rows.sessions.push(ev.target.session.clone());
+        if let Some(key) = key {
+            let fp = ev.fingerprint().to_vec();
+            rows.keys.push(key.clone());
+            rows.fingerprints.push(fp.clone());
+            rows.key_seqs.push(seq.to_string());
+            rows.key_max.push(seq);
+            known.insert(
+                key,
+                Known {
+                    fingerprint: fp,
+                    seqs: vec![seq],
+                },
+            );
+        }
+    }
+    if let Some((key, fp)) = request_key {
+        let max = seqs.iter().copied().max().unwrap_or(*next);
+        rows.keys.push(key.clone());
+        rows.fingerprints.push(fp.clone());
+        rows.key_seqs.push(
+            seqs.iter()
+                .map(i64::to_string)
+                .collect::<Vec<_>>()
+                .join(","),
+        );
+        rows.key_max.push(max);
+        known.insert(
+            key,
+            Known {
+                fingerprint: fp,
+                seqs: seqs.clone(),
+            },
+        );
+    }
+    Ok(Appended {
+        seqs: seqs.into_iter().map(|s| s as u64).collect(),
+        new_events,
+    })
+}
