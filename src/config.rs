@@ -78,6 +78,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_DB_TIMEOUT_MS", default_value_t = 5000)]
     pub db_timeout_ms: u64,
 
+    /// PEM file of CA certificates trusted for Postgres TLS (besides the Mozilla roots).
+    #[arg(long, env = "FANOUT_DB_CA_FILE")]
+    pub db_ca_file: Option<PathBuf>,
+
     /// Connections in the publish/read pool.
     #[arg(long, env = "FANOUT_DB_POOL_SIZE", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
     pub db_pool_size: u64,
@@ -183,6 +187,9 @@ pub struct MigrateArgs {
     /// Connect and statement timeout, in milliseconds.
     #[arg(long, env = "FANOUT_DB_TIMEOUT_MS", default_value_t = 5000)]
     pub db_timeout_ms: u64,
+    /// PEM file of CA certificates trusted for Postgres TLS (besides the Mozilla roots).
+    #[arg(long, env = "FANOUT_DB_CA_FILE")]
+    pub db_ca_file: Option<PathBuf>,
 }
 
 fn parse_schema(s: &str) -> Result<String, String> {

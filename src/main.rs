@@ -179,7 +179,13 @@ async fn build_state(
         return Ok(st);
     };
     let timeout = config.db_timeout();
-    let pool = connect::pool(url, timeout, config::to_usize(config.db_pool_size))?;
+    let tls = connect::tls(config.db_ca_file.as_deref())?;
+    let pool = connect::pool(
+        url,
+        timeout,
+        config::to_usize(config.db_pool_size),
+        tls.clone(),
+    )?;
     let listen_url = config.listen_database_url.as_deref().unwrap_or(url);
     let listen_config = connect::pg_config(listen_url, connect::LISTEN_APP_NAME, timeout)?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -197,6 +203,7 @@ async fn build_state(
         state: st.clone(),
         log: log.clone(),
         listen_config,
+        tls,
         heartbeat_every: Duration::from_secs(2),
         heartbeat_timeout: timeout.max(Duration::from_secs(4)),
         timeout,
@@ -259,7 +266,7 @@ async fn run_migrate(args: MigrateArgs) -> Result<(), StartError> {
     telemetry::init(config::LogFormat::Text);
     let url = args.database_url.as_deref().unwrap_or_default();
     let timeout = Duration::from_millis(args.db_timeout_ms.max(1));
-    let pool = connect::pool(url, timeout, 1)?;
+    let pool = connect::pool(url, timeout, 1, connect::tls(args.db_ca_file.as_deref())?)?;
     let applied = timed(timeout.saturating_mul(4), async {
         let mut client = pool.get().await.map_err(DbError::Checkout)?;
         migrate::apply(&mut client, &args.schema).await

@@ -1,11 +1,13 @@
-//! Logging: `tracing` to stdout, as text or JSON lines; `RUST_LOG` filters (default `info`).
+//! Logging: `tracing` to stdout, as text or JSON lines; `RUST_LOG` filters (default `info`, with
+//! Postgres server notices at `warn`).
 
 use tracing_subscriber::EnvFilter;
 
 use crate::config::LogFormat;
 
 pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new("info,tokio_postgres=warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stdout);

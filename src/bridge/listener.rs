@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
-use tokio_postgres::{AsyncMessage, Client, NoTls};
+use tokio_postgres::{AsyncMessage, Client};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::log::postgres::{timed, DbError};
 
@@ -35,12 +36,13 @@ pub struct Listener {
 impl Listener {
     pub async fn connect(
         cfg: &tokio_postgres::Config,
+        tls: MakeRustlsConnect,
         events_channel: &str,
         control_channel: &str,
         timeout: Duration,
     ) -> Result<Listener, DbError> {
         let (client, mut connection) = timed(timeout, async {
-            cfg.connect(NoTls).await.map_err(DbError::Query)
+            cfg.connect(tls).await.map_err(DbError::Query)
         })
         .await?;
         let events = Arc::new(Notify::new());

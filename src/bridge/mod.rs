@@ -45,6 +45,7 @@ pub struct Bridge {
     pub state: AppState,
     pub log: Arc<PgLog>,
     pub listen_config: tokio_postgres::Config,
+    pub tls: tokio_postgres_rustls::MakeRustlsConnect,
     pub heartbeat_every: Duration,
     pub heartbeat_timeout: Duration,
     pub timeout: Duration,
@@ -77,8 +78,14 @@ impl Bridge {
         let schema = self.log.schema();
         let events = events_channel(schema);
         let control = control_channel(schema);
-        let mut listener =
-            Listener::connect(&self.listen_config, &events, &control, self.timeout).await?;
+        let mut listener = Listener::connect(
+            &self.listen_config,
+            self.tls.clone(),
+            &events,
+            &control,
+            self.timeout,
+        )
+        .await?;
         // LISTEN is active: everything committed from now on wakes us; this read covers the rest.
         let caught_up = self.catch_up().await?;
         self.state.metrics.catch_up_events.inc_by(caught_up);

@@ -2,10 +2,42 @@
 
 use std::time::Duration;
 
+use std::path::Path;
+use std::sync::Arc;
+
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
+use rustls::RootCertStore;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
+
+/// The TLS connector for every Postgres connection. The URL's `sslmode` decides whether TLS is
+/// used (`disable`, `prefer` — the default —, `require`); whenever it is, the server certificate
+/// is verified (chain and host name) against the Mozilla roots plus `ca_file` (PEM), so a
+/// private CA works and nothing is trusted silently.
+pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, DbError> {
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| DbError::Tls(format!("cannot read {}: {e}", path.display())))?;
+        for cert in certs {
+            let cert = cert.map_err(|e| DbError::Tls(format!("{}: {e}", path.display())))?;
+            roots
+                .add(cert)
+                .map_err(|e| DbError::Tls(format!("{}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| DbError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(MakeRustlsConnect::new(config))
+}
 
 pub const POOL_APP_NAME: &str = "mcp-fanout";
 pub const LISTEN_APP_NAME: &str = "mcp-fanout-listen";
@@ -32,11 +64,16 @@ pub fn pg_config(
 /// The publish/read pool. Every wait is bounded by `timeout`, so database trouble becomes a fast
 /// `503` instead of a hang. Statements are unnamed (`query_typed`), so PgBouncer's transaction
 /// mode works.
-pub fn pool(url: &str, timeout: Duration, size: usize) -> Result<Pool, DbError> {
+pub fn pool(
+    url: &str,
+    timeout: Duration,
+    size: usize,
+    tls: MakeRustlsConnect,
+) -> Result<Pool, DbError> {
     let cfg = pg_config(url, POOL_APP_NAME, timeout)?;
     let manager = Manager::from_config(
         cfg,
-        NoTls,
+        tls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },

@@ -39,6 +39,8 @@ pub enum DbError {
     },
     #[error("migrations {0:?} are not applied and FANOUT_MIGRATE=skip (run `mcp-fanout migrate`)")]
     NotMigrated(Vec<i32>),
+    #[error("TLS setup: {0}")]
+    Tls(String),
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
 }
