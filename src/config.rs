@@ -43,6 +43,16 @@ pub enum LogFormat {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SubscriberAuthMode {
+    /// No tenant; the session id is the only identity.
+    None,
+    /// The tenant comes from a header set by a trusted gateway.
+    Header,
+    /// `Authorization: Bearer <JWT>`, verified.
+    Jwt,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum MigrateMode {
     Auto,
     Skip,
@@ -162,6 +172,47 @@ pub struct ServeConfig {
     /// requests with no `Origin`, or a same-origin one.
     #[arg(long, env = "FANOUT_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
+
+    /// How subscribers are identified: `none`, `header` (trusted gateway) or `jwt`.
+    #[arg(
+        long,
+        env = "FANOUT_SUBSCRIBER_AUTH",
+        value_enum,
+        default_value = "none"
+    )]
+    pub subscriber_auth: SubscriberAuthMode,
+
+    /// Header carrying the tenant in `header` mode.
+    #[arg(long, env = "FANOUT_TENANT_HEADER", default_value = "x-fanout-tenant")]
+    pub tenant_header: String,
+
+    /// HS256 secret for subscriber JWTs.
+    #[arg(long, env = "FANOUT_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key (RSA → RS256, EC P-256 → ES256) for subscriber JWTs.
+    #[arg(long, env = "FANOUT_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<PathBuf>,
+
+    /// JWKS for subscriber JWTs: a file path or an http(s) URL.
+    #[arg(long, env = "FANOUT_JWT_JWKS")]
+    pub jwt_jwks: Option<String>,
+
+    /// Required `iss` of subscriber JWTs.
+    #[arg(long, env = "FANOUT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` of subscriber JWTs.
+    #[arg(long, env = "FANOUT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Claim holding the subscriber's tenant.
+    #[arg(long, env = "FANOUT_JWT_TENANT_CLAIM", default_value = "tenant")]
+    pub jwt_tenant_claim: String,
+
+    /// Clock leeway for `exp`/`nbf`; a stream ends this long after its token expires.
+    #[arg(long, env = "FANOUT_JWT_LEEWAY_SECS", default_value_t = 30)]
+    pub jwt_leeway_secs: u64,
 
     /// Log format; `RUST_LOG` filters.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]

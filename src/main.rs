@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
+use mcp_fanout::auth::SubscriberAuth;
 use mcp_fanout::bridge::backoff::Backoff;
 use mcp_fanout::bridge::Bridge;
 use mcp_fanout::config::{self, Cli, Command, MigrateArgs, MigrateMode, ServeConfig};
@@ -28,6 +29,8 @@ enum StartError {
     State(#[from] mcp_fanout::state::StateError),
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("subscriber auth: {0}")]
+    Auth(#[from] mcp_fanout::auth::AuthConfigError),
     #[error(transparent)]
     Cli(#[from] cli::CliError),
     #[error("cannot start the runtime: {0}")]
@@ -36,6 +39,8 @@ enum StartError {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // One TLS crypto provider for the process (Postgres TLS, JWKS over https).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -170,11 +175,12 @@ async fn build_state(
     open_files: u64,
     stop_tasks: &CancellationToken,
 ) -> Result<AppState, StartError> {
+    let auth = SubscriberAuth::from_config(config).await?;
     let Some(url) = config.database_url.as_deref() else {
         tracing::warn!(
             "DATABASE_URL is not set: running as a single replica with an in-memory log (events are lost on restart; do not scale this out)"
         );
-        let st = State::memory(config.clone(), open_files)?;
+        let st = State::memory(config.clone(), auth, open_files)?;
         st.lifecycle.set_ready();
         return Ok(st);
     };
@@ -198,7 +204,7 @@ async fn build_state(
             }
         }
     };
-    let st = State::postgres(config.clone(), open_files, log.clone(), head)?;
+    let st = State::postgres(config.clone(), auth, open_files, log.clone(), head)?;
     let bridge = Bridge {
         state: st.clone(),
         log: log.clone(),

@@ -25,7 +25,7 @@ pub struct CodeLabel {
 }
 
 /// Why the server ends a subscriber (see `broadcast::DropReason`).
-pub const DROP_REASONS: [&str; 7] = [
+pub const DROP_REASONS: [&str; 8] = [
     "lagging",
     "write_stall",
     "shutdown",
@@ -33,6 +33,7 @@ pub const DROP_REASONS: [&str; 7] = [
     "cursor_pruned",
     "log_unavailable",
     "taken_over",
+    "token_expired",
 ];
 /// Why a subscribe request gets a clean end instead of a stream.
 pub const SHED_REASONS: [&str; 3] = ["capacity", "draining", "database"];

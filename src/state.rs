@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use crate::auth::SubscriberAuth;
 use crate::broadcast::{Broadcaster, RingLimits};
 use crate::config::{to_usize, ServeConfig};
 use crate::event::id::random_epoch;
@@ -18,6 +19,7 @@ pub type AppState = Arc<State>;
 
 pub struct State {
     pub config: ServeConfig,
+    pub subscriber_auth: SubscriberAuth,
     pub log: Arc<dyn EventLog>,
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
@@ -40,7 +42,11 @@ pub enum StateError {
 impl State {
     /// The embedded single-replica mode: an in-memory log bounded by the memory settings, whose
     /// commits feed the broadcaster directly.
-    pub fn memory(config: ServeConfig, open_file_limit: u64) -> Result<AppState, StateError> {
+    pub fn memory(
+        config: ServeConfig,
+        auth: SubscriberAuth,
+        open_file_limit: u64,
+    ) -> Result<AppState, StateError> {
         let metrics = Arc::new(Metrics::new());
         let max_events = to_usize(config.memory_events.min(config.retention_max_events.max(1)));
         let max_bytes = to_usize(config.memory_bytes);
@@ -62,12 +68,13 @@ impl State {
             },
             Box::new(move |events| sink.push(events)),
         ));
-        Self::assemble(config, log, broadcaster, metrics)
+        Self::assemble(config, auth, log, broadcaster, metrics)
     }
 
     /// The Postgres mode: the ring starts at the log's head; the bridge feeds it.
     pub fn postgres(
         config: ServeConfig,
+        auth: SubscriberAuth,
         open_file_limit: u64,
         log: Arc<dyn EventLog>,
         head: u64,
@@ -82,11 +89,12 @@ impl State {
             config.subscriber_cap(open_file_limit),
             metrics.clone(),
         );
-        Self::assemble(config, log, broadcaster, metrics)
+        Self::assemble(config, auth, log, broadcaster, metrics)
     }
 
     fn assemble(
         config: ServeConfig,
+        subscriber_auth: SubscriberAuth,
         log: Arc<dyn EventLog>,
         broadcaster: Broadcaster,
         metrics: Arc<Metrics>,
@@ -98,6 +106,7 @@ impl State {
         Ok(Arc::new(State {
             allowed_origins: config.allowed_origins(),
             config,
+            subscriber_auth,
             log,
             broadcaster,
             metrics,

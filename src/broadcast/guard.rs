@@ -39,6 +39,8 @@ pub enum DropReason {
     LogUnavailable,
     /// A newer stream for the same session took over.
     TakenOver,
+    /// The subscriber's credential expired.
+    TokenExpired,
 }
 
 impl DropReason {
@@ -51,6 +53,7 @@ impl DropReason {
             DropReason::CursorPruned => "cursor_pruned",
             DropReason::LogUnavailable => "log_unavailable",
             DropReason::TakenOver => "taken_over",
+            DropReason::TokenExpired => "token_expired",
         }
     }
 }

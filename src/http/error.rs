@@ -23,6 +23,8 @@ pub enum AppError {
     #[error("a valid bearer token is required")]
     Unauthorized,
     #[error("{0}")]
+    Unauthenticated(String),
+    #[error("{0}")]
     Forbidden(&'static str),
     #[error("no route for {0}")]
     NotFound(String),
@@ -59,7 +61,7 @@ impl AppError {
             | AppError::InvalidEventId(_)
             | AppError::InvalidSessionId(_)
             | AppError::UnsupportedProtocolVersion(_) => StatusCode::BAD_REQUEST,
-            AppError::Unauthorized => StatusCode::UNAUTHORIZED,
+            AppError::Unauthorized | AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
             AppError::NotFound(_) => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
@@ -90,7 +92,7 @@ impl AppError {
             AppError::InvalidEventId(_) => "invalid_event_id",
             AppError::InvalidSessionId(_) => "invalid_session_id",
             AppError::UnsupportedProtocolVersion(_) => "unsupported_protocol_version",
-            AppError::Unauthorized => "unauthorized",
+            AppError::Unauthorized | AppError::Unauthenticated(_) => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
             AppError::NotFound(_) => "not_found",
             AppError::MethodNotAllowed(_) => "method_not_allowed",

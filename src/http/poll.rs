@@ -35,6 +35,7 @@ pub async fn poll(
     let after_raw = headers::query_param(query.as_deref(), "after");
     let cursor = Cursor::parse(after_raw.as_deref().map(str::as_bytes))?;
     let session = headers::session_id(&headers)?;
+    let identity = st.subscriber_auth.identify(&headers).await?;
     let epoch = st.log.epoch();
     let id = |seq| EventId { epoch, seq }.to_string();
 
@@ -51,7 +52,7 @@ pub async fn poll(
         Start::Replay { after } => after,
     };
     let viewer = Viewer {
-        tenant: None,
+        tenant: identity.tenant.clone(),
         session: session.clone(),
     };
     let mut feed = Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after);
@@ -61,7 +62,13 @@ pub async fn poll(
             st.metrics.shed("capacity");
             return Ok(answer(&[], &id(after), false));
         };
-        let wait = tokio::time::sleep(Duration::from_secs(timeout));
+        // Never wait past the credential's expiry.
+        let until_expiry = identity.expires_at.map(|at| {
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        });
+        let wait = Duration::from_secs(timeout);
+        let wait = tokio::time::sleep(until_expiry.map_or(wait, |e| e.min(wait)));
         tokio::pin!(wait);
         while events.is_empty() {
             tokio::select! {

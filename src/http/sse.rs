@@ -43,6 +43,7 @@ pub async fn get_mcp(
         &headers,
         headers::query_param(query.as_deref(), "last_event_id").as_deref(),
     )?;
+    let identity = st.subscriber_auth.identify(&headers).await?;
 
     if st.lifecycle.is_draining() {
         return Ok(shed(&st, "draining", session.as_deref()));
@@ -75,13 +76,19 @@ pub async fn get_mcp(
         Start::Resync { head } => (Some(mcp::resync_frames(&head_id(head), version)), head),
     };
     let viewer = Viewer {
-        tenant: None,
+        tenant: identity.tenant.clone(),
         session: session.clone(),
     };
     let deadline = st.config.max_stream_age().map(|age| {
         use rand::Rng;
         let jitter = rand::rng().random_range(0.8..=1.0);
         Instant::now() + age.mul_f64(jitter)
+    });
+    // A stream ends when its credential does (leeway included).
+    let expires = identity.expires_at.map(|at| {
+        Instant::now()
+            + at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
     });
     // A shed GET takes over no session: claim only now that the stream will be served.
     let claim = session.as_deref().map(|s| st.broadcaster.claim_session(s));
@@ -95,6 +102,7 @@ pub async fn get_mcp(
         max_lag: st.config.max_lag(),
         retry_ms: st.config.retry_ms,
         deadline,
+        expires,
         done: false,
     };
     let body = futures::stream::unfold(stream, |mut s| async move {
@@ -132,6 +140,14 @@ fn stream_response(body: Body, session: Option<&str>) -> Response {
     resp
 }
 
+/// Sleeps until `at`, or forever.
+async fn sleep_until_opt(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 struct SseStream {
     /// This stream's hold on its session (a newer stream for it ends this one).
     claim: Option<SessionClaim>,
@@ -143,6 +159,8 @@ struct SseStream {
     max_lag: Duration,
     retry_ms: u64,
     deadline: Option<Instant>,
+    /// When the subscriber's credential expires.
+    expires: Option<Instant>,
     done: bool,
 }
 
@@ -163,6 +181,9 @@ impl SseStream {
             }
             if self.deadline.is_some_and(|d| d <= Instant::now()) {
                 return self.finish(DropReason::MaxStreamAge);
+            }
+            if self.expires.is_some_and(|d| d <= Instant::now()) {
+                return self.finish(DropReason::TokenExpired);
             }
             if self.feed.behind_for().is_some_and(|t| t > self.max_lag) {
                 return self.finish(DropReason::Lagging);
@@ -187,7 +208,7 @@ impl SseStream {
                 tokio::task::yield_now().await;
                 continue;
             }
-            let deadline = self.deadline;
+            let (deadline, expires) = (self.deadline, self.expires);
             let taken = async {
                 match &self.claim {
                     Some(c) => c.taken().await,
@@ -198,9 +219,8 @@ impl SseStream {
                 biased;
                 _ = self.broadcaster.closed() => return self.finish(DropReason::Shutdown),
                 _ = taken => return self.finish(DropReason::TakenOver),
-                _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending().await } } => {
-                    return self.finish(DropReason::MaxStreamAge);
-                }
+                _ = sleep_until_opt(deadline) => return self.finish(DropReason::MaxStreamAge),
+                _ = sleep_until_opt(expires) => return self.finish(DropReason::TokenExpired),
                 _ = self.feed.changed() => {}
                 _ = tokio::time::sleep(self.keepalive) => return Some(Bytes::from_static(KEEPALIVE_FRAME)),
             }
@@ -290,6 +310,7 @@ mod tests {
                 max_lag,
                 retry_ms: 100,
                 deadline,
+                expires: None,
                 done: false,
             }
         }

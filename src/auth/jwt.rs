@@ -1,0 +1,231 @@
+//! JWT verification for subscribers: HS256 (`FANOUT_JWT_SECRET`), RS256/ES256 (a PEM public key),
+//! or a JWKS (file or URL, refreshed when a token names an unknown `kid`). `exp` is required;
+//! issuer and audience are checked when configured.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use axum::http::{header, HeaderMap};
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
+use serde_json::{Map, Value};
+use tokio::sync::RwLock;
+
+use super::Identity;
+use crate::config::ServeConfig;
+use crate::http::error::AppError;
+
+/// Least time between two JWKS refetches triggered by unknown key ids.
+const JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum JwtConfigError {
+    #[error("FANOUT_SUBSCRIBER_AUTH=jwt needs exactly one of FANOUT_JWT_SECRET, FANOUT_JWT_PUBLIC_KEY_FILE, FANOUT_JWT_JWKS")]
+    KeySource,
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the public key in {0} is neither an RSA nor an EC PEM key")]
+    Key(String),
+    #[error("the JWKS is invalid: {0}")]
+    Jwks(String),
+}
+
+enum Keys {
+    Static {
+        key: DecodingKey,
+        algs: Vec<Algorithm>,
+    },
+    Jwks {
+        source: JwksSource,
+        set: RwLock<(JwkSet, Instant)>,
+    },
+}
+
+enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
+
+pub struct JwtVerifier {
+    keys: Keys,
+    validation: Validation,
+    tenant_claim: String,
+    leeway: Duration,
+}
+
+impl JwtVerifier {
+    pub async fn from_config(c: &ServeConfig) -> Result<JwtVerifier, JwtConfigError> {
+        let sources = [
+            c.jwt_secret.is_some(),
+            c.jwt_public_key_file.is_some(),
+            c.jwt_jwks.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(JwtConfigError::KeySource);
+        }
+        let keys = if let Some(secret) = &c.jwt_secret {
+            Keys::Static {
+                key: DecodingKey::from_secret(secret.as_bytes()),
+                algs: vec![Algorithm::HS256],
+            }
+        } else if let Some(path) = &c.jwt_public_key_file {
+            let pem = std::fs::read(path).map_err(|source| JwtConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?;
+            if let Ok(key) = DecodingKey::from_rsa_pem(&pem) {
+                Keys::Static {
+                    key,
+                    algs: vec![Algorithm::RS256],
+                }
+            } else if let Ok(key) = DecodingKey::from_ec_pem(&pem) {
+                Keys::Static {
+                    key,
+                    algs: vec![Algorithm::ES256],
+                }
+            } else {
+                return Err(JwtConfigError::Key(path.display().to_string()));
+            }
+        } else {
+            let spec = c.jwt_jwks.clone().unwrap_or_default();
+            let source = if spec.starts_with("http://") || spec.starts_with("https://") {
+                JwksSource::Url(spec)
+            } else {
+                JwksSource::File(PathBuf::from(spec))
+            };
+            let set = fetch_jwks(&source).await?;
+            Keys::Jwks {
+                source,
+                set: RwLock::new((set, Instant::now())),
+            }
+        };
+        let mut validation = Validation::new(Algorithm::HS256);
+        validation.algorithms = match &keys {
+            Keys::Static { algs, .. } => algs.clone(),
+            Keys::Jwks { .. } => vec![Algorithm::RS256, Algorithm::ES256, Algorithm::HS256],
+        };
+        validation.set_required_spec_claims(&["exp"]);
+        validation.leeway = c.jwt_leeway_secs;
+        if let Some(iss) = &c.jwt_issuer {
+            validation.set_issuer(&[iss]);
+        }
+        match &c.jwt_audience {
+            Some(aud) => validation.set_audience(&[aud]),
+            None => validation.validate_aud = false,
+        }
+        Ok(JwtVerifier {
+            keys,
+            validation,
+            tenant_claim: c.jwt_tenant_claim.clone(),
+            leeway: Duration::from_secs(c.jwt_leeway_secs),
+        })
+    }
+
+    pub async fn verify(&self, headers: &HeaderMap) -> Result<Identity, AppError> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| AppError::Unauthenticated("a bearer token is required".into()))?;
+        let claims = self.decode(token.trim()).await?;
+        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let tenant = match claims.get(&self.tenant_claim) {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
+            Some(Value::Number(n)) => Some(n.to_string()),
+            Some(_) => {
+                return Err(AppError::Unauthenticated(format!(
+                    "the `{}` claim must be a non-empty string",
+                    self.tenant_claim
+                )))
+            }
+        };
+        let principal = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+        Ok(Identity {
+            tenant,
+            principal,
+            expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp) + self.leeway),
+        })
+    }
+
+    async fn decode(&self, token: &str) -> Result<Map<String, Value>, AppError> {
+        let invalid = |e: jsonwebtoken::errors::Error| {
+            AppError::Unauthenticated(format!("the token is not valid: {e}"))
+        };
+        match &self.keys {
+            Keys::Static { key, .. } => decode::<Map<String, Value>>(token, key, &self.validation)
+                .map(|d| d.claims)
+                .map_err(invalid),
+            Keys::Jwks { source, set } => {
+                let head = decode_header(token).map_err(invalid)?;
+                let kid = head.kid.unwrap_or_default();
+                let mut key = find_key(&set.read().await.0, &kid, head.alg);
+                if key.is_none() {
+                    // An unknown key id: the issuer may have rotated keys. Refetch, rate-limited.
+                    let mut guard = set.write().await;
+                    if guard.1.elapsed() >= JWKS_REFRESH_MIN {
+                        match fetch_jwks(source).await {
+                            Ok(fresh) => *guard = (fresh, Instant::now()),
+                            Err(error) => tracing::warn!(%error, "cannot refresh the JWKS"),
+                        }
+                    }
+                    key = find_key(&guard.0, &kid, head.alg);
+                }
+                let key = key.ok_or_else(|| {
+                    AppError::Unauthenticated("the token's key is unknown".into())
+                })?;
+                decode::<Map<String, Value>>(token, &key, &self.validation)
+                    .map(|d| d.claims)
+                    .map_err(invalid)
+            }
+        }
+    }
+}
+
+fn find_key(set: &JwkSet, kid: &str, alg: Algorithm) -> Option<DecodingKey> {
+    let jwk = if kid.is_empty() {
+        set.keys.first()
+    } else {
+        set.find(kid)
+    }?;
+    let _ = alg;
+    DecodingKey::from_jwk(jwk).ok()
+}
+
+async fn fetch_jwks(source: &JwksSource) -> Result<JwkSet, JwtConfigError> {
+    let text = match source {
+        JwksSource::File(path) => {
+            std::fs::read_to_string(path).map_err(|source| JwtConfigError::Read {
+                path: path.display().to_string(),
+                source,
+            })?
+        }
+        JwksSource::Url(url) => {
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(10))
+                .build()
+                .map_err(|e| JwtConfigError::Jwks(e.to_string()))?;
+            client
+                .get(url)
+                .send()
+                .await
+                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| JwtConfigError::Jwks(format!("{url}: {e}")))?
+                .text()
+                .await
+                .map_err(|e| JwtConfigError::Jwks(format!("{url}: {e}")))?
+        }
+    };
+    serde_json::from_str(&text).map_err(|e| JwtConfigError::Jwks(e.to_string()))
+}
+
+/// Seconds since the epoch, for tests and logs.
+pub fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}

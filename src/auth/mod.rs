@@ -1,0 +1,93 @@
+//! Subscriber identity (SPEC §3.5, `FANOUT_SUBSCRIBER_AUTH`): who is asking on `/mcp` and `/poll`.
+//!
+//! - `none`: no tenant; a subscriber sees untargeted events and its own session's. The session id
+//!   then acts as a bearer secret, and tenant-targeted events reach nobody.
+//! - `header`: the tenant comes from a header set by a trusted gateway in front; only safe when
+//!   clients cannot reach the replicas except through that gateway.
+//! - `jwt`: `Authorization: Bearer <JWT>`, verified; the tenant comes from a claim, the principal
+//!   (who owns a session) from `sub`.
+
+pub mod jwt;
+
+use std::time::SystemTime;
+
+use axum::http::{HeaderMap, HeaderName};
+
+use crate::config::{ServeConfig, SubscriberAuthMode};
+use crate::event::input::MAX_TENANT_BYTES;
+use crate::http::error::AppError;
+
+/// A verified subscriber.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Identity {
+    pub tenant: Option<String>,
+    /// Who owns the sessions this subscriber opens (JWT `sub`; the tenant in header mode).
+    pub principal: Option<String>,
+    /// When the credential expires (leeway included): streams end then.
+    pub expires_at: Option<SystemTime>,
+}
+
+pub enum SubscriberAuth {
+    None,
+    Header(HeaderName),
+    Jwt(jwt::JwtVerifier),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthConfigError {
+    #[error("FANOUT_TENANT_HEADER is not a valid header name")]
+    HeaderName,
+    #[error(transparent)]
+    Jwt(#[from] jwt::JwtConfigError),
+}
+
+impl SubscriberAuth {
+    pub async fn from_config(c: &ServeConfig) -> Result<SubscriberAuth, AuthConfigError> {
+        Ok(match c.subscriber_auth {
+            SubscriberAuthMode::None => SubscriberAuth::None,
+            SubscriberAuthMode::Header => SubscriberAuth::Header(
+                HeaderName::from_bytes(c.tenant_header.as_bytes())
+                    .map_err(|_| AuthConfigError::HeaderName)?,
+            ),
+            SubscriberAuthMode::Jwt => SubscriberAuth::Jwt(jwt::JwtVerifier::from_config(c).await?),
+        })
+    }
+
+    /// Authenticates one subscriber request.
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, AppError> {
+        match self {
+            SubscriberAuth::None => Ok(Identity::default()),
+            SubscriberAuth::Header(name) => {
+                let tenant = match headers.get(name) {
+                    None => None,
+                    Some(v) => {
+                        let t =
+                            std::str::from_utf8(v.as_bytes()).map_err(|_| invalid_tenant(name))?;
+                        if t.is_empty()
+                            || t.len() > MAX_TENANT_BYTES
+                            || t.chars().any(char::is_control)
+                        {
+                            return Err(invalid_tenant(name));
+                        }
+                        Some(t.to_owned())
+                    }
+                };
+                Ok(Identity {
+                    principal: tenant.clone(),
+                    tenant,
+                    expires_at: None,
+                })
+            }
+            SubscriberAuth::Jwt(v) => v.verify(headers).await,
+        }
+    }
+}
+
+fn invalid_tenant(name: &HeaderName) -> AppError {
+    AppError::InvalidField {
+        field: "tenant header",
+        reason: format!(
+            "{name} must be 1 to {MAX_TENANT_BYTES} bytes of text without control characters"
+        ),
+    }
+}
