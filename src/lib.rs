@@ -17,6 +17,7 @@ pub mod log;
 pub mod mcp;
 pub mod metrics;
 pub mod server;
+pub mod session;
 pub mod shutdown;
 pub mod state;
 pub mod telemetry;

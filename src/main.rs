@@ -11,6 +11,7 @@ use mcp_fanout::log::postgres::retention::{self, Retention};
 use mcp_fanout::log::postgres::{connect, migrate, timed, DbError, PgLog};
 use mcp_fanout::log::EventLog;
 use mcp_fanout::server::{self, ConnOptions, RouterSlot};
+use mcp_fanout::session::postgres::PgSessions;
 use mcp_fanout::shutdown::shutdown_signal;
 use mcp_fanout::state::{AppState, State};
 use mcp_fanout::{cli, http, telemetry};
@@ -204,7 +205,14 @@ async fn build_state(
             }
         }
     };
-    let st = State::postgres(config.clone(), auth, open_files, log.clone(), head)?;
+    let st = State::postgres(
+        config.clone(),
+        auth,
+        open_files,
+        log.clone(),
+        Arc::new(PgSessions::new(pool.clone(), &config.schema, timeout)),
+        head,
+    )?;
     let bridge = Bridge {
         state: st.clone(),
         log: log.clone(),

@@ -13,12 +13,15 @@ use crate::http::admin_auth::{AdminTokens, TokenError};
 use crate::log::memory::{MemoryLimits, MemoryLog};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
+use crate::session::memory::MemorySessions;
+use crate::session::SessionStore;
 use crate::shutdown::Lifecycle;
 
 pub type AppState = Arc<State>;
 
 pub struct State {
     pub config: ServeConfig,
+    pub sessions: Arc<dyn SessionStore>,
     pub subscriber_auth: SubscriberAuth,
     pub log: Arc<dyn EventLog>,
     pub broadcaster: Broadcaster,
@@ -68,7 +71,10 @@ impl State {
             },
             Box::new(move |events| sink.push(events)),
         ));
-        Self::assemble(config, auth, log, broadcaster, metrics)
+        let sessions = Arc::new(MemorySessions::new(std::time::Duration::from_secs(
+            config.retention_secs,
+        )));
+        Self::assemble(config, auth, log, sessions, broadcaster, metrics)
     }
 
     /// The Postgres mode: the ring starts at the log's head; the bridge feeds it.
@@ -77,6 +83,7 @@ impl State {
         auth: SubscriberAuth,
         open_file_limit: u64,
         log: Arc<dyn EventLog>,
+        sessions: Arc<dyn SessionStore>,
         head: u64,
     ) -> Result<AppState, StateError> {
         let metrics = Arc::new(Metrics::new());
@@ -89,13 +96,14 @@ impl State {
             config.subscriber_cap(open_file_limit),
             metrics.clone(),
         );
-        Self::assemble(config, auth, log, broadcaster, metrics)
+        Self::assemble(config, auth, log, sessions, broadcaster, metrics)
     }
 
     fn assemble(
         config: ServeConfig,
         subscriber_auth: SubscriberAuth,
         log: Arc<dyn EventLog>,
+        sessions: Arc<dyn SessionStore>,
         broadcaster: Broadcaster,
         metrics: Arc<Metrics>,
     ) -> Result<AppState, StateError> {
@@ -107,6 +115,7 @@ impl State {
             allowed_origins: config.allowed_origins(),
             config,
             subscriber_auth,
+            sessions,
             log,
             broadcaster,
             metrics,

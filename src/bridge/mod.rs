@@ -118,7 +118,7 @@ impl Bridge {
                         if awaiting.as_ref().is_some_and(|(p, _)| *p == payload) {
                             awaiting = None;
                         } else {
-                            tracing::debug!(payload, "control message");
+                            self.on_control(&payload);
                         }
                     }
                     Some(Control::Closed(e)) => return Err(BridgeError::Closed(e)),
@@ -184,6 +184,23 @@ impl Bridge {
             if n < PAGE {
                 return Ok(total);
             }
+        }
+    }
+
+    /// Cluster messages. Anyone who can connect can NOTIFY: a forged takeover can end a stream
+    /// (which then resumes), never deliver an event.
+    fn on_control(&self, payload: &str) {
+        let mut parts = payload.splitn(3, ' ');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some("takeover"), Some(generation), Some(session)) => {
+                if let Ok(generation) = generation.parse() {
+                    self.state
+                        .broadcaster
+                        .session_taken_elsewhere(session, generation);
+                }
+            }
+            (Some("heartbeat"), _, _) => {}
+            _ => tracing::debug!(payload, "unknown control message"),
         }
     }
 

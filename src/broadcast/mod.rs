@@ -130,9 +130,14 @@ impl Broadcaster {
         Some(SubscriberGuard::new(self.shared.clone(), kind, session))
     }
 
-    /// Claims a session for a new stream; the stream holding it is ended.
-    pub fn claim_session(&self, session: &str) -> SessionClaim {
-        self.shared.sessions.claim(session)
+    /// Claims a session for a new stream; the local stream holding it is ended.
+    pub fn claim_session(&self, session: &str, generation: u64) -> SessionClaim {
+        self.shared.sessions.claim(session, generation)
+    }
+
+    /// A newer claim was made on another replica: end the local stream for it, if older.
+    pub fn session_taken_elsewhere(&self, session: &str, generation: u64) {
+        self.shared.sessions.taken_elsewhere(session, generation);
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -10,7 +10,8 @@ use tokio_util::sync::CancellationToken;
 #[derive(Default)]
 pub struct Sessions {
     next: AtomicU64,
-    held: Mutex<HashMap<String, (u64, CancellationToken)>>,
+    /// session → (local claim id, generation, token)
+    held: Mutex<HashMap<String, (u64, u64, CancellationToken)>>,
 }
 
 /// A stream's hold on its session. `taken()` resolves when a newer stream claims it.
@@ -22,16 +23,17 @@ pub struct SessionClaim {
 }
 
 impl Sessions {
-    /// Claims `session` for a new stream, ending the stream that held it.
-    pub fn claim(self: &Arc<Self>, session: &str) -> SessionClaim {
+    /// Claims `session` for a new stream (its store-assigned `generation`), ending the local
+    /// stream that held it.
+    pub fn claim(self: &Arc<Self>, session: &str, generation: u64) -> SessionClaim {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
         let previous = self
             .held
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(session.to_owned(), (id, token.clone()));
-        if let Some((_, older)) = previous {
+            .insert(session.to_owned(), (id, generation, token.clone()));
+        if let Some((_, _, older)) = previous {
             older.cancel();
         }
         SessionClaim {
@@ -39,6 +41,18 @@ impl Sessions {
             session: session.to_owned(),
             id,
             token,
+        }
+    }
+}
+
+impl Sessions {
+    /// Another replica claimed `session` with `generation`: end the local stream if older.
+    pub fn taken_elsewhere(&self, session: &str, generation: u64) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, local, token)) = held.get(session) {
+            if *local < generation {
+                token.cancel();
+            }
         }
     }
 }
@@ -58,7 +72,7 @@ impl Drop for SessionClaim {
         let mut held = self.sessions.held.lock().unwrap_or_else(|p| p.into_inner());
         if held
             .get(&self.session)
-            .is_some_and(|(id, _)| *id == self.id)
+            .is_some_and(|(id, _, _)| *id == self.id)
         {
             held.remove(&self.session);
         }
@@ -72,11 +86,18 @@ mod tests {
     #[test]
     fn newest_claim_wins_and_cleans_up() {
         let s = Arc::new(Sessions::default());
-        let first = s.claim("a");
-        let other = s.claim("b");
+        let first = s.claim("a", 1);
+        let other = s.claim("b", 2);
         assert!(!first.is_taken());
-        let second = s.claim("a");
+        let second = s.claim("a", 3);
         assert!(first.is_taken() && !second.is_taken() && !other.is_taken());
+        s.taken_elsewhere("a", 3);
+        assert!(
+            !second.is_taken(),
+            "an equal generation is this stream's own claim"
+        );
+        s.taken_elsewhere("b", 5);
+        assert!(other.is_taken(), "a newer claim on another replica ends it");
         drop(first);
         assert_eq!(
             s.held.lock().map(|h| h.len()).unwrap_or(0),

@@ -13,6 +13,7 @@ use crate::broadcast::{Feed, SubscriberKind};
 use crate::event::{Cursor, EventId, StoredEvent, Viewer};
 use crate::log::Start;
 use crate::mcp::{notification_json, RESYNC_METHODS};
+use crate::session::SessionError;
 use crate::state::AppState;
 
 pub const MAX_EVENTS: usize = 1000;
@@ -36,6 +37,20 @@ pub async fn poll(
     let cursor = Cursor::parse(after_raw.as_deref().map(str::as_bytes))?;
     let session = headers::session_id(&headers)?;
     let identity = st.subscriber_auth.identify(&headers).await?;
+    if let Some(s) = &session {
+        match st.sessions.check(s, identity.principal.as_deref()).await {
+            Ok(()) => {}
+            Err(SessionError::Forbidden) => {
+                return Err(AppError::Forbidden(
+                    "this session belongs to another principal",
+                ))
+            }
+            Err(SessionError::Unavailable(error)) => {
+                tracing::warn!(%error, "cannot check the session");
+                return Err(AppError::DatabaseUnavailable);
+            }
+        }
+    }
     let epoch = st.log.epoch();
     let id = |seq| EventId { epoch, seq }.to_string();
 

@@ -24,6 +24,7 @@ use crate::event::{EventId, Viewer};
 use crate::log::{LogError, Start};
 use crate::mcp::{self, KEEPALIVE_FRAME};
 use crate::server::ConnInfo;
+use crate::session::SessionError;
 use crate::state::AppState;
 
 /// Most events, and about most bytes, coalesced into one write.
@@ -62,6 +63,24 @@ pub async fn get_mcp(
             return Ok(shed(&st, "database", session.as_deref()));
         }
     };
+    // Bind the session to this principal (403 for another) and claim it: the older stream for
+    // it, on any replica, ends. Only now, so a shed GET takes over nothing.
+    let generation = match &session {
+        None => None,
+        Some(s) => match st.sessions.claim(s, identity.principal.as_deref()).await {
+            Ok(g) => Some(g),
+            Err(SessionError::Forbidden) => {
+                return Err(AppError::Forbidden(
+                    "this session belongs to another principal",
+                ))
+            }
+            Err(SessionError::Unavailable(error)) => {
+                tracing::warn!(%error, "cannot claim the session; shedding the stream");
+                drop(guard);
+                return Ok(shed(&st, "database", session.as_deref()));
+            }
+        },
+    };
     guard.watch_stall(conn.stalled.clone());
     let epoch = st.log.epoch();
     let head_id = |head| EventId { epoch, seq: head }.to_string();
@@ -90,8 +109,10 @@ pub async fn get_mcp(
             + at.duration_since(std::time::SystemTime::now())
                 .unwrap_or_default()
     });
-    // A shed GET takes over no session: claim only now that the stream will be served.
-    let claim = session.as_deref().map(|s| st.broadcaster.claim_session(s));
+    let claim = session
+        .as_deref()
+        .zip(generation)
+        .map(|(s, g)| st.broadcaster.claim_session(s, g));
     let stream = SseStream {
         claim,
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after),

@@ -7,11 +7,14 @@ use tokio_postgres::Client;
 use super::DbError;
 
 /// (version, name, SQL with `{{schema}}`)
-const MIGRATIONS: &[(i32, &str, &str)] = &[(
-    1,
-    "event_log",
-    include_str!("../../../sql/001_event_log.sql"),
-)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (
+        1,
+        "event_log",
+        include_str!("../../../sql/001_event_log.sql"),
+    ),
+    (2, "sessions", include_str!("../../../sql/002_sessions.sql")),
+];
 
 pub struct Migration {
     pub version: i32,

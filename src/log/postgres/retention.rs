@@ -31,6 +31,23 @@ pub async fn run(
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(policy.every) => {}
         }
+        // Forget sessions idle longer than the retention (a reconnect binds them again).
+        let forget = format!(
+            "DELETE FROM {schema}.sessions WHERE session IN (SELECT session FROM {schema}.sessions \
+             WHERE last_seen < clock_timestamp() - make_interval(secs => $1) LIMIT 10000)"
+        );
+        let age = policy.max_age.as_secs_f64();
+        let gc = timed(timeout, async {
+            let client = pool.get().await.map_err(DbError::Checkout)?;
+            client
+                .query_typed(&forget, &[(&age, Type::FLOAT8)])
+                .await
+                .map_err(DbError::Query)
+        })
+        .await;
+        if let Err(error) = gc {
+            tracing::warn!(%error, "session cleanup failed");
+        }
         // Prune in batches until nothing is left to prune (or another replica holds the lock).
         loop {
             match timed(

@@ -1,0 +1,84 @@
+//! Sessions of the single in-memory replica.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use super::{SessionError, SessionStore};
+
+/// Sessions idle this long are forgotten once the table is large.
+const GC_AT_LEN: usize = 100_000;
+
+pub struct MemorySessions {
+    idle: Duration,
+    inner: Mutex<Inner>,
+}
+
+#[derive(Default)]
+struct Inner {
+    generation: u64,
+    sessions: HashMap<String, (Option<String>, Instant)>,
+}
+
+impl MemorySessions {
+    pub fn new(idle: Duration) -> MemorySessions {
+        MemorySessions {
+            idle,
+            inner: Mutex::default(),
+        }
+    }
+
+    fn bind(&self, session: &str, principal: Option<&str>) -> Result<u64, SessionError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if inner.sessions.len() >= GC_AT_LEN {
+            let idle = self.idle;
+            inner.sessions.retain(|_, (_, seen)| seen.elapsed() < idle);
+        }
+        let entry = inner
+            .sessions
+            .entry(session.to_owned())
+            .or_insert_with(|| (principal.map(str::to_owned), Instant::now()));
+        if entry.0.as_deref() != principal {
+            return Err(SessionError::Forbidden);
+        }
+        entry.1 = Instant::now();
+        inner.generation += 1;
+        Ok(inner.generation)
+    }
+}
+
+#[async_trait]
+impl SessionStore for MemorySessions {
+    async fn claim(&self, session: &str, principal: Option<&str>) -> Result<u64, SessionError> {
+        self.bind(session, principal)
+    }
+
+    async fn check(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError> {
+        self.bind(session, principal).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn first_principal_owns_the_session() {
+        let s = MemorySessions::new(Duration::from_secs(60));
+        let g1 = s.claim("s1", Some("alice")).await.expect("bind");
+        let g2 = s.claim("s1", Some("alice")).await.expect("reclaim");
+        assert!(g2 > g1);
+        assert!(matches!(
+            s.claim("s1", Some("bob")).await,
+            Err(SessionError::Forbidden)
+        ));
+        assert!(matches!(
+            s.check("s1", None).await,
+            Err(SessionError::Forbidden)
+        ));
+        assert!(s.claim("s2", None).await.is_ok());
+        assert!(s.check("s2", None).await.is_ok());
+    }
+}

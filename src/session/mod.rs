@@ -1,0 +1,27 @@
+//! Session ownership (SPEC §3.5): the first stream for an `Mcp-Session-Id` binds it to its
+//! principal; another principal presenting it is refused. Each new stream for a session *claims*
+//! it with a higher generation, and older streams for it end — on this replica through the
+//! broadcaster, on others through the control channel.
+
+pub mod memory;
+pub mod postgres;
+
+use async_trait::async_trait;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("the session belongs to another principal")]
+    Forbidden,
+    #[error("the session store is unavailable: {0}")]
+    Unavailable(String),
+}
+
+#[async_trait]
+pub trait SessionStore: Send + Sync + 'static {
+    /// Binds `session` to `principal` (first use) or checks it is theirs, and claims it for a new
+    /// stream: returns the claim's generation, higher than every earlier claim.
+    async fn claim(&self, session: &str, principal: Option<&str>) -> Result<u64, SessionError>;
+
+    /// Binds or checks ownership without claiming (long-poll).
+    async fn check(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError>;
+}
