@@ -30,7 +30,7 @@ pub struct Identity {
 pub enum SubscriberAuth {
     None,
     Header(HeaderName),
-    Jwt(jwt::JwtVerifier),
+    Jwt(Box<jwt::JwtVerifier>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +49,9 @@ impl SubscriberAuth {
                 HeaderName::from_bytes(c.tenant_header.as_bytes())
                     .map_err(|_| AuthConfigError::HeaderName)?,
             ),
-            SubscriberAuthMode::Jwt => SubscriberAuth::Jwt(jwt::JwtVerifier::from_config(c).await?),
+            SubscriberAuthMode::Jwt => {
+                SubscriberAuth::Jwt(Box::new(jwt::JwtVerifier::from_config(c).await?))
+            }
         })
     }
 
