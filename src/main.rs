@@ -131,6 +131,10 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         );
     }
     let (public_router, admin_router) = http::app(st.clone());
+    tokio::spawn(http::admin_auth::watch_tokens(
+        st.clone(),
+        stop_tasks.clone(),
+    ));
     public_slot.set(public_router);
     if let (Some(slot), Some(router)) = (admin_slot, admin_router) {
         slot.set(router);

@@ -16,9 +16,12 @@ use crate::config::split_list;
 use crate::server::ConnInfo;
 use crate::state::AppState;
 
-/// Token digests (so comparison time does not depend on token length or content).
+/// Token digests (so comparison time does not depend on token length or content). Reloadable:
+/// tokens rotate without a restart, and open streams are untouched.
 pub struct AdminTokens {
-    digests: Vec<[u8; 32]>,
+    inline: Option<String>,
+    file: Option<std::path::PathBuf>,
+    digests: std::sync::RwLock<Vec<[u8; 32]>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -33,31 +36,51 @@ pub enum TokenError {
 
 impl AdminTokens {
     pub fn load(inline: Option<&str>, file: Option<&Path>) -> Result<AdminTokens, TokenError> {
-        let mut tokens: Vec<String> = split_list(inline).map(str::to_owned).collect();
-        if let Some(path) = file {
+        let tokens = AdminTokens {
+            inline: inline.map(str::to_owned),
+            file: file.map(Path::to_path_buf),
+            digests: std::sync::RwLock::default(),
+        };
+        tokens.reload()?;
+        Ok(tokens)
+    }
+
+    /// Reads the tokens again (inline + file). On error the current tokens stay.
+    pub fn reload(&self) -> Result<usize, TokenError> {
+        let mut tokens: Vec<String> = split_list(self.inline.as_deref())
+            .map(str::to_owned)
+            .collect();
+        if let Some(path) = &self.file {
             let text = std::fs::read_to_string(path).map_err(|source| TokenError::File {
                 path: path.display().to_string(),
                 source,
             })?;
             tokens.extend(split_list(Some(&text)).map(str::to_owned));
         }
-        Ok(AdminTokens {
-            digests: tokens.iter().map(|t| digest(t.as_bytes())).collect(),
-        })
+        let digests: Vec<[u8; 32]> = tokens.iter().map(|t| digest(t.as_bytes())).collect();
+        let n = digests.len();
+        *self.digests.write().unwrap_or_else(|p| p.into_inner()) = digests;
+        Ok(n)
+    }
+
+    pub fn file(&self) -> Option<&Path> {
+        self.file.as_deref()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.digests.is_empty()
+        self.len() == 0
     }
 
     pub fn len(&self) -> usize {
-        self.digests.len()
+        self.digests.read().unwrap_or_else(|p| p.into_inner()).len()
     }
 
     /// Whether `presented` is one of the tokens; every token is compared.
     pub fn accepts(&self, presented: &[u8]) -> bool {
         let d = digest(presented);
         self.digests
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .fold(0u8, |acc, t| acc | t.ct_eq(&d).unwrap_u8())
             == 1
@@ -121,6 +144,44 @@ pub async fn require_admin(State(st): State<AppState>, req: Request, next: Next)
     next.run(req).await
 }
 
+/// Reloads the admin tokens on SIGHUP and whenever the token file changes (polled every 2 s).
+pub async fn watch_tokens(st: AppState, stop: tokio_util::sync::CancellationToken) {
+    #[cfg(unix)]
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+    let modified =
+        |p: Option<&Path>| p.and_then(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok());
+    let mut seen = modified(st.admin_tokens.file());
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hup.as_mut() {
+                Some(h) => {
+                    h.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<()>();
+        let reason = tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hangup => "SIGHUP",
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {
+                let now = modified(st.admin_tokens.file());
+                if now == seen { continue; }
+                seen = now;
+                "token file changed"
+            }
+        };
+        match st.admin_tokens.reload() {
+            Ok(count) => tracing::info!(reason, count, "admin tokens reloaded"),
+            Err(error) => {
+                tracing::warn!(%error, reason, "admin tokens not reloaded; keeping the current ones")
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +215,20 @@ mod tests {
             t.authorize(&headers("svc", None), peer),
             Err(AppError::Unauthorized)
         ));
+    }
+
+    #[test]
+    fn tokens_rotate_by_reloading_the_file() {
+        let path = std::env::temp_dir().join(format!("mcp-fanout-tokens-{}", std::process::id()));
+        std::fs::write(&path, "old-token\n").expect("write");
+        let t = AdminTokens::load(Some("inline"), Some(&path)).expect("load");
+        assert!(t.accepts(b"old-token") && t.accepts(b"inline"));
+        std::fs::write(&path, "new-token\n").expect("rewrite");
+        assert_eq!(t.reload().expect("reload"), 2);
+        assert!(t.accepts(b"new-token") && !t.accepts(b"old-token") && t.accepts(b"inline"));
+        std::fs::remove_file(&path).expect("remove");
+        assert!(t.reload().is_err(), "a missing file is an error");
+        assert!(t.accepts(b"new-token"), "and the current tokens stay");
     }
 
     #[test]
