@@ -214,6 +214,15 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_JWT_LEEWAY_SECS", default_value_t = 30)]
     pub jwt_leeway_secs: u64,
 
+    /// Address other replicas and operators should use for this one (shown by /admin/cluster).
+    /// Default: the bound public address. In Kubernetes: `$(POD_IP):8080`.
+    #[arg(long, env = "FANOUT_ADVERTISE_ADDR")]
+    pub advertise_addr: Option<String>,
+
+    /// A replica not heard from for this long is dropped from /admin/cluster.
+    #[arg(long, env = "FANOUT_REPLICA_STALE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(3..))]
+    pub replica_stale_secs: u64,
+
     /// Log format; `RUST_LOG` filters.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

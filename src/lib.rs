@@ -10,6 +10,7 @@ pub mod auth;
 pub mod bridge;
 pub mod broadcast;
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod event;
 pub mod http;

@@ -6,6 +6,7 @@ use clap::Parser;
 use mcp_fanout::auth::SubscriberAuth;
 use mcp_fanout::bridge::backoff::Backoff;
 use mcp_fanout::bridge::Bridge;
+use mcp_fanout::cluster::PgCluster;
 use mcp_fanout::config::{self, Cli, Command, MigrateArgs, MigrateMode, ServeConfig};
 use mcp_fanout::log::postgres::retention::{self, Retention};
 use mcp_fanout::log::postgres::{connect, migrate, timed, DbError, PgLog};
@@ -131,6 +132,10 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         );
     }
     let (public_router, admin_router) = http::app(st.clone());
+    let heartbeats = tokio::spawn(mcp_fanout::cluster::heartbeat(
+        st.clone(),
+        stop_tasks.clone(),
+    ));
     tokio::spawn(http::admin_auth::watch_tokens(
         st.clone(),
         stop_tasks.clone(),
@@ -169,6 +174,12 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         tracing::warn!("shutdown grace expired with connections still open; exiting");
     }
     stop_tasks.cancel();
+    // Leave the cluster view (bounded: the database may be gone).
+    let _ = tokio::time::timeout_at(
+        deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)),
+        heartbeats,
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -215,6 +226,12 @@ async fn build_state(
         open_files,
         log.clone(),
         Arc::new(PgSessions::new(pool.clone(), &config.schema, timeout)),
+        PgCluster {
+            pool: pool.clone(),
+            schema: config.schema.clone(),
+            timeout,
+            stale_after: Duration::from_secs(config.replica_stale_secs),
+        },
         head,
     )?;
     let bridge = Bridge {

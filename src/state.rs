@@ -21,6 +21,8 @@ pub type AppState = Arc<State>;
 
 pub struct State {
     pub config: ServeConfig,
+    /// The database-backed cluster view (Postgres mode).
+    pub cluster: Option<crate::cluster::PgCluster>,
     pub sessions: Arc<dyn SessionStore>,
     pub subscriber_auth: SubscriberAuth,
     pub log: Arc<dyn EventLog>,
@@ -74,7 +76,7 @@ impl State {
         let sessions = Arc::new(MemorySessions::new(std::time::Duration::from_secs(
             config.retention_secs,
         )));
-        Self::assemble(config, auth, log, sessions, broadcaster, metrics)
+        Self::assemble(config, auth, log, sessions, None, broadcaster, metrics)
     }
 
     /// The Postgres mode: the ring starts at the log's head; the bridge feeds it.
@@ -84,6 +86,7 @@ impl State {
         open_file_limit: u64,
         log: Arc<dyn EventLog>,
         sessions: Arc<dyn SessionStore>,
+        cluster: crate::cluster::PgCluster,
         head: u64,
     ) -> Result<AppState, StateError> {
         let metrics = Arc::new(Metrics::new());
@@ -96,14 +99,24 @@ impl State {
             config.subscriber_cap(open_file_limit),
             metrics.clone(),
         );
-        Self::assemble(config, auth, log, sessions, broadcaster, metrics)
+        Self::assemble(
+            config,
+            auth,
+            log,
+            sessions,
+            Some(cluster),
+            broadcaster,
+            metrics,
+        )
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn assemble(
         config: ServeConfig,
         subscriber_auth: SubscriberAuth,
         log: Arc<dyn EventLog>,
         sessions: Arc<dyn SessionStore>,
+        cluster: Option<crate::cluster::PgCluster>,
         broadcaster: Broadcaster,
         metrics: Arc<Metrics>,
     ) -> Result<AppState, StateError> {
@@ -116,6 +129,7 @@ impl State {
             config,
             subscriber_auth,
             sessions,
+            cluster,
             log,
             broadcaster,
             metrics,

@@ -111,24 +111,13 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
     Ok(Some(s.to_owned()))
 }
 
-/// In memory mode, the one replica.
-pub async fn cluster(State(st): State<AppState>) -> Json<serde_json::Value> {
-    let head = st.broadcaster.head();
-    let epoch = st.log.epoch();
-    let now = httpdate_like(std::time::SystemTime::now());
-    Json(json!({
-        "replicas": [{
-            "id": st.replica_id,
-            "address": st.public_addr.get().map(ToString::to_string),
-            "subscribers": st.broadcaster.subscriber_count(),
-            "last_delivered_id": EventId { epoch, seq: head }.to_string(),
-            "last_heartbeat": now,
-        }]
-    }))
-}
-
-/// Seconds since the Unix epoch, as a float (exact and sortable).
-fn httpdate_like(t: std::time::SystemTime) -> f64 {
-    t.duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+/// Every live replica (Postgres mode), or this one (memory mode).
+pub async fn cluster(State(st): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+    match crate::cluster::view(&st).await {
+        Ok(v) => Ok(Json(v)),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the cluster view");
+            Err(AppError::DatabaseUnavailable)
+        }
+    }
 }

@@ -14,6 +14,7 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         include_str!("../../../sql/001_event_log.sql"),
     ),
     (2, "sessions", include_str!("../../../sql/002_sessions.sql")),
+    (3, "replicas", include_str!("../../../sql/003_replicas.sql")),
 ];
 
 pub struct Migration {
