@@ -165,6 +165,17 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     st.lifecycle.stop();
     st.broadcaster.close();
     stop_accepting.cancel();
+    // 2026 clients do not re-listen: their streams last until the end of the grace, then get
+    // their `complete` result just before the process exits.
+    let listens_end = deadline
+        .checked_sub(Duration::from_secs(1))
+        .unwrap_or(deadline)
+        .max(tokio::time::Instant::now());
+    let ending = st.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(listens_end).await;
+        ending.lifecycle.end_listens();
+    });
     tracing::info!(
         subscribers = st.broadcaster.subscriber_count(),
         "streams ended; closing connections"

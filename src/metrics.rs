@@ -184,7 +184,7 @@ impl Metrics {
         for reason in SHED_REASONS {
             let _ = subscribers_shed.get_or_create(&ReasonLabel { reason });
         }
-        for kind in ["sse", "poll"] {
+        for kind in ["sse", "poll", "listen"] {
             let _ = subscribers.get_or_create(&KindLabel { kind });
         }
         Metrics {

@@ -9,6 +9,8 @@ pub struct Lifecycle {
     ready: AtomicBool,
     draining: CancellationToken,
     stopped: AtomicBool,
+    /// The end of the grace: `subscriptions/listen` streams send their result and close.
+    listens_end: CancellationToken,
 }
 
 impl Lifecycle {
@@ -43,6 +45,15 @@ impl Lifecycle {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
+    }
+
+    /// Ends every `subscriptions/listen` stream (with its `complete` result).
+    pub fn end_listens(&self) {
+        self.listens_end.cancel();
+    }
+
+    pub fn listens_ended(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.listens_end.cancelled()
     }
 }
 

@@ -11,6 +11,8 @@ use crate::metrics::KindLabel;
 pub enum SubscriberKind {
     Sse,
     Poll,
+    /// A `subscriptions/listen` stream (MCP 2026-07-28).
+    Listen,
 }
 
 impl SubscriberKind {
@@ -18,6 +20,7 @@ impl SubscriberKind {
         match self {
             SubscriberKind::Sse => "sse",
             SubscriberKind::Poll => "poll",
+            SubscriberKind::Listen => "listen",
         }
     }
 }

@@ -2,12 +2,12 @@
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde_json::json;
 
+use super::body::{read_body, require_json};
 use super::error::AppError;
 use crate::event::input::{parse_publish_body, validate_visible_ascii, MAX_KEY_BYTES};
 use crate::event::EventId;
@@ -56,45 +56,6 @@ pub async fn publish(
         json!({ "id": ids.next() })
     };
     Ok(Json(answer).into_response())
-}
-
-/// `Content-Type: application/json`, parameters allowed.
-fn require_json(headers: &HeaderMap) -> Result<(), AppError> {
-    let ok = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if ok {
-        Ok(())
-    } else {
-        Err(AppError::UnsupportedMediaType)
-    }
-}
-
-async fn read_body(
-    headers: &HeaderMap,
-    body: Body,
-    limit: usize,
-) -> Result<bytes::Bytes, AppError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > limit as u64) {
-        return Err(AppError::PayloadTooLarge(limit));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge(limit)),
-        Err(e) => {
-            tracing::debug!(error = %e, "reading a request body failed");
-            Err(AppError::InvalidField {
-                field: "body",
-                reason: "could not be read completely".into(),
-            })
-        }
-    }
 }
 
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {

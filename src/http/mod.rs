@@ -3,8 +3,10 @@
 
 pub mod admin;
 pub mod admin_auth;
+pub mod body;
 pub mod error;
 pub mod headers;
+pub mod listen;
 pub mod ops;
 pub mod origin;
 pub mod poll;
@@ -65,7 +67,7 @@ pub fn starting(retry_ms: u64) -> Router {
 
 fn public_routes() -> Router<AppState> {
     Router::new()
-        .route("/mcp", get(sse::get_mcp))
+        .route("/mcp", get(sse::get_mcp).post(listen::post_mcp))
         .route("/poll", get(poll::poll))
 }
 

@@ -162,7 +162,7 @@ fn stream_response(body: Body, session: Option<&str>) -> Response {
 }
 
 /// Sleeps until `at`, or forever.
-async fn sleep_until_opt(at: Option<Instant>) {
+pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,

@@ -1,4 +1,7 @@
-//! MCP protocol specifics: protocol versions, resync notifications, priming and control frames.
+//! MCP protocol specifics: protocol versions, resync notifications, priming and control frames;
+//! `subscriptions/listen` (2026-07-28) in [`listen`].
+
+pub mod listen;
 
 use bytes::Bytes;
 

@@ -1,0 +1,313 @@
+//! `POST /mcp`: JSON-RPC requests. `subscriptions/listen` (MCP 2026-07-28) opens a notification
+//! stream fed by the same broadcaster and visibility rule as the GET stream, filtered to the kinds
+//! the client opted into and framed per stream (SPEC §3.3). Any other method is "method not found"
+//! in standalone mode. Errors here are JSON-RPC error objects.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use serde_json::{json, Value};
+
+use super::body::{read_body, require_json};
+use super::error::AppError;
+use super::headers::MCP_PROTOCOL_VERSION;
+use super::sse::sleep_until_opt;
+use crate::broadcast::{DropReason, Feed, SubscriberGuard, SubscriberKind};
+use crate::event::Viewer;
+use crate::log::LogError;
+use crate::mcp::listen::{
+    self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
+};
+use crate::mcp::KEEPALIVE_FRAME;
+use crate::state::AppState;
+
+pub const MCP_METHOD: &str = "mcp-method";
+
+/// A JSON-RPC error answer.
+pub struct RpcError {
+    status: StatusCode,
+    id: Value,
+    code: i64,
+    message: String,
+    data: Option<Value>,
+}
+
+impl RpcError {
+    fn new(status: StatusCode, id: &Value, code: i64, message: impl Into<String>) -> RpcError {
+        RpcError {
+            status,
+            id: id.clone(),
+            code,
+            message: message.into(),
+            data: None,
+        }
+    }
+
+    /// An HTTP-edge error (auth, origin, limits) as a JSON-RPC error with the same status.
+    fn from_app(e: AppError, id: &Value) -> RpcError {
+        let status = e.status();
+        let code = if status.is_server_error() {
+            codes::INTERNAL
+        } else {
+            codes::SERVER_ERROR
+        };
+        RpcError::new(status, id, code, e.to_string())
+    }
+}
+
+impl IntoResponse for RpcError {
+    fn into_response(self) -> Response {
+        let mut error = json!({ "code": self.code, "message": self.message });
+        if let Some(data) = self.data {
+            error["data"] = data;
+        }
+        let mut resp = (
+            self.status,
+            axum::Json(json!({ "jsonrpc": "2.0", "id": self.id, "error": error })),
+        )
+            .into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static(r#"Bearer realm="mcp-fanout""#),
+            );
+        }
+        resp
+    }
+}
+
+pub async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    match handle(st, headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response, RpcError> {
+    let null = Value::Null;
+    require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
+    let bytes = read_body(&headers, body, st.config.body_limit())
+        .await
+        .map_err(|e| RpcError::from_app(e, &null))?;
+    let msg: Value = serde_json::from_slice(&bytes).map_err(|e| {
+        RpcError::new(
+            StatusCode::BAD_REQUEST,
+            &null,
+            codes::PARSE_ERROR,
+            format!("Parse error: {e}"),
+        )
+    })?;
+    let (method, id) = match (&msg["jsonrpc"], &msg["method"], msg.get("id")) {
+        (Value::String(v), Value::String(m), id) if v == "2.0" => (m.clone(), id.cloned()),
+        _ => {
+            return Err(RpcError::new(
+                StatusCode::BAD_REQUEST,
+                &null,
+                codes::INVALID_REQUEST,
+                "Invalid Request: expected a JSON-RPC 2.0 request with a string method",
+            ))
+        }
+    };
+    let Some(id) = id else {
+        // A notification: nothing in this protocol revision needs one from clients here.
+        return Ok(StatusCode::ACCEPTED.into_response());
+    };
+    if !(id.is_string() || id.is_number()) {
+        return Err(RpcError::new(
+            StatusCode::BAD_REQUEST,
+            &null,
+            codes::INVALID_REQUEST,
+            "Invalid Request: id must be a string or a number",
+        ));
+    }
+    let mismatch =
+        |m: String| RpcError::new(StatusCode::BAD_REQUEST, &id, codes::HEADER_MISMATCH, m);
+    match headers.get(MCP_METHOD).map(|v| v.as_bytes()) {
+        None => {
+            return Err(mismatch(
+                "Header mismatch: the Mcp-Method header is required".into(),
+            ))
+        }
+        Some(h) if h != method.as_bytes() => return Err(mismatch(format!(
+            "Header mismatch: Mcp-Method header value '{}' does not match body value '{method}'",
+            String::from_utf8_lossy(h)
+        ))),
+        Some(_) => {}
+    }
+    let Some(version) = headers
+        .get(MCP_PROTOCOL_VERSION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+    else {
+        return Err(mismatch(
+            "Header mismatch: the MCP-Protocol-Version header is required".into(),
+        ));
+    };
+    if let Some(body_version) = msg
+        .pointer("/params/_meta")
+        .and_then(|m| m.get(PROTOCOL_VERSION_META_KEY))
+    {
+        if body_version.as_str() != Some(version.as_str()) {
+            return Err(mismatch(format!(
+                "Header mismatch: MCP-Protocol-Version header value '{version}' does not match body value {body_version}"
+            )));
+        }
+    }
+    if method != LISTEN_METHOD {
+        return Err(RpcError::new(
+            StatusCode::NOT_FOUND,
+            &id,
+            codes::METHOD_NOT_FOUND,
+            format!("Method not found: {method} (this service answers only {LISTEN_METHOD})"),
+        ));
+    }
+    if version != LISTEN_PROTOCOL_VERSION {
+        let mut e = RpcError::new(
+            StatusCode::BAD_REQUEST,
+            &id,
+            codes::UNSUPPORTED_PROTOCOL_VERSION,
+            "Unsupported protocol version",
+        );
+        e.data = Some(json!({ "supported": [LISTEN_PROTOCOL_VERSION], "requested": version }));
+        return Err(e);
+    }
+    let identity = st
+        .subscriber_auth
+        .identify(&headers)
+        .await
+        .map_err(|e| RpcError::from_app(e, &id))?;
+    let unavailable =
+        |m: &str| RpcError::new(StatusCode::SERVICE_UNAVAILABLE, &id, codes::SERVER_ERROR, m);
+    if st.lifecycle.is_draining() {
+        st.metrics.shed("draining");
+        return Err(unavailable(
+            "this replica is shutting down; listen on another",
+        ));
+    }
+    let Some(guard) = st.broadcaster.try_register(SubscriberKind::Listen, None) else {
+        st.metrics.shed("capacity");
+        return Err(unavailable(
+            "this replica is at its subscriber limit; retry later",
+        ));
+    };
+    let head = match st.log.bounds().await {
+        Ok(b) => b.head,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read the log head for a listen stream");
+            st.metrics.shed("database");
+            return Err(unavailable("the database is unavailable; retry later"));
+        }
+    };
+    let filter = Filter::from_params(msg.get("params"));
+    let viewer = Viewer {
+        tenant: identity.tenant,
+        session: None,
+    };
+    let expires = identity.expires_at.map(|at| {
+        tokio::time::Instant::now()
+            + at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+    });
+    let stream = ListenStream {
+        ack: Some(listen::acknowledgement(&id, &filter)),
+        feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, head),
+        filter,
+        id,
+        guard,
+        st: st.clone(),
+        keepalive: st.config.keepalive(),
+        max_lag: st.config.max_lag(),
+        expires,
+        done: false,
+    };
+    let body = futures::stream::unfold(stream, |mut s| async move {
+        s.next_chunk()
+            .await
+            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+struct ListenStream {
+    ack: Option<Bytes>,
+    feed: Feed,
+    filter: Filter,
+    id: Value,
+    guard: SubscriberGuard,
+    st: AppState,
+    keepalive: Duration,
+    max_lag: Duration,
+    expires: Option<tokio::time::Instant>,
+    done: bool,
+}
+
+impl ListenStream {
+    async fn next_chunk(&mut self) -> Option<Bytes> {
+        if self.done {
+            return None;
+        }
+        if let Some(ack) = self.ack.take() {
+            return Some(ack);
+        }
+        loop {
+            if self.feed.behind_for().is_some_and(|t| t > self.max_lag) {
+                return self.finish(DropReason::Lagging);
+            }
+            if self
+                .expires
+                .is_some_and(|at| at <= tokio::time::Instant::now())
+            {
+                return self.finish(DropReason::TokenExpired);
+            }
+            let batch = match self.feed.next_batch(512, 256 * 1024).await {
+                Ok(b) => b,
+                Err(LogError::CursorPruned { .. }) => return self.finish(DropReason::CursorPruned),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the log for a listen stream");
+                    return self.finish(DropReason::LogUnavailable);
+                }
+            };
+            let mut out = BytesMut::new();
+            let mut sent = 0u64;
+            for ev in batch.events.iter().filter(|e| self.filter.wants(e)) {
+                out.extend_from_slice(&listen::event_frame(ev, &self.id));
+                sent += 1;
+            }
+            if sent > 0 {
+                self.st.metrics.events_delivered.inc_by(sent);
+                return Some(out.freeze());
+            }
+            if batch.more {
+                tokio::task::yield_now().await;
+                continue;
+            }
+            let expires = self.expires;
+            tokio::select! {
+                biased;
+                _ = self.st.lifecycle.listens_ended() => return self.finish(DropReason::Shutdown),
+                _ = sleep_until_opt(expires) => return self.finish(DropReason::TokenExpired),
+                _ = self.feed.changed() => {}
+                _ = tokio::time::sleep(self.keepalive) => return Some(Bytes::from_static(KEEPALIVE_FRAME)),
+            }
+        }
+    }
+
+    /// The graceful end: the `subscriptions/listen` result, then close.
+    fn finish(&mut self, reason: DropReason) -> Option<Bytes> {
+        self.done = true;
+        self.guard.end(reason);
+        Some(listen::complete(&self.id))
+    }
+}
