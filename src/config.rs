@@ -223,6 +223,21 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_REPLICA_STALE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(3..))]
     pub replica_stale_secs: u64,
 
+    /// Proxy mode: the upstream MCP server's endpoint URL (e.g. `http://127.0.0.1:3000/mcp`).
+    /// GET streams and `subscriptions/listen` are served here; everything else is forwarded.
+    #[arg(long, env = "FANOUT_UPSTREAM")]
+    pub upstream: Option<String>,
+
+    /// Proxy mode, for stateless upstreams: mint an `Mcp-Session-Id` on `initialize` when the
+    /// upstream gives none (and strip it from forwarded requests).
+    #[arg(long, env = "FANOUT_MINT_SESSION_IDS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub mint_session_ids: bool,
+
+    /// Proxy mode: rewrite `initialize` / `server/discover` results to advertise `listChanged`
+    /// for tools, prompts and resources (the sidecar delivers them).
+    #[arg(long, env = "FANOUT_ADVERTISE_LIST_CHANGED", default_value_t = false, action = clap::ArgAction::Set)]
+    pub advertise_list_changed: bool,
+
     /// Log format; `RUST_LOG` filters.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -21,6 +21,8 @@ pub type AppState = Arc<State>;
 
 pub struct State {
     pub config: ServeConfig,
+    /// Proxy mode's upstream MCP server.
+    pub upstream: Option<crate::http::proxy::Upstream>,
     /// The database-backed cluster view (Postgres mode).
     pub cluster: Option<crate::cluster::PgCluster>,
     pub sessions: Arc<dyn SessionStore>,
@@ -40,6 +42,8 @@ pub struct State {
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
+    #[error(transparent)]
+    Upstream(#[from] crate::http::proxy::UpstreamConfigError),
     #[error("admin tokens: {0}")]
     Tokens(#[from] TokenError),
 }
@@ -120,6 +124,14 @@ impl State {
         broadcaster: Broadcaster,
         metrics: Arc<Metrics>,
     ) -> Result<AppState, StateError> {
+        let upstream = match &config.upstream {
+            Some(url) => Some(crate::http::proxy::Upstream::new(
+                url,
+                config.mint_session_ids,
+                config.advertise_list_changed,
+            )?),
+            None => None,
+        };
         let admin_tokens = AdminTokens::load(
             config.admin_tokens.as_deref(),
             config.admin_token_file.as_deref(),
@@ -128,6 +140,7 @@ impl State {
             allowed_origins: config.allowed_origins(),
             config,
             subscriber_auth,
+            upstream,
             sessions,
             cluster,
             log,

@@ -199,6 +199,7 @@ impl Bridge {
                         .session_taken_elsewhere(session, generation);
                 }
             }
+            (Some("end"), _, Some(session)) => self.state.broadcaster.end_session(session),
             (Some("heartbeat"), _, _) => {}
             _ => tracing::debug!(payload, "unknown control message"),
         }

@@ -135,6 +135,11 @@ impl Broadcaster {
         self.shared.sessions.claim(session, generation)
     }
 
+    /// The session ended: end its local stream.
+    pub fn end_session(&self, session: &str) {
+        self.shared.sessions.end(session);
+    }
+
     /// A newer claim was made on another replica: end the local stream for it, if older.
     pub fn session_taken_elsewhere(&self, session: &str, generation: u64) {
         self.shared.sessions.taken_elsewhere(session, generation);

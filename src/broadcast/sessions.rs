@@ -46,6 +46,14 @@ impl Sessions {
 }
 
 impl Sessions {
+    /// The session ended (proxy mode: the client deleted it): end its local stream.
+    pub fn end(&self, session: &str) {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, _, token)) = held.get(session) {
+            token.cancel();
+        }
+    }
+
     /// Another replica claimed `session` with `generation`: end the local stream if older.
     pub fn taken_elsewhere(&self, session: &str, generation: u64) {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());

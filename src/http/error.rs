@@ -28,6 +28,8 @@ pub enum AppError {
     Forbidden(&'static str),
     #[error("no route for {0}")]
     NotFound(String),
+    #[error("this Mcp-Session-Id is unknown (initialize first)")]
+    SessionNotFound,
     #[error("method {0} is not allowed on this path")]
     MethodNotAllowed(String),
     #[error("this endpoint answers with text/event-stream; the Accept header must list it")]
@@ -63,7 +65,7 @@ impl AppError {
             | AppError::UnsupportedProtocolVersion(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized | AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AppError::NotFound(_) => StatusCode::NOT_FOUND,
+            AppError::NotFound(_) | AppError::SessionNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
@@ -95,6 +97,7 @@ impl AppError {
             AppError::Unauthorized | AppError::Unauthenticated(_) => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
             AppError::NotFound(_) => "not_found",
+            AppError::SessionNotFound => "session_not_found",
             AppError::MethodNotAllowed(_) => "method_not_allowed",
             AppError::NotAcceptable => "not_acceptable",
             AppError::PayloadTooLarge(_) => "payload_too_large",

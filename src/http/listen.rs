@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::body::{read_body, require_json};
 use super::error::AppError;
 use super::headers::MCP_PROTOCOL_VERSION;
+use super::proxy::{self, Forward};
 use super::sse::sleep_until_opt;
 use crate::broadcast::{DropReason, Feed, SubscriberGuard, SubscriberKind};
 use crate::event::Viewer;
@@ -88,12 +89,57 @@ pub async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Body
     }
 }
 
+/// `DELETE /mcp`: forwarded in proxy mode (and the session's streams end on every replica);
+/// standalone, there is nothing to delete.
+pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+    let Some(up) = &st.upstream else {
+        return AppError::MethodNotAllowed("DELETE".into()).into_response();
+    };
+    let bytes = match read_body(&headers, body, st.config.body_limit()).await {
+        Ok(b) => b,
+        Err(e) => return e.into_response(),
+    };
+    let forward = Forward {
+        method: axum::http::Method::DELETE,
+        headers: &headers,
+        body: bytes,
+        rpc_method: None,
+        principal: None,
+    };
+    proxy::forward(&st, up, forward).await
+}
+
 async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response, RpcError> {
     let null = Value::Null;
-    require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
     let bytes = read_body(&headers, body, st.config.body_limit())
         .await
         .map_err(|e| RpcError::from_app(e, &null))?;
+    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    let rpc_method = parsed
+        .as_ref()
+        .and_then(|m| m.get("method"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    // Proxy mode: everything but `subscriptions/listen` goes to the upstream, untouched.
+    if let Some(up) = &st.upstream {
+        if rpc_method.as_deref() != Some(LISTEN_METHOD) {
+            let principal = st
+                .subscriber_auth
+                .identify(&headers)
+                .await
+                .ok()
+                .and_then(|i| i.principal);
+            let forward = Forward {
+                method: axum::http::Method::POST,
+                headers: &headers,
+                body: bytes,
+                rpc_method,
+                principal,
+            };
+            return Ok(proxy::forward(&st, up, forward).await);
+        }
+    }
+    require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
     let msg: Value = serde_json::from_slice(&bytes).map_err(|e| {
         RpcError::new(
             StatusCode::BAD_REQUEST,
@@ -133,10 +179,12 @@ async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response
                 "Header mismatch: the Mcp-Method header is required".into(),
             ))
         }
-        Some(h) if h != method.as_bytes() => return Err(mismatch(format!(
+        Some(h) if h != method.as_bytes() => {
+            return Err(mismatch(format!(
             "Header mismatch: Mcp-Method header value '{}' does not match body value '{method}'",
             String::from_utf8_lossy(h)
-        ))),
+        )))
+        }
         Some(_) => {}
     }
     let Some(version) = headers

@@ -10,6 +10,7 @@ pub mod listen;
 pub mod ops;
 pub mod origin;
 pub mod poll;
+pub mod proxy;
 pub mod sse;
 
 use std::any::Any;
@@ -67,7 +68,12 @@ pub fn starting(retry_ms: u64) -> Router {
 
 fn public_routes() -> Router<AppState> {
     Router::new()
-        .route("/mcp", get(sse::get_mcp).post(listen::post_mcp))
+        .route(
+            "/mcp",
+            get(sse::get_mcp)
+                .post(listen::post_mcp)
+                .delete(listen::delete_mcp),
+        )
         .route("/poll", get(poll::poll))
 }
 

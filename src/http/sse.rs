@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::Response;
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
@@ -17,9 +17,11 @@ use tokio::time::Instant;
 
 use super::error::AppError;
 use super::headers::{self, MCP_SESSION_ID};
+use super::proxy::{self, Forward};
 use crate::broadcast::{
     Broadcaster, DropReason, Feed, SessionClaim, SubscriberGuard, SubscriberKind,
 };
+use crate::event::Cursor;
 use crate::event::{EventId, Viewer};
 use crate::log::{LogError, Start};
 use crate::mcp::{self, KEEPALIVE_FRAME};
@@ -45,6 +47,29 @@ pub async fn get_mcp(
         headers::query_param(query.as_deref(), "last_event_id").as_deref(),
     )?;
     let identity = st.subscriber_auth.identify(&headers).await?;
+    if let Some(up) = &st.upstream {
+        // A cursor that is not ours resumes one of the upstream's POST streams: forward it.
+        if matches!(cursor, Cursor::Foreign(_)) {
+            let forward = Forward {
+                method: Method::GET,
+                headers: &headers,
+                body: Bytes::new(),
+                rpc_method: None,
+                principal: None,
+            };
+            return Ok(proxy::forward(&st, up, forward).await);
+        }
+        if let Some(s) = &session {
+            match st.sessions.known(s).await {
+                Ok(true) => {}
+                Ok(false) => return Err(AppError::SessionNotFound),
+                Err(error) => {
+                    tracing::warn!(%error, "cannot check the session; shedding the stream");
+                    return Ok(shed(&st, "database", session.as_deref()));
+                }
+            }
+        }
+    }
 
     if st.lifecycle.is_draining() {
         return Ok(shed(&st, "draining", session.as_deref()));

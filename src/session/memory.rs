@@ -58,6 +58,26 @@ impl SessionStore for MemorySessions {
     async fn check(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError> {
         self.bind(session, principal).map(|_| ())
     }
+
+    async fn register(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner
+            .sessions
+            .entry(session.to_owned())
+            .or_insert_with(|| (principal.map(str::to_owned), Instant::now()));
+        Ok(())
+    }
+
+    async fn known(&self, session: &str) -> Result<bool, SessionError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(inner.sessions.contains_key(session))
+    }
+
+    async fn forget(&self, session: &str) -> Result<(), SessionError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.sessions.remove(session);
+        Ok(())
+    }
 }
 
 #[cfg(test)]

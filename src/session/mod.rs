@@ -24,4 +24,13 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Binds or checks ownership without claiming (long-poll).
     async fn check(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError>;
+
+    /// Records a session an upstream created (proxy mode), owned by `principal`; a no-op if known.
+    async fn register(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError>;
+
+    /// Whether the session was recorded (proxy mode: an unknown session's GET is `404`).
+    async fn known(&self, session: &str) -> Result<bool, SessionError>;
+
+    /// Forgets a session (proxy mode: after the client's `DELETE`).
+    async fn forget(&self, session: &str) -> Result<(), SessionError>;
 }

@@ -15,6 +15,9 @@ pub struct PgSessions {
     timeout: Duration,
     claim_sql: String,
     check_sql: String,
+    register_sql: String,
+    known_sql: String,
+    forget_sql: String,
     channel: String,
 }
 
@@ -37,6 +40,16 @@ impl PgSessions {
                 upsert("generation = t.generation + 1, ")
             ),
             check_sql: upsert(""),
+            register_sql: format!(
+                "INSERT INTO {schema}.sessions (session, principal) VALUES ($1, $2) \
+                 ON CONFLICT (session) DO NOTHING RETURNING 1::bigint"
+            ),
+            known_sql: format!("SELECT 1::bigint FROM {schema}.sessions WHERE session = $1 AND $2::text IS NULL"),
+            // The end message is sent in the same statement: every replica ends the session's streams.
+            forget_sql: format!(
+                "WITH d AS (DELETE FROM {schema}.sessions WHERE session = $1 AND $2::text IS NULL RETURNING 1) \
+                 SELECT 1::bigint, pg_notify($3, 'end 0 ' || $1)"
+            ),
             channel: control_channel(schema),
         }
     }
@@ -89,5 +102,24 @@ impl SessionStore for PgSessions {
             Some(_) => Ok(()),
             None => Err(SessionError::Forbidden),
         }
+    }
+
+    async fn register(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError> {
+        self.run(&self.register_sql, session, principal, false)
+            .await
+            .map(|_| ())
+    }
+
+    async fn known(&self, session: &str) -> Result<bool, SessionError> {
+        Ok(self
+            .run(&self.known_sql, session, None, false)
+            .await?
+            .is_some())
+    }
+
+    async fn forget(&self, session: &str) -> Result<(), SessionError> {
+        self.run(&self.forget_sql, session, None, true)
+            .await
+            .map(|_| ())
     }
 }

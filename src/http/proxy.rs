@@ -1,0 +1,302 @@
+//! Proxy mode (`FANOUT_UPSTREAM`): the service stands in front of an MCP server. `GET /mcp` and
+//! `subscriptions/listen` are served from the fan-out; every other `POST` and `DELETE` is
+//! forwarded with method, headers, status and body intact, the response streamed back frame by
+//! frame. Sessions are recorded from `initialize` responses before they are relayed, so a client's
+//! immediate GET on another replica finds its session.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::{json, Value};
+
+use super::headers::MCP_SESSION_ID;
+use crate::state::AppState;
+
+/// Headers that describe one hop, not the message: never forwarded either way.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+pub struct Upstream {
+    client: reqwest::Client,
+    url: reqwest::Url,
+    mint_session_ids: bool,
+    advertise_list_changed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamConfigError {
+    #[error("FANOUT_UPSTREAM is not a valid http(s) URL: {0}")]
+    Url(String),
+    #[error("cannot build the upstream client: {0}")]
+    Client(String),
+}
+
+impl Upstream {
+    pub fn new(
+        url: &str,
+        mint_session_ids: bool,
+        advertise_list_changed: bool,
+    ) -> Result<Upstream, UpstreamConfigError> {
+        let url = reqwest::Url::parse(url).map_err(|e| UpstreamConfigError::Url(e.to_string()))?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err(UpstreamConfigError::Url(url.to_string()));
+        }
+        let client = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
+        Ok(Upstream {
+            client,
+            url,
+            mint_session_ids,
+            advertise_list_changed,
+        })
+    }
+
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+}
+
+/// What the proxy knows about a forwarded request.
+pub struct Forward<'a> {
+    pub method: Method,
+    pub headers: &'a HeaderMap,
+    pub body: Bytes,
+    /// The JSON-RPC method, when the body is one.
+    pub rpc_method: Option<String>,
+    /// Owner to record for a session created by `initialize`.
+    pub principal: Option<String>,
+}
+
+/// Forwards one request upstream and relays the answer.
+pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
+    let mut req = up.client.request(f.method.clone(), up.url.clone());
+    for (name, value) in f.headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || n == "content-length"
+            || (up.mint_session_ids && n == MCP_SESSION_ID)
+        {
+            continue;
+        }
+        req = req.header(name, value);
+    }
+    let resp = match req.body(f.body).send().await {
+        Ok(r) => r,
+        Err(error) => {
+            tracing::warn!(%error, upstream = %up.url, "upstream unreachable");
+            return upstream_error(
+                StatusCode::BAD_GATEWAY,
+                "the upstream MCP server is unreachable",
+            );
+        }
+    };
+    let status = resp.status();
+    let mut headers = HeaderMap::new();
+    for (name, value) in resp.headers() {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            headers.append(name.clone(), value.clone());
+        }
+    }
+    let rpc = f.rpc_method.as_deref();
+    if rpc == Some("initialize") && status.is_success() {
+        let mut session = headers
+            .get(MCP_SESSION_ID)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if session.is_none() && up.mint_session_ids {
+            let minted = crate::event::id::random_epoch() + &crate::event::id::random_epoch();
+            if let Ok(v) = HeaderValue::from_str(&minted) {
+                headers.insert(HeaderName::from_static(MCP_SESSION_ID), v);
+                session = Some(minted);
+            }
+        }
+        // Record before relaying: the client's next request (its GET) may reach another replica.
+        if let Some(s) = &session {
+            if let Err(error) = st.sessions.register(s, f.principal.as_deref()).await {
+                tracing::warn!(%error, session = s, "cannot record the session; forwarding anyway");
+            }
+        }
+    }
+    if f.method == Method::DELETE && status.is_success() {
+        if let Some(s) = f.headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) {
+            st.broadcaster.end_session(s);
+            if let Err(error) = st.sessions.forget(s).await {
+                tracing::warn!(%error, session = s, "cannot forget the session");
+            }
+        }
+    }
+    let rewrite =
+        up.advertise_list_changed && matches!(rpc, Some("initialize" | "server/discover"));
+    let is_sse = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let body = if rewrite && !is_sse {
+        match resp.bytes().await {
+            Ok(b) => {
+                headers.remove(header::CONTENT_LENGTH);
+                Body::from(rewrite_json(&b))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "upstream body failed");
+                return upstream_error(StatusCode::BAD_GATEWAY, "the upstream answer was cut");
+            }
+        }
+    } else if rewrite {
+        headers.remove(header::CONTENT_LENGTH);
+        Body::from_stream(rewrite_sse(resp.bytes_stream()))
+    } else {
+        Body::from_stream(resp.bytes_stream())
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+fn upstream_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        axum::Json(json!({ "jsonrpc": "2.0", "id": null, "error": { "code": -32000, "message": message } })),
+    )
+        .into_response()
+}
+
+/// Sets `listChanged: true` on the tools/prompts/resources capabilities of an `initialize` or
+/// `server/discover` result (the sidecar delivers those notifications now).
+pub fn advertise_list_changed(msg: &mut Value) -> bool {
+    let Some(caps) = msg
+        .pointer_mut("/result/capabilities")
+        .and_then(Value::as_object_mut)
+    else {
+        return false;
+    };
+    for kind in ["tools", "prompts", "resources"] {
+        let entry = caps.entry(kind).or_insert_with(|| json!({}));
+        if let Some(obj) = entry.as_object_mut() {
+            obj.insert("listChanged".into(), true.into());
+        }
+    }
+    true
+}
+
+fn rewrite_json(body: &[u8]) -> Bytes {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(mut v) => {
+            if advertise_list_changed(&mut v) {
+                Bytes::from(v.to_string())
+            } else {
+                Bytes::copy_from_slice(body)
+            }
+        }
+        Err(_) => Bytes::copy_from_slice(body),
+    }
+}
+
+/// Rewrites the `data:` of SSE blocks carrying the result, relaying every block as it completes.
+fn rewrite_sse(
+    upstream: impl futures::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures::stream::unfold(
+        (Box::pin(upstream), Vec::<u8>::new(), false),
+        |(mut up, mut buf, mut eof)| async move {
+            loop {
+                if let Some(end) = block_end(&buf) {
+                    let block: Vec<u8> = buf.drain(..end).collect();
+                    return Some((Ok(rewrite_block(&block)), (up, buf, eof)));
+                }
+                if eof {
+                    if buf.is_empty() {
+                        return None;
+                    }
+                    let rest = std::mem::take(&mut buf);
+                    return Some((Ok(Bytes::from(rest)), (up, buf, eof)));
+                }
+                match up.next().await {
+                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
+                    Some(Err(e)) => return Some((Err(std::io::Error::other(e)), (up, buf, true))),
+                    None => eof = true,
+                }
+            }
+        },
+    )
+}
+
+/// End (exclusive) of the first complete SSE block, blank line included.
+fn block_end(buf: &[u8]) -> Option<usize> {
+    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+fn rewrite_block(block: &[u8]) -> Bytes {
+    let Ok(text) = std::str::from_utf8(block) else {
+        return Bytes::copy_from_slice(block);
+    };
+    let mut out = String::with_capacity(text.len() + 64);
+    for line in text.split_inclusive('\n') {
+        let (content, eol) = match line.strip_suffix("\r\n") {
+            Some(c) => (c, "\r\n"),
+            None => line.strip_suffix('\n').map_or((line, ""), |c| (c, "\n")),
+        };
+        match content.strip_prefix("data:") {
+            Some(data) => {
+                let data = data.strip_prefix(' ').unwrap_or(data);
+                let rewritten = serde_json::from_str::<Value>(data)
+                    .ok()
+                    .and_then(|mut v| advertise_list_changed(&mut v).then(|| v.to_string()));
+                match rewritten {
+                    Some(v) => {
+                        out.push_str("data: ");
+                        out.push_str(&v);
+                        out.push_str(eol);
+                    }
+                    None => out.push_str(line),
+                }
+            }
+            None => out.push_str(line),
+        }
+    }
+    Bytes::from(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn advertises_list_changed_in_json_and_sse() {
+        let body = br#"{"jsonrpc":"2.0","id":1,"result":{"capabilities":{"tools":{"listChanged":false},"logging":{}},"serverInfo":{"name":"x"}}}"#;
+        let v: Value = serde_json::from_slice(&rewrite_json(body)).expect("json");
+        assert_eq!(v["result"]["capabilities"]["tools"]["listChanged"], true);
+        assert_eq!(v["result"]["capabilities"]["prompts"]["listChanged"], true);
+        assert_eq!(v["result"]["serverInfo"]["name"], "x");
+        let block = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"capabilities\":{}}}\r\n\r\n";
+        let out = rewrite_block(block);
+        let text = std::str::from_utf8(&out).expect("utf8");
+        assert!(text.starts_with("event: message\r\ndata: ") && text.ends_with("\r\n\r\n"));
+        assert!(text.contains(r#""listChanged":true"#));
+        let untouched = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n";
+        assert_eq!(&rewrite_block(untouched)[..], &untouched[..]);
+        assert_eq!(block_end(b"data: a\n\ndata: b"), Some(9));
+    }
+}
