@@ -26,6 +26,12 @@ pub struct PublishArgs {
     /// Idempotency key: a retry with the same key publishes nothing new.
     #[arg(long)]
     pub key: Option<String>,
+    /// Publish this many times (each a new event unless `--key` is given).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..))]
+    pub repeat: u64,
+    /// Pause between repeats, in milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    pub interval_ms: u64,
 }
 
 pub async fn run(args: PublishArgs) -> Result<(), CliError> {
@@ -47,19 +53,25 @@ pub async fn run(args: PublishArgs) -> Result<(), CliError> {
         }
     }
     let url = format!("{}/admin/publish", args.url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().post(url).json(&body);
-    if let Some(t) = &args.token {
-        req = req.bearer_auth(t);
+    let client = reqwest::Client::new();
+    for attempt in 0..args.repeat {
+        if attempt > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms)).await;
+        }
+        let mut req = client.post(&url).json(&body);
+        if let Some(t) = &args.token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await?;
+        let status = resp.status();
+        let text = resp.text().await?;
+        if !status.is_success() {
+            return Err(CliError::Refused {
+                status: status.as_u16(),
+                body: text,
+            });
+        }
+        println!("{text}");
     }
-    let resp = req.send().await?;
-    let status = resp.status();
-    let text = resp.text().await?;
-    if !status.is_success() {
-        return Err(CliError::Refused {
-            status: status.as_u16(),
-            body: text,
-        });
-    }
-    println!("{text}");
     Ok(())
 }

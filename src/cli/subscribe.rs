@@ -19,6 +19,9 @@ pub struct SubscribeArgs {
     /// Mcp-Session-Id to present.
     #[arg(long)]
     pub session: Option<String>,
+    /// Subscriber bearer token (JWT mode).
+    #[arg(long, env = "FANOUT_SUBSCRIBER_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Exit after this many events (0 = run until the stream ends).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
@@ -42,6 +45,9 @@ pub async fn run(args: SubscribeArgs) -> Result<(), CliError> {
     if let Some(s) = &args.session {
         req = req.header("mcp-session-id", s);
     }
+    if let Some(t) = &args.token {
+        req = req.bearer_auth(t);
+    }
     let resp = req.send().await?;
     let status = resp.status();
     if !status.is_success() {
@@ -58,14 +64,16 @@ pub async fn run(args: SubscribeArgs) -> Result<(), CliError> {
     let mut body = resp.bytes_stream();
     let mut buf: Vec<u8> = Vec::new();
     let mut got = 0u64;
+    // The deadline counts from the last *event*, not the last chunk: keep-alives do not reset it.
+    let mut deadline =
+        (args.timeout > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.timeout));
     loop {
-        let next = if args.timeout > 0 {
-            match tokio::time::timeout(Duration::from_secs(args.timeout), body.next()).await {
+        let next = match deadline {
+            Some(d) => match tokio::time::timeout_at(d, body.next()).await {
                 Ok(n) => n,
                 Err(_) => return Err(CliError::Timeout(args.timeout)),
-            }
-        } else {
-            body.next().await
+            },
+            None => body.next().await,
         };
         let Some(chunk) = next else { break };
         buf.extend_from_slice(&chunk?);
@@ -84,6 +92,9 @@ pub async fn run(args: SubscribeArgs) -> Result<(), CliError> {
                 writeln!(out, "{} {data}", id.as_deref().unwrap_or("-"))?;
                 out.flush()?;
                 got += 1;
+                if let Some(d) = deadline.as_mut() {
+                    *d = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
+                }
                 if args.count > 0 && got >= args.count {
                     return Ok(());
                 }
