@@ -52,8 +52,9 @@ impl Lifecycle {
         self.listens_end.cancel();
     }
 
-    pub fn listens_ended(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.listens_end.cancelled()
+    /// The token cancelled at the end of the grace (listen streams end).
+    pub fn listens_end_token(&self) -> CancellationToken {
+        self.listens_end.clone()
     }
 }
 

@@ -5,6 +5,7 @@
 
 pub mod feed;
 pub mod guard;
+pub mod pump;
 pub mod ring;
 pub mod sessions;
 
@@ -95,6 +96,11 @@ impl Broadcaster {
     /// Ends every stream: each ends cleanly with a `retry:` hint.
     pub fn close(&self) {
         self.shared.closed.cancel();
+    }
+
+    /// The token cancelled when the broadcaster closes.
+    pub fn closed_token(&self) -> CancellationToken {
+        self.shared.closed.clone()
     }
 
     /// Resolves when the broadcaster is closed.

@@ -73,6 +73,11 @@ impl SessionClaim {
     pub fn is_taken(&self) -> bool {
         self.token.is_cancelled()
     }
+
+    /// The token cancelled when a newer stream takes the session.
+    pub fn token(&self) -> CancellationToken {
+        self.token.clone()
+    }
 }
 
 impl Drop for SessionClaim {

@@ -17,10 +17,9 @@ use super::body::{read_body, require_json};
 use super::error::AppError;
 use super::headers::MCP_PROTOCOL_VERSION;
 use super::proxy::{self, Forward};
-use super::sse::sleep_until_opt;
+use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{DropReason, Feed, SubscriberGuard, SubscriberKind};
 use crate::event::Viewer;
-use crate::log::LogError;
 use crate::mcp::listen::{
     self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
 };
@@ -260,6 +259,14 @@ async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response
             + at.duration_since(std::time::SystemTime::now())
                 .unwrap_or_default()
     });
+    let ends = Ends {
+        signals: vec![(st.lifecycle.listens_end_token(), DropReason::Shutdown)],
+        deadlines: expires
+            .map(|d| (d, DropReason::TokenExpired))
+            .into_iter()
+            .collect(),
+        max_lag: st.config.max_lag(),
+    };
     let stream = ListenStream {
         ack: Some(listen::acknowledgement(&id, &filter)),
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, head),
@@ -267,9 +274,8 @@ async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response
         id,
         guard,
         st: st.clone(),
+        ends,
         keepalive: st.config.keepalive(),
-        max_lag: st.config.max_lag(),
-        expires,
         done: false,
     };
     let body = futures::stream::unfold(stream, |mut s| async move {
@@ -295,9 +301,8 @@ struct ListenStream {
     id: Value,
     guard: SubscriberGuard,
     st: AppState,
+    ends: Ends,
     keepalive: Duration,
-    max_lag: Duration,
-    expires: Option<tokio::time::Instant>,
     done: bool,
 }
 
@@ -310,44 +315,22 @@ impl ListenStream {
             return Some(ack);
         }
         loop {
-            if self.feed.behind_for().is_some_and(|t| t > self.max_lag) {
-                return self.finish(DropReason::Lagging);
-            }
-            if self
-                .expires
-                .is_some_and(|at| at <= tokio::time::Instant::now())
-            {
-                return self.finish(DropReason::TokenExpired);
-            }
-            let batch = match self.feed.next_batch(512, 256 * 1024).await {
-                Ok(b) => b,
-                Err(LogError::CursorPruned { .. }) => return self.finish(DropReason::CursorPruned),
-                Err(error) => {
-                    tracing::warn!(%error, "cannot read the log for a listen stream");
-                    return self.finish(DropReason::LogUnavailable);
+            match pump::next_step(&mut self.feed, &self.ends, self.keepalive).await {
+                Step::Events(events) => {
+                    // Framed per stream: each message carries this subscription's id.
+                    let mut out = BytesMut::new();
+                    let mut sent = 0u64;
+                    for ev in events.iter().filter(|e| self.filter.wants(e)) {
+                        out.extend_from_slice(&listen::event_frame(ev, &self.id));
+                        sent += 1;
+                    }
+                    if sent > 0 {
+                        self.st.metrics.events_delivered.inc_by(sent);
+                        return Some(out.freeze());
+                    }
                 }
-            };
-            let mut out = BytesMut::new();
-            let mut sent = 0u64;
-            for ev in batch.events.iter().filter(|e| self.filter.wants(e)) {
-                out.extend_from_slice(&listen::event_frame(ev, &self.id));
-                sent += 1;
-            }
-            if sent > 0 {
-                self.st.metrics.events_delivered.inc_by(sent);
-                return Some(out.freeze());
-            }
-            if batch.more {
-                tokio::task::yield_now().await;
-                continue;
-            }
-            let expires = self.expires;
-            tokio::select! {
-                biased;
-                _ = self.st.lifecycle.listens_ended() => return self.finish(DropReason::Shutdown),
-                _ = sleep_until_opt(expires) => return self.finish(DropReason::TokenExpired),
-                _ = self.feed.changed() => {}
-                _ = tokio::time::sleep(self.keepalive) => return Some(Bytes::from_static(KEEPALIVE_FRAME)),
+                Step::KeepAlive => return Some(Bytes::from_static(KEEPALIVE_FRAME)),
+                Step::End(reason) => return self.finish(reason),
             }
         }
     }

@@ -18,20 +18,17 @@ use tokio::time::Instant;
 use super::error::AppError;
 use super::headers::{self, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
+use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{
     Broadcaster, DropReason, Feed, SessionClaim, SubscriberGuard, SubscriberKind,
 };
 use crate::event::Cursor;
 use crate::event::{EventId, Viewer};
-use crate::log::{LogError, Start};
+use crate::log::Start;
 use crate::mcp::{self, KEEPALIVE_FRAME};
 use crate::server::ConnInfo;
 use crate::session::SessionError;
 use crate::state::AppState;
-
-/// Most events, and about most bytes, coalesced into one write.
-const MAX_EVENTS_PER_WRITE: usize = 512;
-const MAX_BYTES_PER_WRITE: usize = 256 * 1024;
 
 pub async fn get_mcp(
     State(st): State<AppState>,
@@ -138,17 +135,27 @@ pub async fn get_mcp(
         .as_deref()
         .zip(generation)
         .map(|(s, g)| st.broadcaster.claim_session(s, g));
+    let mut ends = Ends {
+        signals: vec![(st.broadcaster.closed_token(), DropReason::Shutdown)],
+        deadlines: Vec::new(),
+        max_lag: st.config.max_lag(),
+    };
+    if let Some(c) = &claim {
+        ends.signals.push((c.token(), DropReason::TakenOver));
+    }
+    ends.deadlines
+        .extend(deadline.map(|d| (d, DropReason::MaxStreamAge)));
+    ends.deadlines
+        .extend(expires.map(|d| (d, DropReason::TokenExpired)));
     let stream = SseStream {
-        claim,
+        _claim: claim,
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after),
         broadcaster: st.broadcaster.clone(),
         guard,
         preamble,
+        ends,
         keepalive: st.config.keepalive(),
-        max_lag: st.config.max_lag(),
         retry_ms: st.config.retry_ms,
-        deadline,
-        expires,
         done: false,
     };
     let body = futures::stream::unfold(stream, |mut s| async move {
@@ -186,27 +193,16 @@ fn stream_response(body: Body, session: Option<&str>) -> Response {
     resp
 }
 
-/// Sleeps until `at`, or forever.
-pub(crate) async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 struct SseStream {
-    /// This stream's hold on its session (a newer stream for it ends this one).
-    claim: Option<SessionClaim>,
+    /// This stream's hold on its session (a newer stream for it ends this one); dropped with it.
+    _claim: Option<SessionClaim>,
     feed: Feed,
     broadcaster: Broadcaster,
     guard: SubscriberGuard,
     preamble: Option<Bytes>,
+    ends: Ends,
     keepalive: Duration,
-    max_lag: Duration,
     retry_ms: u64,
-    deadline: Option<Instant>,
-    /// When the subscriber's credential expires.
-    expires: Option<Instant>,
     done: bool,
 }
 
@@ -218,58 +214,10 @@ impl SseStream {
         if let Some(p) = self.preamble.take() {
             return Some(p);
         }
-        loop {
-            if self.broadcaster.is_closed() {
-                return self.finish(DropReason::Shutdown);
-            }
-            if self.claim.as_ref().is_some_and(SessionClaim::is_taken) {
-                return self.finish(DropReason::TakenOver);
-            }
-            if self.deadline.is_some_and(|d| d <= Instant::now()) {
-                return self.finish(DropReason::MaxStreamAge);
-            }
-            if self.expires.is_some_and(|d| d <= Instant::now()) {
-                return self.finish(DropReason::TokenExpired);
-            }
-            if self.feed.behind_for().is_some_and(|t| t > self.max_lag) {
-                return self.finish(DropReason::Lagging);
-            }
-            let batch = match self
-                .feed
-                .next_batch(MAX_EVENTS_PER_WRITE, MAX_BYTES_PER_WRITE)
-                .await
-            {
-                Ok(b) => b,
-                Err(LogError::CursorPruned { .. }) => return self.finish(DropReason::CursorPruned),
-                Err(error) => {
-                    tracing::warn!(%error, session = self.guard.session().unwrap_or(""), "cannot read the log for a subscriber");
-                    return self.finish(DropReason::LogUnavailable);
-                }
-            };
-            if !batch.events.is_empty() {
-                return Some(self.write(&batch.events));
-            }
-            if batch.more {
-                // Only events this subscriber may not see so far; keep scanning, fairly.
-                tokio::task::yield_now().await;
-                continue;
-            }
-            let (deadline, expires) = (self.deadline, self.expires);
-            let taken = async {
-                match &self.claim {
-                    Some(c) => c.taken().await,
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                biased;
-                _ = self.broadcaster.closed() => return self.finish(DropReason::Shutdown),
-                _ = taken => return self.finish(DropReason::TakenOver),
-                _ = sleep_until_opt(deadline) => return self.finish(DropReason::MaxStreamAge),
-                _ = sleep_until_opt(expires) => return self.finish(DropReason::TokenExpired),
-                _ = self.feed.changed() => {}
-                _ = tokio::time::sleep(self.keepalive) => return Some(Bytes::from_static(KEEPALIVE_FRAME)),
-            }
+        match pump::next_step(&mut self.feed, &self.ends, self.keepalive).await {
+            Step::Events(events) => Some(self.write(&events)),
+            Step::KeepAlive => Some(Bytes::from_static(KEEPALIVE_FRAME)),
+            Step::End(reason) => self.finish(reason),
         }
     }
 
@@ -344,7 +292,7 @@ mod tests {
             deadline: Option<Instant>,
         ) -> SseStream {
             SseStream {
-                claim: None,
+                _claim: None,
                 feed: Feed::new(self.bc.clone(), self.log.clone(), Viewer::default(), 0),
                 broadcaster: self.bc.clone(),
                 guard: self
@@ -352,11 +300,16 @@ mod tests {
                     .try_register(SubscriberKind::Sse, Some("sess-1".into()))
                     .expect("slot"),
                 preamble: None,
+                ends: Ends {
+                    signals: vec![(self.bc.closed_token(), DropReason::Shutdown)],
+                    deadlines: deadline
+                        .map(|d| (d, DropReason::MaxStreamAge))
+                        .into_iter()
+                        .collect(),
+                    max_lag,
+                },
                 keepalive,
-                max_lag,
                 retry_ms: 100,
-                deadline,
-                expires: None,
                 done: false,
             }
         }
@@ -409,7 +362,7 @@ mod tests {
     async fn a_subscriber_behind_too_long_is_ended_with_retry_and_counted() {
         let f = fixture();
         let mut s = f.stream(LONG, Duration::from_millis(20), None);
-        f.publish(MAX_EVENTS_PER_WRITE * 3).await;
+        f.publish(pump::MAX_EVENTS_PER_STEP * 3).await;
         let first = s.next_chunk().await.expect("first write");
         assert!(!is_retry(&first));
         tokio::time::sleep(Duration::from_millis(40)).await;
