@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
 use self::listener::{Control, Listener};
-use crate::log::postgres::{timed, DbError, PgLog};
+use crate::log::postgres::{describe, timed, DbError, PgLog};
 use crate::log::LogError;
 use crate::state::AppState;
 
@@ -35,7 +35,7 @@ pub enum BridgeError {
     Db(#[from] DbError),
     #[error(transparent)]
     Log(#[from] LogError),
-    #[error("the LISTEN connection closed{}", .0.as_ref().map(|e| format!(": {e}")).unwrap_or_default())]
+    #[error("the LISTEN connection closed{}", .0.as_ref().map(|e| format!(": {}", describe(e))).unwrap_or_default())]
     Closed(Option<tokio_postgres::Error>),
     #[error("no heartbeat came back within {0:?}")]
     HeartbeatTimeout(Duration),
@@ -56,15 +56,11 @@ impl Bridge {
     pub async fn run(self, stop: CancellationToken) {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            let started = Instant::now();
-            let result = self.session(&stop).await;
+            let result = self.session(&stop, &mut backoff).await;
             self.state.metrics.listen_connected.set(0);
             match result {
                 Ok(()) => return,
                 Err(error) => tracing::warn!(%error, "LISTEN connection lost; reconnecting"),
-            }
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff.reset();
             }
             self.state.metrics.listen_reconnects.inc();
             tokio::select! {
@@ -74,7 +70,13 @@ impl Bridge {
         }
     }
 
-    async fn session(&self, stop: &CancellationToken) -> Result<(), BridgeError> {
+    /// One connection's life. The backoff restarts once it is connected and caught up, so a
+    /// connection that drops after working reconnects at once; only failing attempts back off.
+    async fn session(
+        &self,
+        stop: &CancellationToken,
+        backoff: &mut Backoff,
+    ) -> Result<(), BridgeError> {
         let schema = self.log.schema();
         let events = events_channel(schema);
         let control = control_channel(schema);
@@ -90,6 +92,7 @@ impl Bridge {
         let caught_up = self.catch_up().await?;
         self.state.metrics.catch_up_events.inc_by(caught_up);
         self.state.metrics.listen_connected.set(1);
+        backoff.reset();
         if !self.state.lifecycle.is_ready() && !self.state.lifecycle.is_draining() {
             self.state.lifecycle.set_ready();
             tracing::info!(

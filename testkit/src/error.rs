@@ -50,6 +50,15 @@ pub enum Error {
     #[error("protocol error: {0}")]
     Protocol(String),
 
+    /// A Postgres client call (connect, query) failed.
+    #[error("Postgres: {}", pg_text(.0))]
+    Postgres(#[from] tokio_postgres::Error),
+
+    /// A test fixture (a Postgres cluster, PgBouncer) could not be set up; the text says why and,
+    /// when it helps, shows the tail of the server's log.
+    #[error("setup failed: {0}")]
+    Setup(String),
+
     /// The connection closed before the body was complete (no terminating chunk, short
     /// `Content-Length`, or a reset): the stream was cut, not ended cleanly.
     #[error("stream truncated: {0}")]
@@ -76,5 +85,22 @@ impl Error {
     /// True for [`Error::Timeout`].
     pub fn is_timeout(&self) -> bool {
         matches!(self, Error::Timeout { .. })
+    }
+}
+
+/// A Postgres error with its cause (the server's message and SQLSTATE for `db error`).
+fn pg_text(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!(
+            "{} {}: {}{}",
+            db.severity(),
+            db.code().code(),
+            db.message(),
+            db.detail().map(|d| format!(" ({d})")).unwrap_or_default()
+        ),
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
     }
 }

@@ -10,13 +10,16 @@
 //! - [`poll`]: the `/poll` answer with each message's exact bytes.
 //! - [`wait`]: awaiting conditions with deadlines.
 //! - [`wire`]: HTTP/1.1 response head and body framing.
-//!
-//! (A throwaway Postgres cluster for multi-replica tests will live in a `postgres` module.)
+//! - [`postgres`]: a throwaway Postgres cluster from the system binaries (or `DATABASE_URL`), one
+//!   shared per test process with a database per test, setup SQL and log-table reads, PgBouncer.
+//! - [`follow`]: reading an SSE stream in the background while a test publishes and injects faults.
 
 pub mod error;
+pub mod follow;
 pub mod http;
 pub mod metrics;
 pub mod poll;
+pub mod postgres;
 pub mod replica;
 pub mod sse;
 pub mod tally;
@@ -24,8 +27,10 @@ pub mod wait;
 pub mod wire;
 
 pub use error::{Error, Result};
+pub use follow::{Followed, Follower, Received};
 pub use http::{error_code, raw_request, HttpResponse, RawRequest, RawResponse};
 pub use poll::{PollAnswer, PollEvent};
+pub use postgres::{shared_database, shared_server, LogRow, PgBouncer, PgCluster, PgServer};
 pub use replica::{PublishOptions, Replica, Token};
 pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
 pub use tally::{EventId, Tally, TallyReport};

@@ -29,7 +29,7 @@ pub enum DbError {
     Pool(String),
     #[error("cannot get a database connection: {0}")]
     Checkout(#[source] deadpool_postgres::PoolError),
-    #[error("database error: {0}")]
+    #[error("database error: {}", describe(.0))]
     Query(#[source] tokio_postgres::Error),
     #[error("migration {version} failed: {source}")]
     Migration {
@@ -51,6 +51,15 @@ impl From<DbError> for LogError {
             DbError::Query(q) if is_sql_error(q) => LogError::Internal(e.to_string()),
             _ => LogError::Unavailable(Box::new(e)),
         }
+    }
+}
+
+/// A Postgres error with the server's own words (`tokio_postgres::Error`'s Display says only
+/// "db error" for those).
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{} ({}: {})", e, db.code().code(), db.message()),
+        None => e.to_string(),
     }
 }
 
