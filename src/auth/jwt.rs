@@ -108,7 +108,15 @@ impl JwtVerifier {
             Keys::Static { algs, .. } => algs.clone(),
             Keys::Jwks { .. } => vec![Algorithm::RS256, Algorithm::ES256, Algorithm::HS256],
         };
-        validation.set_required_spec_claims(&["exp"]);
+        // `exp` always; `iss` / `aud` too when configured (a token without them is refused).
+        let mut required = vec!["exp"];
+        if c.jwt_issuer.is_some() {
+            required.push("iss");
+        }
+        if c.jwt_audience.is_some() {
+            required.push("aud");
+        }
+        validation.set_required_spec_claims(&required);
         validation.leeway = c.jwt_leeway_secs;
         if let Some(iss) = &c.jwt_issuer {
             validation.set_issuer(&[iss]);
@@ -178,7 +186,16 @@ impl JwtVerifier {
                 let key = key.ok_or_else(|| {
                     AppError::Unauthenticated("the token's key is unknown".into())
                 })?;
-                decode::<Map<String, Value>>(token, &key, &self.validation)
+                if !self.validation.algorithms.contains(&head.alg) {
+                    return Err(AppError::Unauthenticated(format!(
+                        "the token's algorithm {:?} is not accepted",
+                        head.alg
+                    )));
+                }
+                // One algorithm per decode: the key's family must match every listed algorithm.
+                let mut validation = self.validation.clone();
+                validation.algorithms = vec![head.alg];
+                decode::<Map<String, Value>>(token, &key, &validation)
                     .map(|d| d.claims)
                     .map_err(invalid)
             }

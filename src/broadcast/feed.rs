@@ -25,6 +25,9 @@ pub struct Feed {
     cursor: u64,
     head_rx: watch::Receiver<u64>,
     behind_since: Option<Instant>,
+    /// The log's head when the subscriber's cursor was checked: events up to it exist even if
+    /// this replica's bridge has not pushed them yet, so they are read from the log.
+    log_head: u64,
 }
 
 /// What one read produced.
@@ -46,7 +49,15 @@ impl Feed {
             cursor: after,
             head_rx,
             behind_since: None,
+            log_head: 0,
         }
+    }
+
+    /// Events up to `head` are committed (read from the log when a cursor was checked): serve
+    /// them from the log if this replica's ring has not caught up yet.
+    pub fn with_log_head(mut self, head: u64) -> Feed {
+        self.log_head = head;
+        self
     }
 
     /// Everything up to here was sent or skipped as not visible.
@@ -76,7 +87,8 @@ impl Feed {
                 .bc
                 .read_ring()
                 .read_after(self.cursor, RING_SCAN, &mut page);
-            if read == RingRead::Behind {
+            let ring_short = page.is_empty() && self.cursor < self.log_head;
+            if read == RingRead::Behind || ring_short {
                 page = self.log.read_after(self.cursor, LOG_PAGE).await?;
                 self.bc.metrics().log_reads_events.inc_by(page.len() as u64);
             }
@@ -95,7 +107,7 @@ impl Feed {
                 }
             }
         }
-        let head = observed.max(self.bc.head());
+        let head = observed.max(self.bc.head()).max(self.log_head);
         let more = self.cursor < head;
         if more {
             self.behind_since.get_or_insert_with(Instant::now);
@@ -196,6 +208,39 @@ mod tests {
         assert_eq!(seen, (1..=500).collect::<Vec<_>>());
         assert!(bc.metrics().log_reads_events.get() > 0);
         assert!(feed.behind_for().is_none());
+    }
+
+    #[tokio::test]
+    async fn committed_events_the_ring_lacks_yet_are_read_from_the_log() {
+        // A log whose commits do not reach this broadcaster: a replica whose bridge lags.
+        let bc = Broadcaster::new(
+            0,
+            RingLimits {
+                max_events: 100,
+                max_bytes: usize::MAX,
+            },
+            10,
+            Arc::new(Metrics::new()),
+        );
+        let log: Arc<dyn EventLog> = Arc::new(MemoryLog::new(
+            "ep".into(),
+            MemoryLimits {
+                max_events: 1000,
+                max_bytes: usize::MAX,
+            },
+            Box::new(|_| {}),
+        ));
+        publish(&log, 3, None).await;
+        let head = log.bounds().await.expect("bounds").head;
+        let mut lagging =
+            Feed::new(bc.clone(), log.clone(), Viewer::default(), 1).with_log_head(head);
+        assert_eq!(drain(&mut lagging).await, vec![2, 3]);
+        // Once the ring catches up, nothing is repeated.
+        bc.push(&log.read_after(0, 10).await.expect("read"));
+        assert!(drain(&mut lagging).await.is_empty());
+        // Without the hint, a feed sees only what the ring has.
+        let mut ring_only = Feed::new(bc, log, Viewer::default(), 3);
+        assert!(drain(&mut ring_only).await.is_empty());
     }
 
     #[tokio::test]

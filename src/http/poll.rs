@@ -70,7 +70,8 @@ pub async fn poll(
         tenant: identity.tenant.clone(),
         session: session.clone(),
     };
-    let mut feed = Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after);
+    let mut feed =
+        Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after).with_log_head(bounds.head);
     let (mut events, mut more) = collect(&mut feed).await?;
     if events.is_empty() && timeout > 0 && !st.lifecycle.is_draining() {
         let Some(_slot) = st.broadcaster.try_register(SubscriberKind::Poll, session) else {

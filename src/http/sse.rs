@@ -149,7 +149,8 @@ pub async fn get_mcp(
         .extend(expires.map(|d| (d, DropReason::TokenExpired)));
     let stream = SseStream {
         _claim: claim,
-        feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after),
+        feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after)
+            .with_log_head(bounds.head),
         broadcaster: st.broadcaster.clone(),
         guard,
         preamble,

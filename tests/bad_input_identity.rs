@@ -1,0 +1,663 @@
+//! Issue 4, acceptance 6 (SPEC §3.5, §4.1, §7.6): the bad-input table extended to every field and
+//! header the identity work added — the tenant header of header mode, bearer tokens of every
+//! broken form in JWT mode, a session presented by another principal, `Mcp-Session-Id` on
+//! `/poll`, the `tenant` / `session` / `key` publish fields (types, lengths in bytes, control
+//! characters, in a batch with its `index`), `Idempotency-Key` (alone and together with per-event
+//! keys), and the SQL `publish(…)` arguments. Each gets its status and JSON error code in the one
+//! error shape, nothing is published by a refused request, the boundaries are accepted, request
+//! headers beyond the 64 KiB bound get `431`, and the service keeps serving.
+
+mod common;
+#[path = "common/identity.rs"]
+mod identity;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use identity::{
+    b64url, body, hs256, now_secs, open_stream_with, start_memory, Db, ADMIN_TOKEN, TENANT_HEADER,
+};
+use jsonwebtoken::{Algorithm, EncodingKey};
+use mcp_fanout_testkit::{RawRequest, Replica, SseRequest};
+use serde_json::{json, Value};
+
+const SECRET: &str = "bad-input-identity-secret";
+const T: Duration = Duration::from_secs(10);
+
+struct Case {
+    name: String,
+    req: RawRequest,
+    status: u16,
+    code: &'static str,
+    field: Option<&'static str>,
+    index: Option<u64>,
+    header: Option<&'static str>,
+}
+
+fn case(name: impl Into<String>, req: RawRequest, status: u16, code: &'static str) -> Case {
+    Case {
+        name: name.into(),
+        req,
+        status,
+        code,
+        field: None,
+        index: None,
+        header: None,
+    }
+}
+
+impl Case {
+    fn field(mut self, f: &'static str) -> Self {
+        self.field = Some(f);
+        self
+    }
+    fn index(mut self, i: u64) -> Self {
+        self.index = Some(i);
+        self
+    }
+    fn with_header(mut self, h: &'static str) -> Self {
+        self.header = Some(h);
+        self
+    }
+}
+
+fn sse() -> RawRequest {
+    RawRequest::new("GET", "/mcp").header("Accept", "text/event-stream")
+}
+
+fn poll() -> RawRequest {
+    RawRequest::new("GET", "/poll?timeout=0")
+}
+
+fn publish_raw(body: &[u8]) -> RawRequest {
+    RawRequest::new("POST", "/admin/publish")
+        .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+        .header("Content-Type", "application/json")
+        .body(body.to_vec())
+}
+
+fn publish(body: &Value) -> RawRequest {
+    publish_raw(body.to_string().as_bytes())
+}
+
+fn ev(extra: &Value) -> Value {
+    let mut v = json!({ "method": "notifications/test/bad" });
+    for (k, x) in extra.as_object().expect("object") {
+        v[k] = x.clone();
+    }
+    v
+}
+
+/// Sends every case; collects every mismatch, then fails once with all of them.
+async fn run(addr: SocketAddr, cases: Vec<Case>) {
+    let mut failures = Vec::new();
+    for c in cases {
+        let resp = match c.req.send(addr, T).await {
+            Ok(r) => r,
+            Err(e) => {
+                failures.push(format!("{}: request failed: {e}", c.name));
+                continue;
+            }
+        };
+        let body = match identity::check_raw_error(&resp, c.status, c.code) {
+            Ok(b) => b,
+            Err(e) => {
+                failures.push(format!("{}: {e}", c.name));
+                continue;
+            }
+        };
+        if let Some(f) = c.field {
+            if body["error"]["field"] != json!(f) {
+                failures.push(format!("{}: error.field should be {f:?}: {body}", c.name));
+            }
+        }
+        if let Some(i) = c.index {
+            if body["error"]["index"] != json!(i) {
+                failures.push(format!("{}: error.index should be {i}: {body}", c.name));
+            }
+        }
+        if let Some(h) = c.header {
+            if resp.header(h).is_none() {
+                failures.push(format!("{}: missing header {h}", c.name));
+            }
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} identity bad-input cases failed:\n  {}",
+        failures.len(),
+        failures.join("\n  ")
+    );
+}
+
+/// Accepted requests: each must answer `200`.
+async fn run_ok(addr: SocketAddr, cases: Vec<(String, RawRequest)>) {
+    let mut failures = Vec::new();
+    for (name, req) in cases {
+        match req.send(addr, T).await {
+            Ok(r) if r.status() == 200 => {}
+            Ok(r) => failures.push(format!(
+                "{name}: expected 200, got {} {}",
+                r.status(),
+                r.text()
+            )),
+            Err(e) => failures.push(format!("{name}: request failed: {e}")),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "boundary cases that must be accepted were not:\n  {}",
+        failures.join("\n  ")
+    );
+}
+
+/// The service still serves: a stream opens (with `headers`), a publish is delivered to it.
+async fn still_serves(r: &Replica, headers: &[(&str, &str)]) {
+    let req = headers
+        .iter()
+        .fold(SseRequest::mcp(), |q, (n, v)| q.header(n, v));
+    let mut s = open_stream_with(r, req, "after the bad input").await;
+    r.wait_subscribers(1, T).await.expect("registered");
+    let id = r.publish_ok(&body("still", 0)).await.expect("publish");
+    let f = s.next_event(T).await.expect("event").expect("open");
+    assert_eq!(f.id.as_deref(), Some(id.as_str()), "delivered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
+    let r = start_memory(
+        "bad-identity-header",
+        &[("FANOUT_SUBSCRIBER_AUTH", "header")],
+    )
+    .await;
+    let addr = r.public_addr();
+
+    // Bind a session to tenant A first (a poll binds without streaming).
+    let bind = poll()
+        .header(TENANT_HEADER, "A")
+        .header("Mcp-Session-Id", "owned-by-a")
+        .send(addr, T)
+        .await
+        .expect("bind");
+    assert_eq!(bind.status(), 200, "binding poll: {}", bind.text());
+    let published_before = r
+        .metric("mcp_fanout_events_published_total")
+        .await
+        .expect("metrics")
+        .unwrap_or(0.0);
+
+    let long_tenant = "t".repeat(257);
+    let long_tenant_multibyte = "é".repeat(129); // 258 bytes, 129 characters
+    let long_session = "s".repeat(129);
+    let long_key = "k".repeat(129);
+    let mut cases = Vec::new();
+
+    // ---- the tenant header, on both subscriber endpoints ----
+    for (what, req) in [("/mcp", sse()), ("/poll", poll())] {
+        let bad_values: Vec<(&str, Vec<u8>)> = vec![
+            ("empty", Vec::new()),
+            ("over 256 bytes", long_tenant.as_bytes().to_vec()),
+            (
+                "over 256 bytes in 129 characters",
+                long_tenant_multibyte.as_bytes().to_vec(),
+            ),
+            ("with a TAB", b"acme\tcorp".to_vec()),
+            ("not UTF-8", vec![b'a', 0xff, 0xfe, b'b']),
+            (
+                "with a C1 control (U+0085)",
+                "acme\u{85}corp".as_bytes().to_vec(),
+            ),
+        ];
+        for (name, value) in bad_values {
+            cases.push(
+                case(
+                    format!("tenant header {name} on {what}"),
+                    req.clone().header_bytes(TENANT_HEADER, &value),
+                    400,
+                    "invalid_field",
+                )
+                .field("tenant header"),
+            );
+        }
+    }
+    // ---- Mcp-Session-Id on /poll (the stream's cases are in bad_input.rs) ----
+    for (name, value) in [
+        ("over 128 bytes", long_session.as_bytes().to_vec()),
+        ("with a space", b"a b".to_vec()),
+        ("not ASCII", "sé".as_bytes().to_vec()),
+        ("with a TAB", b"a\tb".to_vec()),
+    ] {
+        cases.push(case(
+            format!("Mcp-Session-Id {name} on /poll"),
+            poll().header_bytes("Mcp-Session-Id", &value),
+            400,
+            "invalid_session_id",
+        ));
+    }
+    // ---- a session owned by another principal ----
+    for (what, req) in [("/mcp", sse()), ("/poll", poll())] {
+        cases.push(case(
+            format!("another tenant's session on {what}"),
+            req.clone()
+                .header(TENANT_HEADER, "B")
+                .header("Mcp-Session-Id", "owned-by-a"),
+            403,
+            "forbidden",
+        ));
+        cases.push(case(
+            format!("a tenant's session without a tenant on {what}"),
+            req.header("Mcp-Session-Id", "owned-by-a"),
+            403,
+            "forbidden",
+        ));
+    }
+
+    // ---- publish: tenant ----
+    let tenant_cases: Vec<(&str, Value)> = vec![
+        ("a number", json!(5)),
+        ("a boolean", json!(true)),
+        ("an object", json!({ "id": "A" })),
+        ("an array", json!(["A"])),
+        ("empty", json!("")),
+        ("over 256 bytes", json!(long_tenant)),
+        (
+            "over 256 bytes in 129 characters",
+            json!(long_tenant_multibyte),
+        ),
+        ("with U+0001", json!("a\u{1}b")),
+        ("with a newline", json!("a\nb")),
+        ("with a TAB", json!("a\tb")),
+        ("with DEL", json!("a\u{7f}b")),
+        ("with a C1 control (U+0085)", json!("a\u{85}b")),
+    ];
+    for (name, v) in tenant_cases {
+        cases.push(
+            case(
+                format!("publish tenant {name}"),
+                publish(&ev(&json!({ "tenant": v }))),
+                400,
+                "invalid_field",
+            )
+            .field("tenant"),
+        );
+    }
+    // ---- publish: session ----
+    let session_cases: Vec<(&str, Value)> = vec![
+        ("a number", json!(7)),
+        ("an object", json!({})),
+        ("a boolean", json!(false)),
+        ("empty", json!("")),
+        ("over 128 bytes", json!(long_session)),
+        ("with a space", json!("a b")),
+        ("not ASCII", json!("sé")),
+        ("with a control byte", json!("a\u{1}b")),
+        ("with DEL", json!("a\u{7f}b")),
+    ];
+    for (name, v) in session_cases {
+        cases.push(
+            case(
+                format!("publish session {name}"),
+                publish(&ev(&json!({ "session": v }))),
+                400,
+                "invalid_field",
+            )
+            .field("session"),
+        );
+    }
+    // ---- publish: key ----
+    for (name, v) in [
+        ("empty", json!("")),
+        ("over 128 bytes", json!(long_key)),
+        ("with a space", json!("a b")),
+        ("not ASCII", json!("ké")),
+    ] {
+        cases.push(
+            case(
+                format!("publish key {name}"),
+                publish(&ev(&json!({ "key": v }))),
+                400,
+                "invalid_field",
+            )
+            .field("key"),
+        );
+    }
+    // ---- in a batch: the failing index, and nothing of the batch published ----
+    let batch = json!([
+        ev(&json!({ "tenant": "A" })),
+        ev(&json!({ "session": "s1" })),
+        ev(&json!({ "tenant": "" })),
+    ]);
+    cases.push(
+        case(
+            "batch with an empty tenant at index 2",
+            publish(&batch),
+            400,
+            "invalid_field",
+        )
+        .field("tenant")
+        .index(2),
+    );
+    let batch = json!([ev(&json!({})), ev(&json!({ "session": "x y" }))]);
+    cases.push(
+        case(
+            "batch with a bad session at index 1",
+            publish(&batch),
+            400,
+            "invalid_field",
+        )
+        .field("session")
+        .index(1),
+    );
+    // Typos of the new fields are refused, never ignored (that would broadcast a private event).
+    for typo in ["tenat", "Tenant", "sesion", "session_id", "tenant_id"] {
+        cases.push(case(
+            format!("publish with the unknown field {typo:?}"),
+            publish(&ev(&json!({ typo: "x" }))),
+            400,
+            "unknown_field",
+        ));
+    }
+    // ---- Idempotency-Key ----
+    cases.push(case(
+        "Idempotency-Key together with a per-event key",
+        publish(&ev(&json!({ "key": "k1" }))).header("Idempotency-Key", "req-1"),
+        400,
+        "invalid_field",
+    ));
+    cases.push(case(
+        "Idempotency-Key together with a per-event key in a batch",
+        publish(&json!([ev(&json!({})), ev(&json!({ "key": "k2" }))]))
+            .header("Idempotency-Key", "req-2"),
+        400,
+        "invalid_field",
+    ));
+    for (name, value) in [
+        ("empty", Vec::new()),
+        ("over 128 bytes", long_key.as_bytes().to_vec()),
+        ("with a space", b"a b".to_vec()),
+        ("not ASCII", "ké".as_bytes().to_vec()),
+        ("with a TAB", b"a\tb".to_vec()),
+    ] {
+        cases.push(
+            case(
+                format!("Idempotency-Key {name}"),
+                publish(&ev(&json!({}))).header_bytes("Idempotency-Key", &value),
+                400,
+                "invalid_field",
+            )
+            .field("Idempotency-Key"),
+        );
+    }
+    run(addr, cases).await;
+
+    // Request headers are bounded on the accept loop (64 KiB): a tenant header far beyond that is
+    // refused by the HTTP layer itself with 431, before any handler runs.
+    let huge = "t".repeat(80 * 1024);
+    for (what, req) in [("/mcp", sse()), ("/poll", poll())] {
+        let resp = req
+            .header(TENANT_HEADER, &huge)
+            .send(addr, T)
+            .await
+            .unwrap_or_else(|e| panic!("an 80 KiB tenant header on {what}: {e}"));
+        assert_eq!(
+            resp.status(),
+            431,
+            "an 80 KiB tenant header on {what}: {}",
+            resp.text()
+        );
+    }
+
+    assert_eq!(
+        r.metric("mcp_fanout_events_published_total")
+            .await
+            .expect("metrics")
+            .unwrap_or(0.0),
+        published_before,
+        "no refused publish published anything"
+    );
+
+    // ---- the boundaries are accepted ----
+    let tenant_256 = "é".repeat(128);
+    let ok = vec![
+        (
+            "tenant header of 256 bytes (128 two-byte characters)".to_string(),
+            poll().header(TENANT_HEADER, &tenant_256),
+        ),
+        (
+            "tenant header with spaces and punctuation".to_string(),
+            poll().header(TENANT_HEADER, "Acme Corp / EU-1"),
+        ),
+        (
+            "the owner's own session".to_string(),
+            poll()
+                .header(TENANT_HEADER, "A")
+                .header("Mcp-Session-Id", "owned-by-a"),
+        ),
+        (
+            "Mcp-Session-Id of 128 bytes on /poll".to_string(),
+            poll().header("Mcp-Session-Id", &"s".repeat(128)),
+        ),
+        (
+            "publish tenant of 256 bytes".to_string(),
+            publish(&ev(&json!({ "tenant": tenant_256 }))),
+        ),
+        (
+            "publish session of 128 bytes, tenant and key".to_string(),
+            publish(&ev(
+                &json!({ "session": "s".repeat(128), "tenant": "A", "key": "k".repeat(128) }),
+            )),
+        ),
+        (
+            "publish tenant and session null".to_string(),
+            publish(&ev(&json!({ "tenant": null, "session": null }))),
+        ),
+        (
+            "Idempotency-Key of 128 bytes".to_string(),
+            publish(&ev(&json!({}))).header("Idempotency-Key", &"i".repeat(128)),
+        ),
+    ];
+    run_ok(addr, ok).await;
+    still_serves(&r, &[(TENANT_HEADER, "A")]).await;
+}
+
+/// A token over arbitrary header and payload text, signed with HS256 and `SECRET`.
+fn signed_raw(header: &str, payload: &str) -> String {
+    let signing_input = format!(
+        "{}.{}",
+        b64url(header.as_bytes()),
+        b64url(payload.as_bytes())
+    );
+    let sig = jsonwebtoken::crypto::sign(
+        signing_input.as_bytes(),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+        Algorithm::HS256,
+    )
+    .expect("sign");
+    format!("{signing_input}.{sig}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
+    let r = start_memory(
+        "bad-identity-jwt",
+        &[
+            ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_SECRET", SECRET),
+        ],
+    )
+    .await;
+    let addr = r.public_addr();
+    let valid = hs256(SECRET, &json!({ "sub": "u", "exp": now_secs() + 600 }));
+    let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    let exp = now_secs() + 600;
+    let forms: Vec<(&str, Vec<u8>)> = vec![
+        ("an empty Authorization header", Vec::new()),
+        ("the scheme alone", b"Bearer".to_vec()),
+        ("two segments", b"Bearer abc.def".to_vec()),
+        ("four segments", format!("Bearer {valid}.xyz").into_bytes()),
+        (
+            "a valid token followed by junk",
+            format!("Bearer {valid} junk").into_bytes(),
+        ),
+        (
+            "a header that is not base64url",
+            b"Bearer !!!.e30.sig".to_vec(),
+        ),
+        (
+            "a payload that is not JSON (correctly signed)",
+            format!("Bearer {}", signed_raw(hs, "hello")).into_bytes(),
+        ),
+        (
+            "a payload that is a JSON array (correctly signed)",
+            format!("Bearer {}", signed_raw(hs, "[1,2]")).into_bytes(),
+        ),
+        (
+            "exp as a string (correctly signed)",
+            format!(
+                "Bearer {}",
+                signed_raw(hs, &format!(r#"{{"sub":"u","exp":"{exp}"}}"#))
+            )
+            .into_bytes(),
+        ),
+        (
+            "a header naming an unknown algorithm (correctly signed)",
+            format!(
+                "Bearer {}",
+                signed_raw(
+                    r#"{"alg":"XS999","typ":"JWT"}"#,
+                    &format!(r#"{{"sub":"u","exp":{exp}}}"#)
+                )
+            )
+            .into_bytes(),
+        ),
+        (
+            "a signature of the wrong length",
+            format!("Bearer {}AAAA", valid).into_bytes(),
+        ),
+        (
+            "a 32 KiB token",
+            format!(
+                "Bearer {}.{}.{}",
+                "a".repeat(11_000),
+                "b".repeat(11_000),
+                "c".repeat(11_000)
+            )
+            .into_bytes(),
+        ),
+        ("non-UTF-8 bytes", b"Bearer \xff\xfe.\xfd.x".to_vec()),
+        (
+            "a tenant claim that is a list (correctly signed)",
+            format!(
+                "Bearer {}",
+                hs256(
+                    SECRET,
+                    &json!({ "sub": "u", "exp": exp, "tenant": ["a", "b"] })
+                )
+            )
+            .into_bytes(),
+        ),
+    ];
+    let mut cases = Vec::new();
+    for (name, value) in &forms {
+        for (what, req) in [("/mcp", sse()), ("/poll", poll())] {
+            cases.push(
+                case(
+                    format!("{name} on {what}"),
+                    req.header_bytes("Authorization", value),
+                    401,
+                    "unauthorized",
+                )
+                .with_header("www-authenticate"),
+            );
+        }
+    }
+    // A valid token does not open the admin surface, nor does the admin token open a stream.
+    cases.push(
+        case(
+            "a subscriber JWT on /admin/publish",
+            RawRequest::new("POST", "/admin/publish")
+                .header("Authorization", &format!("Bearer {valid}"))
+                .json(&body("x", 0)),
+            401,
+            "unauthorized",
+        )
+        .with_header("www-authenticate"),
+    );
+    cases.push(
+        case(
+            "the admin token on /mcp",
+            sse().header("Authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            401,
+            "unauthorized",
+        )
+        .with_header("www-authenticate"),
+    );
+    run(addr, cases).await;
+    r.wait_subscribers(0, T)
+        .await
+        .expect("no refused request is a subscriber");
+    let auth = format!("Bearer {valid}");
+    still_serves(&r, &[("Authorization", auth.as_str())]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sql_publish_refuses_bad_tenant_and_session_arguments() {
+    let pg = Db::fresh("badsql").await;
+    // One replica applies the schema (and shows the refused calls published nothing).
+    let replicas = pg.replicas("bad-sql-", 1, &[]).await;
+    let r = &replicas[0];
+    let mut s = open_stream_with(r, SseRequest::mcp(), "sql watcher").await;
+    r.wait_subscribers(1, T).await.expect("registered");
+    let client = pg.client().await;
+    let b = body("sql", 0);
+    let long_tenant = "t".repeat(257);
+    let long_session = "s".repeat(129);
+    let bad: Vec<(&str, Option<&str>, Option<&str>)> = vec![
+        ("empty tenant", Some(""), None),
+        ("tenant over 256 bytes", Some(long_tenant.as_str()), None),
+        ("tenant with a control character", Some("a\u{1}b"), None),
+        ("tenant with a newline", Some("a\nb"), None),
+        ("empty session", None, Some("")),
+        ("session over 128 bytes", None, Some(long_session.as_str())),
+        ("session with a space", None, Some("a b")),
+        ("session not ASCII", None, Some("sé")),
+    ];
+    let mut problems = Vec::new();
+    for (name, tenant, session) in bad {
+        if let Ok(id) = pg.sql_publish(&client, &b, tenant, session).await {
+            problems.push(format!(
+                "{name}: SELECT publish(…) answered {id}, expected an error"
+            ));
+        }
+    }
+    assert!(
+        problems.is_empty(),
+        "SQL publish accepted bad targets:\n  {}",
+        problems.join("\n  ")
+    );
+    let tenant_256 = "é".repeat(128);
+    let ok = pg
+        .sql_publish(&client, &b, Some(&tenant_256), Some(&"s".repeat(128)))
+        .await
+        .expect("the boundaries are accepted");
+    let fence = pg
+        .sql_publish(&client, &b, None, None)
+        .await
+        .expect("an untargeted SQL publish");
+    let ids = pg
+        .server
+        .log_ids(&pg.db, &pg.schema)
+        .await
+        .expect("the log");
+    assert_eq!(
+        ids,
+        vec![ok, fence.clone()],
+        "the log holds only the accepted events"
+    );
+    let ev = s.next_event(T).await.expect("event").expect("open");
+    assert_eq!(
+        ev.id.as_deref(),
+        Some(fence.as_str()),
+        "the stream gets the untargeted one"
+    );
+}

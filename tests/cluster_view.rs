@@ -1,0 +1,238 @@
+//! Issue 5, acceptance 3 (SPEC §4.2): three replicas on one database heartbeat into it, and
+//! `GET /admin/cluster` on any of them lists all three — distinct ids, each one's advertised
+//! address (`FANOUT_ADVERTISE_ADDR`, or the bound public address), its subscriber count (0, 1 and
+//! 2 open streams), its last delivered id, a recent heartbeat. A replica killed with SIGKILL (no
+//! goodbye) disappears from every survivor's view within the stale limit
+//! (`FANOUT_REPLICA_STALE_SECS=3`); one that shuts down cleanly disappears too. The endpoint needs
+//! the admin token.
+
+mod common;
+#[path = "common/identity.rs"]
+mod identity;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use identity::{body, now_secs, open_stream_with, start_owned, Db, ADMIN_TOKEN};
+use mcp_fanout_testkit::{wait_for, Replica, SseConn, SseRequest};
+use serde_json::Value;
+
+const STALE_SECS: u64 = 3;
+const T: Duration = Duration::from_secs(15);
+const ADVERTISED: &str = "fanout-2.replicas.example:8080";
+
+/// One row of the view.
+#[derive(Debug, Clone, PartialEq)]
+struct Row {
+    id: String,
+    address: Option<String>,
+    subscribers: u64,
+    last_delivered_id: String,
+    last_heartbeat: f64,
+}
+
+/// `/admin/cluster` of `r`, keyed by address.
+async fn view(r: &Replica) -> Result<BTreeMap<String, Row>, String> {
+    let resp = r
+        .http()
+        .get(r.admin_url("/admin/cluster"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = resp.status();
+    let v: Value = resp.json().await.map_err(|e| e.to_string())?;
+    if status != 200 {
+        return Err(format!("{status} {v}"));
+    }
+    let rows = v["replicas"]
+        .as_array()
+        .ok_or_else(|| format!("no `replicas` array: {v}"))?;
+    let mut out = BTreeMap::new();
+    for row in rows {
+        let r = Row {
+            id: row["id"]
+                .as_str()
+                .ok_or_else(|| format!("no id: {row}"))?
+                .to_string(),
+            address: row["address"].as_str().map(ToString::to_string),
+            subscribers: row["subscribers"]
+                .as_u64()
+                .ok_or_else(|| format!("no subscriber count: {row}"))?,
+            last_delivered_id: row["last_delivered_id"]
+                .as_str()
+                .ok_or_else(|| format!("no last_delivered_id: {row}"))?
+                .to_string(),
+            last_heartbeat: row["last_heartbeat"]
+                .as_f64()
+                .ok_or_else(|| format!("no last_heartbeat: {row}"))?,
+        };
+        let key = r
+            .address
+            .clone()
+            .unwrap_or_else(|| format!("<none:{}>", r.id));
+        if out.insert(key.clone(), r).is_some() {
+            return Err(format!("two rows with address {key}: {v}"));
+        }
+    }
+    Ok(out)
+}
+
+/// Waits until every replica in `observers` shows exactly `want` (address → subscribers, and
+/// every last delivered id = `last`); returns the last view of each.
+async fn wait_view(
+    observers: &[&Replica],
+    want: &BTreeMap<String, u64>,
+    last: &str,
+) -> Vec<BTreeMap<String, Row>> {
+    let mut views = Vec::new();
+    for r in observers {
+        let seen = std::sync::Mutex::new(None);
+        let got = wait_for(&format!("the cluster view on {}", r.label()), T, || {
+            let fut = view(r);
+            let seen = &seen;
+            async move {
+                let v = fut.await;
+                let ok = match &v {
+                    Ok(rows) => {
+                        rows.len() == want.len()
+                            && want.iter().all(|(addr, n)| {
+                                rows.get(addr).is_some_and(|row| {
+                                    row.subscribers == *n && row.last_delivered_id == last
+                                })
+                            })
+                    }
+                    Err(_) => false,
+                };
+                let out = if ok { v.clone().ok() } else { None };
+                *seen
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
+                out
+            }
+        })
+        .await;
+        match got {
+            Ok(rows) => views.push(rows),
+            Err(e) => panic!(
+                "{}: {e}\n  wanted (address → subscribers) {want:?}, last delivered {last}\n  last view: {seen:?}",
+                r.label()
+            ),
+        }
+    }
+    views
+}
+
+async fn streams(r: &Replica, n: usize) -> Vec<SseConn> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        out.push(open_stream_with(r, SseRequest::mcp(), &format!("{}/sub{i}", r.label())).await);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_replica_lists_all_live_replicas_and_a_killed_one_ages_out() {
+    let pg = Db::fresh("cluster").await;
+    let stale = STALE_SECS.to_string();
+    let base = pg.env(&[
+        ("FANOUT_REPLICA_STALE_SECS", stale.as_str()),
+        ("FANOUT_DRAIN_SECS", "0"),
+    ]);
+    let mut advertised = base.clone();
+    advertised.push(("FANOUT_ADVERTISE_ADDR".to_string(), ADVERTISED.to_string()));
+    let (r0, r1, mut r2) = tokio::join!(
+        start_owned("cluster-0", &base),
+        start_owned("cluster-1", &base),
+        start_owned("cluster-2", &advertised),
+    );
+    let addr_of = |r: &Replica| r.public_addr().to_string();
+
+    // The view needs the admin token.
+    let resp = r0
+        .http()
+        .get(r0.admin_url("/admin/cluster"))
+        .send()
+        .await
+        .expect("GET /admin/cluster");
+    assert_eq!(resp.status(), 401, "no token, no view");
+
+    // 0, 1 and 2 open streams.
+    let s1 = streams(&r1, 1).await;
+    let mut s2 = streams(&r2, 2).await;
+    r1.wait_subscribers(1, T).await.expect("r1: 1");
+    r2.wait_subscribers(2, T).await.expect("r2: 2");
+    let last = r0.publish_ok(&body("cluster", 0)).await.expect("publish");
+    for s in &mut s2 {
+        let ev = s.next_event(T).await.expect("event").expect("open");
+        assert_eq!(ev.id.as_deref(), Some(last.as_str()));
+    }
+
+    let want: BTreeMap<String, u64> = [
+        (addr_of(&r0), 0),
+        (addr_of(&r1), 1),
+        (ADVERTISED.to_string(), 2),
+    ]
+    .into_iter()
+    .collect();
+    let views = wait_view(&[&r0, &r1, &r2], &want, &last).await;
+    let ids: Vec<String> = views[0].values().map(|r| r.id.clone()).collect();
+    let mut distinct = ids.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3, "three distinct replica ids: {ids:?}");
+    #[allow(clippy::cast_precision_loss)]
+    let now = now_secs() as f64;
+    for (i, v) in views.iter().enumerate() {
+        let vids: Vec<String> = v.values().map(|r| r.id.clone()).collect();
+        assert_eq!(vids, ids, "replica {i} sees the same ids");
+        for row in v.values() {
+            assert!(
+                row.last_heartbeat > now - STALE_SECS as f64 - 1.0
+                    && row.last_heartbeat < now + 2.0,
+                "a recent heartbeat (now {now}): {row:?}"
+            );
+        }
+    }
+
+    // The counts follow the streams: close r1's, open one on r0.
+    drop(s1);
+    let _s0 = streams(&r0, 1).await;
+    let want: BTreeMap<String, u64> = [
+        (addr_of(&r0), 1),
+        (addr_of(&r1), 0),
+        (ADVERTISED.to_string(), 2),
+    ]
+    .into_iter()
+    .collect();
+    wait_view(&[&r0, &r1, &r2], &want, &last).await;
+
+    // SIGKILL r2: no goodbye; it ages out of both survivors' views within the stale limit.
+    r2.kill().expect("SIGKILL");
+    let killed_at = Instant::now();
+    r2.wait_exit(T).await.expect("r2 exits");
+    let want: BTreeMap<String, u64> = [(addr_of(&r0), 1), (addr_of(&r1), 0)].into_iter().collect();
+    let last2 = r1.publish_ok(&body("cluster", 1)).await.expect("publish");
+    wait_view(&[&r0, &r1], &want, &last2).await;
+    let took = killed_at.elapsed();
+    eprintln!("the killed replica left the view {took:?} after SIGKILL");
+    // Its last heartbeat was at most one interval (2 s) before the kill, so it must be gone
+    // within the stale limit of the kill (plus the view's own round trip).
+    assert!(
+        took <= Duration::from_secs(STALE_SECS) + Duration::from_millis(750),
+        "the killed replica disappeared after {took:?}, more than the stale limit of {STALE_SECS} s"
+    );
+
+    // A clean shutdown removes the replica at once.
+    r1.sigterm().expect("SIGTERM");
+    let mut r1 = r1;
+    r1.wait_exit(Duration::from_secs(30))
+        .await
+        .expect("r1 exits");
+    let rows = view(&r0).await.expect("the view after a clean shutdown");
+    assert_eq!(
+        rows.keys().cloned().collect::<Vec<_>>(),
+        vec![addr_of(&r0)],
+        "a replica that shut down cleanly is removed at once: {rows:?}"
+    );
+}

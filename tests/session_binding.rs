@@ -1,0 +1,252 @@
+//! Issue 4, acceptance 3 (SPEC §3.2, §3.5): sessions are shared by every replica through the
+//! database. The first stream for an `Mcp-Session-Id` binds it to its principal (the JWT `sub`;
+//! the tenant in header mode); the same id presented by another principal — on another replica —
+//! gets `403 forbidden` on `/mcp` and `/poll`, and the owner's stream is untouched. One stream per
+//! session, newest wins, across replicas: a second stream for the session on another replica ends
+//! the first cleanly (`retry:` then the end, counted as `taken_over`), and the new stream carries
+//! the session's events from then on.
+
+mod common;
+#[path = "common/identity.rs"]
+mod identity;
+
+use std::time::Duration;
+
+use identity::{
+    body, expect_http_error, expect_sse_error, hs256, now_secs, open_stream, poll_ok, poll_with,
+    publish_to, Db, Target, Who,
+};
+use mcp_fanout_testkit::{Replica, SseConn};
+use serde_json::json;
+
+const SECRET: &str = "session-binding-secret-51d0";
+const T: Duration = Duration::from_secs(15);
+
+fn token(sub: &str, tenant: &str) -> String {
+    hs256(
+        SECRET,
+        &json!({ "sub": sub, "tenant": tenant, "exp": now_secs() + 600 }),
+    )
+}
+
+/// `who` is refused with `403 forbidden` on `/mcp` and `/poll` of `r`.
+async fn expect_forbidden(r: &Replica, who: &Who) {
+    let conn = r
+        .subscribe(&who.sse())
+        .await
+        .unwrap_or_else(|e| panic!("{}: GET /mcp: {e}", who.label));
+    expect_sse_error(
+        &format!("{} on /mcp of {}", who.label, r.label()),
+        conn,
+        403,
+        "forbidden",
+    )
+    .await;
+    let resp = poll_with(r, "timeout=0", &who.all_headers()).await;
+    expect_http_error(
+        &format!("{} on /poll of {}", who.label, r.label()),
+        &resp,
+        403,
+        "forbidden",
+    );
+}
+
+/// Reads until the event with `id` arrives; fails on anything else but keep-alives.
+async fn expect_event(conn: &mut SseConn, what: &str, id: &str) {
+    let ev = conn
+        .next_event(T)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: waiting for {id}: {e}"))
+        .unwrap_or_else(|| panic!("{what}: the stream ended before {id}"));
+    assert_eq!(ev.id.as_deref(), Some(id), "{what}: {}", ev.text());
+}
+
+/// The stream ends cleanly, with a bare `retry:` block last and no event before it.
+async fn expect_clean_end(conn: &mut SseConn, what: &str) {
+    let frames = conn
+        .read_to_end(T)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: the stream should end cleanly: {e}"));
+    assert!(
+        frames.iter().all(|f| !f.is_event()),
+        "{what}: no event after the takeover: {:?}",
+        frames.iter().map(|f| f.text()).collect::<Vec<_>>()
+    );
+    assert!(
+        frames.last().is_some_and(|f| f.retry.is_some()),
+        "{what}: a retry: hint before the end, got {:?}",
+        frames.iter().map(|f| f.text()).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn jwt_sessions_belong_to_their_subject_and_the_newest_stream_wins_across_replicas() {
+    let pg = Db::fresh("sessions").await;
+    let replicas = pg
+        .replicas(
+            "sess-",
+            2,
+            &[
+                ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+                ("FANOUT_JWT_SECRET", SECRET),
+            ],
+        )
+        .await;
+    let (r0, r1) = (&replicas[0], &replicas[1]);
+    let session = "sess-owned-by-alice";
+    // Same tenant: ownership is about the principal, not the tenant.
+    let alice = Who::jwt(
+        "alice",
+        &token("alice", "acme"),
+        Some("acme"),
+        Some(session),
+    );
+    let mallory = Who::jwt(
+        "mallory (same tenant)",
+        &token("mallory", "acme"),
+        Some("acme"),
+        Some(session),
+    );
+    // A token for the same subject, freshly minted: still alice.
+    let alice_again = Who::jwt(
+        "alice (new token)",
+        &token("alice", "acme"),
+        Some("acme"),
+        Some(session),
+    );
+
+    // Alice binds the session on r0.
+    let mut first = open_stream(r0, &alice).await;
+    r0.wait_subscribers(1, T)
+        .await
+        .expect("r0: alice registered");
+
+    // Mallory presents it on r1 (and on r0): 403 on both endpoints.
+    expect_forbidden(r1, &mallory).await;
+    expect_forbidden(r0, &mallory).await;
+    // Mallory became no subscriber anywhere and took nothing over.
+    r1.wait_subscribers(0, T).await.expect("r1: nobody");
+    // (Alice's own poll on r1 is fine; an empty `after` is absent: from the head.)
+    let head = poll_ok(r1, &alice, "timeout=0&after=").await;
+    assert!(head.events.is_empty(), "a fresh poll starts at the head");
+    let e1 = publish_to(r1, body("to-session", 1), &Target::new(None, Some(session))).await;
+    expect_event(
+        &mut first,
+        "alice's stream after mallory's attempts",
+        &e1.id,
+    )
+    .await;
+    // A committed event is served at once, even if r1's bridge has not pushed it yet (SPEC §3.4).
+    let polled = poll_ok(r1, &alice, &format!("timeout=0&after={}", head.cursor)).await;
+    assert_eq!(
+        polled
+            .events
+            .iter()
+            .filter_map(|e| e.id.clone())
+            .collect::<Vec<_>>(),
+        vec![e1.id.clone()],
+        "alice polls her session's event on r1"
+    );
+
+    // Alice (new token, same sub) opens a second stream for the session on r1: the first ends.
+    let mut second = open_stream(r1, &alice_again).await;
+    assert_eq!(
+        second.header("mcp-session-id"),
+        Some(session),
+        "the session id is echoed"
+    );
+    expect_clean_end(&mut first, "alice's first stream on r0, taken over from r1").await;
+    r0.wait_metric(
+        r#"mcp_fanout_subscribers_dropped_total{reason="taken_over"}"#,
+        T,
+        |v| v == 1.0,
+    )
+    .await
+    .expect("r0 counts the takeover");
+    r0.wait_subscribers(0, T).await.expect("r0: none left");
+    r1.wait_subscribers(1, T).await.expect("r1: the new stream");
+
+    // The session's events now reach the new stream, published through either replica.
+    let e2 = publish_to(r0, body("to-session", 2), &Target::new(None, Some(session))).await;
+    expect_event(&mut second, "the new stream on r1", &e2.id).await;
+
+    // And back again: a third stream on r0 ends the one on r1.
+    let mut third = open_stream(r0, &alice).await;
+    expect_clean_end(&mut second, "the second stream on r1, taken over from r0").await;
+    r1.wait_metric(
+        r#"mcp_fanout_subscribers_dropped_total{reason="taken_over"}"#,
+        T,
+        |v| v == 1.0,
+    )
+    .await
+    .expect("r1 counts the takeover");
+    let e3 = publish_to(r1, body("to-session", 3), &Target::new(None, Some(session))).await;
+    expect_event(&mut third, "the third stream on r0", &e3.id).await;
+
+    // Mallory is still refused, on either replica, after all that.
+    expect_forbidden(r1, &mallory).await;
+    expect_forbidden(r0, &mallory).await;
+    let e4 = publish_to(r0, body("to-session", 4), &Target::new(None, Some(session))).await;
+    expect_event(&mut third, "the third stream after mallory again", &e4.id).await;
+
+    // Streams for other sessions, and streams without a session, are never taken over.
+    let bystander = Who::jwt(
+        "bob",
+        &token("bob", "acme"),
+        Some("acme"),
+        Some("sess-of-bob"),
+    );
+    let mut bob = open_stream(r1, &bystander).await;
+    let anon = Who::jwt("carol", &token("carol", "acme"), Some("acme"), None);
+    let mut carol1 = open_stream(r0, &anon).await;
+    let mut carol2 = open_stream(r1, &anon).await;
+    r0.wait_subscribers(2, T).await.expect("r0: alice + carol");
+    r1.wait_subscribers(2, T).await.expect("r1: bob + carol");
+    let e5 = publish_to(r1, body("all", 5), &Target::default()).await;
+    for (conn, what) in [
+        (&mut third, "alice"),
+        (&mut bob, "bob"),
+        (&mut carol1, "carol on r0"),
+        (&mut carol2, "carol on r1"),
+    ] {
+        expect_event(conn, what, &e5.id).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn header_mode_sessions_belong_to_their_tenant_across_replicas() {
+    let pg = Db::fresh("hsessions").await;
+    let replicas = pg
+        .replicas("hsess-", 2, &[("FANOUT_SUBSCRIBER_AUTH", "header")])
+        .await;
+    let (r0, r1) = (&replicas[0], &replicas[1]);
+    let session = "sess-of-tenant-a";
+    let a = Who::header_mode("tenant A", Some("A"), Some(session));
+    let b = Who::header_mode("tenant B", Some("B"), Some(session));
+    let nobody = Who::header_mode("no tenant", None, Some(session));
+
+    // First use is a poll on r1: it binds the session to A too.
+    let _ = poll_ok(r1, &a, "timeout=0").await;
+    expect_forbidden(r0, &b).await;
+    expect_forbidden(r0, &nobody).await;
+
+    let mut first = open_stream(r0, &a).await;
+    r0.wait_subscribers(1, T).await.expect("r0: A registered");
+    expect_forbidden(r1, &b).await;
+    let e1 = publish_to(r1, body("s", 1), &Target::new(Some("A"), Some(session))).await;
+    expect_event(&mut first, "A's stream", &e1.id).await;
+
+    // A again, on r1: the first stream ends.
+    let mut second = open_stream(r1, &a).await;
+    expect_clean_end(&mut first, "A's first stream, taken over").await;
+    let e2 = publish_to(r0, body("s", 2), &Target::new(None, Some(session))).await;
+    expect_event(&mut second, "A's second stream", &e2.id).await;
+
+    // A session first used without a tenant belongs to "no tenant": a tenant cannot take it.
+    let loose = "sess-without-tenant";
+    let anon = Who::header_mode("no tenant", None, Some(loose));
+    let mut anon_stream = open_stream(r1, &anon).await;
+    expect_forbidden(r0, &Who::header_mode("tenant A", Some("A"), Some(loose))).await;
+    let e3 = publish_to(r0, body("s", 3), &Target::new(None, Some(loose))).await;
+    expect_event(&mut anon_stream, "the tenant-less session's stream", &e3.id).await;
+}
