@@ -137,7 +137,7 @@ impl JwtVerifier {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
+            .and_then(super::bearer)
             .ok_or_else(|| AppError::Unauthenticated("a bearer token is required".into()))?;
         let claims = self.decode(token.trim()).await?;
         let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);

@@ -85,11 +85,31 @@ impl SubscriberAuth {
     }
 }
 
+/// The credentials of an `Authorization: Bearer …` value (the scheme is case-insensitive).
+pub fn bearer(value: &str) -> Option<&str> {
+    let (scheme, rest) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+}
+
 fn invalid_tenant(name: &HeaderName) -> AppError {
     AppError::InvalidField {
         field: "tenant header",
         reason: format!(
             "{name} must be 1 to {MAX_TENANT_BYTES} bytes of text without control characters"
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bearer;
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        assert_eq!(bearer("Bearer abc"), Some("abc"));
+        assert_eq!(bearer("bearer abc"), Some("abc"));
+        assert_eq!(bearer("BEARER  abc "), Some("abc"));
+        assert_eq!(bearer("Basic abc"), None);
+        assert_eq!(bearer("abc"), None);
     }
 }

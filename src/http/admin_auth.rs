@@ -99,7 +99,9 @@ impl AdminTokens {
         }
         let presented = headers
             .get(header::AUTHORIZATION)
-            .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+            .and_then(|v| v.to_str().ok())
+            .and_then(crate::auth::bearer)
+            .map(str::as_bytes)
             .ok_or(AppError::Unauthorized)?;
         if self.accepts(presented) {
             Ok(())

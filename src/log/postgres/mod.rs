@@ -27,7 +27,7 @@ pub enum DbError {
     Url(#[source] tokio_postgres::Error),
     #[error("cannot create the pool: {0}")]
     Pool(String),
-    #[error("cannot get a database connection: {0}")]
+    #[error("cannot get a database connection: {}", with_causes(.0))]
     Checkout(#[source] deadpool_postgres::PoolError),
     #[error("database error: {}", describe(.0))]
     Query(#[source] tokio_postgres::Error),
@@ -59,8 +59,23 @@ impl From<DbError> for LogError {
 pub fn describe(e: &tokio_postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{} ({}: {})", e, db.code().code(), db.message()),
-        None => e.to_string(),
+        None => with_causes(e),
     }
+}
+
+/// An error and its causes, `: `-separated (a TLS failure says why: unknown issuer, wrong name…).
+pub fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
 }
 
 /// A statement the database refused for what it says (not for being unreachable, overloaded or
