@@ -143,11 +143,26 @@ pub async fn get_mcp(
     if let Some(c) = &claim {
         ends.signals.push((c.token(), DropReason::TakenOver));
     }
-    ends.deadlines
-        .extend(deadline.map(|d| (d, DropReason::MaxStreamAge)));
+    // The client's cursor is the stream's until the stream carries an id of its own (a priming
+    // frame, a resync, an event). A resumed stream starts without one; the client (the TypeScript
+    // SDK, for one) keeps only ids seen on the current stream.
+    let carried_id = preamble.is_some();
+    // Older clients get no empty-data frame, so the only way to keep their cursor is not to cut an
+    // id-less stream for rebalancing: the max age applies once the stream has carried an id.
+    let rebalance = deadline.map(|d| (d, DropReason::MaxStreamAge));
+    let pending_rebalance = if carried_id || version.primes() {
+        ends.deadlines.extend(rebalance);
+        None
+    } else {
+        rebalance
+    };
     ends.deadlines
         .extend(expires.map(|d| (d, DropReason::TokenExpired)));
     let stream = SseStream {
+        epoch: epoch.to_owned(),
+        primes: version.primes(),
+        carried_id,
+        pending_rebalance,
         _claim: claim,
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after)
             .with_log_head(bounds.head),
@@ -195,6 +210,13 @@ fn stream_response(body: Body, session: Option<&str>) -> Response {
 }
 
 struct SseStream {
+    epoch: String,
+    /// The client speaks 2025-11-25 or later (empty-data priming frames are understood).
+    primes: bool,
+    /// The stream has sent an `id:` (so the client's cursor is known from this stream).
+    carried_id: bool,
+    /// The max-age deadline of an older client's stream, armed once it carries an id.
+    pending_rebalance: Option<(Instant, DropReason)>,
     /// This stream's hold on its session (a newer stream for it ends this one); dropped with it.
     _claim: Option<SessionClaim>,
     feed: Feed,
@@ -216,7 +238,13 @@ impl SseStream {
             return Some(p);
         }
         match pump::next_step(&mut self.feed, &self.ends, self.keepalive).await {
-            Step::Events(events) => Some(self.write(&events)),
+            Step::Events(events) => {
+                if !self.carried_id {
+                    self.carried_id = true;
+                    self.ends.deadlines.extend(self.pending_rebalance.take());
+                }
+                Some(self.write(&events))
+            }
             Step::KeepAlive => Some(Bytes::from_static(KEEPALIVE_FRAME)),
             Step::End(reason) => self.finish(reason),
         }
@@ -244,7 +272,20 @@ impl SseStream {
     fn finish(&mut self, reason: DropReason) -> Option<Bytes> {
         self.done = true;
         self.guard.end(reason);
-        Some(mcp::retry_frame(mcp::jittered_retry_ms(self.retry_ms)))
+        let retry = mcp::jittered_retry_ms(self.retry_ms);
+        if self.primes && !self.carried_id {
+            // Ending a stream that never carried an id: hand the client its cursor back, or it
+            // reconnects without one and starts from the head (losing what happens meanwhile).
+            let cursor = EventId {
+                epoch: &self.epoch,
+                seq: self.feed.cursor(),
+            };
+            return Some(Bytes::from(mcp::priming_frame(
+                &cursor.to_string(),
+                Some(retry),
+            )));
+        }
+        Some(mcp::retry_frame(retry))
     }
 }
 
@@ -293,6 +334,10 @@ mod tests {
             deadline: Option<Instant>,
         ) -> SseStream {
             SseStream {
+                epoch: "ep".into(),
+                primes: false,
+                carried_id: true,
+                pending_rebalance: None,
                 _claim: None,
                 feed: Feed::new(self.bc.clone(), self.log.clone(), Viewer::default(), 0),
                 broadcaster: self.bc.clone(),
@@ -401,6 +446,42 @@ mod tests {
         let mut s = f.stream(Duration::from_millis(10), LONG, None);
         let chunk = s.next_chunk().await.expect("keepalive");
         assert_eq!(&chunk[..], KEEPALIVE_FRAME);
+    }
+
+    #[tokio::test]
+    async fn an_id_less_stream_of_a_2025_11_25_client_ends_with_its_cursor() {
+        let f = fixture();
+        f.publish(2).await;
+        let mut s = f.stream(LONG, LONG, None);
+        s.feed = Feed::new(f.bc.clone(), f.log.clone(), Viewer::default(), 2);
+        s.primes = true;
+        s.carried_id = false;
+        f.bc.close();
+        let end = s.next_chunk().await.expect("end");
+        let text = std::str::from_utf8(&end).expect("utf8");
+        assert!(
+            text.starts_with("id: ep-2\nretry: ") && text.ends_with("\ndata: \n\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_older_clients_id_less_stream_is_not_cut_for_rebalancing_until_it_carries_an_id() {
+        let f = fixture();
+        let mut s = f.stream(Duration::from_millis(30), LONG, None);
+        s.carried_id = false;
+        s.pending_rebalance = Some((Instant::now(), DropReason::MaxStreamAge));
+        // Past its max age but id-less: only keep-alives.
+        assert_eq!(
+            &s.next_chunk().await.expect("keepalive")[..],
+            KEEPALIVE_FRAME
+        );
+        f.publish(1).await;
+        let first = s.next_chunk().await.expect("event");
+        assert!(first.starts_with(b"id: ep-1\n"));
+        // Now that the client's cursor is known, the rebalancing cut applies.
+        let end = s.next_chunk().await.expect("end");
+        assert!(is_retry(&end), "{end:?}");
     }
 
     #[tokio::test]

@@ -1,0 +1,670 @@
+//! Harness of the end-to-end tests with the official MCP SDKs (tests/mcp_*.rs): installing them
+//! (`scripts/e2e-setup`, run once per test process), starting the small MCP servers and the
+//! unmodified SDK clients in `tests/e2e/` as subprocesses, and awaiting the JSON lines they print.
+//!
+//! Every script prints one JSON object per line on stdout; the harness keeps each line with the
+//! instant it arrived and echoes it (prefixed with the process label) to the test's stderr, so a
+//! failing test shows the clients' transcripts interleaved with the replicas' logs.
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::process::{Child, Command};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Where `scripts/e2e-setup` installs the SDKs.
+pub fn e2e_dir() -> PathBuf {
+    repo().join("target/e2e")
+}
+
+/// Runs `scripts/e2e-setup` (idempotent; under a second when already done) once per test
+/// process. Nothing is skipped: if it fails, every e2e test fails with its output.
+pub fn ensure_setup() {
+    static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
+    let result = SETUP.get_or_init(|| {
+        let script = repo().join("scripts/e2e-setup");
+        let output = std::process::Command::new("bash")
+            .arg(&script)
+            .current_dir(repo())
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", script.display()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(format!(
+                "{} failed ({}): it installs the official MCP SDKs (Python venvs target/e2e/py1 and \
+                 target/e2e/py2 from PyPI, target/e2e/node by `npm ci`) that these tests drive; run it \
+                 by hand to see why.\nstdout:\n{}\nstderr:\n{}",
+                script.display(),
+                output.status,
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            ))
+        }
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}
+
+/// The interpreter of one venv (`py1`: `mcp` 1.x, `py2`: `mcp` 2.x).
+pub fn python(venv: &str) -> PathBuf {
+    e2e_dir().join(venv).join("bin/python")
+}
+
+/// A script under `tests/e2e/`.
+pub fn script(rel: &str) -> PathBuf {
+    repo().join("tests/e2e").join(rel)
+}
+
+/// One line a script printed: its JSON (a non-JSON line becomes a JSON string) and when it
+/// arrived.
+#[derive(Debug, Clone)]
+pub struct Line {
+    pub at: Instant,
+    pub value: Value,
+}
+
+impl Line {
+    /// The `kind` field of the line.
+    pub fn kind(&self) -> &str {
+        self.value.get("kind").and_then(Value::as_str).unwrap_or("")
+    }
+}
+
+#[derive(Debug, Default)]
+struct Output {
+    lines: Vec<Line>,
+    closed: bool,
+}
+
+/// A running script. Killed when dropped.
+#[derive(Debug)]
+pub struct Proc {
+    label: String,
+    child: Child,
+    out: Arc<Mutex<Output>>,
+    changed: Arc<Notify>,
+}
+
+impl Proc {
+    /// Starts `program args…` with a clean environment (`PATH`, `HOME`, a UTF-8 locale, no proxy,
+    /// no bytecode files in the work tree) plus `envs`.
+    pub fn spawn(label: &str, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Proc {
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .current_dir(repo())
+            .env_clear()
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONUNBUFFERED", "1")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .env("NO_PROXY", "127.0.0.1,localhost")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        for key in ["PATH", "HOME"] {
+            if let Some(v) = std::env::var_os(key) {
+                cmd.env(key, v);
+            }
+        }
+        for (k, v) in envs {
+            cmd.env(k, v);
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("{label}: cannot start {}: {e}", program.display()));
+        let out = Arc::new(Mutex::new(Output::default()));
+        let changed = Arc::new(Notify::new());
+        if let Some(stdout) = child.stdout.take() {
+            tokio::spawn(pump_stdout(
+                stdout,
+                label.to_string(),
+                Arc::clone(&out),
+                Arc::clone(&changed),
+            ));
+        }
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(pump_stderr(stderr, format!("{label} stderr")));
+        }
+        Proc {
+            label: label.to_string(),
+            child,
+            out,
+            changed,
+        }
+    }
+
+    pub fn label(&self) -> &str {
+        &self.label
+    }
+
+    /// Every line so far.
+    pub fn lines(&self) -> Vec<Line> {
+        self.lock().lines.clone()
+    }
+
+    /// Lines of one `kind`, from index `from` on, with their indexes.
+    pub fn of_kind(&self, kind: &str, from: usize) -> Vec<(usize, Line)> {
+        self.lock()
+            .lines
+            .iter()
+            .enumerate()
+            .skip(from)
+            .filter(|(_, l)| l.kind() == kind)
+            .map(|(i, l)| (i, l.clone()))
+            .collect()
+    }
+
+    /// How many lines satisfy `pred`.
+    pub fn count(&self, pred: impl Fn(&Value) -> bool) -> usize {
+        self.lock().lines.iter().filter(|l| pred(&l.value)).count()
+    }
+
+    /// The whole output, for failure messages.
+    pub fn transcript(&self) -> String {
+        let out = self.lock();
+        let mut s = format!("--- {} ({} lines", self.label, out.lines.len());
+        s.push_str(if out.closed { ", exited)\n" } else { ")\n" });
+        for (i, l) in out.lines.iter().enumerate() {
+            s.push_str(&format!("{i:4} {}\n", l.value));
+        }
+        s
+    }
+
+    /// The first line at index ≥ `from` that satisfies `pred`, awaited up to `timeout`. Panics
+    /// with the transcript when it does not come (or the script exits first).
+    pub async fn wait_line(
+        &self,
+        what: &str,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> (usize, Line) {
+        match self.try_wait_line(from, timeout, pred).await {
+            Ok(found) => found,
+            Err(why) => panic!(
+                "{}: {why} while waiting for {what}\n{}",
+                self.label,
+                self.transcript()
+            ),
+        }
+    }
+
+    /// Like [`Proc::wait_line`], but returns why it failed instead of panicking.
+    pub async fn try_wait_line(
+        &self,
+        from: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Result<(usize, Line), String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            {
+                let out = self.lock();
+                if let Some((i, l)) = out
+                    .lines
+                    .iter()
+                    .enumerate()
+                    .skip(from)
+                    .find(|(_, l)| pred(&l.value))
+                {
+                    return Ok((i, l.clone()));
+                }
+                if out.closed {
+                    return Err("the process exited".to_string());
+                }
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return Err(format!("timed out after {timeout:?}"));
+            }
+        }
+    }
+
+    /// Awaits the first line of `kind` at index ≥ `from`.
+    pub async fn wait_kind(&self, kind: &str, from: usize, timeout: Duration) -> (usize, Line) {
+        self.wait_line(&format!("a `{kind}` line"), from, timeout, |v| {
+            v.get("kind").and_then(Value::as_str) == Some(kind)
+        })
+        .await
+    }
+
+    /// Awaits until `pred` holds for at least `n` lines.
+    pub async fn wait_count(
+        &self,
+        what: &str,
+        n: usize,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            let (count, closed) = {
+                let out = self.lock();
+                (
+                    out.lines.iter().filter(|l| pred(&l.value)).count(),
+                    out.closed,
+                )
+            };
+            if count >= n {
+                return;
+            }
+            let why = if closed {
+                Some("the process exited".to_string())
+            } else if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                Some(format!("timed out after {timeout:?}"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                let count = self.count(&pred);
+                panic!(
+                    "{}: {why} waiting for {n} × {what} (got {count})\n{}",
+                    self.label,
+                    self.transcript()
+                );
+            }
+        }
+    }
+
+    /// Awaits until `f` (given every line so far) yields a value. Panics with the transcript when
+    /// it does not within `timeout` (or the script exits first).
+    pub async fn wait_state<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        f: impl Fn(&[Line]) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            let closed = {
+                let out = self.lock();
+                if let Some(v) = f(&out.lines) {
+                    return v;
+                }
+                out.closed
+            };
+            let why = if closed {
+                Some("the process exited".to_string())
+            } else if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                Some(format!("timed out after {timeout:?}"))
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                panic!(
+                    "{}: {why} while waiting for {what}\n{}",
+                    self.label,
+                    self.transcript()
+                );
+            }
+        }
+    }
+
+    /// Kills the process now.
+    pub async fn kill(&mut self) {
+        let _ = self.child.kill().await;
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Output> {
+        self.out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+async fn pump_stdout<R: AsyncRead + Unpin>(
+    out: R,
+    label: String,
+    sink: Arc<Mutex<Output>>,
+    changed: Arc<Notify>,
+) {
+    let mut reader = BufReader::new(out);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {}
+        }
+        let text = String::from_utf8_lossy(&buf).trim_end().to_string();
+        eprintln!("[{label}] {text}");
+        let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        sink.lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .lines
+            .push(Line {
+                at: Instant::now(),
+                value,
+            });
+        changed.notify_waiters();
+    }
+    sink.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .closed = true;
+    changed.notify_waiters();
+}
+
+async fn pump_stderr<R: AsyncRead + Unpin>(err: R, label: String) {
+    let mut reader = BufReader::new(err);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match reader.read_until(b'\n', &mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(_) => eprintln!("[{label}] {}", String::from_utf8_lossy(&buf).trim_end()),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The MCP servers (upstreams) written with the official Python SDK.
+
+/// Which upstream MCP server to start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamKind {
+    /// `mcp` 1.x FastMCP, stateful sessions, SSE answers (the SDK's default).
+    V1Sse,
+    /// `mcp` 1.x FastMCP, stateful sessions, JSON answers (`json_response=True`).
+    V1Json,
+    /// `mcp` 1.x FastMCP, stateless (no session ids).
+    V1Stateless,
+    /// `mcp` 2.x MCPServer (protocol 2026-07-28 and the handshake era).
+    V2,
+}
+
+/// A running upstream MCP server.
+#[derive(Debug)]
+pub struct Upstream {
+    pub proc: Proc,
+    /// Its MCP endpoint, `http://127.0.0.1:PORT/mcp`.
+    pub url: String,
+}
+
+impl Upstream {
+    pub async fn start(kind: UpstreamKind, label: &str) -> Upstream {
+        ensure_setup();
+        let (venv, path, args): (&str, &str, &[&str]) = match kind {
+            UpstreamKind::V1Sse => ("py1", "py1/server.py", &[]),
+            UpstreamKind::V1Json => ("py1", "py1/server.py", &["--json-response"]),
+            UpstreamKind::V1Stateless => ("py1", "py1/server.py", &["--stateless"]),
+            UpstreamKind::V2 => ("py2", "py2/server.py", &[]),
+        };
+        let script = script(path);
+        let mut all = vec![script.to_str().expect("utf-8 path")];
+        all.extend_from_slice(args);
+        let proc = Proc::spawn(label, &python(venv), &all, &[]);
+        let (_, line) = proc
+            .wait_line("its endpoint URL", 0, Duration::from_secs(30), |v| {
+                v.get("url").is_some()
+            })
+            .await;
+        let url = line.value["url"].as_str().expect("url").to_string();
+        Upstream { proc, url }
+    }
+
+    /// `http://127.0.0.1:PORT<path>` on the upstream's own HTTP server.
+    pub fn base(&self, path: &str) -> String {
+        format!("{}{path}", self.url.trim_end_matches("/mcp"))
+    }
+
+    /// Adds a tool at run time (`POST /add-tool?name=…`).
+    pub async fn add_tool(&self, name: &str) {
+        let resp = http()
+            .post(self.base(&format!("/add-tool?name={name}")))
+            .send()
+            .await
+            .expect("POST /add-tool");
+        assert_eq!(resp.status(), 200, "{}: POST /add-tool", self.proc.label());
+    }
+
+    /// Releases a `gated(key)` tool call (`POST /release?key=…`).
+    pub async fn release(&self, key: &str) {
+        let resp = http()
+            .post(self.base(&format!("/release?key={key}")))
+            .send()
+            .await
+            .expect("POST /release");
+        assert_eq!(resp.status(), 200, "{}: POST /release", self.proc.label());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The official SDK clients.
+
+/// The Python SDK 1.x client (legacy GET stream) on `url`.
+pub fn py1_client(label: &str, url: &str) -> Proc {
+    ensure_setup();
+    let s = script("py1/client.py");
+    Proc::spawn(
+        label,
+        &python("py1"),
+        &[s.to_str().expect("utf-8 path"), url],
+        &[],
+    )
+}
+
+/// The TypeScript SDK client (legacy GET stream, `listChanged` handler for tools) on `url`.
+pub fn ts_client(label: &str, url: &str) -> Proc {
+    ensure_setup();
+    let s = script("node/client.cjs");
+    let modules = e2e_dir().join("node/node_modules");
+    Proc::spawn(
+        label,
+        Path::new("node"),
+        &[s.to_str().expect("utf-8 path"), url],
+        &[("NODE_PATH", modules.to_str().expect("utf-8 path"))],
+    )
+}
+
+/// The Python SDK 2.x client on protocol 2026-07-28 (`listen()`), opted into tools (and
+/// `extra` filter flags: `--prompts`, `--resources`) on `url`.
+pub fn py2_client(label: &str, url: &str, extra: &[&str]) -> Proc {
+    ensure_setup();
+    let s = script("py2/client.py");
+    let mut args = vec![s.to_str().expect("utf-8 path"), url];
+    args.extend_from_slice(extra);
+    Proc::spawn(label, &python("py2"), &args, &[])
+}
+
+// ---------------------------------------------------------------------------------------------
+// The GET streams of a legacy client, from its `get` / `sse` / `get_end` lines.
+
+/// One GET /mcp a legacy SDK client made.
+#[derive(Debug, Clone)]
+pub struct GetStream {
+    /// Index of its `get` line.
+    pub get_idx: usize,
+    /// When the harness read that line (the response head had arrived).
+    pub opened: Instant,
+    pub status: u64,
+    /// The `Last-Event-ID` the SDK sent.
+    pub last_event_id: Option<String>,
+    /// Every SSE block with an id or data: `(id, method)`; a priming frame has a method of None.
+    pub frames: Vec<(Option<String>, Option<String>)>,
+    /// Index of its `get_end` line, once the body ended.
+    pub end_idx: Option<usize>,
+}
+
+impl GetStream {
+    /// Ids of the frames that carried a message (not priming frames).
+    pub fn event_ids(&self) -> Vec<String> {
+        self.frames
+            .iter()
+            .filter(|(_, m)| m.is_some())
+            .filter_map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Whether any frame carried an `id:` (so the SDK has a cursor from this stream).
+    pub fn saw_id(&self) -> bool {
+        self.frames.iter().any(|(id, _)| id.is_some())
+    }
+}
+
+/// The GET streams in `lines`, in order.
+pub fn get_streams(lines: &[Line]) -> Vec<GetStream> {
+    let mut streams: Vec<GetStream> = Vec::new();
+    for (i, l) in lines.iter().enumerate() {
+        match l.kind() {
+            "get" => streams.push(GetStream {
+                get_idx: i,
+                opened: l.at,
+                status: l.value["status"].as_u64().unwrap_or(0),
+                last_event_id: l.value["last_event_id"].as_str().map(str::to_owned),
+                frames: Vec::new(),
+                end_idx: None,
+            }),
+            "sse" => {
+                if let Some(s) = streams.last_mut() {
+                    s.frames.push((
+                        l.value["id"].as_str().map(str::to_owned),
+                        l.value["method"].as_str().map(str::to_owned),
+                    ));
+                }
+            }
+            "get_end" => {
+                if let Some(s) = streams.last_mut() {
+                    s.end_idx = Some(i);
+                }
+            }
+            _ => {}
+        }
+    }
+    streams
+}
+
+/// Every message id a legacy client received on its GET streams, in order.
+pub fn wire_event_ids(lines: &[Line]) -> Vec<String> {
+    get_streams(lines)
+        .iter()
+        .flat_map(GetStream::event_ids)
+        .collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Small helpers.
+
+/// A plain HTTP client (no proxy).
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .expect("reqwest client")
+}
+
+/// `line.kind == "notification"` with this JSON-RPC method.
+pub fn is_notification(v: &Value, method: &str) -> bool {
+    v.get("kind").and_then(Value::as_str) == Some("notification")
+        && v.pointer("/message/method").and_then(Value::as_str) == Some(method)
+}
+
+/// `line.kind == kind`.
+pub fn is_kind(v: &Value, kind: &str) -> bool {
+    v.get("kind").and_then(Value::as_str) == Some(kind)
+}
+
+/// Splits SSE text into complete blocks (each with its trailing blank line), keeping the rest.
+pub fn take_blocks(buf: &mut Vec<u8>) -> Vec<bytes::Bytes> {
+    let mut blocks = Vec::new();
+    loop {
+        let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+        let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+        let end = match (lf, crlf) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => break,
+        };
+        blocks.push(bytes::Bytes::from(buf.drain(..end).collect::<Vec<u8>>()));
+    }
+    blocks
+}
+
+/// A whole HTTP answer.
+#[derive(Debug, Clone)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Answer {
+    pub async fn read(resp: reqwest::Response) -> Answer {
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.bytes().await.expect("read the answer body");
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The JSON-RPC messages of the body: the `data:` of each SSE block for `text/event-stream`,
+    /// else the JSON body (an array gives its elements).
+    pub fn messages(&self) -> Vec<Value> {
+        let sse = self
+            .header("content-type")
+            .is_some_and(|c| c.starts_with("text/event-stream"));
+        if sse {
+            let mut buf = self.body.to_vec();
+            take_blocks(&mut buf)
+                .into_iter()
+                .filter_map(|b| mcp_fanout_testkit::Frame::parse(b).ok())
+                .filter_map(|f| f.json().ok())
+                .collect()
+        } else {
+            match serde_json::from_slice::<Value>(&self.body) {
+                Ok(Value::Array(a)) => a,
+                Ok(v) => vec![v],
+                Err(_) => Vec::new(),
+            }
+        }
+    }
+}
+
+/// POSTs one JSON-RPC message to an MCP endpoint as the SDK clients do (`Accept` listing JSON and
+/// SSE), with extra headers.
+pub async fn post_rpc(url: &str, body: &Value, headers: &[(&str, &str)]) -> Answer {
+    let mut req = http()
+        .post(url)
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .body(body.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    Answer::read(req.send().await.expect("POST to the MCP endpoint")).await
+}
+
+/// An `initialize` request as a 2025-11-25 client sends it.
+pub fn initialize_request(id: u64) -> Value {
+    serde_json::json!({
+        "jsonrpc": "2.0", "id": id, "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-11-25",
+            "capabilities": {},
+            "clientInfo": { "name": "mcp-fanout-e2e-raw", "version": "1.0.0" }
+        }
+    })
+}

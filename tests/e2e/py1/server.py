@@ -1,0 +1,97 @@
+"""A small MCP server written with the official Python SDK 1.x (FastMCP, Streamable HTTP).
+
+Stateful sessions by default (the SDK's GET stream needs a session id); `--json-response` answers
+POSTs with JSON instead of SSE; `--stateless` serves without sessions. It does NOT advertise
+`tools.listChanged` (FastMCP's default): the proxy's rewrite has to.
+
+Prints one JSON line `{"url": "http://127.0.0.1:PORT/mcp"}` once it accepts connections.
+`POST /add-tool?name=NAME` adds a tool at run time (so a client's refetch can be told apart from
+a cached list). The tool `gated(key)` logs a message to the caller, then waits until
+`POST /release?key=KEY`: a client that sees the log message before the release knows the SSE
+answer is being relayed as it is produced, not buffered.
+"""
+
+import argparse
+import json
+import socket
+import sys
+
+import anyio
+import uvicorn
+from mcp.server.fastmcp import Context, FastMCP
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--json-response", action="store_true")
+    p.add_argument("--stateless", action="store_true")
+    args = p.parse_args()
+
+    mcp = FastMCP(
+        "e2e-legacy-upstream",
+        json_response=args.json_response,
+        stateless_http=args.stateless,
+        log_level="WARNING",
+    )
+
+    @mcp.tool()
+    def add(a: int, b: int) -> int:
+        """Add two integers."""
+        return a + b
+
+    @mcp.tool()
+    def echo(text: str) -> str:
+        """Return the text unchanged."""
+        return text
+
+    gates: dict[str, anyio.Event] = {}
+
+    def gate(key: str) -> anyio.Event:
+        return gates.setdefault(key, anyio.Event())
+
+    @mcp.tool()
+    async def gated(key: str, ctx: Context) -> str:
+        """Log a message, then wait until POST /release?key=KEY."""
+        await ctx.info(f"waiting for {key}")
+        await gate(key).wait()
+        return f"released {key}"
+
+    @mcp.custom_route("/release", methods=["POST"])
+    async def release(request: Request) -> JSONResponse:
+        key = request.query_params["key"]
+        gate(key).set()
+        del gates[key]  # the next call with this key waits again
+        return JSONResponse({"released": key})
+
+    @mcp.custom_route("/add-tool", methods=["POST"])
+    async def add_tool(request: Request) -> JSONResponse:
+        name = request.query_params["name"]
+
+        def added() -> str:
+            return name
+
+        mcp.add_tool(added, name=name, description=f"added at run time: {name}")
+        return JSONResponse({"added": name})
+
+    app = mcp.streamable_http_app()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            while not server.started:
+                await anyio.sleep(0.01)
+            print(json.dumps({"url": f"http://127.0.0.1:{port}/mcp"}), flush=True)
+
+    anyio.run(serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

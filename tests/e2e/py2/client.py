@@ -1,0 +1,58 @@
+"""The official Python SDK 2.x client, unmodified, on protocol 2026-07-28: `Client(URL)` (which
+probes `server/discover`), then `client.listen(...)` — the `subscriptions/listen` stream — and a
+refetch of the tool list on every event. Prints one JSON line per thing the test awaits:
+
+- {"kind": "connected", "protocol", "capabilities"};
+- {"kind": "ready", "subscription", "honored"}: the stream was acknowledged;
+- {"kind": "notification", "message"}: every server notification the session's message handler got
+  (listen-stream frames are teed there, one per frame on the wire);
+- {"kind": "event", "event"} then {"kind": "refetched", "tools"}: a typed event from the
+  subscription iterator, and the tool list fetched after it;
+- {"kind": "ended"} (graceful close) or {"kind": "lost", "error"} (SubscriptionLost);
+- {"kind": "error", "error"}: an exception the session surfaced.
+
+Usage: client.py URL [--prompts] [--resources]   (also opt into prompts / resources list_changed)
+"""
+
+import json
+import sys
+
+import anyio
+from mcp import Client
+from mcp.client.subscriptions import SubscriptionLost
+
+
+def out(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def dump(model):
+    return model.model_dump(by_alias=True, mode="json", exclude_none=True)
+
+
+async def on_message(message) -> None:
+    if isinstance(message, Exception):
+        out(kind="error", error=repr(message))
+    else:
+        out(kind="notification", message=dump(message))
+
+
+async def main(url: str, prompts: bool, resources: bool) -> None:
+    async with Client(url, message_handler=on_message) as client:
+        out(kind="connected", protocol=client.protocol_version, capabilities=dump(client.server_capabilities))
+        try:
+            async with client.listen(
+                tools_list_changed=True, prompts_list_changed=prompts, resources_list_changed=resources
+            ) as sub:
+                out(kind="ready", subscription=sub.subscription_id, honored=dump(sub.honored))
+                async for event in sub:
+                    out(kind="event", event=type(event).__name__)
+                    tools = await client.list_tools()
+                    out(kind="refetched", tools=sorted(t.name for t in tools.tools))
+            out(kind="ended")
+        except SubscriptionLost as e:
+            out(kind="lost", error=repr(e))
+
+
+if __name__ == "__main__":
+    anyio.run(main, sys.argv[1], "--prompts" in sys.argv[2:], "--resources" in sys.argv[2:])
