@@ -1,0 +1,499 @@
+//! `fanout-bench`: the load generator for mcp-fanout. Each scenario is one subcommand; it starts
+//! what it measures (a throwaway Postgres and N replicas of the release binary, or nchan) or
+//! targets given URLs, opens SSE subscribers over several client processes (this executable,
+//! re-run as `fanout-bench worker`) and `127.0.0.x` source addresses, publishes, and accounts
+//! for every delivery. Progress goes to stderr, a table to stdout, JSON to `--json <file>`.
+
+mod clients;
+mod error;
+mod nchan;
+mod pg;
+mod procstat;
+mod report;
+mod scenarios;
+mod sse;
+mod sut;
+mod worker;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::error::{BenchError, Result};
+use crate::pg::Durability;
+use crate::scenarios::Ctx;
+use crate::sut::{find_binary, FanoutOpts, Via};
+
+/// Prints a progress line to stderr, with the time since start.
+pub fn progress(msg: &str) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    eprintln!("[bench {:>7.1}s] {msg}", start.elapsed().as_secs_f64());
+}
+
+/// `12.3 ms`.
+pub fn ms(d: Duration) -> String {
+    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Raises the soft open-file limit to the hard one; returns (soft, hard).
+pub fn raise_fd_limit() -> (u64, u64) {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(soft) => {
+            let hard = rlimit::getrlimit(rlimit::Resource::NOFILE)
+                .map(|(_, h)| h)
+                .unwrap_or(soft);
+            (soft, hard)
+        }
+        Err(_) => (0, 0),
+    }
+}
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "fanout-bench",
+    about = "Load generator for mcp-fanout: one subcommand per scenario (see BENCHMARKS.md)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Compare {
+    Nchan,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PublishVia {
+    Admin,
+    Sql,
+}
+
+#[derive(Args, Debug, Clone)]
+struct Common {
+    /// The mcp-fanout binary (default: target/release/mcp-fanout next to this executable or in
+    /// the workspace).
+    #[arg(long)]
+    binary: Option<PathBuf>,
+    /// Measure running replicas at these base URLs instead of starting any (repeatable).
+    #[arg(long = "url")]
+    urls: Vec<String>,
+    /// Admin bearer token for --url targets.
+    #[arg(long)]
+    token: Option<String>,
+    /// Use this Postgres (superuser URL; a fresh database is created) instead of starting one.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Durability of the Postgres the bench starts: `on` (fsync and synchronous_commit on: the
+    /// headline setting; default except for `smoke`) or `off` (the test kit's fast cluster).
+    #[arg(long, value_enum)]
+    durability: Option<Durability>,
+    /// Run mcp-fanout in memory mode (no database, one replica).
+    #[arg(long)]
+    memory: bool,
+    /// Extra environment for the replicas, KEY=VALUE (repeatable).
+    #[arg(long = "env")]
+    env: Vec<String>,
+    /// Also measure nchan in the same run (idle-memory, fanout-burst, single-event).
+    #[arg(long, value_enum)]
+    compare: Option<Compare>,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<PathBuf>,
+    /// At least this many client processes (default: one per 10,000 subscribers).
+    #[arg(long, default_value_t = 1)]
+    workers: usize,
+}
+
+fn case(p: &str) -> std::result::Result<(u64, usize), String> {
+    let (e, k) = p
+        .split_once(':')
+        .ok_or_else(|| format!("{p}: expected EVENTS:PER_REPLICA"))?;
+    Ok((
+        e.trim().parse().map_err(|x| format!("{e}: {x}"))?,
+        k.trim().parse().map_err(|x| format!("{k}: {x}"))?,
+    ))
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// RSS per idle SSE connection (5k / 10k / 19k on one replica by default; `--replicas 6
+    /// --subscribers 100000 --hold-secs 600` for the 100k run), then one publish to all.
+    IdleMemory {
+        #[command(flatten)]
+        common: Common,
+        /// Subscriber counts, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "5000,10000,19000")]
+        sizes: Vec<usize>,
+        /// One size (overrides --sizes).
+        #[arg(long)]
+        subscribers: Option<usize>,
+        /// Replicas the subscribers are spread over.
+        #[arg(long, default_value_t = 1)]
+        replicas: usize,
+        /// How long the connections stay idle before the RSS sample and the publish.
+        #[arg(long, default_value_t = 5)]
+        hold_secs: u64,
+    },
+    /// 50 events published back to back by 32 concurrent publishers to 19k subscribers on one
+    /// replica: server CPU per delivered event.
+    FanoutBurst {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 19_000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 50)]
+        events: u64,
+        #[arg(long, default_value_t = 32)]
+        publishers: usize,
+        /// Bursts measured (one row each).
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
+    /// One event at a time to 1k / 5k / 19k subscribers on one replica: time to the last delivery.
+    SingleEvent {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, value_delimiter = ',', default_value = "1000,5000,19000")]
+        sizes: Vec<usize>,
+        /// Events per size (the median is reported).
+        #[arg(long, default_value_t = 5)]
+        repeats: usize,
+    },
+    /// Subscribers spread over 3 replicas, 10 events/s published on one: publish→deliver latency.
+    CrossReplica {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// Subscribers per replica, one run each.
+        #[arg(long, value_delimiter = ',', default_value = "100,2000")]
+        per_replica: Vec<usize>,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Publish through the admin endpoint of replica 0, or through SQL.
+        #[arg(long, value_enum, default_value = "admin")]
+        via: PublishVia,
+    },
+    /// Single events from 32 concurrent HTTP publishers, then batches of 1000 × 200-byte params,
+    /// to 100 subscribers; and `pgbench -c 4` running the plain INSERT + pg_notify outbox.
+    PublishThroughput {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 100)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 32)]
+        publishers: usize,
+        #[arg(long, default_value_t = 1000)]
+        batch: u64,
+        #[arg(long, default_value_t = 4)]
+        batch_publishers: usize,
+        /// Bytes of padding in each batched event's params.
+        #[arg(long, default_value_t = 200)]
+        pad: usize,
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+    },
+    /// LISTEN outage while events are published (the backends are terminated over and over):
+    /// time from the reconnect to the last delivery.
+    CatchUp {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        /// EVENTS:SUBSCRIBERS_PER_REPLICA, one run each.
+        #[arg(long, value_parser = case, value_delimiter = ',', default_value = "10000:1000,100000:10")]
+        cases: Vec<(u64, usize)>,
+    },
+    /// Seconds, tiny sizes: replicas in Postgres mode and memory mode; exits non-zero on any loss,
+    /// duplicate or disorder.
+    Smoke {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 3)]
+        replicas: usize,
+        #[arg(long, default_value_t = 48)]
+        subscribers: usize,
+    },
+    /// Runs every scenario with its defaults (and nchan) and writes BENCHMARKS.md; or renders it
+    /// from saved `--json` results with `--from`.
+    Report {
+        #[command(flatten)]
+        common: Common,
+        /// Where to write the markdown.
+        #[arg(long, default_value = "BENCHMARKS.md")]
+        out: PathBuf,
+        /// Render from these saved JSON results instead of running (repeatable).
+        #[arg(long)]
+        from: Vec<PathBuf>,
+        /// Skip the 100k-over-6-replicas idle run.
+        #[arg(long)]
+        skip_100k: bool,
+        /// How long the 100k connections are held.
+        #[arg(long, default_value_t = 600)]
+        hold_100k_secs: u64,
+    },
+    /// (internal) A client process, driven over stdin/stdout.
+    #[command(hide = true)]
+    Worker,
+}
+
+fn fanout_opts(c: &Common, default_durability: Durability) -> Result<FanoutOpts> {
+    let binary = if c.urls.is_empty() {
+        find_binary(c.binary.as_deref())?
+    } else {
+        c.binary.clone().unwrap_or_default()
+    };
+    let env = c
+        .env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| BenchError::Failed(format!("--env {kv}: expected KEY=VALUE")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(FanoutOpts {
+        binary,
+        urls: c.urls.clone(),
+        token: c.token.clone(),
+        database_url: c.database_url.clone(),
+        durability: c.durability.unwrap_or(default_durability),
+        memory: c.memory,
+        env,
+    })
+}
+
+fn ctx(c: &Common, default_durability: Durability) -> Result<Ctx> {
+    Ok(Ctx {
+        fanout: fanout_opts(c, default_durability)?,
+        nchan: c.compare == Some(Compare::Nchan),
+        min_workers: c.workers.max(1),
+        rows: Vec::new(),
+    })
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Worker) {
+        return match worker::run() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("fanout-bench worker: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let (soft, hard) = raise_fd_limit();
+    progress(&format!("open-file limit: soft {soft}, hard {hard}"));
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fanout-bench: cannot build the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("fanout-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cmd: Cmd) -> Result<ExitCode> {
+    let (mut ctx, json, outcome) = match cmd {
+        Cmd::Worker => return Ok(ExitCode::SUCCESS),
+        Cmd::IdleMemory {
+            common,
+            sizes,
+            subscribers,
+            replicas,
+            hold_secs,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let sizes = subscribers.map(|s| vec![s]).unwrap_or(sizes);
+            let r =
+                scenarios::idle_memory(&mut ctx, &sizes, replicas, Duration::from_secs(hold_secs))
+                    .await;
+            (ctx, common.json, r)
+        }
+        Cmd::FanoutBurst {
+            common,
+            subscribers,
+            events,
+            publishers,
+            rounds,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let r =
+                scenarios::fanout_burst(&mut ctx, subscribers, events, publishers, rounds).await;
+            (ctx, common.json, r)
+        }
+        Cmd::SingleEvent {
+            common,
+            sizes,
+            repeats,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let r = scenarios::single_event(&mut ctx, &sizes, repeats).await;
+            (ctx, common.json, r)
+        }
+        Cmd::CrossReplica {
+            common,
+            replicas,
+            per_replica,
+            rate,
+            duration_secs,
+            via,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let via = match via {
+                PublishVia::Admin => Via::Admin(0),
+                PublishVia::Sql => Via::Sql,
+            };
+            let r = scenarios::cross_replica(
+                &mut ctx,
+                replicas,
+                &per_replica,
+                rate,
+                Duration::from_secs(duration_secs),
+                via,
+            )
+            .await;
+            (ctx, common.json, r)
+        }
+        Cmd::PublishThroughput {
+            common,
+            subscribers,
+            publishers,
+            batch,
+            batch_publishers,
+            pad,
+            duration_secs,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let r = scenarios::publish_throughput(
+                &mut ctx,
+                subscribers,
+                publishers,
+                batch,
+                batch_publishers,
+                pad,
+                Duration::from_secs(duration_secs),
+            )
+            .await;
+            (ctx, common.json, r)
+        }
+        Cmd::CatchUp {
+            common,
+            replicas,
+            cases,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let r = scenarios::catch_up(&mut ctx, replicas, &cases).await;
+            (ctx, common.json, r)
+        }
+        Cmd::Smoke {
+            common,
+            replicas,
+            subscribers,
+        } => {
+            let mut ctx = ctx(&common, Durability::Off)?;
+            let r = scenarios::smoke(&mut ctx, replicas, subscribers).await;
+            report::print_table(&ctx.rows);
+            if let Some(path) = &common.json {
+                report::write_json(path, &ctx.rows, &[], "").await?;
+            }
+            return match r {
+                Ok((passed, failed)) => {
+                    println!("{passed} passed, {failed} failed");
+                    Ok(if failed == 0 {
+                        ExitCode::SUCCESS
+                    } else {
+                        ExitCode::FAILURE
+                    })
+                }
+                Err(e) => {
+                    println!("smoke run failed: {e}");
+                    println!("0 passed, 1 failed");
+                    Ok(ExitCode::FAILURE)
+                }
+            };
+        }
+        Cmd::Report {
+            common,
+            out,
+            from,
+            skip_100k,
+            hold_100k_secs,
+        } => {
+            return report::report(
+                &common_for_report(&common)?,
+                &common,
+                out,
+                from,
+                skip_100k,
+                hold_100k_secs,
+            )
+            .await;
+        }
+    };
+    report::print_table(&ctx.rows);
+    if let Some(path) = &json {
+        report::write_json(path, &ctx.rows, &[], "").await?;
+    }
+    let bad = ctx.rows.iter().filter(|r| !r.ok()).count();
+    match outcome {
+        Ok(()) if bad == 0 => Ok(ExitCode::SUCCESS),
+        Ok(()) => {
+            eprintln!("fanout-bench: {bad} row(s) with loss, duplicates, disorder or disconnects");
+            Ok(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            ctx.rows.clear();
+            Err(e)
+        }
+    }
+}
+
+fn common_for_report(c: &Common) -> Result<FanoutOpts> {
+    fanout_opts(c, Durability::On)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent_and_lists_parse() {
+        Cli::command().debug_assert();
+        let cli = Cli::try_parse_from([
+            "fanout-bench",
+            "catch-up",
+            "--cases",
+            "10000:1000,100000:10",
+        ])
+        .expect("parses");
+        match cli.cmd {
+            Cmd::CatchUp { cases, .. } => assert_eq!(cases, vec![(10_000, 1000), (100_000, 10)]),
+            other => panic!("parsed as {other:?}"),
+        }
+        let cli = Cli::try_parse_from(["fanout-bench", "single-event", "--sizes", "1,2"])
+            .expect("parses");
+        match cli.cmd {
+            Cmd::SingleEvent { sizes, .. } => assert_eq!(sizes, vec![1, 2]),
+            other => panic!("parsed as {other:?}"),
+        }
+    }
+}

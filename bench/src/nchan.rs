@@ -1,0 +1,144 @@
+//! nginx with the nchan module, for `--compare nchan`: the shipped `bench/nchan/nginx.conf` in a
+//! temp prefix, on a free port.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::error::{BenchError, Result};
+
+/// The configuration that ships in the repository.
+pub const CONF: &str = include_str!("../nchan/nginx.conf");
+
+const MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
+
+const HOW: &str = "`--compare nchan` needs nginx with the nchan module: \
+                   apt-get install -y nginx libnginx-mod-nchan";
+
+/// A running nginx + nchan. Stopped on drop.
+pub struct Nchan {
+    child: Option<Child>,
+    /// Loopback port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+fn nginx_bin() -> Result<PathBuf> {
+    let debian = PathBuf::from("/usr/sbin/nginx");
+    if debian.is_file() {
+        return Ok(debian);
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let c = dir.join("nginx");
+            if c.is_file() {
+                return Ok(c);
+            }
+        }
+    }
+    Err(BenchError::Missing(format!("nginx not found. {HOW}")))
+}
+
+impl Nchan {
+    /// Starts nginx and waits until the publisher location answers.
+    pub async fn start() -> Result<Nchan> {
+        let bin = nginx_bin()?;
+        if !std::path::Path::new(MODULE).is_file() {
+            return Err(BenchError::Missing(format!("{MODULE} not found. {HOW}")));
+        }
+        let dir = tempfile::Builder::new()
+            .prefix("fanout-bench-nchan-")
+            .tempdir()
+            .map_err(|e| BenchError::io("creating the nginx prefix", e))?;
+        let prefix = dir.path().to_string_lossy().into_owned();
+        let port = mcp_fanout_testkit::postgres::free_port()?;
+        let conf = CONF
+            .replace("@PORT@", &port.to_string())
+            .replace("@PREFIX@", &prefix);
+        let conf_path = dir.path().join("nginx.conf");
+        std::fs::write(&conf_path, conf)
+            .map_err(|e| BenchError::io(format!("writing {}", conf_path.display()), e))?;
+        let err_path = dir.path().join("error.log");
+        let child = Command::new(&bin)
+            .arg("-p")
+            .arg(format!("{prefix}/"))
+            .arg("-c")
+            .arg(&conf_path)
+            .arg("-e")
+            .arg(&err_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| BenchError::io(format!("starting {}", bin.display()), e))?;
+        let mut n = Nchan {
+            child: Some(child),
+            port,
+            _dir: dir,
+        };
+        let http = crate::sut::http_client()?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(resp) = http.get(n.url("/pub")).send().await {
+                // 404 "no channel" before anyone subscribed is an answer too.
+                if resp.status().as_u16() < 500 {
+                    return Ok(n);
+                }
+            }
+            if let Some(c) = n.child.as_mut() {
+                if let Ok(Some(status)) = c.try_wait() {
+                    return Err(BenchError::Missing(format!(
+                        "nginx exited ({status}): {}. {HOW}",
+                        std::fs::read_to_string(&err_path).unwrap_or_default()
+                    )));
+                }
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(BenchError::Timeout(format!(
+                    "nginx to answer on port {port}: {}",
+                    std::fs::read_to_string(&err_path).unwrap_or_default()
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The master and its workers.
+    pub fn pids(&self) -> Vec<u32> {
+        match &self.child {
+            Some(c) => {
+                let mut v = vec![c.id()];
+                v.extend(crate::procstat::children(c.id()));
+                v
+            }
+            None => Vec::new(),
+        }
+    }
+}
+
+impl Drop for Nchan {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+                // SAFETY: kill(2) on our own unreaped child (SIGQUIT: graceful nginx stop).
+                unsafe {
+                    libc::kill(pid, libc::SIGTERM);
+                }
+            }
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while std::time::Instant::now() < deadline {
+                if !matches!(child.try_wait(), Ok(None)) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
