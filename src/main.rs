@@ -132,6 +132,10 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         );
     }
     let (public_router, admin_router) = http::app(st.clone());
+    tokio::spawn(mcp_fanout::session::keep_alive(
+        st.clone(),
+        stop_tasks.clone(),
+    ));
     let heartbeats = tokio::spawn(mcp_fanout::cluster::heartbeat(
         st.clone(),
         stop_tasks.clone(),

@@ -141,6 +141,11 @@ impl Broadcaster {
         self.shared.sessions.claim(session, generation)
     }
 
+    /// The sessions held by this replica's open streams.
+    pub fn held_sessions(&self) -> Vec<String> {
+        self.shared.sessions.held()
+    }
+
     /// The session ended: end its local stream.
     pub fn end_session(&self, session: &str) {
         self.shared.sessions.end(session);

@@ -46,6 +46,16 @@ impl Sessions {
 }
 
 impl Sessions {
+    /// The sessions held by this replica's open streams.
+    pub fn held(&self) -> Vec<String> {
+        self.held
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .keys()
+            .cloned()
+            .collect()
+    }
+
     /// The session ended (proxy mode: the client deleted it): end its local stream.
     pub fn end(&self, session: &str) {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner());

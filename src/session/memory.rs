@@ -78,6 +78,17 @@ impl SessionStore for MemorySessions {
         inner.sessions.remove(session);
         Ok(())
     }
+
+    async fn touch(&self, sessions: &[String]) -> Result<(), SessionError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        for s in sessions {
+            if let Some(entry) = inner.sessions.get_mut(s) {
+                entry.1 = now;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +111,26 @@ mod tests {
         ));
         assert!(s.claim("s2", None).await.is_ok());
         assert!(s.check("s2", None).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn touched_sessions_survive_cleanup() {
+        let s = MemorySessions::new(Duration::from_millis(50));
+        s.claim("held", Some("alice")).await.expect("bind");
+        s.claim("idle", Some("bob")).await.expect("bind");
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        s.touch(&["held".to_owned()]).await.expect("touch");
+        {
+            let mut inner = s.inner.lock().expect("lock");
+            let idle = s.idle;
+            inner.sessions.retain(|_, (_, seen)| seen.elapsed() < idle);
+        }
+        assert!(s.known("held").await.expect("known"));
+        assert!(!s.known("idle").await.expect("known"));
+        // The held session still belongs to its principal.
+        assert!(matches!(
+            s.claim("held", Some("mallory")).await,
+            Err(SessionError::Forbidden)
+        ));
     }
 }

@@ -33,4 +33,28 @@ pub trait SessionStore: Send + Sync + 'static {
 
     /// Forgets a session (proxy mode: after the client's `DELETE`).
     async fn forget(&self, session: &str) -> Result<(), SessionError>;
+
+    /// Marks sessions as in use (their streams are open), so idle-session cleanup spares them.
+    async fn touch(&self, sessions: &[String]) -> Result<(), SessionError>;
+}
+
+/// How often a replica touches the sessions its open streams hold.
+pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Touches the sessions held by this replica's open streams, every [`TOUCH_EVERY`], until `stop`.
+pub async fn keep_alive(st: crate::state::AppState, stop: tokio_util::sync::CancellationToken) {
+    let mut tick = tokio::time::interval(TOUCH_EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let held = st.broadcaster.held_sessions();
+        if held.is_empty() {
+            continue;
+        }
+        if let Err(error) = st.sessions.touch(&held).await {
+            tracing::warn!(%error, sessions = held.len(), "cannot mark open sessions as in use");
+        }
+    }
 }

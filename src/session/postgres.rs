@@ -18,6 +18,7 @@ pub struct PgSessions {
     register_sql: String,
     known_sql: String,
     forget_sql: String,
+    touch_sql: String,
     channel: String,
 }
 
@@ -49,6 +50,9 @@ impl PgSessions {
             forget_sql: format!(
                 "WITH d AS (DELETE FROM {schema}.sessions WHERE session = $1 AND $2::text IS NULL RETURNING 1) \
                  SELECT 1::bigint, pg_notify($3, 'end 0 ' || $1)"
+            ),
+            touch_sql: format!(
+                "UPDATE {schema}.sessions SET last_seen = clock_timestamp() WHERE session = ANY($1)"
             ),
             channel: control_channel(schema),
         }
@@ -121,5 +125,18 @@ impl SessionStore for PgSessions {
         self.run(&self.forget_sql, session, None, true)
             .await
             .map(|_| ())
+    }
+
+    async fn touch(&self, sessions: &[String]) -> Result<(), SessionError> {
+        timed(self.timeout, async {
+            let client = self.pool.get().await.map_err(DbError::Checkout)?;
+            client
+                .query_typed(&self.touch_sql, &[(&sessions, Type::TEXT_ARRAY)])
+                .await
+                .map_err(DbError::Query)
+        })
+        .await
+        .map(|_| ())
+        .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
 }
