@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::{select_all, BoxFuture, FutureExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -13,12 +12,16 @@ use super::{DropReason, Feed};
 use crate::event::StoredEvent;
 use crate::log::LogError;
 
-/// What ends a stream, besides lag and log errors.
+/// What ends a stream, besides lag and log errors. A fixed set, so waiting on it allocates nothing.
 pub struct Ends {
-    /// Signals (shutdown, takeover, …), each with the reason it gives.
-    pub signals: Vec<(CancellationToken, DropReason)>,
-    /// Deadlines (max stream age, token expiry), each with its reason.
-    pub deadlines: Vec<(Instant, DropReason)>,
+    /// The replica is shutting down (GET streams: the drain ended; listen streams: the grace).
+    pub shutdown: CancellationToken,
+    /// A newer stream took this stream's session.
+    pub taken_over: Option<CancellationToken>,
+    /// `FANOUT_MAX_STREAM_SECS` (jittered), for load-balancer rebalancing.
+    pub max_age: Option<Instant>,
+    /// The subscriber's credential expires (leeway included).
+    pub expires: Option<Instant>,
     /// Continuously behind the head this long: ended (it resumes from the log).
     pub max_lag: Duration,
 }
@@ -39,50 +42,47 @@ pub const MAX_BYTES_PER_STEP: usize = 256 * 1024;
 impl Ends {
     fn due(&self, feed: &Feed) -> Option<DropReason> {
         let now = Instant::now();
-        self.signals
-            .iter()
-            .find(|(t, _)| t.is_cancelled())
-            .map(|(_, r)| *r)
-            .or_else(|| {
-                self.deadlines
-                    .iter()
-                    .find(|(d, _)| *d <= now)
-                    .map(|(_, r)| *r)
-            })
-            .or_else(|| {
-                feed.behind_for()
-                    .is_some_and(|t| t > self.max_lag)
-                    .then_some(DropReason::Lagging)
-            })
+        if self.shutdown.is_cancelled() {
+            Some(DropReason::Shutdown)
+        } else if self
+            .taken_over
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
+        {
+            Some(DropReason::TakenOver)
+        } else if self.max_age.is_some_and(|at| at <= now) {
+            Some(DropReason::MaxStreamAge)
+        } else if self.expires.is_some_and(|at| at <= now) {
+            Some(DropReason::TokenExpired)
+        } else if feed.behind_for().is_some_and(|t| t > self.max_lag) {
+            Some(DropReason::Lagging)
+        } else {
+            None
+        }
     }
 
-    /// Resolves with the reason of the first signal or deadline to fire (never, if none).
-    fn fired(&self) -> BoxFuture<'static, DropReason> {
-        let mut waits: Vec<BoxFuture<'static, DropReason>> = Vec::new();
-        for (token, reason) in &self.signals {
-            let (token, reason) = (token.clone(), *reason);
-            waits.push(
-                async move {
-                    token.cancelled().await;
-                    reason
-                }
-                .boxed(),
-            );
+    /// Resolves with the reason of the first end condition to fire.
+    async fn fired(&self) -> DropReason {
+        tokio::select! {
+            _ = self.shutdown.cancelled() => DropReason::Shutdown,
+            _ = cancelled(self.taken_over.as_ref()) => DropReason::TakenOver,
+            _ = sleep_until(self.max_age) => DropReason::MaxStreamAge,
+            _ = sleep_until(self.expires) => DropReason::TokenExpired,
         }
-        for (at, reason) in &self.deadlines {
-            let (at, reason) = (*at, *reason);
-            waits.push(
-                async move {
-                    tokio::time::sleep_until(at).await;
-                    reason
-                }
-                .boxed(),
-            );
-        }
-        if waits.is_empty() {
-            return std::future::pending().boxed();
-        }
-        select_all(waits).map(|(reason, _, _)| reason).boxed()
+    }
+}
+
+async fn cancelled(token: Option<&CancellationToken>) {
+    match token {
+        Some(t) => t.cancelled().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

@@ -259,12 +259,12 @@ async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response
             + at.duration_since(std::time::SystemTime::now())
                 .unwrap_or_default()
     });
+    // Never closed for rebalancing (2026 clients do not re-listen): no max age.
     let ends = Ends {
-        signals: vec![(st.lifecycle.listens_end_token(), DropReason::Shutdown)],
-        deadlines: expires
-            .map(|d| (d, DropReason::TokenExpired))
-            .into_iter()
-            .collect(),
+        shutdown: st.lifecycle.listens_end_token(),
+        taken_over: None,
+        max_age: None,
+        expires,
         max_lag: st.config.max_lag(),
     };
     let stream = ListenStream {

@@ -135,29 +135,24 @@ pub async fn get_mcp(
         .as_deref()
         .zip(generation)
         .map(|(s, g)| st.broadcaster.claim_session(s, g));
-    let mut ends = Ends {
-        signals: vec![(st.broadcaster.closed_token(), DropReason::Shutdown)],
-        deadlines: Vec::new(),
-        max_lag: st.config.max_lag(),
-    };
-    if let Some(c) = &claim {
-        ends.signals.push((c.token(), DropReason::TakenOver));
-    }
     // The client's cursor is the stream's until the stream carries an id of its own (a priming
     // frame, a resync, an event). A resumed stream starts without one; the client (the TypeScript
     // SDK, for one) keeps only ids seen on the current stream.
     let carried_id = preamble.is_some();
     // Older clients get no empty-data frame, so the only way to keep their cursor is not to cut an
     // id-less stream for rebalancing: the max age applies once the stream has carried an id.
-    let rebalance = deadline.map(|d| (d, DropReason::MaxStreamAge));
-    let pending_rebalance = if carried_id || version.primes() {
-        ends.deadlines.extend(rebalance);
-        None
+    let (max_age, pending_rebalance) = if carried_id || version.primes() {
+        (deadline, None)
     } else {
-        rebalance
+        (None, deadline)
     };
-    ends.deadlines
-        .extend(expires.map(|d| (d, DropReason::TokenExpired)));
+    let ends = Ends {
+        shutdown: st.broadcaster.closed_token(),
+        taken_over: claim.as_ref().map(SessionClaim::token),
+        max_age,
+        expires,
+        max_lag: st.config.max_lag(),
+    };
     let stream = SseStream {
         epoch: epoch.to_owned(),
         primes: version.primes(),
@@ -216,7 +211,7 @@ struct SseStream {
     /// The stream has sent an `id:` (so the client's cursor is known from this stream).
     carried_id: bool,
     /// The max-age deadline of an older client's stream, armed once it carries an id.
-    pending_rebalance: Option<(Instant, DropReason)>,
+    pending_rebalance: Option<Instant>,
     /// This stream's hold on its session (a newer stream for it ends this one); dropped with it.
     _claim: Option<SessionClaim>,
     feed: Feed,
@@ -241,7 +236,9 @@ impl SseStream {
             Step::Events(events) => {
                 if !self.carried_id {
                     self.carried_id = true;
-                    self.ends.deadlines.extend(self.pending_rebalance.take());
+                    if let Some(at) = self.pending_rebalance.take() {
+                        self.ends.max_age = Some(at);
+                    }
                 }
                 Some(self.write(&events))
             }
@@ -347,11 +344,10 @@ mod tests {
                     .expect("slot"),
                 preamble: None,
                 ends: Ends {
-                    signals: vec![(self.bc.closed_token(), DropReason::Shutdown)],
-                    deadlines: deadline
-                        .map(|d| (d, DropReason::MaxStreamAge))
-                        .into_iter()
-                        .collect(),
+                    shutdown: self.bc.closed_token(),
+                    taken_over: None,
+                    max_age: deadline,
+                    expires: None,
                     max_lag,
                 },
                 keepalive,
@@ -470,7 +466,7 @@ mod tests {
         let f = fixture();
         let mut s = f.stream(Duration::from_millis(30), LONG, None);
         s.carried_id = false;
-        s.pending_rebalance = Some((Instant::now(), DropReason::MaxStreamAge));
+        s.pending_rebalance = Some(Instant::now());
         // Past its max age but id-less: only keep-alives.
         assert_eq!(
             &s.next_chunk().await.expect("keepalive")[..],
