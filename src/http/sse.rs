@@ -4,12 +4,11 @@
 //! the cursor (from the ring, or the log when the ring no longer holds them), then live events,
 //! with keep-alive comments when idle. The server ends a stream only with a `retry:` block.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use axum::Extension;
 use bytes::{Bytes, BytesMut};
@@ -26,6 +25,7 @@ use crate::event::Cursor;
 use crate::event::{EventId, Viewer};
 use crate::log::Start;
 use crate::mcp::{self, KEEPALIVE_FRAME};
+use crate::server::handoff::{Chunks, Offer};
 use crate::server::ConnInfo;
 use crate::session::SessionError;
 use crate::state::AppState;
@@ -33,6 +33,7 @@ use crate::state::AppState;
 pub async fn get_mcp(
     State(st): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
+    http_version: Version,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
@@ -169,12 +170,11 @@ pub async fn get_mcp(
         retry_ms: st.config.retry_ms,
         done: false,
     };
-    let body = futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
-    });
-    Ok(stream_response(Body::from_stream(body), session.as_deref()))
+    let chunks: Chunks = Box::pin(futures::stream::unfold(stream, |mut s| async move {
+        s.next_chunk().await.map(|chunk| (chunk, s))
+    }));
+    let offer = conn.handoff.offer(http_version, chunks);
+    Ok(stream_response(offer, session.as_deref()))
 }
 
 /// `200`, a jittered `retry:` and an immediate clean end: clients come back later or elsewhere
@@ -182,14 +182,28 @@ pub async fn get_mcp(
 fn shed(st: &AppState, reason: &'static str, session: Option<&str>) -> Response {
     st.metrics.shed(reason);
     tracing::debug!(reason, session = session.unwrap_or(""), "stream shed");
+    let body = Body::from(mcp::retry_frame(mcp::jittered_retry_ms(st.config.retry_ms)));
     stream_response(
-        Body::from(mcp::retry_frame(mcp::jittered_retry_ms(st.config.retry_ms))),
+        Offer {
+            body,
+            handed_off: false,
+        },
         session,
     )
 }
 
-fn stream_response(body: Body, session: Option<&str>) -> Response {
-    let mut resp = Response::new(body);
+fn stream_response(offer: Offer, session: Option<&str>) -> Response {
+    let mut resp = event_stream(offer);
+    let h = resp.headers_mut();
+    if let Some(v) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
+        h.insert(MCP_SESSION_ID, v);
+    }
+    resp
+}
+
+/// A `200 text/event-stream` response with `offer`'s body.
+pub(super) fn event_stream(offer: Offer) -> Response {
+    let mut resp = Response::new(offer.body);
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
     h.insert(
@@ -198,8 +212,13 @@ fn stream_response(body: Body, session: Option<&str>) -> Response {
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    if let Some(v) = session.and_then(|s| HeaderValue::from_str(s).ok()) {
-        h.insert(MCP_SESSION_ID, v);
+    if offer.handed_off {
+        // The writer that takes over after the head writes chunks and closes at the end.
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     resp
 }

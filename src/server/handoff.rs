@@ -1,0 +1,289 @@
+//! Event streams leave hyper once their response head is on the wire.
+//!
+//! hyper keeps an 8 KiB read buffer and an 8 KiB write buffer for every HTTP/1.1 connection for
+//! as long as the connection lives: more than everything else an idle subscriber costs. So a
+//! stream response (`GET /mcp`, `subscriptions/listen`) on HTTP/1.1 is handed off: hyper writes
+//! the head, then the socket moves to a small writer task that writes the stream's chunks itself
+//! (chunked encoding, the same write-stall deadline, hang-up detection), and hyper's side of the
+//! connection ends, its buffers with it. HTTP/2 and HTTP/1.0 streams stay with hyper.
+//!
+//! The sequence: the handler [`HandOff::offer`]s its stream and gets a body to answer with; hyper
+//! writes the head and polls that body once (it arms the hand-off and stays pending); hyper
+//! flushes the head, and the socket's `poll_flush` (see [`super::stall`]) takes the armed stream
+//! and the socket, and spawns [`write_stream`]; the body then fails, which ends hyper's side of
+//! the connection without touching the socket. A body hyper never polls (a `HEAD` request, an
+//! error before the head) drops its stream with it.
+
+use std::convert::Infallible;
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::Version;
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use hyper::body::Frame;
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+
+use super::ConnInfo;
+
+/// The chunks of a stream response, in order; the end of the stream ends the response.
+pub type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+
+/// A connection's hand-off slot, shared by its socket and the requests that come on it.
+#[derive(Clone, Default)]
+pub struct HandOff(Arc<Mutex<Slot>>);
+
+#[derive(Default)]
+enum Slot {
+    #[default]
+    Empty,
+    /// A handler answered with a stream; hyper has not written the head yet.
+    Offered(Chunks),
+    /// The head is in hyper's write buffer: the next flush puts it on the wire.
+    Armed { chunks: Chunks, body: Waker },
+    /// The socket belongs to a writer task now.
+    HandedOff,
+}
+
+/// The body hyper sees for a handed-off stream.
+#[derive(Debug, thiserror::Error)]
+#[error("the stream was handed off to its own writer")]
+pub struct HandedOff;
+
+/// The body to answer a stream request with.
+pub struct Offer {
+    pub body: Body,
+    /// The stream leaves hyper after the head (the response must say `connection: close`).
+    pub handed_off: bool,
+}
+
+impl HandOff {
+    fn slot(&self) -> MutexGuard<'_, Slot> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers a request of HTTP `version` with `chunks`: handed off on HTTP/1.1, a plain
+    /// streaming body otherwise.
+    pub fn offer(&self, version: Version, chunks: Chunks) -> Offer {
+        let plain = |chunks: Chunks| Offer {
+            body: Body::from_stream(chunks.map(Ok::<_, Infallible>)),
+            handed_off: false,
+        };
+        if version != Version::HTTP_11 {
+            return plain(chunks);
+        }
+        let mut slot = self.slot();
+        if !matches!(*slot, Slot::Empty) {
+            return plain(chunks);
+        }
+        *slot = Slot::Offered(chunks);
+        Offer {
+            body: Body::new(HandOffBody { slot: self.clone() }),
+            handed_off: true,
+        }
+    }
+
+    /// After a flush: the armed stream, if there is one (its head is on the wire now).
+    pub(super) fn take_armed(&self) -> Option<Chunks> {
+        let mut slot = self.slot();
+        match std::mem::take(&mut *slot) {
+            Slot::Armed { chunks, body } => {
+                *slot = Slot::HandedOff;
+                body.wake();
+                Some(chunks)
+            }
+            other => {
+                *slot = other;
+                None
+            }
+        }
+    }
+
+    pub fn is_handed_off(&self) -> bool {
+        matches!(*self.slot(), Slot::HandedOff)
+    }
+}
+
+struct HandOffBody {
+    slot: HandOff,
+}
+
+impl hyper::body::Body for HandOffBody {
+    type Data = Bytes;
+    type Error = HandedOff;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, HandedOff>>> {
+        let mut slot = self.slot.slot();
+        match std::mem::take(&mut *slot) {
+            // hyper polls the body only after it has encoded the head.
+            Slot::Offered(chunks) | Slot::Armed { chunks, .. } => {
+                *slot = Slot::Armed {
+                    chunks,
+                    body: cx.waker().clone(),
+                };
+                Poll::Pending
+            }
+            // Failing ends hyper's side of the connection; the socket is the writer's.
+            Slot::HandedOff => {
+                *slot = Slot::HandedOff;
+                Poll::Ready(Some(Err(HandedOff)))
+            }
+            Slot::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        false
+    }
+}
+
+impl Drop for HandOffBody {
+    fn drop(&mut self) {
+        let mut slot = self.slot.slot();
+        if matches!(*slot, Slot::Offered(_) | Slot::Armed { .. }) {
+            // Never handed off: the stream (and its subscriber slot) goes now.
+            *slot = Slot::Empty;
+        }
+    }
+}
+
+/// Writes `chunks` to `tcp` as the chunked body of a response whose head is already sent, until
+/// the stream ends (then the terminating chunk, and the connection closes), the client hangs up,
+/// or a write fails or stalls for `limit`.
+pub(super) async fn write_stream(
+    tcp: TcpStream,
+    mut chunks: Chunks,
+    limit: Duration,
+    info: ConnInfo,
+) {
+    let outcome = {
+        let hangup = hangup(&tcp);
+        tokio::pin!(hangup);
+        loop {
+            let next = tokio::select! {
+                biased;
+                next = chunks.next() => next,
+                () = &mut hangup => break Ok(false),
+            };
+            let Some(chunk) = next else {
+                break write_all(&tcp, [b"0\r\n\r\n", b"", b""], limit)
+                    .await
+                    .map(|()| true);
+            };
+            let mut size = [0u8; 18];
+            let size = chunk_size_line(chunk.len(), &mut size);
+            if let Err(error) = write_all(&tcp, [size, &chunk, b"\r\n"], limit).await {
+                break Err(error);
+            }
+        }
+    };
+    match outcome {
+        Ok(true) => {
+            let mut tcp = tcp;
+            if let Err(error) = tcp.shutdown().await {
+                tracing::debug!(%error, peer = %info.peer, "shutdown after the stream failed");
+            }
+        }
+        Ok(false) => {}
+        Err(error) if error.kind() == io::ErrorKind::TimedOut => {
+            // Before the stream (and its subscriber guard) drops, so the drop counts as a stall.
+            info.stalled.store(true, Ordering::Release);
+            tracing::info!(peer = %info.peer, limit_secs = limit.as_secs(), "write stalled; aborting the connection");
+        }
+        Err(error) => tracing::debug!(%error, peer = %info.peer, "stream write failed"),
+    }
+    drop(chunks);
+}
+
+/// Resolves when the client closes its side (or the socket fails). A client has nothing to say on
+/// a stream connection: whatever it sends is read and discarded.
+async fn hangup(tcp: &TcpStream) {
+    loop {
+        if tcp.readable().await.is_err() {
+            return;
+        }
+        // Not held across an await, so not part of the task's size.
+        let mut scratch = [0u8; 256];
+        match tcp.try_read(&mut scratch) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Writes every byte of `parts`, failing with `TimedOut` once the kernel has accepted nothing
+/// for `limit`.
+async fn write_all(tcp: &TcpStream, parts: [&[u8]; 3], limit: Duration) -> io::Result<()> {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut written = 0;
+    while written < total {
+        let mut skip = written;
+        let slices = parts.map(|p| {
+            let s = skip.min(p.len());
+            skip -= s;
+            IoSlice::new(&p[s..])
+        });
+        match tcp.try_write_vectored(&slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                match tokio::time::timeout(limit, tcp.writable()).await {
+                    Ok(ready) => ready?,
+                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                }
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// `{len:x}\r\n` in `buf`, without allocating.
+fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut digits = [0u8; 16];
+    let mut n = 0;
+    let mut v = len;
+    loop {
+        digits[n] = HEX[v & 0xf];
+        n += 1;
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    for (i, d) in digits[..n].iter().rev().enumerate() {
+        buf[i] = *d;
+    }
+    buf[n] = b'\r';
+    buf[n + 1] = b'\n';
+    &buf[..n + 2]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunk_size_lines_are_lowercase_hex() {
+        let mut buf = [0u8; 18];
+        assert_eq!(chunk_size_line(0, &mut buf), b"0\r\n");
+        assert_eq!(chunk_size_line(10, &mut buf), b"a\r\n");
+        assert_eq!(chunk_size_line(0x1f3a, &mut buf), b"1f3a\r\n");
+        assert_eq!(
+            chunk_size_line(usize::MAX, &mut buf),
+            b"ffffffffffffffff\r\n"
+        );
+    }
+}

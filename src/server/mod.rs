@@ -1,0 +1,134 @@
+//! The accept loop: hyper-util connections with bounded headers, a write-stall deadline on every
+//! socket (hyper has no write timeout), per-connection info for handlers, event streams handed
+//! off to their own writers after the head, graceful shutdown.
+
+pub mod handoff;
+mod stall;
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower::ServiceExt;
+
+use handoff::HandOff;
+use stall::StallGuard;
+
+/// Largest request head (request line + headers) accepted.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Time a client has to send its request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What handlers know about the connection a request came on.
+#[derive(Clone)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    /// Set when a write on this connection stalled past the deadline and the socket was aborted.
+    pub stalled: Arc<AtomicBool>,
+    /// Where a stream response leaves hyper for its own writer (HTTP/1.1).
+    pub handoff: HandOff,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct ConnOptions {
+    pub write_stall: Duration,
+}
+
+/// The router a listener serves, replaceable while serving: a replica answers probes with a
+/// "starting" router while the database comes up, then switches to the full one.
+#[derive(Clone)]
+pub struct RouterSlot(Arc<std::sync::RwLock<Router>>);
+
+impl RouterSlot {
+    pub fn new(router: Router) -> RouterSlot {
+        RouterSlot(Arc::new(std::sync::RwLock::new(router)))
+    }
+
+    pub fn set(&self, router: Router) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = router;
+    }
+
+    fn current(&self) -> Router {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Serves the slot's router on `listener` until `stop` is cancelled, then waits for open
+/// connections and handed-off streams to finish (the caller bounds that wait).
+pub async fn serve(
+    listener: TcpListener,
+    slot: RouterSlot,
+    opts: ConnOptions,
+    stop: CancellationToken,
+) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32);
+    let graceful = GracefulShutdown::new();
+    let writers = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(error) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(%error, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%error, "set_nodelay failed");
+        }
+        let info = ConnInfo {
+            peer,
+            stalled: Arc::new(AtomicBool::new(false)),
+            handoff: HandOff::default(),
+        };
+        let io = TokioIo::new(StallGuard::new(
+            stream,
+            opts.write_stall,
+            info.clone(),
+            writers.clone(),
+        ));
+        let handoff = info.handoff.clone();
+        let slot = slot.clone();
+        let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
+            req.extensions_mut().insert(info.clone());
+            slot.current().oneshot(req)
+        });
+        let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
+        let conn = graceful.watch(conn.into_owned());
+        tokio::spawn(async move {
+            if let Err(error) = conn.await {
+                // A handed-off stream ends hyper's side with an error, by design.
+                if !handoff.is_handed_off() {
+                    tracing::debug!(%error, %peer, "connection ended with an error");
+                }
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    writers.close();
+    writers.wait().await;
+}

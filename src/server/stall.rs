@@ -1,0 +1,204 @@
+//! The socket hyper serves a connection on: writes fail once the kernel has accepted nothing for
+//! the write-stall deadline (hyper has no write timeout), and a flush after a stream's head hands
+//! the socket to the stream's own writer (see [`super::handoff`]).
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+use tokio_util::task::TaskTracker;
+
+use super::handoff;
+use super::ConnInfo;
+
+/// A socket whose writes fail with `TimedOut` once the kernel has accepted nothing for `limit`.
+/// Once its connection's stream is handed off it is an empty shell: reads see the end, writes fail.
+pub(super) struct StallGuard {
+    inner: Option<TcpStream>,
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+    info: ConnInfo,
+    writers: TaskTracker,
+}
+
+impl StallGuard {
+    pub(super) fn new(
+        inner: TcpStream,
+        limit: Duration,
+        info: ConnInfo,
+        writers: TaskTracker,
+    ) -> StallGuard {
+        StallGuard {
+            inner: Some(inner),
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+            info,
+            writers,
+        }
+    }
+
+    fn on_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+        if !self.armed {
+            self.armed = true;
+            self.timer
+                .as_mut()
+                .reset(tokio::time::Instant::now() + self.limit);
+        }
+        if self.timer.as_mut().poll(cx).is_ready() {
+            self.info.stalled.store(true, Ordering::Release);
+            tracing::info!(peer = %self.info.peer, limit_secs = self.limit.as_secs(), "write stalled; aborting the connection");
+            return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
+        }
+        Poll::Pending
+    }
+
+    fn on_ready<T>(&mut self, r: Poll<io::Result<T>>) -> Poll<io::Result<T>> {
+        self.armed = false;
+        r
+    }
+
+    /// Everything hyper wrote is on the wire: if a stream's head was part of it, the socket goes
+    /// to the stream's writer.
+    fn hand_off(&mut self, cx: &mut Context<'_>) {
+        let Some(chunks) = self.info.handoff.take_armed() else {
+            return;
+        };
+        let Some(tcp) = self.inner.take() else {
+            return;
+        };
+        self.writers.spawn(handoff::write_stream(
+            tcp,
+            chunks,
+            self.limit,
+            self.info.clone(),
+        ));
+        // hyper polls its body again (which now fails) and lets go of the connection.
+        cx.waker().wake_by_ref();
+    }
+}
+
+fn handed_off<T>() -> Poll<io::Result<T>> {
+    Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()))
+}
+
+impl AsyncRead for StallGuard {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut().inner.as_mut() {
+            Some(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            // The end of the input, as far as hyper is concerned.
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+impl AsyncWrite for StallGuard {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let Some(tcp) = this.inner.as_mut() else {
+            return handed_off();
+        };
+        match Pin::new(tcp).poll_write(cx, buf) {
+            Poll::Pending => this.on_pending(cx),
+            ready => this.on_ready(ready),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let Some(tcp) = this.inner.as_mut() else {
+            return handed_off();
+        };
+        match Pin::new(tcp).poll_write_vectored(cx, bufs) {
+            Poll::Pending => this.on_pending(cx),
+            ready => this.on_ready(ready),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let Some(tcp) = this.inner.as_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        match Pin::new(tcp).poll_flush(cx) {
+            Poll::Pending => this.on_pending(cx),
+            Poll::Ready(Ok(())) => {
+                this.armed = false;
+                this.hand_off(cx);
+                Poll::Ready(Ok(()))
+            }
+            ready => this.on_ready(ready),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut().inner.as_mut() {
+            Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            None => Poll::Ready(Ok(())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpListener;
+
+    #[tokio::test]
+    async fn a_socket_that_stops_draining_fails_writes_after_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // The client connects and never reads.
+        let _client = TcpStream::connect(addr).await.expect("connect");
+        let (server_side, peer) = listener.accept().await.expect("accept");
+        let info = ConnInfo {
+            handoff: Default::default(),
+            peer,
+            stalled: Arc::new(AtomicBool::new(false)),
+        };
+        let mut guarded = StallGuard::new(
+            server_side,
+            Duration::from_millis(200),
+            info.clone(),
+            TaskTracker::new(),
+        );
+        let chunk = vec![b'x'; 64 * 1024];
+        let started = std::time::Instant::now();
+        let err = loop {
+            match tokio::time::timeout(Duration::from_secs(30), guarded.write_all(&chunk)).await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => break e,
+                Err(_) => panic!("the write never failed"),
+            }
+        };
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+        assert!(info.stalled.load(Ordering::Acquire));
+        assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+}
