@@ -3,13 +3,13 @@
 //! the client opted into and framed per stream (SPEC §3.3). Any other method is "method not found"
 //! in standalone mode. Errors here are JSON-RPC error objects.
 
-use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::body::Body;
 use axum::extract::State;
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
@@ -17,6 +17,7 @@ use super::body::{read_body, require_json};
 use super::error::AppError;
 use super::headers::MCP_PROTOCOL_VERSION;
 use super::proxy::{self, Forward};
+use super::sse::event_stream;
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{DropReason, Feed, SubscriberGuard, SubscriberKind};
 use crate::event::Viewer;
@@ -24,6 +25,8 @@ use crate::mcp::listen::{
     self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
 };
 use crate::mcp::KEEPALIVE_FRAME;
+use crate::server::handoff::Chunks;
+use crate::server::ConnInfo;
 use crate::state::AppState;
 
 pub const MCP_METHOD: &str = "mcp-method";
@@ -81,8 +84,14 @@ impl IntoResponse for RpcError {
     }
 }
 
-pub async fn post_mcp(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
-    match handle(st, headers, body).await {
+pub async fn post_mcp(
+    State(st): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    http_version: Version,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    match handle(st, &conn, http_version, headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -108,7 +117,13 @@ pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Bo
     proxy::forward(&st, up, forward).await
 }
 
-async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response, RpcError> {
+async fn handle(
+    st: AppState,
+    conn: &ConnInfo,
+    http_version: Version,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, RpcError> {
     let null = Value::Null;
     let bytes = read_body(&headers, body, st.config.body_limit())
         .await
@@ -235,7 +250,7 @@ async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response
             "this replica is shutting down; listen on another",
         ));
     }
-    let Some(guard) = st.broadcaster.try_register(SubscriberKind::Listen, None) else {
+    let Some(mut guard) = st.broadcaster.try_register(SubscriberKind::Listen, None) else {
         st.metrics.shed("capacity");
         return Err(unavailable(
             "this replica is at its subscriber limit; retry later",
@@ -249,6 +264,7 @@ async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response
             return Err(unavailable("the database is unavailable; retry later"));
         }
     };
+    guard.watch_stall(conn.stalled.clone());
     let filter = Filter::from_params(msg.get("params"));
     let viewer = Viewer {
         tenant: identity.tenant,
@@ -278,20 +294,10 @@ async fn handle(st: AppState, headers: HeaderMap, body: Body) -> Result<Response
         keepalive: st.config.keepalive(),
         done: false,
     };
-    let body = futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk()
-            .await
-            .map(|chunk| (Ok::<_, Infallible>(chunk), s))
-    });
-    let mut resp = Response::new(Body::from_stream(body));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
-    Ok(resp)
+    let chunks: Chunks = Box::pin(futures::stream::unfold(stream, |mut s| async move {
+        s.next_chunk().await.map(|chunk| (chunk, s))
+    }));
+    Ok(event_stream(conn.handoff.offer(http_version, chunks)))
 }
 
 struct ListenStream {

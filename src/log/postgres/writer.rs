@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
+use deadpool_postgres::{Client, Pool};
 use tokio::sync::{mpsc, oneshot};
 use tokio_postgres::types::Type;
 
@@ -91,7 +91,7 @@ async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, schema: String, timeout: D
 }
 
 struct Statements {
-    set_local: String,
+    begin: String,
     lock_head: String,
     keys: String,
     insert_events: String,
@@ -103,7 +103,9 @@ impl Statements {
     fn new(s: &str, timeout: Duration) -> Statements {
         let ms = timeout.as_millis();
         Statements {
-            set_local: format!("SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"),
+            begin: format!(
+                "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
+            ),
             lock_head: format!("SELECT seq FROM {s}.head FOR UPDATE"),
             keys: format!("SELECT key, fingerprint, seqs FROM {s}.idempotency WHERE key = ANY($1)"),
             insert_events: format!(
@@ -144,35 +146,56 @@ async fn commit_group(
     sql: &Statements,
     group: &[Job],
 ) -> Result<Vec<Result<Appended, LogError>>, DbError> {
-    let mut client = pool.get().await.map_err(DbError::Checkout)?;
-    let tx = client.transaction().await.map_err(DbError::Query)?;
-    tx.batch_execute(&sql.set_local)
-        .await
-        .map_err(DbError::Query)?;
-    let head: i64 = tx
-        .query_typed(&sql.lock_head, &[])
-        .await
-        .map_err(DbError::Query)?
-        .first()
-        .map_or(0, |r| r.get(0));
+    let client = pool.get().await.map_err(DbError::Checkout)?;
+    match transaction(&client, sql, group).await {
+        Ok(answers) => Ok(answers),
+        Err(error) => {
+            // The transaction may still be open on this connection (or the connection broken):
+            // it never goes back to the pool.
+            drop(deadpool_postgres::Object::take(client));
+            Err(error)
+        }
+    }
+}
 
+/// The group's transaction in two round trips: statements are pipelined (sent together, run in
+/// order). If any fails, the transaction is aborted, so the pipelined `COMMIT` rolls back:
+/// nothing is half-written.
+async fn transaction(
+    client: &Client,
+    sql: &Statements,
+    group: &[Job],
+) -> Result<Vec<Result<Appended, LogError>>, DbError> {
+    // 1: open with bounded statements, lock the head row (serializing publishers), read the
+    // idempotency keys the group names (stable while the lock is held).
     let wanted: Vec<String> = group.iter().flat_map(|j| job_keys(&j.req)).collect();
-    let mut known: HashMap<String, Known> = HashMap::new();
-    if !wanted.is_empty() {
-        for r in tx
+    let keys = async {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        client
             .query_typed(&sql.keys, &[(&wanted, Type::TEXT_ARRAY)])
             .await
-            .map_err(DbError::Query)?
-        {
-            known.insert(
+    };
+    let ((), head_rows, key_rows) = futures::try_join!(
+        client.batch_execute(&sql.begin),
+        client.query_typed(&sql.lock_head, &[]),
+        keys,
+    )
+    .map_err(DbError::Query)?;
+    let head: i64 = head_rows.first().map_or(0, |r| r.get(0));
+    let mut known: HashMap<String, Known> = key_rows
+        .iter()
+        .map(|r| {
+            (
                 r.get(0),
                 Known {
                     fingerprint: r.get(1),
                     seqs: r.get(2),
                 },
-            );
-        }
-    }
+            )
+        })
+        .collect();
 
     let mut next = head;
     let mut rows = Rows::default();
@@ -180,21 +203,32 @@ async fn commit_group(
         .iter()
         .map(|job| plan(&job.req, &mut known, &mut next, &mut rows))
         .collect();
-    if next > head {
-        tx.query_typed(
-            &sql.insert_events,
-            &[
-                (&rows.seqs, Type::INT8_ARRAY),
-                (&rows.methods, Type::TEXT_ARRAY),
-                (&rows.params, Type::TEXT_ARRAY),
-                (&rows.tenants, Type::TEXT_ARRAY),
-                (&rows.sessions, Type::TEXT_ARRAY),
-            ],
-        )
-        .await
-        .map_err(DbError::Query)?;
-        if !rows.keys.is_empty() {
-            tx.query_typed(
+
+    // 2: the rows, the keys, the new head, and the commit.
+    let fresh = next > head;
+    let insert_events = async {
+        if !fresh {
+            return Ok(0);
+        }
+        client
+            .execute_typed(
+                &sql.insert_events,
+                &[
+                    (&rows.seqs, Type::INT8_ARRAY),
+                    (&rows.methods, Type::TEXT_ARRAY),
+                    (&rows.params, Type::TEXT_ARRAY),
+                    (&rows.tenants, Type::TEXT_ARRAY),
+                    (&rows.sessions, Type::TEXT_ARRAY),
+                ],
+            )
+            .await
+    };
+    let insert_keys = async {
+        if !fresh || rows.keys.is_empty() {
+            return Ok(0);
+        }
+        client
+            .execute_typed(
                 &sql.insert_keys,
                 &[
                     (&rows.keys, Type::TEXT_ARRAY),
@@ -204,13 +238,22 @@ async fn commit_group(
                 ],
             )
             .await
-            .map_err(DbError::Query)?;
+    };
+    let set_head = async {
+        if !fresh {
+            return Ok(0);
         }
-        tx.query_typed(&sql.set_head, &[(&next, Type::INT8)])
+        client
+            .execute_typed(&sql.set_head, &[(&next, Type::INT8)])
             .await
-            .map_err(DbError::Query)?;
-    }
-    tx.commit().await.map_err(DbError::Query)?;
+    };
+    futures::try_join!(
+        insert_events,
+        insert_keys,
+        set_head,
+        client.batch_execute("COMMIT"),
+    )
+    .map_err(DbError::Query)?;
     Ok(answers)
 }
 
