@@ -15,6 +15,7 @@
 //! error before the head) drops its stream with it.
 
 use std::convert::Infallible;
+use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
 use std::sync::atomic::Ordering;
@@ -206,9 +207,13 @@ pub(super) async fn write_stream(
 
 /// Resolves when the client closes its side (or the socket fails). A client has nothing to say on
 /// a stream connection: whatever it sends is read and discarded.
+///
+/// Waits with `poll_read_ready`, not `readable()`: that replaces the waker hyper's task left in
+/// the socket's read slot, which would otherwise keep hyper's finished task (its whole
+/// connection future's allocation, ~4 KB) alive as long as the stream.
 async fn hangup(tcp: &TcpStream) {
     loop {
-        if tcp.readable().await.is_err() {
+        if poll_fn(|cx| tcp.poll_read_ready(cx)).await.is_err() {
             return;
         }
         // Not held across an await, so not part of the task's size.
@@ -238,7 +243,8 @@ async fn write_all(tcp: &TcpStream, parts: [&[u8]; 3], limit: Duration) -> io::R
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                match tokio::time::timeout(limit, tcp.writable()).await {
+                // `poll_write_ready` also replaces a waker hyper may have left (see `hangup`).
+                match tokio::time::timeout(limit, poll_fn(|cx| tcp.poll_write_ready(cx))).await {
                     Ok(ready) => ready?,
                     Err(_) => return Err(io::ErrorKind::TimedOut.into()),
                 }
