@@ -9,7 +9,7 @@ use std::net::SocketAddr;
 
 use common::{note, start, SOON};
 use futures::StreamExt;
-use mcp_fanout_testkit::{wait_until, Frame, SseRequest, StreamEnd};
+use mcp_fanout_testkit::{Frame, SseRequest, StreamEnd};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -117,12 +117,20 @@ async fn a_hang_up_frees_the_subscriber_even_after_the_client_sent_more_than_its
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_head_request_holds_no_subscriber() {
+async fn a_head_request_holds_no_subscriber_and_takes_no_session() {
     let r = start("handoff-head", &[]).await;
     let addr = r.public_addr();
+    let mut open = r
+        .subscribe(&SseRequest::mcp().session("s-head"))
+        .await
+        .expect("subscribe");
+    r.wait_subscribers(1, SOON).await.expect("subscribed");
     let mut s = raw_connect(
         addr,
-        &format!("HEAD /mcp HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n"),
+        &format!(
+            "HEAD /mcp HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\
+             Mcp-Session-Id: s-head\r\n\r\n"
+        ),
     )
     .await;
     let mut seen = Vec::new();
@@ -132,16 +140,26 @@ async fn a_head_request_holds_no_subscriber() {
         "{}",
         String::from_utf8_lossy(&seen)
     );
-    // The connection may stay open; the stream behind the HEAD must not.
-    wait_until("no subscriber behind the HEAD", SOON, || async {
+    // The session's open stream was not taken over: it still gets events, and it is the only
+    // subscriber.
+    let id = r
+        .publish_ok(&note(METHOD, "head", 1))
+        .await
+        .expect("publish");
+    let got = open.next_event(SOON).await.expect("the open stream");
+    assert_eq!(got.and_then(|f| f.id), Some(id));
+    assert_eq!(
         r.metric("mcp_fanout_subscribers{kind=\"sse\"}")
             .await
-            .ok()
-            .flatten()
-            == Some(0.0)
-    })
-    .await
-    .expect("gauge back to 0");
+            .expect("metrics"),
+        Some(1.0)
+    );
+    assert_eq!(
+        r.metric("mcp_fanout_subscribers_dropped_total{reason=\"taken_over\"}")
+            .await
+            .expect("metrics"),
+        Some(0.0)
+    );
     drop(s);
 }
 

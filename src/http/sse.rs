@@ -33,6 +33,7 @@ use crate::state::AppState;
 pub async fn get_mcp(
     State(st): State<AppState>,
     Extension(conn): Extension<ConnInfo>,
+    method: Method,
     http_version: Version,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -45,6 +46,15 @@ pub async fn get_mcp(
         headers::query_param(query.as_deref(), "last_event_id").as_deref(),
     )?;
     let identity = st.subscriber_auth.identify(&headers).await?;
+    if method == Method::HEAD {
+        // The head a GET would get, and nothing else: no subscriber, no session claim (which
+        // would end the session's open stream).
+        let offer = Offer {
+            body: Body::empty(),
+            handed_off: false,
+        };
+        return Ok(stream_response(offer, session.as_deref()));
+    }
     if let Some(up) = &st.upstream {
         // A cursor that is not ours resumes one of the upstream's POST streams: forward it.
         if matches!(cursor, Cursor::Foreign(_)) {
