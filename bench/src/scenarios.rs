@@ -690,8 +690,15 @@ pub async fn catch_up(ctx: &mut Ctx, replicas: usize, cases: &[(u64, usize)]) ->
     Ok(())
 }
 
+/// Idle subscribers of the smoke run's memory guard, and the RSS each may cost at most. Memory,
+/// not timing: a stream that keeps hyper's connection buffers (19.5 KB) or its finished task
+/// (7.2 KB) alive fails it; today's ~3.5 KB passes with room for allocator noise.
+const SMOKE_IDLE_SUBSCRIBERS: usize = 3000;
+const SMOKE_IDLE_MAX_KB: f64 = 6.0;
+
 /// `smoke`: tiny sizes, Postgres mode (the kit's fast cluster unless told otherwise) and memory
-/// mode; asserts zero loss, duplicates and disorder; returns (passed, failed).
+/// mode; asserts zero loss, duplicates and disorder, and bounds idle memory per subscriber;
+/// returns (passed, failed).
 pub async fn smoke(ctx: &mut Ctx, replicas: usize, subs: usize) -> Result<(usize, usize)> {
     let mut passed = 0;
     let mut failed = 0;
@@ -781,6 +788,35 @@ pub async fn smoke(ctx: &mut Ctx, replicas: usize, subs: usize) -> Result<(usize
             tally(ctx, row);
         }
         clients.close().await?;
+    }
+    // Idle memory per subscriber, on a fresh memory-mode replica.
+    {
+        let saved = ctx.fanout.memory;
+        ctx.fanout.memory = true;
+        let started = ctx.start("mcp-fanout", 1).await;
+        ctx.fanout.memory = saved;
+        let sut = started?;
+        let before = sut.sample()?;
+        let mut idle = subscribe(ctx, &sut, SMOKE_IDLE_SUBSCRIBERS).await?;
+        let after = sut.sample()?;
+        idle.expect(1).await?;
+        let p = sut.burst(Via::Admin(0), 0, 1, 1, 1, 0).await?;
+        let phase = idle.collect(Duration::from_secs(30), p.hash()).await?;
+        let kb = after.rss_kb.saturating_sub(before.rss_kb) as f64 / SMOKE_IDLE_SUBSCRIBERS as f64;
+        let mut row = Row::new(
+            "smoke",
+            "mcp-fanout",
+            format!(
+                "memory: {SMOKE_IDLE_SUBSCRIBERS} idle subscribers, ≤ {SMOKE_IDLE_MAX_KB} KB each"
+            ),
+        );
+        row.set("kb_per_conn", round3(kb));
+        account(&mut row, &phase, &p, SMOKE_IDLE_SUBSCRIBERS);
+        if kb > SMOKE_IDLE_MAX_KB {
+            row.set("ok", false);
+        }
+        tally(ctx, row);
+        idle.close().await?;
     }
     Ok((passed, failed))
 }
