@@ -1,11 +1,13 @@
 //! Events: ids, targets, the stored event and the one function that frames it for the wire,
 //! and validation of what publishers send.
 
+pub mod chunk;
 pub mod frame;
 pub mod id;
 pub mod input;
 pub mod target;
 
+pub use chunk::Chunk;
 pub use frame::StoredEvent;
 pub use id::{Cursor, EventId, InvalidEventId};
 pub use input::{InputError, NewEvent, PublishLimits, PublishRequest};

@@ -20,7 +20,7 @@ use super::proxy::{self, Forward};
 use super::sse::event_stream;
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{DropReason, Feed, SubscriberGuard, SubscriberKind};
-use crate::event::Viewer;
+use crate::event::{Chunk, Viewer};
 use crate::mcp::listen::{
     self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
 };
@@ -295,7 +295,7 @@ async fn handle(
         done: false,
     };
     let chunks: Chunks = Box::pin(futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk().await.map(|chunk| (chunk, s))
+        s.next_chunk().await.map(|chunk| (Chunk::Bytes(chunk), s))
     }));
     Ok(event_stream(conn.handoff.offer(http_version, chunks)))
 }

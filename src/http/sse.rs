@@ -11,7 +11,7 @@ use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Version};
 use axum::response::Response;
 use axum::Extension;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::error::AppError;
@@ -21,7 +21,7 @@ use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{
     Broadcaster, DropReason, Feed, SessionClaim, SubscriberGuard, SubscriberKind,
 };
-use crate::event::Cursor;
+use crate::event::{Chunk, Cursor};
 use crate::event::{EventId, Viewer};
 use crate::log::Start;
 use crate::mcp::{self, KEEPALIVE_FRAME};
@@ -254,12 +254,12 @@ struct SseStream {
 }
 
 impl SseStream {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
+    async fn next_chunk(&mut self) -> Option<Chunk> {
         if self.done {
             return None;
         }
         if let Some(p) = self.preamble.take() {
-            return Some(p);
+            return Some(Chunk::Bytes(p));
         }
         match pump::next_step(&mut self.feed, &self.ends, self.keepalive).await {
             Step::Events(events) => {
@@ -269,15 +269,15 @@ impl SseStream {
                         self.ends.max_age = Some(at);
                     }
                 }
-                Some(self.write(&events))
+                Some(self.write(events))
             }
-            Step::KeepAlive => Some(Bytes::from_static(KEEPALIVE_FRAME)),
-            Step::End(reason) => self.finish(reason),
+            Step::KeepAlive => Some(Chunk::Bytes(Bytes::from_static(KEEPALIVE_FRAME))),
+            Step::End(reason) => self.finish(reason).map(Chunk::Bytes),
         }
     }
 
-    /// Coalesces the frames of a batch into one write.
-    fn write(&self, events: &[std::sync::Arc<crate::event::StoredEvent>]) -> Bytes {
+    /// The frames of a batch, as one (gather) write.
+    fn write(&self, events: Vec<std::sync::Arc<crate::event::StoredEvent>>) -> Chunk {
         let metrics = self.broadcaster.metrics();
         metrics.events_delivered.inc_by(events.len() as u64);
         if let Some(first) = events.first() {
@@ -285,14 +285,7 @@ impl SseStream {
                 metrics.deliver_lag.observe(lag.as_secs_f64());
             }
         }
-        if let [only] = events {
-            return only.frame().clone();
-        }
-        let mut buf = BytesMut::with_capacity(events.iter().map(|e| e.frame().len()).sum());
-        for e in events {
-            buf.extend_from_slice(e.frame());
-        }
-        buf.freeze()
+        Chunk::Events(events)
     }
 
     fn finish(&mut self, reason: DropReason) -> Option<Bytes> {
@@ -423,7 +416,7 @@ mod tests {
         let f = fixture();
         let mut s = f.stream(LONG, LONG, None);
         f.publish(10).await;
-        let chunk = s.next_chunk().await.expect("chunk");
+        let chunk = s.next_chunk().await.map(Chunk::into_bytes).expect("chunk");
         let text = std::str::from_utf8(&chunk).expect("utf8");
         assert_eq!(text.matches("\ndata: ").count(), 10);
         assert!(text.starts_with("id: ep-1\n") && text.contains("id: ep-10\n"));
@@ -434,12 +427,19 @@ mod tests {
         let f = fixture();
         let mut s = f.stream(LONG, Duration::from_millis(20), None);
         f.publish(pump::MAX_EVENTS_PER_STEP * 3).await;
-        let first = s.next_chunk().await.expect("first write");
+        let first = s
+            .next_chunk()
+            .await
+            .map(Chunk::into_bytes)
+            .expect("first write");
         assert!(!is_retry(&first));
         tokio::time::sleep(Duration::from_millis(40)).await;
-        let end = s.next_chunk().await.expect("retry");
+        let end = s.next_chunk().await.map(Chunk::into_bytes).expect("retry");
         assert!(is_retry(&end), "{end:?}");
-        assert!(s.next_chunk().await.is_none(), "then the stream ends");
+        assert!(
+            s.next_chunk().await.map(Chunk::into_bytes).is_none(),
+            "then the stream ends"
+        );
         drop(s);
         assert_eq!(f.dropped("lagging"), 1);
         assert_eq!(f.bc.subscriber_count(), 0);
@@ -450,8 +450,8 @@ mod tests {
         let f = fixture();
         let mut s = f.stream(LONG, LONG, None);
         let task = tokio::spawn(async move {
-            let end = s.next_chunk().await;
-            let after = s.next_chunk().await;
+            let end = s.next_chunk().await.map(Chunk::into_bytes);
+            let after = s.next_chunk().await.map(Chunk::into_bytes);
             (end, after)
         });
         tokio::task::yield_now().await;
@@ -469,7 +469,11 @@ mod tests {
     async fn idle_streams_get_keepalive_comments() {
         let f = fixture();
         let mut s = f.stream(Duration::from_millis(10), LONG, None);
-        let chunk = s.next_chunk().await.expect("keepalive");
+        let chunk = s
+            .next_chunk()
+            .await
+            .map(Chunk::into_bytes)
+            .expect("keepalive");
         assert_eq!(&chunk[..], KEEPALIVE_FRAME);
     }
 
@@ -482,7 +486,7 @@ mod tests {
         s.primes = true;
         s.carried_id = false;
         f.bc.close();
-        let end = s.next_chunk().await.expect("end");
+        let end = s.next_chunk().await.map(Chunk::into_bytes).expect("end");
         let text = std::str::from_utf8(&end).expect("utf8");
         assert!(
             text.starts_with("id: ep-2\nretry: ") && text.ends_with("\ndata: \n\n"),
@@ -498,14 +502,17 @@ mod tests {
         s.pending_rebalance = Some(Instant::now());
         // Past its max age but id-less: only keep-alives.
         assert_eq!(
-            &s.next_chunk().await.expect("keepalive")[..],
+            &s.next_chunk()
+                .await
+                .map(Chunk::into_bytes)
+                .expect("keepalive")[..],
             KEEPALIVE_FRAME
         );
         f.publish(1).await;
-        let first = s.next_chunk().await.expect("event");
+        let first = s.next_chunk().await.map(Chunk::into_bytes).expect("event");
         assert!(first.starts_with(b"id: ep-1\n"));
         // Now that the client's cursor is known, the rebalancing cut applies.
-        let end = s.next_chunk().await.expect("end");
+        let end = s.next_chunk().await.map(Chunk::into_bytes).expect("end");
         assert!(is_retry(&end), "{end:?}");
     }
 
@@ -513,7 +520,7 @@ mod tests {
     async fn streams_end_at_their_max_age() {
         let f = fixture();
         let mut s = f.stream(LONG, LONG, Some(Instant::now() + Duration::from_millis(20)));
-        let end = s.next_chunk().await.expect("retry");
+        let end = s.next_chunk().await.map(Chunk::into_bytes).expect("retry");
         assert!(is_retry(&end));
         drop(s);
         assert_eq!(f.dropped("max_stream_age"), 1);

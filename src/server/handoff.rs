@@ -32,9 +32,10 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use super::ConnInfo;
+use crate::event::Chunk;
 
 /// The chunks of a stream response, in order; the end of the stream ends the response.
-pub type Chunks = Pin<Box<dyn Stream<Item = Bytes> + Send>>;
+pub type Chunks = Pin<Box<dyn Stream<Item = Chunk> + Send>>;
 
 /// A connection's hand-off slot, shared by its socket and the requests that come on it.
 #[derive(Clone, Default)]
@@ -73,7 +74,7 @@ impl HandOff {
     /// streaming body otherwise.
     pub fn offer(&self, version: Version, chunks: Chunks) -> Offer {
         let plain = |chunks: Chunks| Offer {
-            body: Body::from_stream(chunks.map(Ok::<_, Infallible>)),
+            body: Body::from_stream(chunks.map(|c| Ok::<_, Infallible>(c.into_bytes()))),
             handed_off: false,
         };
         if version != Version::HTTP_11 {
@@ -176,13 +177,19 @@ pub(super) async fn write_stream(
                 () = &mut hangup => break Ok(false),
             };
             let Some(chunk) = next else {
-                break write_all(&tcp, [b"0\r\n\r\n", b"", b""], limit)
+                break write_all(&tcp, &Raw(b"0\r\n\r\n"), limit)
                     .await
                     .map(|()| true);
             };
+            if chunk.is_empty() {
+                continue;
+            }
             let mut size = [0u8; 18];
-            let size = chunk_size_line(chunk.len(), &mut size);
-            if let Err(error) = write_all(&tcp, [size, &chunk, b"\r\n"], limit).await {
+            let framed = Framed {
+                size: chunk_size_line(chunk.len(), &mut size),
+                chunk: &chunk,
+            };
+            if let Err(error) = write_all(&tcp, &framed, limit).await {
                 break Err(error);
             }
         }
@@ -227,19 +234,89 @@ async fn hangup(tcp: &TcpStream) {
     }
 }
 
-/// Writes every byte of `parts`, failing with `TimedOut` once the kernel has accepted nothing
+/// The pieces of one write, in order.
+trait Pieces {
+    fn count(&self) -> usize;
+    fn piece(&self, i: usize) -> &[u8];
+}
+
+struct Raw(&'static [u8]);
+
+impl Pieces for Raw {
+    fn count(&self) -> usize {
+        1
+    }
+    fn piece(&self, _: usize) -> &[u8] {
+        self.0
+    }
+}
+
+/// A chunk in chunked encoding: its size line, its pieces, CRLF.
+struct Framed<'a> {
+    size: &'a [u8],
+    chunk: &'a Chunk,
+}
+
+impl Pieces for Framed<'_> {
+    fn count(&self) -> usize {
+        self.chunk.parts() + 2
+    }
+    fn piece(&self, i: usize) -> &[u8] {
+        if i == 0 {
+            self.size
+        } else if i <= self.chunk.parts() {
+            self.chunk.part(i - 1)
+        } else {
+            b"\r\n"
+        }
+    }
+}
+
+/// Most pieces in one `writev` (Linux's `IOV_MAX`).
+const MAX_IOV: usize = 1024;
+/// Pieces gathered on the stack (a lone event is 3); more go through a vector.
+const STACK_IOV: usize = 16;
+
+/// One gather write of `pieces`, skipping the first `skip` bytes.
+fn try_write_from(tcp: &TcpStream, pieces: &impl Pieces, skip: usize) -> io::Result<usize> {
+    let count = pieces.count();
+    if count <= STACK_IOV {
+        let mut slices = [IoSlice::new(&[]); STACK_IOV];
+        let n = gather(pieces, skip, &mut slices);
+        tcp.try_write_vectored(&slices[..n])
+    } else {
+        let mut slices = vec![IoSlice::new(&[]); count.min(MAX_IOV)];
+        let n = gather(pieces, skip, &mut slices);
+        tcp.try_write_vectored(&slices[..n])
+    }
+}
+
+/// Fills `slices` with what is left of `pieces` after `skip` bytes; returns how many it filled.
+fn gather<'a>(pieces: &'a impl Pieces, mut skip: usize, slices: &mut [IoSlice<'a>]) -> usize {
+    let mut n = 0;
+    for i in 0..pieces.count() {
+        if n == slices.len() {
+            break;
+        }
+        let p = pieces.piece(i);
+        if skip >= p.len() {
+            skip -= p.len();
+            continue;
+        }
+        slices[n] = IoSlice::new(&p[skip..]);
+        skip = 0;
+        n += 1;
+    }
+    n
+}
+
+/// Writes every byte of `pieces`, failing with `TimedOut` once the kernel has accepted nothing
 /// for `limit`.
-async fn write_all(tcp: &TcpStream, parts: [&[u8]; 3], limit: Duration) -> io::Result<()> {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
+async fn write_all(tcp: &TcpStream, pieces: &impl Pieces, limit: Duration) -> io::Result<()> {
+    let total: usize = (0..pieces.count()).map(|i| pieces.piece(i).len()).sum();
     let mut written = 0;
     while written < total {
-        let mut skip = written;
-        let slices = parts.map(|p| {
-            let s = skip.min(p.len());
-            skip -= s;
-            IoSlice::new(&p[s..])
-        });
-        match tcp.try_write_vectored(&slices) {
+        match try_write_from(tcp, pieces, written) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -280,6 +357,49 @@ fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncReadExt;
+
+    struct Many(Vec<Vec<u8>>);
+
+    impl Pieces for Many {
+        fn count(&self) -> usize {
+            self.0.len()
+        }
+        fn piece(&self, i: usize) -> &[u8] {
+            &self.0[i]
+        }
+    }
+
+    #[tokio::test]
+    async fn a_gather_write_of_more_pieces_than_iov_max_arrives_whole_through_partial_writes() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        // 3000 pieces of different sizes (~3 MB): more than one writev's worth of slices, and more
+        // than the socket buffers hold, so writes are partial and wait for the reader.
+        let pieces = Many(
+            (0..3000u32)
+                .map(|i| vec![(i % 251) as u8; 1 + (i as usize * 7) % 2000])
+                .collect(),
+        );
+        let expected: Vec<u8> = pieces.0.concat();
+        let reader = tokio::spawn(async move {
+            let mut client = client;
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read to the end");
+            got
+        });
+        write_all(&server, &pieces, Duration::from_secs(10))
+            .await
+            .expect("write");
+        drop(server);
+        let got = reader.await.expect("reader");
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes arrive whole and in order");
+    }
 
     #[test]
     fn chunk_size_lines_are_lowercase_hex() {
