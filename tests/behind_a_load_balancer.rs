@@ -35,10 +35,7 @@ impl Nginx {
             "{NGINX} is required (apt-get install nginx; .ci/run installs it)"
         );
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = mcp_fanout_testkit::postgres::free_port().expect("a free port");
         let p = dir.path().display();
         let servers: String = upstreams
             .iter()

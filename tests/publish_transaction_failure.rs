@@ -8,18 +8,11 @@ mod pg_common;
 
 use common::SOON;
 use mcp_fanout_testkit::{PublishOptions, Replica};
-use pg_common::{expect_exactly, follow_all, Pg};
+use pg_common::{expect_exactly, follow_all, seq_of, Pg};
 use serde_json::json;
 
 const REFUSED: &str = "notifications/test/refused";
 const KEPT: &str = "notifications/test/kept";
-
-fn seq_of(id: &str) -> u64 {
-    id.rsplit('-')
-        .next()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| panic!("an event id: {id}"))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_failing_inside_the_publish_transaction_writes_nothing() {

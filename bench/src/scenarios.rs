@@ -85,6 +85,18 @@ impl Ctx {
         Ok(Arc::new(sut))
     }
 
+    /// One mcp-fanout replica in memory mode, whatever the run's mode.
+    async fn start_memory(&self) -> Result<Arc<Sut>> {
+        progress("starting mcp-fanout (1 replica, memory mode)");
+        let opts = FanoutOpts {
+            memory: true,
+            ..self.fanout.clone()
+        };
+        Ok(Arc::new(Sut::Fanout(Box::new(
+            Fanout::start(&opts, 1).await?,
+        ))))
+    }
+
     fn push(&mut self, mut row: Row) {
         if self.fanout.memory && row.system == "mcp-fanout" {
             row.system = "mcp-fanout (memory mode)".to_string();
@@ -760,11 +772,7 @@ pub async fn smoke(ctx: &mut Ctx, replicas: usize, subs: usize) -> Result<(usize
     }
     // Memory mode.
     {
-        let saved = ctx.fanout.memory;
-        ctx.fanout.memory = true;
-        let started = ctx.start("mcp-fanout", 1).await;
-        ctx.fanout.memory = saved;
-        let sut = started?;
+        let sut = ctx.start_memory().await?;
         let mut clients = subscribe(ctx, &sut, subs).await?;
         let mut first = 0;
         for (case, count, pubs, batch) in [
@@ -791,11 +799,7 @@ pub async fn smoke(ctx: &mut Ctx, replicas: usize, subs: usize) -> Result<(usize
     }
     // Idle memory per subscriber, on a fresh memory-mode replica.
     {
-        let saved = ctx.fanout.memory;
-        ctx.fanout.memory = true;
-        let started = ctx.start("mcp-fanout", 1).await;
-        ctx.fanout.memory = saved;
-        let sut = started?;
+        let sut = ctx.start_memory().await?;
         let before = sut.sample()?;
         let mut idle = subscribe(ctx, &sut, SMOKE_IDLE_SUBSCRIBERS).await?;
         let after = sut.sample()?;

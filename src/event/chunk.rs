@@ -62,9 +62,3 @@ impl Chunk {
         }
     }
 }
-
-impl From<Bytes> for Chunk {
-    fn from(b: Bytes) -> Chunk {
-        Chunk::Bytes(b)
-    }
-}

@@ -11,8 +11,8 @@
 //! writes the head and polls that body once (it arms the hand-off and stays pending); hyper
 //! flushes the head, and the socket's `poll_flush` (see [`super::stall`]) takes the armed stream
 //! and the socket, and spawns [`write_stream`]; the body then fails, which ends hyper's side of
-//! the connection without touching the socket. A body hyper never polls (a `HEAD` request, an
-//! error before the head) drops its stream with it.
+//! the connection without touching the socket. A body hyper never polls (the connection fails
+//! before the head is written) drops its stream with it.
 
 use std::convert::Infallible;
 use std::future::poll_fn;
@@ -181,13 +181,15 @@ pub(super) async fn write_stream(
                     .await
                     .map(|()| true);
             };
-            if chunk.is_empty() {
+            let len = chunk.len();
+            if len == 0 {
                 continue;
             }
             let mut size = [0u8; 18];
             let framed = Framed {
-                size: chunk_size_line(chunk.len(), &mut size),
+                size: chunk_size_line(len, &mut size),
                 chunk: &chunk,
+                len,
             };
             if let Err(error) = write_all(&tcp, &framed, limit).await {
                 break Err(error);
@@ -238,6 +240,8 @@ async fn hangup(tcp: &TcpStream) {
 trait Pieces {
     fn count(&self) -> usize;
     fn piece(&self, i: usize) -> &[u8];
+    /// Bytes over all pieces.
+    fn total(&self) -> usize;
 }
 
 struct Raw(&'static [u8]);
@@ -249,12 +253,17 @@ impl Pieces for Raw {
     fn piece(&self, _: usize) -> &[u8] {
         self.0
     }
+    fn total(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// A chunk in chunked encoding: its size line, its pieces, CRLF.
 struct Framed<'a> {
     size: &'a [u8],
     chunk: &'a Chunk,
+    /// `chunk.len()`.
+    len: usize,
 }
 
 impl Pieces for Framed<'_> {
@@ -269,6 +278,9 @@ impl Pieces for Framed<'_> {
         } else {
             b"\r\n"
         }
+    }
+    fn total(&self) -> usize {
+        self.size.len() + self.len + 2
     }
 }
 
@@ -313,7 +325,7 @@ fn gather<'a>(pieces: &'a impl Pieces, mut skip: usize, slices: &mut [IoSlice<'a
 /// Writes every byte of `pieces`, failing with `TimedOut` once the kernel has accepted nothing
 /// for `limit`.
 async fn write_all(tcp: &TcpStream, pieces: &impl Pieces, limit: Duration) -> io::Result<()> {
-    let total: usize = (0..pieces.count()).map(|i| pieces.piece(i).len()).sum();
+    let total = pieces.total();
     let mut written = 0;
     while written < total {
         match try_write_from(tcp, pieces, written) {
@@ -367,6 +379,9 @@ mod tests {
         }
         fn piece(&self, i: usize) -> &[u8] {
             &self.0[i]
+        }
+        fn total(&self) -> usize {
+            self.0.iter().map(Vec::len).sum()
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use deadpool_postgres::{Client, Pool};
 use tokio::sync::{mpsc, oneshot};
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
 use super::{timed, DbError};
 use crate::event::input::request_fingerprint;
@@ -204,27 +204,26 @@ async fn transaction(
         .map(|job| plan(&job.req, &mut known, &mut next, &mut rows))
         .collect();
 
-    // 2: the rows, the keys, the new head, and the commit.
-    let fresh = next > head;
-    let insert_events = async {
-        if !fresh {
-            return Ok(0);
-        }
+    // 2: the rows, the keys, the new head, and the commit (only the commit when every request
+    // was a retry or a conflict).
+    if next == head {
         client
-            .execute_typed(
-                &sql.insert_events,
-                &[
-                    (&rows.seqs, Type::INT8_ARRAY),
-                    (&rows.methods, Type::TEXT_ARRAY),
-                    (&rows.params, Type::TEXT_ARRAY),
-                    (&rows.tenants, Type::TEXT_ARRAY),
-                    (&rows.sessions, Type::TEXT_ARRAY),
-                ],
-            )
+            .batch_execute("COMMIT")
             .await
-    };
+            .map_err(DbError::Query)?;
+        return Ok(answers);
+    }
+    let event_params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&rows.seqs, Type::INT8_ARRAY),
+        (&rows.methods, Type::TEXT_ARRAY),
+        (&rows.params, Type::TEXT_ARRAY),
+        (&rows.tenants, Type::TEXT_ARRAY),
+        (&rows.sessions, Type::TEXT_ARRAY),
+    ];
+    let head_params: [(&(dyn ToSql + Sync), Type); 1] = [(&next, Type::INT8)];
+    let insert_events = client.execute_typed(&sql.insert_events, &event_params);
     let insert_keys = async {
-        if !fresh || rows.keys.is_empty() {
+        if rows.keys.is_empty() {
             return Ok(0);
         }
         client
@@ -239,14 +238,7 @@ async fn transaction(
             )
             .await
     };
-    let set_head = async {
-        if !fresh {
-            return Ok(0);
-        }
-        client
-            .execute_typed(&sql.set_head, &[(&next, Type::INT8)])
-            .await
-    };
+    let set_head = client.execute_typed(&sql.set_head, &head_params);
     futures::try_join!(
         insert_events,
         insert_keys,
