@@ -13,7 +13,7 @@ use mcp_fanout::log::postgres::{connect, migrate, timed, DbError, PgLog};
 use mcp_fanout::log::EventLog;
 use mcp_fanout::server::{self, ConnOptions, RouterSlot};
 use mcp_fanout::session::postgres::PgSessions;
-use mcp_fanout::shutdown::shutdown_signal;
+use mcp_fanout::shutdown::ShutdownSignal;
 use mcp_fanout::state::{AppState, State};
 use mcp_fanout::{cli, http, telemetry};
 use tokio::net::TcpListener;
@@ -73,6 +73,7 @@ fn main() -> ExitCode {
 
 async fn serve(config: ServeConfig) -> Result<(), StartError> {
     telemetry::init(config.log_format);
+    let mut signals = ShutdownSignal::install();
     let open_files = raise_open_file_limit();
     let bind = |addr| async move {
         TcpListener::bind(addr)
@@ -116,7 +117,7 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let stop_tasks = CancellationToken::new();
     let st = tokio::select! {
         st = build_state(&config, open_files, &stop_tasks) => st?,
-        _ = shutdown_signal() => {
+        _ = signals.recv() => {
             stop_accepting.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), async {
                 while servers.join_next().await.is_some() {}
@@ -155,7 +156,7 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         "serving"
     );
 
-    shutdown_signal().await;
+    signals.recv().await;
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
     st.lifecycle.begin_drain();

@@ -2,6 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -58,31 +59,44 @@ impl Lifecycle {
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(error) = tokio::signal::ctrl_c().await {
-            tracing::error!(%error, "cannot listen for SIGINT");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
+/// SIGTERM and SIGINT, listened for from the moment this is installed: a signal that arrives
+/// while the replica starts (after it answers probes, before it waits for signals) starts the
+/// graceful shutdown instead of killing the process with the default action.
+pub struct ShutdownSignal {
+    terminate: Option<Signal>,
+    interrupt: Option<Signal>,
+}
+
+impl ShutdownSignal {
+    pub fn install() -> ShutdownSignal {
+        let listen = |kind: SignalKind, name: &'static str| match signal(kind) {
+            Ok(s) => Some(s),
             Err(error) => {
-                tracing::error!(%error, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
+                tracing::error!(%error, signal = name, "cannot listen for the signal");
+                None
             }
+        };
+        ShutdownSignal {
+            terminate: listen(SignalKind::terminate(), "SIGTERM"),
+            interrupt: listen(SignalKind::interrupt(), "SIGINT"),
         }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => tracing::info!(signal = "SIGINT", "shutdown requested"),
-        _ = terminate => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+    }
+
+    /// Resolves on SIGTERM or SIGINT (Ctrl-C).
+    pub async fn recv(&mut self) {
+        tokio::select! {
+            _ = next(&mut self.interrupt) => tracing::info!(signal = "SIGINT", "shutdown requested"),
+            _ = next(&mut self.terminate) => tracing::info!(signal = "SIGTERM", "shutdown requested"),
+        }
+    }
+}
+
+async fn next(s: &mut Option<Signal>) {
+    match s {
+        Some(s) => {
+            s.recv().await;
+        }
+        None => std::future::pending().await,
     }
 }
 
