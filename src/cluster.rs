@@ -2,6 +2,8 @@
 //! delivered id into `<schema>.replicas`; `GET /admin/cluster` lists those heard from within the
 //! stale limit. A replica removes its row on a clean shutdown; a killed one ages out.
 
+use std::net::SocketAddr;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -9,9 +11,9 @@ use serde_json::{json, Value};
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
+use crate::broadcast::Broadcaster;
 use crate::event::EventId;
 use crate::log::postgres::{timed, DbError};
-use crate::state::AppState;
 
 /// How often a replica heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -24,23 +26,45 @@ pub struct PgCluster {
     pub stale_after: Duration,
 }
 
-/// This replica, as listed.
-fn me(st: &AppState) -> Value {
-    let epoch = st.log.epoch();
-    json!({
-        "id": st.replica_id,
-        "address": advertised(st),
-        "subscribers": st.broadcaster.subscriber_count(),
-        "last_delivered_id": EventId { epoch, seq: st.broadcaster.head() }.to_string(),
-        "last_heartbeat": unix_now(),
-    })
+/// This replica as the cluster sees it, and the database view of the others (Postgres mode).
+pub struct Cluster {
+    /// Random per process; names this replica in `/admin/cluster` and logs.
+    pub replica_id: String,
+    /// `FANOUT_ADVERTISE_ADDR`; when unset, the public address actually bound.
+    pub advertise_addr: Option<String>,
+    /// The public address actually bound (port 0 resolved), set once the listener is up.
+    pub public_addr: OnceLock<SocketAddr>,
+    /// The log's epoch, for the last delivered id.
+    pub epoch: String,
+    pub broadcaster: Broadcaster,
+    pub db: Option<PgCluster>,
 }
 
-fn advertised(st: &AppState) -> Option<String> {
-    st.config
-        .advertise_addr
-        .clone()
-        .or_else(|| st.public_addr.get().map(ToString::to_string))
+impl Cluster {
+    /// This replica, as listed.
+    fn me(&self) -> Value {
+        json!({
+            "id": self.replica_id,
+            "address": self.advertised(),
+            "subscribers": self.broadcaster.subscriber_count(),
+            "last_delivered_id": self.last_delivered_id(self.broadcaster.head()),
+            "last_heartbeat": unix_now(),
+        })
+    }
+
+    fn advertised(&self) -> Option<String> {
+        self.advertise_addr
+            .clone()
+            .or_else(|| self.public_addr.get().map(ToString::to_string))
+    }
+
+    fn last_delivered_id(&self, seq: u64) -> String {
+        EventId {
+            epoch: &self.epoch,
+            seq,
+        }
+        .to_string()
+    }
 }
 
 fn unix_now() -> f64 {
@@ -50,9 +74,9 @@ fn unix_now() -> f64 {
 }
 
 /// The view: from the database in Postgres mode, this replica alone in memory mode.
-pub async fn view(st: &AppState) -> Result<Value, DbError> {
-    let Some(c) = &st.cluster else {
-        return Ok(json!({ "replicas": [me(st)] }));
+pub async fn view(cluster: &Cluster) -> Result<Value, DbError> {
+    let Some(c) = &cluster.db else {
+        return Ok(json!({ "replicas": [cluster.me()] }));
     };
     let s = &c.schema;
     let stale = c.stale_after.as_secs_f64();
@@ -70,7 +94,6 @@ pub async fn view(st: &AppState) -> Result<Value, DbError> {
             .map_err(DbError::Query)
     })
     .await?;
-    let epoch = st.log.epoch();
     let replicas: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -78,7 +101,7 @@ pub async fn view(st: &AppState) -> Result<Value, DbError> {
                 "id": r.get::<_, String>(0),
                 "address": r.get::<_, Option<String>>(1),
                 "subscribers": r.get::<_, i32>(2),
-                "last_delivered_id": EventId { epoch, seq: r.get::<_, i64>(3) as u64 }.to_string(),
+                "last_delivered_id": cluster.last_delivered_id(r.get::<_, i64>(3) as u64),
                 "last_heartbeat": r.get::<_, f64>(4),
             })
         })
@@ -87,8 +110,8 @@ pub async fn view(st: &AppState) -> Result<Value, DbError> {
 }
 
 /// Heartbeats until `stop`, then removes this replica's row.
-pub async fn heartbeat(st: AppState, stop: CancellationToken) {
-    let Some(c) = &st.cluster else { return };
+pub async fn heartbeat(cluster: std::sync::Arc<Cluster>, stop: CancellationToken) {
+    let Some(c) = &cluster.db else { return };
     let s = &c.schema;
     let upsert = format!(
         "INSERT INTO {s}.replicas (id, address, subscribers, last_delivered) VALUES ($1, $2, $3, $4) \
@@ -105,16 +128,16 @@ pub async fn heartbeat(st: AppState, stop: CancellationToken) {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let address = advertised(&st);
-        let subscribers = i32::try_from(st.broadcaster.subscriber_count()).unwrap_or(i32::MAX);
-        let head = i64::try_from(st.broadcaster.head()).unwrap_or(i64::MAX);
+        let address = cluster.advertised();
+        let subscribers = i32::try_from(cluster.broadcaster.subscriber_count()).unwrap_or(i32::MAX);
+        let head = i64::try_from(cluster.broadcaster.head()).unwrap_or(i64::MAX);
         let result = timed(c.timeout, async {
             let client = c.pool.get().await.map_err(DbError::Checkout)?;
             client
                 .query_typed(
                     &upsert,
                     &[
-                        (&st.replica_id, Type::TEXT),
+                        (&cluster.replica_id, Type::TEXT),
                         (&address, Type::TEXT),
                         (&subscribers, Type::INT4),
                         (&head, Type::INT8),
@@ -137,7 +160,7 @@ pub async fn heartbeat(st: AppState, stop: CancellationToken) {
         client
             .query_typed(
                 &format!("DELETE FROM {s}.replicas WHERE id = $1"),
-                &[(&st.replica_id, Type::TEXT)],
+                &[(&cluster.replica_id, Type::TEXT)],
             )
             .await
             .map_err(DbError::Query)

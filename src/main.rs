@@ -126,7 +126,7 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
             return Ok(());
         }
     };
-    let _ = st.public_addr.set(public_addr);
+    let _ = st.cluster.public_addr.set(public_addr);
     if st.admin_tokens.is_empty() {
         tracing::warn!(
             "no admin tokens configured: /admin/* answers only loopback requests to localhost"
@@ -134,15 +134,16 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     }
     let (public_router, admin_router) = http::app(st.clone());
     tokio::spawn(mcp_fanout::session::keep_alive(
-        st.clone(),
+        st.broadcaster.clone(),
+        st.sessions.clone(),
         stop_tasks.clone(),
     ));
     let heartbeats = tokio::spawn(mcp_fanout::cluster::heartbeat(
-        st.clone(),
+        st.cluster.clone(),
         stop_tasks.clone(),
     ));
-    tokio::spawn(http::admin_auth::watch_tokens(
-        st.clone(),
+    tokio::spawn(mcp_fanout::auth::admin_tokens::watch(
+        st.admin_tokens.clone(),
         stop_tasks.clone(),
     ));
     public_slot.set(public_router);
@@ -150,7 +151,7 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         slot.set(router);
     }
     tracing::info!(
-        replica = %st.replica_id,
+        replica = %st.cluster.replica_id,
         epoch = st.log.epoch(),
         max_subscribers = st.broadcaster.capacity(),
         "serving"
@@ -251,7 +252,10 @@ async fn build_state(
         head,
     )?;
     let bridge = Bridge {
-        state: st.clone(),
+        broadcaster: st.broadcaster.clone(),
+        metrics: st.metrics.clone(),
+        lifecycle: st.lifecycle.clone(),
+        replica_id: st.cluster.replica_id.clone(),
         log: log.clone(),
         listen_config,
         tls,

@@ -1,15 +1,15 @@
 //! Everything a replica shares between its handlers and tasks.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
+use crate::auth::admin_tokens::{AdminTokens, TokenError};
 use crate::auth::SubscriberAuth;
 use crate::broadcast::{Broadcaster, RingLimits};
+use crate::cluster::{Cluster, PgCluster};
 use crate::config::{to_usize, ServeConfig};
 use crate::event::id::random_epoch;
 use crate::event::PublishLimits;
-use crate::http::admin_auth::{AdminTokens, TokenError};
 use crate::log::memory::{MemoryLimits, MemoryLog};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
@@ -22,28 +22,24 @@ pub type AppState = Arc<State>;
 pub struct State {
     pub config: ServeConfig,
     /// Proxy mode's upstream MCP server.
-    pub upstream: Option<crate::http::proxy::Upstream>,
-    /// The database-backed cluster view (Postgres mode).
-    pub cluster: Option<crate::cluster::PgCluster>,
+    pub upstream: Option<crate::mcp::upstream::Upstream>,
+    /// This replica in the cluster view (and the database-backed view in Postgres mode).
+    pub cluster: Arc<Cluster>,
     pub sessions: Arc<dyn SessionStore>,
     pub subscriber_auth: SubscriberAuth,
     pub log: Arc<dyn EventLog>,
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
-    pub admin_tokens: AdminTokens,
-    pub lifecycle: Lifecycle,
+    pub admin_tokens: Arc<AdminTokens>,
+    pub lifecycle: Arc<Lifecycle>,
     pub allowed_origins: Vec<String>,
-    /// Random per process; names this replica in `/admin/cluster` and logs.
-    pub replica_id: String,
     pub started_at: SystemTime,
-    /// The public address actually bound (port 0 resolved).
-    pub public_addr: OnceLock<SocketAddr>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
     #[error(transparent)]
-    Upstream(#[from] crate::http::proxy::UpstreamConfigError),
+    Upstream(#[from] crate::mcp::upstream::UpstreamConfigError),
     #[error("admin tokens: {0}")]
     Tokens(#[from] TokenError),
 }
@@ -90,7 +86,7 @@ impl State {
         open_file_limit: u64,
         log: Arc<dyn EventLog>,
         sessions: Arc<dyn SessionStore>,
-        cluster: crate::cluster::PgCluster,
+        cluster: PgCluster,
         head: u64,
     ) -> Result<AppState, StateError> {
         let metrics = Arc::new(Metrics::new());
@@ -120,12 +116,12 @@ impl State {
         subscriber_auth: SubscriberAuth,
         log: Arc<dyn EventLog>,
         sessions: Arc<dyn SessionStore>,
-        cluster: Option<crate::cluster::PgCluster>,
+        cluster: Option<PgCluster>,
         broadcaster: Broadcaster,
         metrics: Arc<Metrics>,
     ) -> Result<AppState, StateError> {
         let upstream = match &config.upstream {
-            Some(url) => Some(crate::http::proxy::Upstream::new(
+            Some(url) => Some(crate::mcp::upstream::Upstream::new(
                 url,
                 config.mint_session_ids,
                 config.advertise_list_changed,
@@ -136,6 +132,14 @@ impl State {
             config.admin_tokens.as_deref(),
             config.admin_token_file.as_deref(),
         )?;
+        let cluster = Arc::new(Cluster {
+            replica_id: random_epoch(),
+            advertise_addr: config.advertise_addr.clone(),
+            public_addr: OnceLock::new(),
+            epoch: log.epoch().to_owned(),
+            broadcaster: broadcaster.clone(),
+            db: cluster,
+        });
         Ok(Arc::new(State {
             allowed_origins: config.allowed_origins(),
             config,
@@ -146,11 +150,9 @@ impl State {
             log,
             broadcaster,
             metrics,
-            admin_tokens,
-            lifecycle: Lifecycle::default(),
-            replica_id: random_epoch(),
+            admin_tokens: Arc::new(admin_tokens),
+            lifecycle: Arc::default(),
             started_at: SystemTime::now(),
-            public_addr: OnceLock::new(),
         }))
     }
 

@@ -11,9 +11,8 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 
-use super::Identity;
+use super::{AuthError, Identity};
 use crate::config::ServeConfig;
-use crate::http::error::AppError;
 
 /// Least time between two JWKS refetches triggered by unknown key ids.
 const JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
@@ -133,12 +132,12 @@ impl JwtVerifier {
         })
     }
 
-    pub async fn verify(&self, headers: &HeaderMap) -> Result<Identity, AppError> {
+    pub async fn verify(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(super::bearer)
-            .ok_or_else(|| AppError::Unauthenticated("a bearer token is required".into()))?;
+            .ok_or_else(|| AuthError::Unauthenticated("a bearer token is required".into()))?;
         let claims = self.decode(token.trim()).await?;
         let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
         let tenant = match claims.get(&self.tenant_claim) {
@@ -146,7 +145,7 @@ impl JwtVerifier {
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
             Some(Value::Number(n)) => Some(n.to_string()),
             Some(_) => {
-                return Err(AppError::Unauthenticated(format!(
+                return Err(AuthError::Unauthenticated(format!(
                     "the `{}` claim must be a non-empty string",
                     self.tenant_claim
                 )))
@@ -160,9 +159,9 @@ impl JwtVerifier {
         })
     }
 
-    async fn decode(&self, token: &str) -> Result<Map<String, Value>, AppError> {
+    async fn decode(&self, token: &str) -> Result<Map<String, Value>, AuthError> {
         let invalid = |e: jsonwebtoken::errors::Error| {
-            AppError::Unauthenticated(format!("the token is not valid: {e}"))
+            AuthError::Unauthenticated(format!("the token is not valid: {e}"))
         };
         match &self.keys {
             Keys::Static { key, .. } => decode::<Map<String, Value>>(token, key, &self.validation)
@@ -184,10 +183,10 @@ impl JwtVerifier {
                     key = find_key(&guard.0, &kid, head.alg);
                 }
                 let key = key.ok_or_else(|| {
-                    AppError::Unauthenticated("the token's key is unknown".into())
+                    AuthError::Unauthenticated("the token's key is unknown".into())
                 })?;
                 if !self.validation.algorithms.contains(&head.alg) {
-                    return Err(AppError::Unauthenticated(format!(
+                    return Err(AuthError::Unauthenticated(format!(
                         "the token's algorithm {:?} is not accepted",
                         head.alg
                     )));

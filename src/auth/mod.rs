@@ -7,6 +7,7 @@
 //! - `jwt`: `Authorization: Bearer <JWT>`, verified; the tenant comes from a claim, the principal
 //!   (who owns a session) from `sub`.
 
+pub mod admin_tokens;
 pub mod jwt;
 
 use std::time::SystemTime;
@@ -15,7 +16,6 @@ use axum::http::{HeaderMap, HeaderName};
 
 use crate::config::{ServeConfig, SubscriberAuthMode};
 use crate::event::input::MAX_TENANT_BYTES;
-use crate::http::error::AppError;
 
 /// A verified subscriber.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -25,6 +25,17 @@ pub struct Identity {
     pub principal: Option<String>,
     /// When the credential expires (leeway included): streams end then.
     pub expires_at: Option<SystemTime>,
+}
+
+/// Why a subscriber's request was not identified; the HTTP edge maps it to its answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// No credential, or not a valid one (`401`).
+    #[error("{0}")]
+    Unauthenticated(String),
+    /// The trusted gateway's tenant header is malformed (`400`).
+    #[error("{header} must be 1 to {MAX_TENANT_BYTES} bytes of text without control characters")]
+    InvalidTenantHeader { header: String },
 }
 
 pub enum SubscriberAuth {
@@ -56,7 +67,7 @@ impl SubscriberAuth {
     }
 
     /// Authenticates one subscriber request.
-    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, AppError> {
+    pub async fn identify(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         match self {
             SubscriberAuth::None => Ok(Identity::default()),
             SubscriberAuth::Header(name) => {
@@ -91,12 +102,9 @@ pub fn bearer(value: &str) -> Option<&str> {
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
 }
 
-fn invalid_tenant(name: &HeaderName) -> AppError {
-    AppError::InvalidField {
-        field: "tenant header",
-        reason: format!(
-            "{name} must be 1 to {MAX_TENANT_BYTES} bytes of text without control characters"
-        ),
+fn invalid_tenant(name: &HeaderName) -> AuthError {
+    AuthError::InvalidTenantHeader {
+        header: name.to_string(),
     }
 }
 

@@ -14,9 +14,11 @@ use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
 use self::listener::{Control, Listener};
+use crate::broadcast::Broadcaster;
 use crate::log::postgres::{describe, timed, DbError, PgLog};
 use crate::log::LogError;
-use crate::state::AppState;
+use crate::metrics::Metrics;
+use crate::shutdown::Lifecycle;
 
 /// Events read from the log per catch-up query.
 const PAGE: usize = 1000;
@@ -42,7 +44,11 @@ pub enum BridgeError {
 }
 
 pub struct Bridge {
-    pub state: AppState,
+    pub broadcaster: Broadcaster,
+    pub metrics: Arc<Metrics>,
+    pub lifecycle: Arc<Lifecycle>,
+    /// Names this replica's heartbeat NOTIFYs.
+    pub replica_id: String,
     pub log: Arc<PgLog>,
     pub listen_config: tokio_postgres::Config,
     pub tls: tokio_postgres_rustls::MakeRustlsConnect,
@@ -57,12 +63,12 @@ impl Bridge {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let result = self.session(&stop, &mut backoff).await;
-            self.state.metrics.listen_connected.set(0);
+            self.metrics.listen_connected.set(0);
             match result {
                 Ok(()) => return,
                 Err(error) => tracing::warn!(%error, "LISTEN connection lost; reconnecting"),
             }
-            self.state.metrics.listen_reconnects.inc();
+            self.metrics.listen_reconnects.inc();
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -90,19 +96,16 @@ impl Bridge {
         .await?;
         // LISTEN is active: everything committed from now on wakes us; this read covers the rest.
         let caught_up = self.catch_up().await?;
-        self.state.metrics.catch_up_events.inc_by(caught_up);
-        self.state.metrics.listen_connected.set(1);
+        self.metrics.catch_up_events.inc_by(caught_up);
+        self.metrics.listen_connected.set(1);
         backoff.reset();
-        if !self.state.lifecycle.is_ready() && !self.state.lifecycle.is_draining() {
-            self.state.lifecycle.set_ready();
-            tracing::info!(
-                head = self.state.broadcaster.head(),
-                "LISTEN connected; ready"
-            );
+        if !self.lifecycle.is_ready() && !self.lifecycle.is_draining() {
+            self.lifecycle.set_ready();
+            tracing::info!(head = self.broadcaster.head(), "LISTEN connected; ready");
         } else {
             tracing::info!(
                 caught_up,
-                head = self.state.broadcaster.head(),
+                head = self.broadcaster.head(),
                 "LISTEN reconnected"
             );
         }
@@ -134,7 +137,7 @@ impl Bridge {
                         }
                     } else {
                         beat += 1;
-                        let payload = format!("heartbeat {} {beat}", self.state.replica_id);
+                        let payload = format!("heartbeat {} {beat}", self.replica_id);
                         self.heartbeat(&listener, &control, &payload).await?;
                         awaiting = Some((payload, Instant::now()));
                     }
@@ -166,7 +169,7 @@ impl Bridge {
         })
         .await?;
         if let Some(usage) = rows.first().map(|r| r.get::<_, f64>(1)) {
-            self.state.metrics.notify_queue_usage.set(usage);
+            self.metrics.notify_queue_usage.set(usage);
         }
         Ok(())
     }
@@ -175,15 +178,15 @@ impl Bridge {
     async fn catch_up(&self) -> Result<u64, BridgeError> {
         let mut total = 0u64;
         loop {
-            let cursor = self.state.broadcaster.head();
+            let cursor = self.broadcaster.head();
             let page = self.log.fetch_after(cursor, PAGE).await?;
             let n = page.len();
             if n == 0 {
                 return Ok(total);
             }
-            self.state.broadcaster.push(&page);
+            self.broadcaster.push(&page);
             total += n as u64;
-            self.state.metrics.bridge_events.inc_by(n as u64);
+            self.metrics.bridge_events.inc_by(n as u64);
             if n < PAGE {
                 return Ok(total);
             }
@@ -197,12 +200,11 @@ impl Bridge {
         match (parts.next(), parts.next(), parts.next()) {
             (Some("takeover"), Some(generation), Some(session)) => {
                 if let Ok(generation) = generation.parse() {
-                    self.state
-                        .broadcaster
+                    self.broadcaster
                         .session_taken_elsewhere(session, generation);
                 }
             }
-            (Some("end"), _, Some(session)) => self.state.broadcaster.end_session(session),
+            (Some("end"), _, Some(session)) => self.broadcaster.end_session(session),
             (Some("heartbeat"), _, _) => {}
             _ => tracing::debug!(payload, "unknown control message"),
         }
@@ -210,7 +212,7 @@ impl Bridge {
 
     fn sample_pool(&self) {
         let status = self.log.pool().status();
-        let m = &self.state.metrics;
+        let m = &self.metrics;
         m.pool_size.set(status.size as i64);
         m.pool_available.set(status.available as i64);
         m.pool_waiting.set(status.waiting as i64);

@@ -74,7 +74,7 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 
 /// Every live replica (Postgres mode), or this one (memory mode).
 pub async fn cluster(State(st): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
-    match crate::cluster::view(&st).await {
+    match crate::cluster::view(&st.cluster).await {
         Ok(v) => Ok(Json(v)),
         Err(error) => {
             tracing::warn!(%error, "cannot read the cluster view");

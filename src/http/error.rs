@@ -4,6 +4,8 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::auth::admin_tokens::AdminDenied;
+use crate::auth::AuthError;
 use crate::event::{InputError, InvalidEventId};
 use crate::log::LogError;
 use crate::mcp::SUPPORTED_VERSIONS;
@@ -155,6 +157,29 @@ impl IntoResponse for AppError {
         }
         resp.extensions_mut().insert(ErrorCode(self.code()));
         resp
+    }
+}
+
+impl From<AuthError> for AppError {
+    fn from(e: AuthError) -> AppError {
+        match e {
+            AuthError::Unauthenticated(reason) => AppError::Unauthenticated(reason),
+            AuthError::InvalidTenantHeader { .. } => AppError::InvalidField {
+                field: "tenant header",
+                reason: e.to_string(),
+            },
+        }
+    }
+}
+
+impl From<AdminDenied> for AppError {
+    fn from(e: AdminDenied) -> AppError {
+        match e {
+            AdminDenied::Unauthorized => AppError::Unauthorized,
+            AdminDenied::LoopbackOnly => AppError::Forbidden(
+                "no admin tokens are configured: admin answers only loopback requests to localhost",
+            ),
+        }
     }
 }
 

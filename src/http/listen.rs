@@ -241,7 +241,7 @@ async fn handle(
         .subscriber_auth
         .identify(&headers)
         .await
-        .map_err(|e| RpcError::from_app(e, &id))?;
+        .map_err(|e| RpcError::from_app(e.into(), &id))?;
     let unavailable =
         |m: &str| RpcError::new(StatusCode::SERVICE_UNAVAILABLE, &id, codes::SERVER_ERROR, m);
     if st.lifecycle.is_draining() {

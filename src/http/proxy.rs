@@ -4,8 +4,6 @@
 //! frame. Sessions are recorded from `initialize` responses before they are relayed, so a client's
 //! immediate GET on another replica finds its session.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +12,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::headers::MCP_SESSION_ID;
+use crate::mcp::upstream::Upstream;
 use crate::state::AppState;
 
 /// Headers that describe one hop, not the message: never forwarded either way.
@@ -28,49 +27,6 @@ const HOP_BY_HOP: [&str; 9] = [
     "upgrade",
     "host",
 ];
-
-pub struct Upstream {
-    client: reqwest::Client,
-    url: reqwest::Url,
-    mint_session_ids: bool,
-    advertise_list_changed: bool,
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamConfigError {
-    #[error("FANOUT_UPSTREAM is not a valid http(s) URL: {0}")]
-    Url(String),
-    #[error("cannot build the upstream client: {0}")]
-    Client(String),
-}
-
-impl Upstream {
-    pub fn new(
-        url: &str,
-        mint_session_ids: bool,
-        advertise_list_changed: bool,
-    ) -> Result<Upstream, UpstreamConfigError> {
-        let url = reqwest::Url::parse(url).map_err(|e| UpstreamConfigError::Url(e.to_string()))?;
-        if !matches!(url.scheme(), "http" | "https") {
-            return Err(UpstreamConfigError::Url(url.to_string()));
-        }
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .build()
-            .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
-        Ok(Upstream {
-            client,
-            url,
-            mint_session_ids,
-            advertise_list_changed,
-        })
-    }
-
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
-    }
-}
 
 /// What the proxy knows about a forwarded request.
 pub struct Forward<'a> {

@@ -1,7 +1,8 @@
 //! MCP protocol specifics: protocol versions, resync notifications, priming and control frames;
-//! `subscriptions/listen` (2026-07-28) in [`listen`].
+//! `subscriptions/listen` (2026-07-28) in [`listen`]; the proxy mode's upstream server in [`upstream`].
 
 pub mod listen;
+pub mod upstream;
 
 use bytes::Bytes;
 

@@ -6,7 +6,12 @@
 pub mod memory;
 pub mod postgres;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::broadcast::Broadcaster;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
@@ -42,18 +47,22 @@ pub trait SessionStore: Send + Sync + 'static {
 pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Touches the sessions held by this replica's open streams, every [`TOUCH_EVERY`], until `stop`.
-pub async fn keep_alive(st: crate::state::AppState, stop: tokio_util::sync::CancellationToken) {
+pub async fn keep_alive(
+    broadcaster: Broadcaster,
+    sessions: Arc<dyn SessionStore>,
+    stop: CancellationToken,
+) {
     let mut tick = tokio::time::interval(TOUCH_EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let held = st.broadcaster.held_sessions();
+        let held = broadcaster.held_sessions();
         if held.is_empty() {
             continue;
         }
-        if let Err(error) = st.sessions.touch(&held).await {
+        if let Err(error) = sessions.touch(&held).await {
             tracing::warn!(%error, sessions = held.len(), "cannot mark open sessions as in use");
         }
     }
