@@ -117,8 +117,13 @@ pub struct ServeConfig {
     pub memory_bytes: u64,
 
     /// A subscriber whose socket accepts nothing for this long is aborted.
-    #[arg(long, env = "FANOUT_WRITE_STALL_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    #[arg(long, env = "FANOUT_WRITE_STALL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub write_stall_secs: u64,
+
+    /// A subscriber with more unsent bytes than this (written, not acknowledged by the client) is
+    /// ended cleanly (it resumes from the log).
+    #[arg(long, env = "FANOUT_MAX_LAG_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_lag_bytes: u64,
 
     /// Most concurrent subscribers on this replica. Default: the open-file limit minus 512.
     #[arg(long, env = "FANOUT_MAX_SUBSCRIBERS")]
@@ -290,6 +295,9 @@ impl ServeConfig {
     pub fn max_lag(&self) -> Duration {
         Duration::from_secs(self.max_lag_secs)
     }
+    pub fn max_lag_bytes(&self) -> usize {
+        usize::try_from(self.max_lag_bytes).unwrap_or(usize::MAX)
+    }
     pub fn retry(&self) -> Duration {
         Duration::from_millis(self.retry_ms)
     }
@@ -351,5 +359,9 @@ mod tests {
         assert_eq!(cli.serve.body_limit(), 1000 * (65_536 + 1024));
         assert_eq!(cli.serve.subscriber_cap(20_000), 19_488);
         assert_eq!(cli.serve.max_stream_age(), None);
+        // A client that stops reading is dropped promptly: 10 s without progress, or 1 MiB
+        // unsent.
+        assert_eq!(cli.serve.write_stall(), Duration::from_secs(10));
+        assert_eq!(cli.serve.max_lag_bytes(), 1024 * 1024);
     }
 }

@@ -20,5 +20,6 @@ pub mod metrics;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod socket;
 pub mod state;
 pub mod telemetry;

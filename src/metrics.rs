@@ -25,9 +25,10 @@ pub struct CodeLabel {
 }
 
 /// Why the server ends a subscriber (see `broadcast::DropReason`).
-pub const DROP_REASONS: [&str; 8] = [
+pub const DROP_REASONS: [&str; 9] = [
     "lagging",
     "write_stall",
+    "lag_bytes",
     "shutdown",
     "max_stream_age",
     "cursor_pruned",

@@ -1,11 +1,12 @@
 //! A subscriber's slot: taken at registration, given back on drop, so counts stay right on every
 //! path (clean end, client gone, write stall, panic). Drop also records why the server ended it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Shared;
 use crate::metrics::KindLabel;
+use crate::socket::{Cut, SocketState};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriberKind {
@@ -32,6 +33,8 @@ pub enum DropReason {
     Lagging,
     /// Its socket accepted nothing for `FANOUT_WRITE_STALL_SECS`.
     WriteStall,
+    /// Its unsent backlog passed `FANOUT_MAX_LAG_BYTES`.
+    LagBytes,
     /// The replica is shutting down.
     Shutdown,
     /// `FANOUT_MAX_STREAM_SECS` reached.
@@ -51,6 +54,7 @@ impl DropReason {
         match self {
             DropReason::Lagging => "lagging",
             DropReason::WriteStall => "write_stall",
+            DropReason::LagBytes => "lag_bytes",
             DropReason::Shutdown => "shutdown",
             DropReason::MaxStreamAge => "max_stream_age",
             DropReason::CursorPruned => "cursor_pruned",
@@ -66,8 +70,8 @@ pub struct SubscriberGuard {
     kind: SubscriberKind,
     session: Option<String>,
     reason: Option<DropReason>,
-    /// Set by the connection when a write stalled past the deadline.
-    stalled: Option<Arc<AtomicBool>>,
+    /// The connection's socket: says when the server cut it (a stall, a backlog over the bound).
+    socket: Option<SocketState>,
 }
 
 impl SubscriberGuard {
@@ -88,7 +92,7 @@ impl SubscriberGuard {
             kind,
             session,
             reason: None,
-            stalled: None,
+            socket: None,
         }
     }
 
@@ -97,9 +101,9 @@ impl SubscriberGuard {
         self.reason.get_or_insert(reason);
     }
 
-    /// Ties the subscriber to its connection's write-stall flag.
-    pub fn watch_stall(&mut self, flag: Arc<AtomicBool>) {
-        self.stalled = Some(flag);
+    /// Ties the subscriber to its connection's socket, so a cut of it is the drop's reason.
+    pub fn watch_socket(&mut self, socket: SocketState) {
+        self.socket = Some(socket);
     }
 
     pub fn session(&self) -> Option<&str> {
@@ -117,14 +121,11 @@ impl Drop for SubscriberGuard {
                 kind: self.kind.as_str(),
             })
             .dec();
-        let stalled = self
-            .stalled
-            .as_ref()
-            .is_some_and(|f| f.load(Ordering::Acquire));
-        let reason = if stalled {
-            Some(DropReason::WriteStall)
-        } else {
-            self.reason
+        let cut = self.socket.as_ref().and_then(SocketState::cut_reason);
+        let reason = match cut {
+            Some(Cut::WriteStall) => Some(DropReason::WriteStall),
+            Some(Cut::Backlog) => Some(DropReason::LagBytes),
+            None => self.reason,
         };
         match reason {
             Some(reason) => {

@@ -264,7 +264,8 @@ async fn handle(
             return Err(unavailable("the database is unavailable; retry later"));
         }
     };
-    guard.watch_stall(conn.stalled.clone());
+    guard.watch_socket(conn.socket.clone());
+    conn.socket.bound_backlog(st.config.max_lag_bytes());
     let filter = Filter::from_params(msg.get("params"));
     let viewer = Viewer {
         tenant: identity.tenant,
@@ -282,6 +283,7 @@ async fn handle(
         max_age: None,
         expires,
         max_lag: st.config.max_lag(),
+        socket: Some(conn.socket.clone()),
     };
     let stream = ListenStream {
         ack: Some(listen::acknowledgement(&id, &filter)),

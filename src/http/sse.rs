@@ -114,7 +114,8 @@ pub async fn get_mcp(
             }
         },
     };
-    guard.watch_stall(conn.stalled.clone());
+    guard.watch_socket(conn.socket.clone());
+    conn.socket.bound_backlog(st.config.max_lag_bytes());
     let epoch = st.log.epoch();
     let head_id = |head| EventId { epoch, seq: head }.to_string();
     let (preamble, after) = match bounds.start_for(&cursor, epoch) {
@@ -163,6 +164,7 @@ pub async fn get_mcp(
         max_age,
         expires,
         max_lag: st.config.max_lag(),
+        socket: Some(conn.socket.clone()),
     };
     let stream = SseStream {
         epoch: epoch.to_owned(),
@@ -371,6 +373,7 @@ mod tests {
                     max_age: deadline,
                     expires: None,
                     max_lag,
+                    socket: None,
                 },
                 keepalive,
                 retry_ms: 100,

@@ -4,8 +4,9 @@
 //! as long as the connection lives: more than everything else an idle subscriber costs. So a
 //! stream response (`GET /mcp`, `subscriptions/listen`) on HTTP/1.1 is handed off: hyper writes
 //! the head, then the socket moves to a small writer task that writes the stream's chunks itself
-//! (chunked encoding, the same write-stall deadline, hang-up detection), and hyper's side of the
-//! connection ends, its buffers with it. HTTP/2 and HTTP/1.0 streams stay with hyper.
+//! (chunked encoding, the same write-stall deadline and backlog bound, hang-up detection), and
+//! hyper's side of the connection ends, its buffers with it. HTTP/2 and HTTP/1.0 streams stay with
+//! hyper.
 //!
 //! The sequence: the handler [`HandOff::offer`]s its stream and gets a body to answer with; hyper
 //! writes the head and polls that body once (it arms the hand-off and stays pending); hyper
@@ -18,7 +19,6 @@ use std::convert::Infallible;
 use std::future::poll_fn;
 use std::io::{self, IoSlice};
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -33,6 +33,7 @@ use tokio::net::TcpStream;
 
 use super::ConnInfo;
 use crate::event::Chunk;
+use crate::socket::{Cut, SocketState};
 
 /// The chunks of a stream response, in order; the end of the stream ends the response.
 pub type Chunks = Pin<Box<dyn Stream<Item = Chunk> + Send>>;
@@ -160,7 +161,7 @@ impl Drop for HandOffBody {
 
 /// Writes `chunks` to `tcp` as the chunked body of a response whose head is already sent, until
 /// the stream ends (then the terminating chunk, and the connection closes), the client hangs up,
-/// or a write fails or stalls for `limit`.
+/// or a write fails, stalls for `limit`, or finds the socket full with the backlog over its bound.
 pub(super) async fn write_stream(
     tcp: TcpStream,
     mut chunks: Chunks,
@@ -177,7 +178,7 @@ pub(super) async fn write_stream(
                 () = &mut hangup => break Ok(false),
             };
             let Some(chunk) = next else {
-                break write_all(&tcp, &Raw(b"0\r\n\r\n"), limit)
+                break write_all(&tcp, &Raw(b"0\r\n\r\n"), limit, &info.socket)
                     .await
                     .map(|()| true);
             };
@@ -191,27 +192,42 @@ pub(super) async fn write_stream(
                 chunk: &chunk,
                 len,
             };
-            if let Err(error) = write_all(&tcp, &framed, limit).await {
+            if let Err(error) = write_all(&tcp, &framed, limit, &info.socket).await {
                 break Err(error);
             }
         }
     };
-    match outcome {
-        Ok(true) => {
-            let mut tcp = tcp;
-            if let Err(error) = tcp.shutdown().await {
-                tracing::debug!(%error, peer = %info.peer, "shutdown after the stream failed");
-            }
-        }
-        Ok(false) => {}
+    match &outcome {
         Err(error) if error.kind() == io::ErrorKind::TimedOut => {
             // Before the stream (and its subscriber guard) drops, so the drop counts as a stall.
-            info.stalled.store(true, Ordering::Release);
+            info.socket.cut(Cut::WriteStall);
             tracing::info!(peer = %info.peer, limit_secs = limit.as_secs(), "write stalled; aborting the connection");
         }
+        Err(error) if is_over_backlog(error) => {
+            info.socket.cut(Cut::Backlog);
+            tracing::info!(peer = %info.peer, max_bytes = info.socket.max_backlog(), "unsent backlog over the bound with the socket full; aborting the connection");
+        }
         Err(error) => tracing::debug!(%error, peer = %info.peer, "stream write failed"),
+        Ok(_) => {}
+    }
+    // The socket closes below.
+    info.socket.detach();
+    if let Ok(true) = outcome {
+        let mut tcp = tcp;
+        if let Err(error) = tcp.shutdown().await {
+            tracing::debug!(%error, peer = %info.peer, "shutdown after the stream failed");
+        }
     }
     drop(chunks);
+}
+
+/// The error a write gives up with when the socket is full and the backlog over its bound.
+#[derive(Debug, thiserror::Error)]
+#[error("the unsent backlog is over its bound and the socket is full")]
+struct OverBacklog;
+
+fn is_over_backlog(error: &io::Error) -> bool {
+    error.get_ref().is_some_and(|e| e.is::<OverBacklog>())
 }
 
 /// Resolves when the client closes its side (or the socket fails). A client has nothing to say on
@@ -323,8 +339,14 @@ fn gather<'a>(pieces: &'a impl Pieces, mut skip: usize, slices: &mut [IoSlice<'a
 }
 
 /// Writes every byte of `pieces`, failing with `TimedOut` once the kernel has accepted nothing
-/// for `limit`.
-async fn write_all(tcp: &TcpStream, pieces: &impl Pieces, limit: Duration) -> io::Result<()> {
+/// for `limit`, and with [`OverBacklog`] when the socket is full and what it holds plus what is
+/// left to write passes the stream's bound.
+async fn write_all(
+    tcp: &TcpStream,
+    pieces: &impl Pieces,
+    limit: Duration,
+    socket: &SocketState,
+) -> io::Result<()> {
     let total = pieces.total();
     let mut written = 0;
     while written < total {
@@ -332,6 +354,9 @@ async fn write_all(tcp: &TcpStream, pieces: &impl Pieces, limit: Duration) -> io
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if socket.over_backlog(total - written) {
+                    return Err(io::Error::other(OverBacklog));
+                }
                 // `poll_write_ready` also replaces a waker hyper may have left (see `hangup`).
                 match tokio::time::timeout(limit, poll_fn(|cx| tcp.poll_write_ready(cx))).await {
                     Ok(ready) => ready?,
@@ -407,9 +432,14 @@ mod tests {
             client.read_to_end(&mut got).await.expect("read to the end");
             got
         });
-        write_all(&server, &pieces, Duration::from_secs(10))
-            .await
-            .expect("write");
+        write_all(
+            &server,
+            &pieces,
+            Duration::from_secs(10),
+            &SocketState::default(),
+        )
+        .await
+        .expect("write");
         drop(server);
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), expected.len());

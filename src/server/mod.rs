@@ -3,10 +3,10 @@
 //! off to their own writers after the head, graceful shutdown.
 
 pub mod handoff;
+mod head_limit;
 mod stall;
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::socket::SocketState;
 use handoff::HandOff;
 use stall::StallGuard;
 
@@ -33,8 +34,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
-    /// Set when a write on this connection stalled past the deadline and the socket was aborted.
-    pub stalled: Arc<AtomicBool>,
+    /// The socket's unsent backlog and its bound, and why the server cut it (a write stall, a
+    /// backlog over the bound), if it did.
+    pub socket: SocketState,
     /// Where a stream response leaves hyper for its own writer (HTTP/1.1).
     pub handoff: HandOff,
 }
@@ -101,7 +103,7 @@ pub async fn serve(
         }
         let info = ConnInfo {
             peer,
-            stalled: Arc::new(AtomicBool::new(false)),
+            socket: SocketState::default(),
             handoff: HandOff::default(),
         };
         let io = TokioIo::new(StallGuard::new(

@@ -1,11 +1,12 @@
 //! The socket hyper serves a connection on: writes fail once the kernel has accepted nothing for
-//! the write-stall deadline (hyper has no write timeout), and a flush after a stream's head hands
-//! the socket to the stream's own writer (see [`super::handoff`]).
+//! the write-stall deadline (hyper has no write timeout) or, under an event stream, once the unsent
+//! backlog passes its bound; a flush after a stream's head hands the socket to the stream's own
+//! writer (see [`super::handoff`]); hyper's bare answer to an oversized head is replaced with the
+//! JSON error (see [`super::head_limit`]).
 
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -14,11 +15,13 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
-use super::handoff;
 use super::ConnInfo;
+use super::{handoff, head_limit};
+use crate::socket::Cut;
 
 /// A socket whose writes fail with `TimedOut` once the kernel has accepted nothing for `limit`.
-/// Once its connection's stream is handed off it is an empty shell: reads see the end, writes fail.
+/// Once its connection's stream is handed off (or its oversized head answered) it is an empty
+/// shell: reads see the end, writes fail.
 pub(super) struct StallGuard {
     inner: Option<TcpStream>,
     limit: Duration,
@@ -35,6 +38,7 @@ impl StallGuard {
         info: ConnInfo,
         writers: TaskTracker,
     ) -> StallGuard {
+        info.socket.attach(&inner);
         StallGuard {
             inner: Some(inner),
             limit,
@@ -45,7 +49,13 @@ impl StallGuard {
         }
     }
 
-    fn on_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
+    /// The kernel accepts nothing now; `pending` bytes wait to be written.
+    fn on_pending<T>(&mut self, cx: &mut Context<'_>, pending: usize) -> Poll<io::Result<T>> {
+        if self.info.socket.over_backlog(pending) {
+            self.info.socket.cut(Cut::Backlog);
+            tracing::info!(peer = %self.info.peer, max_bytes = self.info.socket.max_backlog(), "unsent backlog over the bound with the socket full; aborting the connection");
+            return Poll::Ready(Err(io::Error::other("unsent backlog over the bound")));
+        }
         if !self.armed {
             self.armed = true;
             self.timer
@@ -53,7 +63,7 @@ impl StallGuard {
                 .reset(tokio::time::Instant::now() + self.limit);
         }
         if self.timer.as_mut().poll(cx).is_ready() {
-            self.info.stalled.store(true, Ordering::Release);
+            self.info.socket.cut(Cut::WriteStall);
             tracing::info!(peer = %self.info.peer, limit_secs = self.limit.as_secs(), "write stalled; aborting the connection");
             return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
         }
@@ -68,6 +78,7 @@ impl StallGuard {
     /// Everything hyper wrote is on the wire: if a stream's head was part of it, the socket goes
     /// to the stream's writer.
     fn hand_off(&mut self, cx: &mut Context<'_>) {
+        // The socket (and the fd its state is attached to) goes with the stream.
         let Some(chunks) = self.info.handoff.take_armed() else {
             return;
         };
@@ -82,6 +93,29 @@ impl StallGuard {
         ));
         // hyper polls its body again (which now fails) and lets go of the connection.
         cx.waker().wake_by_ref();
+    }
+
+    /// hyper is about to write its bare answer to an oversized request head: the socket goes to
+    /// a task that answers with the JSON error instead, and hyper sees its bytes written.
+    fn answer_oversized_head(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
+        let first = bufs.iter().find(|b| !b.is_empty())?;
+        if !head_limit::is_hypers_answer(first) {
+            return None;
+        }
+        let tcp = self.inner.take()?;
+        self.info.socket.detach();
+        self.writers
+            .spawn(head_limit::answer(tcp, self.limit, self.info.peer));
+        Some(bufs.iter().map(|b| b.len()).sum())
+    }
+}
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        if self.inner.is_some() {
+            // The socket closes with this guard.
+            self.info.socket.detach();
+        }
     }
 }
 
@@ -110,11 +144,14 @@ impl AsyncWrite for StallGuard {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(n) = this.answer_oversized_head(&[io::IoSlice::new(buf)]) {
+            return Poll::Ready(Ok(n));
+        }
         let Some(tcp) = this.inner.as_mut() else {
             return handed_off();
         };
         match Pin::new(tcp).poll_write(cx, buf) {
-            Poll::Pending => this.on_pending(cx),
+            Poll::Pending => this.on_pending(cx, buf.len()),
             ready => this.on_ready(ready),
         }
     }
@@ -125,11 +162,14 @@ impl AsyncWrite for StallGuard {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(n) = this.answer_oversized_head(bufs) {
+            return Poll::Ready(Ok(n));
+        }
         let Some(tcp) = this.inner.as_mut() else {
             return handed_off();
         };
         match Pin::new(tcp).poll_write_vectored(cx, bufs) {
-            Poll::Pending => this.on_pending(cx),
+            Poll::Pending => this.on_pending(cx, bufs.iter().map(|b| b.len()).sum()),
             ready => this.on_ready(ready),
         }
     }
@@ -144,7 +184,7 @@ impl AsyncWrite for StallGuard {
             return Poll::Ready(Ok(()));
         };
         match Pin::new(tcp).poll_flush(cx) {
-            Poll::Pending => this.on_pending(cx),
+            Poll::Pending => this.on_pending(cx, 0),
             Poll::Ready(Ok(())) => {
                 this.armed = false;
                 this.hand_off(cx);
@@ -165,8 +205,7 @@ impl AsyncWrite for StallGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
-    use std::sync::Arc;
+    use crate::socket::SocketState;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -180,7 +219,7 @@ mod tests {
         let info = ConnInfo {
             handoff: Default::default(),
             peer,
-            stalled: Arc::new(AtomicBool::new(false)),
+            socket: SocketState::default(),
         };
         let mut guarded = StallGuard::new(
             server_side,
@@ -198,7 +237,7 @@ mod tests {
             }
         };
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
-        assert!(info.stalled.load(Ordering::Acquire));
+        assert_eq!(info.socket.cut_reason(), Some(Cut::WriteStall));
         assert!(started.elapsed() >= Duration::from_millis(200));
     }
 }

@@ -1,0 +1,166 @@
+//! What a connection's streams share with its socket: how many bytes the kernel still holds for the
+//! client (written by the server, not yet acknowledged: `SIOCOUTQ`), and why the server cut the
+//! connection, if it did. The accept loop ([`crate::server`]) keeps it; a stream sets the bound on
+//! its backlog; the stream step ([`crate::broadcast::pump`]), the socket's writers and the subscriber
+//! guard read it.
+
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// Why the server cut a connection under a stream (set before the stream drops, so the drop is
+/// counted with this reason).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The socket accepted nothing for the write-stall deadline.
+    WriteStall,
+    /// The unsent backlog passed `FANOUT_MAX_LAG_BYTES` while the socket was full.
+    Backlog,
+}
+
+impl Cut {
+    fn code(self) -> u8 {
+        match self {
+            Cut::WriteStall => 1,
+            Cut::Backlog => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Cut> {
+        match code {
+            1 => Some(Cut::WriteStall),
+            2 => Some(Cut::Backlog),
+            _ => None,
+        }
+    }
+}
+
+/// A connection's socket as its streams see it. Cheap to clone (one shared allocation).
+#[derive(Clone, Default)]
+pub struct SocketState(Arc<Inner>);
+
+#[derive(Default)]
+struct Inner {
+    /// The socket's descriptor while it is open (reset before it closes, so a reused number is
+    /// never asked about).
+    fd: Mutex<Option<RawFd>>,
+    cut: AtomicU8,
+    /// Most unsent bytes a stream on this connection may have; 0 = no stream, no bound.
+    max_backlog: AtomicUsize,
+}
+
+impl SocketState {
+    fn fd(&self) -> MutexGuard<'_, Option<RawFd>> {
+        self.0.fd.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Ties the state to an open socket. Whoever owns the socket must [`detach`](Self::detach)
+    /// before closing it.
+    pub fn attach(&self, socket: &impl AsRawFd) {
+        *self.fd() = Some(socket.as_raw_fd());
+    }
+
+    /// The socket is about to close (or to be given away without this state).
+    pub fn detach(&self) {
+        *self.fd() = None;
+    }
+
+    /// Bytes the kernel holds for the client: written, not yet acknowledged. `None` when the socket
+    /// is closed or the platform cannot tell.
+    pub fn unacknowledged(&self) -> Option<usize> {
+        let fd = self.fd();
+        fd.and_then(unacknowledged)
+    }
+
+    /// An event stream runs on this connection: its backlog may not pass `max` bytes.
+    pub fn bound_backlog(&self, max: usize) {
+        self.0.max_backlog.store(max, Ordering::Release);
+    }
+
+    /// A stream runs here and its backlog (`pending` bytes its writer still wants to write, plus
+    /// what the kernel holds) is over the bound.
+    pub fn over_backlog(&self, pending: usize) -> bool {
+        let max = self.0.max_backlog.load(Ordering::Acquire);
+        max > 0
+            && self
+                .unacknowledged()
+                .is_some_and(|held| held.saturating_add(pending) > max)
+    }
+
+    pub fn max_backlog(&self) -> usize {
+        self.0.max_backlog.load(Ordering::Acquire)
+    }
+
+    pub fn cut(&self, why: Cut) {
+        // The first reason stays.
+        let _ = self
+            .0
+            .cut
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub fn cut_reason(&self) -> Option<Cut> {
+        Cut::from_code(self.0.cut.load(Ordering::Acquire))
+    }
+}
+
+/// `SIOCOUTQ` (= `TIOCOUTQ`) on a TCP socket: bytes in its send queue not yet acknowledged by the
+/// peer.
+#[cfg(target_os = "linux")]
+fn unacknowledged(fd: RawFd) -> Option<usize> {
+    let mut queued: libc::c_int = 0;
+    // SAFETY: `fd` is an open socket (the caller holds the lock that `detach` takes before the
+    // socket closes), and TIOCOUTQ writes one c_int through the pointer, which is valid.
+    let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
+    if rc < 0 {
+        return None;
+    }
+    usize::try_from(queued).ok()
+}
+
+/// Other platforms: the kernel's queue is not known (only the writer's own pending bytes count).
+#[cfg(not(target_os = "linux"))]
+fn unacknowledged(_fd: RawFd) -> Option<usize> {
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::{TcpListener, TcpStream};
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_kernel_queue_of_a_socket_whose_peer_never_reads_is_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpSocket::new_v4().expect("socket");
+        client.set_recv_buffer_size(4096).expect("rcvbuf");
+        let _client = client.connect(addr).await.expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        let state = SocketState::default();
+        state.attach(&server);
+        assert_eq!(state.unacknowledged(), Some(0));
+        // Write until the socket is full: whatever it took beyond the peer's small window is held.
+        let chunk = vec![b'x'; 64 * 1024];
+        while tokio::time::timeout(
+            std::time::Duration::from_millis(200),
+            server.write_all(&chunk),
+        )
+        .await
+        .is_ok()
+        {}
+        let held = state.unacknowledged().expect("linux tells");
+        assert!(held > 64 * 1024, "held {held}");
+        assert!(!state.over_backlog(0), "no stream, no bound");
+        state.bound_backlog(held);
+        assert!(!state.over_backlog(0));
+        assert!(state.over_backlog(1));
+        state.detach();
+        assert_eq!(state.unacknowledged(), None);
+        state.cut(Cut::Backlog);
+        state.cut(Cut::WriteStall);
+        assert_eq!(state.cut_reason(), Some(Cut::Backlog));
+    }
+}
