@@ -66,6 +66,9 @@ async fn a_stalled_subscriber_is_ended_others_get_everything_and_it_resumes_with
         "slow",
         &[
             ("FANOUT_WRITE_STALL_SECS", stall.as_str()),
+            // The byte bound has a test of its own (slow_subscriber_bounds.rs); here the stall
+            // deadline (or the lag) ends the subscriber.
+            ("FANOUT_MAX_LAG_BYTES", "1073741824"),
             ("FANOUT_MEMORY_EVENTS", "100000"),
             ("FANOUT_MEMORY_BYTES", "1073741824"),
         ],

@@ -270,3 +270,53 @@ async fn a_subscriber_that_never_reads_is_ended_by_the_default_write_stall_deadl
     );
     resumes_exactly(&r, &mut slow, SESSION, &published).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_1_0_stream_left_with_hyper_is_bounded_by_bytes_too() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let r = start(
+        "slow-bytes-http10",
+        &[
+            ("FANOUT_MAX_LAG_BYTES", "1048576"),
+            ("FANOUT_WRITE_STALL_SECS", "600"),
+        ],
+    )
+    .await;
+    let addr = r.public_addr();
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut conn = socket.connect(addr).await.expect("connect");
+    conn.write_all(
+        format!("GET /mcp HTTP/1.0\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .expect("write the request");
+    r.wait_subscribers(1, SOON).await.expect("1 subscriber");
+
+    // About 10 MB that this client never reads.
+    publish_big(&r, 10).await;
+    r.wait_metric(
+        "mcp_fanout_subscribers_dropped_total{reason=\"lag_bytes\"}",
+        PATIENCE,
+        |v| v == 1.0,
+    )
+    .await
+    .expect("the HTTP/1.0 stream is ended for its unsent bytes");
+    r.wait_subscribers(0, SOON)
+        .await
+        .expect("the dropped subscriber no longer counts");
+    // And its connection ends: what the server had written, then the end.
+    let mut got = Vec::new();
+    let read = tokio::time::timeout(PATIENCE, conn.read_to_end(&mut got)).await;
+    assert!(
+        read.is_ok(),
+        "the connection never ended ({} bytes read)",
+        got.len()
+    );
+    assert!(
+        got.starts_with(b"HTTP/1.0 200") || got.starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&got[..got.len().min(200)])
+    );
+}
