@@ -248,6 +248,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   value: {{ $c.memoryBytes | int64 | quote }}
 - name: FANOUT_WRITE_STALL_SECS
   value: {{ $c.writeStallSecs | int64 | quote }}
+- name: FANOUT_MAX_LAG_BYTES
+  value: {{ $c.maxLagBytes | int64 | quote }}
 {{- if not (kindIs "invalid" $c.maxSubscribers) }}
 - name: FANOUT_MAX_SUBSCRIBERS
   value: {{ $c.maxSubscribers | int64 | quote }}
