@@ -124,13 +124,12 @@ fn unacknowledged(_fd: RawFd) -> Option<usize> {
     None
 }
 
-#[cfg(test)]
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
-    use tokio::net::{TcpListener, TcpStream};
+    use tokio::net::TcpListener;
 
-    #[cfg(target_os = "linux")]
     #[tokio::test]
     async fn the_kernel_queue_of_a_socket_whose_peer_never_reads_is_counted() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
