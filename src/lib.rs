@@ -21,4 +21,5 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod state;
+pub mod stats;
 pub mod telemetry;

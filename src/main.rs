@@ -141,6 +141,10 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         st.clone(),
         stop_tasks.clone(),
     ));
+    tokio::spawn(mcp_fanout::stats::series::run(
+        st.clone(),
+        stop_tasks.clone(),
+    ));
     tokio::spawn(http::admin_auth::watch_tokens(
         st.clone(),
         stop_tasks.clone(),

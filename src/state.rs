@@ -30,6 +30,8 @@ pub struct State {
     pub log: Arc<dyn EventLog>,
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
+    /// The operator console's time series.
+    pub series: crate::stats::series::Series,
     pub admin_tokens: AdminTokens,
     pub lifecycle: Lifecycle,
     pub allowed_origins: Vec<String>,
@@ -146,6 +148,7 @@ impl State {
             log,
             broadcaster,
             metrics,
+            series: Default::default(),
             admin_tokens,
             lifecycle: Lifecycle::default(),
             replica_id: random_epoch(),
