@@ -216,6 +216,7 @@
     label.textContent = 'max ' + fmt(max) + ' · last ' + Math.round(n * secs / 60) + ' min';
     nodes.push(label);
     svg.replaceChildren(...nodes);
+    svg.dataset.max = String(max);
 
     const legend = svg.parentElement.querySelector('.legend');
     const items = series.map((s, i) => {
