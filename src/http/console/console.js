@@ -209,6 +209,10 @@
         const x = ((offset + j) / (n - 1)) * W;
         const y = H - 1 - (v / top) * (H - TOP);
         xy.push(x.toFixed(1) + ',' + y.toFixed(1));
+        // A value with no neighbour draws no line: mark it.
+        const lone = (j === 0 || s.values[j - 1] === null) &&
+          (j === s.values.length - 1 || s.values[j + 1] === null);
+        if (lone) nodes.push(svgEl('circle', { class: 'dot s' + (i % 8), cx: x, cy: y, r: 1.5 }));
       });
       nodes.push(svgEl('polyline', { class: 's' + (i % 8), points: xy.join(' ') }));
     });
