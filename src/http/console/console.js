@@ -138,7 +138,10 @@
       const age = r.heartbeat_age_secs;
       cell(tr, age === undefined ? null : age.toFixed(1) + ' s', age > 6 ? 'num stale' : 'num');
       const l = r.listen_connected;
-      cell(tr, l === null ? 'n/a (memory)' : (l ? 'connected' : 'DOWN'), l === false ? 'error' : '');
+      // null: memory mode, or a replica of an older release (it does not report it).
+      const none = s.mode === 'memory' ? 'n/a (memory)' : 'unknown';
+      cell(tr, l === null || l === undefined ? none : (l ? 'connected' : 'DOWN'),
+        l === false ? 'error' : '');
       return tr;
     });
 
