@@ -1,9 +1,10 @@
 //! The cluster view (SPEC §4.2): every replica heartbeats its address, subscriber count and last
 //! delivered id into `<schema>.replicas`; `GET /admin/cluster` lists those heard from within the
-//! stale limit. A replica removes its row on a clean shutdown; a killed one ages out.
+//! stale limit. A replica removes its row on a clean shutdown; a killed one ages out. Each row also
+//! carries the subscribers by kind and the LISTEN state, for the operator console.
 
 use std::net::SocketAddr;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
@@ -14,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use crate::broadcast::Broadcaster;
 use crate::event::EventId;
 use crate::log::postgres::{timed, DbError};
+use crate::metrics::{KindLabel, Metrics};
 
 /// How often a replica heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -24,6 +26,15 @@ pub struct PgCluster {
     pub timeout: Duration,
     /// A replica not heard from for this long is not listed.
     pub stale_after: Duration,
+}
+
+/// The subscriber kinds counted separately (`mcp_fanout_subscribers{kind}`).
+pub const KINDS: [&str; 3] = ["sse", "poll", "listen"];
+
+/// Current subscribers of one kind on this replica.
+pub fn subscribers_of(metrics: &Metrics, kind: &'static str) -> i32 {
+    let n = metrics.subscribers.get_or_create(&KindLabel { kind }).get();
+    i32::try_from(n.max(0)).unwrap_or(i32::MAX)
 }
 
 /// This replica as the cluster sees it, and the database view of the others (Postgres mode).
@@ -37,19 +48,34 @@ pub struct Cluster {
     /// The log's epoch, for the last delivered id.
     pub epoch: String,
     pub broadcaster: Broadcaster,
+    pub metrics: Arc<Metrics>,
     pub db: Option<PgCluster>,
 }
 
 impl Cluster {
     /// This replica, as listed.
-    fn me(&self) -> Value {
+    pub fn me(&self) -> Value {
+        let by_kind: serde_json::Map<String, Value> = KINDS
+            .iter()
+            .map(|&k| (k.to_owned(), subscribers_of(&self.metrics, k).into()))
+            .collect();
         json!({
             "id": self.replica_id,
             "address": self.advertised(),
             "subscribers": self.broadcaster.subscriber_count(),
+            "subscribers_by_kind": by_kind,
+            "listen_connected": self.listen_state(),
             "last_delivered_id": self.last_delivered_id(self.broadcaster.head()),
             "last_heartbeat": unix_now(),
+            "heartbeat_age_secs": 0.0,
         })
+    }
+
+    /// This replica's LISTEN state: `None` in memory mode (there is no LISTEN connection).
+    fn listen_state(&self) -> Option<bool> {
+        self.db
+            .as_ref()
+            .map(|_| self.metrics.listen_connected.get() == 1)
     }
 
     fn advertised(&self) -> Option<String> {
@@ -67,7 +93,7 @@ impl Cluster {
     }
 }
 
-fn unix_now() -> f64 {
+pub fn unix_now() -> f64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
@@ -85,7 +111,9 @@ pub async fn view(cluster: &Cluster) -> Result<Value, DbError> {
         client
             .query_typed(
                 &format!(
-                    "SELECT id, address, subscribers, last_delivered, extract(epoch FROM last_heartbeat)::float8 \
+                    "SELECT id, address, subscribers, last_delivered, extract(epoch FROM last_heartbeat)::float8, \
+                     subscribers_sse, subscribers_poll, subscribers_listen, listen_connected, \
+                     extract(epoch FROM clock_timestamp() - last_heartbeat)::float8 \
                      FROM {s}.replicas WHERE last_heartbeat > clock_timestamp() - make_interval(secs => $1) ORDER BY id"
                 ),
                 &[(&stale, Type::FLOAT8)],
@@ -101,8 +129,15 @@ pub async fn view(cluster: &Cluster) -> Result<Value, DbError> {
                 "id": r.get::<_, String>(0),
                 "address": r.get::<_, Option<String>>(1),
                 "subscribers": r.get::<_, i32>(2),
+                "subscribers_by_kind": {
+                    "sse": r.get::<_, i32>(5),
+                    "poll": r.get::<_, i32>(6),
+                    "listen": r.get::<_, i32>(7),
+                },
+                "listen_connected": r.get::<_, Option<bool>>(8),
                 "last_delivered_id": cluster.last_delivered_id(r.get::<_, i64>(3) as u64),
                 "last_heartbeat": r.get::<_, f64>(4),
+                "heartbeat_age_secs": r.get::<_, f64>(9),
             })
         })
         .collect();
@@ -110,13 +145,16 @@ pub async fn view(cluster: &Cluster) -> Result<Value, DbError> {
 }
 
 /// Heartbeats until `stop`, then removes this replica's row.
-pub async fn heartbeat(cluster: std::sync::Arc<Cluster>, stop: CancellationToken) {
+pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
     let Some(c) = &cluster.db else { return };
     let s = &c.schema;
     let upsert = format!(
-        "INSERT INTO {s}.replicas (id, address, subscribers, last_delivered) VALUES ($1, $2, $3, $4) \
+        "INSERT INTO {s}.replicas (id, address, subscribers, last_delivered, subscribers_sse, \
+         subscribers_poll, subscribers_listen, listen_connected) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
          ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, subscribers = EXCLUDED.subscribers, \
-         last_delivered = EXCLUDED.last_delivered, last_heartbeat = clock_timestamp()"
+         last_delivered = EXCLUDED.last_delivered, subscribers_sse = EXCLUDED.subscribers_sse, \
+         subscribers_poll = EXCLUDED.subscribers_poll, subscribers_listen = EXCLUDED.subscribers_listen, \
+         listen_connected = EXCLUDED.listen_connected, last_heartbeat = clock_timestamp()"
     );
     // Rows of replicas gone for long are deleted by whichever replica heartbeats.
     let forget = format!(
@@ -131,6 +169,8 @@ pub async fn heartbeat(cluster: std::sync::Arc<Cluster>, stop: CancellationToken
         let address = cluster.advertised();
         let subscribers = i32::try_from(cluster.broadcaster.subscriber_count()).unwrap_or(i32::MAX);
         let head = i64::try_from(cluster.broadcaster.head()).unwrap_or(i64::MAX);
+        let [sse, poll, listen] = KINDS.map(|k| subscribers_of(&cluster.metrics, k));
+        let listening = cluster.listen_state();
         let result = timed(c.timeout, async {
             let client = c.pool.get().await.map_err(DbError::Checkout)?;
             client
@@ -141,6 +181,10 @@ pub async fn heartbeat(cluster: std::sync::Arc<Cluster>, stop: CancellationToken
                         (&address, Type::TEXT),
                         (&subscribers, Type::INT4),
                         (&head, Type::INT8),
+                        (&sse, Type::INT4),
+                        (&poll, Type::INT4),
+                        (&listen, Type::INT4),
+                        (&listening, Type::BOOL),
                     ],
                 )
                 .await

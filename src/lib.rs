@@ -22,4 +22,5 @@ pub mod session;
 pub mod shutdown;
 pub mod socket;
 pub mod state;
+pub mod stats;
 pub mod telemetry;

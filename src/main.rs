@@ -142,6 +142,11 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         st.cluster.clone(),
         stop_tasks.clone(),
     ));
+    tokio::spawn(mcp_fanout::stats::series::run(
+        st.metrics.clone(),
+        st.series.clone(),
+        stop_tasks.clone(),
+    ));
     tokio::spawn(mcp_fanout::auth::admin_tokens::watch(
         st.admin_tokens.clone(),
         stop_tasks.clone(),

@@ -30,6 +30,8 @@ pub struct State {
     pub log: Arc<dyn EventLog>,
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
+    /// The operator console's time series.
+    pub series: Arc<crate::stats::series::Series>,
     pub admin_tokens: Arc<AdminTokens>,
     pub lifecycle: Arc<Lifecycle>,
     pub allowed_origins: Vec<String>,
@@ -138,6 +140,7 @@ impl State {
             public_addr: OnceLock::new(),
             epoch: log.epoch().to_owned(),
             broadcaster: broadcaster.clone(),
+            metrics: metrics.clone(),
             db: cluster,
         });
         Ok(Arc::new(State {
@@ -150,6 +153,7 @@ impl State {
             log,
             broadcaster,
             metrics,
+            series: Arc::default(),
             admin_tokens: Arc::new(admin_tokens),
             lifecycle: Arc::default(),
             started_at: SystemTime::now(),

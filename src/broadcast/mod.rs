@@ -76,6 +76,11 @@ impl Broadcaster {
         });
     }
 
+    /// The newest `n` events of the ring, newest first (for the operator console).
+    pub fn recent(&self, n: usize) -> Vec<Arc<StoredEvent>> {
+        self.read_ring().newest(n).cloned().collect()
+    }
+
     /// Highest seq in the ring.
     pub fn head(&self) -> u64 {
         *self.shared.head_tx.borrow()

@@ -68,6 +68,11 @@ impl Ring {
         true
     }
 
+    /// The newest `n` events, newest first.
+    pub fn newest(&self, n: usize) -> impl Iterator<Item = &Arc<StoredEvent>> {
+        self.events.iter().rev().take(n)
+    }
+
     /// Appends to `out` up to `max` events with seq > `cursor`.
     pub fn read_after(&self, cursor: u64, max: usize, out: &mut Vec<Arc<StoredEvent>>) -> RingRead {
         if cursor < self.floor {

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod body;
+pub mod console;
 pub mod error;
 pub mod headers;
 pub mod listen;
@@ -81,12 +82,14 @@ fn admin_routes(st: AppState) -> Router<AppState> {
     let admin = Router::new()
         .route("/admin/publish", post(admin::publish))
         .route("/admin/cluster", get(admin::cluster))
+        .route("/admin/stats", get(console::stats))
         .route_layer(middleware::from_fn_with_state(
-            st,
+            st.clone(),
             admin_auth::require_admin,
         ));
     Router::new()
         .merge(admin)
+        .merge(console::routes(st))
         .route("/healthz", get(ops::healthz))
         .route("/readyz", get(ops::readyz))
         .route("/metrics", get(ops::metrics))

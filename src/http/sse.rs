@@ -284,7 +284,7 @@ impl SseStream {
         metrics.events_delivered.inc_by(events.len() as u64);
         if let Some(first) = events.first() {
             if let Ok(lag) = first.committed_at.elapsed() {
-                metrics.deliver_lag.observe(lag.as_secs_f64());
+                metrics.observe_lag(lag.as_secs_f64());
             }
         }
         Chunk::Events(events)

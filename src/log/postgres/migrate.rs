@@ -15,6 +15,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
     ),
     (2, "sessions", include_str!("../../../sql/002_sessions.sql")),
     (3, "replicas", include_str!("../../../sql/003_replicas.sql")),
+    (
+        4,
+        "replica_state",
+        include_str!("../../../sql/004_replica_state.sql"),
+    ),
 ];
 
 pub struct Migration {
@@ -149,7 +154,7 @@ mod tests {
     fn schema_is_substituted_everywhere() {
         for m in render("tenant_a") {
             assert!(!m.sql.contains("{{schema}}"));
-            assert!(m.sql.contains("CREATE TABLE tenant_a."));
+            assert!(m.sql.contains(" TABLE tenant_a."), "{}", m.name);
         }
         let script = print_sql("tenant_a");
         assert!(script.starts_with("BEGIN;") && script.trim_end().ends_with("COMMIT;"));

@@ -1,4 +1,7 @@
 //! Prometheus metrics, all named `mcp_fanout_*`. One registry per process; encoded on scrape.
+//! `lag.rs`: a copy of the lag histogram that can be read back (for the operator console).
+
+pub mod lag;
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -54,6 +57,8 @@ pub struct Metrics {
     pub log_reads_events: Counter,
     /// Seconds from commit to the write into a subscriber's stream (sampled once per write).
     pub deliver_lag: Histogram,
+    /// The same observations, readable back (the console's lag percentiles).
+    pub lag_window: lag::LagBuckets,
     pub log_head: Gauge,
     /// Error answers, by code.
     pub http_errors: Family<CodeLabel, Counter>,
@@ -197,6 +202,7 @@ impl Metrics {
             subscribers_shed,
             log_reads_events,
             deliver_lag,
+            lag_window: Default::default(),
             log_head,
             http_errors,
             listen_connected,
@@ -215,6 +221,12 @@ impl Metrics {
         let mut out = String::new();
         encode(&mut out, &self.registry)?;
         Ok(out)
+    }
+
+    /// One publish→deliver lag observation (the histogram and the console's copy).
+    pub fn observe_lag(&self, secs: f64) {
+        self.deliver_lag.observe(secs);
+        self.lag_window.observe(secs);
     }
 
     pub fn dropped(&self, reason: &'static str) {

@@ -1,0 +1,88 @@
+//! The operator console (`GET /admin/console`): one hand-written page (HTML, JS, CSS embedded in
+//! the binary) that polls `GET /admin/stats` and publishes through `POST /admin/publish`.
+//!
+//! A browser cannot put a bearer token on a navigation, so the page and its two assets carry no
+//! data and are served without a token; the page asks for the token, keeps it in
+//! `sessionStorage`, and sends it on every data call, which `require_admin` checks like any other
+//! `/admin/*` call. With no tokens configured the page itself answers only as `/admin/*` does
+//! (a loopback peer with a loopback `Host`). Every answer carries a strict Content-Security-Policy:
+//! only the page's own script and style, fetches to its own origin, nothing inline.
+
+mod stats;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+
+use super::error::AppError;
+use crate::server::ConnInfo;
+use crate::state::AppState;
+
+const PAGE: &str = include_str!("console.html");
+const SCRIPT: &str = include_str!("console.js");
+const STYLE: &str = include_str!("console.css");
+
+/// No inline script or style, no other origin, no framing, no forms posting anywhere.
+pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+                       connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'";
+
+/// The page and its assets.
+pub fn routes(st: AppState) -> Router<AppState> {
+    Router::new()
+        .route(
+            "/admin/console",
+            get(|| asset(PAGE, "text/html; charset=utf-8")),
+        )
+        .route(
+            "/admin/console/console.js",
+            get(|| asset(SCRIPT, "text/javascript; charset=utf-8")),
+        )
+        .route(
+            "/admin/console/console.css",
+            get(|| asset(STYLE, "text/css; charset=utf-8")),
+        )
+        .route_layer(middleware::from_fn_with_state(st, page_access))
+}
+
+async fn asset(body: &'static str, content_type: &'static str) -> Response {
+    let mut resp = body.into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(CSP),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    resp
+}
+
+/// With tokens configured the static page is open (it holds no data, and a navigation cannot
+/// carry the token); with none, it answers only where `/admin/*` would.
+async fn page_access(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if st.admin_tokens.is_empty() {
+        let Some(conn) = req.extensions().get::<ConnInfo>() else {
+            return AppError::Internal.into_response();
+        };
+        if let Err(e) = st.admin_tokens.authorize(req.headers(), conn.peer) {
+            return AppError::from(e).into_response();
+        }
+    }
+    next.run(req).await
+}
+
+/// `GET /admin/stats` (behind `require_admin`): see [`stats::view`].
+pub async fn stats(State(st): State<AppState>) -> Json<serde_json::Value> {
+    Json(stats::view(&st).await)
+}
