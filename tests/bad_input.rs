@@ -3,13 +3,10 @@
 //! Requests are written byte for byte over raw TCP, so nothing a client library would refuse to send
 //! is out of reach.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{start, SOON};
-use mcp_fanout_testkit::{RawRequest, RawResponse, Replica, SseRequest};
+use mcp_fanout_testkit::{start, RawRequest, RawResponse, Replica, SseRequest, SOON};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "tok-a-5b1e";

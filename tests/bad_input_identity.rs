@@ -7,18 +7,16 @@
 //! error shape, nothing is published by a refused request, the boundaries are accepted, request
 //! headers beyond the 64 KiB bound get `431`, and the service keeps serving.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use identity::{
-    b64url, body, hs256, now_secs, open_stream_with, start_memory, Db, ADMIN_TOKEN, TENANT_HEADER,
-};
 use jsonwebtoken::{Algorithm, EncodingKey};
-use mcp_fanout_testkit::{RawRequest, Replica, SseRequest};
+use mcp_fanout_testkit::{
+    body,
+    identity::TENANT_HEADER,
+    jwt::{b64url, hs256, now_secs},
+    open_stream_with, start_memory, Deployment, RawRequest, Replica, SseRequest, ADMIN_TOKEN,
+};
 use serde_json::{json, Value};
 
 const SECRET: &str = "bad-input-identity-secret";
@@ -99,7 +97,7 @@ async fn run(addr: SocketAddr, cases: Vec<Case>) {
                 continue;
             }
         };
-        let body = match identity::check_raw_error(&resp, c.status, c.code) {
+        let body = match mcp_fanout_testkit::error_shape::check_raw_error(&resp, c.status, c.code) {
             Ok(b) => b,
             Err(e) => {
                 failures.push(format!("{}: {e}", c.name));
@@ -602,7 +600,7 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sql_publish_refuses_bad_tenant_and_session_arguments() {
-    let pg = Db::fresh("badsql").await;
+    let pg = Deployment::fresh("badsql").await.with_admin();
     // One replica applies the schema (and shows the refused calls published nothing).
     let replicas = pg.replicas("bad-sql-", 1, &[]).await;
     let r = &replicas[0];
@@ -624,7 +622,7 @@ async fn sql_publish_refuses_bad_tenant_and_session_arguments() {
     ];
     let mut problems = Vec::new();
     for (name, tenant, session) in bad {
-        if let Ok(id) = pg.sql_publish(&client, &b, tenant, session).await {
+        if let Ok(id) = pg.try_sql_publish(&client, &b, tenant, session).await {
             problems.push(format!(
                 "{name}: SELECT publish(…) answered {id}, expected an error"
             ));
@@ -637,11 +635,11 @@ async fn sql_publish_refuses_bad_tenant_and_session_arguments() {
     );
     let tenant_256 = "é".repeat(128);
     let ok = pg
-        .sql_publish(&client, &b, Some(&tenant_256), Some(&"s".repeat(128)))
+        .try_sql_publish(&client, &b, Some(&tenant_256), Some(&"s".repeat(128)))
         .await
         .expect("the boundaries are accepted");
     let fence = pg
-        .sql_publish(&client, &b, None, None)
+        .try_sql_publish(&client, &b, None, None)
         .await
         .expect("an untargeted SQL publish");
     let ids = pg

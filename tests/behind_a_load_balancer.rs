@@ -3,17 +3,14 @@
 //! streams are open; their clients reconnect through the balancer with `Last-Event-ID`, land on the
 //! live replica, and every client ends with every event exactly once, in order.
 
-mod common;
-mod pg_common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{note, SOON};
-use mcp_fanout_testkit::{tempfile, wait_until, Replica, SseConn, SseRequest, Tally};
-use pg_common::Pg;
+use mcp_fanout_testkit::{
+    note, tempfile, wait_until, Deployment, Replica, SseConn, SseRequest, Tally, SOON,
+};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -152,7 +149,7 @@ async fn sse_count(r: &Replica) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_behind_the_balancer_loses_no_event_for_anyone() {
-    let pg = Pg::shared("lb").await;
+    let pg = Deployment::fresh("lb").await;
     let mut replicas = pg.replicas("lb-", 2, &[]).await;
     let lb = Nginx::start(&[replicas[0].public_addr(), replicas[1].public_addr()]).await;
 

@@ -6,21 +6,16 @@
 //! the bridge cannot reconnect until it is allowed again) and read by the catch-up after the
 //! reconnect. Runs on a cluster of its own (it changes a role's login right).
 
-mod common;
-mod pg_common;
-
 use std::time::Duration;
 
-use common::SOON;
-use mcp_fanout_testkit::postgres::{sql_publish, unique_name};
-use mcp_fanout_testkit::{PgCluster, Replica};
-use pg_common::{expect_exactly, follow_all, Pg};
+use mcp_fanout_testkit::postgres::sql_publish;
+use mcp_fanout_testkit::{expect_exactly, follow_all, Deployment, PgCluster, Replica, SOON};
 use serde_json::json;
 
 const RING: usize = 50;
 const PER_REPLICA: usize = 2;
 
-async fn publish_in_transactions(pg: &Pg, tag: &str, transactions: usize, per_tx: usize) {
+async fn publish_in_transactions(pg: &Deployment, tag: &str, transactions: usize, per_tx: usize) {
     let mut client = pg.client().await;
     for t in 0..transactions {
         let tx = client.transaction().await.expect("BEGIN");
@@ -51,11 +46,7 @@ async fn metric(r: &Replica, name: &str) -> f64 {
 async fn bursts_of_ten_rings_reach_every_subscriber_without_a_disconnect() {
     let cluster = PgCluster::start().await.expect("own Postgres cluster");
     let db = cluster.fresh_database().await.expect("database");
-    let pg = Pg {
-        server: cluster.server().clone(),
-        db,
-        schema: unique_name("ring"),
-    };
+    let pg = Deployment::on(cluster.server(), &db, "ring");
     // LISTEN as a role of its own, so the test can lock it out.
     let listener = pg
         .server

@@ -2,12 +2,11 @@
 //! order, with increasing ids; frames are JSON-RPC notifications with no `event:` field; the same
 //! event's bytes are identical on every live stream, on `Last-Event-ID` replay and in `/poll`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{note, start, SOON};
-use mcp_fanout_testkit::{EventId, Frame, PollAnswer, SseConn, SseRequest, Tally};
+use mcp_fanout_testkit::{
+    note, start, EventId, Frame, PollAnswer, SseConn, SseRequest, Tally, SOON,
+};
 use serde_json::{json, Value};
 
 const SUBSCRIBERS: usize = 3;

@@ -3,12 +3,9 @@
 //! `200` + `retry:` + clean end), then every stream ends cleanly with a `retry:` hint, and the process
 //! exits 0 within `FANOUT_SHUTDOWN_GRACE_SECS`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{note, start, SOON};
-use mcp_fanout_testkit::{wait_until, Frame, SseConn, SseRequest, StreamEnd};
+use mcp_fanout_testkit::{note, start, wait_until, Frame, SseConn, SseRequest, StreamEnd, SOON};
 use reqwest::StatusCode;
 use tokio::time::Instant;
 

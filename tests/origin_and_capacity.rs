@@ -7,16 +7,12 @@
 //! a waiting poll answers at once, a shed GET takes over no session, and the existing streams keep
 //! receiving; a freed slot is usable again.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::time::{Duration, Instant};
 
-use identity::{
-    body, expect_raw_error, open_stream_with, start_memory, ADMIN_TOKEN, TENANT_HEADER,
+use mcp_fanout_testkit::{
+    body, error_shape::expect_raw_error, identity::TENANT_HEADER, open_stream_with, start_memory,
+    RawRequest, SseRequest, ADMIN_TOKEN,
 };
-use mcp_fanout_testkit::{RawRequest, SseRequest};
 use serde_json::json;
 
 const ALLOWED: &str = "https://app.example";

@@ -4,12 +4,11 @@
 //! head (reconnecting with it does not resync again); a priming event appears only for a cursor-less
 //! 2025-11-25 client.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{note, start, QUIET, SOON};
-use mcp_fanout_testkit::{EventId, Frame, PollAnswer, Replica, SseConn, SseRequest, Tally};
+use mcp_fanout_testkit::{
+    note, start, EventId, Frame, PollAnswer, Replica, SseConn, SseRequest, Tally, QUIET, SOON,
+};
 use serde_json::{json, Value};
 
 const RESYNC_METHODS: [&str; 3] = [

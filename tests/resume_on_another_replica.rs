@@ -6,14 +6,11 @@
 //! `<schema>.meta.pruned`) yields the resync on another replica, for old and new protocol versions,
 //! and on `/poll`.
 
-mod common;
-mod pg_common;
-
 use std::time::Duration;
 
-use common::{note, QUIET, SOON};
-use mcp_fanout_testkit::{PollAnswer, Replica, SseConn, SseRequest, Tally};
-use pg_common::{seq_of, Pg};
+use mcp_fanout_testkit::{
+    note, seq_of, Deployment, PollAnswer, Replica, SseConn, SseRequest, Tally, QUIET, SOON,
+};
 use serde_json::{json, Value};
 
 const RESYNC_METHODS: [&str; 3] = [
@@ -60,7 +57,7 @@ async fn expect_events(who: &str, conn: &mut SseConn, expected: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn last_event_id_on_another_replica_yields_exactly_the_missed_events() {
-    let pg = Pg::shared("resume").await;
+    let pg = Deployment::fresh("resume").await;
     let replicas = pg.replicas("resume-", 2, &[]).await;
     let (a, b) = (&replicas[0], &replicas[1]);
 
@@ -177,7 +174,7 @@ async fn expect_resync(who: &str, conn: &mut SseConn, modern: bool, head: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cursor_below_the_pruned_watermark_yields_a_resync_on_another_replica() {
-    let pg = Pg::shared("pruned").await;
+    let pg = Deployment::fresh("pruned").await;
     let env = [
         ("FANOUT_RETENTION_MAX_EVENTS", "5"),
         ("FANOUT_RETENTION_INTERVAL_SECS", "1"),

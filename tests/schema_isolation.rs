@@ -3,14 +3,11 @@
 //! time over HTTP and SQL: each subscriber sees exactly its own deployment's log and nothing of
 //! the other's; a cursor from the other deployment is a resync, never the other's events.
 
-mod common;
-mod pg_common;
-
 use std::time::Duration;
 
-use common::{note, SOON};
-use mcp_fanout_testkit::{PollAnswer, Replica};
-use pg_common::{expect_exactly, follow_all, seq_of, Pg};
+use mcp_fanout_testkit::{
+    expect_exactly, follow_all, note, seq_of, Deployment, PollAnswer, Replica, SOON,
+};
 use serde_json::json;
 
 async fn publish_n(r: &Replica, tag: &str, n: usize) -> Vec<String> {
@@ -27,7 +24,7 @@ async fn publish_n(r: &Replica, tag: &str, n: usize) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_schemas_on_one_database_never_see_each_others_events() {
-    let a = Pg::shared("iso_a").await;
+    let a = Deployment::fresh("iso_a").await;
     let b = a.with_schema(&mcp_fanout_testkit::postgres::unique_name("iso_b"));
     let ra = a.replicas("iso-a", 2, &[]).await;
     let rb = b.replicas("iso-b", 1, &[]).await;

@@ -3,12 +3,9 @@
 //! binary starts a working single-replica service: probes, metrics, a publish, a stream, a poll. And
 //! `--help` lists every setting with its environment variable and defaults.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{bin, SOON};
-use mcp_fanout_testkit::{PollAnswer, Replica, SseRequest};
+use mcp_fanout_testkit::{bin, PollAnswer, Replica, SseRequest, SOON};
 use serde_json::{json, Value};
 
 fn level(v: &Value) -> &str {

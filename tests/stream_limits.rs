@@ -3,12 +3,9 @@
 //! capacity answers at once with no events), `FANOUT_MAX_STREAM_SECS` (a clean, resumable end), and one
 //! stream per session (a new GET for the session ends the older one).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{note, start, SOON};
-use mcp_fanout_testkit::{Frame, PollAnswer, SseRequest, StreamEnd, Tally};
+use mcp_fanout_testkit::{note, start, Frame, PollAnswer, SseRequest, StreamEnd, Tally, SOON};
 use tokio::time::Instant;
 
 const RETRY_MS: u64 = 1000;
