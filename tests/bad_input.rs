@@ -21,6 +21,19 @@ fn ok_event(n: usize) -> Value {
     json!({ "method": "notifications/test/ok", "params": { "n": n } })
 }
 
+/// A publish with `authorization` (or none) that must get `401 unauthorized` and a
+/// `WWW-Authenticate` challenge.
+fn unauthorized(name: &'static str, authorization: Option<&str>) -> Case {
+    let mut req = RawRequest::new("POST", "/admin/publish");
+    if let Some(a) = authorization {
+        req = req.header("Authorization", a);
+    }
+    let req = req
+        .header("Content-Type", "application/json")
+        .body(ok_event(0).to_string());
+    case(name, req, 401, "unauthorized").with_header("www-authenticate")
+}
+
 fn cases() -> Vec<Case> {
     let long_method = format!(
         "notifications/{}",
@@ -280,45 +293,10 @@ fn cases() -> Vec<Case> {
             415,
             "unsupported_media_type",
         ),
-        case(
-            "token missing",
-            RawRequest::new("POST", "/admin/publish")
-                .header("Content-Type", "application/json")
-                .body(ok_event(0).to_string()),
-            401,
-            "unauthorized",
-        )
-        .with_header("www-authenticate"),
-        case(
-            "token wrong",
-            RawRequest::new("POST", "/admin/publish")
-                .header("Authorization", "Bearer tok-a-5b1f")
-                .header("Content-Type", "application/json")
-                .body(ok_event(0).to_string()),
-            401,
-            "unauthorized",
-        )
-        .with_header("www-authenticate"),
-        case(
-            "token a prefix of the real one",
-            RawRequest::new("POST", "/admin/publish")
-                .header("Authorization", "Bearer tok-a")
-                .header("Content-Type", "application/json")
-                .body(ok_event(0).to_string()),
-            401,
-            "unauthorized",
-        )
-        .with_header("www-authenticate"),
-        case(
-            "not a bearer credential",
-            RawRequest::new("POST", "/admin/publish")
-                .header("Authorization", &format!("Basic {TOKEN}"))
-                .header("Content-Type", "application/json")
-                .body(ok_event(0).to_string()),
-            401,
-            "unauthorized",
-        )
-        .with_header("www-authenticate"),
+        unauthorized("token missing", None),
+        unauthorized("token wrong", Some("Bearer tok-a-5b1f")),
+        unauthorized("token a prefix of the real one", Some("Bearer tok-a")),
+        unauthorized("not a bearer credential", Some(&format!("Basic {TOKEN}"))),
         case(
             "foreign Origin on publish",
             publish(TOKEN, &ok_event(0)).header("Origin", "https://evil.example"),
