@@ -81,7 +81,7 @@ async fn bursts_of_ten_rings_reach_every_subscriber_without_a_disconnect() {
         .expect("terminate LISTEN");
     assert_eq!(killed, replicas.len(), "one LISTEN backend per replica");
     for r in &replicas {
-        r.wait_metric("mcp_fanout_listen_connected", SOON, |v| v == 0.0)
+        r.wait_listen(false, SOON)
             .await
             .unwrap_or_else(|e| panic!("{}: LISTEN is down: {e}", r.label()));
     }
@@ -93,13 +93,9 @@ async fn bursts_of_ten_rings_reach_every_subscriber_without_a_disconnect() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     pg.psql(&format!("ALTER ROLE {listener} LOGIN")).await;
     for r in &replicas {
-        r.wait_metric(
-            "mcp_fanout_listen_connected",
-            Duration::from_secs(20),
-            |v| v == 1.0,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}: LISTEN reconnects once allowed: {e}", r.label()));
+        r.wait_listen(true, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{}: LISTEN reconnects once allowed: {e}", r.label()));
     }
 
     let log = pg.log_ids().await;

@@ -19,7 +19,7 @@ const ALL_CLIENT_KILLS: usize = 2;
 
 async fn wait_listening(replicas: &[Arc<Replica>]) {
     for r in replicas {
-        r.wait_metric("mcp_fanout_listen_connected", SOON, |v| v == 1.0)
+        r.wait_listen(true, SOON)
             .await
             .unwrap_or_else(|e| panic!("{}: LISTEN connected again: {e}", r.label()));
     }

@@ -126,7 +126,7 @@ async fn a_postgres_restart_fails_fast_keeps_streams_and_loses_or_doubles_nothin
             "{}: a database outage does not make /readyz fail",
             r.label()
         );
-        r.wait_metric("mcp_fanout_listen_connected", SOON, |v| v == 0.0)
+        r.wait_listen(false, SOON)
             .await
             .unwrap_or_else(|e| panic!("{}: LISTEN gauge drops during the outage: {e}", r.label()));
     }
@@ -138,13 +138,9 @@ async fn a_postgres_restart_fails_fast_keeps_streams_and_loses_or_doubles_nothin
     cluster.start_again().await.expect("start Postgres again");
 
     for r in &replicas {
-        r.wait_metric(
-            "mcp_fanout_listen_connected",
-            Duration::from_secs(20),
-            |v| v == 1.0,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}: LISTEN reconnects after the restart: {e}", r.label()));
+        r.wait_listen(true, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{}: LISTEN reconnects after the restart: {e}", r.label()));
     }
 
     // Retries with the same keys: published once, the same ids every time.
