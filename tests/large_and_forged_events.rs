@@ -7,7 +7,7 @@
 use std::time::Duration;
 
 use mcp_fanout_testkit::{
-    postgres::quote_literal, Deployment, Frame, Replica, SseConn, SseRequest, QUIET, SOON,
+    open_stream_with, postgres::quote_literal, Deployment, Frame, SseConn, SseRequest, QUIET, SOON,
 };
 use serde_json::{json, Value};
 
@@ -33,15 +33,6 @@ fn large_params(tag: &str) -> Value {
         "test params are {total} bytes; they must be 60 KB and within the default 64 KiB limit"
     );
     params
-}
-
-async fn subscribe(r: &Replica) -> SseConn {
-    let c = r
-        .subscribe(&SseRequest::mcp())
-        .await
-        .unwrap_or_else(|e| panic!("{}: GET /mcp: {e}", r.label()));
-    assert_eq!(c.status(), 200);
-    c
 }
 
 /// The next event of each stream.
@@ -101,7 +92,7 @@ async fn a_60kb_event_arrives_intact_everywhere_and_forged_notifies_deliver_noth
     let replicas = pg.replicas("big-", 3, &[]).await;
     let mut conns = Vec::new();
     for r in &replicas {
-        conns.push(subscribe(r).await);
+        conns.push(open_stream_with(r, SseRequest::mcp(), r.label()).await);
         r.wait_subscribers(1, SOON)
             .await
             .expect("subscriber registered");

@@ -6,21 +6,9 @@
 use std::time::Duration;
 
 use mcp_fanout_testkit::{
-    expect_exactly, follow_all, note, seq_of, Deployment, PollAnswer, Replica, SOON,
+    expect_exactly, follow_all, publish_n, seq_of, Deployment, PollAnswer, SOON,
 };
 use serde_json::json;
-
-async fn publish_n(r: &Replica, tag: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(
-            r.publish_ok(&note("notifications/test/iso", tag, i))
-                .await
-                .unwrap_or_else(|e| panic!("{}: publish: {e}", r.label())),
-        );
-    }
-    ids
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_schemas_on_one_database_never_see_each_others_events() {
@@ -33,9 +21,9 @@ async fn two_schemas_on_one_database_never_see_each_others_events() {
 
     let client = a.client().await;
     let (pa0, pa1, pb, sql) = tokio::join!(
-        publish_n(&ra[0], "a0", 10),
-        publish_n(&ra[1], "a1", 10),
-        publish_n(&rb[0], "b", 10),
+        publish_n(&ra[0], "notifications/test/iso", "a0", 10),
+        publish_n(&ra[1], "notifications/test/iso", "a1", 10),
+        publish_n(&rb[0], "notifications/test/iso", "b", 10),
         async {
             let mut ids = (Vec::new(), Vec::new());
             for i in 0..5 {

@@ -20,7 +20,7 @@
 //! - [`flow`]: the multi-replica publish/deliver flow run directly and through PgBouncer.
 //! - [`bodies`]: notification bodies with a tag and a number.
 //! - [`identity`]: who a subscriber is, publish targets and the visibility rule (SPEC §3.5).
-//! - [`requests`]: SSE opens and polls that must succeed.
+//! - [`requests`]: SSE opens, polls and publishes that must succeed.
 //! - [`error_shape`]: the one JSON error shape (SPEC §4.1) on every kind of answer.
 //! - [`cases`]: bad-input tables of raw requests and the errors they must get.
 //! - [`shed`]: the shed check (`200` + `retry:` + clean end, SPEC §3.2).
@@ -61,7 +61,7 @@ pub use launch::{bin, start, start_memory, start_owned, with_admin, ADMIN_TOKEN}
 pub use poll::{PollAnswer, PollEvent};
 pub use postgres::{shared_database, shared_server, LogRow, PgBouncer, PgCluster, PgServer};
 pub use replica::{PublishOptions, Replica, Token};
-pub use requests::{open_stream_with, poll_with};
+pub use requests::{open_stream_with, poll_with, publish_n};
 pub use shed::expect_shed;
 pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
 pub use tally::{frame_ids, seq_of, EventId, Tally, TallyReport};

@@ -1,8 +1,9 @@
 //! Requests that must succeed, with the check in the helper: an SSE stream that must open as a
-//! `200` event stream, a `/poll` with extra headers.
+//! `200` event stream, a `/poll` with extra headers, a run of publishes.
 
 use std::time::Duration;
 
+use crate::bodies::note;
 use crate::http::HttpResponse;
 use crate::replica::Replica;
 use crate::sse::{SseConn, SseRequest};
@@ -43,4 +44,18 @@ pub async fn poll_with(r: &Replica, query: &str, headers: &[(String, String)]) -
     HttpResponse::read(resp)
         .await
         .unwrap_or_else(|e| panic!("reading /poll?{query} on {}: {e}", r.label()))
+}
+
+/// Publishes `n` notifications [`note`]`(method, tag, 0..n)` on `r`, one request each; their ids,
+/// in order. Panics on a failed publish.
+pub async fn publish_n(r: &Replica, method: &str, tag: &str, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for i in 0..n {
+        ids.push(
+            r.publish_ok(&note(method, tag, i))
+                .await
+                .unwrap_or_else(|e| panic!("{}: publish {tag} {i}: {e}", r.label())),
+        );
+    }
+    ids
 }
