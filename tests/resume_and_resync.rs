@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use mcp_fanout_testkit::{
-    note, publish_n, start, EventId, Frame, PollAnswer, SseConn, SseRequest, Tally, QUIET, SOON,
+    note, poll_answer, publish_n, start, EventId, Frame, PollAnswer, SseConn, SseRequest, Tally,
+    QUIET, SOON,
 };
 use serde_json::{json, Value};
 
@@ -316,12 +317,7 @@ async fn a_cursor_below_the_pruned_watermark_resyncs_and_one_above_it_replays() 
     t.assert_exact();
 
     // /poll tells the same: the resync notifications with no ids, and the head as cursor.
-    let resp = r
-        .poll(&format!("after={}&timeout=0", ids[2]))
-        .await
-        .expect("poll");
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let a = PollAnswer::parse(&resp.body).expect("poll shape");
+    let a = poll_answer(&r, &format!("after={}&timeout=0", ids[2])).await;
     assert_poll_resync("poll below the watermark", &a, &head);
 }
 
@@ -354,18 +350,9 @@ async fn poll_resyncs_unreplayable_cursors_and_not_the_head() {
         .pop()
         .expect("published");
     for cursor in [other_epoch(&head), above_head(&head), "garbage".to_string()] {
-        let resp = r
-            .poll(&format!("after={cursor}&timeout=0"))
-            .await
-            .expect("poll");
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        let a = PollAnswer::parse(&resp.body).expect("poll shape");
+        let a = poll_answer(&r, &format!("after={cursor}&timeout=0")).await;
         assert_poll_resync(&format!("poll after {cursor}"), &a, &head);
-        let resp = r
-            .poll(&format!("after={}&timeout=0", a.cursor))
-            .await
-            .expect("poll");
-        let a = PollAnswer::parse(&resp.body).expect("poll shape");
+        let a = poll_answer(&r, &format!("after={}&timeout=0", a.cursor)).await;
         assert!(a.events.is_empty(), "no second resync from the head: {a:?}");
         assert_eq!(a.cursor, head);
     }

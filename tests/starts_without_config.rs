@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use mcp_fanout_testkit::{bin, PollAnswer, Replica, SseRequest, SOON};
+use mcp_fanout_testkit::{bin, poll_answer, Replica, SseRequest, SOON};
 use serde_json::{json, Value};
 
 fn level(v: &Value) -> &str {
@@ -66,12 +66,7 @@ async fn an_unconfigured_binary_serves_probes_publish_stream_and_poll() {
     assert_eq!(msg["method"], json!("notifications/tools/list_changed"));
 
     let id2 = r.publish_ok(&body).await.expect("second publish");
-    let resp = r
-        .poll(&format!("after={id}&timeout=5"))
-        .await
-        .expect("poll");
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let a = PollAnswer::parse(&resp.body).expect("poll shape");
+    let a = poll_answer(&r, &format!("after={id}&timeout=5")).await;
     assert_eq!(
         a.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
         vec![Some(id2.clone())]

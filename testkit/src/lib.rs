@@ -61,7 +61,7 @@ pub use launch::{bin, start, start_memory, start_owned, with_admin, ADMIN_TOKEN}
 pub use poll::{PollAnswer, PollEvent};
 pub use postgres::{shared_database, shared_server, LogRow, PgBouncer, PgCluster, PgServer};
 pub use replica::{PublishOptions, Replica, Token};
-pub use requests::{open_stream_with, poll_with, publish_n};
+pub use requests::{open_stream_with, poll_answer, poll_with, publish_n};
 pub use shed::expect_shed;
 pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
 pub use tally::{frame_ids, seq_of, EventId, Tally, TallyReport};

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use crate::bodies::note;
 use crate::http::HttpResponse;
+use crate::poll::PollAnswer;
 use crate::replica::Replica;
 use crate::sse::{SseConn, SseRequest};
 
@@ -58,4 +59,26 @@ pub async fn publish_n(r: &Replica, method: &str, tag: &str, n: usize) -> Vec<St
         );
     }
     ids
+}
+
+/// `GET /poll?<query>` on `r`; panics unless it answers `200` with a well-formed body.
+pub async fn poll_answer(r: &Replica, query: &str) -> PollAnswer {
+    let resp = r
+        .poll(query)
+        .await
+        .unwrap_or_else(|e| panic!("GET /poll?{query} on {}: {e}", r.label()));
+    assert_eq!(
+        resp.status,
+        200,
+        "GET /poll?{query} on {}: {}",
+        r.label(),
+        resp.text()
+    );
+    PollAnswer::parse(&resp.body).unwrap_or_else(|e| {
+        panic!(
+            "/poll?{query} on {}: answer {:?}: {e}",
+            r.label(),
+            resp.text()
+        )
+    })
 }
