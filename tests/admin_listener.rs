@@ -1,12 +1,9 @@
 //! `FANOUT_ADMIN_ADDR` (SPEC §2, §4.1, §5): admin, metrics and probes move to their own listener, the
 //! public one no longer serves them, and tokens can come from `FANOUT_ADMIN_TOKEN_FILE`.
 
-mod common;
-
 use std::io::Write;
 
-use common::{note, start, SOON};
-use mcp_fanout_testkit::{error_code, tempfile, RawRequest, SseRequest, Token};
+use mcp_fanout_testkit::{error_code, note, start, tempfile, RawRequest, SseRequest, Token, SOON};
 use reqwest::StatusCode;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,16 +5,14 @@
 //! `WWW-Authenticate`, inline `FANOUT_ADMIN_TOKENS` keep working, and an open stream keeps flowing
 //! throughout, never ended. A token file that cannot be read keeps the current tokens.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use identity::{body, expect_http_error, open_stream_with};
-use mcp_fanout_testkit::{wait_for, HttpResponse, Replica, SseConn, SseRequest, Token};
+use mcp_fanout_testkit::{
+    body, error_shape::expect_http_error, open_stream_with, wait_for, HttpResponse, Replica,
+    SseConn, SseRequest, Token,
+};
 
 const INLINE: &str = "inline-token-stays-9c1d";
 const OLD: &str = "old-token-1b7e";
@@ -105,7 +103,7 @@ async fn rotating_the_token_file_swaps_tokens_without_a_restart_and_keeps_stream
     let path = dir.path().join("admin-tokens");
     fs::write(&path, format!("{OLD}\n")).expect("write the token file");
     let file = path.to_string_lossy().into_owned();
-    let r = identity::start_owned(
+    let r = mcp_fanout_testkit::start_owned(
         "rotation",
         &[
             ("FANOUT_ADMIN_TOKENS".to_string(), INLINE.to_string()),

@@ -7,77 +7,23 @@
 //! error shape, nothing is published by a refused request, the boundaries are accepted, request
 //! headers beyond the 64 KiB bound get `431`, and the service keeps serving.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use identity::{
-    b64url, body, hs256, now_secs, open_stream_with, start_memory, Db, ADMIN_TOKEN, TENANT_HEADER,
-};
 use jsonwebtoken::{Algorithm, EncodingKey};
-use mcp_fanout_testkit::{RawRequest, Replica, SseRequest};
+use mcp_fanout_testkit::{
+    body,
+    cases::{case, publish, run_cases, run_ok, sse, still_serves},
+    identity::TENANT_HEADER,
+    jwt::{b64url, hs256, now_secs},
+    open_stream_with, start_memory, Deployment, RawRequest, SseRequest, ADMIN_TOKEN,
+};
 use serde_json::{json, Value};
 
 const SECRET: &str = "bad-input-identity-secret";
 const T: Duration = Duration::from_secs(10);
 
-struct Case {
-    name: String,
-    req: RawRequest,
-    status: u16,
-    code: &'static str,
-    field: Option<&'static str>,
-    index: Option<u64>,
-    header: Option<&'static str>,
-}
-
-fn case(name: impl Into<String>, req: RawRequest, status: u16, code: &'static str) -> Case {
-    Case {
-        name: name.into(),
-        req,
-        status,
-        code,
-        field: None,
-        index: None,
-        header: None,
-    }
-}
-
-impl Case {
-    fn field(mut self, f: &'static str) -> Self {
-        self.field = Some(f);
-        self
-    }
-    fn index(mut self, i: u64) -> Self {
-        self.index = Some(i);
-        self
-    }
-    fn with_header(mut self, h: &'static str) -> Self {
-        self.header = Some(h);
-        self
-    }
-}
-
-fn sse() -> RawRequest {
-    RawRequest::new("GET", "/mcp").header("Accept", "text/event-stream")
-}
-
 fn poll() -> RawRequest {
     RawRequest::new("GET", "/poll?timeout=0")
-}
-
-fn publish_raw(body: &[u8]) -> RawRequest {
-    RawRequest::new("POST", "/admin/publish")
-        .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
-        .header("Content-Type", "application/json")
-        .body(body.to_vec())
-}
-
-fn publish(body: &Value) -> RawRequest {
-    publish_raw(body.to_string().as_bytes())
 }
 
 fn ev(extra: &Value) -> Value {
@@ -86,81 +32,6 @@ fn ev(extra: &Value) -> Value {
         v[k] = x.clone();
     }
     v
-}
-
-/// Sends every case; collects every mismatch, then fails once with all of them.
-async fn run(addr: SocketAddr, cases: Vec<Case>) {
-    let mut failures = Vec::new();
-    for c in cases {
-        let resp = match c.req.send(addr, T).await {
-            Ok(r) => r,
-            Err(e) => {
-                failures.push(format!("{}: request failed: {e}", c.name));
-                continue;
-            }
-        };
-        let body = match identity::check_raw_error(&resp, c.status, c.code) {
-            Ok(b) => b,
-            Err(e) => {
-                failures.push(format!("{}: {e}", c.name));
-                continue;
-            }
-        };
-        if let Some(f) = c.field {
-            if body["error"]["field"] != json!(f) {
-                failures.push(format!("{}: error.field should be {f:?}: {body}", c.name));
-            }
-        }
-        if let Some(i) = c.index {
-            if body["error"]["index"] != json!(i) {
-                failures.push(format!("{}: error.index should be {i}: {body}", c.name));
-            }
-        }
-        if let Some(h) = c.header {
-            if resp.header(h).is_none() {
-                failures.push(format!("{}: missing header {h}", c.name));
-            }
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} identity bad-input cases failed:\n  {}",
-        failures.len(),
-        failures.join("\n  ")
-    );
-}
-
-/// Accepted requests: each must answer `200`.
-async fn run_ok(addr: SocketAddr, cases: Vec<(String, RawRequest)>) {
-    let mut failures = Vec::new();
-    for (name, req) in cases {
-        match req.send(addr, T).await {
-            Ok(r) if r.status() == 200 => {}
-            Ok(r) => failures.push(format!(
-                "{name}: expected 200, got {} {}",
-                r.status(),
-                r.text()
-            )),
-            Err(e) => failures.push(format!("{name}: request failed: {e}")),
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "boundary cases that must be accepted were not:\n  {}",
-        failures.join("\n  ")
-    );
-}
-
-/// The service still serves: a stream opens (with `headers`), a publish is delivered to it.
-async fn still_serves(r: &Replica, headers: &[(&str, &str)]) {
-    let req = headers
-        .iter()
-        .fold(SseRequest::mcp(), |q, (n, v)| q.header(n, v));
-    let mut s = open_stream_with(r, req, "after the bad input").await;
-    r.wait_subscribers(1, T).await.expect("registered");
-    let id = r.publish_ok(&body("still", 0)).await.expect("publish");
-    let f = s.next_event(T).await.expect("event").expect("open");
-    assert_eq!(f.id.as_deref(), Some(id.as_str()), "delivered");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -193,7 +64,7 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
     let mut cases = Vec::new();
 
     // ---- the tenant header, on both subscriber endpoints ----
-    for (what, req) in [("/mcp", sse()), ("/poll", poll())] {
+    for (what, req) in [("/mcp", sse("/mcp")), ("/poll", poll())] {
         let bad_values: Vec<(&str, Vec<u8>)> = vec![
             ("empty", Vec::new()),
             ("over 256 bytes", long_tenant.as_bytes().to_vec()),
@@ -235,7 +106,7 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
         ));
     }
     // ---- a session owned by another principal ----
-    for (what, req) in [("/mcp", sse()), ("/poll", poll())] {
+    for (what, req) in [("/mcp", sse("/mcp")), ("/poll", poll())] {
         cases.push(case(
             format!("another tenant's session on {what}"),
             req.clone()
@@ -274,7 +145,7 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
         cases.push(
             case(
                 format!("publish tenant {name}"),
-                publish(&ev(&json!({ "tenant": v }))),
+                publish(ADMIN_TOKEN, &ev(&json!({ "tenant": v }))),
                 400,
                 "invalid_field",
             )
@@ -297,7 +168,7 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
         cases.push(
             case(
                 format!("publish session {name}"),
-                publish(&ev(&json!({ "session": v }))),
+                publish(ADMIN_TOKEN, &ev(&json!({ "session": v }))),
                 400,
                 "invalid_field",
             )
@@ -314,7 +185,7 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
         cases.push(
             case(
                 format!("publish key {name}"),
-                publish(&ev(&json!({ "key": v }))),
+                publish(ADMIN_TOKEN, &ev(&json!({ "key": v }))),
                 400,
                 "invalid_field",
             )
@@ -330,7 +201,7 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
     cases.push(
         case(
             "batch with an empty tenant at index 2",
-            publish(&batch),
+            publish(ADMIN_TOKEN, &batch),
             400,
             "invalid_field",
         )
@@ -341,7 +212,7 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
     cases.push(
         case(
             "batch with a bad session at index 1",
-            publish(&batch),
+            publish(ADMIN_TOKEN, &batch),
             400,
             "invalid_field",
         )
@@ -352,7 +223,7 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
     for typo in ["tenat", "Tenant", "sesion", "session_id", "tenant_id"] {
         cases.push(case(
             format!("publish with the unknown field {typo:?}"),
-            publish(&ev(&json!({ typo: "x" }))),
+            publish(ADMIN_TOKEN, &ev(&json!({ typo: "x" }))),
             400,
             "unknown_field",
         ));
@@ -360,14 +231,17 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
     // ---- Idempotency-Key ----
     cases.push(case(
         "Idempotency-Key together with a per-event key",
-        publish(&ev(&json!({ "key": "k1" }))).header("Idempotency-Key", "req-1"),
+        publish(ADMIN_TOKEN, &ev(&json!({ "key": "k1" }))).header("Idempotency-Key", "req-1"),
         400,
         "invalid_field",
     ));
     cases.push(case(
         "Idempotency-Key together with a per-event key in a batch",
-        publish(&json!([ev(&json!({})), ev(&json!({ "key": "k2" }))]))
-            .header("Idempotency-Key", "req-2"),
+        publish(
+            ADMIN_TOKEN,
+            &json!([ev(&json!({})), ev(&json!({ "key": "k2" }))]),
+        )
+        .header("Idempotency-Key", "req-2"),
         400,
         "invalid_field",
     ));
@@ -381,19 +255,19 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
         cases.push(
             case(
                 format!("Idempotency-Key {name}"),
-                publish(&ev(&json!({}))).header_bytes("Idempotency-Key", &value),
+                publish(ADMIN_TOKEN, &ev(&json!({}))).header_bytes("Idempotency-Key", &value),
                 400,
                 "invalid_field",
             )
             .field("Idempotency-Key"),
         );
     }
-    run(addr, cases).await;
+    run_cases("identity bad-input", addr, cases, T).await;
 
     // Request headers are bounded on the accept loop (64 KiB): a tenant header far beyond that is
     // refused by the HTTP layer itself with 431, before any handler runs.
     let huge = "t".repeat(80 * 1024);
-    for (what, req) in [("/mcp", sse()), ("/poll", poll())] {
+    for (what, req) in [("/mcp", sse("/mcp")), ("/poll", poll())] {
         let resp = req
             .header(TENANT_HEADER, &huge)
             .send(addr, T)
@@ -439,24 +313,28 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
         ),
         (
             "publish tenant of 256 bytes".to_string(),
-            publish(&ev(&json!({ "tenant": tenant_256 }))),
+            publish(ADMIN_TOKEN, &ev(&json!({ "tenant": tenant_256 }))),
         ),
         (
             "publish session of 128 bytes, tenant and key".to_string(),
-            publish(&ev(
-                &json!({ "session": "s".repeat(128), "tenant": "A", "key": "k".repeat(128) }),
-            )),
+            publish(
+                ADMIN_TOKEN,
+                &ev(&json!({ "session": "s".repeat(128), "tenant": "A", "key": "k".repeat(128) })),
+            ),
         ),
         (
             "publish tenant and session null".to_string(),
-            publish(&ev(&json!({ "tenant": null, "session": null }))),
+            publish(
+                ADMIN_TOKEN,
+                &ev(&json!({ "tenant": null, "session": null })),
+            ),
         ),
         (
             "Idempotency-Key of 128 bytes".to_string(),
-            publish(&ev(&json!({}))).header("Idempotency-Key", &"i".repeat(128)),
+            publish(ADMIN_TOKEN, &ev(&json!({}))).header("Idempotency-Key", &"i".repeat(128)),
         ),
     ];
-    run_ok(addr, ok).await;
+    run_ok(addr, ok, T).await;
     still_serves(&r, &[(TENANT_HEADER, "A")]).await;
 }
 
@@ -559,7 +437,7 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
     ];
     let mut cases = Vec::new();
     for (name, value) in &forms {
-        for (what, req) in [("/mcp", sse()), ("/poll", poll())] {
+        for (what, req) in [("/mcp", sse("/mcp")), ("/poll", poll())] {
             cases.push(
                 case(
                     format!("{name} on {what}"),
@@ -586,13 +464,13 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
     cases.push(
         case(
             "the admin token on /mcp",
-            sse().header("Authorization", &format!("Bearer {ADMIN_TOKEN}")),
+            sse("/mcp").header("Authorization", &format!("Bearer {ADMIN_TOKEN}")),
             401,
             "unauthorized",
         )
         .with_header("www-authenticate"),
     );
-    run(addr, cases).await;
+    run_cases("identity bad-input", addr, cases, T).await;
     r.wait_subscribers(0, T)
         .await
         .expect("no refused request is a subscriber");
@@ -602,7 +480,7 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sql_publish_refuses_bad_tenant_and_session_arguments() {
-    let pg = Db::fresh("badsql").await;
+    let pg = Deployment::fresh("badsql").await.with_admin();
     // One replica applies the schema (and shows the refused calls published nothing).
     let replicas = pg.replicas("bad-sql-", 1, &[]).await;
     let r = &replicas[0];
@@ -624,7 +502,7 @@ async fn sql_publish_refuses_bad_tenant_and_session_arguments() {
     ];
     let mut problems = Vec::new();
     for (name, tenant, session) in bad {
-        if let Ok(id) = pg.sql_publish(&client, &b, tenant, session).await {
+        if let Ok(id) = pg.try_sql_publish(&client, &b, tenant, session).await {
             problems.push(format!(
                 "{name}: SELECT publish(…) answered {id}, expected an error"
             ));
@@ -637,11 +515,11 @@ async fn sql_publish_refuses_bad_tenant_and_session_arguments() {
     );
     let tenant_256 = "é".repeat(128);
     let ok = pg
-        .sql_publish(&client, &b, Some(&tenant_256), Some(&"s".repeat(128)))
+        .try_sql_publish(&client, &b, Some(&tenant_256), Some(&"s".repeat(128)))
         .await
         .expect("the boundaries are accepted");
     let fence = pg
-        .sql_publish(&client, &b, None, None)
+        .try_sql_publish(&client, &b, None, None)
         .await
         .expect("an untargeted SQL publish");
     let ids = pg

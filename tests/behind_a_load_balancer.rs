@@ -3,17 +3,14 @@
 //! streams are open; their clients reconnect through the balancer with `Last-Event-ID`, land on the
 //! live replica, and every client ends with every event exactly once, in order.
 
-mod common;
-mod pg_common;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::{note, SOON};
-use mcp_fanout_testkit::{tempfile, wait_until, Replica, SseConn, SseRequest, Tally};
-use pg_common::Pg;
+use mcp_fanout_testkit::{
+    publish_n, tempfile, wait_until, Deployment, Replica, SseConn, SseRequest, Tally, SOON,
+};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -130,18 +127,6 @@ async fn client(
     }
 }
 
-async fn publish(r: &Replica, tag: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(
-            r.publish_ok(&note(METHOD, tag, i))
-                .await
-                .unwrap_or_else(|e| panic!("{}: publish: {e}", r.label())),
-        );
-    }
-    ids
-}
-
 async fn sse_count(r: &Replica) -> f64 {
     r.metric("mcp_fanout_subscribers{kind=\"sse\"}")
         .await
@@ -152,11 +137,11 @@ async fn sse_count(r: &Replica) -> f64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_replica_killed_behind_the_balancer_loses_no_event_for_anyone() {
-    let pg = Pg::shared("lb").await;
+    let pg = Deployment::fresh("lb").await;
     let mut replicas = pg.replicas("lb-", 2, &[]).await;
     let lb = Nginx::start(&[replicas[0].public_addr(), replicas[1].public_addr()]).await;
 
-    let from = publish(&replicas[1], "marker", 1).await.remove(0);
+    let from = publish_n(&replicas[1], METHOD, "marker", 1).await.remove(0);
     let (last_tx, last_rx) = watch::channel(None);
     let clients: Vec<_> = (0..CLIENTS)
         .map(|i| {
@@ -176,10 +161,10 @@ async fn a_replica_killed_behind_the_balancer_loses_no_event_for_anyone() {
     .await
     .expect("the balancer spreads the streams");
 
-    let mut expected = publish(&replicas[0], "before-a", 10).await;
-    expected.extend(publish(&replicas[1], "before-b", 10).await);
+    let mut expected = publish_n(&replicas[0], METHOD, "before-a", 10).await;
+    expected.extend(publish_n(&replicas[1], METHOD, "before-b", 10).await);
     replicas[0].kill().expect("SIGKILL replica 0");
-    expected.extend(publish(&replicas[1], "after", 20).await);
+    expected.extend(publish_n(&replicas[1], METHOD, "after", 20).await);
     last_tx
         .send(expected.last().cloned())
         .expect("clients listening");

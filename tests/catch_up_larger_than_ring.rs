@@ -6,21 +6,16 @@
 //! the bridge cannot reconnect until it is allowed again) and read by the catch-up after the
 //! reconnect. Runs on a cluster of its own (it changes a role's login right).
 
-mod common;
-mod pg_common;
-
 use std::time::Duration;
 
-use common::SOON;
-use mcp_fanout_testkit::postgres::{sql_publish, unique_name};
-use mcp_fanout_testkit::{PgCluster, Replica};
-use pg_common::{expect_exactly, follow_all, Pg};
+use mcp_fanout_testkit::postgres::sql_publish;
+use mcp_fanout_testkit::{expect_exactly, follow_all, Deployment, PgCluster, Replica, SOON};
 use serde_json::json;
 
 const RING: usize = 50;
 const PER_REPLICA: usize = 2;
 
-async fn publish_in_transactions(pg: &Pg, tag: &str, transactions: usize, per_tx: usize) {
+async fn publish_in_transactions(pg: &Deployment, tag: &str, transactions: usize, per_tx: usize) {
     let mut client = pg.client().await;
     for t in 0..transactions {
         let tx = client.transaction().await.expect("BEGIN");
@@ -51,11 +46,7 @@ async fn metric(r: &Replica, name: &str) -> f64 {
 async fn bursts_of_ten_rings_reach_every_subscriber_without_a_disconnect() {
     let cluster = PgCluster::start().await.expect("own Postgres cluster");
     let db = cluster.fresh_database().await.expect("database");
-    let pg = Pg {
-        server: cluster.server().clone(),
-        db,
-        schema: unique_name("ring"),
-    };
+    let pg = Deployment::on(cluster.server(), &db, "ring");
     // LISTEN as a role of its own, so the test can lock it out.
     let listener = pg
         .server
@@ -90,7 +81,7 @@ async fn bursts_of_ten_rings_reach_every_subscriber_without_a_disconnect() {
         .expect("terminate LISTEN");
     assert_eq!(killed, replicas.len(), "one LISTEN backend per replica");
     for r in &replicas {
-        r.wait_metric("mcp_fanout_listen_connected", SOON, |v| v == 0.0)
+        r.wait_listen(false, SOON)
             .await
             .unwrap_or_else(|e| panic!("{}: LISTEN is down: {e}", r.label()));
     }
@@ -102,13 +93,9 @@ async fn bursts_of_ten_rings_reach_every_subscriber_without_a_disconnect() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     pg.psql(&format!("ALTER ROLE {listener} LOGIN")).await;
     for r in &replicas {
-        r.wait_metric(
-            "mcp_fanout_listen_connected",
-            Duration::from_secs(20),
-            |v| v == 1.0,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}: LISTEN reconnects once allowed: {e}", r.label()));
+        r.wait_listen(true, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{}: LISTEN reconnects once allowed: {e}", r.label()));
     }
 
     let log = pg.log_ids().await;

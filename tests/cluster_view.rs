@@ -6,15 +6,13 @@
 //! (`FANOUT_REPLICA_STALE_SECS=3`); one that shuts down cleanly disappears too. The endpoint needs
 //! the admin token.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use identity::{body, now_secs, open_stream_with, start_owned, Db, ADMIN_TOKEN};
-use mcp_fanout_testkit::{wait_for, Replica, SseConn, SseRequest};
+use mcp_fanout_testkit::{
+    body, jwt::now_secs, open_stream_with, start_owned, wait_for, Deployment, Replica, SseConn,
+    SseRequest, ADMIN_TOKEN,
+};
 use serde_json::Value;
 
 const STALE_SECS: u64 = 3;
@@ -133,7 +131,7 @@ async fn streams(r: &Replica, n: usize) -> Vec<SseConn> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_replica_lists_all_live_replicas_and_a_killed_one_ages_out() {
-    let pg = Db::fresh("cluster").await;
+    let pg = Deployment::fresh("cluster").await.with_admin();
     let stale = STALE_SECS.to_string();
     let base = pg.env(&[
         ("FANOUT_REPLICA_STALE_SECS", stale.as_str()),

@@ -2,12 +2,11 @@
 //! order, with increasing ids; frames are JSON-RPC notifications with no `event:` field; the same
 //! event's bytes are identical on every live stream, on `Last-Event-ID` replay and in `/poll`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{note, start, SOON};
-use mcp_fanout_testkit::{EventId, Frame, PollAnswer, SseConn, SseRequest, Tally};
+use mcp_fanout_testkit::{
+    note, poll_answer, start, EventId, Frame, PollAnswer, SseConn, SseRequest, Tally, SOON,
+};
 use serde_json::{json, Value};
 
 const SUBSCRIBERS: usize = 3;
@@ -197,12 +196,7 @@ async fn three_subscribers_get_every_event_once_in_order_with_identical_bytes() 
     }
 
     // /poll returns the same messages, byte for byte.
-    let resp = r
-        .poll(&format!("after={anchor}&timeout=0"))
-        .await
-        .expect("poll");
-    assert_eq!(resp.status, 200, "/poll: {}", resp.text());
-    let answer = PollAnswer::parse(&resp.body).expect("poll answer shape");
+    let answer = poll_answer(&r, &format!("after={anchor}&timeout=0")).await;
     assert!(!answer.more, "{n} events fit in one answer");
     assert_eq!(answer.cursor, ids[n - 1], "cursor is the last returned id");
     assert_eq!(
@@ -220,11 +214,7 @@ async fn three_subscribers_get_every_event_once_in_order_with_identical_bytes() 
     }
 
     // Nothing after the head: an empty answer with the cursor unchanged.
-    let resp = r
-        .poll(&format!("after={}&timeout=0", ids[n - 1]))
-        .await
-        .expect("poll at head");
-    let answer = PollAnswer::parse(&resp.body).expect("poll answer shape");
+    let answer = poll_answer(&r, &format!("after={}&timeout=0", ids[n - 1])).await;
     assert!(answer.events.is_empty(), "{answer:?}");
     assert_eq!(answer.cursor, ids[n - 1]);
 }
@@ -289,11 +279,7 @@ async fn long_poll_wakes_on_publish_and_paginates() {
     let mut got = Vec::new();
     let mut answers = 0;
     loop {
-        let resp = r
-            .poll(&format!("after={cursor}&timeout=0"))
-            .await
-            .expect("poll page");
-        let a = PollAnswer::parse(&resp.body).expect("poll shape");
+        let a = poll_answer(&r, &format!("after={cursor}&timeout=0")).await;
         answers += 1;
         assert!(a.events.len() <= 1000, "at most 1000 events per answer");
         got.extend(a.events.iter().filter_map(|e| e.id.clone()));

@@ -3,12 +3,11 @@
 //! `200` + `retry:` + clean end), then every stream ends cleanly with a `retry:` hint, and the process
 //! exits 0 within `FANOUT_SHUTDOWN_GRACE_SECS`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{note, start, SOON};
-use mcp_fanout_testkit::{wait_until, Frame, SseConn, SseRequest, StreamEnd};
+use mcp_fanout_testkit::{
+    expect_shed, note, start, wait_until, Frame, SseConn, SseRequest, StreamEnd, SOON,
+};
 use reqwest::StatusCode;
 use tokio::time::Instant;
 
@@ -88,26 +87,7 @@ async fn sigterm_drains_then_ends_streams_with_retry_and_exits_zero_within_the_g
     );
 
     // A new GET while draining is shed: 200, retry in [R, 2R], clean end, no events.
-    let mut shed = r
-        .subscribe(&SseRequest::mcp())
-        .await
-        .expect("GET during the drain");
-    assert_eq!(shed.status(), 200, "a shed GET is 200, never 503");
-    let frames = shed
-        .read_to_end(Duration::from_secs(1))
-        .await
-        .expect("a shed GET ends at once, cleanly");
-    assert!(
-        frames.iter().all(|f| f.data.is_none()),
-        "a shed GET carries no events: {:?}",
-        frames.iter().map(Frame::text).collect::<Vec<_>>()
-    );
-    let shed_retry = shed.last_retry().expect("a shed GET carries retry:");
-    assert!(
-        (RETRY_MS..=2 * RETRY_MS).contains(&shed_retry),
-        "shed retry {shed_retry} in [{RETRY_MS}, {}]",
-        2 * RETRY_MS
-    );
+    expect_shed(&r, SseRequest::mcp(), RETRY_MS, "GET during the drain").await;
     let drain_checks_done = t0.elapsed();
     assert!(
         drain_checks_done < Duration::from_secs(DRAIN_SECS),

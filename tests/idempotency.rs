@@ -2,10 +2,9 @@
 //! id(s) and delivers once — with the `Idempotency-Key` header (single and batch), with per-event
 //! `"key"`s, and with concurrent retries; the same key with another body is `409`.
 
-mod common;
-
-use common::{start, QUIET, SOON};
-use mcp_fanout_testkit::{error_code, PublishOptions, Replica, SseRequest, Tally};
+use mcp_fanout_testkit::{
+    error_code, start, PublishOptions, Replica, SseRequest, Tally, QUIET, SOON,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 

@@ -7,20 +7,17 @@
 //! waiting poll does not outlive its token; RS256/ES256 public keys and a JWKS file verify tokens
 //! too, and refuse an HS256 token "signed" with the public key.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;
-use identity::{
-    body, expect_http_error, expect_sse_error, hs256, now_secs, open_stream, poll_ok, poll_with,
-    publish_to, seq_of, sign, start_memory, unsigned_token, visible_ids, Db, Published, Target,
-    Who,
-};
 use jsonwebtoken::{Algorithm, EncodingKey};
-use mcp_fanout_testkit::{Follower, Replica, SseRequest};
+use mcp_fanout_testkit::{
+    body,
+    error_shape::{expect_http_error, expect_sse_error},
+    identity::{open_stream, poll_ok, publish_to, visible_ids, Published, Target, Who},
+    jwt::{hs256, now_secs, sign, unsigned_token},
+    poll_with, seq_of, start_memory, Deployment, Follower, Replica, SseRequest,
+};
 use serde_json::{json, Value};
 
 const SECRET: &str = "jwt-test-secret-0b6f2c9e8d";
@@ -132,7 +129,7 @@ async fn expect_401(r: &Replica, what: &str, authorization: Option<&str>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn only_valid_tokens_are_accepted_and_the_tenant_claim_decides_visibility() {
-    let pg = Db::fresh("jwt").await;
+    let pg = Deployment::fresh("jwt").await.with_admin();
     let replicas = pg
         .replicas(
             "jwt-",
@@ -184,7 +181,7 @@ async fn only_valid_tokens_are_accepted_and_the_tenant_claim_decides_visibility(
             Some(bearer(&{
                 let t = good("alice", &json!({ "org": "A" }));
                 let parts: Vec<&str> = t.split('.').collect();
-                let forged = identity::b64url(
+                let forged = mcp_fanout_testkit::jwt::b64url(
                     claims("alice", &json!({ "org": "B" }))
                         .to_string()
                         .as_bytes(),
@@ -512,8 +509,8 @@ async fn rs256_es256_public_keys_and_a_jwks_verify_tokens() {
         let mut a = vec!["genpkey"];
         a.extend(args.iter().copied());
         a.extend(["-out", key.as_str()]);
-        identity::openssl(d, &a);
-        identity::openssl(
+        mcp_fanout_testkit::openssl::openssl(d, &a);
+        mcp_fanout_testkit::openssl::openssl(
             d,
             &[
                 "pkey",
@@ -614,7 +611,7 @@ async fn rs256_es256_public_keys_and_a_jwks_verify_tokens() {
         let headers = vec![("Authorization".to_string(), format!("Bearer {token}"))];
         let resp = poll_with(r, "timeout=0", &headers).await;
         let what = format!("{}: {name}", r.label());
-        let code = identity::error_code_of(&resp.text());
+        let code = mcp_fanout_testkit::error_shape::error_code_of(&resp.text());
         match (accepted, resp.status.as_u16(), code.as_deref()) {
             (true, 200, _) | (false, 401, Some("unauthorized")) => {}
             _ => keys.push(format!(

@@ -4,15 +4,11 @@
 //! on the deployment's channel by another role (a future seq, garbage, an empty or huge payload,
 //! the control channel too) delivers nothing, and a real event after the forgeries still arrives.
 
-mod common;
-mod pg_common;
-
 use std::time::Duration;
 
-use common::{QUIET, SOON};
-use mcp_fanout_testkit::postgres::quote_literal;
-use mcp_fanout_testkit::{Frame, Replica, SseConn, SseRequest};
-use pg_common::Pg;
+use mcp_fanout_testkit::{
+    open_stream_with, postgres::quote_literal, Deployment, Frame, SseConn, SseRequest, QUIET, SOON,
+};
 use serde_json::{json, Value};
 
 const LARGE: usize = 60 * 1024;
@@ -37,15 +33,6 @@ fn large_params(tag: &str) -> Value {
         "test params are {total} bytes; they must be 60 KB and within the default 64 KiB limit"
     );
     params
-}
-
-async fn subscribe(r: &Replica) -> SseConn {
-    let c = r
-        .subscribe(&SseRequest::mcp())
-        .await
-        .unwrap_or_else(|e| panic!("{}: GET /mcp: {e}", r.label()));
-    assert_eq!(c.status(), 200);
-    c
 }
 
 /// The next event of each stream.
@@ -101,11 +88,11 @@ fn check_large(frames: &[Frame], id: &str, method: &str, params: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_60kb_event_arrives_intact_everywhere_and_forged_notifies_deliver_nothing() {
-    let pg = Pg::shared("big").await;
+    let pg = Deployment::fresh("big").await;
     let replicas = pg.replicas("big-", 3, &[]).await;
     let mut conns = Vec::new();
     for r in &replicas {
-        conns.push(subscribe(r).await);
+        conns.push(open_stream_with(r, SseRequest::mcp(), r.label()).await);
         r.wait_subscribers(1, SOON)
             .await
             .expect("subscriber registered");
@@ -192,7 +179,11 @@ async fn a_60kb_event_arrives_intact_everywhere_and_forged_notifies_deliver_noth
 
     // A real event after the forgeries arrives everywhere, with the seq right after the head.
     let real_id = replicas[2]
-        .publish_ok(&common::note("notifications/test/real", "big", 0))
+        .publish_ok(&mcp_fanout_testkit::note(
+            "notifications/test/real",
+            "big",
+            0,
+        ))
         .await
         .expect("publish the real event");
     let frames = next_events(&mut conns, "the real event after the forged NOTIFYs").await;

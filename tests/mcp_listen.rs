@@ -14,7 +14,6 @@
 //!    → 404 / -32601; at `FANOUT_MAX_SUBSCRIBERS` → 503 with a JSON-RPC error. In proxy mode the
 //!    listen requests get the same answers (they are never forwarded).
 
-mod common;
 mod e2e;
 
 use std::time::Duration;
@@ -210,7 +209,7 @@ fn is_marker(m: &Value, n: i64) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn listen_honours_the_filter_and_acknowledges_only_what_it_honours() {
-    let r = common::start(
+    let r = mcp_fanout_testkit::start(
         "listen",
         &[
             ("FANOUT_KEEPALIVE_SECS", "1"),
@@ -544,9 +543,10 @@ async fn check(r: &Replica, mode: &str, c: &Case) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_listen_requests_get_the_specified_json_rpc_errors() {
-    let standalone = common::start("listen-errors", &[("FANOUT_MAX_SUBSCRIBERS", "1")]).await;
+    let standalone =
+        mcp_fanout_testkit::start("listen-errors", &[("FANOUT_MAX_SUBSCRIBERS", "1")]).await;
     // Proxy mode with nothing behind it: listen requests must be answered here, never forwarded.
-    let proxy = common::start(
+    let proxy = mcp_fanout_testkit::start(
         "listen-errors-proxy",
         &[("FANOUT_UPSTREAM", "http://127.0.0.1:9/mcp")],
     )

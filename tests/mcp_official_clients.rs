@@ -17,9 +17,7 @@
 //! wrapper), so the test sees each GET they make, its `Last-Event-ID`, the ids of the frames on
 //! it, and when it ends — and can publish exactly while a client is disconnected.
 
-mod common;
 mod e2e;
-mod pg_common;
 
 use std::time::Duration;
 
@@ -27,8 +25,7 @@ use e2e::{
     get_streams, is_kind, is_notification, post_rpc, py1_client, py2_client, ts_client,
     wire_event_ids, Proc, Upstream, UpstreamKind,
 };
-use mcp_fanout_testkit::Replica;
-use pg_common::Pg;
+use mcp_fanout_testkit::{Deployment, Replica};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 
@@ -97,7 +94,7 @@ fn count_notifications(p: &Proc, method: &str) -> usize {
 async fn three_official_clients_get_a_notification_published_on_another_replica() {
     e2e::ensure_setup();
     let started = Instant::now();
-    let pg = Pg::shared("e2e_clients").await;
+    let pg = Deployment::fresh("e2e_clients").await;
     let (up1, up2) = tokio::join!(
         Upstream::start(UpstreamKind::V1Sse, "upstream-v1"),
         Upstream::start(UpstreamKind::V2, "upstream-v2"),
@@ -494,7 +491,7 @@ async fn idle_resume_case(label: &str, p: &Proc, session: &str, b: &Replica) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn legacy_clients_keep_their_cursor_across_an_idle_resumed_stream() {
     e2e::ensure_setup();
-    let pg = Pg::shared("e2e_idle").await;
+    let pg = Deployment::fresh("e2e_idle").await;
     let up = Upstream::start(UpstreamKind::V1Sse, "upstream-v1").await;
     let mut env_a = vec![("FANOUT_UPSTREAM", up.url.as_str())];
     env_a.extend_from_slice(&CYCLING);
@@ -537,7 +534,7 @@ async fn python_client_gets_its_stream_through_a_minting_proxy_for_a_stateless_u
         direct.header("mcp-session-id").is_none(),
         "the stateless upstream issues no session id"
     );
-    let r = common::start(
+    let r = mcp_fanout_testkit::start(
         "mint",
         &[
             ("FANOUT_UPSTREAM", up.url.as_str()),

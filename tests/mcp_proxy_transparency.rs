@@ -11,7 +11,6 @@
 //! answer is relayed frame by frame: the log message must arrive through the replica while the
 //! upstream is still holding the result back.
 
-mod common;
 mod e2e;
 
 use std::collections::BTreeMap;
@@ -231,7 +230,7 @@ async fn proxied_equals_direct(kind: UpstreamKind, sse: bool) {
     let label = if sse { "sse" } else { "json" };
     let up = Upstream::start(kind, &format!("upstream-{label}")).await;
     let replica: Replica =
-        common::start(&format!("proxy-{label}"), &[("FANOUT_UPSTREAM", &up.url)]).await;
+        mcp_fanout_testkit::start(&format!("proxy-{label}"), &[("FANOUT_UPSTREAM", &up.url)]).await;
     let direct = run_flow(up.url.clone(), &up, sse).await;
     let proxied = run_flow(replica.public_url("/mcp"), &up, sse).await;
     assert_eq!(direct.len(), proxied.len());

@@ -5,23 +5,21 @@
 //! replica stays connected and receives exactly the log: zero loss, zero duplicates, order intact.
 //! Runs on a cluster of its own.
 
-mod common;
-mod pg_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::SOON;
-use mcp_fanout_testkit::postgres::unique_name;
-use mcp_fanout_testkit::{PgCluster, Replica};
-use pg_common::{check_load_against_log, expect_exactly, follow_all, interesting_logs, Load, Pg};
+use mcp_fanout_testkit::{
+    expect_exactly, follow_all, interesting_logs,
+    load::{check_load_against_log, Load},
+    Deployment, PgCluster, Replica, SOON,
+};
 
 const LISTEN_KILLS: usize = 4;
 const ALL_CLIENT_KILLS: usize = 2;
 
 async fn wait_listening(replicas: &[Arc<Replica>]) {
     for r in replicas {
-        r.wait_metric("mcp_fanout_listen_connected", SOON, |v| v == 1.0)
+        r.wait_listen(true, SOON)
             .await
             .unwrap_or_else(|e| panic!("{}: LISTEN connected again: {e}", r.label()));
     }
@@ -31,11 +29,7 @@ async fn wait_listening(replicas: &[Arc<Replica>]) {
 async fn terminating_listen_and_client_backends_loses_and_doubles_nothing() {
     let cluster = PgCluster::start().await.expect("own Postgres cluster");
     let db = cluster.fresh_database().await.expect("database");
-    let pg = Pg {
-        server: cluster.server().clone(),
-        db,
-        schema: unique_name("drop"),
-    };
+    let pg = Deployment::on(cluster.server(), &db, "drop");
     let replicas = pg
         .replicas("drop-", 2, &[("FANOUT_DB_TIMEOUT_MS", "1500")])
         .await;
@@ -94,9 +88,13 @@ async fn terminating_listen_and_client_backends_loses_and_doubles_nothing() {
     }
     // A last event through each replica: the pools work again, and it closes the run.
     for r in &replicas {
-        r.publish_ok(&common::note("notifications/test/final", "drop", 0))
-            .await
-            .unwrap_or_else(|e| panic!("{}: publish after the faults: {e}", r.label()));
+        r.publish_ok(&mcp_fanout_testkit::note(
+            "notifications/test/final",
+            "drop",
+            0,
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("{}: publish after the faults: {e}", r.label()));
     }
 
     check_load_against_log(&pg, &report).await;

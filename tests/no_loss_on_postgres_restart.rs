@@ -6,16 +6,14 @@
 //! the outage, single or batch — is not doubled; everything committed is delivered to every
 //! subscriber exactly once, in order, on the same connection. Runs on a cluster of its own.
 
-mod common;
-mod pg_common;
-
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::SOON;
-use mcp_fanout_testkit::postgres::unique_name;
-use mcp_fanout_testkit::{error_code, PgCluster, PublishOptions, Replica};
-use pg_common::{check_load_against_log, expect_exactly, follow_all, Load, Pg};
+use mcp_fanout_testkit::{
+    error_code, expect_exactly, follow_all,
+    load::{check_load_against_log, Load},
+    Deployment, PgCluster, PublishOptions, Replica, SOON,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -62,11 +60,7 @@ fn ids_of(v: &Value) -> Vec<String> {
 async fn a_postgres_restart_fails_fast_keeps_streams_and_loses_or_doubles_nothing() {
     let cluster = PgCluster::start().await.expect("own Postgres cluster");
     let db = cluster.fresh_database().await.expect("database");
-    let pg = Pg {
-        server: cluster.server().clone(),
-        db,
-        schema: unique_name("restart"),
-    };
+    let pg = Deployment::on(cluster.server(), &db, "restart");
     let timeout = DB_TIMEOUT_MS.to_string();
     let replicas = pg
         .replicas(
@@ -132,7 +126,7 @@ async fn a_postgres_restart_fails_fast_keeps_streams_and_loses_or_doubles_nothin
             "{}: a database outage does not make /readyz fail",
             r.label()
         );
-        r.wait_metric("mcp_fanout_listen_connected", SOON, |v| v == 0.0)
+        r.wait_listen(false, SOON)
             .await
             .unwrap_or_else(|e| panic!("{}: LISTEN gauge drops during the outage: {e}", r.label()));
     }
@@ -144,13 +138,9 @@ async fn a_postgres_restart_fails_fast_keeps_streams_and_loses_or_doubles_nothin
     cluster.start_again().await.expect("start Postgres again");
 
     for r in &replicas {
-        r.wait_metric(
-            "mcp_fanout_listen_connected",
-            Duration::from_secs(20),
-            |v| v == 1.0,
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{}: LISTEN reconnects after the restart: {e}", r.label()));
+        r.wait_listen(true, Duration::from_secs(20))
+            .await
+            .unwrap_or_else(|e| panic!("{}: LISTEN reconnects after the restart: {e}", r.label()));
     }
 
     // Retries with the same keys: published once, the same ids every time.
@@ -186,7 +176,11 @@ async fn a_postgres_restart_fails_fast_keeps_streams_and_loses_or_doubles_nothin
     tokio::time::sleep(Duration::from_millis(500)).await;
     let report = load.stop().await;
     let last = r0
-        .publish_ok(&common::note("notifications/test/final", "restart", 0))
+        .publish_ok(&mcp_fanout_testkit::note(
+            "notifications/test/final",
+            "restart",
+            0,
+        ))
         .await
         .expect("final publish");
 

@@ -7,16 +7,12 @@
 //! a waiting poll answers at once, a shed GET takes over no session, and the existing streams keep
 //! receiving; a freed slot is usable again.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::time::{Duration, Instant};
 
-use identity::{
-    body, expect_raw_error, open_stream_with, start_memory, ADMIN_TOKEN, TENANT_HEADER,
+use mcp_fanout_testkit::{
+    body, error_shape::expect_raw_error, expect_shed, identity::TENANT_HEADER, open_stream_with,
+    start_memory, RawRequest, SseRequest, ADMIN_TOKEN,
 };
-use mcp_fanout_testkit::{RawRequest, SseRequest};
 use serde_json::json;
 
 const ALLOWED: &str = "https://app.example";
@@ -259,31 +255,7 @@ async fn over_the_subscriber_cap_a_get_is_shed_and_existing_streams_are_unaffect
         ),
     ];
     for (what, req) in shed_requests {
-        let started = Instant::now();
-        let mut c = open_stream_with(&r, req, what).await;
-        let frames = c
-            .read_to_end(Duration::from_secs(3))
-            .await
-            .unwrap_or_else(|e| panic!("shed {what}: the stream should end at once: {e}"));
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "shed {what}: ended at once"
-        );
-        assert_eq!(
-            frames.len(),
-            1,
-            "shed {what}: exactly one block (the retry: hint), got {:?}",
-            frames.iter().map(|f| f.text()).collect::<Vec<_>>()
-        );
-        let retry = frames[0]
-            .retry
-            .unwrap_or_else(|| panic!("shed {what}: a retry: hint, got {:?}", frames[0].text()));
-        assert!(
-            (RETRY_MS..=2 * RETRY_MS).contains(&retry),
-            "shed {what}: retry {retry} in [{RETRY_MS}, {}]",
-            2 * RETRY_MS
-        );
-        assert!(!frames[0].is_event(), "shed {what}: no event, no id");
+        expect_shed(&r, req, RETRY_MS, what).await;
     }
     r.wait_metric(
         r#"mcp_fanout_subscribers_shed_total{reason="capacity"}"#,

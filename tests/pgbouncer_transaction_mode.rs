@@ -4,12 +4,7 @@
 //! PgBouncer) and `FANOUT_LISTEN_DATABASE_URL` straight to Postgres. Runs on a cluster of its own.
 //! Fails with a clear message when PgBouncer is not installed.
 
-mod common;
-mod pg_common;
-
-use mcp_fanout_testkit::postgres::unique_name;
-use mcp_fanout_testkit::{PgBouncer, PgCluster};
-use pg_common::{multi_replica_flow, Pg};
+use mcp_fanout_testkit::{flow::multi_replica_flow, Deployment, PgBouncer, PgCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_multi_replica_flow_works_through_pgbouncer_in_transaction_mode() {
@@ -28,11 +23,7 @@ async fn the_multi_replica_flow_works_through_pgbouncer_in_transaction_mode() {
     );
 
     // Everything the test does in SQL goes through PgBouncer too.
-    let pg = Pg {
-        server: bouncer.server().clone(),
-        db: db.clone(),
-        schema: unique_name("bouncer"),
-    };
+    let pg = Deployment::on(bouncer.server(), &db, "bouncer");
     let direct = cluster.url(&db);
     let replicas = pg
         .replicas(

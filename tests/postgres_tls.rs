@@ -8,17 +8,15 @@
 //! name the certificate does not name it fails too: those replicas stay unready (`/readyz`
 //! `503`), log that the database is not ready and retry, and open no backend.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use identity::{body, open_stream_with, openssl, start_owned, ADMIN_TOKEN};
 use mcp_fanout_testkit::postgres::{self, PgCluster};
-use mcp_fanout_testkit::{wait_for, wait_until, Replica, SseRequest};
+use mcp_fanout_testkit::{
+    body, open_stream_with, openssl::openssl, start_owned, wait_for, wait_until, Replica,
+    SseRequest, ADMIN_TOKEN,
+};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -137,7 +135,7 @@ async fn spawn_unready(label: &str, env: &[(&str, &str)]) -> Replica {
         ("FANOUT_ADMIN_TOKENS", ADMIN_TOKEN),
     ];
     all.extend_from_slice(env);
-    Replica::spawn(common::bin(), label, &all)
+    Replica::spawn(mcp_fanout_testkit::bin(), label, &all)
         .await
         .unwrap_or_else(|e| panic!("{label}: start: {e}"))
 }

@@ -3,12 +3,9 @@
 //! publish is refused with a JSON error, later publishes get the very next seq, and subscribers
 //! see every committed event once, in order, and nothing else.
 
-mod common;
-mod pg_common;
-
-use common::SOON;
-use mcp_fanout_testkit::{PublishOptions, Replica};
-use pg_common::{expect_exactly, follow_all, seq_of, Pg};
+use mcp_fanout_testkit::{
+    expect_exactly, follow_all, seq_of, Deployment, PublishOptions, Replica, SOON,
+};
 use serde_json::json;
 
 const REFUSED: &str = "notifications/test/refused";
@@ -16,7 +13,7 @@ const KEPT: &str = "notifications/test/kept";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_statement_failing_inside_the_publish_transaction_writes_nothing() {
-    let pg = Pg::shared("pubfail").await;
+    let pg = Deployment::fresh("pubfail").await;
     let replicas = pg.replicas("pubfail-", 1, &[]).await;
     let r = &replicas[0];
     let followers = follow_all(&[r as &Replica], 2).await;

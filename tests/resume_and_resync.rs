@@ -4,12 +4,12 @@
 //! head (reconnecting with it does not resync again); a priming event appears only for a cursor-less
 //! 2025-11-25 client.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{note, start, QUIET, SOON};
-use mcp_fanout_testkit::{EventId, Frame, PollAnswer, Replica, SseConn, SseRequest, Tally};
+use mcp_fanout_testkit::{
+    note, poll_answer, publish_n, start, EventId, Frame, PollAnswer, SseConn, SseRequest, Tally,
+    QUIET, SOON,
+};
 use serde_json::{json, Value};
 
 const RESYNC_METHODS: [&str; 3] = [
@@ -18,18 +18,6 @@ const RESYNC_METHODS: [&str; 3] = [
     "notifications/prompts/list_changed",
 ];
 const SENTINEL: &str = "notifications/test/done";
-
-async fn publish_n(r: &Replica, tag: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::with_capacity(n);
-    for i in 0..n {
-        ids.push(
-            r.publish_ok(&note("notifications/test/e", tag, i))
-                .await
-                .expect("publish"),
-        );
-    }
-    ids
-}
 
 /// A valid id of the same shape with a different epoch.
 fn other_epoch(id: &str) -> String {
@@ -131,7 +119,7 @@ async fn until_sentinel(who: &str, conn: &mut SseConn) -> Vec<Frame> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn last_event_id_yields_exactly_the_events_after_it_then_live_ones() {
     let r = start("resume", &[]).await;
-    let ids = publish_n(&r, "resume", 10).await;
+    let ids = publish_n(&r, "notifications/test/e", "resume", 10).await;
 
     // Header; with every supported protocol version (no priming when there is a cursor).
     for protocol in [None, Some("2025-06-18"), Some("2025-11-25")] {
@@ -177,7 +165,7 @@ async fn last_event_id_yields_exactly_the_events_after_it_then_live_ones() {
     t.assert_exact();
 
     // Then live events, no gap and no duplicate.
-    let live = publish_n(&r, "resume-live", 3).await;
+    let live = publish_n(&r, "notifications/test/e", "resume-live", 3).await;
     for (who, c) in [("query cursor", &mut q), ("header over query", &mut both)] {
         let frames = c.events(3, SOON).await.expect("live events");
         let mut t = Tally::new(who, live.clone());
@@ -248,7 +236,10 @@ async fn resuming_while_events_are_being_published_has_no_gap_or_duplicate_at_th
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unreplayable_cursors_resync_to_the_head_and_the_head_does_not_resync_again() {
     let r = start("resync", &[]).await;
-    let mut head = publish_n(&r, "resync", 3).await.pop().expect("published");
+    let mut head = publish_n(&r, "notifications/test/e", "resync", 3)
+        .await
+        .pop()
+        .expect("published");
 
     for protocol in [None, Some("2025-06-18"), Some("2025-11-25")] {
         for (kind, cursor) in [
@@ -302,7 +293,7 @@ async fn unreplayable_cursors_resync_to_the_head_and_the_head_does_not_resync_ag
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cursor_below_the_pruned_watermark_resyncs_and_one_above_it_replays() {
     let r = start("pruned", &[("FANOUT_MEMORY_EVENTS", "5")]).await;
-    let ids = publish_n(&r, "pruned", 20).await;
+    let ids = publish_n(&r, "notifications/test/e", "pruned", 20).await;
     let head = ids[19].clone();
 
     for protocol in [None, Some("2025-11-25")] {
@@ -326,12 +317,7 @@ async fn a_cursor_below_the_pruned_watermark_resyncs_and_one_above_it_replays() 
     t.assert_exact();
 
     // /poll tells the same: the resync notifications with no ids, and the head as cursor.
-    let resp = r
-        .poll(&format!("after={}&timeout=0", ids[2]))
-        .await
-        .expect("poll");
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let a = PollAnswer::parse(&resp.body).expect("poll shape");
+    let a = poll_answer(&r, &format!("after={}&timeout=0", ids[2])).await;
     assert_poll_resync("poll below the watermark", &a, &head);
 }
 
@@ -359,23 +345,14 @@ fn assert_poll_resync(who: &str, a: &PollAnswer, head: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poll_resyncs_unreplayable_cursors_and_not_the_head() {
     let r = start("poll-resync", &[]).await;
-    let head = publish_n(&r, "poll-resync", 2)
+    let head = publish_n(&r, "notifications/test/e", "poll-resync", 2)
         .await
         .pop()
         .expect("published");
     for cursor in [other_epoch(&head), above_head(&head), "garbage".to_string()] {
-        let resp = r
-            .poll(&format!("after={cursor}&timeout=0"))
-            .await
-            .expect("poll");
-        assert_eq!(resp.status, 200, "{}", resp.text());
-        let a = PollAnswer::parse(&resp.body).expect("poll shape");
+        let a = poll_answer(&r, &format!("after={cursor}&timeout=0")).await;
         assert_poll_resync(&format!("poll after {cursor}"), &a, &head);
-        let resp = r
-            .poll(&format!("after={}&timeout=0", a.cursor))
-            .await
-            .expect("poll");
-        let a = PollAnswer::parse(&resp.body).expect("poll shape");
+        let a = poll_answer(&r, &format!("after={}&timeout=0", a.cursor)).await;
         assert!(a.events.is_empty(), "no second resync from the head: {a:?}");
         assert_eq!(a.cursor, head);
     }

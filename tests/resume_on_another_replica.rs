@@ -6,14 +6,12 @@
 //! `<schema>.meta.pruned`) yields the resync on another replica, for old and new protocol versions,
 //! and on `/poll`.
 
-mod common;
-mod pg_common;
-
 use std::time::Duration;
 
-use common::{note, QUIET, SOON};
-use mcp_fanout_testkit::{PollAnswer, Replica, SseConn, SseRequest, Tally};
-use pg_common::{seq_of, Pg};
+use mcp_fanout_testkit::{
+    note, open_stream_with, poll_answer, publish_n, seq_of, Deployment, SseConn, SseRequest, Tally,
+    QUIET, SOON,
+};
 use serde_json::{json, Value};
 
 const RESYNC_METHODS: [&str; 3] = [
@@ -21,27 +19,6 @@ const RESYNC_METHODS: [&str; 3] = [
     "notifications/resources/list_changed",
     "notifications/prompts/list_changed",
 ];
-
-async fn publish_n(r: &Replica, tag: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(
-            r.publish_ok(&note("notifications/test/resume", tag, i))
-                .await
-                .unwrap_or_else(|e| panic!("{}: publish: {e}", r.label())),
-        );
-    }
-    ids
-}
-
-async fn subscribe(r: &Replica, req: SseRequest) -> SseConn {
-    let c = r
-        .subscribe(&req)
-        .await
-        .unwrap_or_else(|e| panic!("{}: GET /mcp: {e}", r.label()));
-    assert_eq!(c.status(), 200, "{}: GET /mcp status", r.label());
-    c
-}
 
 /// Reads `expected.len()` events and checks them exactly, then checks that nothing else follows.
 async fn expect_events(who: &str, conn: &mut SseConn, expected: &[String]) {
@@ -60,14 +37,14 @@ async fn expect_events(who: &str, conn: &mut SseConn, expected: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn last_event_id_on_another_replica_yields_exactly_the_missed_events() {
-    let pg = Pg::shared("resume").await;
+    let pg = Deployment::fresh("resume").await;
     let replicas = pg.replicas("resume-", 2, &[]).await;
     let (a, b) = (&replicas[0], &replicas[1]);
 
     // Read the first five on A, then go away.
-    let mut conn = subscribe(a, SseRequest::mcp()).await;
+    let mut conn = open_stream_with(a, SseRequest::mcp(), a.label()).await;
     a.wait_subscribers(1, SOON).await.expect("registered");
-    let first = publish_n(a, "before", 5).await;
+    let first = publish_n(a, "notifications/test/resume", "before", 5).await;
     expect_events("first connection on A", &mut conn, &first).await;
     let cursor = conn
         .last_event_id()
@@ -77,8 +54,8 @@ async fn last_event_id_on_another_replica_yields_exactly_the_missed_events() {
     drop(conn);
 
     // Missed while away: through both replicas and from SQL.
-    let mut missed_published = publish_n(a, "missed-a", 4).await;
-    missed_published.extend(publish_n(b, "missed-b", 4).await);
+    let mut missed_published = publish_n(a, "notifications/test/resume", "missed-a", 4).await;
+    missed_published.extend(publish_n(b, "notifications/test/resume", "missed-b", 4).await);
     let client = pg.client().await;
     for i in 0..2 {
         missed_published.push(
@@ -100,7 +77,7 @@ async fn last_event_id_on_another_replica_yields_exactly_the_missed_events() {
         }
         // Everything after the cursor: the missed events, plus the live events of earlier rounds.
         let missed = pg.log_ids_after(seq_of(&cursor)).await;
-        let mut conn = subscribe(r, req).await;
+        let mut conn = open_stream_with(r, req, r.label()).await;
         let frames = conn
             .events(missed.len(), SOON)
             .await
@@ -128,12 +105,7 @@ async fn last_event_id_on_another_replica_yields_exactly_the_missed_events() {
     // /poll on another replica agrees with the log.
     let all_after = pg.log_ids_after(seq_of(&cursor)).await;
     for r in [b, &c] {
-        let resp = r
-            .poll(&format!("after={cursor}&timeout=0"))
-            .await
-            .expect("poll");
-        assert_eq!(resp.status, 200, "{}: /poll: {}", r.label(), resp.text());
-        let answer = PollAnswer::parse(&resp.body).expect("poll answer");
+        let answer = poll_answer(r, &format!("after={cursor}&timeout=0")).await;
         let ids: Vec<String> = answer.events.iter().filter_map(|e| e.id.clone()).collect();
         assert_eq!(ids, all_after, "{}: /poll after {cursor}", r.label());
         assert_eq!(Some(&answer.cursor), all_after.last());
@@ -177,7 +149,7 @@ async fn expect_resync(who: &str, conn: &mut SseConn, modern: bool, head: &str) 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_cursor_below_the_pruned_watermark_yields_a_resync_on_another_replica() {
-    let pg = Pg::shared("pruned").await;
+    let pg = Deployment::fresh("pruned").await;
     let env = [
         ("FANOUT_RETENTION_MAX_EVENTS", "5"),
         ("FANOUT_RETENTION_INTERVAL_SECS", "1"),
@@ -185,8 +157,8 @@ async fn a_cursor_below_the_pruned_watermark_yields_a_resync_on_another_replica(
     let replicas = pg.replicas("pruned-", 2, &env).await;
     let (p, q) = (&replicas[0], &replicas[1]);
 
-    let old = publish_n(p, "old", 3).await;
-    publish_n(q, "newer", 20).await;
+    let old = publish_n(p, "notifications/test/resume", "old", 3).await;
+    publish_n(q, "notifications/test/resume", "newer", 20).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     let pruned = loop {
         let pruned = pg.server.pruned(&pg.db, &pg.schema).await.expect("pruned");
@@ -224,7 +196,7 @@ async fn a_cursor_below_the_pruned_watermark_yields_a_resync_on_another_replica(
         if modern {
             req = req.protocol("2025-11-25");
         }
-        let mut conn = subscribe(r, req).await;
+        let mut conn = open_stream_with(r, req, r.label()).await;
         expect_resync(&who, &mut conn, modern, &head).await;
         assert_eq!(
             conn.last_event_id(),
@@ -248,12 +220,7 @@ async fn a_cursor_below_the_pruned_watermark_yields_a_resync_on_another_replica(
         "{epoch}-{}",
         pg.server.head(&pg.db, &pg.schema).await.expect("head")
     );
-    let resp = q
-        .poll(&format!("after={cursor}&timeout=0"))
-        .await
-        .expect("poll");
-    assert_eq!(resp.status, 200, "/poll: {}", resp.text());
-    let answer = PollAnswer::parse(&resp.body).expect("poll answer");
+    let answer = poll_answer(q, &format!("after={cursor}&timeout=0")).await;
     let methods: Vec<String> = answer
         .events
         .iter()
@@ -265,10 +232,9 @@ async fn a_cursor_below_the_pruned_watermark_yields_a_resync_on_another_replica(
         })
         .collect();
     assert_eq!(
-        methods,
-        RESYNC_METHODS,
-        "/poll with a pruned cursor: {}",
-        resp.text()
+        methods, RESYNC_METHODS,
+        "/poll with a pruned cursor: {:?}",
+        answer.events
     );
     assert!(
         answer.events.iter().all(|e| e.id.is_none()),

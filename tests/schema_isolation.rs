@@ -3,31 +3,16 @@
 //! time over HTTP and SQL: each subscriber sees exactly its own deployment's log and nothing of
 //! the other's; a cursor from the other deployment is a resync, never the other's events.
 
-mod common;
-mod pg_common;
-
 use std::time::Duration;
 
-use common::{note, SOON};
-use mcp_fanout_testkit::{PollAnswer, Replica};
-use pg_common::{expect_exactly, follow_all, seq_of, Pg};
+use mcp_fanout_testkit::{
+    expect_exactly, follow_all, poll_answer, publish_n, seq_of, Deployment, SOON,
+};
 use serde_json::json;
-
-async fn publish_n(r: &Replica, tag: &str, n: usize) -> Vec<String> {
-    let mut ids = Vec::new();
-    for i in 0..n {
-        ids.push(
-            r.publish_ok(&note("notifications/test/iso", tag, i))
-                .await
-                .unwrap_or_else(|e| panic!("{}: publish: {e}", r.label())),
-        );
-    }
-    ids
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_schemas_on_one_database_never_see_each_others_events() {
-    let a = Pg::shared("iso_a").await;
+    let a = Deployment::fresh("iso_a").await;
     let b = a.with_schema(&mcp_fanout_testkit::postgres::unique_name("iso_b"));
     let ra = a.replicas("iso-a", 2, &[]).await;
     let rb = b.replicas("iso-b", 1, &[]).await;
@@ -36,9 +21,9 @@ async fn two_schemas_on_one_database_never_see_each_others_events() {
 
     let client = a.client().await;
     let (pa0, pa1, pb, sql) = tokio::join!(
-        publish_n(&ra[0], "a0", 10),
-        publish_n(&ra[1], "a1", 10),
-        publish_n(&rb[0], "b", 10),
+        publish_n(&ra[0], "notifications/test/iso", "a0", 10),
+        publish_n(&ra[1], "notifications/test/iso", "a1", 10),
+        publish_n(&rb[0], "notifications/test/iso", "b", 10),
         async {
             let mut ids = (Vec::new(), Vec::new());
             for i in 0..5 {
@@ -89,16 +74,11 @@ async fn two_schemas_on_one_database_never_see_each_others_events() {
     let _seen_b = expect_exactly(fb, &log_b, Duration::from_secs(15), true).await;
 
     // A cursor of deployment a given to deployment b is another epoch: a resync, not a's events.
-    let resp = rb[0]
-        .poll(&format!("after={}&timeout=0", log_a[0]))
-        .await
-        .expect("poll");
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let answer = PollAnswer::parse(&resp.body).expect("poll answer");
+    let answer = poll_answer(&rb[0], &format!("after={}&timeout=0", log_a[0])).await;
     assert!(
         answer.events.iter().all(|e| e.id.is_none()),
-        "only resync notifications (id null), never a's events: {}",
-        resp.text()
+        "only resync notifications (id null), never a's events: {:?}",
+        answer.events
     );
     assert_eq!(answer.cursor, log_b[log_b.len() - 1], "cursor at b's head");
     for r in ra.iter().chain(&rb) {

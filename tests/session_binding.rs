@@ -6,17 +6,15 @@
 //! the first cleanly (`retry:` then the end, counted as `taken_over`), and the new stream carries
 //! the session's events from then on.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::time::Duration;
 
-use identity::{
-    body, expect_http_error, expect_sse_error, hs256, now_secs, open_stream, poll_ok, poll_with,
-    publish_to, Db, Target, Who,
+use mcp_fanout_testkit::{
+    body,
+    error_shape::{expect_http_error, expect_sse_error},
+    identity::{open_stream, poll_ok, publish_to, Target, Who},
+    jwt::{hs256, now_secs},
+    poll_with, Deployment, Replica, SseConn,
 };
-use mcp_fanout_testkit::{Replica, SseConn};
 use serde_json::json;
 
 const SECRET: &str = "session-binding-secret-51d0";
@@ -81,7 +79,7 @@ async fn expect_clean_end(conn: &mut SseConn, what: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jwt_sessions_belong_to_their_subject_and_the_newest_stream_wins_across_replicas() {
-    let pg = Db::fresh("sessions").await;
+    let pg = Deployment::fresh("sessions").await.with_admin();
     let replicas = pg
         .replicas(
             "sess-",
@@ -215,7 +213,7 @@ async fn jwt_sessions_belong_to_their_subject_and_the_newest_stream_wins_across_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn header_mode_sessions_belong_to_their_tenant_across_replicas() {
-    let pg = Db::fresh("hsessions").await;
+    let pg = Deployment::fresh("hsessions").await.with_admin();
     let replicas = pg
         .replicas("hsess-", 2, &[("FANOUT_SUBSCRIBER_AUTH", "header")])
         .await;

@@ -2,12 +2,9 @@
 //! cannot-keep-up) while the others keep receiving everything and publishes keep completing quickly;
 //! when it reconnects with its `Last-Event-ID` it receives everything it missed, exactly once.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{start, SOON};
-use mcp_fanout_testkit::{Replica, SseConn, SseRequest, StreamEnd, Tally};
+use mcp_fanout_testkit::{start, Replica, SseConn, SseRequest, StreamEnd, Tally, SOON};
 use serde_json::{json, Value};
 use tokio::time::Instant;
 

@@ -4,15 +4,11 @@
 //! delivered, on any replica. Committed: delivered once, and not before the commit. Checked up to a
 //! later marker event, against the log table.
 
-mod common;
-mod pg_common;
-
 use std::time::Duration;
 
-use common::{note, QUIET};
-use mcp_fanout_testkit::postgres::sql_publish;
-use mcp_fanout_testkit::Replica;
-use pg_common::{expect_exactly, follow_all, Pg};
+use mcp_fanout_testkit::{
+    expect_exactly, follow_all, note, postgres::sql_publish, Deployment, Replica, QUIET,
+};
 use serde_json::json;
 
 const GONE: &str = "notifications/test/rolled_back";
@@ -21,7 +17,7 @@ const MARKER: &str = "notifications/test/marker";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rolled_back_publishes_are_never_delivered_and_committed_ones_once() {
-    let pg = Pg::shared("sqltx").await;
+    let pg = Deployment::fresh("sqltx").await;
     let replicas = pg.replicas("sqltx-", 2, &[]).await;
     let refs: Vec<&Replica> = replicas.iter().collect();
     let followers = follow_all(&refs, 1).await;
@@ -118,7 +114,7 @@ async fn rolled_back_publishes_are_never_delivered_and_committed_ones_once() {
         tokio::time::sleep(QUIET + Duration::from_millis(600)).await;
         for f in &followers {
             assert!(
-                f.max_seq() < pg_common::seq_of(&id),
+                f.max_seq() < mcp_fanout_testkit::seq_of(&id),
                 "`{}` received {id} (or later) before its transaction committed",
                 f.label()
             );

@@ -3,12 +3,9 @@
 //! binary starts a working single-replica service: probes, metrics, a publish, a stream, a poll. And
 //! `--help` lists every setting with its environment variable and defaults.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{bin, SOON};
-use mcp_fanout_testkit::{PollAnswer, Replica, SseRequest};
+use mcp_fanout_testkit::{bin, poll_answer, Replica, SseRequest, SOON};
 use serde_json::{json, Value};
 
 fn level(v: &Value) -> &str {
@@ -69,12 +66,7 @@ async fn an_unconfigured_binary_serves_probes_publish_stream_and_poll() {
     assert_eq!(msg["method"], json!("notifications/tools/list_changed"));
 
     let id2 = r.publish_ok(&body).await.expect("second publish");
-    let resp = r
-        .poll(&format!("after={id}&timeout=5"))
-        .await
-        .expect("poll");
-    assert_eq!(resp.status, 200, "{}", resp.text());
-    let a = PollAnswer::parse(&resp.body).expect("poll shape");
+    let a = poll_answer(&r, &format!("after={id}&timeout=5")).await;
     assert_eq!(
         a.events.iter().map(|e| e.id.clone()).collect::<Vec<_>>(),
         vec![Some(id2.clone())]

@@ -3,13 +3,10 @@
 //! ends cleanly, a hang-up frees the subscriber, a client that sends more after its GET changes
 //! nothing, a `HEAD` holds no subscriber, and HTTP/1.0 and HTTP/2 streams (left with hyper) work.
 
-mod common;
-
 use std::net::SocketAddr;
 
-use common::{note, start, SOON};
 use futures::StreamExt;
-use mcp_fanout_testkit::{Frame, SseRequest, StreamEnd};
+use mcp_fanout_testkit::{note, start, Frame, SseRequest, StreamEnd, SOON};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 

@@ -3,12 +3,11 @@
 //! capacity answers at once with no events), `FANOUT_MAX_STREAM_SECS` (a clean, resumable end), and one
 //! stream per session (a new GET for the session ends the older one).
 
-mod common;
-
 use std::time::Duration;
 
-use common::{note, start, SOON};
-use mcp_fanout_testkit::{Frame, PollAnswer, SseRequest, StreamEnd, Tally};
+use mcp_fanout_testkit::{
+    expect_shed, note, start, Frame, PollAnswer, SseRequest, StreamEnd, Tally, SOON,
+};
 use tokio::time::Instant;
 
 const RETRY_MS: u64 = 1000;
@@ -38,26 +37,13 @@ async fn at_capacity_a_get_is_shed_with_retry_and_a_poll_answers_empty_at_once()
     r.wait_subscribers(2, SOON).await.expect("at capacity");
 
     for attempt in 0..3 {
-        let mut shed = r
-            .subscribe(&SseRequest::mcp().session(&format!("shed-{attempt}")))
-            .await
-            .expect("GET at capacity");
-        assert_eq!(shed.status(), 200, "a shed GET is 200, never 503/404");
-        let frames = shed
-            .read_to_end(Duration::from_secs(2))
-            .await
-            .expect("a shed GET ends at once, cleanly");
-        assert!(
-            frames.iter().all(|f| f.data.is_none()),
-            "a shed GET carries no events: {:?}",
-            frames.iter().map(Frame::text).collect::<Vec<_>>()
-        );
-        let retry = shed.last_retry().expect("retry: on a shed GET");
-        assert!(
-            (RETRY_MS..=2 * RETRY_MS).contains(&retry),
-            "shed retry {retry} in [{RETRY_MS}, {}]",
-            2 * RETRY_MS
-        );
+        expect_shed(
+            &r,
+            SseRequest::mcp().session(&format!("shed-{attempt}")),
+            RETRY_MS,
+            &format!("GET {attempt} at capacity"),
+        )
+        .await;
     }
 
     let t = Instant::now();

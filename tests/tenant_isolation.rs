@@ -7,18 +7,15 @@
 //! live, on `Last-Event-ID` replay from the other replica, and via `/poll` (immediate and
 //! waiting) on the other replica — with the same bytes everywhere.
 
-mod common;
-#[path = "common/identity.rs"]
-mod identity;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
 use futures::future::join_all;
-use identity::{
-    body, open_stream, poll_ok, publish_to, seq_of, visible_ids, Db, Published, Target, Who,
+use mcp_fanout_testkit::{
+    body,
+    identity::{open_stream, poll_ok, publish_to, visible_ids, Published, Target, Who},
+    seq_of, Deployment, Follower, SseConn,
 };
-use mcp_fanout_testkit::{Follower, SseConn};
 
 const T: Duration = Duration::from_secs(15);
 
@@ -41,7 +38,7 @@ fn subscribers() -> Vec<(Who, usize)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_subscriber_gets_exactly_what_it_may_see_live_on_replay_and_by_poll() {
-    let pg = Db::fresh("tenants").await;
+    let pg = Deployment::fresh("tenants").await.with_admin();
     let replicas = pg.replicas("tenants-", 2, &header_mode()).await;
     let (r0, r1) = (&replicas[0], &replicas[1]);
     let subs = subscribers();
@@ -120,7 +117,7 @@ async fn every_subscriber_gets_exactly_what_it_may_see_live_on_replay_and_by_pol
     .enumerate()
     {
         let id = pg
-            .sql_publish(&client, &body("sql", k), tenant, session)
+            .try_sql_publish(&client, &body("sql", k), tenant, session)
             .await
             .unwrap_or_else(|e| panic!("SQL publish {k}: {e}"));
         events.push(Published {
@@ -205,7 +202,7 @@ async fn every_subscriber_gets_exactly_what_it_may_see_live_on_replay_and_by_pol
             .collect_until(T, |f| f.id.as_deref() == Some(fence.id.as_str()))
             .await
             .unwrap_or_else(|e| panic!("replay of `{}` on {}: {e}", who.label, other.label()));
-        let got = identity::frame_ids(&frames);
+        let got = mcp_fanout_testkit::frame_ids(&frames);
         let want = &expected[&who.label];
         if &got != want {
             problems.push(format!(

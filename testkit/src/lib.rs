@@ -13,27 +13,58 @@
 //! - [`postgres`]: a throwaway Postgres cluster from the system binaries (or `DATABASE_URL`), one
 //!   shared per test process with a database per test, setup SQL and log-table reads, PgBouncer.
 //! - [`follow`]: reading an SSE stream in the background while a test publishes and injects faults.
+//! - [`launch`]: the binary under test, the shared admin token, starting replicas.
+//! - [`deployment`]: a deployment's database and schema on the shared Postgres, its replicas, its log.
+//! - [`delivery`]: background readers on every replica and the check that each got exactly the log.
+//! - [`load`]: publishers that keep going (retrying with idempotency keys) while faults are injected.
+//! - [`flow`]: the multi-replica publish/deliver flow run directly and through PgBouncer.
+//! - [`bodies`]: notification bodies with a tag and a number.
+//! - [`identity`]: who a subscriber is, publish targets and the visibility rule (SPEC §3.5).
+//! - [`requests`]: SSE opens, polls and publishes that must succeed.
+//! - [`error_shape`]: the one JSON error shape (SPEC §4.1) on every kind of answer.
+//! - [`cases`]: bad-input tables of raw requests and the errors they must get.
+//! - [`shed`]: the shed check (`200` + `retry:` + clean end, SPEC §3.2).
+//! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
 
+pub mod bodies;
+pub mod cases;
+pub mod delivery;
+pub mod deployment;
 pub mod error;
+pub mod error_shape;
+pub mod flow;
 pub mod follow;
 pub mod http;
+pub mod identity;
+pub mod jwt;
+pub mod launch;
+pub mod load;
 pub mod metrics;
+pub mod openssl;
 pub mod poll;
 pub mod postgres;
 pub mod replica;
+pub mod requests;
+pub mod shed;
 pub mod sse;
 pub mod tally;
 pub mod wait;
 pub mod wire;
 
+pub use bodies::{body, note};
+pub use delivery::{assert_identical_frames, expect_exactly, follow_all, interesting_logs};
+pub use deployment::Deployment;
 pub use error::{Error, Result};
 pub use follow::{Followed, Follower, Received};
 pub use http::{error_code, raw_request, HttpResponse, RawRequest, RawResponse};
+pub use launch::{bin, start, start_memory, start_owned, with_admin, ADMIN_TOKEN};
 pub use poll::{PollAnswer, PollEvent};
 pub use postgres::{shared_database, shared_server, LogRow, PgBouncer, PgCluster, PgServer};
 pub use replica::{PublishOptions, Replica, Token};
+pub use requests::{open_stream_with, poll_answer, poll_with, publish_n};
+pub use shed::expect_shed;
 pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
-pub use tally::{EventId, Tally, TallyReport};
+pub use tally::{frame_ids, seq_of, EventId, Tally, TallyReport};
 /// Re-exported for tests that need throwaway files (token files, data directories).
 pub use tempfile;
-pub use wait::{wait_for, wait_until};
+pub use wait::{wait_for, wait_until, QUIET, SOON};

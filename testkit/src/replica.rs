@@ -523,6 +523,15 @@ impl Replica {
             .map(|_| ())
     }
 
+    /// Waits until the `mcp_fanout_listen_connected` gauge says the LISTEN connection is `up` (1)
+    /// or down (0).
+    pub async fn wait_listen(&self, up: bool, timeout: Duration) -> Result<()> {
+        let want = if up { 1.0 } else { 0.0 };
+        self.wait_metric("mcp_fanout_listen_connected", timeout, |v| v == want)
+            .await
+            .map(|_| ())
+    }
+
     /// Opens an SSE stream on the public address.
     pub async fn subscribe(&self, req: &SseRequest) -> Result<SseConn> {
         SseConn::connect(self.public, req, REQUEST_TIMEOUT).await

@@ -55,6 +55,22 @@ impl fmt::Display for EventId {
     }
 }
 
+/// The seq of an event id; panics if `id` is not one.
+pub fn seq_of(id: &str) -> u64 {
+    id.parse::<EventId>()
+        .unwrap_or_else(|e| panic!("{id:?} is not an event id: {e}"))
+        .seq
+}
+
+/// The event ids of SSE frames that carry an id and non-empty data.
+pub fn frame_ids(frames: &[Frame]) -> Vec<String> {
+    frames
+        .iter()
+        .filter(|f| f.data.as_deref().is_some_and(|d| !d.is_empty()))
+        .filter_map(|f| f.id.clone())
+        .collect()
+}
+
 impl EventId {
     /// The same epoch with another seq.
     pub fn with_seq(&self, seq: u64) -> EventId {

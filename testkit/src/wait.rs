@@ -7,6 +7,12 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 
+/// Upper bound for anything that should happen "promptly" (a frame after a publish, a metric update).
+pub const SOON: Duration = Duration::from_secs(10);
+
+/// A short wait used to show that something does *not* arrive.
+pub const QUIET: Duration = Duration::from_millis(400);
+
 /// How often conditions are re-checked.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(25);
 
