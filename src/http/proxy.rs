@@ -14,6 +14,7 @@ use futures::StreamExt;
 use serde_json::{json, Value};
 
 use super::headers::MCP_SESSION_ID;
+use crate::session::minted;
 use crate::state::AppState;
 
 /// Headers that describe one hop, not the message: never forwarded either way.
@@ -85,12 +86,24 @@ pub struct Forward<'a> {
 
 /// Forwards one request upstream and relays the answer.
 pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
+    let minted_session = f
+        .headers
+        .get(MCP_SESSION_ID)
+        .filter(|v| up.mint_session_ids && minted::is_minted(v.as_bytes()))
+        .and_then(|v| v.to_str().ok());
+    if let (Some(s), true) = (minted_session, f.method == Method::DELETE) {
+        // The upstream never saw this session: ending it is ours to do.
+        end_session(st, s).await;
+        return StatusCode::OK.into_response();
+    }
     let mut req = up.client.request(f.method.clone(), up.url.clone());
     for (name, value) in f.headers {
         let n = name.as_str();
+        // A minted session id stays here; one the upstream issued goes back to it (a stateful
+        // upstream refuses a request without its session id).
         if HOP_BY_HOP.contains(&n)
             || n == "content-length"
-            || (up.mint_session_ids && n == MCP_SESSION_ID)
+            || (n == MCP_SESSION_ID && minted_session.is_some())
         {
             continue;
         }
@@ -120,7 +133,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if session.is_none() && up.mint_session_ids {
-            let minted = crate::event::id::random_epoch() + &crate::event::id::random_epoch();
+            let minted = minted::mint();
             if let Ok(v) = HeaderValue::from_str(&minted) {
                 headers.insert(HeaderName::from_static(MCP_SESSION_ID), v);
                 session = Some(minted);
@@ -135,10 +148,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     }
     if f.method == Method::DELETE && status.is_success() {
         if let Some(s) = f.headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) {
-            st.broadcaster.end_session(s);
-            if let Err(error) = st.sessions.forget(s).await {
-                tracing::warn!(%error, session = s, "cannot forget the session");
-            }
+            end_session(st, s).await;
         }
     }
     let rewrite =
@@ -168,6 +178,14 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// Ends a session's streams on every replica and forgets it (after its `DELETE`).
+async fn end_session(st: &AppState, session: &str) {
+    st.broadcaster.end_session(session);
+    if let Err(error) = st.sessions.forget(session).await {
+        tracing::warn!(%error, session, "cannot forget the session");
+    }
 }
 
 fn upstream_error(status: StatusCode, message: &str) -> Response {
