@@ -9,6 +9,8 @@ refetch of the tool list on every event. Prints one JSON line per thing the test
 - {"kind": "event", "event"} then {"kind": "refetched", "tools"}: a typed event from the
   subscription iterator, and the tool list fetched after it;
 - {"kind": "ended"} (graceful close) or {"kind": "lost", "error"} (SubscriptionLost);
+- {"kind": "listen_unsupported", "error"}: the SDK refused to listen at the negotiated protocol
+  version (an upstream that does not speak 2026-07-28);
 - {"kind": "error", "error"}: an exception the session surfaced.
 
 Usage: client.py URL [--prompts] [--resources]   (also opt into prompts / resources list_changed)
@@ -19,7 +21,7 @@ import sys
 
 import anyio
 from mcp import Client
-from mcp.client.subscriptions import SubscriptionLost
+from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 
 
 def out(**fields) -> None:
@@ -52,6 +54,8 @@ async def main(url: str, prompts: bool, resources: bool) -> None:
             out(kind="ended")
         except SubscriptionLost as e:
             out(kind="lost", error=repr(e))
+        except ListenNotSupportedError as e:
+            out(kind="listen_unsupported", error=str(e))
 
 
 if __name__ == "__main__":

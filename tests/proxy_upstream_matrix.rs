@@ -1,0 +1,448 @@
+//! Issue 12: the sidecar works with every upstream mode platforms run, for every official client.
+//!
+//! One Postgres deployment (one schema). Per upstream mode, a replica in proxy mode in front of its
+//! own upstream with `FANOUT_MINT_SESSION_IDS=true` (so stateless upstreams get a session id, and
+//! stateful ones keep theirs); the upstreams advertise `tools.listChanged` themselves (no
+//! `FANOUT_ADVERTISE_LIST_CHANGED`, but for the 2.3 `MCPServer`, which advertises it only to
+//! 2026-07-28 clients). One more proxy replica ("replica 2", in front of a stateless
+//! FastMCP server of its own) is where the test publishes, through its admin endpoint.
+//!
+//! Upstream modes: the Python SDK 1.30 FastMCP server stateful / stateless × SSE / JSON answers,
+//! the TypeScript SDK 1.32 `StreamableHTTPServerTransport` stateful (`sessionIdGenerator`) and
+//! stateless (`undefined`), and the Python SDK 2.3 `MCPServer` (which speaks 2026-07-28 too).
+//!
+//! Clients on each mode's replica, unmodified (tests/e2e/): the Python SDK 1.30 client (GET stream)
+//! and the TypeScript SDK 1.32 client (GET stream, `listChanged` handler that refetches
+//! `tools/list`), each making one `tools/call add(2, 40)` through the proxy; the Python SDK 2.3
+//! client (`subscriptions/listen`). All cells run at once.
+//!
+//! Proven per cell: the legacy clients initialize (stateless upstream: a minted session id;
+//! stateful: the upstream's own), get `42` from the upstream's tool, open their GET stream, and
+//! receive the one published `notifications/tools/list_changed` exactly once with its id; the
+//! TypeScript client's refetch returns the tool added to the upstream just before the publish. The
+//! Python 2.3 client listens and gets the event where the upstream speaks 2026-07-28; in front of
+//! a 2025-era upstream its SDK negotiates 2025-11-25 and refuses to listen (the proxy does not
+//! translate protocol revisions — the README's compatibility table says so, and this checks it).
+
+mod e2e;
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::{
+    get_streams, is_kind, is_notification, py1_client_with, py2_client, ts_client_with,
+    wire_event_ids, Proc, Upstream,
+};
+use futures::future::join_all;
+use mcp_fanout_testkit::postgres::{shared_database, unique_name};
+use mcp_fanout_testkit::Replica;
+use serde_json::{json, Value};
+
+/// Upper bound for one step of one cell (a client starting, a notification arriving); every cell
+/// runs at once on a small machine.
+const STEP: Duration = Duration::from_secs(60);
+
+const TOOLS: &str = "notifications/tools/list_changed";
+
+/// The tool added to every upstream just before the publish: a refetch must list it.
+const LATE_TOOL: &str = "added_late";
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Python SDK 1.30 FastMCP.
+    Py1 { stateless: bool, json: bool },
+    /// TypeScript SDK 1.32 `StreamableHTTPServerTransport` (SSE answers).
+    Ts { stateless: bool },
+    /// Python SDK 2.3 `MCPServer` (2026-07-28, and the handshake era with sessions of its own).
+    Py2,
+}
+
+const MODES: [Mode; 7] = [
+    Mode::Py1 {
+        stateless: true,
+        json: false,
+    },
+    Mode::Py1 {
+        stateless: true,
+        json: true,
+    },
+    Mode::Py1 {
+        stateless: false,
+        json: false,
+    },
+    Mode::Py1 {
+        stateless: false,
+        json: true,
+    },
+    Mode::Ts { stateless: false },
+    Mode::Ts { stateless: true },
+    Mode::Py2,
+];
+
+impl Mode {
+    fn label(self) -> String {
+        let state = |s: bool| if s { "stateless" } else { "stateful" };
+        match self {
+            Mode::Py1 { stateless, json } => format!(
+                "py1-{}-{}",
+                state(stateless),
+                if json { "json" } else { "sse" }
+            ),
+            Mode::Ts { stateless } => format!("ts-{}", state(stateless)),
+            Mode::Py2 => "py2".to_string(),
+        }
+    }
+
+    fn stateless(self) -> bool {
+        match self {
+            Mode::Py1 { stateless, .. } | Mode::Ts { stateless } => stateless,
+            Mode::Py2 => false,
+        }
+    }
+
+    /// Whether the upstream advertises `tools.listChanged` to handshake-era clients itself (the
+    /// 2.3 `MCPServer` does not: its replica rewrites the `initialize` result).
+    fn advertises_list_changed(self) -> bool {
+        !matches!(self, Mode::Py2)
+    }
+
+    /// Whether the upstream speaks 2026-07-28 (`server/discover`), which the 2.3 client's
+    /// `listen()` needs.
+    fn modern(self) -> bool {
+        matches!(self, Mode::Py2)
+    }
+
+    async fn start(self) -> Upstream {
+        let label = format!("upstream-{}", self.label());
+        match self {
+            Mode::Py1 { stateless, json } => {
+                let mut flags = vec!["--list-changed"];
+                if stateless {
+                    flags.push("--stateless");
+                }
+                if json {
+                    flags.push("--json-response");
+                }
+                Upstream::py1(&label, &flags).await
+            }
+            Mode::Ts { stateless } => Upstream::ts(&label, stateless).await,
+            Mode::Py2 => Upstream::start(e2e::UpstreamKind::V2, &label).await,
+        }
+    }
+}
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_mcp-fanout"))
+}
+
+async fn replica(label: &str, env: &[(&str, &str)]) -> Replica {
+    Replica::start(bin(), label, env)
+        .await
+        .unwrap_or_else(|e| panic!("replica `{label}` should start and become ready: {e}"))
+}
+
+fn tool_names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The text of the first content item of a `tools/call` result.
+fn call_text(result: &Value) -> Option<&str> {
+    result.pointer("/content/0/text").and_then(Value::as_str)
+}
+
+/// One upstream mode: its upstream, its proxy replica, the clients on it.
+struct Cell {
+    mode: Mode,
+    upstream: Upstream,
+    replica: Replica,
+    py1: Proc,
+    ts: Proc,
+    py2: Proc,
+}
+
+impl Cell {
+    fn name(&self) -> String {
+        self.mode.label()
+    }
+
+    /// A legacy client is connected: `ready`, its tool call answered with the upstream's `42`,
+    /// its first GET stream open with the priming frame (an id) in. Returns the `ready` line.
+    async fn legacy_ready(&self, p: &Proc) -> Result<Value, String> {
+        let name = format!("{} {}", self.name(), p.label());
+        let (_, ready) = p
+            .try_wait_line(0, STEP, |v| is_kind(v, "ready"))
+            .await
+            .map_err(|e| format!("{name}: {e} waiting for `ready`\n{}", p.transcript()))?;
+        let (_, called) = p
+            .try_wait_line(0, STEP, |v| is_kind(v, "called"))
+            .await
+            .map_err(|e| format!("{name}: {e} waiting for `called`\n{}", p.transcript()))?;
+        if call_text(&called.value["result"]) != Some("42") {
+            return Err(format!(
+                "{name}: tools/call add(2, 40) through the proxy did not return the upstream's 42: \
+                 {}",
+                called.value
+            ));
+        }
+        // The first SSE frame with an id is on the first GET stream (its priming frame).
+        p.try_wait_line(0, STEP, |v| is_kind(v, "sse") && v["id"].is_string())
+            .await
+            .map_err(|e| {
+                format!(
+                    "{name}: {e} waiting for a GET stream with its priming frame\n{}",
+                    p.transcript()
+                )
+            })?;
+        if get_streams(&p.lines()).first().map(|s| s.status) != Some(200) {
+            return Err(format!("{name}: its first GET stream\n{}", p.transcript()));
+        }
+        let session = ready.value["session"].as_str().unwrap_or("");
+        // A stateless upstream issues none: the proxy mints one (its own form); a stateful one
+        // issues its own, which must reach the client unchanged.
+        let minted = session.starts_with("fanout.");
+        if session.is_empty() || minted != self.mode.stateless() {
+            return Err(format!(
+                "{name}: session id {session:?}: expected {} id",
+                if self.mode.stateless() {
+                    "a minted"
+                } else {
+                    "the upstream's own"
+                }
+            ));
+        }
+        if ready.value.pointer("/capabilities/tools/listChanged") != Some(&json!(true)) {
+            return Err(format!(
+                "{name}: the upstream's tools.listChanged did not come through: {}",
+                ready.value
+            ));
+        }
+        let tools = tool_names(&ready.value["tools"]);
+        if !(tools.contains(&"add".to_string()) && tools.contains(&"echo".to_string())) {
+            return Err(format!("{name}: tools/list through the proxy: {tools:?}"));
+        }
+        Ok(ready.value)
+    }
+
+    /// Everything is up: legacy clients ready, the 2.3 client listening (modern upstream) or
+    /// refused to listen (a 2025-era upstream).
+    async fn ready(&self) -> Result<(), String> {
+        self.legacy_ready(&self.py1).await?;
+        self.legacy_ready(&self.ts).await?;
+        let name = format!("{} {}", self.name(), self.py2.label());
+        let (_, connected) = self
+            .py2
+            .try_wait_line(0, STEP, |v| is_kind(v, "connected"))
+            .await
+            .map_err(|e| {
+                format!(
+                    "{name}: {e} waiting for `connected`\n{}",
+                    self.py2.transcript()
+                )
+            })?;
+        let protocol = connected.value["protocol"].as_str().unwrap_or("");
+        if self.mode.modern() {
+            if protocol != "2026-07-28" {
+                return Err(format!("{name}: negotiated {protocol}, not 2026-07-28"));
+            }
+            self.py2
+                .try_wait_line(0, STEP, |v| is_kind(v, "ready"))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{name}: {e} waiting for the listen acknowledgement\n{}",
+                        self.py2.transcript()
+                    )
+                })?;
+        } else {
+            if protocol != "2025-11-25" {
+                return Err(format!("{name}: negotiated {protocol}, not 2025-11-25"));
+            }
+            self.py2
+                .try_wait_line(0, STEP, |v| is_kind(v, "listen_unsupported"))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{name}: {e} waiting for the SDK to refuse listen() at 2025-11-25\n{}",
+                        self.py2.transcript()
+                    )
+                })?;
+        }
+        Ok(())
+    }
+
+    /// After the publish of `id`: each client got it, once.
+    async fn delivered(&self, id: &str) -> Result<(), String> {
+        for p in [&self.py1, &self.ts] {
+            let name = format!("{} {}", self.name(), p.label());
+            p.try_wait_line(0, STEP, |v| is_notification(v, TOOLS))
+                .await
+                .map_err(|e| format!("{name}: {e} waiting for {TOOLS}\n{}", p.transcript()))?;
+            let ids = wire_event_ids(&p.lines());
+            if ids != [id] {
+                return Err(format!(
+                    "{name}: event ids on its GET streams {ids:?}, expected exactly [{id}]"
+                ));
+            }
+        }
+        let name = format!("{} {}", self.name(), self.ts.label());
+        let (_, refetched) = self
+            .ts
+            .try_wait_line(0, STEP, |v| is_kind(v, "refetched"))
+            .await
+            .map_err(|e| {
+                format!(
+                    "{name}: {e} waiting for the listChanged refetch\n{}",
+                    self.ts.transcript()
+                )
+            })?;
+        if !tool_names(&refetched.value["tools"]).contains(&LATE_TOOL.to_string()) {
+            return Err(format!(
+                "{name}: the refetch did not list the tool added upstream: {}",
+                refetched.value
+            ));
+        }
+        if self.mode.modern() {
+            let name = format!("{} {}", self.name(), self.py2.label());
+            self.py2
+                .try_wait_line(0, STEP, |v| is_kind(v, "refetched"))
+                .await
+                .map_err(|e| {
+                    format!(
+                        "{name}: {e} waiting for the event and the refetch\n{}",
+                        self.py2.transcript()
+                    )
+                })?;
+            let got = self.py2.count(|v| is_notification(v, TOOLS));
+            if got != 1 {
+                return Err(format!(
+                    "{name}: {got} × {TOOLS} on the listen stream, expected 1"
+                ));
+            }
+        }
+        // Exactly once, also after the refetches had time to run.
+        for p in [&self.py1, &self.ts] {
+            let got = p.count(|v| is_notification(v, TOOLS));
+            if got != 1 {
+                return Err(format!(
+                    "{} {}: {got} × {TOOLS}, expected 1\n{}",
+                    self.name(),
+                    p.label(),
+                    p.transcript()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_official_client_works_through_a_minting_proxy_for_every_upstream_mode() {
+    e2e::ensure_setup();
+    let (server, db) = shared_database()
+        .await
+        .expect("a database on the shared Postgres");
+    let database_url = server.url(&db);
+    let schema = unique_name("matrix");
+
+    let (upstreams, publisher_upstream) = tokio::join!(
+        join_all(MODES.iter().map(|m| m.start())),
+        Upstream::py1("upstream-replica2", &["--stateless", "--list-changed"]),
+    );
+    let proxy_env = |upstream: &str, advertise: bool| {
+        let mut env = vec![
+            ("DATABASE_URL".to_string(), database_url.clone()),
+            ("FANOUT_SCHEMA".to_string(), schema.clone()),
+            ("FANOUT_UPSTREAM".to_string(), upstream.to_string()),
+            ("FANOUT_MINT_SESSION_IDS".to_string(), "true".to_string()),
+        ];
+        if advertise {
+            env.push((
+                "FANOUT_ADVERTISE_LIST_CHANGED".to_string(),
+                "true".to_string(),
+            ));
+        }
+        env
+    };
+    let start = |label: String, env: Vec<(String, String)>| async move {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        replica(&label, &pairs).await
+    };
+    let (replicas, publisher) = tokio::join!(
+        join_all(MODES.iter().zip(&upstreams).map(|(m, up)| start(
+            format!("replica1-{}", m.label()),
+            proxy_env(&up.url, !m.advertises_list_changed())
+        ))),
+        start("replica2".into(), proxy_env(&publisher_upstream.url, false)),
+    );
+
+    let cells: Vec<Cell> = MODES
+        .iter()
+        .zip(upstreams)
+        .zip(replicas)
+        .map(|((&mode, upstream), replica)| {
+            let url = replica.public_url("/mcp");
+            let label = mode.label();
+            Cell {
+                mode,
+                py1: py1_client_with(&format!("{label}/py1"), &url, &["--call"]),
+                ts: ts_client_with(&format!("{label}/ts"), &url, &["--call"]),
+                py2: py2_client(&format!("{label}/py2"), &url, &[]),
+                upstream,
+                replica,
+            }
+        })
+        .collect();
+
+    let failures: Vec<String> = join_all(cells.iter().map(Cell::ready))
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cells failed to connect:\n{}",
+        failures.len(),
+        cells.len(),
+        failures.join("\n\n")
+    );
+
+    // A tool appears upstream, then the list_changed is published on replica 2.
+    join_all(cells.iter().map(|c| c.upstream.add_tool(LATE_TOOL))).await;
+    let id = publisher
+        .publish_ok(&json!({ "method": TOOLS }))
+        .await
+        .expect("publish on replica 2");
+
+    let failures: Vec<String> = join_all(cells.iter().map(|c| c.delivered(&id)))
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cells failed after the publish of {id}:\n{}",
+        failures.len(),
+        cells.len(),
+        failures.join("\n\n")
+    );
+    for c in &cells {
+        eprintln!(
+            "[test] {}: py1 + ts (GET stream, tool call{}) ok; py2 {} (replica {})",
+            c.name(),
+            ", refetch",
+            if c.mode.modern() {
+                "listened and got the event"
+            } else {
+                "refused listen() at 2025-11-25, as documented"
+            },
+            c.replica.label()
+        );
+    }
+}
