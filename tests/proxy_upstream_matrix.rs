@@ -434,9 +434,8 @@ async fn every_official_client_works_through_a_minting_proxy_for_every_upstream_
     );
     for c in &cells {
         eprintln!(
-            "[test] {}: py1 + ts (GET stream, tool call{}) ok; py2 {} (replica {})",
+            "[test] {}: py1 + ts (GET stream, tool call, refetch) ok; py2 {} (replica {})",
             c.name(),
-            ", refetch",
             if c.mode.modern() {
                 "listened and got the event"
             } else {
