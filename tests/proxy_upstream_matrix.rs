@@ -35,7 +35,7 @@ use e2e::{
 };
 use futures::future::join_all;
 use mcp_fanout_testkit::postgres::{shared_database, unique_name};
-use mcp_fanout_testkit::Replica;
+use mcp_fanout_testkit::{Replica, SseRequest, StreamEnd};
 use serde_json::{json, Value};
 
 /// Upper bound for one step of one cell (a client starting, a notification arriving); every cell
@@ -444,4 +444,57 @@ async fn every_official_client_works_through_a_minting_proxy_for_every_upstream_
             c.replica.label()
         );
     }
+}
+
+/// A minted session is the proxy's own (the stateless upstream never saw it): its `DELETE` is
+/// answered by the proxy, ends the session's stream on another replica, and forgets the session
+/// (a GET presenting it is then `404 session_not_found`, so the client initializes again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_minted_session_ends_its_stream_on_every_replica() {
+    e2e::ensure_setup();
+    let (server, db) = shared_database()
+        .await
+        .expect("a database on the shared Postgres");
+    let database_url = server.url(&db);
+    let schema = unique_name("minted_delete");
+    let up = Upstream::py1("upstream-minted-delete", &["--stateless"]).await;
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("FANOUT_SCHEMA", schema.as_str()),
+        ("FANOUT_UPSTREAM", up.url.as_str()),
+        ("FANOUT_MINT_SESSION_IDS", "true"),
+    ];
+    let (a, b) = tokio::join!(replica("A", &env), replica("B", &env));
+
+    let init = e2e::post_rpc(&a.public_url("/mcp"), &e2e::initialize_request(1), &[]).await;
+    assert_eq!(init.status, 200, "initialize through A");
+    let session = init
+        .header("mcp-session-id")
+        .expect("a minted session id")
+        .to_string();
+    assert!(session.starts_with("fanout."), "minted: {session}");
+
+    let stream_req = SseRequest::mcp().protocol("2025-11-25").session(&session);
+    let mut stream = a.subscribe(&stream_req).await.expect("GET /mcp on A");
+    assert_eq!(stream.status(), 200, "the minted session's GET stream");
+    let priming = stream
+        .next_frame(STEP)
+        .await
+        .expect("read the stream")
+        .expect("a priming frame");
+    assert!(priming.is_priming(), "first frame: {}", priming.text());
+
+    let deleted = e2e::http()
+        .delete(b.public_url("/mcp"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("DELETE through B");
+    assert_eq!(deleted.status(), 200, "DELETE of a minted session");
+
+    let (_, end) = stream.drain(STEP).await.expect("the stream on A ends");
+    assert_eq!(end, StreamEnd::Clean, "A's stream for the deleted session");
+    let again = a.subscribe(&stream_req).await.expect("GET /mcp again");
+    assert_eq!(again.status(), 404, "a GET with the deleted session");
 }
