@@ -498,3 +498,35 @@ async fn deleting_a_minted_session_ends_its_stream_on_every_replica() {
     let again = a.subscribe(&stream_req).await.expect("GET /mcp again");
     assert_eq!(again.status(), 404, "a GET with the deleted session");
 }
+
+/// Issue 12's symptom ("Session terminated" inside `initialize`) is what the Python SDK makes of a
+/// `404` to its `initialize` POST. The proxy relays the upstream's answers as they are, so an
+/// upstream URL that is not the MCP endpoint (here: the server's root, without `/mcp`) gives
+/// exactly that — and the replica's log names the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_url_without_the_mcp_path_is_named_in_the_log() {
+    e2e::ensure_setup();
+    let up = Upstream::py1("upstream-wrong-path", &["--stateless"]).await;
+    let root = up.base("/");
+    let r = replica(
+        "wrong-path",
+        &[
+            ("FANOUT_UPSTREAM", root.as_str()),
+            ("FANOUT_MINT_SESSION_IDS", "true"),
+        ],
+    )
+    .await;
+    let init = e2e::post_rpc(&r.public_url("/mcp"), &e2e::initialize_request(1), &[]).await;
+    assert_eq!(init.status, 404, "the upstream's own 404, relayed");
+    assert!(
+        init.header("mcp-session-id").is_none(),
+        "no session is minted for a failed initialize"
+    );
+    r.wait_for_log("the 404 to initialize, explained", STEP, |v| {
+        v.pointer("/fields/message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.contains("FANOUT_UPSTREAM must be the MCP endpoint"))
+    })
+    .await
+    .expect("the replica logs why initialize got a 404");
+}

@@ -127,6 +127,14 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         }
     }
     let rpc = f.rpc_method.as_deref();
+    if rpc == Some("initialize") && status == StatusCode::NOT_FOUND {
+        // An initialize carries no session, so this 404 is not "session not found": the URL is
+        // not the MCP endpoint. The client only says "Session terminated".
+        tracing::warn!(
+            upstream = %up.url,
+            "upstream answered initialize with 404: FANOUT_UPSTREAM must be the MCP endpoint itself, path included (e.g. http://127.0.0.1:8000/mcp)"
+        );
+    }
     if rpc == Some("initialize") && status.is_success() {
         let mut session = headers
             .get(MCP_SESSION_ID)
