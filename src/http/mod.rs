@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod admin_auth;
 pub mod body;
+pub mod era_bridge;
 pub mod error;
 pub mod headers;
 pub mod listen;

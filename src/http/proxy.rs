@@ -35,6 +35,8 @@ pub struct Upstream {
     url: reqwest::Url,
     mint_session_ids: bool,
     advertise_list_changed: bool,
+    /// Whether the upstream speaks 2026-07-28 (learnt on the first 2026 request).
+    era: super::era_bridge::EraCache,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -65,11 +67,24 @@ impl Upstream {
             url,
             mint_session_ids,
             advertise_list_changed,
+            era: Default::default(),
         })
     }
 
     pub fn url(&self) -> &reqwest::Url {
         &self.url
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn advertises_list_changed(&self) -> bool {
+        self.advertise_list_changed
+    }
+
+    pub fn era_cache(&self) -> &super::era_bridge::EraCache {
+        &self.era
     }
 }
 
@@ -169,7 +184,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         match resp.bytes().await {
             Ok(b) => {
                 headers.remove(header::CONTENT_LENGTH);
-                Body::from(rewrite_json(&b))
+                Body::from(rewrite_json(&b, advertise_list_changed))
             }
             Err(error) => {
                 tracing::warn!(%error, "upstream body failed");
@@ -178,7 +193,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         }
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
-        Body::from_stream(rewrite_sse(resp.bytes_stream()))
+        Body::from_stream(rewrite_sse(resp.bytes_stream(), advertise_list_changed))
     } else {
         Body::from_stream(resp.bytes_stream())
     };
@@ -222,10 +237,36 @@ pub fn advertise_list_changed(msg: &mut Value) -> bool {
     true
 }
 
-fn rewrite_json(body: &[u8]) -> Bytes {
+/// What a rewrite does to one JSON-RPC message; `false` = leave it as it was.
+pub type Patch = fn(&mut Value) -> bool;
+
+/// Applies `patch` to a relayed answer (its JSON body, or each SSE `data:` as it arrives).
+pub async fn patch_response(resp: Response, patch: Patch) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = if is_sse {
+        Body::from_stream(rewrite_sse(body.into_data_stream(), patch))
+    } else {
+        match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(b) => Body::from(rewrite_json(&b, patch)),
+            Err(error) => {
+                tracing::warn!(%error, "upstream body failed");
+                return upstream_error(StatusCode::BAD_GATEWAY, "the upstream answer was cut");
+            }
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+fn rewrite_json(body: &[u8], patch: Patch) -> Bytes {
     match serde_json::from_slice::<Value>(body) {
         Ok(mut v) => {
-            if advertise_list_changed(&mut v) {
+            if patch(&mut v) {
                 Bytes::from(v.to_string())
             } else {
                 Bytes::copy_from_slice(body)
@@ -236,16 +277,17 @@ fn rewrite_json(body: &[u8]) -> Bytes {
 }
 
 /// Rewrites the `data:` of SSE blocks carrying the result, relaying every block as it completes.
-fn rewrite_sse(
-    upstream: impl futures::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+fn rewrite_sse<E: std::error::Error + Send + Sync + 'static>(
+    upstream: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    patch: Patch,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     futures::stream::unfold(
         (Box::pin(upstream), Vec::<u8>::new(), false),
-        |(mut up, mut buf, mut eof)| async move {
+        move |(mut up, mut buf, mut eof)| async move {
             loop {
                 if let Some(end) = block_end(&buf) {
                     let block: Vec<u8> = buf.drain(..end).collect();
-                    return Some((Ok(rewrite_block(&block)), (up, buf, eof)));
+                    return Some((Ok(rewrite_block(&block, patch)), (up, buf, eof)));
                 }
                 if eof {
                     if buf.is_empty() {
@@ -274,7 +316,7 @@ fn block_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-fn rewrite_block(block: &[u8]) -> Bytes {
+fn rewrite_block(block: &[u8], patch: Patch) -> Bytes {
     let Ok(text) = std::str::from_utf8(block) else {
         return Bytes::copy_from_slice(block);
     };
@@ -289,7 +331,7 @@ fn rewrite_block(block: &[u8]) -> Bytes {
                 let data = data.strip_prefix(' ').unwrap_or(data);
                 let rewritten = serde_json::from_str::<Value>(data)
                     .ok()
-                    .and_then(|mut v| advertise_list_changed(&mut v).then(|| v.to_string()));
+                    .and_then(|mut v| patch(&mut v).then(|| v.to_string()));
                 match rewritten {
                     Some(v) => {
                         out.push_str("data: ");
@@ -312,17 +354,21 @@ mod tests {
     #[test]
     fn advertises_list_changed_in_json_and_sse() {
         let body = br#"{"jsonrpc":"2.0","id":1,"result":{"capabilities":{"tools":{"listChanged":false},"logging":{}},"serverInfo":{"name":"x"}}}"#;
-        let v: Value = serde_json::from_slice(&rewrite_json(body)).expect("json");
+        let v: Value =
+            serde_json::from_slice(&rewrite_json(body, advertise_list_changed)).expect("json");
         assert_eq!(v["result"]["capabilities"]["tools"]["listChanged"], true);
         assert_eq!(v["result"]["capabilities"]["prompts"]["listChanged"], true);
         assert_eq!(v["result"]["serverInfo"]["name"], "x");
         let block = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"capabilities\":{}}}\r\n\r\n";
-        let out = rewrite_block(block);
+        let out = rewrite_block(block, advertise_list_changed);
         let text = std::str::from_utf8(&out).expect("utf8");
         assert!(text.starts_with("event: message\r\ndata: ") && text.ends_with("\r\n\r\n"));
         assert!(text.contains(r#""listChanged":true"#));
         let untouched = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n";
-        assert_eq!(&rewrite_block(untouched)[..], &untouched[..]);
+        assert_eq!(
+            &rewrite_block(untouched, advertise_list_changed)[..],
+            &untouched[..]
+        );
         assert_eq!(block_end(b"data: a\n\ndata: b"), Some(9));
     }
 }
