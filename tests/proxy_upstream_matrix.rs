@@ -484,3 +484,80 @@ async fn an_upstream_url_without_the_mcp_path_is_named_in_the_log() {
     .await
     .expect("the replica logs why initialize got a 404");
 }
+
+/// The era bridge's own session with a stateful 2025-era upstream is renewed when the upstream
+/// forgets it (a restart): the next 2026 request gets a `404` upstream, the replica performs a new
+/// handshake and retries, and the client sees only the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_era_bridge_renews_its_session_when_the_upstream_forgets_it() {
+    e2e::ensure_setup();
+    let up = Upstream::ts("upstream-ts-forgetful", false).await;
+    let r = replica("bridge-renewal", &[("FANOUT_UPSTREAM", up.url.as_str())]).await;
+    let rpc = |id: u64, method: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}
+        }}})
+    };
+    let modern = |method: &'static str| {
+        [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ]
+    };
+    let url = r.public_url("/mcp");
+    let discover =
+        e2e::post_rpc(&url, &rpc(1, "server/discover"), &modern("server/discover")).await;
+    assert_eq!(discover.status, 200, "server/discover through the bridge");
+    let result = &discover.messages()[0]["result"];
+    assert_eq!(
+        result["supportedVersions"],
+        json!(["2026-07-28"]),
+        "{result}"
+    );
+    assert_eq!(
+        result["capabilities"]["tools"]["listChanged"], true,
+        "{result}"
+    );
+    assert_eq!(
+        result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "e2e-ts-upstream"
+    );
+
+    let list = |id: u64| {
+        let url = url.clone();
+        async move { e2e::post_rpc(&url, &rpc(id, "tools/list"), &modern("tools/list")).await }
+    };
+    let first = list(2).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.messages()[0]["result"]["resultType"], "complete");
+    let forgot = e2e::http()
+        .post(up.base("/forget-sessions"))
+        .send()
+        .await
+        .expect("POST /forget-sessions");
+    let forgot: Value = forgot.json().await.expect("JSON");
+    assert_eq!(forgot["forgotten"], 1, "the bridge's one session: {forgot}");
+
+    let second = list(3).await;
+    assert_eq!(
+        second.status, 200,
+        "tools/list after the upstream forgot the session"
+    );
+    let tools = &second.messages()[0]["result"]["tools"];
+    assert!(
+        tools
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "add")),
+        "{tools}"
+    );
+    let after: Value = e2e::http()
+        .post(up.base("/forget-sessions"))
+        .send()
+        .await
+        .expect("POST /forget-sessions")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(after["initialized"], 2, "one new handshake: {after}");
+}

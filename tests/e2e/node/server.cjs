@@ -9,7 +9,8 @@
 //
 // Prints one JSON line {"url": "http://127.0.0.1:PORT/mcp"} once it accepts connections.
 // Tools: add(a, b) and echo(text); `POST /add-tool?name=NAME` adds a tool at run time (so a client's
-// refetch can be told apart from a cached list).
+// refetch can be told apart from a cached list); `POST /forget-sessions` drops every session (as a
+// restart would) and answers how many sessions were ever initialized.
 // Run with NODE_PATH=<npm ci dir>/node_modules.
 'use strict';
 
@@ -83,6 +84,7 @@ function reply(res, status, body) {
 }
 
 const sessions = new Map(); // stateful: session id -> transport
+let initialized = 0; // sessions ever initialized
 
 async function handleMcp(req, res) {
   let body;
@@ -114,7 +116,10 @@ async function handleMcp(req, res) {
     }
     transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
-      onsessioninitialized: (id) => sessions.set(id, transport),
+      onsessioninitialized: (id) => {
+        initialized += 1;
+        sessions.set(id, transport);
+      },
     });
     transport.onclose = () => {
       if (transport.sessionId) sessions.delete(transport.sessionId);
@@ -132,6 +137,13 @@ const httpServer = http.createServer((req, res) => {
       if (!res.headersSent) reply(res, 500, { error: String(e) });
     });
   if (url.pathname === '/mcp') return done(handleMcp(req, res));
+  if (url.pathname === '/forget-sessions' && req.method === 'POST') {
+    // As after a restart: every session unknown (their ids then get 404).
+    const forgotten = [...sessions.values()];
+    sessions.clear();
+    forgotten.forEach((t) => t.close());
+    return reply(res, 200, { forgotten: forgotten.length, initialized });
+  }
   if (url.pathname === '/add-tool' && req.method === 'POST') {
     const name = url.searchParams.get('name');
     if (name && !added.includes(name)) added.push(name);
