@@ -31,6 +31,9 @@ const HANDSHAKE_VERSION: &str = "2025-11-25";
 
 const DISCOVER: &str = "server/discover";
 
+/// Longest the probe and the handshake may take together.
+const LEARN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Methods whose 2026-07-28 results are cacheable (`ttlMs`, `cacheScope` required).
 const CACHEABLE: [&str; 5] = [
     "tools/list",
@@ -59,6 +62,8 @@ enum Era {
 pub enum BridgeError {
     #[error("the upstream is unreachable: {0}")]
     Unreachable(#[from] reqwest::Error),
+    #[error("the upstream did not answer the probe and handshake within {LEARN_TIMEOUT:?}")]
+    Timeout,
     #[error("the upstream answered the server/discover probe with {0}")]
     Probe(StatusCode),
     #[error("the upstream's initialize answer has no result: {0}")]
@@ -141,11 +146,17 @@ async fn era(up: &Upstream, stale: Option<&Arc<Handshake>>) -> Result<Era, Bridg
             return Ok(era.clone());
         }
     }
-    let era = if stale.is_none() && probe_is_modern(up).await? {
-        Era::Modern
-    } else {
-        Era::Legacy(Arc::new(handshake(up).await?))
+    // Bounded: every 2026 request of this replica waits for it.
+    let learn = async {
+        Ok::<_, BridgeError>(if stale.is_none() && probe_is_modern(up).await? {
+            Era::Modern
+        } else {
+            Era::Legacy(Arc::new(handshake(up).await?))
+        })
     };
+    let era = tokio::time::timeout(LEARN_TIMEOUT, learn)
+        .await
+        .map_err(|_| BridgeError::Timeout)??;
     tracing::info!(upstream = %up.url(), modern = matches!(era, Era::Modern), "learnt the upstream's protocol era");
     *cache = Some(era.clone());
     Ok(era)
