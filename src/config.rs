@@ -243,6 +243,13 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_ADVERTISE_LIST_CHANGED", default_value_t = false, action = clap::ArgAction::Set)]
     pub advertise_list_changed: bool,
 
+    /// Proxy mode: let MCP 2026-07-28 clients use a 2025-era upstream (one that does not answer
+    /// `server/discover`): the replica makes its own `initialize` handshake and forwards their
+    /// requests on that one upstream session. Only for upstreams that keep no per-client state in
+    /// a session (stateless ones); off, such clients fall back to the 2025 handshake themselves.
+    #[arg(long, env = "FANOUT_BRIDGE_2026_CLIENTS", default_value_t = false, action = clap::ArgAction::Set)]
+    pub bridge_2026_clients: bool,
+
     /// Log format; `RUST_LOG` filters.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -125,8 +125,11 @@ impl State {
         let upstream = match &config.upstream {
             Some(url) => Some(crate::mcp::upstream::Upstream::new(
                 url,
-                config.mint_session_ids,
-                config.advertise_list_changed,
+                crate::mcp::upstream::UpstreamOptions {
+                    mint_session_ids: config.mint_session_ids,
+                    advertise_list_changed: config.advertise_list_changed,
+                    bridge_2026_clients: config.bridge_2026_clients,
+                },
             )?),
             None => None,
         };

@@ -14,6 +14,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
 use super::body::{read_body, require_json};
+use super::era_bridge;
 use super::error::AppError;
 use super::headers::MCP_PROTOCOL_VERSION;
 use super::proxy::{self, Forward};
@@ -150,6 +151,9 @@ async fn handle(
                 rpc_method,
                 principal,
             };
+            if up.bridges_2026_clients() && era_bridge::is_modern_request(&headers) {
+                return Ok(era_bridge::forward(&st, up, forward).await);
+            }
             return Ok(proxy::forward(&st, up, forward).await);
         }
     }

@@ -13,6 +13,7 @@ use serde_json::{json, Value};
 
 use super::headers::MCP_SESSION_ID;
 use crate::mcp::upstream::Upstream;
+use crate::session::minted;
 use crate::state::AppState;
 
 /// Headers that describe one hop, not the message: never forwarded either way.
@@ -41,12 +42,24 @@ pub struct Forward<'a> {
 
 /// Forwards one request upstream and relays the answer.
 pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
+    let minted_session = f
+        .headers
+        .get(MCP_SESSION_ID)
+        .filter(|v| up.mint_session_ids && minted::is_minted(v.as_bytes()))
+        .and_then(|v| v.to_str().ok());
+    if let (Some(s), true) = (minted_session, f.method == Method::DELETE) {
+        // The upstream never saw this session: ending it is ours to do.
+        end_session(st, s).await;
+        return StatusCode::OK.into_response();
+    }
     let mut req = up.client.request(f.method.clone(), up.url.clone());
     for (name, value) in f.headers {
         let n = name.as_str();
+        // A minted session id stays here; one the upstream issued goes back to it (a stateful
+        // upstream refuses a request without its session id).
         if HOP_BY_HOP.contains(&n)
             || n == "content-length"
-            || (up.mint_session_ids && n == MCP_SESSION_ID)
+            || (n == MCP_SESSION_ID && minted_session.is_some())
         {
             continue;
         }
@@ -70,13 +83,21 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         }
     }
     let rpc = f.rpc_method.as_deref();
+    if rpc == Some("initialize") && status == StatusCode::NOT_FOUND {
+        // An initialize carries no session, so this 404 is not "session not found": the URL is
+        // not the MCP endpoint. The client only says "Session terminated".
+        tracing::warn!(
+            upstream = %up.url,
+            "upstream answered initialize with 404: FANOUT_UPSTREAM must be the MCP endpoint itself, path included (e.g. http://127.0.0.1:8000/mcp)"
+        );
+    }
     if rpc == Some("initialize") && status.is_success() {
         let mut session = headers
             .get(MCP_SESSION_ID)
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         if session.is_none() && up.mint_session_ids {
-            let minted = crate::event::id::random_epoch() + &crate::event::id::random_epoch();
+            let minted = minted::mint();
             if let Ok(v) = HeaderValue::from_str(&minted) {
                 headers.insert(HeaderName::from_static(MCP_SESSION_ID), v);
                 session = Some(minted);
@@ -91,10 +112,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     }
     if f.method == Method::DELETE && status.is_success() {
         if let Some(s) = f.headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) {
-            st.broadcaster.end_session(s);
-            if let Err(error) = st.sessions.forget(s).await {
-                tracing::warn!(%error, session = s, "cannot forget the session");
-            }
+            end_session(st, s).await;
         }
     }
     let rewrite =
@@ -107,7 +125,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         match resp.bytes().await {
             Ok(b) => {
                 headers.remove(header::CONTENT_LENGTH);
-                Body::from(rewrite_json(&b))
+                Body::from(rewrite_json(&b, advertise_list_changed))
             }
             Err(error) => {
                 tracing::warn!(%error, "upstream body failed");
@@ -116,7 +134,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         }
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
-        Body::from_stream(rewrite_sse(resp.bytes_stream()))
+        Body::from_stream(rewrite_sse(resp.bytes_stream(), advertise_list_changed))
     } else {
         Body::from_stream(resp.bytes_stream())
     };
@@ -124,6 +142,14 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// Ends a session's streams on every replica and forgets it (after its `DELETE`).
+async fn end_session(st: &AppState, session: &str) {
+    st.broadcaster.end_session(session);
+    if let Err(error) = st.sessions.forget(session).await {
+        tracing::warn!(%error, session, "cannot forget the session");
+    }
 }
 
 fn upstream_error(status: StatusCode, message: &str) -> Response {
@@ -152,10 +178,36 @@ pub fn advertise_list_changed(msg: &mut Value) -> bool {
     true
 }
 
-fn rewrite_json(body: &[u8]) -> Bytes {
+/// What a rewrite does to one JSON-RPC message; `false` = leave it as it was.
+pub type Patch = fn(&mut Value) -> bool;
+
+/// Applies `patch` to a relayed answer (its JSON body, or each SSE `data:` as it arrives).
+pub async fn patch_response(resp: Response, patch: Patch) -> Response {
+    let (mut parts, body) = resp.into_parts();
+    let is_sse = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    let body = if is_sse {
+        Body::from_stream(rewrite_sse(body.into_data_stream(), patch))
+    } else {
+        match axum::body::to_bytes(body, usize::MAX).await {
+            Ok(b) => Body::from(rewrite_json(&b, patch)),
+            Err(error) => {
+                tracing::warn!(%error, "upstream body failed");
+                return upstream_error(StatusCode::BAD_GATEWAY, "the upstream answer was cut");
+            }
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+fn rewrite_json(body: &[u8], patch: Patch) -> Bytes {
     match serde_json::from_slice::<Value>(body) {
         Ok(mut v) => {
-            if advertise_list_changed(&mut v) {
+            if patch(&mut v) {
                 Bytes::from(v.to_string())
             } else {
                 Bytes::copy_from_slice(body)
@@ -166,16 +218,17 @@ fn rewrite_json(body: &[u8]) -> Bytes {
 }
 
 /// Rewrites the `data:` of SSE blocks carrying the result, relaying every block as it completes.
-fn rewrite_sse(
-    upstream: impl futures::Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+fn rewrite_sse<E: std::error::Error + Send + Sync + 'static>(
+    upstream: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+    patch: Patch,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
     futures::stream::unfold(
         (Box::pin(upstream), Vec::<u8>::new(), false),
-        |(mut up, mut buf, mut eof)| async move {
+        move |(mut up, mut buf, mut eof)| async move {
             loop {
                 if let Some(end) = block_end(&buf) {
                     let block: Vec<u8> = buf.drain(..end).collect();
-                    return Some((Ok(rewrite_block(&block)), (up, buf, eof)));
+                    return Some((Ok(rewrite_block(&block, patch)), (up, buf, eof)));
                 }
                 if eof {
                     if buf.is_empty() {
@@ -204,7 +257,7 @@ fn block_end(buf: &[u8]) -> Option<usize> {
     }
 }
 
-fn rewrite_block(block: &[u8]) -> Bytes {
+fn rewrite_block(block: &[u8], patch: Patch) -> Bytes {
     let Ok(text) = std::str::from_utf8(block) else {
         return Bytes::copy_from_slice(block);
     };
@@ -219,7 +272,7 @@ fn rewrite_block(block: &[u8]) -> Bytes {
                 let data = data.strip_prefix(' ').unwrap_or(data);
                 let rewritten = serde_json::from_str::<Value>(data)
                     .ok()
-                    .and_then(|mut v| advertise_list_changed(&mut v).then(|| v.to_string()));
+                    .and_then(|mut v| patch(&mut v).then(|| v.to_string()));
                 match rewritten {
                     Some(v) => {
                         out.push_str("data: ");
@@ -242,17 +295,21 @@ mod tests {
     #[test]
     fn advertises_list_changed_in_json_and_sse() {
         let body = br#"{"jsonrpc":"2.0","id":1,"result":{"capabilities":{"tools":{"listChanged":false},"logging":{}},"serverInfo":{"name":"x"}}}"#;
-        let v: Value = serde_json::from_slice(&rewrite_json(body)).expect("json");
+        let v: Value =
+            serde_json::from_slice(&rewrite_json(body, advertise_list_changed)).expect("json");
         assert_eq!(v["result"]["capabilities"]["tools"]["listChanged"], true);
         assert_eq!(v["result"]["capabilities"]["prompts"]["listChanged"], true);
         assert_eq!(v["result"]["serverInfo"]["name"], "x");
         let block = b"event: message\r\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"capabilities\":{}}}\r\n\r\n";
-        let out = rewrite_block(block);
+        let out = rewrite_block(block, advertise_list_changed);
         let text = std::str::from_utf8(&out).expect("utf8");
         assert!(text.starts_with("event: message\r\ndata: ") && text.ends_with("\r\n\r\n"));
         assert!(text.contains(r#""listChanged":true"#));
         let untouched = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\"}\n\n";
-        assert_eq!(&rewrite_block(untouched)[..], &untouched[..]);
+        assert_eq!(
+            &rewrite_block(untouched, advertise_list_changed)[..],
+            &untouched[..]
+        );
         assert_eq!(block_end(b"data: a\n\ndata: b"), Some(9));
     }
 }

@@ -2,7 +2,10 @@
 //! that reaches it, and how its sessions and capabilities are presented to clients. The
 //! forwarding itself is the HTTP edge's (`http::proxy`).
 
+use std::sync::Arc;
 use std::time::Duration;
+
+use serde_json::Value;
 
 pub struct Upstream {
     pub(crate) client: reqwest::Client,
@@ -11,7 +14,40 @@ pub struct Upstream {
     pub(crate) mint_session_ids: bool,
     /// Rewrite `initialize` / `server/discover` results to advertise `listChanged`.
     pub(crate) advertise_list_changed: bool,
+    /// Bridge 2026-07-28 clients to a 2025-era upstream (`http::era_bridge`).
+    pub(crate) bridge_2026_clients: bool,
+    /// Whether the upstream speaks 2026-07-28 (learnt on the first bridged request).
+    pub(crate) era: EraCache,
 }
+
+/// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
+/// `FANOUT_BRIDGE_2026_CLIENTS`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UpstreamOptions {
+    pub mint_session_ids: bool,
+    pub advertise_list_changed: bool,
+    pub bridge_2026_clients: bool,
+}
+
+/// The proxy's own session with a 2025-era upstream (made by `http::era_bridge`).
+#[derive(Debug)]
+pub struct Handshake {
+    pub version: String,
+    pub session: Option<String>,
+    /// The `initialize` result (capabilities, serverInfo, instructions).
+    pub result: Value,
+}
+
+/// The upstream's protocol era.
+#[derive(Debug, Clone)]
+pub enum Era {
+    Modern,
+    Legacy(Arc<Handshake>),
+}
+
+/// What the proxy knows of its upstream's era (per replica; learnt on the first 2026 request).
+#[derive(Debug, Default)]
+pub struct EraCache(pub tokio::sync::Mutex<Option<Era>>);
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamConfigError {
@@ -22,11 +58,7 @@ pub enum UpstreamConfigError {
 }
 
 impl Upstream {
-    pub fn new(
-        url: &str,
-        mint_session_ids: bool,
-        advertise_list_changed: bool,
-    ) -> Result<Upstream, UpstreamConfigError> {
+    pub fn new(url: &str, options: UpstreamOptions) -> Result<Upstream, UpstreamConfigError> {
         let url = reqwest::Url::parse(url).map_err(|e| UpstreamConfigError::Url(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(UpstreamConfigError::Url(url.to_string()));
@@ -39,12 +71,30 @@ impl Upstream {
         Ok(Upstream {
             client,
             url,
-            mint_session_ids,
-            advertise_list_changed,
+            mint_session_ids: options.mint_session_ids,
+            advertise_list_changed: options.advertise_list_changed,
+            bridge_2026_clients: options.bridge_2026_clients,
+            era: EraCache::default(),
         })
     }
 
     pub fn url(&self) -> &reqwest::Url {
         &self.url
+    }
+
+    pub fn client(&self) -> &reqwest::Client {
+        &self.client
+    }
+
+    pub fn advertises_list_changed(&self) -> bool {
+        self.advertise_list_changed
+    }
+
+    pub fn bridges_2026_clients(&self) -> bool {
+        self.bridge_2026_clients
+    }
+
+    pub fn era_cache(&self) -> &EraCache {
+        &self.era
     }
 }

@@ -4,6 +4,7 @@
 //! broadcaster, on others through the control channel.
 
 pub mod memory;
+pub mod minted;
 pub mod postgres;
 
 use std::sync::Arc;

@@ -398,17 +398,50 @@ pub struct Upstream {
 
 impl Upstream {
     pub async fn start(kind: UpstreamKind, label: &str) -> Upstream {
+        match kind {
+            UpstreamKind::V1Sse => Upstream::py1(label, &[]).await,
+            UpstreamKind::V1Json => Upstream::py1(label, &["--json-response"]).await,
+            UpstreamKind::V1Stateless => Upstream::py1(label, &["--stateless"]).await,
+            UpstreamKind::V2 => {
+                ensure_setup();
+                let s = script("py2/server.py");
+                Upstream::spawn(
+                    label,
+                    &python("py2"),
+                    &[s.to_str().expect("utf-8 path")],
+                    &[],
+                )
+                .await
+            }
+        }
+    }
+
+    /// The `mcp` 1.x FastMCP server with these flags (`--stateless`, `--json-response`,
+    /// `--list-changed`).
+    pub async fn py1(label: &str, flags: &[&str]) -> Upstream {
         ensure_setup();
-        let (venv, path, args): (&str, &str, &[&str]) = match kind {
-            UpstreamKind::V1Sse => ("py1", "py1/server.py", &[]),
-            UpstreamKind::V1Json => ("py1", "py1/server.py", &["--json-response"]),
-            UpstreamKind::V1Stateless => ("py1", "py1/server.py", &["--stateless"]),
-            UpstreamKind::V2 => ("py2", "py2/server.py", &[]),
-        };
-        let script = script(path);
-        let mut all = vec![script.to_str().expect("utf-8 path")];
-        all.extend_from_slice(args);
-        let proc = Proc::spawn(label, &python(venv), &all, &[]);
+        let s = script("py1/server.py");
+        let mut args = vec![s.to_str().expect("utf-8 path")];
+        args.extend_from_slice(flags);
+        Upstream::spawn(label, &python("py1"), &args, &[]).await
+    }
+
+    /// The TypeScript SDK server (`StreamableHTTPServerTransport`): stateful (a
+    /// `sessionIdGenerator`) or stateless (`undefined`).
+    pub async fn ts(label: &str, stateless: bool) -> Upstream {
+        ensure_setup();
+        let s = script("node/server.cjs");
+        let mut args = vec![s.to_str().expect("utf-8 path")];
+        if stateless {
+            args.push("--stateless");
+        }
+        let modules = e2e_dir().join("node/node_modules");
+        let node_path = [("NODE_PATH", modules.to_str().expect("utf-8 path"))];
+        Upstream::spawn(label, Path::new("node"), &args, &node_path).await
+    }
+
+    async fn spawn(label: &str, program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Upstream {
+        let proc = Proc::spawn(label, program, args, envs);
         let (_, line) = proc
             .wait_line("its endpoint URL", 0, Duration::from_secs(30), |v| {
                 v.get("url").is_some()
@@ -449,25 +482,34 @@ impl Upstream {
 
 /// The Python SDK 1.x client (legacy GET stream) on `url`.
 pub fn py1_client(label: &str, url: &str) -> Proc {
+    py1_client_with(label, url, &[])
+}
+
+/// The Python SDK 1.x client with flags (`--call`: a `tools/call add(2, 40)` once ready).
+pub fn py1_client_with(label: &str, url: &str, flags: &[&str]) -> Proc {
     ensure_setup();
     let s = script("py1/client.py");
-    Proc::spawn(
-        label,
-        &python("py1"),
-        &[s.to_str().expect("utf-8 path"), url],
-        &[],
-    )
+    let mut args = vec![s.to_str().expect("utf-8 path"), url];
+    args.extend_from_slice(flags);
+    Proc::spawn(label, &python("py1"), &args, &[])
 }
 
 /// The TypeScript SDK client (legacy GET stream, `listChanged` handler for tools) on `url`.
 pub fn ts_client(label: &str, url: &str) -> Proc {
+    ts_client_with(label, url, &[])
+}
+
+/// The TypeScript SDK client with flags (`--call`: a `tools/call add(2, 40)` once ready).
+pub fn ts_client_with(label: &str, url: &str, flags: &[&str]) -> Proc {
     ensure_setup();
     let s = script("node/client.cjs");
     let modules = e2e_dir().join("node/node_modules");
+    let mut args = vec![s.to_str().expect("utf-8 path"), url];
+    args.extend_from_slice(flags);
     Proc::spawn(
         label,
         Path::new("node"),
-        &[s.to_str().expect("utf-8 path"), url],
+        &args,
         &[("NODE_PATH", modules.to_str().expect("utf-8 path"))],
     )
 }

@@ -9,6 +9,7 @@
 //   {"kind":"ready","session","protocol","capabilities","tools"}
 //   {"kind":"notification","message"}        a server notification the transport delivered
 //   {"kind":"refetched","tools"|"error"}     the SDK's listChanged handler ran (after its refetch)
+//   {"kind":"called","result"|"error"}       with --call: the result of tools/call add(2, 40)
 //   {"kind":"error","error"}                 client.onerror
 // The taps use only public options: a `fetch` wrapper passed to the transport, and a wrapper
 // around transport.onmessage installed after connect.
@@ -116,6 +117,13 @@ async function main() {
     capabilities: client.getServerCapabilities(),
     tools: tools.tools.map((t) => t.name).sort(),
   });
+  if (process.argv.includes('--call')) {
+    try {
+      out({ kind: 'called', result: await client.callTool({ name: 'add', arguments: { a: 2, b: 40 } }) });
+    } catch (e) {
+      out({ kind: 'called', error: String(e) });
+    }
+  }
 }
 
 main().catch((e) => {

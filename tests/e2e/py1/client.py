@@ -5,7 +5,9 @@ unmodified, connected to URL. Prints one JSON line per thing the test awaits:
 - {"kind": "sse", "id", "method"}: one SSE block of a GET body, as the wire carried it (its `id:`
   field, and the JSON-RPC method of its data; both null for a priming frame's data / no id);
 - {"kind": "get_end"}: that GET's body ended;
-- {"kind": "ready", "session", "protocol", "tools"}: initialized, tool list fetched;
+- {"kind": "ready", "session", "protocol", "capabilities", "tools"}: initialized, tool list fetched;
+- {"kind": "called", "result"}: with `--call`, the structured result of `tools/call add(2, 40)`
+  (or {"kind": "called", "error"});
 - {"kind": "notification", "message"}: a server notification the session's message handler got;
 - {"kind": "error", "error"}: an exception the session surfaced.
 
@@ -94,7 +96,7 @@ async def on_message(message) -> None:
         out(kind="notification", message=message.root.model_dump(by_alias=True, mode="json", exclude_none=True))
 
 
-async def main(url: str) -> None:
+async def main(url: str, call: bool) -> None:
     http = httpx.AsyncClient(transport=Tap(), timeout=httpx.Timeout(30, read=300))
     async with http:
         async with streamable_http_client(url, http_client=http) as (read, write, session_id):
@@ -105,10 +107,17 @@ async def main(url: str) -> None:
                     kind="ready",
                     session=session_id(),
                     protocol=str(init.protocolVersion),
+                    capabilities=init.capabilities.model_dump(by_alias=True, mode="json", exclude_none=True),
                     tools=sorted(t.name for t in tools.tools),
                 )
+                if call:
+                    try:
+                        result = await session.call_tool("add", {"a": 2, "b": 40})
+                        out(kind="called", result=result.model_dump(by_alias=True, mode="json", exclude_none=True))
+                    except Exception as e:  # printed for the test, which fails on it
+                        out(kind="called", error=repr(e))
                 await anyio.sleep_forever()
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1])
+    anyio.run(main, sys.argv[1], "--call" in sys.argv[2:])

@@ -2,7 +2,8 @@
 
 Stateful sessions by default (the SDK's GET stream needs a session id); `--json-response` answers
 POSTs with JSON instead of SSE; `--stateless` serves without sessions. It does NOT advertise
-`tools.listChanged` (FastMCP's default): the proxy's rewrite has to.
+`tools.listChanged` (FastMCP's default: the proxy's rewrite has to), unless `--list-changed` (set
+through the low-level server's `NotificationOptions`, FastMCP having no option for it).
 
 Prints one JSON line `{"url": "http://127.0.0.1:PORT/mcp"}` once it accepts connections.
 `POST /add-tool?name=NAME` adds a tool at run time (so a client's refetch can be told apart from
@@ -19,6 +20,7 @@ import sys
 import anyio
 import uvicorn
 from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.lowlevel.server import NotificationOptions
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
@@ -27,6 +29,7 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--json-response", action="store_true")
     p.add_argument("--stateless", action="store_true")
+    p.add_argument("--list-changed", action="store_true")
     args = p.parse_args()
 
     mcp = FastMCP(
@@ -35,6 +38,13 @@ def main() -> None:
         stateless_http=args.stateless,
         log_level="WARNING",
     )
+
+    if args.list_changed:
+        lowlevel = mcp._mcp_server
+        options = lowlevel.create_initialization_options
+        lowlevel.create_initialization_options = lambda *a, **k: options(
+            NotificationOptions(tools_changed=True, prompts_changed=True, resources_changed=True)
+        )
 
     @mcp.tool()
     def add(a: int, b: int) -> int:

@@ -3,15 +3,19 @@ probes `server/discover`), then `client.listen(...)` — the `subscriptions/list
 refetch of the tool list on every event. Prints one JSON line per thing the test awaits:
 
 - {"kind": "connected", "protocol", "capabilities"};
+- {"kind": "called", "result"}: with `--call`, the result of `tools/call add(2, 40)` (or "error");
 - {"kind": "ready", "subscription", "honored"}: the stream was acknowledged;
 - {"kind": "notification", "message"}: every server notification the session's message handler got
   (listen-stream frames are teed there, one per frame on the wire);
 - {"kind": "event", "event"} then {"kind": "refetched", "tools"}: a typed event from the
   subscription iterator, and the tool list fetched after it;
 - {"kind": "ended"} (graceful close) or {"kind": "lost", "error"} (SubscriptionLost);
+- {"kind": "listen_unsupported", "error"}: the SDK refused to listen at the negotiated protocol
+  version (an upstream that does not speak 2026-07-28);
 - {"kind": "error", "error"}: an exception the session surfaced.
 
-Usage: client.py URL [--prompts] [--resources]   (also opt into prompts / resources list_changed)
+Usage: client.py URL [--prompts] [--resources] [--call]
+  (also opt into prompts / resources list_changed; call a tool before listening)
 """
 
 import json
@@ -19,7 +23,7 @@ import sys
 
 import anyio
 from mcp import Client
-from mcp.client.subscriptions import SubscriptionLost
+from mcp.client.subscriptions import ListenNotSupportedError, SubscriptionLost
 
 
 def out(**fields) -> None:
@@ -37,9 +41,14 @@ async def on_message(message) -> None:
         out(kind="notification", message=dump(message))
 
 
-async def main(url: str, prompts: bool, resources: bool) -> None:
+async def main(url: str, prompts: bool, resources: bool, call: bool) -> None:
     async with Client(url, message_handler=on_message) as client:
         out(kind="connected", protocol=client.protocol_version, capabilities=dump(client.server_capabilities))
+        if call:
+            try:
+                out(kind="called", result=dump(await client.call_tool("add", {"a": 2, "b": 40})))
+            except Exception as e:  # printed for the test, which fails on it
+                out(kind="called", error=repr(e))
         try:
             async with client.listen(
                 tools_list_changed=True, prompts_list_changed=prompts, resources_list_changed=resources
@@ -52,7 +61,10 @@ async def main(url: str, prompts: bool, resources: bool) -> None:
             out(kind="ended")
         except SubscriptionLost as e:
             out(kind="lost", error=repr(e))
+        except ListenNotSupportedError as e:
+            out(kind="listen_unsupported", error=str(e))
 
 
 if __name__ == "__main__":
-    anyio.run(main, sys.argv[1], "--prompts" in sys.argv[2:], "--resources" in sys.argv[2:])
+    flags = sys.argv[2:]
+    anyio.run(main, sys.argv[1], "--prompts" in flags, "--resources" in flags, "--call" in flags)

@@ -1,0 +1,354 @@
+//! Proxy mode: 2026-07-28 clients in front of a 2025-era upstream. The proxy serves
+//! `subscriptions/listen` itself, but a 2026 client first asks `server/discover` (a 2025 upstream
+//! does not know it, so the client falls back to the handshake era, where it cannot listen) and
+//! then sends its requests at 2026-07-28 with no session (which a 2025 upstream refuses).
+//!
+//! So, once per upstream, the proxy learns its era (a `server/discover` probe). A modern upstream
+//! gets every request as is. For a 2025-era one, the proxy performs the `initialize` handshake
+//! itself and keeps that session (one per replica and upstream, renewed on a `404`), answers
+//! `server/discover` from the handshake's result, and forwards each 2026 request with the
+//! handshake's protocol version and session id. Results get the fields the 2026 wire requires
+//! (`resultType`; `ttlMs` and `cacheScope` on cacheable results), with the defaults a 2026 server
+//! SDK uses (`complete`, `0`, `private`).
+
+use std::sync::Arc;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use super::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
+use super::proxy::{self, Forward};
+use crate::mcp::upstream::{Era, Handshake, Upstream};
+use crate::state::AppState;
+
+/// The protocol revision bridged to.
+pub const MODERN: &str = "2026-07-28";
+
+/// The version the proxy's own handshake asks for.
+const HANDSHAKE_VERSION: &str = "2025-11-25";
+
+const DISCOVER: &str = "server/discover";
+
+/// Longest the probe and the handshake may take together.
+const LEARN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Methods whose 2026-07-28 results are cacheable (`ttlMs`, `cacheScope` required).
+const CACHEABLE: [&str; 5] = [
+    "tools/list",
+    "prompts/list",
+    "resources/list",
+    "resources/templates/list",
+    "resources/read",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum BridgeError {
+    #[error("the upstream is unreachable: {0}")]
+    Unreachable(#[from] reqwest::Error),
+    #[error("the upstream did not answer the probe and handshake within {LEARN_TIMEOUT:?}")]
+    Timeout,
+    #[error("the upstream answered the server/discover probe with {0}")]
+    Probe(StatusCode),
+    #[error("the upstream's initialize answer has no result: {0}")]
+    NoResult(String),
+}
+
+/// Whether a request speaks 2026-07-28.
+pub fn is_modern_request(headers: &HeaderMap) -> bool {
+    headers
+        .get(MCP_PROTOCOL_VERSION)
+        .is_some_and(|v| v.as_bytes() == MODERN.as_bytes())
+}
+
+/// Forwards a 2026-07-28 request (not `subscriptions/listen`) to the upstream, bridging it when
+/// the upstream is of the 2025 era.
+pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
+    let learnt = match era(up, None).await {
+        Ok(era) => era,
+        Err(error) => {
+            tracing::warn!(%error, upstream = %up.url(), "cannot learn the upstream's protocol era; forwarding as is");
+            return proxy::forward(st, up, f).await;
+        }
+    };
+    let Era::Legacy(mut hs) = learnt else {
+        return proxy::forward(st, up, f).await;
+    };
+    if f.rpc_method.as_deref() == Some(DISCOVER) {
+        return discover_answer(up, &hs, &f.body);
+    }
+    for attempt in 0..2 {
+        let headers = bridged_headers(f.headers, &hs);
+        let resp = proxy::forward(
+            st,
+            up,
+            Forward {
+                method: f.method.clone(),
+                headers: &headers,
+                body: f.body.clone(),
+                rpc_method: f.rpc_method.clone(),
+                principal: f.principal.clone(),
+            },
+        )
+        .await;
+        if resp.status() != StatusCode::NOT_FOUND || hs.session.is_none() || attempt == 1 {
+            let patch: proxy::Patch = if CACHEABLE.contains(&f.rpc_method.as_deref().unwrap_or(""))
+            {
+                complete_cacheable_result
+            } else {
+                complete_result
+            };
+            return proxy::patch_response(resp, patch).await;
+        }
+        // The upstream forgot the proxy's session (restart, idle expiry): a new handshake.
+        match era(up, Some(&hs)).await {
+            Ok(Era::Legacy(renewed)) => hs = renewed,
+            Ok(Era::Modern) => return resp,
+            Err(error) => {
+                tracing::warn!(%error, upstream = %up.url(), "cannot renew the bridge session");
+                return resp;
+            }
+        }
+    }
+    StatusCode::BAD_GATEWAY.into_response()
+}
+
+/// The cached era, learnt now if unknown — or, with `stale`, a new handshake replacing that one.
+async fn era(up: &Upstream, stale: Option<&Arc<Handshake>>) -> Result<Era, BridgeError> {
+    let mut cache = up.era_cache().0.lock().await;
+    let reuse = match (&*cache, stale) {
+        (Some(Era::Legacy(current)), Some(stale)) => !Arc::ptr_eq(current, stale),
+        (Some(_), _) => true,
+        (None, _) => false,
+    };
+    if reuse {
+        if let Some(era) = &*cache {
+            return Ok(era.clone());
+        }
+    }
+    // Bounded: every 2026 request of this replica waits for it.
+    let learn = async {
+        Ok::<_, BridgeError>(if stale.is_none() && probe_is_modern(up).await? {
+            Era::Modern
+        } else {
+            Era::Legacy(Arc::new(handshake(up).await?))
+        })
+    };
+    let era = tokio::time::timeout(LEARN_TIMEOUT, learn)
+        .await
+        .map_err(|_| BridgeError::Timeout)??;
+    tracing::info!(upstream = %up.url(), modern = matches!(era, Era::Modern), "learnt the upstream's protocol era");
+    *cache = Some(era.clone());
+    Ok(era)
+}
+
+fn request(
+    up: &Upstream,
+    version: &str,
+    session: Option<&str>,
+    body: &Value,
+) -> reqwest::RequestBuilder {
+    let mut req = up
+        .client()
+        .post(up.url().clone())
+        .header("content-type", "application/json")
+        .header("accept", "application/json, text/event-stream")
+        .header(MCP_PROTOCOL_VERSION, version)
+        .body(body.to_string());
+    if let Some(s) = session {
+        req = req.header(MCP_SESSION_ID, s);
+    }
+    req
+}
+
+/// Whether the upstream answers a 2026-07-28 `server/discover` with that version supported.
+async fn probe_is_modern(up: &Upstream) -> Result<bool, BridgeError> {
+    let body = json!({
+        "jsonrpc": "2.0", "id": "mcp-fanout-probe", "method": DISCOVER,
+        "params": { "_meta": {
+            "io.modelcontextprotocol/protocolVersion": MODERN,
+            "io.modelcontextprotocol/clientCapabilities": {}
+        } }
+    });
+    let resp = request(up, MODERN, None, &body)
+        .header("mcp-method", DISCOVER)
+        .send()
+        .await?;
+    let status = resp.status();
+    if status.is_server_error() {
+        // Not an answer about the era: learn it on a later request.
+        return Err(BridgeError::Probe(status));
+    }
+    if !status.is_success() {
+        return Ok(false);
+    }
+    let msg = first_message(resp).await?;
+    Ok(msg
+        .pointer("/result/supportedVersions")
+        .and_then(Value::as_array)
+        .is_some_and(|v| v.iter().any(|v| v.as_str() == Some(MODERN))))
+}
+
+/// The proxy's own `initialize` + `notifications/initialized` with the upstream.
+async fn handshake(up: &Upstream) -> Result<Handshake, BridgeError> {
+    let init = json!({
+        "jsonrpc": "2.0", "id": "mcp-fanout-bridge", "method": "initialize",
+        "params": {
+            "protocolVersion": HANDSHAKE_VERSION,
+            "capabilities": {},
+            "clientInfo": { "name": "mcp-fanout-bridge", "version": env!("CARGO_PKG_VERSION") }
+        }
+    });
+    let resp = request(up, HANDSHAKE_VERSION, None, &init).send().await?;
+    let session = resp
+        .headers()
+        .get(MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let status = resp.status();
+    let msg = first_message(resp).await?;
+    let Some(result) = msg.get("result").filter(|_| status.is_success()) else {
+        return Err(BridgeError::NoResult(format!("{status}: {msg}")));
+    };
+    let version = result
+        .get("protocolVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(HANDSHAKE_VERSION)
+        .to_string();
+    let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
+    request(up, &version, session.as_deref(), &initialized)
+        .send()
+        .await?;
+    Ok(Handshake {
+        version,
+        session,
+        result: result.clone(),
+    })
+}
+
+/// The first JSON-RPC message of an answer: its JSON body, or the first `data:` of its SSE
+/// body that parses (read only until then: an SSE answer may stay open).
+async fn first_message(mut resp: reqwest::Response) -> Result<Value, BridgeError> {
+    let sse = resp
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/event-stream"));
+    let mut buf = Vec::new();
+    while let Some(chunk) = resp.chunk().await? {
+        buf.extend_from_slice(&chunk);
+        if sse {
+            if let Some(msg) = sse_message(&buf) {
+                return Ok(msg);
+            }
+        }
+    }
+    if sse {
+        return Ok(sse_message(&buf).unwrap_or(Value::Null));
+    }
+    Ok(serde_json::from_slice(&buf).unwrap_or(Value::Null))
+}
+
+fn sse_message(buf: &[u8]) -> Option<Value> {
+    let text = std::str::from_utf8(buf).ok()?;
+    text.lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("data:"))
+        .find_map(|d| serde_json::from_str::<Value>(d.trim_start()).ok())
+        .filter(|v| v.get("result").is_some() || v.get("error").is_some())
+}
+
+/// The client's headers with the handshake's protocol version and session.
+fn bridged_headers(headers: &HeaderMap, hs: &Handshake) -> HeaderMap {
+    let mut out = headers.clone();
+    if let Ok(v) = HeaderValue::from_str(&hs.version) {
+        out.insert(HeaderName::from_static(MCP_PROTOCOL_VERSION), v);
+    }
+    out.remove(MCP_SESSION_ID);
+    if let Some(v) = hs
+        .session
+        .as_deref()
+        .and_then(|s| HeaderValue::from_str(s).ok())
+    {
+        out.insert(HeaderName::from_static(MCP_SESSION_ID), v);
+    }
+    out
+}
+
+/// `server/discover` answered for a 2025-era upstream, from the proxy's handshake.
+fn discover_answer(up: &Upstream, hs: &Handshake, body: &Bytes) -> Response {
+    let id = serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|m| m.get("id").cloned())
+        .unwrap_or(Value::Null);
+    let mut result = json!({
+        "supportedVersions": [MODERN],
+        "capabilities": hs.result.get("capabilities").cloned().unwrap_or_else(|| json!({})),
+        "resultType": "complete",
+        "cacheScope": "private",
+        "ttlMs": 0,
+    });
+    if let Some(info) = hs.result.get("serverInfo") {
+        result["_meta"] = json!({ "io.modelcontextprotocol/serverInfo": info });
+    }
+    if let Some(instructions) = hs.result.get("instructions") {
+        result["instructions"] = instructions.clone();
+    }
+    let mut msg = json!({ "jsonrpc": "2.0", "id": id, "result": result });
+    if up.advertises_list_changed() {
+        proxy::advertise_list_changed(&mut msg);
+    }
+    (StatusCode::OK, axum::Json(msg)).into_response()
+}
+
+/// A 2025 result made a valid 2026-07-28 one: `resultType` (absent = `complete`).
+fn complete_result(msg: &mut Value) -> bool {
+    match msg.get_mut("result").and_then(Value::as_object_mut) {
+        Some(result) if !result.contains_key("resultType") => {
+            result.insert("resultType".into(), "complete".into());
+            true
+        }
+        _ => false,
+    }
+}
+
+/// [`complete_result`], plus the caching directives of a cacheable result (`ttlMs: 0`,
+/// `cacheScope: "private"`: immediately stale, never shared).
+fn complete_cacheable_result(msg: &mut Value) -> bool {
+    let mut changed = complete_result(msg);
+    if let Some(result) = msg.get_mut("result").and_then(Value::as_object_mut) {
+        for (key, default) in [("ttlMs", json!(0)), ("cacheScope", json!("private"))] {
+            if !result.contains_key(key) {
+                result.insert(key.into(), default);
+                changed = true;
+            }
+        }
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn results_get_the_fields_the_2026_wire_requires() {
+        let mut list = json!({"jsonrpc": "2.0", "id": 1, "result": {"tools": []}});
+        assert!(complete_cacheable_result(&mut list));
+        assert_eq!(
+            list["result"],
+            json!({"tools": [], "resultType": "complete", "ttlMs": 0, "cacheScope": "private"})
+        );
+        assert!(!complete_cacheable_result(&mut list), "already complete");
+        let mut call = json!({"jsonrpc": "2.0", "id": 2, "result": {"content": []}});
+        assert!(complete_result(&mut call));
+        assert_eq!(
+            call["result"],
+            json!({"content": [], "resultType": "complete"})
+        );
+        let mut error = json!({"jsonrpc": "2.0", "id": 3, "error": {"code": -1, "message": "x"}});
+        assert!(!complete_result(&mut error));
+        let mut note = json!({"jsonrpc": "2.0", "method": "notifications/message"});
+        assert!(!complete_cacheable_result(&mut note));
+    }
+}

@@ -1,0 +1,572 @@
+//! Issue 12: the sidecar works with every upstream mode platforms run, for every official client.
+//!
+//! One Postgres deployment (one schema). Per upstream mode, a replica in proxy mode in front of its
+//! own upstream with `FANOUT_MINT_SESSION_IDS=true` (so stateless upstreams get a session id, and
+//! stateful ones keep theirs); the upstreams advertise `tools.listChanged` themselves (no
+//! `FANOUT_ADVERTISE_LIST_CHANGED`, but for the 2.3 `MCPServer`, which advertises it only to
+//! 2026-07-28 clients). One more proxy replica ("replica 2", in front of a stateless
+//! FastMCP server of its own) is where the test publishes, through its admin endpoint.
+//!
+//! Upstream modes: the Python SDK 1.30 FastMCP server stateful / stateless × SSE / JSON answers,
+//! the TypeScript SDK 1.32 `StreamableHTTPServerTransport` stateful (`sessionIdGenerator`) and
+//! stateless (`undefined`), and the Python SDK 2.3 `MCPServer` (which speaks 2026-07-28 too).
+//!
+//! Clients on each mode's replica, unmodified (tests/e2e/): the Python SDK 1.30 client (GET stream)
+//! and the TypeScript SDK 1.32 client (GET stream, `listChanged` handler that refetches
+//! `tools/list`), and the Python SDK 2.3 client at 2026-07-28 (`subscriptions/listen`, a refetch on
+//! each event), each making one `tools/call add(2, 40)` through the proxy. All cells run at once.
+//!
+//! Proven per cell: the legacy clients initialize (stateless upstream: a minted session id;
+//! stateful: the upstream's own) and open their GET stream; the 2.3 client negotiates 2026-07-28
+//! also in front of a 2025-era upstream (the proxy's era bridge, `FANOUT_BRIDGE_2026_CLIENTS=true`: `server/discover` answered from
+//! its own handshake, requests forwarded at the upstream's version and session) and listens; every
+//! client gets `42` from the upstream's tool and receives the one published
+//! `notifications/tools/list_changed` exactly once (the legacy ones with its id); the refetches of
+//! the TypeScript and 2.3 clients list the tool added upstream just before the publish.
+
+mod e2e;
+
+use std::path::Path;
+use std::time::Duration;
+
+use e2e::{
+    get_streams, is_kind, is_notification, py1_client_with, py2_client, ts_client_with,
+    wire_event_ids, Proc, Upstream,
+};
+use futures::future::join_all;
+use mcp_fanout_testkit::postgres::{shared_database, unique_name};
+use mcp_fanout_testkit::{Replica, SseRequest, StreamEnd};
+use serde_json::{json, Value};
+
+/// Upper bound for one step of one cell (a client starting, a notification arriving); every cell
+/// runs at once on a small machine.
+const STEP: Duration = Duration::from_secs(60);
+
+const TOOLS: &str = "notifications/tools/list_changed";
+
+/// The tool added to every upstream just before the publish: a refetch must list it.
+const LATE_TOOL: &str = "added_late";
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    /// Python SDK 1.30 FastMCP.
+    Py1 { stateless: bool, json: bool },
+    /// TypeScript SDK 1.32 `StreamableHTTPServerTransport` (SSE answers).
+    Ts { stateless: bool },
+    /// Python SDK 2.3 `MCPServer` (2026-07-28, and the handshake era with sessions of its own).
+    Py2,
+}
+
+const MODES: [Mode; 7] = [
+    Mode::Py1 {
+        stateless: true,
+        json: false,
+    },
+    Mode::Py1 {
+        stateless: true,
+        json: true,
+    },
+    Mode::Py1 {
+        stateless: false,
+        json: false,
+    },
+    Mode::Py1 {
+        stateless: false,
+        json: true,
+    },
+    Mode::Ts { stateless: false },
+    Mode::Ts { stateless: true },
+    Mode::Py2,
+];
+
+impl Mode {
+    fn label(self) -> String {
+        let state = |s: bool| if s { "stateless" } else { "stateful" };
+        match self {
+            Mode::Py1 { stateless, json } => format!(
+                "py1-{}-{}",
+                state(stateless),
+                if json { "json" } else { "sse" }
+            ),
+            Mode::Ts { stateless } => format!("ts-{}", state(stateless)),
+            Mode::Py2 => "py2".to_string(),
+        }
+    }
+
+    fn stateless(self) -> bool {
+        match self {
+            Mode::Py1 { stateless, .. } | Mode::Ts { stateless } => stateless,
+            Mode::Py2 => false,
+        }
+    }
+
+    /// Whether the upstream advertises `tools.listChanged` to handshake-era clients itself (the
+    /// 2.3 `MCPServer` does not: its replica rewrites the `initialize` result).
+    fn advertises_list_changed(self) -> bool {
+        !matches!(self, Mode::Py2)
+    }
+
+    async fn start(self) -> Upstream {
+        let label = format!("upstream-{}", self.label());
+        match self {
+            Mode::Py1 { stateless, json } => {
+                let mut flags = vec!["--list-changed"];
+                if stateless {
+                    flags.push("--stateless");
+                }
+                if json {
+                    flags.push("--json-response");
+                }
+                Upstream::py1(&label, &flags).await
+            }
+            Mode::Ts { stateless } => Upstream::ts(&label, stateless).await,
+            Mode::Py2 => Upstream::start(e2e::UpstreamKind::V2, &label).await,
+        }
+    }
+}
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_mcp-fanout"))
+}
+
+async fn replica(label: &str, env: &[(&str, &str)]) -> Replica {
+    Replica::start(bin(), label, env)
+        .await
+        .unwrap_or_else(|e| panic!("replica `{label}` should start and become ready: {e}"))
+}
+
+fn tool_names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The text of the first content item of a `tools/call` result.
+fn call_text(result: &Value) -> Option<&str> {
+    result.pointer("/content/0/text").and_then(Value::as_str)
+}
+
+/// One upstream mode: its upstream, its proxy replica, the clients on it.
+struct Cell {
+    mode: Mode,
+    upstream: Upstream,
+    replica: Replica,
+    py1: Proc,
+    ts: Proc,
+    py2: Proc,
+}
+
+impl Cell {
+    fn name(&self) -> String {
+        self.mode.label()
+    }
+
+    /// A legacy client is connected: `ready`, its tool call answered with the upstream's `42`,
+    /// its first GET stream open with the priming frame (an id) in. Returns the `ready` line.
+    async fn legacy_ready(&self, p: &Proc) -> Result<Value, String> {
+        let name = format!("{} {}", self.name(), p.label());
+        let (_, ready) = p
+            .try_wait_line(0, STEP, |v| is_kind(v, "ready"))
+            .await
+            .map_err(|e| format!("{name}: {e} waiting for `ready`\n{}", p.transcript()))?;
+        let (_, called) = p
+            .try_wait_line(0, STEP, |v| is_kind(v, "called"))
+            .await
+            .map_err(|e| format!("{name}: {e} waiting for `called`\n{}", p.transcript()))?;
+        if call_text(&called.value["result"]) != Some("42") {
+            return Err(format!(
+                "{name}: tools/call add(2, 40) through the proxy did not return the upstream's 42: \
+                 {}",
+                called.value
+            ));
+        }
+        // The first SSE frame with an id is on the first GET stream (its priming frame).
+        p.try_wait_line(0, STEP, |v| is_kind(v, "sse") && v["id"].is_string())
+            .await
+            .map_err(|e| {
+                format!(
+                    "{name}: {e} waiting for a GET stream with its priming frame\n{}",
+                    p.transcript()
+                )
+            })?;
+        if get_streams(&p.lines()).first().map(|s| s.status) != Some(200) {
+            return Err(format!("{name}: its first GET stream\n{}", p.transcript()));
+        }
+        let session = ready.value["session"].as_str().unwrap_or("");
+        // A stateless upstream issues none: the proxy mints one (its own form); a stateful one
+        // issues its own, which must reach the client unchanged.
+        let minted = session.starts_with("fanout.");
+        if session.is_empty() || minted != self.mode.stateless() {
+            return Err(format!(
+                "{name}: session id {session:?}: expected {} id",
+                if self.mode.stateless() {
+                    "a minted"
+                } else {
+                    "the upstream's own"
+                }
+            ));
+        }
+        if ready.value.pointer("/capabilities/tools/listChanged") != Some(&json!(true)) {
+            return Err(format!(
+                "{name}: the upstream's tools.listChanged did not come through: {}",
+                ready.value
+            ));
+        }
+        let tools = tool_names(&ready.value["tools"]);
+        if !(tools.contains(&"add".to_string()) && tools.contains(&"echo".to_string())) {
+            return Err(format!("{name}: tools/list through the proxy: {tools:?}"));
+        }
+        Ok(ready.value)
+    }
+
+    /// Everything is up: legacy clients ready, the 2.3 client at 2026-07-28 (whatever the
+    /// upstream's era), its tool call answered, listening.
+    async fn ready(&self) -> Result<(), String> {
+        self.legacy_ready(&self.py1).await?;
+        self.legacy_ready(&self.ts).await?;
+        let p = &self.py2;
+        let name = format!("{} {}", self.name(), p.label());
+        let name = &name;
+        let wait = |kind: &'static str| async move {
+            p.try_wait_line(0, STEP, |v| is_kind(v, kind))
+                .await
+                .map(|(_, l)| l.value)
+                .map_err(|e| format!("{name}: {e} waiting for `{kind}`\n{}", p.transcript()))
+        };
+        let connected = wait("connected").await?;
+        if connected["protocol"] != "2026-07-28" {
+            return Err(format!(
+                "{}: negotiated {}",
+                p.label(),
+                connected["protocol"]
+            ));
+        }
+        let called = wait("called").await?;
+        if call_text(&called["result"]) != Some("42") {
+            return Err(format!(
+                "{}: tools/call add(2, 40) at 2026-07-28 did not return the upstream's 42: {called}",
+                p.label()
+            ));
+        }
+        wait("ready").await?;
+        Ok(())
+    }
+
+    /// After the publish of `id`: each client got it, once.
+    async fn delivered(&self, id: &str) -> Result<(), String> {
+        for p in [&self.py1, &self.ts] {
+            let name = format!("{} {}", self.name(), p.label());
+            p.try_wait_line(0, STEP, |v| is_notification(v, TOOLS))
+                .await
+                .map_err(|e| format!("{name}: {e} waiting for {TOOLS}\n{}", p.transcript()))?;
+            let ids = wire_event_ids(&p.lines());
+            if ids != [id] {
+                return Err(format!(
+                    "{name}: event ids on its GET streams {ids:?}, expected exactly [{id}]"
+                ));
+            }
+        }
+        // The TypeScript client's listChanged handler, the 2.3 client's loop: each refetches.
+        for p in [&self.ts, &self.py2] {
+            let name = format!("{} {}", self.name(), p.label());
+            let (_, refetched) = p
+                .try_wait_line(0, STEP, |v| is_kind(v, "refetched"))
+                .await
+                .map_err(|e| format!("{name}: {e} waiting for the refetch\n{}", p.transcript()))?;
+            if !tool_names(&refetched.value["tools"]).contains(&LATE_TOOL.to_string()) {
+                return Err(format!(
+                    "{name}: the refetch did not list the tool added upstream: {}",
+                    refetched.value
+                ));
+            }
+        }
+        // Exactly once, also after the refetches had time to run.
+        for p in [&self.py1, &self.ts, &self.py2] {
+            let got = p.count(|v| is_notification(v, TOOLS));
+            if got != 1 {
+                return Err(format!(
+                    "{} {}: {got} × {TOOLS}, expected 1\n{}",
+                    self.name(),
+                    p.label(),
+                    p.transcript()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_official_client_works_through_a_minting_proxy_for_every_upstream_mode() {
+    e2e::ensure_setup();
+    let (server, db) = shared_database()
+        .await
+        .expect("a database on the shared Postgres");
+    let database_url = server.url(&db);
+    let schema = unique_name("matrix");
+
+    let (upstreams, publisher_upstream) = tokio::join!(
+        join_all(MODES.iter().map(|m| m.start())),
+        Upstream::py1("upstream-replica2", &["--stateless", "--list-changed"]),
+    );
+    let proxy_env = |upstream: &str, advertise: bool| {
+        let mut env = vec![
+            ("DATABASE_URL".to_string(), database_url.clone()),
+            ("FANOUT_SCHEMA".to_string(), schema.clone()),
+            ("FANOUT_UPSTREAM".to_string(), upstream.to_string()),
+            ("FANOUT_MINT_SESSION_IDS".to_string(), "true".to_string()),
+            // The Python 2.3 client listens through 2025-era upstreams only with the bridge.
+            ("FANOUT_BRIDGE_2026_CLIENTS".to_string(), "true".to_string()),
+        ];
+        if advertise {
+            env.push((
+                "FANOUT_ADVERTISE_LIST_CHANGED".to_string(),
+                "true".to_string(),
+            ));
+        }
+        env
+    };
+    let start = |label: String, env: Vec<(String, String)>| async move {
+        let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        replica(&label, &pairs).await
+    };
+    let (replicas, publisher) = tokio::join!(
+        join_all(MODES.iter().zip(&upstreams).map(|(m, up)| start(
+            format!("replica1-{}", m.label()),
+            proxy_env(&up.url, !m.advertises_list_changed())
+        ))),
+        start("replica2".into(), proxy_env(&publisher_upstream.url, false)),
+    );
+
+    let cells: Vec<Cell> = MODES
+        .iter()
+        .zip(upstreams)
+        .zip(replicas)
+        .map(|((&mode, upstream), replica)| {
+            let url = replica.public_url("/mcp");
+            let label = mode.label();
+            Cell {
+                mode,
+                py1: py1_client_with(&format!("{label}/py1"), &url, &["--call"]),
+                ts: ts_client_with(&format!("{label}/ts"), &url, &["--call"]),
+                py2: py2_client(&format!("{label}/py2"), &url, &["--call"]),
+                upstream,
+                replica,
+            }
+        })
+        .collect();
+
+    let failures: Vec<String> = join_all(cells.iter().map(Cell::ready))
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cells failed to connect:\n{}",
+        failures.len(),
+        cells.len(),
+        failures.join("\n\n")
+    );
+
+    // A tool appears upstream, then the list_changed is published on replica 2.
+    join_all(cells.iter().map(|c| c.upstream.add_tool(LATE_TOOL))).await;
+    let id = publisher
+        .publish_ok(&json!({ "method": TOOLS }))
+        .await
+        .expect("publish on replica 2");
+
+    let failures: Vec<String> = join_all(cells.iter().map(|c| c.delivered(&id)))
+        .await
+        .into_iter()
+        .filter_map(Result::err)
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cells failed after the publish of {id}:\n{}",
+        failures.len(),
+        cells.len(),
+        failures.join("\n\n")
+    );
+    for c in &cells {
+        eprintln!(
+            "[test] {}: py1, ts, py2 (listen) ok (replica {})",
+            c.name(),
+            c.replica.label()
+        );
+    }
+}
+
+/// A minted session is the proxy's own (the stateless upstream never saw it): its `DELETE` is
+/// answered by the proxy, ends the session's stream on another replica, and forgets the session
+/// (a GET presenting it is then `404 session_not_found`, so the client initializes again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_a_minted_session_ends_its_stream_on_every_replica() {
+    e2e::ensure_setup();
+    let (server, db) = shared_database()
+        .await
+        .expect("a database on the shared Postgres");
+    let database_url = server.url(&db);
+    let schema = unique_name("minted_delete");
+    let up = Upstream::py1("upstream-minted-delete", &["--stateless"]).await;
+    let env = [
+        ("DATABASE_URL", database_url.as_str()),
+        ("FANOUT_SCHEMA", schema.as_str()),
+        ("FANOUT_UPSTREAM", up.url.as_str()),
+        ("FANOUT_MINT_SESSION_IDS", "true"),
+    ];
+    let (a, b) = tokio::join!(replica("A", &env), replica("B", &env));
+
+    let init = e2e::post_rpc(&a.public_url("/mcp"), &e2e::initialize_request(1), &[]).await;
+    assert_eq!(init.status, 200, "initialize through A");
+    let session = init
+        .header("mcp-session-id")
+        .expect("a minted session id")
+        .to_string();
+    assert!(session.starts_with("fanout."), "minted: {session}");
+
+    let stream_req = SseRequest::mcp().protocol("2025-11-25").session(&session);
+    let mut stream = a.subscribe(&stream_req).await.expect("GET /mcp on A");
+    assert_eq!(stream.status(), 200, "the minted session's GET stream");
+    let priming = stream
+        .next_frame(STEP)
+        .await
+        .expect("read the stream")
+        .expect("a priming frame");
+    assert!(priming.is_priming(), "first frame: {}", priming.text());
+
+    let deleted = e2e::http()
+        .delete(b.public_url("/mcp"))
+        .header("mcp-session-id", &session)
+        .header("mcp-protocol-version", "2025-11-25")
+        .send()
+        .await
+        .expect("DELETE through B");
+    assert_eq!(deleted.status(), 200, "DELETE of a minted session");
+
+    let (_, end) = stream.drain(STEP).await.expect("the stream on A ends");
+    assert_eq!(end, StreamEnd::Clean, "A's stream for the deleted session");
+    let again = a.subscribe(&stream_req).await.expect("GET /mcp again");
+    assert_eq!(again.status(), 404, "a GET with the deleted session");
+}
+
+/// Issue 12's symptom ("Session terminated" inside `initialize`) is what the Python SDK makes of a
+/// `404` to its `initialize` POST. The proxy relays the upstream's answers as they are, so an
+/// upstream URL that is not the MCP endpoint (here: the server's root, without `/mcp`) gives
+/// exactly that — and the replica's log names the cause.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_url_without_the_mcp_path_is_named_in_the_log() {
+    e2e::ensure_setup();
+    let up = Upstream::py1("upstream-wrong-path", &["--stateless"]).await;
+    let root = up.base("/");
+    let r = replica(
+        "wrong-path",
+        &[
+            ("FANOUT_UPSTREAM", root.as_str()),
+            ("FANOUT_MINT_SESSION_IDS", "true"),
+        ],
+    )
+    .await;
+    let init = e2e::post_rpc(&r.public_url("/mcp"), &e2e::initialize_request(1), &[]).await;
+    assert_eq!(init.status, 404, "the upstream's own 404, relayed");
+    assert!(
+        init.header("mcp-session-id").is_none(),
+        "no session is minted for a failed initialize"
+    );
+    r.wait_for_log("the 404 to initialize, explained", STEP, |v| {
+        v.pointer("/fields/message")
+            .and_then(Value::as_str)
+            .is_some_and(|m| m.contains("FANOUT_UPSTREAM must be the MCP endpoint"))
+    })
+    .await
+    .expect("the replica logs why initialize got a 404");
+}
+
+/// The era bridge's own session with a stateful 2025-era upstream is renewed when the upstream
+/// forgets it (a restart): the next 2026 request gets a `404` upstream, the replica performs a new
+/// handshake and retries, and the client sees only the result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_era_bridge_renews_its_session_when_the_upstream_forgets_it() {
+    e2e::ensure_setup();
+    let up = Upstream::ts("upstream-ts-forgetful", false).await;
+    let r = replica(
+        "bridge-renewal",
+        &[
+            ("FANOUT_UPSTREAM", up.url.as_str()),
+            ("FANOUT_BRIDGE_2026_CLIENTS", "true"),
+        ],
+    )
+    .await;
+    let rpc = |id: u64, method: &str| {
+        json!({"jsonrpc": "2.0", "id": id, "method": method, "params": {"_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}
+        }}})
+    };
+    let modern = |method: &'static str| {
+        [
+            ("mcp-protocol-version", "2026-07-28"),
+            ("mcp-method", method),
+        ]
+    };
+    let url = r.public_url("/mcp");
+    let discover =
+        e2e::post_rpc(&url, &rpc(1, "server/discover"), &modern("server/discover")).await;
+    assert_eq!(discover.status, 200, "server/discover through the bridge");
+    let result = &discover.messages()[0]["result"];
+    assert_eq!(
+        result["supportedVersions"],
+        json!(["2026-07-28"]),
+        "{result}"
+    );
+    assert_eq!(
+        result["capabilities"]["tools"]["listChanged"], true,
+        "{result}"
+    );
+    assert_eq!(
+        result["_meta"]["io.modelcontextprotocol/serverInfo"]["name"],
+        "e2e-ts-upstream"
+    );
+
+    let list = |id: u64| {
+        let url = url.clone();
+        async move { e2e::post_rpc(&url, &rpc(id, "tools/list"), &modern("tools/list")).await }
+    };
+    let first = list(2).await;
+    assert_eq!(first.status, 200);
+    assert_eq!(first.messages()[0]["result"]["resultType"], "complete");
+    let forgot = e2e::http()
+        .post(up.base("/forget-sessions"))
+        .send()
+        .await
+        .expect("POST /forget-sessions");
+    let forgot: Value = forgot.json().await.expect("JSON");
+    assert_eq!(forgot["forgotten"], 1, "the bridge's one session: {forgot}");
+
+    let second = list(3).await;
+    assert_eq!(
+        second.status, 200,
+        "tools/list after the upstream forgot the session"
+    );
+    let tools = &second.messages()[0]["result"]["tools"];
+    assert!(
+        tools
+            .as_array()
+            .is_some_and(|t| t.iter().any(|t| t["name"] == "add")),
+        "{tools}"
+    );
+    let after: Value = e2e::http()
+        .post(up.base("/forget-sessions"))
+        .send()
+        .await
+        .expect("POST /forget-sessions")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(after["initialized"], 2, "one new handshake: {after}");
+}
