@@ -758,19 +758,9 @@ pub async fn coalesce_burst(
             )
             .set("coalesced", coalesced);
         cpu_row(&mut row, &before, &after, phase.report.frames);
-        let r = &phase.report;
-        // Off: every event once, in order. On: the newest at every subscriber, in order.
-        let ok = r.complete == subs
-            && r.missing == 0
-            && r.extra == 0
-            && r.wrong_set == 0
-            && r.order_violations == 0
-            && r.closed == 0;
-        row.set("events", p.count())
-            .set("missing", r.missing)
-            .set("out_of_order", r.order_violations)
-            .set("disconnected", r.closed)
-            .set("ok", ok);
+        // Off: every event once, in order. On: the newest at every subscriber (else counted
+        // missing), in order.
+        account(&mut row, &phase, &p, subs);
         ctx.push(row);
         clients.close().await?;
     }

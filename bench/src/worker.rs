@@ -204,10 +204,11 @@ async fn serve() -> Result<()> {
                 send(&mut out, &reply).await?;
             }
             Command::Expect { count, last } => {
-                let mut st = state.borrow_mut();
-                st.expect = count;
-                st.expect_last = last;
-                drop(st);
+                {
+                    let mut st = state.borrow_mut();
+                    st.expect = count;
+                    st.expect_last = last;
+                }
                 send(&mut out, &Reply::Ok).await?;
             }
             Command::Collect {
