@@ -150,11 +150,11 @@ pub async fn next_step(
                 _ = feed.changed() => {}
                 _ = tokio::time::sleep(keepalive) => return Step::KeepAlive,
             },
-            // Gathering: more of the burst, or the hold's end (an end condition flushes first).
+            // Gathering: the rest of the burst is read at the hold's end, in one go, rather than
+            // on every publish (an end condition flushes first).
             Some(until) => tokio::select! {
                 biased;
                 _ = ends.fired() => {}
-                _ = feed.changed() => {}
                 _ = tokio::time::sleep_until(until) => {}
             },
         }
