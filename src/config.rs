@@ -149,6 +149,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_RETRY_MS", default_value_t = 2000)]
     pub retry_ms: u64,
 
+    /// Coalescing window (ms) of list_changed notifications; 0 = off (see the README).
+    #[arg(long, env = "FANOUT_COALESCE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
+    pub coalesce_ms: u64,
+
     /// Max life of one GET stream, jittered, for load-balancer rebalancing (0 = unlimited).
     #[arg(long, env = "FANOUT_MAX_STREAM_SECS", default_value_t = 0)]
     pub max_stream_secs: u64,
@@ -307,6 +311,9 @@ impl ServeConfig {
     }
     pub fn retry(&self) -> Duration {
         Duration::from_millis(self.retry_ms)
+    }
+    pub fn coalesce_window(&self) -> Duration {
+        Duration::from_millis(self.coalesce_ms)
     }
     pub fn max_stream_age(&self) -> Option<Duration> {
         (self.max_stream_secs > 0).then(|| Duration::from_secs(self.max_stream_secs))

@@ -200,8 +200,14 @@ impl Clients {
 
     /// Starts a phase in which every subscriber should receive `count` frames.
     pub async fn expect(&mut self, count: u64) -> Result<()> {
+        self.expect_coalesced(count, None).await
+    }
+
+    /// Starts a phase of at most `count` frames whose last is event `last` (coalesced
+    /// list_changed); `None`: exactly `count`.
+    pub async fn expect_coalesced(&mut self, count: u64, last: Option<u64>) -> Result<()> {
         for w in &mut self.workers {
-            w.send(&Command::Expect { count }).await?;
+            w.send(&Command::Expect { count, last }).await?;
         }
         for w in &mut self.workers {
             match w.recv().await? {

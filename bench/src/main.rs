@@ -153,6 +153,21 @@ enum Cmd {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// 1,000 list_changed published back to back by 32 publishers to 10k subscribers on one
+    /// replica, coalescing off and on (`FANOUT_COALESCE_MS`): frames written and server CPU.
+    CoalesceBurst {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10_000)]
+        subscribers: usize,
+        #[arg(long, default_value_t = 1000)]
+        events: u64,
+        #[arg(long, default_value_t = 32)]
+        publishers: usize,
+        /// The coalescing window of the "on" run, ms.
+        #[arg(long, default_value_t = 100)]
+        window_ms: u64,
+    },
     /// One event at a time to 1k / 5k / 19k subscribers on one replica: time to the last delivery.
     SingleEvent {
         #[command(flatten)]
@@ -337,6 +352,18 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             let mut ctx = ctx(&common, Durability::On)?;
             let r =
                 scenarios::fanout_burst(&mut ctx, subscribers, events, publishers, rounds).await;
+            (ctx, common.json, r)
+        }
+        Cmd::CoalesceBurst {
+            common,
+            subscribers,
+            events,
+            publishers,
+            window_ms,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let r = scenarios::coalesce_burst(&mut ctx, subscribers, events, publishers, window_ms)
+                .await;
             (ctx, common.json, r)
         }
         Cmd::SingleEvent {

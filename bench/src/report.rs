@@ -145,6 +145,10 @@ pub async fn report(
             scenarios::fanout_burst(&mut ctx, 19_000, 50, 32, 3)
         );
         step!(
+            "coalesce-burst",
+            scenarios::coalesce_burst(&mut ctx, 10_000, 1000, 32, 100)
+        );
+        step!(
             "single-event",
             scenarios::single_event(&mut ctx, &[1000, 5000, 19000], 5)
         );
@@ -493,6 +497,7 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
          $B idle-memory --compare nchan                      # 5k / 10k / 19k on one replica\n\
          $B idle-memory --replicas 6 --subscribers 100000 --hold-secs 600\n\
          $B fanout-burst --compare nchan                     # 19k subscribers, 50 events, 32 publishers\n\
+         $B coalesce-burst                                   # 1,000 list_changed to 10k, FANOUT_COALESCE_MS off / 100\n\
          $B single-event --compare nchan                     # 1k / 5k / 19k\n\
          $B cross-replica                                    # 3 × 100 and 3 × 2k, 10 events/s\n\
          $B publish-throughput                               # 32 publishers; batches of 1000; pgbench -c 4\n\

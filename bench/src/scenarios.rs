@@ -702,6 +702,81 @@ pub async fn catch_up(ctx: &mut Ctx, replicas: usize, cases: &[(u64, usize)]) ->
     Ok(())
 }
 
+/// `coalesce-burst`: `events` list_changed (the bench's event method) published back to back by
+/// `publishers` to `subs` subscribers on one replica, once with coalescing off and once with
+/// `FANOUT_COALESCE_MS=window_ms`: frames written and server CPU. With coalescing on, every
+/// subscriber must end with the newest event, ids increasing, none disconnected.
+pub async fn coalesce_burst(
+    ctx: &mut Ctx,
+    subs: usize,
+    events: u64,
+    publishers: usize,
+    window_ms: u64,
+) -> Result<()> {
+    for window in [0, window_ms] {
+        let mut opts = ctx.fanout.clone();
+        opts.env.retain(|(k, _)| k != "FANOUT_COALESCE_MS");
+        opts.env
+            .push(("FANOUT_COALESCE_MS".to_string(), window.to_string()));
+        progress(&format!(
+            "starting mcp-fanout (1 replica, FANOUT_COALESCE_MS={window})"
+        ));
+        let sut = Arc::new(Sut::Fanout(Box::new(Fanout::start(&opts, 1).await?)));
+        let mut clients = subscribe(ctx, &sut, subs).await?;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        clients.expect(events).await?;
+        let before = sut.sample()?;
+        let p = sut
+            .burst(Via::Admin(0), 0, events, publishers, 1, 0)
+            .await?;
+        if window > 0 {
+            // Concurrent publishers: the newest event is the one with the highest id, whatever
+            // its publish index. (Workers count frames from the start; this only sets the goal.)
+            let newest = p
+                .keys
+                .iter()
+                .zip(&p.ns)
+                .max_by_key(|(key, _)| **key)
+                .map(|(_, n)| *n);
+            clients.expect_coalesced(events, newest).await?;
+        }
+        let phase = clients.collect(Duration::from_secs(300), p.hash()).await?;
+        let after = sut.sample()?;
+        let coalesced = match &*sut {
+            Sut::Fanout(f) => f.metric_sum("mcp_fanout_events_coalesced_total").await?,
+            Sut::Nchan(..) => 0.0,
+        };
+        let state = if window == 0 {
+            "off".to_string()
+        } else {
+            format!("on ({window} ms)")
+        };
+        let mut row = Row::new(
+            "coalesce-burst",
+            "mcp-fanout",
+            format!("{subs} subscribers, {events} list_changed, coalescing {state}"),
+        );
+        let span_ns = phase.report.last_recv_ns.saturating_sub(p.start_ns);
+        row.set("subscribers", subs)
+            .set("publishers", publishers)
+            .set("publish_ms", since_ms(p.end_ns, p.start_ns))
+            .set("last_delivery_ms", round3(span_ns as f64 / 1e6))
+            .set("frames_written", phase.report.frames)
+            .set(
+                "frames_per_subscriber",
+                round3(phase.report.frames as f64 / subs.max(1) as f64),
+            )
+            .set("coalesced", coalesced);
+        cpu_row(&mut row, &before, &after, phase.report.frames);
+        // Off: every event once, in order. On: the newest at every subscriber (else counted
+        // missing), in order.
+        account(&mut row, &phase, &p, subs);
+        ctx.push(row);
+        clients.close().await?;
+    }
+    Ok(())
+}
+
 /// Idle subscribers of the smoke run's memory guard, and the RSS each may cost at most. Memory,
 /// not timing: a stream that keeps hyper's connection buffers (19.5 KB) or its finished task
 /// (7.2 KB) alive fails it; today's ~3.5 KB passes with room for allocator noise.

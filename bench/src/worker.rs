@@ -37,8 +37,14 @@ pub enum Command {
         parallel: usize,
         timeout_ms: u64,
     },
-    /// Start a phase: every subscriber should now receive `count` frames.
-    Expect { count: u64 },
+    /// Start a phase: every subscriber should now receive `count` frames. With `last` (coalesced
+    /// list_changed), at most `count`, the last of them event `last`: a subscriber is complete
+    /// once it has that one, and only fewer frames than `count` are not counted missing.
+    Expect {
+        count: u64,
+        #[serde(default)]
+        last: Option<u64>,
+    },
     /// Wait until every open subscriber has the expected count (or `timeout_ms`), report the
     /// phase, and reset its counters. Progress lines are sent every second meanwhile.
     Collect { timeout_ms: u64, expect_hash: u64 },
@@ -129,6 +135,8 @@ struct Slot {
     hash: u64,
     order_violations: u64,
     last_key: Option<u64>,
+    /// The publish index of the last frame received.
+    last_n: Option<u64>,
     closed: bool,
     error: Option<String>,
 }
@@ -140,6 +148,7 @@ struct State {
     first_recv_ns: u64,
     last_recv_ns: u64,
     expect: u64,
+    expect_last: Option<u64>,
 }
 
 type Shared = Rc<RefCell<State>>;
@@ -162,6 +171,7 @@ async fn serve() -> Result<()> {
         first_recv_ns: 0,
         last_recv_ns: 0,
         expect: 0,
+        expect_last: None,
     }));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();
@@ -193,8 +203,12 @@ async fn serve() -> Result<()> {
                 let reply = connect_all(&state, targets, src_ips, parallel, timeout_ms).await;
                 send(&mut out, &reply).await?;
             }
-            Command::Expect { count } => {
-                state.borrow_mut().expect = count;
+            Command::Expect { count, last } => {
+                {
+                    let mut st = state.borrow_mut();
+                    st.expect = count;
+                    st.expect_last = last;
+                }
                 send(&mut out, &Reply::Ok).await?;
             }
             Command::Collect {
@@ -393,6 +407,7 @@ fn absorb(parser: &mut SseParser, bytes: &[u8], state: &Shared, idx: usize, lat:
         slot.count += 1;
         if let Some(n) = f.n {
             slot.hash = slot.hash.wrapping_add(mix(n));
+            slot.last_n = Some(n);
         }
         if let Some(k) = f.key {
             if slot.last_key.is_some_and(|last| k <= last) {
@@ -425,6 +440,7 @@ async fn collect(
         let (complete, open, frames) = {
             let st = state.borrow();
             let expect = st.expect;
+            let last = st.expect_last;
             let mut complete = 0;
             let mut open = 0;
             let mut frames = 0;
@@ -432,7 +448,11 @@ async fn collect(
                 frames += s.count;
                 if !s.closed {
                     open += 1;
-                    if s.count >= expect {
+                    let done = match last {
+                        Some(n) => s.last_n == Some(n),
+                        None => s.count >= expect,
+                    };
+                    if done {
                         complete += 1;
                     }
                 }
@@ -461,6 +481,7 @@ async fn collect(
     tokio::time::sleep(Duration::from_millis(50)).await;
     let mut st = state.borrow_mut();
     let expect = st.expect;
+    let last = st.expect_last;
     let mut r = PhaseReport {
         subscribers: st.slots.len(),
         first_recv_ns: st.first_recv_ns,
@@ -478,7 +499,16 @@ async fn collect(
         } else {
             r.open += 1;
         }
-        if s.count < expect {
+        if let Some(n) = last {
+            // Coalesced: the newest must be there (it counts as the one missing otherwise).
+            if s.last_n != Some(n) {
+                r.missing += 1;
+            } else if s.count > expect {
+                r.extra += s.count - expect;
+            } else if s.order_violations == 0 {
+                r.complete += 1;
+            }
+        } else if s.count < expect {
             r.missing += expect - s.count;
         } else if s.count > expect {
             r.extra += s.count - expect;
@@ -490,6 +520,7 @@ async fn collect(
         s.count = 0;
         s.hash = 0;
         s.order_violations = 0;
+        s.last_n = None;
     }
     r.latency_us = st
         .hist

@@ -69,6 +69,10 @@ impl Feed {
         &self.viewer
     }
 
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        self.bc.metrics()
+    }
+
     /// Reads up to `max_events` visible events (and about `max_bytes` of frames) after the cursor
     /// and advances the cursor past everything it scanned.
     pub async fn next_batch(

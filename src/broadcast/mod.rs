@@ -3,6 +3,7 @@
 //! Each subscriber is a [`Feed`] (a cursor) that reads the ring, or the log when it has fallen
 //! behind the ring, so a burst larger than the ring never disconnects a healthy subscriber.
 
+pub mod coalesce;
 pub mod feed;
 pub mod guard;
 pub mod pump;
@@ -15,6 +16,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use coalesce::Coalescer;
 pub use feed::Feed;
 pub use guard::{DropReason, SubscriberGuard, SubscriberKind};
 pub use ring::{Ring, RingLimits, RingRead};

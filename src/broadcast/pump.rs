@@ -8,6 +8,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::coalesce::Coalescer;
 use super::{DropReason, Feed};
 use crate::event::StoredEvent;
 use crate::log::LogError;
@@ -92,36 +93,85 @@ async fn sleep_until(at: Option<Instant>) {
     }
 }
 
-/// The next step of a stream reading `feed`.
-pub async fn next_step(feed: &mut Feed, ends: &Ends, keepalive: Duration) -> Step {
+/// The next step of a stream reading `feed`. With coalescing on, list_changed still inside their
+/// window are held back (with what follows them) to gather a burst into one write, and each write
+/// leaves out the list_changed a later one in it supersedes (see [`super::coalesce`]).
+pub async fn next_step(
+    feed: &mut Feed,
+    ends: &Ends,
+    keepalive: Duration,
+    co: &mut Coalescer,
+) -> Step {
     loop {
         if let Some(reason) = ends.due(feed) {
+            // What was read is written before the end, so the cursor stays the client's.
+            if let Some(held) = co.flush() {
+                return write(feed, co, held);
+            }
             return Step::End(reason);
         }
+        let (held_events, held_bytes) = co.held();
         let batch = match feed
-            .next_batch(MAX_EVENTS_PER_STEP, MAX_BYTES_PER_STEP)
+            .next_batch(
+                MAX_EVENTS_PER_STEP.saturating_sub(held_events),
+                MAX_BYTES_PER_STEP.saturating_sub(held_bytes),
+            )
             .await
         {
             Ok(b) => b,
-            Err(LogError::CursorPruned { .. }) => return Step::End(DropReason::CursorPruned),
             Err(error) => {
-                tracing::warn!(%error, session = feed.viewer().session.as_deref().unwrap_or(""), "cannot read the log for a subscriber");
-                return Step::End(DropReason::LogUnavailable);
+                if let Some(held) = co.flush() {
+                    return write(feed, co, held);
+                }
+                return match error {
+                    LogError::CursorPruned { .. } => Step::End(DropReason::CursorPruned),
+                    error => {
+                        tracing::warn!(%error, session = feed.viewer().session.as_deref().unwrap_or(""), "cannot read the log for a subscriber");
+                        Step::End(DropReason::LogUnavailable)
+                    }
+                };
             }
         };
-        if !batch.events.is_empty() {
-            return Step::Events(batch.events);
+        if !co.is_on() {
+            if !batch.events.is_empty() {
+                return Step::Events(batch.events);
+            }
+        } else {
+            let events = held_events + batch.events.len();
+            let bytes = held_bytes + batch.events.iter().map(|e| e.frame().len()).sum::<usize>();
+            let full = events >= MAX_EVENTS_PER_STEP || bytes >= MAX_BYTES_PER_STEP;
+            if let Some(out) = co.take(batch.events, full) {
+                return write(feed, co, out);
+            }
         }
         if batch.more {
             // Only events this subscriber may not see so far: keep scanning, fairly.
             tokio::task::yield_now().await;
             continue;
         }
-        tokio::select! {
-            biased;
-            reason = ends.fired() => return Step::End(reason),
-            _ = feed.changed() => {}
-            _ = tokio::time::sleep(keepalive) => return Step::KeepAlive,
+        match co.until() {
+            None => tokio::select! {
+                biased;
+                reason = ends.fired() => return Step::End(reason),
+                _ = feed.changed() => {}
+                _ = tokio::time::sleep(keepalive) => return Step::KeepAlive,
+            },
+            // Gathering: the rest of the burst is read at the hold's end, in one go, rather than
+            // on every publish (an end condition flushes first).
+            Some(until) => tokio::select! {
+                biased;
+                _ = ends.fired() => {}
+                _ = tokio::time::sleep_until(until) => {}
+            },
         }
     }
+}
+
+/// One write of events, coalesced.
+fn write(feed: &Feed, co: &Coalescer, mut events: Vec<Arc<StoredEvent>>) -> Step {
+    let left_out = co.coalesce(&mut events);
+    if left_out > 0 {
+        feed.metrics().events_coalesced.inc_by(left_out as u64);
+    }
+    Step::Events(events)
 }

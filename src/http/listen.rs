@@ -20,7 +20,7 @@ use super::headers::MCP_PROTOCOL_VERSION;
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
 use crate::broadcast::pump::{self, Ends, Step};
-use crate::broadcast::{DropReason, Feed, SubscriberGuard, SubscriberKind};
+use crate::broadcast::{Coalescer, DropReason, Feed, SubscriberGuard, SubscriberKind};
 use crate::event::{Chunk, Viewer};
 use crate::mcp::listen::{
     self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
@@ -292,6 +292,7 @@ async fn handle(
     let stream = ListenStream {
         ack: Some(listen::acknowledgement(&id, &filter)),
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, head),
+        coalescer: Coalescer::new(st.config.coalesce_window()),
         filter,
         id,
         guard,
@@ -309,6 +310,7 @@ async fn handle(
 struct ListenStream {
     ack: Option<Bytes>,
     feed: Feed,
+    coalescer: Coalescer,
     filter: Filter,
     id: Value,
     guard: SubscriberGuard,
@@ -327,7 +329,14 @@ impl ListenStream {
             return Some(ack);
         }
         loop {
-            match pump::next_step(&mut self.feed, &self.ends, self.keepalive).await {
+            match pump::next_step(
+                &mut self.feed,
+                &self.ends,
+                self.keepalive,
+                &mut self.coalescer,
+            )
+            .await
+            {
                 Step::Events(events) => {
                     // Framed per stream: each message carries this subscription's id.
                     let mut out = BytesMut::new();

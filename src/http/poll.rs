@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::AppError;
 use super::headers;
+use crate::broadcast::coalesce::coalesce;
 use crate::broadcast::{Feed, SubscriberKind};
 use crate::event::{Cursor, EventId, StoredEvent, Viewer};
 use crate::log::Start;
@@ -95,6 +96,10 @@ pub async fn poll(
             }
         }
     }
+    // Same rule as a stream's write (no gathering: a poll answers as soon as it has an event).
+    let more = more && events.len() >= MAX_EVENTS;
+    let left_out = coalesce(&mut events, st.config.coalesce_window());
+    st.metrics.events_coalesced.inc_by(left_out as u64);
     let cursor = events
         .last()
         .map_or_else(|| id(feed.cursor()), |e| e.id().to_owned());
@@ -107,11 +112,7 @@ pub async fn poll(
             )
         })
         .collect();
-    Ok(answer(
-        &rendered,
-        &cursor,
-        more && events.len() >= MAX_EVENTS,
-    ))
+    Ok(answer(&rendered, &cursor, more))
 }
 
 /// Reads visible events after the feed's cursor, up to the answer's limit.

@@ -19,7 +19,7 @@ use super::headers::{self, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{
-    Broadcaster, DropReason, Feed, SessionClaim, SubscriberGuard, SubscriberKind,
+    Broadcaster, Coalescer, DropReason, Feed, SessionClaim, SubscriberGuard, SubscriberKind,
 };
 use crate::event::{Chunk, Cursor};
 use crate::event::{EventId, Viewer};
@@ -174,6 +174,7 @@ pub async fn get_mcp(
         _claim: claim,
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after)
             .with_log_head(bounds.head),
+        coalescer: Coalescer::new(st.config.coalesce_window()),
         broadcaster: st.broadcaster.clone(),
         guard,
         preamble,
@@ -246,6 +247,8 @@ struct SseStream {
     /// This stream's hold on its session (a newer stream for it ends this one); dropped with it.
     _claim: Option<SessionClaim>,
     feed: Feed,
+    /// `FANOUT_COALESCE_MS`: list_changed held back to gather a burst, and left out when superseded.
+    coalescer: Coalescer,
     broadcaster: Broadcaster,
     guard: SubscriberGuard,
     preamble: Option<Bytes>,
@@ -263,7 +266,14 @@ impl SseStream {
         if let Some(p) = self.preamble.take() {
             return Some(Chunk::Bytes(p));
         }
-        match pump::next_step(&mut self.feed, &self.ends, self.keepalive).await {
+        match pump::next_step(
+            &mut self.feed,
+            &self.ends,
+            self.keepalive,
+            &mut self.coalescer,
+        )
+        .await
+        {
             Step::Events(events) => {
                 if !self.carried_id {
                     self.carried_id = true;
@@ -361,6 +371,7 @@ mod tests {
                 pending_rebalance: None,
                 _claim: None,
                 feed: Feed::new(self.bc.clone(), self.log.clone(), Viewer::default(), 0),
+                coalescer: Coalescer::default(),
                 broadcaster: self.bc.clone(),
                 guard: self
                     .bc
@@ -382,9 +393,13 @@ mod tests {
         }
 
         async fn publish(&self, n: usize) {
+            self.publish_method(n, "notifications/t").await;
+        }
+
+        async fn publish_method(&self, n: usize, method: &str) {
             let events = (0..n)
                 .map(|_| NewEvent {
-                    method: "notifications/t".into(),
+                    method: method.into(),
                     params: None,
                     target: Target::default(),
                     key: None,
@@ -517,6 +532,62 @@ mod tests {
         // Now that the client's cursor is known, the rebalancing cut applies.
         let end = s.next_chunk().await.map(Chunk::into_bytes).expect("end");
         assert!(is_retry(&end), "{end:?}");
+    }
+
+    #[tokio::test]
+    async fn with_coalescing_a_burst_is_gathered_into_one_write_with_the_newest_list_changed() {
+        const LIST: &str = "notifications/tools/list_changed";
+        let f = fixture();
+        let mut s = f.stream(LONG, LONG, None);
+        s.coalescer = Coalescer::new(Duration::from_millis(300));
+        f.publish(1).await; // seq 1: written at once
+        let first = s.next_chunk().await.map(Chunk::into_bytes).expect("first");
+        assert!(first.starts_with(b"id: ep-1\n"));
+        f.publish_method(1, LIST).await; // seq 2: held, gathering
+        let reader = tokio::spawn(async move {
+            let chunk = s.next_chunk().await.map(Chunk::into_bytes);
+            (chunk, s)
+        });
+        for _ in 0..20 {
+            f.publish_method(5, LIST).await;
+            f.publish(1).await;
+        }
+        let (chunk, _s) = tokio::time::timeout(Duration::from_secs(5), reader)
+            .await
+            .expect("written within the window")
+            .expect("joined");
+        let text = String::from_utf8(chunk.expect("chunk").to_vec()).expect("utf8");
+        // seq 2..=122: 101 list_changed and 20 others; one list_changed (the newest, 121) is left.
+        assert_eq!(text.matches(LIST).count(), 1, "{text}");
+        assert_eq!(text.matches("notifications/t\"").count(), 20);
+        assert!(text.contains("id: ep-121\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/tools/list_changed\""));
+        assert!(text.ends_with(
+            "id: ep-122\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/t\"}\n\n"
+        ));
+        assert_eq!(f.bc.metrics().events_coalesced.get(), 100);
+    }
+
+    #[tokio::test]
+    async fn held_list_changed_are_written_before_the_stream_ends() {
+        let f = fixture();
+        let mut s = f.stream(LONG, LONG, None);
+        s.coalescer = Coalescer::new(Duration::from_secs(10));
+        f.publish_method(3, "notifications/prompts/list_changed")
+            .await;
+        let task = tokio::spawn(async move {
+            let a = s.next_chunk().await.map(Chunk::into_bytes);
+            let b = s.next_chunk().await.map(Chunk::into_bytes);
+            (a, b)
+        });
+        tokio::task::yield_now().await;
+        f.bc.close();
+        let (held, end) = tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("ended promptly")
+            .expect("joined");
+        let held = held.expect("held events");
+        assert!(held.starts_with(b"id: ep-3\n"), "{held:?}");
+        assert!(end.as_ref().is_some_and(is_retry));
     }
 
     #[tokio::test]

@@ -49,6 +49,8 @@ pub struct Metrics {
     pub events_published: Counter,
     /// One per event written to one subscriber.
     pub events_delivered: Counter,
+    /// list_changed left out of a write because a newer one of the same kind and target went in it.
+    pub events_coalesced: Counter,
     /// Streams ended by the server, by reason.
     pub subscribers_dropped: Family<ReasonLabel, Counter>,
     /// Requests answered with a clean end instead of a stream, by reason.
@@ -88,6 +90,7 @@ impl Metrics {
         let subscribers = Family::<KindLabel, Gauge>::default();
         let events_published = Counter::default();
         let events_delivered = Counter::default();
+        let events_coalesced = Counter::default();
         let subscribers_dropped = Family::<ReasonLabel, Counter>::default();
         let subscribers_shed = Family::<ReasonLabel, Counter>::default();
         let log_reads_events = Counter::default();
@@ -116,6 +119,11 @@ impl Metrics {
             "events_delivered",
             "Events written to subscribers (one per event per subscriber)",
             events_delivered.clone(),
+        );
+        registry.register(
+            "events_coalesced",
+            "list_changed not written because a newer one of the same kind and target was (FANOUT_COALESCE_MS)",
+            events_coalesced.clone(),
         );
         registry.register(
             "subscribers_dropped",
@@ -198,6 +206,7 @@ impl Metrics {
             subscribers,
             events_published,
             events_delivered,
+            events_coalesced,
             subscribers_dropped,
             subscribers_shed,
             log_reads_events,

@@ -266,6 +266,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   value: {{ $c.retryMs | int64 | quote }}
 - name: FANOUT_MAX_STREAM_SECS
   value: {{ $c.maxStreamSecs | int64 | quote }}
+- name: FANOUT_COALESCE_MS
+  value: {{ $c.coalesceMs | int64 | quote }}
 - name: FANOUT_MAX_PAYLOAD_BYTES
   value: {{ $c.maxPayloadBytes | int64 | quote }}
 - name: FANOUT_MAX_BATCH
