@@ -579,6 +579,26 @@ impl SseConn {
         }
     }
 
+    /// Reads a stream the server is ending (a dropped slow subscriber) to its end, like
+    /// [`SseConn::drain`]: the ids of the events it carried (frames with data), in order, and how it
+    /// ended. A clean end must carry a `retry:` hint (asserted).
+    pub async fn drain_dropped(&mut self, timeout: Duration) -> Result<(Vec<String>, StreamEnd)> {
+        let (frames, end) = self.drain(timeout).await?;
+        if end == StreamEnd::Clean {
+            assert!(
+                frames.iter().any(|f| f.retry.is_some()),
+                "{}: a clean end carries a retry: hint",
+                self.label
+            );
+        }
+        let ids = frames
+            .iter()
+            .filter(|f| f.data.as_deref().is_some_and(|d| !d.is_empty()))
+            .filter_map(|f| f.id.clone())
+            .collect();
+        Ok((ids, end))
+    }
+
     /// Reads the whole body as bytes (for a non-SSE answer such as a `406` JSON error), within
     /// `timeout`.
     pub async fn body_to_end(&mut self, timeout: Duration) -> Result<Bytes> {
