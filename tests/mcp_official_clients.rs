@@ -41,17 +41,6 @@ const SUBSCRIPTION_ID: &str = "io.modelcontextprotocol/subscriptionId";
 /// the test publishes).
 const CYCLING: [(&str, &str); 2] = [("FANOUT_MAX_STREAM_SECS", "2"), ("FANOUT_RETRY_MS", "1500")];
 
-fn tool_names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// A legacy client is connected: initialized, tool list fetched, and its first GET stream open
 /// with its priming frame (an id) received. Returns the `ready` line.
 async fn legacy_ready(p: &Proc) -> Value {
@@ -146,10 +135,10 @@ async fn three_official_clients_get_a_notification_published_on_another_replica(
         "through A (FANOUT_ADVERTISE_LIST_CHANGED=true) the TypeScript client must see \
          tools.listChanged: {ts_ready}"
     );
-    let initial_tools = tool_names(&ts_ready["tools"]);
+    let initial_tools = e2e::tool_names(&ts_ready["tools"]);
     assert_eq!(initial_tools, ["add", "echo", "gated"], "ts tools via A");
     assert_eq!(
-        tool_names(&py1_ready["tools"]),
+        e2e::tool_names(&py1_ready["tools"]),
         initial_tools,
         "py1 tools via A"
     );
@@ -210,7 +199,7 @@ async fn three_official_clients_get_a_notification_published_on_another_replica(
     // through A), the Python clients got it, the 2.x one with its subscription id, and refetched.
     let (_, refetch) = ts.wait_kind("refetched", ts_n1, STEP).await;
     assert_eq!(
-        tool_names(&refetch.value["tools"]),
+        e2e::tool_names(&refetch.value["tools"]),
         ["add", "echo", "gated", "late_tool_v1"],
         "the TypeScript listChanged handler refetched the tool list through A: {}",
         refetch.value
@@ -234,7 +223,7 @@ async fn three_official_clients_get_a_notification_published_on_another_replica(
     );
     let (_, refetch) = py2.wait_kind("refetched", py2_n1, STEP).await;
     assert_eq!(
-        tool_names(&refetch.value["tools"]),
+        e2e::tool_names(&refetch.value["tools"]),
         ["add", "echo", "late_tool_v2"],
         "the 2.x client refetched the tool list through C"
     );
@@ -347,7 +336,7 @@ async fn three_official_clients_get_a_notification_published_on_another_replica(
     assert_eq!(refetches.len(), 2, "one refetch per tools/list_changed");
     for r in &refetches {
         assert_eq!(
-            tool_names(&r["tools"]),
+            e2e::tool_names(&r["tools"]),
             ["add", "echo", "gated", "late_tool_v1"],
             "refetch {r}"
         );
@@ -548,7 +537,7 @@ async fn python_client_gets_its_stream_through_a_minting_proxy_for_a_stateless_u
         ready["session"].as_str().is_some_and(|s| !s.is_empty()),
         "the client got a minted session id: {ready}"
     );
-    assert_eq!(tool_names(&ready["tools"]), ["add", "echo", "gated"]);
+    assert_eq!(e2e::tool_names(&ready["tools"]), ["add", "echo", "gated"]);
     let id = r
         .publish_ok(&json!({ "method": TOOLS }))
         .await

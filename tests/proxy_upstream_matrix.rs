@@ -34,7 +34,7 @@ use e2e::{
     wire_event_ids, Proc, Upstream,
 };
 use futures::future::join_all;
-use mcp_fanout_testkit::postgres::{shared_database, unique_name};
+use mcp_fanout_testkit::Deployment;
 use mcp_fanout_testkit::{Replica, SseRequest, StreamEnd};
 use serde_json::{json, Value};
 
@@ -135,17 +135,6 @@ async fn replica(label: &str, env: &[(&str, &str)]) -> Replica {
         .unwrap_or_else(|e| panic!("replica `{label}` should start and become ready: {e}"))
 }
 
-fn tool_names(v: &Value) -> Vec<String> {
-    v.as_array()
-        .map(|a| {
-            a.iter()
-                .filter_map(Value::as_str)
-                .map(str::to_owned)
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The text of the first content item of a `tools/call` result.
 fn call_text(result: &Value) -> Option<&str> {
     result.pointer("/content/0/text").and_then(Value::as_str)
@@ -217,7 +206,7 @@ impl Cell {
                 ready.value
             ));
         }
-        let tools = tool_names(&ready.value["tools"]);
+        let tools = e2e::tool_names(&ready.value["tools"]);
         if !(tools.contains(&"add".to_string()) && tools.contains(&"echo".to_string())) {
             return Err(format!("{name}: tools/list through the proxy: {tools:?}"));
         }
@@ -278,7 +267,7 @@ impl Cell {
                 .try_wait_line(0, STEP, |v| is_kind(v, "refetched"))
                 .await
                 .map_err(|e| format!("{name}: {e} waiting for the refetch\n{}", p.transcript()))?;
-            if !tool_names(&refetched.value["tools"]).contains(&LATE_TOOL.to_string()) {
+            if !e2e::tool_names(&refetched.value["tools"]).contains(&LATE_TOOL.to_string()) {
                 return Err(format!(
                     "{name}: the refetch did not list the tool added upstream: {}",
                     refetched.value
@@ -304,11 +293,8 @@ impl Cell {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_official_client_works_through_a_minting_proxy_for_every_upstream_mode() {
     e2e::ensure_setup();
-    let (server, db) = shared_database()
-        .await
-        .expect("a database on the shared Postgres");
-    let database_url = server.url(&db);
-    let schema = unique_name("matrix");
+    let pg = Deployment::fresh("matrix").await;
+    let (database_url, schema) = (pg.url(), pg.schema.clone());
 
     let (upstreams, publisher_upstream) = tokio::join!(
         join_all(MODES.iter().map(|m| m.start())),
@@ -408,11 +394,8 @@ async fn every_official_client_works_through_a_minting_proxy_for_every_upstream_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_a_minted_session_ends_its_stream_on_every_replica() {
     e2e::ensure_setup();
-    let (server, db) = shared_database()
-        .await
-        .expect("a database on the shared Postgres");
-    let database_url = server.url(&db);
-    let schema = unique_name("minted_delete");
+    let pg = Deployment::fresh("minted_delete").await;
+    let (database_url, schema) = (pg.url(), pg.schema.clone());
     let up = Upstream::py1("upstream-minted-delete", &["--stateless"]).await;
     let env = [
         ("DATABASE_URL", database_url.as_str()),

@@ -710,3 +710,15 @@ pub fn initialize_request(id: u64) -> Value {
         }
     })
 }
+
+/// The tool names a client script reported (a JSON array of strings).
+pub fn tool_names(v: &Value) -> Vec<String> {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
