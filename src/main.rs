@@ -95,8 +95,21 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let admin_slot = admin
         .as_ref()
         .map(|_| RouterSlot::new(http::starting(config.retry_ms)));
+    let (public_cap, admin_cap) = config.connection_caps(open_files);
+    tracing::info!(
+        max_connections = public_cap,
+        admin_max_connections = admin_cap,
+        "connection caps"
+    );
     let opts = ConnOptions {
         write_stall: config.write_stall(),
+        first_request: Duration::from_secs(config.first_request_secs),
+        idle: Duration::from_secs(config.idle_secs),
+        max_connections: public_cap,
+    };
+    let admin_opts = ConnOptions {
+        max_connections: admin_cap,
+        ..opts
     };
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
@@ -111,7 +124,12 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(role = "admin", addr = %addr, "listening");
         }
-        servers.spawn(server::serve(listener, slot, opts, stop_accepting.clone()));
+        servers.spawn(server::serve(
+            listener,
+            slot,
+            admin_opts,
+            stop_accepting.clone(),
+        ));
     }
 
     let stop_tasks = CancellationToken::new();

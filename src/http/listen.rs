@@ -13,7 +13,7 @@ use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
-use super::body::{read_body, require_json};
+use super::body::{read_body, require_json, BodyLimit};
 use super::era_bridge;
 use super::error::AppError;
 use super::headers::MCP_PROTOCOL_VERSION;
@@ -39,6 +39,8 @@ pub struct RpcError {
     code: i64,
     message: String,
     data: Option<Value>,
+    /// Close the connection after the answer (the body was not read whole).
+    close: bool,
 }
 
 impl RpcError {
@@ -49,6 +51,7 @@ impl RpcError {
             code,
             message: message.into(),
             data: None,
+            close: false,
         }
     }
 
@@ -60,7 +63,10 @@ impl RpcError {
         } else {
             codes::SERVER_ERROR
         };
-        RpcError::new(status, id, code, e.to_string())
+        let close = e.leaves_body_unread();
+        let mut rpc = RpcError::new(status, id, code, e.to_string());
+        rpc.close = close;
+        rpc
     }
 }
 
@@ -80,6 +86,10 @@ impl IntoResponse for RpcError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Bearer realm="mcp-fanout""#),
             );
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -104,7 +114,10 @@ pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Bo
     let Some(up) = &st.upstream else {
         return AppError::MethodNotAllowed("DELETE".into()).into_response();
     };
-    let bytes = match read_body(&headers, body, st.config.body_limit()).await {
+    if let Err(e) = st.subscriber_auth.identify(&headers).await {
+        return AppError::from(e).into_response();
+    }
+    let bytes = match read_body(&headers, body, mcp_body_limit(&st)).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -126,7 +139,13 @@ async fn handle(
     body: Body,
 ) -> Result<Response, RpcError> {
     let null = Value::Null;
-    let bytes = read_body(&headers, body, st.config.body_limit())
+    // Who is asking, and whether the declared length fits, before a byte of the body is read.
+    let identity = st
+        .subscriber_auth
+        .identify(&headers)
+        .await
+        .map_err(|e| RpcError::from_app(e.into(), &null))?;
+    let bytes = read_body(&headers, body, mcp_body_limit(&st))
         .await
         .map_err(|e| RpcError::from_app(e, &null))?;
     let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
@@ -138,12 +157,7 @@ async fn handle(
     // Proxy mode: everything but `subscriptions/listen` goes to the upstream, untouched.
     if let Some(up) = &st.upstream {
         if rpc_method.as_deref() != Some(LISTEN_METHOD) {
-            let principal = st
-                .subscriber_auth
-                .identify(&headers)
-                .await
-                .ok()
-                .and_then(|i| i.principal);
+            let principal = identity.principal.clone();
             let forward = Forward {
                 method: axum::http::Method::POST,
                 headers: &headers,
@@ -156,6 +170,13 @@ async fn handle(
             }
             return Ok(proxy::forward(&st, up, forward).await);
         }
+    }
+    if bytes.len() > st.config.request_limit() {
+        // Proxy mode reads up to the proxy's limit; a listen request gets the JSON-RPC one.
+        return Err(RpcError::from_app(
+            AppError::PayloadTooLarge(st.config.request_limit()),
+            &null,
+        ));
     }
     require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
     let msg: Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -241,11 +262,6 @@ async fn handle(
         e.data = Some(json!({ "supported": [LISTEN_PROTOCOL_VERSION], "requested": version }));
         return Err(e);
     }
-    let identity = st
-        .subscriber_auth
-        .identify(&headers)
-        .await
-        .map_err(|e| RpcError::from_app(e.into(), &id))?;
     let unavailable =
         |m: &str| RpcError::new(StatusCode::SERVICE_UNAVAILABLE, &id, codes::SERVER_ERROR, m);
     if st.lifecycle.is_draining() {
@@ -305,6 +321,14 @@ async fn handle(
         s.next_chunk().await.map(|chunk| (Chunk::Bytes(chunk), s))
     }));
     Ok(event_stream(conn.handoff.offer(http_version, chunks)))
+}
+
+/// `POST`/`DELETE /mcp` bodies: the proxy's limit in proxy mode, else the JSON-RPC request one.
+fn mcp_body_limit(st: &AppState) -> BodyLimit {
+    BodyLimit {
+        max_bytes: st.config.mcp_body_limit(),
+        within: st.config.body_timeout(),
+    }
 }
 
 struct ListenStream {

@@ -18,15 +18,22 @@ pub struct Upstream {
     pub(crate) bridge_2026_clients: bool,
     /// Whether the upstream speaks 2026-07-28 (learnt on the first bridged request).
     pub(crate) era: EraCache,
+    /// How long the upstream has for its response head (and for an answer held to rewrite it).
+    pub(crate) response_timeout: Duration,
+    /// Most bytes of one answer (a JSON body, one event of a stream) held to rewrite it.
+    pub(crate) rewrite_max_bytes: usize,
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
-/// `FANOUT_BRIDGE_2026_CLIENTS`).
-#[derive(Debug, Clone, Copy, Default)]
+/// `FANOUT_BRIDGE_2026_CLIENTS`) and how long and how much it waits for and holds of its answers
+/// (`FANOUT_UPSTREAM_TIMEOUT_SECS`, `FANOUT_UPSTREAM_REWRITE_MAX_BYTES`).
+#[derive(Debug, Clone, Copy)]
 pub struct UpstreamOptions {
     pub mint_session_ids: bool,
     pub advertise_list_changed: bool,
     pub bridge_2026_clients: bool,
+    pub response_timeout: Duration,
+    pub rewrite_max_bytes: usize,
 }
 
 /// The proxy's own session with a 2025-era upstream (made by `http::era_bridge`).
@@ -75,6 +82,8 @@ impl Upstream {
             advertise_list_changed: options.advertise_list_changed,
             bridge_2026_clients: options.bridge_2026_clients,
             era: EraCache::default(),
+            response_timeout: options.response_timeout,
+            rewrite_max_bytes: options.rewrite_max_bytes,
         })
     }
 
@@ -92,6 +101,14 @@ impl Upstream {
 
     pub fn bridges_2026_clients(&self) -> bool {
         self.bridge_2026_clients
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    pub fn rewrite_max_bytes(&self) -> usize {
+        self.rewrite_max_bytes
     }
 
     pub fn era_cache(&self) -> &EraCache {

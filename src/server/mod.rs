@@ -1,28 +1,39 @@
 //! The accept loop: hyper-util connections with bounded headers, a write-stall deadline on every
 //! socket (hyper has no write timeout), per-connection info for handlers, event streams handed
 //! off to their own writers after the head, graceful shutdown.
+//!
+//! Open connections are capped below the open-file limit: at the cap the loop stops accepting
+//! (new connections wait in the kernel's listen backlog) until one closes, so `accept` never
+//! fails for want of a file descriptor and the admin listener, which has a cap of its own, keeps
+//! answering. Connections that do nothing are closed ([`idle`]).
 
 pub mod handoff;
 mod head_limit;
+mod idle;
 mod stall;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::Router;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::socket::SocketState;
 use handoff::HandOff;
+use idle::Activity;
 use stall::StallGuard;
 
 /// Largest request head (request line + headers) accepted.
@@ -39,12 +50,24 @@ pub struct ConnInfo {
     pub socket: SocketState,
     /// Where a stream response leaves hyper for its own writer (HTTP/1.1).
     pub handoff: HandOff,
+    /// The connection's place under the listener's cap, held by everything that holds its
+    /// socket (hyper's connection, a handed-off stream's writer).
+    pub slot: Option<Arc<OwnedSemaphorePermit>>,
 }
 
 #[derive(Debug, Clone, Copy)]
 pub struct ConnOptions {
     pub write_stall: Duration,
+    /// A connection that has not started a request this long after accept is closed.
+    pub first_request: Duration,
+    /// A connection with no request in progress this long is closed.
+    pub idle: Duration,
+    /// Most open connections on the listener.
+    pub max_connections: usize,
 }
+
+/// How often reaching the connection cap is logged, at most.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The router a listener serves, replaceable while serving: a replica answers probes with a
 /// "starting" router while the database comes up, then switches to the full one.
@@ -85,13 +108,35 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let graceful = GracefulShutdown::new();
     let writers = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let mut cap_logged: Option<Instant> = None;
     loop {
+        let slot_permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+                    cap_logged = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = opts.max_connections,
+                        "connection cap reached; new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // EMFILE and friends (files opened elsewhere in the process): back off
+                    // instead of spinning.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -105,6 +150,7 @@ pub async fn serve(
             peer,
             socket: SocketState::default(),
             handoff: HandOff::default(),
+            slot: Some(Arc::new(slot_permit)),
         };
         let io = TokioIo::new(StallGuard::new(
             stream,
@@ -114,17 +160,37 @@ pub async fn serve(
         ));
         let handoff = info.handoff.clone();
         let slot = slot.clone();
+        let activity = Activity::new();
+        let watched = activity.clone();
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
-            slot.current().oneshot(req)
+            let in_flight = activity.begin();
+            let answer = slot.current().oneshot(req);
+            async move {
+                let resp = answer.await?;
+                // The request is in progress until its response body is done.
+                Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _ = &in_flight;
+                        frame
+                    }))
+                }))
+            }
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                // A handed-off stream ends hyper's side with an error, by design.
-                if !handoff.is_handed_off() {
-                    tracing::debug!(%error, %peer, "connection ended with an error");
+            tokio::select! {
+                ended = conn => {
+                    if let Err(error) = ended {
+                        // A handed-off stream ends hyper's side with an error, by design.
+                        if !handoff.is_handed_off() {
+                            tracing::debug!(%error, %peer, "connection ended with an error");
+                        }
+                    }
+                }
+                why = watched.expired(opts.first_request, opts.idle) => {
+                    tracing::debug!(%peer, reason = why.as_str(), "closing a connection that does nothing");
                 }
             }
         });

@@ -220,6 +220,7 @@ mod tests {
             handoff: Default::default(),
             peer,
             socket: SocketState::default(),
+            slot: None,
         };
         let mut guarded = StallGuard::new(
             server_side,
