@@ -16,7 +16,6 @@ use mcp_fanout::session::postgres::PgSessions;
 use mcp_fanout::shutdown::ShutdownSignal;
 use mcp_fanout::state::{AppState, State};
 use mcp_fanout::{cli, http, telemetry};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,18 +74,14 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     telemetry::init(config.log_format);
     let mut signals = ShutdownSignal::install();
     let open_files = raise_open_file_limit();
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
-    let public = bind(config.addr).await?;
+    let bind = |addr| server::bind(addr).map_err(|source| StartError::Bind { addr, source });
+    let public = bind(config.addr)?;
     let public_addr = public.local_addr().map_err(|source| StartError::Bind {
         addr: config.addr,
         source,
     })?;
     let admin = match config.admin_addr {
-        Some(addr) => Some(bind(addr).await?),
+        Some(addr) => Some(bind(addr)?),
         None => None,
     };
 

@@ -66,6 +66,22 @@ pub struct ConnOptions {
     pub max_connections: usize,
 }
 
+/// The listen backlog asked for (the kernel bounds it by `net.core.somaxconn`): connections past
+/// the cap wait there.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with a backlog deep enough for connections to wait past the cap.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// How often reaching the connection cap is logged, at most.
 const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 

@@ -162,6 +162,18 @@ pub async fn raw_request(
         .map_err(|_| Error::timeout(format!("writing {what}"), timeout))?
         .map_err(|e| Error::io(format!("writing {what}"), e))?;
 
+    read_response(&mut stream, &req.method, &what, deadline, timeout).await
+}
+
+/// Reads one response to a `method` request off `stream` until its body ends (by framing, or by
+/// the server closing), by `deadline` (`timeout` is for the message; `what` names the request).
+pub async fn read_response(
+    stream: &mut TcpStream,
+    method: &str,
+    what: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<RawResponse> {
     let mut raw = BytesMut::with_capacity(8192);
     let mut head = None;
     let mut decoder: Option<BodyDecoder> = None;
@@ -173,7 +185,7 @@ pub async fn raw_request(
                     // 100 Continue and friends: skip, the real response follows.
                     continue;
                 }
-                decoder = Some(BodyDecoder::for_response(&h, &req.method)?);
+                decoder = Some(BodyDecoder::for_response(&h, method)?);
                 head = Some(h);
             }
         }
