@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -14,7 +15,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::http::{read_response, RawRequest, RawResponse};
-use crate::wire::find;
+use crate::wire::{find, parse_head, BodyDecoder, ResponseHead};
 
 /// What an HTTP/2 client sends first; a connection may say only this.
 pub const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -87,6 +88,105 @@ pub async fn response_on(
 ) -> Result<RawResponse> {
     let deadline = Instant::now() + timeout;
     read_response(stream, method, "a partly sent request", deadline, timeout).await
+}
+
+/// A response read without keeping its body: the head, how many body bytes came (up to the
+/// reader's bound), the first of them, and whether the body ended.
+#[derive(Debug)]
+pub struct Drained {
+    pub head: ResponseHead,
+    pub body_bytes: u64,
+    pub first: Vec<u8>,
+    pub ended: bool,
+}
+
+/// Reads the response to a `method` request off `stream`: its head, then its body until it ends
+/// or `max_body` bytes came, discarding all but the first 256 bytes, by `timeout`.
+pub async fn drain_response(
+    stream: &mut TcpStream,
+    method: &str,
+    max_body: u64,
+    timeout: Duration,
+) -> Result<Drained> {
+    tokio::time::timeout(timeout, async {
+        let mut raw = BytesMut::with_capacity(64 * 1024);
+        let mut out = BytesMut::new();
+        let mut head = None;
+        let mut decoder: Option<BodyDecoder> = None;
+        let mut body_bytes = 0u64;
+        let mut first = Vec::new();
+        loop {
+            if head.is_none() {
+                if let Some(h) = parse_head(&mut raw)? {
+                    decoder = Some(BodyDecoder::for_response(&h, method)?);
+                    head = Some(h);
+                }
+            }
+            if let Some(d) = decoder.as_mut() {
+                d.decode(&mut raw, &mut out)?;
+                body_bytes += out.len() as u64;
+                let room = 256usize.saturating_sub(first.len()).min(out.len());
+                first.extend_from_slice(&out[..room]);
+                out.clear();
+                if d.is_done() || body_bytes >= max_body {
+                    let ended = d.is_done();
+                    let head = head
+                        .take()
+                        .ok_or_else(|| Error::Protocol("no head".into()))?;
+                    return Ok(Drained {
+                        head,
+                        body_bytes,
+                        first,
+                        ended,
+                    });
+                }
+            }
+            let n = stream
+                .read_buf(&mut raw)
+                .await
+                .map_err(|e| Error::io("reading a response", e))?;
+            if n == 0 {
+                let head = head.ok_or_else(|| {
+                    Error::Truncated("the connection closed before a response head".into())
+                })?;
+                return Ok(Drained {
+                    head,
+                    body_bytes,
+                    first,
+                    ended: decoder.as_mut().is_some_and(|d| d.eof().is_ok()),
+                });
+            }
+        }
+    })
+    .await
+    .map_err(|_| Error::timeout("a response (head and body)", timeout))?
+}
+
+/// The resident memory of process `pid` (`VmRSS` of `/proc/<pid>/status`), in bytes.
+pub fn rss_of(pid: u32) -> Result<u64> {
+    let path = format!("/proc/{pid}/status");
+    let status =
+        std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kb| kb * 1024)
+        .ok_or_else(|| Error::Protocol(format!("no VmRSS in {path}")))
+}
+
+/// The largest resident memory of process `pid` seen until `stop` resolves, sampled every
+/// 20 ms.
+pub async fn peak_rss(pid: u32, stop: impl std::future::Future<Output = ()>) -> u64 {
+    let sample = || rss_of(pid).unwrap_or(0);
+    let mut peak = sample();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            _ = &mut stop => return peak.max(sample()),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => peak = peak.max(sample()),
+        }
+    }
 }
 
 /// How a [`BadUpstream`] answers every request.

@@ -253,15 +253,7 @@ impl Replica {
 
     /// The process's resident memory (`VmRSS` of `/proc/<pid>/status`), in bytes.
     pub fn rss_bytes(&self) -> Result<u64> {
-        let path = format!("/proc/{}/status", self.pid);
-        let status =
-            std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map(|kb| kb * 1024)
-            .ok_or_else(|| Error::Protocol(format!("no VmRSS in {path}")))
+        crate::hostile::rss_of(self.pid)
     }
 
     /// The public (subscriber) address.
