@@ -117,7 +117,7 @@ const FLOOD: usize = 1100;
 async fn a_flood_of_idle_sockets_leaves_the_admin_listener_answering_and_the_replica_serving() {
     // A first-request deadline long enough for the whole flood to arrive before it closes any.
     let mut env = with_admin(DEADLINES);
-    env.push(("FANOUT_FIRST_REQUEST_SECS".into(), "10".into()));
+    env.push(("FANOUT_FIRST_REQUEST_SECS".into(), "15".into()));
     env.push(("FANOUT_ADMIN_ADDR".into(), "127.0.0.1:0".into()));
     let env = mcp_fanout_testkit::launch::dedup(env);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
