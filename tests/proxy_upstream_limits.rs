@@ -7,11 +7,11 @@
 use std::time::Duration;
 
 use mcp_fanout_testkit::hostile::{
-    drain_response, peak_rss, send_head_and_part, BadUpstream, Misbehaviour,
+    drain_response, send_head_and_part, with_peak_rss, BadUpstream, Drained, Misbehaviour,
 };
 use mcp_fanout_testkit::{start_memory, wait_until, RawRequest, Replica, SOON};
 use serde_json::{json, Value};
-use tokio::sync::oneshot;
+use tokio::net::TcpStream;
 
 /// What the replica may hold, beyond its memory before, while relaying an answer of any size.
 const RSS_SLACK: u64 = 64 * 1024 * 1024;
@@ -70,31 +70,57 @@ async fn a_silent_upstream_gets_a_json_rpc_error_after_the_timeout() {
     .expect("the proxy closes the silent upstream's connection");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_huge_initialize_answer_is_relayed_unmodified_in_bounded_memory() {
-    const HUGE: u64 = 128 * 1024 * 1024;
-    let up = BadUpstream::start(Misbehaviour::HugeJson { bytes: HUGE })
-        .await
-        .expect("upstream");
-    let r = proxy_for(&up, "huge-upstream").await;
-    let before = r.rss_bytes().expect("rss");
-    let (done, stop) = oneshot::channel::<()>();
-    let exchange = async {
+/// What a client got for its `initialize` through a proxy in front of a misbehaving upstream.
+struct Relayed {
+    up: BadUpstream,
+    /// Kept open: the client is still there.
+    conn: TcpStream,
+    drained: Drained,
+    rss_before: u64,
+    rss_peak: u64,
+    _replica: Replica,
+}
+
+/// Sends `initialize` through a proxy in front of an upstream that answers `how`, and reads the
+/// answer (up to `max_body` bytes of its body), sampling the replica's memory meanwhile.
+async fn initialize_through(how: Misbehaviour, label: &str, max_body: u64) -> Relayed {
+    let up = BadUpstream::start(how).await.expect("upstream");
+    let r = proxy_for(&up, label).await;
+    let rss_before = r.rss_bytes().expect("rss");
+    let ((conn, drained), rss_peak) = with_peak_rss(r.pid(), async {
         let mut conn = send_head_and_part(r.public_addr(), &initialize(), b"")
             .await
             .expect("send");
-        let drained = drain_response(&mut conn, "POST", u64::MAX, Duration::from_secs(120))
+        let drained = drain_response(&mut conn, "POST", max_body, Duration::from_secs(120))
             .await
-            .expect("the whole answer is relayed");
-        let _ = done.send(());
-        drained
-    };
-    let (drained, peak) = tokio::join!(
-        exchange,
-        peak_rss(r.pid(), async {
-            let _ = stop.await;
-        })
-    );
+            .expect("the answer is relayed as it comes");
+        (conn, drained)
+    })
+    .await;
+    Relayed {
+        up,
+        conn,
+        drained,
+        rss_before,
+        rss_peak,
+        _replica: r,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_initialize_answer_is_relayed_unmodified_in_bounded_memory() {
+    const HUGE: u64 = 128 * 1024 * 1024;
+    let Relayed {
+        drained,
+        rss_before: before,
+        rss_peak: peak,
+        ..
+    } = initialize_through(
+        Misbehaviour::HugeJson { bytes: HUGE },
+        "huge-upstream",
+        u64::MAX,
+    )
+    .await;
     assert_eq!(drained.head.status, 200);
     assert!(
         peak <= before + RSS_SLACK,
@@ -114,28 +140,14 @@ async fn a_huge_initialize_answer_is_relayed_unmodified_in_bounded_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_that_never_ends_is_relayed_and_the_upstream_closed_when_the_client_leaves() {
     const READ: u64 = 16 * 1024 * 1024;
-    let up = BadUpstream::start(Misbehaviour::EndlessEvent)
-        .await
-        .expect("upstream");
-    let r = proxy_for(&up, "endless-upstream").await;
-    let before = r.rss_bytes().expect("rss");
-    let (done, stop) = oneshot::channel::<()>();
-    let exchange = async {
-        let mut conn = send_head_and_part(r.public_addr(), &initialize(), b"")
-            .await
-            .expect("send");
-        let drained = drain_response(&mut conn, "POST", READ, Duration::from_secs(60))
-            .await
-            .expect("the event is relayed as it comes");
-        let _ = done.send(());
-        (conn, drained)
-    };
-    let ((conn, drained), peak) = tokio::join!(
-        exchange,
-        peak_rss(r.pid(), async {
-            let _ = stop.await;
-        })
-    );
+    let Relayed {
+        up,
+        conn,
+        drained,
+        rss_before: before,
+        rss_peak: peak,
+        _replica,
+    } = initialize_through(Misbehaviour::EndlessEvent, "endless-upstream", READ).await;
     assert_eq!(drained.head.status, 200);
     assert_eq!(
         drained.head.header("content-type"),

@@ -175,15 +175,15 @@ pub fn rss_of(pid: u32) -> Result<u64> {
         .ok_or_else(|| Error::Protocol(format!("no VmRSS in {path}")))
 }
 
-/// The largest resident memory of process `pid` seen until `stop` resolves, sampled every
-/// 20 ms.
-pub async fn peak_rss(pid: u32, stop: impl std::future::Future<Output = ()>) -> u64 {
+/// Runs `work` and returns its output with the largest resident memory of process `pid` seen
+/// meanwhile (sampled every 20 ms).
+pub async fn with_peak_rss<T>(pid: u32, work: impl std::future::Future<Output = T>) -> (T, u64) {
     let sample = || rss_of(pid).unwrap_or(0);
     let mut peak = sample();
-    tokio::pin!(stop);
+    tokio::pin!(work);
     loop {
         tokio::select! {
-            _ = &mut stop => return peak.max(sample()),
+            out = &mut work => return (out, peak.max(sample())),
             _ = tokio::time::sleep(Duration::from_millis(20)) => peak = peak.max(sample()),
         }
     }
