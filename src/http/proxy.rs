@@ -434,4 +434,47 @@ mod tests {
         assert_eq!(block_end(b"data: a\r\n\r\ndata: b", 8), Some(11));
         assert_eq!(block_end(b"data: a\n", 8), None);
     }
+
+    fn chunks(parts: &[&[u8]]) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::copy_from_slice(p)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    async fn relayed(
+        s: impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        max: usize,
+    ) -> Vec<u8> {
+        let out: Vec<Result<Bytes, std::io::Error>> =
+            rewrite_sse(s, advertise_list_changed, max).collect().await;
+        out.into_iter()
+            .flat_map(|c| c.expect("no error").to_vec())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sse_blocks_split_anywhere_are_rewritten_and_an_endless_one_relayed_as_is() {
+        // The separator straddles two chunks.
+        let got = relayed(
+            chunks(&[
+                b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"capabilities\":{}}}\r\n\r",
+                b"\n",
+            ]),
+            1024,
+        )
+        .await;
+        let text = String::from_utf8(got).expect("utf8");
+        assert!(text.contains(r#""listChanged":true"#), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+
+        // An event that outgrows the bound is relayed unmodified, whole, and so is what follows.
+        let big = vec![b'x'; 4096];
+        let parts: Vec<&[u8]> = vec![b"data: ", &big, &big, b"\n\n", b"data: {\"id\":1}\n\n"];
+        let input: Vec<u8> = parts.concat();
+        let got = relayed(chunks(&parts), 1024).await;
+        assert_eq!(got, input);
+    }
 }
