@@ -7,7 +7,8 @@
 use std::time::Duration;
 
 use mcp_fanout_testkit::hostile::{
-    drain_response, send_head_and_part, with_peak_rss, BadUpstream, Drained, Misbehaviour,
+    drain_response, response_on, send_head_and_part, with_peak_rss, BadUpstream, Drained,
+    Misbehaviour,
 };
 use mcp_fanout_testkit::{start_memory, wait_until, RawRequest, Replica, SOON};
 use serde_json::{json, Value};
@@ -68,6 +69,39 @@ async fn a_silent_upstream_gets_a_json_rpc_error_after_the_timeout() {
     })
     .await
     .expect("the proxy closes the silent upstream's connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_body_over_its_limit_is_refused_before_it_is_read() {
+    let up = BadUpstream::start(Misbehaviour::Silent)
+        .await
+        .expect("upstream");
+    let r = start_memory(
+        "proxy-body-limit",
+        &[
+            ("FANOUT_UPSTREAM", &up.url()),
+            ("FANOUT_MAX_PROXY_REQUEST_BYTES", "65536"),
+        ],
+    )
+    .await;
+    let mut conn = send_head_and_part(
+        r.public_addr(),
+        &RawRequest::new("POST", "/mcp")
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .header("Content-Length", "1048576")
+            .header("Connection", "keep-alive"),
+        &[b' '; 4096],
+    )
+    .await
+    .expect("send");
+    let resp = response_on(&mut conn, "POST", SOON)
+        .await
+        .expect("answered before the body is sent");
+    assert_eq!(resp.status(), 413, "{}", resp.text());
+    let body: Value = resp.json().expect("json");
+    assert_eq!(body["jsonrpc"], "2.0", "a JSON-RPC error: {body}");
+    assert_eq!(up.accepted(), 0, "nothing reached the upstream");
 }
 
 /// What a client got for its `initialize` through a proxy in front of a misbehaving upstream.

@@ -206,6 +206,7 @@ pub enum Misbehaviour {
 /// ended on its side and the body bytes it wrote.
 pub struct BadUpstream {
     addr: SocketAddr,
+    accepted: Arc<AtomicU64>,
     ended: Arc<AtomicU64>,
     written: Arc<AtomicU64>,
     task: JoinHandle<()>,
@@ -219,11 +220,13 @@ impl BadUpstream {
         let addr = listener
             .local_addr()
             .map_err(|e| Error::io("the upstream's address", e))?;
+        let accepted = Arc::new(AtomicU64::new(0));
         let ended = Arc::new(AtomicU64::new(0));
         let written = Arc::new(AtomicU64::new(0));
-        let (e, w) = (ended.clone(), written.clone());
+        let (a, e, w) = (accepted.clone(), ended.clone(), written.clone());
         let task = tokio::spawn(async move {
             while let Ok((conn, _)) = listener.accept().await {
+                a.fetch_add(1, Ordering::SeqCst);
                 let (e, w) = (e.clone(), w.clone());
                 tokio::spawn(async move {
                     serve_one(conn, how, &w).await;
@@ -233,6 +236,7 @@ impl BadUpstream {
         });
         Ok(BadUpstream {
             addr,
+            accepted,
             ended,
             written,
             task,
@@ -242,6 +246,11 @@ impl BadUpstream {
     /// The MCP endpoint URL to give `FANOUT_UPSTREAM`.
     pub fn url(&self) -> String {
         format!("http://{}/mcp", self.addr)
+    }
+
+    /// Connections the proxy opened.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::SeqCst)
     }
 
     /// Connections that ended (the proxy closed them, or the answer was complete and the proxy
