@@ -121,6 +121,15 @@ async fn a_flood_of_idle_sockets_leaves_the_admin_listener_answering_and_the_rep
     env.push(("FANOUT_ADMIN_ADDR".into(), "127.0.0.1:0".into()));
     let env = mcp_fanout_testkit::launch::dedup(env);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    // Past the cap the flood waits in the listen backlog, which the kernel bounds by somaxconn.
+    let somaxconn = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(4096);
+    assert!(
+        somaxconn >= FLOOD,
+        "net.core.somaxconn is {somaxconn}: this test needs a listen backlog of {FLOOD}"
+    );
     let r = start_with_open_files("flood", &env, OPEN_FILES).await;
     let public = r.public_addr();
 
