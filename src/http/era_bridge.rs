@@ -88,7 +88,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
                 headers: &headers,
                 body: f.body.clone(),
                 rpc_method: f.rpc_method.clone(),
-                principal: f.principal.clone(),
+                owner: f.owner.clone(),
             },
         )
         .await;
