@@ -424,6 +424,107 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
         ),
         ("non-UTF-8 bytes", b"Bearer \xff\xfe.\xfd.x".to_vec()),
         (
+            "nbf 10 minutes ahead (beyond the leeway)",
+            format!(
+                "Bearer {}",
+                hs256(
+                    SECRET,
+                    &json!({ "sub": "u", "exp": exp + 600, "nbf": now_secs() + 600 })
+                )
+            )
+            .into_bytes(),
+        ),
+        (
+            "nbf 10 minutes ahead, with a fraction",
+            format!(
+                "Bearer {}",
+                signed_raw(
+                    hs,
+                    &format!(
+                        r#"{{"sub":"u","exp":{},"nbf":{}.5}}"#,
+                        exp + 600,
+                        now_secs() + 600
+                    )
+                )
+            )
+            .into_bytes(),
+        ),
+        (
+            "nbf as a string",
+            format!(
+                "Bearer {}",
+                signed_raw(hs, &format!(r#"{{"sub":"u","exp":{exp},"nbf":"0"}}"#))
+            )
+            .into_bytes(),
+        ),
+        (
+            "exp of 2^63",
+            format!(
+                "Bearer {}",
+                signed_raw(hs, r#"{"sub":"u","exp":9223372036854775808}"#)
+            )
+            .into_bytes(),
+        ),
+        (
+            "exp of 2^64 - 1",
+            format!(
+                "Bearer {}",
+                signed_raw(hs, r#"{"sub":"u","exp":18446744073709551615}"#)
+            )
+            .into_bytes(),
+        ),
+        (
+            "exp of 2^63 as a float",
+            format!("Bearer {}", signed_raw(hs, r#"{"sub":"u","exp":9.3e18}"#)).into_bytes(),
+        ),
+        (
+            "exp just past the end of year 9999",
+            format!(
+                "Bearer {}",
+                signed_raw(hs, r#"{"sub":"u","exp":253402300800}"#)
+            )
+            .into_bytes(),
+        ),
+        (
+            "exp of 1e300",
+            format!("Bearer {}", signed_raw(hs, r#"{"sub":"u","exp":1e300}"#)).into_bytes(),
+        ),
+        (
+            "iat of 2^63",
+            format!(
+                "Bearer {}",
+                signed_raw(
+                    hs,
+                    &format!(r#"{{"sub":"u","exp":{exp},"iat":9223372036854775808}}"#)
+                )
+            )
+            .into_bytes(),
+        ),
+        (
+            "iat negative",
+            format!(
+                "Bearer {}",
+                signed_raw(hs, &format!(r#"{{"sub":"u","exp":{exp},"iat":-1}}"#))
+            )
+            .into_bytes(),
+        ),
+        (
+            "iat as a string",
+            format!(
+                "Bearer {}",
+                signed_raw(hs, &format!(r#"{{"sub":"u","exp":{exp},"iat":"now"}}"#))
+            )
+            .into_bytes(),
+        ),
+        (
+            "sub that is a number",
+            format!(
+                "Bearer {}",
+                signed_raw(hs, &format!(r#"{{"sub":42,"exp":{exp}}}"#))
+            )
+            .into_bytes(),
+        ),
+        (
             "a tenant claim that is a list (correctly signed)",
             format!(
                 "Bearer {}",
@@ -474,6 +575,43 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
     r.wait_subscribers(0, T)
         .await
         .expect("no refused request is a subscriber");
+    // The boundaries of the time claims are accepted (the leeway is the default 30 s).
+    let now = now_secs();
+    let ok_payloads = [
+        (
+            "exp with a fraction",
+            format!(r#"{{"sub":"u","exp":{exp}.5}}"#),
+        ),
+        (
+            "nbf 10 s ahead, within the leeway",
+            format!(r#"{{"sub":"u","exp":{exp},"nbf":{}}}"#, now + 10),
+        ),
+        (
+            "nbf in the past, with a fraction",
+            format!(r#"{{"sub":"u","exp":{exp},"nbf":{}.25}}"#, now - 100),
+        ),
+        (
+            "iat with a fraction",
+            format!(r#"{{"sub":"u","exp":{exp},"iat":{now}.75}}"#),
+        ),
+        (
+            "exp at the last second of year 9999",
+            r#"{"sub":"u","exp":253402300799}"#.to_string(),
+        ),
+    ];
+    let ok = ok_payloads
+        .iter()
+        .map(|(name, payload)| {
+            (
+                (*name).to_string(),
+                poll().header(
+                    "Authorization",
+                    &format!("Bearer {}", signed_raw(hs, payload)),
+                ),
+            )
+        })
+        .collect();
+    run_ok(addr, ok, T).await;
     let auth = format!("Bearer {valid}");
     still_serves(&r, &[("Authorization", auth.as_str())]).await;
 }

@@ -553,3 +553,137 @@ async fn the_era_bridge_renews_its_session_when_the_upstream_forgets_it() {
         .expect("JSON");
     assert_eq!(after["initialized"], 2, "one new handshake: {after}");
 }
+
+/// In proxy + JWT mode a session's `DELETE` is its owner's, as its GET is: without a credential it
+/// gets `401`, from another principal (the same `sub` of another tenant, a token without `sub`)
+/// `403`, and her stream goes on; her own `DELETE` ends it on every replica. A minted id that was
+/// never recorded is `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_its_owner_deletes_a_session_in_jwt_mode() {
+    use mcp_fanout_testkit::error_shape::expect_http_error;
+    use mcp_fanout_testkit::http::HttpResponse;
+    use mcp_fanout_testkit::jwt::{hs256, now_secs};
+
+    const SECRET: &str = "owner-delete-secret";
+    e2e::ensure_setup();
+    let pg = Deployment::fresh("owner_delete").await.with_admin();
+    let up = Upstream::py1("upstream-owner-delete", &["--stateless"]).await;
+    let replicas = pg
+        .replicas(
+            "odel-",
+            2,
+            &[
+                ("FANOUT_UPSTREAM", up.url.as_str()),
+                ("FANOUT_MINT_SESSION_IDS", "true"),
+                ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+                ("FANOUT_JWT_SECRET", SECRET),
+            ],
+        )
+        .await;
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let bearer = |claims: Value| {
+        let mut claims = claims;
+        claims["exp"] = json!(now_secs() + 600);
+        format!("Bearer {}", hs256(SECRET, &claims))
+    };
+    let alice = bearer(json!({ "sub": "alice", "tenant": "A" }));
+
+    let init = e2e::post_rpc(
+        &a.public_url("/mcp"),
+        &e2e::initialize_request(1),
+        &[("authorization", alice.as_str())],
+    )
+    .await;
+    assert_eq!(init.status, 200, "initialize through A");
+    let session = init
+        .header("mcp-session-id")
+        .expect("a minted session id")
+        .to_string();
+    let stream_req = SseRequest::mcp()
+        .protocol("2025-11-25")
+        .session(&session)
+        .header("authorization", &alice);
+    let mut stream = a.subscribe(&stream_req).await.expect("GET /mcp on A");
+    assert_eq!(stream.status(), 200, "alice's GET stream");
+    let priming = stream
+        .next_frame(STEP)
+        .await
+        .expect("read the stream")
+        .expect("a priming frame");
+    assert!(priming.is_priming(), "first frame: {}", priming.text());
+
+    let delete = |session: String, authorization: Option<String>| async move {
+        let mut req = e2e::http()
+            .delete(b.public_url("/mcp"))
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(auth) = authorization {
+            req = req.header("authorization", auth);
+        }
+        HttpResponse::read(req.send().await.expect("DELETE through B"))
+            .await
+            .expect("the DELETE's answer")
+    };
+    let refused = [
+        ("no credential", None, 401, "unauthorized"),
+        (
+            "alice of tenant B",
+            Some(bearer(json!({ "sub": "alice", "tenant": "B" }))),
+            403,
+            "forbidden",
+        ),
+        (
+            "a token of tenant A without sub",
+            Some(bearer(json!({ "tenant": "A" }))),
+            403,
+            "forbidden",
+        ),
+    ];
+    for (what, auth, status, code) in refused {
+        let resp = delete(session.clone(), auth).await;
+        expect_http_error(
+            &format!("DELETE of alice's session by {what}"),
+            &resp,
+            status,
+            code,
+        );
+    }
+    // Her stream goes on: her session's next event is the next thing on it.
+    let id = b
+        .publish_ok(&json!({
+            "method": "notifications/test/after-deletes",
+            "session": session,
+        }))
+        .await
+        .expect("publish to her session");
+    let ev = stream
+        .next_event(STEP)
+        .await
+        .expect("read the stream")
+        .expect("the stream is still open after the refused DELETEs");
+    assert_eq!(ev.id.as_deref(), Some(id.as_str()), "{}", ev.text());
+
+    let never = delete(
+        "fanout.0123456789abcdefghijklmnopqrstuv".to_string(),
+        Some(alice.clone()),
+    )
+    .await;
+    expect_http_error(
+        "DELETE of a minted id never recorded",
+        &never,
+        404,
+        "session_not_found",
+    );
+
+    let deleted = delete(session.clone(), Some(alice.clone())).await;
+    assert_eq!(
+        deleted.status.as_u16(),
+        200,
+        "her own DELETE: {}",
+        deleted.text()
+    );
+    let (_, end) = stream.drain(STEP).await.expect("the stream on A ends");
+    assert_eq!(end, StreamEnd::Clean, "A's stream for the deleted session");
+    let again = a.subscribe(&stream_req).await.expect("GET /mcp again");
+    assert_eq!(again.status(), 404, "a GET with the deleted session");
+}
