@@ -687,3 +687,143 @@ async fn only_its_owner_deletes_a_session_in_jwt_mode() {
     let again = a.subscribe(&stream_req).await.expect("GET /mcp again");
     assert_eq!(again.status(), 404, "a GET with the deleted session");
 }
+
+/// The era bridge gives each caller's credentials an upstream session of its own, opened with
+/// them: two principals' 2026 clients reach a stateful 2025-era upstream on distinct sessions whose
+/// handshakes carried their own `Authorization` (the upstream's `whoami` tool reports it), and a
+/// caller without credentials gets a third. With `FANOUT_BRIDGE_MAX_SESSIONS=2`, that third one
+/// evicts the least recently used, which the replica closes upstream with `DELETE`; its owner's
+/// next request opens a new session, with its own credentials again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_era_bridge_keeps_an_upstream_session_per_principal() {
+    e2e::ensure_setup();
+    let up = Upstream::ts("upstream-ts-principals", false).await;
+    let r = replica(
+        "bridge-principals",
+        &[
+            ("FANOUT_UPSTREAM", up.url.as_str()),
+            ("FANOUT_BRIDGE_2026_CLIENTS", "true"),
+            ("FANOUT_BRIDGE_MAX_SESSIONS", "2"),
+        ],
+    )
+    .await;
+    let url = r.public_url("/mcp");
+    let whoami = |id: u64, authorization: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+                "name": "whoami", "arguments": {},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {}
+                }
+            }});
+            let mut headers = vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ];
+            if let Some(a) = authorization {
+                headers.push(("authorization", a));
+            }
+            let answer = e2e::post_rpc(&url, &body, &headers).await;
+            assert_eq!(answer.status, 200, "whoami as {authorization:?}");
+            let result = answer.messages()[0]["result"].clone();
+            assert_eq!(result["resultType"], "complete", "{result}");
+            let text = call_text(&result).unwrap_or_else(|| panic!("a text result: {result}"));
+            serde_json::from_str::<Value>(text).expect("whoami's JSON")
+        }
+    };
+    let sessions = || async {
+        e2e::http()
+            .get(up.base("/sessions"))
+            .send()
+            .await
+            .expect("GET /sessions")
+            .json::<Value>()
+            .await
+            .expect("JSON")
+    };
+    const ALICE: &str = "Bearer alice-credential";
+    const BOB: &str = "Bearer bob-credential";
+
+    let alice = whoami(1, Some(ALICE)).await;
+    let bob = whoami(2, Some(BOB)).await;
+    for (who, seen, auth) in [("alice", &alice, ALICE), ("bob", &bob, BOB)] {
+        assert_eq!(
+            seen["handshakeAuthorization"], auth,
+            "{who}'s upstream session was opened with {who}'s credentials: {seen}"
+        );
+        assert_eq!(seen["requestAuthorization"], auth, "{who}: {seen}");
+    }
+    assert!(
+        alice["session"].is_string() && alice["session"] != bob["session"],
+        "two principals, two upstream sessions: {alice} {bob}"
+    );
+    let alice_again = whoami(3, Some(ALICE)).await;
+    assert_eq!(
+        alice_again["session"], alice["session"],
+        "alice keeps her session"
+    );
+
+    // A caller without credentials: a session of its own, opened without any; bob's (the least
+    // recently used) makes room and is closed upstream.
+    let anonymous = whoami(4, None).await;
+    assert_eq!(
+        anonymous["handshakeAuthorization"],
+        Value::Null,
+        "{anonymous}"
+    );
+    assert!(
+        anonymous["session"] != alice["session"] && anonymous["session"] != bob["session"],
+        "{anonymous}"
+    );
+    let bob_session = bob["session"].clone();
+    mcp_fanout_testkit::wait_until(
+        "bob's evicted session is deleted upstream",
+        STEP,
+        || async {
+            let s = sessions().await;
+            s["deleted"] == 1
+                && s["live"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(|x| x["id"] != bob_session))
+        },
+    )
+    .await
+    .expect("the evicted session is closed upstream");
+
+    let bob_again = whoami(5, Some(BOB)).await;
+    assert_eq!(bob_again["handshakeAuthorization"], BOB, "{bob_again}");
+    assert!(
+        bob_again["session"] != bob["session"] && bob_again["session"] != alice["session"],
+        "bob gets a new session of his own: {bob_again}"
+    );
+    // Bob's return made room by evicting alice's (now the least recently used).
+    let want: Vec<(Value, Value)> = vec![
+        (anonymous["session"].clone(), Value::Null),
+        (bob_again["session"].clone(), json!(BOB)),
+    ];
+    let waited = mcp_fanout_testkit::wait_until(
+        "alice's evicted session is deleted upstream",
+        STEP,
+        || async {
+            let s = sessions().await;
+            let mut live: Vec<(Value, Value)> = s["live"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .map(|x| (x["id"].clone(), x["authorization"].clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            live.sort_by_key(|(id, _)| id.to_string());
+            let mut want = want.clone();
+            want.sort_by_key(|(id, _)| id.to_string());
+            s["deleted"] == 2 && s["initialized"] == 4 && live == want
+        },
+    )
+    .await;
+    if let Err(e) = waited {
+        panic!("{e}: the upstream's sessions: {}", sessions().await);
+    }
+}
