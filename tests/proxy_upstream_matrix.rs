@@ -23,6 +23,11 @@
 //! client gets `42` from the upstream's tool and receives the one published
 //! `notifications/tools/list_changed` exactly once (the legacy ones with its id); the refetches of
 //! the TypeScript and 2.3 clients list the tool added upstream just before the publish.
+//!
+//! Also here: deleting a minted session ends its stream on every replica, and in JWT mode only its
+//! owner may delete it; the era bridge renews its session when the upstream forgets it, and keeps
+//! one upstream session per caller's credentials, opened with them, closing the least recently used
+//! upstream beyond `FANOUT_BRIDGE_MAX_SESSIONS`.
 
 mod e2e;
 
