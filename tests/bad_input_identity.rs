@@ -367,6 +367,8 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
     let addr = r.public_addr();
     let valid = hs256(SECRET, &json!({ "sub": "u", "exp": now_secs() + 600 }));
     let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    // `Authorization: Bearer` of a correctly signed token over this payload text.
+    let raw = |payload: &str| format!("Bearer {}", signed_raw(hs, payload)).into_bytes();
     let exp = now_secs() + 600;
     let forms: Vec<(&str, Vec<u8>)> = vec![
         ("an empty Authorization header", Vec::new()),
@@ -436,93 +438,47 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
         ),
         (
             "nbf 10 minutes ahead, with a fraction",
-            format!(
-                "Bearer {}",
-                signed_raw(
-                    hs,
-                    &format!(
-                        r#"{{"sub":"u","exp":{},"nbf":{}.5}}"#,
-                        exp + 600,
-                        now_secs() + 600
-                    )
-                )
-            )
-            .into_bytes(),
+            raw(&format!(
+                r#"{{"sub":"u","exp":{},"nbf":{}.5}}"#,
+                exp + 600,
+                now_secs() + 600
+            )),
         ),
         (
             "nbf as a string",
-            format!(
-                "Bearer {}",
-                signed_raw(hs, &format!(r#"{{"sub":"u","exp":{exp},"nbf":"0"}}"#))
-            )
-            .into_bytes(),
+            raw(&format!(r#"{{"sub":"u","exp":{exp},"nbf":"0"}}"#)),
         ),
         (
             "exp of 2^63",
-            format!(
-                "Bearer {}",
-                signed_raw(hs, r#"{"sub":"u","exp":9223372036854775808}"#)
-            )
-            .into_bytes(),
+            raw(r#"{"sub":"u","exp":9223372036854775808}"#),
         ),
         (
             "exp of 2^64 - 1",
-            format!(
-                "Bearer {}",
-                signed_raw(hs, r#"{"sub":"u","exp":18446744073709551615}"#)
-            )
-            .into_bytes(),
+            raw(r#"{"sub":"u","exp":18446744073709551615}"#),
         ),
-        (
-            "exp of 2^63 as a float",
-            format!("Bearer {}", signed_raw(hs, r#"{"sub":"u","exp":9.3e18}"#)).into_bytes(),
-        ),
+        ("exp of 2^63 as a float", raw(r#"{"sub":"u","exp":9.3e18}"#)),
         (
             "exp just past the end of year 9999",
-            format!(
-                "Bearer {}",
-                signed_raw(hs, r#"{"sub":"u","exp":253402300800}"#)
-            )
-            .into_bytes(),
+            raw(r#"{"sub":"u","exp":253402300800}"#),
         ),
-        (
-            "exp of 1e300",
-            format!("Bearer {}", signed_raw(hs, r#"{"sub":"u","exp":1e300}"#)).into_bytes(),
-        ),
+        ("exp of 1e300", raw(r#"{"sub":"u","exp":1e300}"#)),
         (
             "iat of 2^63",
-            format!(
-                "Bearer {}",
-                signed_raw(
-                    hs,
-                    &format!(r#"{{"sub":"u","exp":{exp},"iat":9223372036854775808}}"#)
-                )
-            )
-            .into_bytes(),
+            raw(&format!(
+                r#"{{"sub":"u","exp":{exp},"iat":9223372036854775808}}"#
+            )),
         ),
         (
             "iat negative",
-            format!(
-                "Bearer {}",
-                signed_raw(hs, &format!(r#"{{"sub":"u","exp":{exp},"iat":-1}}"#))
-            )
-            .into_bytes(),
+            raw(&format!(r#"{{"sub":"u","exp":{exp},"iat":-1}}"#)),
         ),
         (
             "iat as a string",
-            format!(
-                "Bearer {}",
-                signed_raw(hs, &format!(r#"{{"sub":"u","exp":{exp},"iat":"now"}}"#))
-            )
-            .into_bytes(),
+            raw(&format!(r#"{{"sub":"u","exp":{exp},"iat":"now"}}"#)),
         ),
         (
             "sub that is a number",
-            format!(
-                "Bearer {}",
-                signed_raw(hs, &format!(r#"{{"sub":42,"exp":{exp}}}"#))
-            )
-            .into_bytes(),
+            raw(&format!(r#"{{"sub":42,"exp":{exp}}}"#)),
         ),
         (
             "a tenant claim that is a list (correctly signed)",

@@ -701,10 +701,7 @@ async fn a_fractional_or_far_exp_is_honoured_as_a_time() {
         r.wait_subscribers(0, T).await.expect("none left");
     }
     assert_eq!(
-        r.metric(r#"mcp_fanout_subscribers_dropped_total{reason="token_expired"}"#)
-            .await
-            .expect("metrics")
-            .unwrap_or(0.0),
+        r.dropped("token_expired").await.expect("metrics"),
         0.0,
         "no stream ended for an expired token"
     );

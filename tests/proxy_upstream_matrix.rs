@@ -410,23 +410,7 @@ async fn deleting_a_minted_session_ends_its_stream_on_every_replica() {
     ];
     let (a, b) = tokio::join!(replica("A", &env), replica("B", &env));
 
-    let init = e2e::post_rpc(&a.public_url("/mcp"), &e2e::initialize_request(1), &[]).await;
-    assert_eq!(init.status, 200, "initialize through A");
-    let session = init
-        .header("mcp-session-id")
-        .expect("a minted session id")
-        .to_string();
-    assert!(session.starts_with("fanout."), "minted: {session}");
-
-    let stream_req = SseRequest::mcp().protocol("2025-11-25").session(&session);
-    let mut stream = a.subscribe(&stream_req).await.expect("GET /mcp on A");
-    assert_eq!(stream.status(), 200, "the minted session's GET stream");
-    let priming = stream
-        .next_frame(STEP)
-        .await
-        .expect("read the stream")
-        .expect("a priming frame");
-    assert!(priming.is_priming(), "first frame: {}", priming.text());
+    let (session, stream_req, mut stream) = open_minted_session(&a, &[]).await;
 
     let deleted = e2e::http()
         .delete(b.public_url("/mcp"))
@@ -436,10 +420,46 @@ async fn deleting_a_minted_session_ends_its_stream_on_every_replica() {
         .await
         .expect("DELETE through B");
     assert_eq!(deleted.status(), 200, "DELETE of a minted session");
+    expect_ended(&a, &stream_req, &mut stream).await;
+}
 
-    let (_, end) = stream.drain(STEP).await.expect("the stream on A ends");
-    assert_eq!(end, StreamEnd::Clean, "A's stream for the deleted session");
-    let again = a.subscribe(&stream_req).await.expect("GET /mcp again");
+/// `initialize` through `r` (with `headers`) for a minted session, and its GET stream on `r`,
+/// primed: the session id, the stream's request and the stream.
+async fn open_minted_session(
+    r: &Replica,
+    headers: &[(&str, &str)],
+) -> (String, SseRequest, mcp_fanout_testkit::SseConn) {
+    let init = e2e::post_rpc(&r.public_url("/mcp"), &e2e::initialize_request(1), headers).await;
+    assert_eq!(init.status, 200, "initialize through {}", r.label());
+    let session = init
+        .header("mcp-session-id")
+        .expect("a minted session id")
+        .to_string();
+    assert!(session.starts_with("fanout."), "minted: {session}");
+    let stream_req = headers.iter().fold(
+        SseRequest::mcp().protocol("2025-11-25").session(&session),
+        |req, (n, v)| req.header(n, v),
+    );
+    let mut stream = r.subscribe(&stream_req).await.expect("GET /mcp");
+    assert_eq!(stream.status(), 200, "the minted session's GET stream");
+    let priming = stream
+        .next_frame(STEP)
+        .await
+        .expect("read the stream")
+        .expect("a priming frame");
+    assert!(priming.is_priming(), "first frame: {}", priming.text());
+    (session, stream_req, stream)
+}
+
+/// The deleted session's stream on `r` ends cleanly, and a new GET for it is `404`.
+async fn expect_ended(
+    r: &Replica,
+    stream_req: &SseRequest,
+    stream: &mut mcp_fanout_testkit::SseConn,
+) {
+    let (_, end) = stream.drain(STEP).await.expect("the stream ends");
+    assert_eq!(end, StreamEnd::Clean, "the stream for the deleted session");
+    let again = r.subscribe(stream_req).await.expect("GET /mcp again");
     assert_eq!(again.status(), 404, "a GET with the deleted session");
 }
 
@@ -593,29 +613,8 @@ async fn only_its_owner_deletes_a_session_in_jwt_mode() {
     };
     let alice = bearer(json!({ "sub": "alice", "tenant": "A" }));
 
-    let init = e2e::post_rpc(
-        &a.public_url("/mcp"),
-        &e2e::initialize_request(1),
-        &[("authorization", alice.as_str())],
-    )
-    .await;
-    assert_eq!(init.status, 200, "initialize through A");
-    let session = init
-        .header("mcp-session-id")
-        .expect("a minted session id")
-        .to_string();
-    let stream_req = SseRequest::mcp()
-        .protocol("2025-11-25")
-        .session(&session)
-        .header("authorization", &alice);
-    let mut stream = a.subscribe(&stream_req).await.expect("GET /mcp on A");
-    assert_eq!(stream.status(), 200, "alice's GET stream");
-    let priming = stream
-        .next_frame(STEP)
-        .await
-        .expect("read the stream")
-        .expect("a priming frame");
-    assert!(priming.is_priming(), "first frame: {}", priming.text());
+    let (session, stream_req, mut stream) =
+        open_minted_session(a, &[("authorization", alice.as_str())]).await;
 
     let delete = |session: String, authorization: Option<String>| async move {
         let mut req = e2e::http()
@@ -687,10 +686,7 @@ async fn only_its_owner_deletes_a_session_in_jwt_mode() {
         "her own DELETE: {}",
         deleted.text()
     );
-    let (_, end) = stream.drain(STEP).await.expect("the stream on A ends");
-    assert_eq!(end, StreamEnd::Clean, "A's stream for the deleted session");
-    let again = a.subscribe(&stream_req).await.expect("GET /mcp again");
-    assert_eq!(again.status(), 404, "a GET with the deleted session");
+    expect_ended(a, &stream_req, &mut stream).await;
 }
 
 /// The era bridge gives each caller's credentials an upstream session of its own, opened with

@@ -378,10 +378,7 @@ async fn a_session_belongs_to_the_whole_principal_not_to_the_subject_alone() {
     expect_event(&mut owner, "alice after the intruders", &e2.id).await;
     for r in [r0, r1] {
         assert_eq!(
-            r.metric(r#"mcp_fanout_subscribers_dropped_total{reason="taken_over"}"#)
-                .await
-                .expect("metrics")
-                .unwrap_or(0.0),
+            r.dropped("taken_over").await.expect("metrics"),
             0.0,
             "{}: no stream was taken over",
             r.label()
