@@ -234,8 +234,12 @@ async fn probe_is_modern(up: &Upstream, credentials: &Credentials) -> Result<boo
         .send()
         .await?;
     let status = resp.status();
-    if status.is_server_error() {
-        // Not an answer about the era: learn it on a later request.
+    if status.is_server_error()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+    {
+        // Not an answer about the era (a failure, or this caller's credentials refused): learn
+        // it on a later request.
         return Err(BridgeError::Probe(status));
     }
     if !status.is_success() {
