@@ -56,7 +56,7 @@ pub use delivery::{assert_identical_frames, expect_exactly, follow_all, interest
 pub use deployment::Deployment;
 pub use error::{Error, Result};
 pub use follow::{Followed, Follower, Received};
-pub use http::{error_code, raw_request, HttpResponse, RawRequest, RawResponse};
+pub use http::{error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, RawResponse};
 pub use launch::{bin, start, start_memory, start_owned, with_admin, ADMIN_TOKEN};
 pub use poll::{PollAnswer, PollEvent};
 pub use postgres::{shared_database, shared_server, LogRow, PgBouncer, PgCluster, PgServer};
