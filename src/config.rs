@@ -254,6 +254,13 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_BRIDGE_2026_CLIENTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub bridge_2026_clients: bool,
 
+    /// Proxy mode: tell the upstream who the client is, as a proxy does: append its address to
+    /// `X-Forwarded-For` and a `Forwarded` element (for, host, proto), and set
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host` unless a proxy in front set them. Off, forwarded
+    /// requests carry the client's own headers only.
+    #[arg(long, env = "FANOUT_PROXY_FORWARDED_HEADERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_forwarded_headers: bool,
+
     /// Log format; `RUST_LOG` filters.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -129,6 +129,7 @@ impl State {
                     mint_session_ids: config.mint_session_ids,
                     advertise_list_changed: config.advertise_list_changed,
                     bridge_2026_clients: config.bridge_2026_clients,
+                    forwarded_headers: config.proxy_forwarded_headers,
                 },
             )?),
             None => None,

@@ -89,6 +89,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
                 body: f.body.clone(),
                 rpc_method: f.rpc_method.clone(),
                 principal: f.principal.clone(),
+                peer: f.peer,
             },
         )
         .await;

@@ -64,6 +64,7 @@ pub async fn get_mcp(
                 body: Bytes::new(),
                 rpc_method: None,
                 principal: None,
+                peer: conn.peer,
             };
             return Ok(proxy::forward(&st, up, forward).await);
         }

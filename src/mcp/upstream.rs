@@ -16,17 +16,21 @@ pub struct Upstream {
     pub(crate) advertise_list_changed: bool,
     /// Bridge 2026-07-28 clients to a 2025-era upstream (`http::era_bridge`).
     pub(crate) bridge_2026_clients: bool,
+    /// Add `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host` to
+    /// forwarded requests.
+    pub(crate) forwarded_headers: bool,
     /// Whether the upstream speaks 2026-07-28 (learnt on the first bridged request).
     pub(crate) era: EraCache,
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
-/// `FANOUT_BRIDGE_2026_CLIENTS`).
+/// `FANOUT_BRIDGE_2026_CLIENTS`, `FANOUT_PROXY_FORWARDED_HEADERS`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct UpstreamOptions {
     pub mint_session_ids: bool,
     pub advertise_list_changed: bool,
     pub bridge_2026_clients: bool,
+    pub forwarded_headers: bool,
 }
 
 /// The proxy's own session with a 2025-era upstream (made by `http::era_bridge`).
@@ -74,6 +78,7 @@ impl Upstream {
             mint_session_ids: options.mint_session_ids,
             advertise_list_changed: options.advertise_list_changed,
             bridge_2026_clients: options.bridge_2026_clients,
+            forwarded_headers: options.forwarded_headers,
             era: EraCache::default(),
         })
     }

@@ -25,6 +25,7 @@
 //! - [`cases`]: bad-input tables of raw requests and the errors they must get.
 //! - [`shed`]: the shed check (`200` + `retry:` + clean end, SPEC §3.2).
 //! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
+//! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer).
 
 pub mod bodies;
 pub mod cases;
@@ -48,6 +49,7 @@ pub mod requests;
 pub mod shed;
 pub mod sse;
 pub mod tally;
+pub mod upstream;
 pub mod wait;
 pub mod wire;
 
@@ -67,4 +69,5 @@ pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
 pub use tally::{frame_ids, seq_of, EventId, Tally, TallyReport};
 /// Re-exported for tests that need throwaway files (token files, data directories).
 pub use tempfile;
+pub use upstream::{Canned, Recorded, RecordingUpstream};
 pub use wait::{wait_for, wait_until, QUIET, SOON};
