@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use mcp_fanout_testkit::cases::{case, run_cases, still_serves, Case};
 use mcp_fanout_testkit::error_shape::check_raw_error;
-use mcp_fanout_testkit::{raw_pipeline, start_memory, RawRequest, ADMIN_TOKEN};
+use mcp_fanout_testkit::{
+    raw_pipeline, start_memory, Canned, RawRequest, RecordingUpstream, ADMIN_TOKEN,
+};
 
 const T: Duration = Duration::from_secs(10);
 const SYNTAX: &str = "bad_request_syntax";
@@ -180,4 +182,44 @@ async fn requests_the_parser_refuses_get_the_json_error_shape() {
 /// `body` as one chunk and the last chunk.
 fn chunked(body: &str) -> String {
     format!("{:x}\r\n{body}\r\n0\r\n\r\n", body.len())
+}
+
+/// The socket replaces only hyper's own answers: a bare `400` the upstream gave, relayed in proxy
+/// mode in exactly the shape hyper writes (`content-length: 0` and a date), reaches the client as
+/// the upstream gave it, on a connection that stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bare_400_relayed_from_the_upstream_is_not_taken_for_a_parse_error() {
+    let up = RecordingUpstream::start(Canned {
+        status: 400,
+        reason: "Bad Request".into(),
+        headers: vec![],
+        body: vec![],
+    })
+    .await
+    .expect("upstream");
+    let r = start_memory(
+        "parser-errors-relay",
+        &[("FANOUT_UPSTREAM", &up.url("/mcp"))],
+    )
+    .await;
+    let addr = r.public_addr();
+    let call = r#"{"jsonrpc":"2.0","id":1,"method":"tools/list"}"#;
+    let two_calls = format!(
+        "POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {len}\r\n\r\n{call}\
+         POST /mcp HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nAccept: application/json, text/event-stream\r\nContent-Length: {len}\r\nConnection: close\r\n\r\n{call}",
+        len = call.len()
+    );
+    let answers = raw_pipeline(addr, two_calls.as_bytes(), &["POST", "POST"], T)
+        .await
+        .expect("two answers on one connection");
+    for a in &answers {
+        assert_eq!(a.status(), 400);
+        assert_eq!(
+            a.header("content-type"),
+            None,
+            "the upstream's answer, as given"
+        );
+        assert!(a.body.is_empty(), "{}", a.text());
+    }
+    assert_eq!(up.received().len(), 2);
 }
