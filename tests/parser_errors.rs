@@ -223,3 +223,47 @@ async fn a_bare_400_relayed_from_the_upstream_is_not_taken_for_a_parse_error() {
     }
     assert_eq!(up.received().len(), 2);
 }
+
+/// HTTP/2 has no parser answer to replace: the h2 layer resets a malformed request's stream
+/// (`PROTOCOL_ERROR`), so there is no response to carry the JSON error; the connection keeps
+/// serving its other requests (one client, one connection: the stream ids go on).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_a_malformed_request_is_reset_and_the_connection_keeps_serving() {
+    let r = start_memory("parser-errors-h2", &[]).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .timeout(T)
+        .build()
+        .expect("h2 client");
+    let url = r.admin_url("/admin/publish");
+    let bad = [
+        ("Content-Length: -1", vec!["-1"]),
+        ("two different Content-Lengths", vec!["45", "3"]),
+    ];
+    for (what, lengths) in bad {
+        let mut req = h2
+            .post(&url)
+            .bearer_auth(ADMIN_TOKEN)
+            .header("content-type", "application/json")
+            .body(EVENT);
+        for l in lengths {
+            req = req.header("content-length", l);
+        }
+        match req.send().await {
+            Err(e) => {
+                let chain = format!("{e:?}");
+                // The server's reset, not the client refusing to send it.
+                assert!(chain.contains("PROTOCOL_ERROR, Remote"), "{what}: {chain}");
+            }
+            Ok(resp) => panic!("{what}: answered {} instead of a reset", resp.status()),
+        }
+        let ok = h2
+            .get(r.admin_url("/healthz"))
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("after {what}: {e}"));
+        assert_eq!(ok.status(), 200, "after {what}");
+        assert_eq!(ok.version(), reqwest::Version::HTTP_2);
+    }
+}
