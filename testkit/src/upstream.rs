@@ -10,7 +10,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
-use crate::wire::find;
+use crate::wire::{find, header_values};
 
 /// The answer the upstream gives to every request.
 #[derive(Debug, Clone)]
@@ -69,11 +69,7 @@ impl Recorded {
 
     /// Every value of header `name` (case-insensitive).
     pub fn header_all(&self, name: &str) -> Vec<&str> {
-        self.headers
-            .iter()
-            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-            .collect()
+        header_values(&self.headers, name)
     }
 }
 
