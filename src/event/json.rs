@@ -7,32 +7,55 @@
 //! exactly as `serde_json` does, except that a second occurrence of a key is an error naming it.
 //! The check is the map insertion the parse does anyway: no second pass, no extra allocation.
 
+use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
-use serde_json::error::Category;
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
-/// Parses `bytes` as one JSON value; an object with a repeated key is an error naming the key
-/// (`duplicate key "tenant" at line 1 column 28`).
-pub fn parse_json(bytes: &[u8]) -> Result<Value, serde_json::Error> {
+/// Why a body is not one JSON value the service accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// An object names `key` twice (the bytes are JSON as far as they were read).
+    #[error("duplicate key {key:?} at line {line} column {column}")]
+    DuplicateKey {
+        key: String,
+        line: usize,
+        column: usize,
+    },
+    /// Not JSON (or more than one value).
+    #[error(transparent)]
+    Syntax(#[from] serde_json::Error),
+}
+
+/// Parses `bytes` as one JSON value; an object with a repeated key is
+/// [`JsonError::DuplicateKey`] naming the key.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, JsonError> {
+    let duplicate = Cell::new(None);
     let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = Strict.deserialize(&mut de)?;
-    de.end()?;
-    Ok(value)
+    let parsed = Strict {
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|value| de.end().map(|()| value));
+    parsed.map_err(|e| match duplicate.take() {
+        Some(key) => JsonError::DuplicateKey {
+            key,
+            line: e.line(),
+            column: e.column(),
+        },
+        None => JsonError::Syntax(e),
+    })
 }
 
-/// The error [`parse_json`] gave is a repeated key (the bytes are otherwise JSON as far as read).
-pub fn is_duplicate_key(e: &serde_json::Error) -> bool {
-    // Building a `Value` accepts every JSON value: the only data error is the one raised here.
-    e.classify() == Category::Data
+/// Deserializes one value, duplicate keys refused (the first one found is left in `duplicate`).
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    duplicate: &'a Cell<Option<String>>,
 }
 
-/// Deserializes one value, duplicate keys refused.
-struct Strict;
-
-impl<'de> DeserializeSeed<'de> for Strict {
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
@@ -40,7 +63,7 @@ impl<'de> DeserializeSeed<'de> for Strict {
     }
 }
 
-impl<'de> Visitor<'de> for Strict {
+impl<'de> Visitor<'de> for Strict<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -80,12 +103,12 @@ impl<'de> Visitor<'de> for Strict {
     }
 
     fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        Strict.deserialize(d)
+        self.deserialize(d)
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
-        while let Some(item) = seq.next_element_seed(Strict)? {
+        while let Some(item) = seq.next_element_seed(self)? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -96,13 +119,11 @@ impl<'de> Visitor<'de> for Strict {
         while let Some(key) = map.next_key::<String>()? {
             match obj.entry(key) {
                 Entry::Occupied(seen) => {
-                    return Err(de::Error::custom(format_args!(
-                        "duplicate key {:?}",
-                        seen.key()
-                    )));
+                    self.duplicate.set(Some(seen.key().clone()));
+                    return Err(de::Error::custom("duplicate key"));
                 }
                 Entry::Vacant(slot) => {
-                    slot.insert(map.next_value_seed(Strict)?);
+                    slot.insert(map.next_value_seed(self)?);
                 }
             }
         }
@@ -138,13 +159,14 @@ mod tests {
             (r#"[{"ok":1},{"deep":[{"k":1,"k":1}]}]"#, "k"),
             (r#"{"a":1,"\u0061":2}"#, "a"),
         ] {
-            let e = parse_json(text.as_bytes()).expect_err(text);
-            assert!(is_duplicate_key(&e), "{text}: {e}");
-            let e = e.to_string();
-            assert!(
-                e.contains(&format!("duplicate key \"{key}\"")),
-                "{text}: {e}"
-            );
+            match parse_json(text.as_bytes()) {
+                Err(e @ JsonError::DuplicateKey { .. }) => {
+                    let e = e.to_string();
+                    let named = format!("duplicate key \"{key}\" at line 1 column ");
+                    assert!(e.starts_with(&named), "{text}: {e}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
         }
     }
 
@@ -152,7 +174,7 @@ mod tests {
     fn refuses_what_serde_json_refuses() {
         for text in ["", "{", "1 2", r#"{"a":1,}"#, "[1,]", "nul", "1e999"] {
             let e = parse_json(text.as_bytes()).expect_err(text);
-            assert!(!is_duplicate_key(&e), "{text:?}: {e}");
+            assert!(matches!(e, JsonError::Syntax(_)), "{text:?}: {e}");
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(parse_json(deep.as_bytes()).is_err(), "recursion limit kept");

@@ -12,5 +12,5 @@ pub use chunk::Chunk;
 pub use frame::StoredEvent;
 pub use id::{Cursor, EventId, InvalidEventId};
 pub use input::{InputError, NewEvent, PublishLimits, PublishRequest};
-pub use json::parse_json;
+pub use json::{parse_json, JsonError};
 pub use target::{Target, Viewer};

@@ -21,8 +21,7 @@ use super::proxy::{self, Forward};
 use super::sse::event_stream;
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{Coalescer, DropReason, Feed, SubscriberGuard, SubscriberKind};
-use crate::event::json::is_duplicate_key;
-use crate::event::{parse_json, Chunk, Viewer};
+use crate::event::{parse_json, Chunk, JsonError, Viewer};
 use crate::mcp::listen::{
     self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
 };
@@ -126,7 +125,7 @@ pub async fn delete_mcp(
 }
 
 /// A body that is not one JSON value (or names a key twice): JSON-RPC's parse error, `400`.
-fn parse_error(e: &serde_json::Error) -> RpcError {
+fn parse_error(e: &JsonError) -> RpcError {
     RpcError::new(
         StatusCode::BAD_REQUEST,
         &Value::Null,
@@ -149,10 +148,8 @@ async fn handle(
     // Parsed once; an object naming a key twice is refused in both modes (the upstream could
     // read the other value than the one the service acted on).
     let parsed = parse_json(&bytes);
-    if let Err(e) = &parsed {
-        if is_duplicate_key(e) {
-            return Err(parse_error(e));
-        }
+    if let Err(e @ JsonError::DuplicateKey { .. }) = &parsed {
+        return Err(parse_error(e));
     }
     let rpc_method = parsed
         .as_ref()
