@@ -261,6 +261,13 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_BRIDGE_MAX_SESSIONS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     pub bridge_max_sessions: u64,
 
+    /// Proxy mode: tell the upstream who the client is, as a proxy does: append its address to
+    /// `X-Forwarded-For` and a `Forwarded` element (for, host, proto), and set
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host` unless a proxy in front set them. Off, forwarded
+    /// requests carry the client's own headers only.
+    #[arg(long, env = "FANOUT_PROXY_FORWARDED_HEADERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_forwarded_headers: bool,
+
     /// Log format; `RUST_LOG` filters.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
     pub log_format: LogFormat,

@@ -131,6 +131,7 @@ impl State {
                     bridge_2026_clients: config.bridge_2026_clients,
                     bridge_max_sessions: to_usize(config.bridge_max_sessions),
                     bridge_identity_headers: bridge_identity_headers(&config),
+                    forwarded_headers: config.proxy_forwarded_headers,
                 },
             )?),
             None => None,

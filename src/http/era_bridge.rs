@@ -98,6 +98,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
                 body: f.body.clone(),
                 rpc_method: f.rpc_method.clone(),
                 owner: f.owner.clone(),
+                peer: f.peer,
             },
         )
         .await;

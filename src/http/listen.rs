@@ -21,7 +21,7 @@ use super::proxy::{self, Forward};
 use super::sse::event_stream;
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{Coalescer, DropReason, Feed, SubscriberGuard, SubscriberKind};
-use crate::event::{Chunk, Viewer};
+use crate::event::{parse_json, Chunk, JsonError, Viewer};
 use crate::mcp::listen::{
     self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
 };
@@ -101,7 +101,12 @@ pub async fn post_mcp(
 
 /// `DELETE /mcp`: forwarded in proxy mode (and the session's streams end on every replica);
 /// standalone, there is nothing to delete. Only the session's owner may delete it.
-pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+pub async fn delete_mcp(
+    State(st): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Some(up) = &st.upstream else {
         return AppError::MethodNotAllowed("DELETE".into()).into_response();
     };
@@ -119,6 +124,7 @@ pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Bo
         body: bytes,
         rpc_method: None,
         owner,
+        peer: conn.peer,
     };
     proxy::forward(&st, up, forward).await
 }
@@ -152,6 +158,16 @@ async fn authorize_delete(st: &AppState, headers: &HeaderMap) -> Result<Option<O
     }
 }
 
+/// A body that is not one JSON value (or names a key twice): JSON-RPC's parse error, `400`.
+fn parse_error(e: &JsonError) -> RpcError {
+    RpcError::new(
+        StatusCode::BAD_REQUEST,
+        &Value::Null,
+        codes::PARSE_ERROR,
+        format!("Parse error: {e}"),
+    )
+}
+
 async fn handle(
     st: AppState,
     conn: &ConnInfo,
@@ -163,9 +179,15 @@ async fn handle(
     let bytes = read_body(&headers, body, st.config.body_limit())
         .await
         .map_err(|e| RpcError::from_app(e, &null))?;
-    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    // Parsed once; an object naming a key twice is refused in both modes (the upstream could
+    // read the other value than the one the service acted on).
+    let parsed = parse_json(&bytes);
+    if let Err(e @ JsonError::DuplicateKey { .. }) = &parsed {
+        return Err(parse_error(e));
+    }
     let rpc_method = parsed
         .as_ref()
+        .ok()
         .and_then(|m| m.get("method"))
         .and_then(Value::as_str)
         .map(str::to_owned);
@@ -188,6 +210,7 @@ async fn handle(
                 body: bytes,
                 rpc_method,
                 owner: Some(owner),
+                peer: conn.peer,
             };
             if up.bridges_2026_clients() && era_bridge::is_modern_request(&headers) {
                 return Ok(era_bridge::forward(&st, up, forward).await);
@@ -196,14 +219,7 @@ async fn handle(
         }
     }
     require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
-    let msg: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        RpcError::new(
-            StatusCode::BAD_REQUEST,
-            &null,
-            codes::PARSE_ERROR,
-            format!("Parse error: {e}"),
-        )
-    })?;
+    let msg = parsed.map_err(|e| parse_error(&e))?;
     let (method, id) = match (&msg["jsonrpc"], &msg["method"], msg.get("id")) {
         (Value::String(v), Value::String(m), id) if v == "2.0" => (m.clone(), id.cloned()),
         _ => {

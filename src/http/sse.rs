@@ -69,6 +69,7 @@ pub async fn get_mcp(
                 body: Bytes::new(),
                 rpc_method: None,
                 owner: None,
+                peer: conn.peer,
             };
             return Ok(proxy::forward(&st, up, forward).await);
         }

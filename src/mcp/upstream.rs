@@ -19,6 +19,9 @@ pub struct Upstream {
     pub(crate) advertise_list_changed: bool,
     /// Bridge 2026-07-28 clients to a 2025-era upstream (`http::era_bridge`).
     pub(crate) bridge_2026_clients: bool,
+    /// Add `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host` to
+    /// forwarded requests.
+    pub(crate) forwarded_headers: bool,
     /// Whether the upstream speaks 2026-07-28 (learnt on the first bridged request).
     pub(crate) era: EraCache,
     /// The bridge's upstream sessions, one per caller's credentials.
@@ -26,7 +29,7 @@ pub struct Upstream {
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
-/// `FANOUT_BRIDGE_2026_CLIENTS`, `FANOUT_BRIDGE_MAX_SESSIONS`).
+/// `FANOUT_BRIDGE_2026_CLIENTS`, `FANOUT_BRIDGE_MAX_SESSIONS`, `FANOUT_PROXY_FORWARDED_HEADERS`).
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamOptions {
     pub mint_session_ids: bool,
@@ -36,6 +39,7 @@ pub struct UpstreamOptions {
     pub bridge_max_sessions: usize,
     /// The request headers (lowercase names) that identify a bridged caller to the upstream.
     pub bridge_identity_headers: Vec<String>,
+    pub forwarded_headers: bool,
 }
 
 /// One upstream session of the era bridge with a 2025-era upstream (made by `http::era_bridge`).
@@ -192,6 +196,7 @@ impl Upstream {
             mint_session_ids: options.mint_session_ids,
             advertise_list_changed: options.advertise_list_changed,
             bridge_2026_clients: options.bridge_2026_clients,
+            forwarded_headers: options.forwarded_headers,
             era: EraCache::default(),
             bridge: BridgeSessions::new(
                 options.bridge_max_sessions,

@@ -3,9 +3,10 @@
 //! off to their own writers after the head, graceful shutdown.
 
 pub mod handoff;
-mod head_limit;
+mod parse_errors;
 mod stall;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,6 +24,7 @@ use tower::ServiceExt;
 
 use crate::socket::SocketState;
 use handoff::HandOff;
+use parse_errors::Exchanges;
 use stall::StallGuard;
 
 /// Largest request head (request line + headers) accepted.
@@ -39,6 +41,9 @@ pub struct ConnInfo {
     pub socket: SocketState,
     /// Where a stream response leaves hyper for its own writer (HTTP/1.1).
     pub handoff: HandOff,
+    /// The service's responses not yet all on the wire (tells hyper's own parse-error answers
+    /// from them).
+    pub exchanges: Exchanges,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -105,6 +110,7 @@ pub async fn serve(
             peer,
             socket: SocketState::default(),
             handoff: HandOff::default(),
+            exchanges: Exchanges::default(),
         };
         let io = TokioIo::new(StallGuard::new(
             stream,
@@ -116,7 +122,9 @@ pub async fn serve(
         let slot = slot.clone();
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
-            slot.current().oneshot(req)
+            let exchange = info.exchanges.begin();
+            let answered = slot.current().oneshot(req);
+            async move { Ok::<_, Infallible>(exchange.carried_by(answered.await?)) }
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
