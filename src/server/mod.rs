@@ -8,10 +8,11 @@
 //! answering. Connections that do nothing are closed ([`idle`]).
 
 pub mod handoff;
-mod head_limit;
 mod idle;
+mod parse_errors;
 mod stall;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -34,6 +35,7 @@ use tower::ServiceExt;
 use crate::socket::SocketState;
 use handoff::HandOff;
 use idle::Activity;
+use parse_errors::Exchanges;
 use stall::StallGuard;
 
 /// Largest request head (request line + headers) accepted.
@@ -53,6 +55,9 @@ pub struct ConnInfo {
     /// The connection's place under the listener's cap, held by everything that holds its
     /// socket (hyper's connection, a handed-off stream's writer).
     pub slot: Option<Arc<OwnedSemaphorePermit>>,
+    /// The service's responses not yet all on the wire (tells hyper's own parse-error answers
+    /// from them).
+    pub exchanges: Exchanges,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -167,6 +172,7 @@ pub async fn serve(
             socket: SocketState::default(),
             handoff: HandOff::default(),
             slot: Some(Arc::new(slot_permit)),
+            exchanges: Exchanges::default(),
         };
         let io = TokioIo::new(StallGuard::new(
             stream,
@@ -181,11 +187,12 @@ pub async fn serve(
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
             let in_flight = activity.begin();
-            let answer = slot.current().oneshot(req);
+            let exchange = info.exchanges.begin();
+            let answered = slot.current().oneshot(req);
             async move {
-                let resp = answer.await?;
+                let resp = exchange.carried_by(answered.await?);
                 // The request is in progress until its response body is done.
-                Ok::<_, std::convert::Infallible>(resp.map(|body| {
+                Ok::<_, Infallible>(resp.map(|body| {
                     Body::new(body.map_frame(move |frame| {
                         let _ = &in_flight;
                         frame

@@ -87,7 +87,16 @@ pub async fn response_on(
     timeout: Duration,
 ) -> Result<RawResponse> {
     let deadline = Instant::now() + timeout;
-    read_response(stream, method, "a partly sent request", deadline, timeout).await
+    let mut raw = BytesMut::new();
+    read_response(
+        stream,
+        &mut raw,
+        method,
+        "a partly sent request",
+        deadline,
+        timeout,
+    )
+    .await
 }
 
 /// A response read without keeping its body: the head, how many body bytes came (up to the

@@ -26,6 +26,7 @@
 //! - [`shed`]: the shed check (`200` + `retry:` + clean end, SPEC §3.2).
 //! - [`hostile`]: idle sockets, bodies that stop short, a misbehaving upstream MCP server.
 //! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
+//! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer).
 
 pub mod bodies;
 pub mod cases;
@@ -50,6 +51,7 @@ pub mod requests;
 pub mod shed;
 pub mod sse;
 pub mod tally;
+pub mod upstream;
 pub mod wait;
 pub mod wire;
 
@@ -58,7 +60,7 @@ pub use delivery::{assert_identical_frames, expect_exactly, follow_all, interest
 pub use deployment::Deployment;
 pub use error::{Error, Result};
 pub use follow::{Followed, Follower, Received};
-pub use http::{error_code, raw_request, HttpResponse, RawRequest, RawResponse};
+pub use http::{error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, RawResponse};
 pub use launch::{
     bin, start, start_memory, start_owned, start_with_open_files, with_admin, ADMIN_TOKEN,
 };
@@ -71,4 +73,5 @@ pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
 pub use tally::{frame_ids, seq_of, EventId, Tally, TallyReport};
 /// Re-exported for tests that need throwaway files (token files, data directories).
 pub use tempfile;
+pub use upstream::{Canned, Recorded, RecordingUpstream};
 pub use wait::{wait_for, wait_until, QUIET, SOON};
