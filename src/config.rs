@@ -9,6 +9,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Default number of open files kept free for the process itself when deriving the subscriber cap.
 const RESERVED_FILES: u64 = 512;
 
+/// Open files kept for the process itself when deriving the connection cap.
+pub const RESERVED_CONN_FILES: u64 = 128;
+
+/// Connections the admin listener (probes, metrics, publish) accepts, when it is separate.
+pub const ADMIN_CONNECTIONS: u64 = 64;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "mcp-fanout",
@@ -177,6 +183,34 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<u64>,
 
+    /// Largest `POST /mcp` body in standalone mode (JSON-RPC requests such as
+    /// `subscriptions/listen`).
+    #[arg(long, env = "FANOUT_MAX_REQUEST_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_request_bytes: u64,
+
+    /// Proxy mode: largest `POST`/`DELETE /mcp` body forwarded to the upstream.
+    #[arg(long, env = "FANOUT_MAX_PROXY_REQUEST_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_proxy_request_bytes: u64,
+
+    /// A new connection that has not started a request within this many seconds is closed.
+    #[arg(long, env = "FANOUT_FIRST_REQUEST_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub first_request_secs: u64,
+
+    /// A connection with no request in progress for this many seconds (between requests) is
+    /// closed.
+    #[arg(long, env = "FANOUT_IDLE_SECS", default_value_t = 75, value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_secs: u64,
+
+    /// A request body must arrive whole within this many seconds of the handler starting to
+    /// read it (else `408`, and the connection closes).
+    #[arg(long, env = "FANOUT_BODY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_timeout_secs: u64,
+
+    /// Most open connections on the public listener; past it, new ones wait in the kernel's
+    /// listen backlog. Default: derived from the open-file limit (see the README).
+    #[arg(long, env = "FANOUT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections: Option<u64>,
+
     /// Comma-separated browser origins allowed (e.g. `https://app.example.com`). Unset: only
     /// requests with no `Origin`, or a same-origin one.
     #[arg(long, env = "FANOUT_ALLOWED_ORIGINS")]
@@ -255,6 +289,15 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_BRIDGE_2026_CLIENTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub bridge_2026_clients: bool,
 
+    /// Proxy mode: how long the upstream has to send its response head (and, for an answer the
+    /// proxy rewrites, its whole body) before the client gets a JSON-RPC error.
+    #[arg(long, env = "FANOUT_UPSTREAM_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_timeout_secs: u64,
+
+    /// Proxy mode: most bytes of one upstream answer (a JSON body, or one event of an event
+    /// stream) held to rewrite it; a larger one is relayed unmodified.
+    #[arg(long, env = "FANOUT_UPSTREAM_REWRITE_MAX_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_rewrite_max_bytes: u64,
     /// Proxy mode, with `FANOUT_BRIDGE_2026_CLIENTS`: most upstream sessions a replica keeps for
     /// bridged callers (one per set of credentials); the least recently used is closed upstream
     /// (`DELETE`) when a new caller needs one.
@@ -339,6 +382,53 @@ impl ServeConfig {
             .saturating_mul(self.max_payload_bytes.saturating_add(1024));
         to_usize(self.max_body_bytes.unwrap_or(derived))
     }
+    /// The `POST /mcp` body limit: the proxy's in proxy mode, else the JSON-RPC request limit.
+    pub fn mcp_body_limit(&self) -> usize {
+        if self.upstream.is_some() {
+            to_usize(self.max_proxy_request_bytes)
+        } else {
+            to_usize(self.max_request_bytes)
+        }
+    }
+    pub fn request_limit(&self) -> usize {
+        to_usize(self.max_request_bytes)
+    }
+    pub fn body_timeout(&self) -> Duration {
+        Duration::from_secs(self.body_timeout_secs)
+    }
+    pub fn upstream_timeout(&self) -> Duration {
+        Duration::from_secs(self.upstream_timeout_secs)
+    }
+    pub fn upstream_rewrite_max_bytes(&self) -> usize {
+        to_usize(self.upstream_rewrite_max_bytes)
+    }
+    /// Connection caps `(public, admin)` under the open-file limit. The process keeps
+    /// [`RESERVED_CONN_FILES`] files for itself (logs, the runtime, JWKS and DNS lookups) plus
+    /// its Postgres connections; the admin listener, when separate, has [`ADMIN_CONNECTIONS`] of
+    /// its own; in proxy mode each public connection may hold an upstream connection too.
+    pub fn connection_caps(&self, open_file_limit: u64) -> (usize, usize) {
+        let admin = if self.admin_addr.is_some() {
+            ADMIN_CONNECTIONS
+        } else {
+            0
+        };
+        let postgres = if self.database_url.is_some() {
+            self.db_pool_size.saturating_add(2)
+        } else {
+            0
+        };
+        let free = open_file_limit
+            .saturating_sub(RESERVED_CONN_FILES)
+            .saturating_sub(postgres)
+            .saturating_sub(admin);
+        let derived = if self.upstream.is_some() {
+            free / 2
+        } else {
+            free
+        };
+        let public = self.max_connections.unwrap_or(derived.max(16));
+        (to_usize(public), to_usize(admin))
+    }
     /// The subscriber cap: explicit, or the open-file limit minus a reserve.
     pub fn subscriber_cap(&self, open_file_limit: u64) -> usize {
         to_usize(
@@ -391,5 +481,23 @@ mod tests {
         // unsent.
         assert_eq!(cli.serve.write_stall(), Duration::from_secs(10));
         assert_eq!(cli.serve.max_lag_bytes(), 1024 * 1024);
+        // Connections: below the open-file limit, with room for the process and, when set, the
+        // admin listener, Postgres and proxied upstream connections.
+        assert_eq!(cli.serve.connection_caps(20_000), (19_872, 0));
+        let cli = Cli::try_parse_from([
+            "mcp-fanout",
+            "--admin-addr",
+            "127.0.0.1:0",
+            "--database-url",
+            "postgres://x@localhost/y",
+            "--upstream",
+            "http://127.0.0.1:1/mcp",
+        ])
+        .expect("parse");
+        assert_eq!(
+            cli.serve.connection_caps(1024),
+            ((1024 - 128 - 10 - 64) / 2, 64)
+        );
+        assert_eq!(cli.serve.mcp_body_limit(), 16 * 1024 * 1024);
     }
 }

@@ -16,7 +16,6 @@ use mcp_fanout::session::postgres::PgSessions;
 use mcp_fanout::shutdown::ShutdownSignal;
 use mcp_fanout::state::{AppState, State};
 use mcp_fanout::{cli, http, telemetry};
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -75,18 +74,14 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     telemetry::init(config.log_format);
     let mut signals = ShutdownSignal::install();
     let open_files = raise_open_file_limit();
-    let bind = |addr| async move {
-        TcpListener::bind(addr)
-            .await
-            .map_err(|source| StartError::Bind { addr, source })
-    };
-    let public = bind(config.addr).await?;
+    let bind = |addr| server::bind(addr).map_err(|source| StartError::Bind { addr, source });
+    let public = bind(config.addr)?;
     let public_addr = public.local_addr().map_err(|source| StartError::Bind {
         addr: config.addr,
         source,
     })?;
     let admin = match config.admin_addr {
-        Some(addr) => Some(bind(addr).await?),
+        Some(addr) => Some(bind(addr)?),
         None => None,
     };
 
@@ -95,8 +90,21 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let admin_slot = admin
         .as_ref()
         .map(|_| RouterSlot::new(http::starting(config.retry_ms)));
+    let (public_cap, admin_cap) = config.connection_caps(open_files);
+    tracing::info!(
+        max_connections = public_cap,
+        admin_max_connections = admin_cap,
+        "connection caps"
+    );
     let opts = ConnOptions {
         write_stall: config.write_stall(),
+        first_request: Duration::from_secs(config.first_request_secs),
+        idle: Duration::from_secs(config.idle_secs),
+        max_connections: public_cap,
+    };
+    let admin_opts = ConnOptions {
+        max_connections: admin_cap,
+        ..opts
     };
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
@@ -111,7 +119,12 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(role = "admin", addr = %addr, "listening");
         }
-        servers.spawn(server::serve(listener, slot, opts, stop_accepting.clone()));
+        servers.spawn(server::serve(
+            listener,
+            slot,
+            admin_opts,
+            stop_accepting.clone(),
+        ));
     }
 
     let stop_tasks = CancellationToken::new();

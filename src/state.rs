@@ -129,6 +129,8 @@ impl State {
                     mint_session_ids: config.mint_session_ids,
                     advertise_list_changed: config.advertise_list_changed,
                     bridge_2026_clients: config.bridge_2026_clients,
+                    response_timeout: config.upstream_timeout(),
+                    rewrite_max_bytes: config.upstream_rewrite_max_bytes(),
                     bridge_max_sessions: to_usize(config.bridge_max_sessions),
                     bridge_identity_headers: bridge_identity_headers(&config),
                     forwarded_headers: config.proxy_forwarded_headers,

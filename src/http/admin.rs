@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
-use super::body::{read_body, require_json};
+use super::body::{read_body, require_json, BodyLimit};
 use super::error::AppError;
 use crate::event::input::{parse_publish_body, validate_visible_ascii, MAX_KEY_BYTES};
 use crate::event::EventId;
@@ -22,7 +22,11 @@ pub async fn publish(
     body: Body,
 ) -> Result<Response, AppError> {
     require_json(&headers)?;
-    let bytes = read_body(&headers, body, st.config.body_limit()).await?;
+    let limit = BodyLimit {
+        max_bytes: st.config.body_limit(),
+        within: st.config.body_timeout(),
+    };
+    let bytes = read_body(&headers, body, limit).await?;
     let request_key = idempotency_key(&headers)?;
     let req = parse_publish_body(&bytes, st.publish_limits())?;
     if request_key.is_some() && req.events.iter().any(|e| e.key.is_some()) {

@@ -1,4 +1,8 @@
-//! Request bodies: content type and a bounded read (a body over the limit is `413`).
+//! Request bodies: content type, and a bounded read: a declared length over the limit is `413`
+//! before anything is read, a body that grows past it (chunked) is cut there with `413`, and one
+//! that does not arrive whole within the body deadline is `408` (the connection then closes).
+
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
@@ -21,8 +25,15 @@ pub fn require_json(headers: &HeaderMap) -> Result<(), AppError> {
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes (declared or sent).
-pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, AppError> {
+/// How much of a body is read, and for how long.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    pub max_bytes: usize,
+    pub within: Duration,
+}
+
+/// `413` when the declared `Content-Length` is over `limit` (nothing is read).
+fn check_declared(headers: &HeaderMap, limit: usize) -> Result<(), AppError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -30,15 +41,34 @@ pub async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(AppError::PayloadTooLarge(limit));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge(limit)),
-        Err(e) => {
+    Ok(())
+}
+
+/// Reads the whole body, refusing more than `limit.max_bytes` bytes (declared or sent) and a
+/// body that takes longer than `limit.within`.
+pub async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    limit: BodyLimit,
+) -> Result<Bytes, AppError> {
+    check_declared(headers, limit.max_bytes)?;
+    let read = tokio::time::timeout(limit.within, Limited::new(body, limit.max_bytes).collect());
+    match read.await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) if e.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge(limit.max_bytes)),
+        Ok(Err(e)) => {
             tracing::debug!(error = %e, "reading a request body failed");
             Err(AppError::InvalidField {
                 field: "body",
                 reason: "could not be read completely".into(),
             })
+        }
+        Err(_) => {
+            tracing::debug!(
+                within_secs = limit.within.as_secs(),
+                "a request body did not arrive in time"
+            );
+            Err(AppError::BodyTimeout(limit.within))
         }
     }
 }

@@ -109,7 +109,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
             } else {
                 complete_result
             };
-            return proxy::patch_response(resp, patch).await;
+            return proxy::patch_response(resp, patch, up.rewrite_max_bytes()).await;
         }
         // The upstream forgot the caller's session (restart, idle expiry): a new handshake.
         match session(up, &credentials, Some(&hs)).await {

@@ -38,6 +38,8 @@ pub enum AppError {
     NotAcceptable,
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
+    #[error("the request body did not arrive within {} s", .0.as_secs())]
+    BodyTimeout(std::time::Duration),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("this idempotency key was used before with a different body")]
@@ -70,6 +72,7 @@ impl AppError {
             AppError::NotFound(_) | AppError::SessionNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
+            AppError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
             AppError::DatabaseUnavailable | AppError::ShuttingDown => {
@@ -103,12 +106,22 @@ impl AppError {
             AppError::MethodNotAllowed(_) => "method_not_allowed",
             AppError::NotAcceptable => "not_acceptable",
             AppError::PayloadTooLarge(_) => "payload_too_large",
+            AppError::BodyTimeout(_) => "request_timeout",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::IdempotencyConflict { .. } => "idempotency_conflict",
             AppError::DatabaseUnavailable => "database_unavailable",
             AppError::ShuttingDown => "shutting_down",
             AppError::Internal => "internal_error",
         }
+    }
+
+    /// The request's body was refused before it was read whole: the connection cannot carry
+    /// another request, and closes after the answer.
+    pub fn leaves_body_unread(&self) -> bool {
+        matches!(
+            self,
+            AppError::PayloadTooLarge(_) | AppError::BodyTimeout(_)
+        )
     }
 
     fn field(&self) -> Option<&str> {
@@ -154,6 +167,9 @@ impl IntoResponse for AppError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
+        }
+        if self.leaves_body_unread() {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp.extensions_mut().insert(ErrorCode(self.code()));
         resp

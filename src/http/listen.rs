@@ -13,7 +13,7 @@ use axum::Extension;
 use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
-use super::body::{read_body, require_json};
+use super::body::{read_body, require_json, BodyLimit};
 use super::era_bridge;
 use super::error::AppError;
 use super::headers::{self, MCP_PROTOCOL_VERSION};
@@ -40,6 +40,8 @@ pub struct RpcError {
     code: i64,
     message: String,
     data: Option<Value>,
+    /// Close the connection after the answer (the body was not read whole).
+    close: bool,
 }
 
 impl RpcError {
@@ -50,6 +52,7 @@ impl RpcError {
             code,
             message: message.into(),
             data: None,
+            close: false,
         }
     }
 
@@ -61,7 +64,10 @@ impl RpcError {
         } else {
             codes::SERVER_ERROR
         };
-        RpcError::new(status, id, code, e.to_string())
+        let close = e.leaves_body_unread();
+        let mut rpc = RpcError::new(status, id, code, e.to_string());
+        rpc.close = close;
+        rpc
     }
 }
 
@@ -81,6 +87,10 @@ impl IntoResponse for RpcError {
                 header::WWW_AUTHENTICATE,
                 HeaderValue::from_static(r#"Bearer realm="mcp-fanout""#),
             );
+        }
+        if self.close {
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }
@@ -114,7 +124,7 @@ pub async fn delete_mcp(
         Ok(owner) => owner,
         Err(e) => return e.into_response(),
     };
-    let bytes = match read_body(&headers, body, st.config.body_limit()).await {
+    let bytes = match read_body(&headers, body, mcp_body_limit(&st)).await {
         Ok(b) => b,
         Err(e) => return e.into_response(),
     };
@@ -176,7 +186,13 @@ async fn handle(
     body: Body,
 ) -> Result<Response, RpcError> {
     let null = Value::Null;
-    let bytes = read_body(&headers, body, st.config.body_limit())
+    // Who is asking, and whether the declared length fits, before a byte of the body is read.
+    let identity = st
+        .subscriber_auth
+        .identify(&headers)
+        .await
+        .map_err(|e| RpcError::from_app(e.into(), &null))?;
+    let bytes = read_body(&headers, body, mcp_body_limit(&st))
         .await
         .map_err(|e| RpcError::from_app(e, &null))?;
     // Parsed once; an object naming a key twice is refused in both modes (the upstream could
@@ -195,15 +211,8 @@ async fn handle(
     if let Some(up) = &st.upstream {
         if rpc_method.as_deref() != Some(LISTEN_METHOD) {
             // The owner of a session this request creates upstream; a request that names no
-            // one (no valid credential, a token without `sub`) creates a session nobody can use
-            // here.
-            let owner = st
-                .subscriber_auth
-                .identify(&headers)
-                .await
-                .ok()
-                .and_then(|i| i.session_owner().ok())
-                .unwrap_or_else(Owner::nobody);
+            // one (a token without `sub`) creates a session nobody can use here.
+            let owner = identity.session_owner().unwrap_or_else(|_| Owner::nobody());
             let forward = Forward {
                 method: axum::http::Method::POST,
                 headers: &headers,
@@ -217,6 +226,13 @@ async fn handle(
             }
             return Ok(proxy::forward(&st, up, forward).await);
         }
+    }
+    if bytes.len() > st.config.request_limit() {
+        // Proxy mode reads up to the proxy's limit; a listen request gets the JSON-RPC one.
+        return Err(RpcError::from_app(
+            AppError::PayloadTooLarge(st.config.request_limit()),
+            &null,
+        ));
     }
     require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
     let msg = parsed.map_err(|e| parse_error(&e))?;
@@ -295,11 +311,6 @@ async fn handle(
         e.data = Some(json!({ "supported": [LISTEN_PROTOCOL_VERSION], "requested": version }));
         return Err(e);
     }
-    let identity = st
-        .subscriber_auth
-        .identify(&headers)
-        .await
-        .map_err(|e| RpcError::from_app(e.into(), &id))?;
     let unavailable =
         |m: &str| RpcError::new(StatusCode::SERVICE_UNAVAILABLE, &id, codes::SERVER_ERROR, m);
     if st.lifecycle.is_draining() {
@@ -360,6 +371,14 @@ async fn handle(
         s.next_chunk().await.map(|chunk| (Chunk::Bytes(chunk), s))
     }));
     Ok(event_stream(conn.handoff.offer(http_version, chunks)))
+}
+
+/// `POST`/`DELETE /mcp` bodies: the proxy's limit in proxy mode, else the JSON-RPC request one.
+fn mcp_body_limit(st: &AppState) -> BodyLimit {
+    BodyLimit {
+        max_bytes: st.config.mcp_body_limit(),
+        within: st.config.body_timeout(),
+    }
 }
 
 struct ListenStream {

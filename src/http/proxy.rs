@@ -80,15 +80,19 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         .client
         .request(f.method.clone(), up.url.clone())
         .headers(headers);
-    let resp = match req.body(f.body).send().await {
-        Ok(r) => r,
-        Err(error) => {
+    let started = tokio::time::Instant::now();
+    let sent = tokio::time::timeout(up.response_timeout, req.body(f.body.clone()).send()).await;
+    let resp = match sent {
+        Ok(Ok(r)) => r,
+        Ok(Err(error)) => {
             tracing::warn!(%error, upstream = %up.url, "upstream unreachable");
             return upstream_error(
                 StatusCode::BAD_GATEWAY,
+                &f.body,
                 "the upstream MCP server is unreachable",
             );
         }
+        Err(_) => return upstream_timeout(up, &f.body),
     };
     let status = resp.status();
     let mut headers = end_to_end(resp.headers(), &[]);
@@ -133,19 +137,38 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
     let body = if rewrite && !is_sse {
-        match resp.bytes().await {
-            Ok(b) => {
-                headers.remove(header::CONTENT_LENGTH);
-                Body::from(rewrite_json(&b, advertise_list_changed))
+        headers.remove(header::CONTENT_LENGTH);
+        let held = tokio::time::timeout_at(
+            started + up.response_timeout,
+            hold(resp.bytes_stream(), up.rewrite_max_bytes),
+        );
+        match held.await {
+            Ok(Ok(Held::Whole(b))) => Body::from(rewrite_json(&b, advertise_list_changed)),
+            Ok(Ok(Held::Over(head, rest))) => {
+                tracing::warn!(
+                    upstream = %up.url,
+                    max_bytes = up.rewrite_max_bytes,
+                    "upstream answer too large to rewrite; relayed unmodified"
+                );
+                Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest))
             }
-            Err(error) => {
+            Ok(Err(error)) => {
                 tracing::warn!(%error, "upstream body failed");
-                return upstream_error(StatusCode::BAD_GATEWAY, "the upstream answer was cut");
+                return upstream_error(
+                    StatusCode::BAD_GATEWAY,
+                    &f.body,
+                    "the upstream answer was cut",
+                );
             }
+            Err(_) => return upstream_timeout(up, &f.body),
         }
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
-        Body::from_stream(rewrite_sse(resp.bytes_stream(), advertise_list_changed))
+        Body::from_stream(rewrite_sse(
+            resp.bytes_stream(),
+            advertise_list_changed,
+            up.rewrite_max_bytes,
+        ))
     } else {
         Body::from_stream(resp.bytes_stream())
     };
@@ -235,12 +258,51 @@ async fn end_session(st: &AppState, session: &str) {
     }
 }
 
-fn upstream_error(status: StatusCode, message: &str) -> Response {
+/// A JSON-RPC error answering the request in `request_body` (its id, when it has one).
+fn upstream_error(status: StatusCode, request_body: &[u8], message: &str) -> Response {
+    let id = serde_json::from_slice::<Value>(request_body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null);
     (
         status,
-        axum::Json(json!({ "jsonrpc": "2.0", "id": null, "error": { "code": -32000, "message": message } })),
+        axum::Json(
+            json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": message } }),
+        ),
     )
         .into_response()
+}
+
+fn upstream_timeout(up: &Upstream, request_body: &[u8]) -> Response {
+    let secs = up.response_timeout.as_secs();
+    tracing::warn!(upstream = %up.url, timeout_secs = secs, "the upstream did not answer in time");
+    upstream_error(
+        StatusCode::GATEWAY_TIMEOUT,
+        request_body,
+        &format!("the upstream MCP server did not answer within {secs} s"),
+    )
+}
+
+/// A body read up to a bound: whole, or the first part over the bound and the rest unread.
+enum Held<S> {
+    Whole(Bytes),
+    Over(Bytes, S),
+}
+
+/// Reads `body` whole if it is at most `max` bytes; past that, stops and gives back what was
+/// read and the rest of the stream.
+async fn hold<S, E>(mut body: S, max: usize) -> Result<Held<S>, E>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+{
+    let mut buf = bytes::BytesMut::new();
+    while let Some(chunk) = body.next().await {
+        buf.extend_from_slice(&chunk?);
+        if buf.len() > max {
+            return Ok(Held::Over(buf.freeze(), body));
+        }
+    }
+    Ok(Held::Whole(buf.freeze()))
 }
 
 /// Sets `listChanged: true` on the tools/prompts/resources capabilities of an `initialize` or
@@ -265,7 +327,7 @@ pub fn advertise_list_changed(msg: &mut Value) -> bool {
 pub type Patch = fn(&mut Value) -> bool;
 
 /// Applies `patch` to a relayed answer (its JSON body, or each SSE `data:` as it arrives).
-pub async fn patch_response(resp: Response, patch: Patch) -> Response {
+pub async fn patch_response(resp: Response, patch: Patch, max_bytes: usize) -> Response {
     let (mut parts, body) = resp.into_parts();
     let is_sse = parts
         .headers
@@ -274,13 +336,20 @@ pub async fn patch_response(resp: Response, patch: Patch) -> Response {
         .is_some_and(|v| v.starts_with("text/event-stream"));
     parts.headers.remove(header::CONTENT_LENGTH);
     let body = if is_sse {
-        Body::from_stream(rewrite_sse(body.into_data_stream(), patch))
+        Body::from_stream(rewrite_sse(body.into_data_stream(), patch, max_bytes))
     } else {
-        match axum::body::to_bytes(body, usize::MAX).await {
-            Ok(b) => Body::from(rewrite_json(&b, patch)),
+        match hold(body.into_data_stream(), max_bytes).await {
+            Ok(Held::Whole(b)) => Body::from(rewrite_json(&b, patch)),
+            Ok(Held::Over(head, rest)) => {
+                tracing::warn!(
+                    max_bytes,
+                    "upstream answer too large to rewrite; relayed unmodified"
+                );
+                Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest))
+            }
             Err(error) => {
                 tracing::warn!(%error, "upstream body failed");
-                return upstream_error(StatusCode::BAD_GATEWAY, "the upstream answer was cut");
+                return upstream_error(StatusCode::BAD_GATEWAY, &[], "the upstream answer was cut");
             }
         }
     };
@@ -300,40 +369,90 @@ fn rewrite_json(body: &[u8], patch: Patch) -> Bytes {
     }
 }
 
-/// Rewrites the `data:` of SSE blocks carrying the result, relaying every block as it completes.
-fn rewrite_sse<E: std::error::Error + Send + Sync + 'static>(
-    upstream: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
-    patch: Patch,
-) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures::stream::unfold(
-        (Box::pin(upstream), Vec::<u8>::new(), false),
-        move |(mut up, mut buf, mut eof)| async move {
-            loop {
-                if let Some(end) = block_end(&buf) {
-                    let block: Vec<u8> = buf.drain(..end).collect();
-                    return Some((Ok(rewrite_block(&block, patch)), (up, buf, eof)));
-                }
-                if eof {
-                    if buf.is_empty() {
-                        return None;
-                    }
-                    let rest = std::mem::take(&mut buf);
-                    return Some((Ok(Bytes::from(rest)), (up, buf, eof)));
-                }
-                match up.next().await {
-                    Some(Ok(chunk)) => buf.extend_from_slice(&chunk),
-                    Some(Err(e)) => return Some((Err(std::io::Error::other(e)), (up, buf, true))),
-                    None => eof = true,
-                }
-            }
-        },
-    )
+/// Where the SSE rewrite is in its upstream stream.
+struct SseRewrite<S> {
+    upstream: std::pin::Pin<Box<S>>,
+    buf: Vec<u8>,
+    /// How much of `buf` is known to hold no block end (the next search starts just before).
+    scanned: usize,
+    eof: bool,
+    /// A block outgrew the bound: everything from there on is relayed as it arrives.
+    relaying: bool,
 }
 
-/// End (exclusive) of the first complete SSE block, blank line included.
-fn block_end(buf: &[u8]) -> Option<usize> {
-    let lf = buf.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
-    let crlf = buf.windows(4).position(|w| w == b"\r\n\r\n").map(|i| i + 4);
+/// Rewrites the `data:` of SSE blocks carrying the result, relaying every block as it completes.
+/// A block that grows past `max_bytes` without ending is relayed unmodified, and so is the rest
+/// of the stream after it.
+fn rewrite_sse<E: std::error::Error + Send + Sync + 'static, S>(
+    upstream: S,
+    patch: Patch,
+    max_bytes: usize,
+) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
+{
+    let state = SseRewrite {
+        upstream: Box::pin(upstream),
+        buf: Vec::new(),
+        scanned: 0,
+        eof: false,
+        relaying: false,
+    };
+    futures::stream::unfold(state, move |mut s| async move {
+        loop {
+            if s.relaying && !s.buf.is_empty() {
+                let held = std::mem::take(&mut s.buf);
+                return Some((Ok(Bytes::from(held)), s));
+            }
+            if !s.relaying {
+                if let Some(end) = block_end(&s.buf, s.scanned) {
+                    let block: Vec<u8> = s.buf.drain(..end).collect();
+                    s.scanned = 0;
+                    return Some((Ok(rewrite_block(&block, patch)), s));
+                }
+                s.scanned = s.buf.len();
+                if s.buf.len() > max_bytes {
+                    tracing::warn!(
+                        max_bytes,
+                        "an upstream event too large to rewrite; the stream is relayed unmodified"
+                    );
+                    s.relaying = true;
+                    continue;
+                }
+            }
+            if s.eof {
+                if s.buf.is_empty() {
+                    return None;
+                }
+                let rest = std::mem::take(&mut s.buf);
+                return Some((Ok(Bytes::from(rest)), s));
+            }
+            match s.upstream.next().await {
+                Some(Ok(chunk)) if s.relaying => return Some((Ok(chunk), s)),
+                Some(Ok(chunk)) => s.buf.extend_from_slice(&chunk),
+                Some(Err(e)) => {
+                    s.eof = true;
+                    return Some((Err(std::io::Error::other(e)), s));
+                }
+                None => s.eof = true,
+            }
+        }
+    })
+}
+
+/// End (exclusive) of the first complete SSE block, blank line included; `buf[..scanned]` is
+/// known to hold none (a separator may straddle its end).
+fn block_end(buf: &[u8], scanned: usize) -> Option<usize> {
+    let from = scanned.saturating_sub(3).min(buf.len());
+    let tail = &buf[from..];
+    let lf = tail
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| from + i + 2);
+    let crlf = tail
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| from + i + 4);
     match (lf, crlf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -459,6 +578,52 @@ mod tests {
             &rewrite_block(untouched, advertise_list_changed)[..],
             &untouched[..]
         );
-        assert_eq!(block_end(b"data: a\n\ndata: b"), Some(9));
+        assert_eq!(block_end(b"data: a\n\ndata: b", 0), Some(9));
+        // A separator straddling what was scanned before is found.
+        assert_eq!(block_end(b"data: a\r\n\r\ndata: b", 8), Some(11));
+        assert_eq!(block_end(b"data: a\n", 8), None);
+    }
+
+    fn chunks(parts: &[&[u8]]) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> {
+        futures::stream::iter(
+            parts
+                .iter()
+                .map(|p| Ok(Bytes::copy_from_slice(p)))
+                .collect::<Vec<_>>(),
+        )
+    }
+
+    async fn relayed(
+        s: impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        max: usize,
+    ) -> Vec<u8> {
+        let out: Vec<Result<Bytes, std::io::Error>> =
+            rewrite_sse(s, advertise_list_changed, max).collect().await;
+        out.into_iter()
+            .flat_map(|c| c.expect("no error").to_vec())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn sse_blocks_split_anywhere_are_rewritten_and_an_endless_one_relayed_as_is() {
+        // The separator straddles two chunks.
+        let got = relayed(
+            chunks(&[
+                b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"capabilities\":{}}}\r\n\r",
+                b"\n",
+            ]),
+            1024,
+        )
+        .await;
+        let text = String::from_utf8(got).expect("utf8");
+        assert!(text.contains(r#""listChanged":true"#), "{text}");
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+
+        // An event that outgrows the bound is relayed unmodified, whole, and so is what follows.
+        let big = vec![b'x'; 4096];
+        let parts: Vec<&[u8]> = vec![b"data: ", &big, &big, b"\n\n", b"data: {\"id\":1}\n\n"];
+        let input: Vec<u8> = parts.concat();
+        let got = relayed(chunks(&parts), 1024).await;
+        assert_eq!(got, input);
     }
 }

@@ -26,10 +26,16 @@ pub struct Upstream {
     pub(crate) era: EraCache,
     /// The bridge's upstream sessions, one per caller's credentials.
     pub(crate) bridge: BridgeSessions,
+    /// How long the upstream has for its response head (and for an answer held to rewrite it).
+    pub(crate) response_timeout: Duration,
+    /// Most bytes of one answer (a JSON body, one event of a stream) held to rewrite it.
+    pub(crate) rewrite_max_bytes: usize,
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
-/// `FANOUT_BRIDGE_2026_CLIENTS`, `FANOUT_BRIDGE_MAX_SESSIONS`, `FANOUT_PROXY_FORWARDED_HEADERS`).
+/// `FANOUT_BRIDGE_2026_CLIENTS`, `FANOUT_BRIDGE_MAX_SESSIONS`, `FANOUT_PROXY_FORWARDED_HEADERS`)
+/// and how long and how much it waits for and holds of its answers
+/// (`FANOUT_UPSTREAM_TIMEOUT_SECS`, `FANOUT_UPSTREAM_REWRITE_MAX_BYTES`).
 #[derive(Debug, Clone, Default)]
 pub struct UpstreamOptions {
     pub mint_session_ids: bool,
@@ -40,6 +46,8 @@ pub struct UpstreamOptions {
     /// The request headers (lowercase names) that identify a bridged caller to the upstream.
     pub bridge_identity_headers: Vec<String>,
     pub forwarded_headers: bool,
+    pub response_timeout: Duration,
+    pub rewrite_max_bytes: usize,
 }
 
 /// One upstream session of the era bridge with a 2025-era upstream (made by `http::era_bridge`).
@@ -202,6 +210,8 @@ impl Upstream {
                 options.bridge_max_sessions,
                 &options.bridge_identity_headers,
             ),
+            response_timeout: options.response_timeout,
+            rewrite_max_bytes: options.rewrite_max_bytes,
         })
     }
 
@@ -219,6 +229,14 @@ impl Upstream {
 
     pub fn bridges_2026_clients(&self) -> bool {
         self.bridge_2026_clients
+    }
+
+    pub fn response_timeout(&self) -> Duration {
+        self.response_timeout
+    }
+
+    pub fn rewrite_max_bytes(&self) -> usize {
+        self.rewrite_max_bytes
     }
 
     pub fn era_cache(&self) -> &EraCache {

@@ -1,8 +1,14 @@
 //! The accept loop: hyper-util connections with bounded headers, a write-stall deadline on every
 //! socket (hyper has no write timeout), per-connection info for handlers, event streams handed
 //! off to their own writers after the head, graceful shutdown.
+//!
+//! Open connections are capped below the open-file limit: at the cap the loop stops accepting
+//! (new connections wait in the kernel's listen backlog) until one closes, so `accept` never
+//! fails for want of a file descriptor and the admin listener, which has a cap of its own, keeps
+//! answering. Connections that do nothing are closed ([`idle`]).
 
 pub mod handoff;
+mod idle;
 mod parse_errors;
 mod stall;
 
@@ -11,19 +17,24 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Body;
 use axum::Router;
+use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::socket::SocketState;
 use handoff::HandOff;
+use idle::Activity;
 use parse_errors::Exchanges;
 use stall::StallGuard;
 
@@ -41,6 +52,9 @@ pub struct ConnInfo {
     pub socket: SocketState,
     /// Where a stream response leaves hyper for its own writer (HTTP/1.1).
     pub handoff: HandOff,
+    /// The connection's place under the listener's cap, held by everything that holds its
+    /// socket (hyper's connection, a handed-off stream's writer).
+    pub slot: Option<Arc<OwnedSemaphorePermit>>,
     /// The service's responses not yet all on the wire (tells hyper's own parse-error answers
     /// from them).
     pub exchanges: Exchanges,
@@ -49,7 +63,32 @@ pub struct ConnInfo {
 #[derive(Debug, Clone, Copy)]
 pub struct ConnOptions {
     pub write_stall: Duration,
+    /// A connection that has not started a request this long after accept is closed.
+    pub first_request: Duration,
+    /// A connection with no request in progress this long is closed.
+    pub idle: Duration,
+    /// Most open connections on the listener.
+    pub max_connections: usize,
 }
+
+/// The listen backlog asked for (the kernel bounds it by `net.core.somaxconn`): connections past
+/// the cap wait there.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with a backlog deep enough for connections to wait past the cap.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// How often reaching the connection cap is logged, at most.
+const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The router a listener serves, replaceable while serving: a replica answers probes with a
 /// "starting" router while the database comes up, then switches to the full one.
@@ -90,13 +129,35 @@ pub async fn serve(
         .max_header_list_size(MAX_HEADER_BYTES as u32);
     let graceful = GracefulShutdown::new();
     let writers = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
+    let mut cap_logged: Option<Instant> = None;
     loop {
+        let slot_permit = match slots.clone().try_acquire_owned() {
+            Ok(p) => p,
+            Err(_) => {
+                if cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+                    cap_logged = Some(Instant::now());
+                    tracing::warn!(
+                        max_connections = opts.max_connections,
+                        "connection cap reached; new connections wait in the listen backlog"
+                    );
+                }
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    p = slots.clone().acquire_owned() => match p {
+                        Ok(p) => p,
+                        Err(_) => break,
+                    },
+                }
+            }
+        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(error) => {
-                    // EMFILE and friends: back off instead of spinning.
+                    // EMFILE and friends (files opened elsewhere in the process): back off
+                    // instead of spinning.
                     tracing::warn!(%error, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
@@ -110,6 +171,7 @@ pub async fn serve(
             peer,
             socket: SocketState::default(),
             handoff: HandOff::default(),
+            slot: Some(Arc::new(slot_permit)),
             exchanges: Exchanges::default(),
         };
         let io = TokioIo::new(StallGuard::new(
@@ -120,19 +182,38 @@ pub async fn serve(
         ));
         let handoff = info.handoff.clone();
         let slot = slot.clone();
+        let activity = Activity::new();
+        let watched = activity.clone();
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
+            let in_flight = activity.begin();
             let exchange = info.exchanges.begin();
             let answered = slot.current().oneshot(req);
-            async move { Ok::<_, Infallible>(exchange.carried_by(answered.await?)) }
+            async move {
+                let resp = exchange.carried_by(answered.await?);
+                // The request is in progress until its response body is done.
+                Ok::<_, Infallible>(resp.map(|body| {
+                    Body::new(body.map_frame(move |frame| {
+                        let _ = &in_flight;
+                        frame
+                    }))
+                }))
+            }
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
         tokio::spawn(async move {
-            if let Err(error) = conn.await {
-                // A handed-off stream ends hyper's side with an error, by design.
-                if !handoff.is_handed_off() {
-                    tracing::debug!(%error, %peer, "connection ended with an error");
+            tokio::select! {
+                ended = conn => {
+                    if let Err(error) = ended {
+                        // A handed-off stream ends hyper's side with an error, by design.
+                        if !handoff.is_handed_off() {
+                            tracing::debug!(%error, %peer, "connection ended with an error");
+                        }
+                    }
+                }
+                why = watched.expired(opts.first_request, opts.idle) => {
+                    tracing::debug!(%peer, reason = why.as_str(), "closing a connection that does nothing");
                 }
             }
         });

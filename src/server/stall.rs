@@ -223,6 +223,7 @@ mod tests {
             handoff: Default::default(),
             peer,
             socket: SocketState::default(),
+            slot: None,
             exchanges: Default::default(),
         };
         let mut guarded = StallGuard::new(

@@ -213,8 +213,8 @@ async fn exchange(
 }
 
 /// Reads one response (to a request of `method`) off `stream`, `raw` holding what was read past
-/// the previous one.
-async fn read_response(
+/// the previous one, by `deadline` (`timeout` is for the message; `what` names the request).
+pub async fn read_response(
     stream: &mut TcpStream,
     raw: &mut BytesMut,
     method: &str,

@@ -52,6 +52,13 @@ pub async fn start(label: &str, envs: &[(&str, &str)]) -> Replica {
         .unwrap_or_else(|e| panic!("replica `{label}` should start and become ready: {e}"))
 }
 
+/// [`start`] with the replica's open-file limit (soft and hard) lowered to `open_files`.
+pub async fn start_with_open_files(label: &str, envs: &[(&str, &str)], open_files: u64) -> Replica {
+    Replica::start_with_open_files(bin(), label, envs, Some(open_files))
+        .await
+        .unwrap_or_else(|e| panic!("replica `{label}` should start and become ready: {e}"))
+}
+
 /// [`start`] with an owned environment.
 pub async fn start_owned(label: &str, env: &[(String, String)]) -> Replica {
     start(label, &borrowed(env)).await

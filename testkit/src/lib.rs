@@ -24,6 +24,7 @@
 //! - [`error_shape`]: the one JSON error shape (SPEC §4.1) on every kind of answer.
 //! - [`cases`]: bad-input tables of raw requests and the errors they must get.
 //! - [`shed`]: the shed check (`200` + `retry:` + clean end, SPEC §3.2).
+//! - [`hostile`]: idle sockets, bodies that stop short, a misbehaving upstream MCP server.
 //! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
 //! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer).
 
@@ -35,6 +36,7 @@ pub mod error;
 pub mod error_shape;
 pub mod flow;
 pub mod follow;
+pub mod hostile;
 pub mod http;
 pub mod identity;
 pub mod jwt;
@@ -59,7 +61,9 @@ pub use deployment::Deployment;
 pub use error::{Error, Result};
 pub use follow::{Followed, Follower, Received};
 pub use http::{error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, RawResponse};
-pub use launch::{bin, start, start_memory, start_owned, with_admin, ADMIN_TOKEN};
+pub use launch::{
+    bin, start, start_memory, start_owned, start_with_open_files, with_admin, ADMIN_TOKEN,
+};
 pub use poll::{PollAnswer, PollEvent};
 pub use postgres::{shared_database, shared_server, LogRow, PgBouncer, PgCluster, PgServer};
 pub use replica::{PublishOptions, Replica, Token};

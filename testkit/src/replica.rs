@@ -83,13 +83,23 @@ impl Replica {
     /// Starts `bin` with [`DEFAULT_ENV`] overridden/extended by `envs` (and nothing else from the
     /// test's environment but `PATH`), waits for its addresses and for `/readyz` to answer `200`.
     pub async fn start(bin: &Path, label: &str, envs: &[(&str, &str)]) -> Result<Replica> {
+        Replica::start_with_open_files(bin, label, envs, None).await
+    }
+
+    /// [`Replica::start`], the process's open-file limit (soft and hard) set to `open_files`.
+    pub async fn start_with_open_files(
+        bin: &Path,
+        label: &str,
+        envs: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Result<Replica> {
         let mut all: Vec<(&str, &str)> = DEFAULT_ENV
             .iter()
             .filter(|(k, _)| !envs.iter().any(|(o, _)| o == k))
             .copied()
             .collect();
         all.extend_from_slice(envs);
-        let replica = Replica::spawn(bin, label, &all).await?;
+        let replica = Replica::spawn_with(bin, label, &all, open_files).await?;
         replica.wait_ready(START_TIMEOUT).await?;
         Ok(replica)
     }
@@ -97,7 +107,36 @@ impl Replica {
     /// Starts `bin` with exactly `envs` plus `PATH` (no defaults), and waits only for the
     /// `listening` log lines (public, and admin when `FANOUT_ADMIN_ADDR` is set).
     pub async fn spawn(bin: &Path, label: &str, envs: &[(&str, &str)]) -> Result<Replica> {
+        Replica::spawn_with(bin, label, envs, None).await
+    }
+
+    /// [`Replica::spawn`], optionally with the open-file limit (soft and hard) set to
+    /// `open_files` in the child before it runs.
+    pub async fn spawn_with(
+        bin: &Path,
+        label: &str,
+        envs: &[(&str, &str)],
+        open_files: Option<u64>,
+    ) -> Result<Replica> {
         let mut cmd = Command::new(bin);
+        if let Some(limit) = open_files {
+            let limit = libc::rlim_t::try_from(limit)
+                .map_err(|_| Error::Protocol(format!("open-file limit {limit} is too large")))?;
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit(2), which is async-signal-safe; it touches no memory of the parent.
+            unsafe {
+                cmd.pre_exec(move || {
+                    let lim = libc::rlimit {
+                        rlim_cur: limit,
+                        rlim_max: limit,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
         cmd.env_clear();
         if let Some(path) = std::env::var_os("PATH") {
             cmd.env("PATH", path);
@@ -210,6 +249,11 @@ impl Replica {
     /// The OS process id.
     pub fn pid(&self) -> u32 {
         self.pid
+    }
+
+    /// The process's resident memory (`VmRSS` of `/proc/<pid>/status`), in bytes.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        crate::hostile::rss_of(self.pid)
     }
 
     /// The public (subscriber) address.

@@ -276,6 +276,20 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_MAX_BODY_BYTES
   value: {{ $c.maxBodyBytes | int64 | quote }}
 {{- end }}
+- name: FANOUT_MAX_REQUEST_BYTES
+  value: {{ $c.maxRequestBytes | int64 | quote }}
+- name: FANOUT_MAX_PROXY_REQUEST_BYTES
+  value: {{ $c.maxProxyRequestBytes | int64 | quote }}
+- name: FANOUT_FIRST_REQUEST_SECS
+  value: {{ $c.firstRequestSecs | int64 | quote }}
+- name: FANOUT_IDLE_SECS
+  value: {{ $c.idleSecs | int64 | quote }}
+- name: FANOUT_BODY_TIMEOUT_SECS
+  value: {{ $c.bodyTimeoutSecs | int64 | quote }}
+{{- if not (kindIs "invalid" $c.maxConnections) }}
+- name: FANOUT_MAX_CONNECTIONS
+  value: {{ $c.maxConnections | int64 | quote }}
+{{- end }}
 {{- with $c.allowedOrigins }}
 - name: FANOUT_ALLOWED_ORIGINS
   value: {{ join "," . | quote }}
@@ -326,6 +340,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   value: {{ $v.proxy.advertiseListChanged | quote }}
 - name: FANOUT_BRIDGE_2026_CLIENTS
   value: {{ $v.proxy.bridge2026Clients | quote }}
+- name: FANOUT_UPSTREAM_TIMEOUT_SECS
+  value: {{ $v.proxy.timeoutSecs | int64 | quote }}
+- name: FANOUT_UPSTREAM_REWRITE_MAX_BYTES
+  value: {{ $v.proxy.rewriteMaxBytes | int64 | quote }}
 - name: FANOUT_BRIDGE_MAX_SESSIONS
   value: {{ $v.proxy.bridgeMaxSessions | int64 | quote }}
 - name: FANOUT_PROXY_FORWARDED_HEADERS
