@@ -33,8 +33,6 @@ pub enum DropReason {
     Lagging,
     /// Its socket accepted nothing for `FANOUT_WRITE_STALL_SECS`.
     WriteStall,
-    /// Its unsent backlog passed `FANOUT_MAX_LAG_BYTES`.
-    LagBytes,
     /// The replica is shutting down.
     Shutdown,
     /// `FANOUT_MAX_STREAM_SECS` reached.
@@ -54,7 +52,6 @@ impl DropReason {
         match self {
             DropReason::Lagging => "lagging",
             DropReason::WriteStall => "write_stall",
-            DropReason::LagBytes => "lag_bytes",
             DropReason::Shutdown => "shutdown",
             DropReason::MaxStreamAge => "max_stream_age",
             DropReason::CursorPruned => "cursor_pruned",
@@ -70,7 +67,7 @@ pub struct SubscriberGuard {
     kind: SubscriberKind,
     session: Option<String>,
     reason: Option<DropReason>,
-    /// The connection's socket: says when the server cut it (a stall, a backlog over the bound).
+    /// The connection's socket: says when the server cut it (a write stall).
     socket: Option<SocketState>,
 }
 
@@ -124,7 +121,6 @@ impl Drop for SubscriberGuard {
         let cut = self.socket.as_ref().and_then(SocketState::cut_reason);
         let reason = match cut {
             Some(Cut::WriteStall) => Some(DropReason::WriteStall),
-            Some(Cut::Backlog) => Some(DropReason::LagBytes),
             None => self.reason,
         };
         match reason {

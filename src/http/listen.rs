@@ -287,7 +287,6 @@ async fn handle(
         max_age: None,
         expires,
         max_lag: st.config.max_lag(),
-        socket: Some(conn.socket.clone()),
     };
     let stream = ListenStream {
         ack: Some(listen::acknowledgement(&id, &filter)),

@@ -164,7 +164,6 @@ pub async fn get_mcp(
         max_age,
         expires,
         max_lag: st.config.max_lag(),
-        socket: Some(conn.socket.clone()),
     };
     let stream = SseStream {
         epoch: epoch.to_owned(),
@@ -384,7 +383,6 @@ mod tests {
                     max_age: deadline,
                     expires: None,
                     max_lag,
-                    socket: None,
                 },
                 keepalive,
                 retry_ms: 100,

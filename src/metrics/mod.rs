@@ -28,10 +28,9 @@ pub struct CodeLabel {
 }
 
 /// Why the server ends a subscriber (see `broadcast::DropReason`).
-pub const DROP_REASONS: [&str; 9] = [
+pub const DROP_REASONS: [&str; 8] = [
     "lagging",
     "write_stall",
-    "lag_bytes",
     "shutdown",
     "max_stream_age",
     "cursor_pruned",

@@ -4,7 +4,8 @@
 //! as long as the connection lives: more than everything else an idle subscriber costs. So a
 //! stream response (`GET /mcp`, `subscriptions/listen`) on HTTP/1.1 is handed off: hyper writes
 //! the head, then the socket moves to a small writer task that writes the stream's chunks itself
-//! (chunked encoding, the same write-stall deadline and backlog bound, hang-up detection), and
+//! (chunked encoding, the same write-stall deadline and paced by the same backlog bound, hang-up
+//! detection), and
 //! hyper's side of the connection ends, its buffers with it. HTTP/2 and HTTP/1.0 streams stay with
 //! hyper.
 //!
@@ -33,7 +34,7 @@ use tokio::net::TcpStream;
 
 use super::ConnInfo;
 use crate::event::Chunk;
-use crate::socket::{Cut, SocketState};
+use crate::socket::Cut;
 
 /// The chunks of a stream response, in order; the end of the stream ends the response.
 pub type Chunks = Pin<Box<dyn Stream<Item = Chunk> + Send>>;
@@ -178,7 +179,7 @@ pub(super) async fn write_stream(
                 () = &mut hangup => break Ok(false),
             };
             let Some(chunk) = next else {
-                break write_all(&tcp, &Raw(b"0\r\n\r\n"), limit, &info.socket)
+                break write_all(&tcp, &Raw(b"0\r\n\r\n"), limit)
                     .await
                     .map(|()| true);
             };
@@ -192,7 +193,7 @@ pub(super) async fn write_stream(
                 chunk: &chunk,
                 len,
             };
-            if let Err(error) = write_all(&tcp, &framed, limit, &info.socket).await {
+            if let Err(error) = write_all(&tcp, &framed, limit).await {
                 break Err(error);
             }
         }
@@ -202,10 +203,6 @@ pub(super) async fn write_stream(
             // Before the stream (and its subscriber guard) drops, so the drop counts as a stall.
             info.socket.cut(Cut::WriteStall);
             tracing::info!(peer = %info.peer, limit_secs = limit.as_secs(), "write stalled; aborting the connection");
-        }
-        Err(error) if is_over_backlog(error) => {
-            info.socket.cut(Cut::Backlog);
-            tracing::info!(peer = %info.peer, max_bytes = info.socket.max_backlog(), "unsent backlog over the bound with the socket full; aborting the connection");
         }
         Err(error) => tracing::debug!(%error, peer = %info.peer, "stream write failed"),
         Ok(_) => {}
@@ -219,15 +216,6 @@ pub(super) async fn write_stream(
         }
     }
     drop(chunks);
-}
-
-/// The error a write gives up with when the socket is full and the backlog over its bound.
-#[derive(Debug, thiserror::Error)]
-#[error("the unsent backlog is over its bound and the socket is full")]
-struct OverBacklog;
-
-fn is_over_backlog(error: &io::Error) -> bool {
-    error.get_ref().is_some_and(|e| e.is::<OverBacklog>())
 }
 
 /// Resolves when the client closes its side (or the socket fails). A client has nothing to say on
@@ -339,14 +327,9 @@ fn gather<'a>(pieces: &'a impl Pieces, mut skip: usize, slices: &mut [IoSlice<'a
 }
 
 /// Writes every byte of `pieces`, failing with `TimedOut` once the kernel has accepted nothing
-/// for `limit`, and with [`OverBacklog`] when the socket is full and what it holds plus what is
-/// left to write passes the stream's bound.
-async fn write_all(
-    tcp: &TcpStream,
-    pieces: &impl Pieces,
-    limit: Duration,
-    socket: &SocketState,
-) -> io::Result<()> {
+/// for `limit`. Past the stream's backlog bound the socket takes nothing until the client has read
+/// enough (see [`SocketState::bound_backlog`]): a slow reader is paced, not cut.
+async fn write_all(tcp: &TcpStream, pieces: &impl Pieces, limit: Duration) -> io::Result<()> {
     let total = pieces.total();
     let mut written = 0;
     while written < total {
@@ -354,9 +337,6 @@ async fn write_all(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if socket.over_backlog(total - written) {
-                    return Err(io::Error::other(OverBacklog));
-                }
                 // `poll_write_ready` also replaces a waker hyper may have left (see `hangup`).
                 match tokio::time::timeout(limit, poll_fn(|cx| tcp.poll_write_ready(cx))).await {
                     Ok(ready) => ready?,
@@ -432,14 +412,9 @@ mod tests {
             client.read_to_end(&mut got).await.expect("read to the end");
             got
         });
-        write_all(
-            &server,
-            &pieces,
-            Duration::from_secs(10),
-            &SocketState::default(),
-        )
-        .await
-        .expect("write");
+        write_all(&server, &pieces, Duration::from_secs(10))
+            .await
+            .expect("write");
         drop(server);
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), expected.len());

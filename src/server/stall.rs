@@ -1,6 +1,6 @@
 //! The socket hyper serves a connection on: writes fail once the kernel has accepted nothing for
-//! the write-stall deadline (hyper has no write timeout) or, under an event stream, once the unsent
-//! backlog passes its bound; a flush after a stream's head hands the socket to the stream's own
+//! the write-stall deadline (hyper has no write timeout; under an event stream the kernel also
+//! paces writes to the stream's backlog bound); a flush after a stream's head hands the socket to the stream's own
 //! writer (see [`super::handoff`]); hyper's bare answer to an oversized head is replaced with the
 //! JSON error (see [`super::head_limit`]).
 
@@ -49,13 +49,9 @@ impl StallGuard {
         }
     }
 
-    /// The kernel accepts nothing now; `pending` bytes wait to be written.
-    fn on_pending<T>(&mut self, cx: &mut Context<'_>, pending: usize) -> Poll<io::Result<T>> {
-        if self.info.socket.over_backlog(pending) {
-            self.info.socket.cut(Cut::Backlog);
-            tracing::info!(peer = %self.info.peer, max_bytes = self.info.socket.max_backlog(), "unsent backlog over the bound with the socket full; aborting the connection");
-            return Poll::Ready(Err(io::Error::other("unsent backlog over the bound")));
-        }
+    /// The kernel accepts nothing now (the socket is full, or its stream's backlog is at its bound
+    /// and the client has not read enough yet).
+    fn on_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         if !self.armed {
             self.armed = true;
             self.timer
@@ -151,7 +147,7 @@ impl AsyncWrite for StallGuard {
             return handed_off();
         };
         match Pin::new(tcp).poll_write(cx, buf) {
-            Poll::Pending => this.on_pending(cx, buf.len()),
+            Poll::Pending => this.on_pending(cx),
             ready => this.on_ready(ready),
         }
     }
@@ -169,7 +165,7 @@ impl AsyncWrite for StallGuard {
             return handed_off();
         };
         match Pin::new(tcp).poll_write_vectored(cx, bufs) {
-            Poll::Pending => this.on_pending(cx, bufs.iter().map(|b| b.len()).sum()),
+            Poll::Pending => this.on_pending(cx),
             ready => this.on_ready(ready),
         }
     }
@@ -184,7 +180,7 @@ impl AsyncWrite for StallGuard {
             return Poll::Ready(Ok(()));
         };
         match Pin::new(tcp).poll_flush(cx) {
-            Poll::Pending => this.on_pending(cx, 0),
+            Poll::Pending => this.on_pending(cx),
             Poll::Ready(Ok(())) => {
                 this.armed = false;
                 this.hand_off(cx);
