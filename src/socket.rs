@@ -32,6 +32,24 @@ impl Cut {
     }
 }
 
+/// Why the server cut one stream of a connection that carries others (an HTTP/2 stream), if it
+/// did. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct StreamCut(Arc<AtomicU8>);
+
+impl StreamCut {
+    pub fn cut(&self, why: Cut) {
+        // The first reason stays.
+        let _ = self
+            .0
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub fn reason(&self) -> Option<Cut> {
+        Cut::from_code(self.0.load(Ordering::Acquire))
+    }
+}
+
 /// A connection's socket as its streams see it. Cheap to clone (one shared allocation).
 #[derive(Clone, Default)]
 pub struct SocketState(Arc<Inner>);

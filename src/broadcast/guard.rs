@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::Shared;
 use crate::metrics::KindLabel;
-use crate::socket::{Cut, SocketState};
+use crate::socket::{Cut, SocketState, StreamCut};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriberKind {
@@ -69,6 +69,9 @@ pub struct SubscriberGuard {
     reason: Option<DropReason>,
     /// The connection's socket: says when the server cut it (a write stall).
     socket: Option<SocketState>,
+    /// The subscriber's own stream, on a connection that carries others (HTTP/2): says when the
+    /// server reset it.
+    stream: Option<StreamCut>,
 }
 
 impl SubscriberGuard {
@@ -90,6 +93,7 @@ impl SubscriberGuard {
             session,
             reason: None,
             socket: None,
+            stream: None,
         }
     }
 
@@ -101,6 +105,11 @@ impl SubscriberGuard {
     /// Ties the subscriber to its connection's socket, so a cut of it is the drop's reason.
     pub fn watch_socket(&mut self, socket: SocketState) {
         self.socket = Some(socket);
+    }
+
+    /// Ties the subscriber to its own stream (HTTP/2), so a reset of it is the drop's reason.
+    pub fn watch_stream(&mut self, stream: Option<StreamCut>) {
+        self.stream = stream;
     }
 
     pub fn session(&self) -> Option<&str> {
@@ -118,7 +127,11 @@ impl Drop for SubscriberGuard {
                 kind: self.kind.as_str(),
             })
             .dec();
-        let cut = self.socket.as_ref().and_then(SocketState::cut_reason);
+        let cut = self
+            .socket
+            .as_ref()
+            .and_then(SocketState::cut_reason)
+            .or_else(|| self.stream.as_ref().and_then(StreamCut::reason));
         let reason = match cut {
             Some(Cut::WriteStall) => Some(DropReason::WriteStall),
             None => self.reason,

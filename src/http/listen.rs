@@ -269,6 +269,7 @@ async fn handle(
         }
     };
     guard.watch_socket(conn.socket.clone());
+    guard.watch_stream(conn.stream_cut());
     conn.socket.bound_backlog(st.config.max_lag_bytes());
     let filter = Filter::from_params(msg.get("params"));
     let viewer = Viewer {

@@ -115,6 +115,7 @@ pub async fn get_mcp(
         },
     };
     guard.watch_socket(conn.socket.clone());
+    guard.watch_stream(conn.stream_cut());
     conn.socket.bound_backlog(st.config.max_lag_bytes());
     let epoch = st.log.epoch();
     let head_id = |head| EventId { epoch, seq: head }.to_string();

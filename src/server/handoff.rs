@@ -32,6 +32,7 @@ use hyper::body::Frame;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::stream_watch::{StreamWatch, WatchedBody};
 use super::ConnInfo;
 use crate::event::Chunk;
 use crate::socket::Cut;
@@ -72,9 +73,18 @@ impl HandOff {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers a request of HTTP `version` with `chunks`: handed off on HTTP/1.1, a plain
+    /// Answers a request of HTTP `version` with `chunks`: handed off on HTTP/1.1, a body watched
+    /// with the stream's write-stall deadline on HTTP/2 (see [`super::stream_watch`]), a plain
     /// streaming body otherwise.
     pub fn offer(&self, version: Version, chunks: Chunks) -> Offer {
+        if version == Version::HTTP_2 {
+            if let Some(watch) = StreamWatch::current() {
+                return Offer {
+                    body: Body::new(WatchedBody::new(chunks, watch)),
+                    handed_off: false,
+                };
+            }
+        }
         let plain = |chunks: Chunks| Offer {
             body: Body::from_stream(chunks.map(|c| Ok::<_, Infallible>(c.into_bytes()))),
             handed_off: false,

@@ -25,6 +25,8 @@
 //! - [`cases`]: bad-input tables of raw requests and the errors they must get.
 //! - [`shed`]: the shed check (`200` + `retry:` + clean end, SPEC §3.2).
 //! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
+//! - [`h2c`]: HTTP/2 over cleartext with the `h2` crate, each stream's flow-control window in the
+//!   test's hands (streams that never open it, streams read as fast as they come).
 
 pub mod bodies;
 pub mod cases;
@@ -34,6 +36,7 @@ pub mod error;
 pub mod error_shape;
 pub mod flow;
 pub mod follow;
+pub mod h2c;
 pub mod http;
 pub mod identity;
 pub mod jwt;

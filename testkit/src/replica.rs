@@ -212,6 +212,19 @@ impl Replica {
         self.pid
     }
 
+    /// The process's resident set size in bytes (`VmRSS`, Linux).
+    pub fn rss_bytes(&self) -> Result<u64> {
+        let path = format!("/proc/{}/status", self.pid);
+        let status =
+            std::fs::read_to_string(&path).map_err(|e| Error::io(format!("reading {path}"), e))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .ok_or_else(|| Error::Protocol(format!("no VmRSS in {path}")))
+    }
+
     /// The public (subscriber) address.
     pub fn public_addr(&self) -> SocketAddr {
         self.public
