@@ -46,6 +46,10 @@ pub enum AppError {
     DatabaseUnavailable,
     #[error("this replica is shutting down; retry on another")]
     ShuttingDown,
+    #[error(
+        "this replica cannot follow the event log (its LISTEN bridge failed and is restarting)"
+    )]
+    BridgeFailed,
     #[error("internal error")]
     Internal,
 }
@@ -72,7 +76,7 @@ impl AppError {
             AppError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
-            AppError::DatabaseUnavailable | AppError::ShuttingDown => {
+            AppError::DatabaseUnavailable | AppError::ShuttingDown | AppError::BridgeFailed => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -107,6 +111,7 @@ impl AppError {
             AppError::IdempotencyConflict { .. } => "idempotency_conflict",
             AppError::DatabaseUnavailable => "database_unavailable",
             AppError::ShuttingDown => "shutting_down",
+            AppError::BridgeFailed => "bridge_failed",
             AppError::Internal => "internal_error",
         }
     }

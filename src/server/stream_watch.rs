@@ -62,7 +62,10 @@ impl StreamWatch {
     }
 
     fn waiting(&self) -> MutexGuard<'_, Option<Instant>> {
-        self.0.waiting_since.lock().unwrap_or_else(|p| p.into_inner())
+        self.0
+            .waiting_since
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
     }
 
     /// The body handed hyper a frame.

@@ -8,7 +8,7 @@ use tokio_postgres::types::Type;
 
 use super::{SessionError, SessionStore};
 use crate::bridge::control_channel;
-use crate::log::postgres::{timed, DbError};
+use crate::log::postgres::{column, timed, DbError};
 
 pub struct PgSessions {
     pool: Pool,
@@ -88,7 +88,10 @@ impl PgSessions {
         })
         .await
         .map_err(|e| SessionError::Unavailable(e.to_string()))?;
-        Ok(rows.first().map(|r| r.get::<_, i64>(0)))
+        rows.first()
+            .map(|r| column::<i64>(r, 0))
+            .transpose()
+            .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
 }
 
