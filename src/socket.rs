@@ -116,6 +116,12 @@ impl SocketState {
     }
 }
 
+/// The client acknowledged bytes between two readings of a socket's [`SocketState::unacknowledged`]
+/// (nothing new was written in between): it reads, however slowly.
+pub fn drained(before: Option<usize>, after: Option<usize>) -> bool {
+    matches!((before, after), (Some(b), Some(a)) if a < b)
+}
+
 /// `SIOCOUTQ` (= `TIOCOUTQ`) on a TCP socket: bytes in its send queue not yet acknowledged by the
 /// peer.
 #[cfg(target_os = "linux")]

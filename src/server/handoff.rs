@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use super::stream_watch::{StreamWatch, WatchedBody};
 use super::ConnInfo;
 use crate::event::Chunk;
-use crate::socket::Cut;
+use crate::socket::{self, Cut, SocketState};
 
 /// The chunks of a stream response, in order; the end of the stream ends the response.
 pub type Chunks = Pin<Box<dyn Stream<Item = Chunk> + Send>>;
@@ -189,7 +189,7 @@ pub(super) async fn write_stream(
                 () = &mut hangup => break Ok(false),
             };
             let Some(chunk) = next else {
-                break write_all(&tcp, &Raw(b"0\r\n\r\n"), limit)
+                break write_all(&tcp, &Raw(b"0\r\n\r\n"), limit, &info.socket)
                     .await
                     .map(|()| true);
             };
@@ -203,7 +203,7 @@ pub(super) async fn write_stream(
                 chunk: &chunk,
                 len,
             };
-            if let Err(error) = write_all(&tcp, &framed, limit).await {
+            if let Err(error) = write_all(&tcp, &framed, limit, &info.socket).await {
                 break Err(error);
             }
         }
@@ -337,9 +337,15 @@ fn gather<'a>(pieces: &'a impl Pieces, mut skip: usize, slices: &mut [IoSlice<'a
 }
 
 /// Writes every byte of `pieces`, failing with `TimedOut` once the kernel has accepted nothing
-/// for `limit`. Past the stream's backlog bound the socket takes nothing until the client has read
-/// enough (see [`SocketState::bound_backlog`]): a slow reader is paced, not cut.
-async fn write_all(tcp: &TcpStream, pieces: &impl Pieces, limit: Duration) -> io::Result<()> {
+/// and the client has acknowledged nothing for `limit`. Past the stream's backlog bound the
+/// socket takes nothing until the client has read enough (see [`SocketState::bound_backlog`]): a
+/// slow reader is paced, not cut.
+async fn write_all(
+    tcp: &TcpStream,
+    pieces: &impl Pieces,
+    limit: Duration,
+    socket: &SocketState,
+) -> io::Result<()> {
     let total = pieces.total();
     let mut written = 0;
     while written < total {
@@ -347,10 +353,17 @@ async fn write_all(tcp: &TcpStream, pieces: &impl Pieces, limit: Duration) -> io
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut held = socket.unacknowledged();
                 // `poll_write_ready` also replaces a waker hyper may have left (see `hangup`).
-                match tokio::time::timeout(limit, poll_fn(|cx| tcp.poll_write_ready(cx))).await {
-                    Ok(ready) => ready?,
-                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                while let Err(elapsed) =
+                    tokio::time::timeout(limit, poll_fn(|cx| tcp.poll_write_ready(cx))).await
+                {
+                    // The client acknowledged something meanwhile: it reads, slowly.
+                    let now = socket.unacknowledged();
+                    if !socket::drained(held, now) {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, elapsed));
+                    }
+                    held = now;
                 }
             }
             Err(e) => return Err(e),
@@ -422,9 +435,14 @@ mod tests {
             client.read_to_end(&mut got).await.expect("read to the end");
             got
         });
-        write_all(&server, &pieces, Duration::from_secs(10))
-            .await
-            .expect("write");
+        write_all(
+            &server,
+            &pieces,
+            Duration::from_secs(10),
+            &SocketState::default(),
+        )
+        .await
+        .expect("write");
         drop(server);
         let got = reader.await.expect("reader");
         assert_eq!(got.len(), expected.len());

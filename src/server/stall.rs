@@ -27,6 +27,8 @@ pub(super) struct StallGuard {
     limit: Duration,
     timer: Pin<Box<Sleep>>,
     armed: bool,
+    /// What the kernel held for the client when the timer was armed.
+    held: Option<usize>,
     info: ConnInfo,
     writers: TaskTracker,
 }
@@ -44,6 +46,7 @@ impl StallGuard {
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
             armed: false,
+            held: None,
             info,
             writers,
         }
@@ -54,11 +57,21 @@ impl StallGuard {
     fn on_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         if !self.armed {
             self.armed = true;
+            self.held = self.info.socket.unacknowledged();
             self.timer
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.limit);
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            // The client acknowledged something meanwhile: it reads, slowly; wait again.
+            let now = self.info.socket.unacknowledged();
+            if crate::socket::drained(self.held, now) {
+                self.held = now;
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.limit);
+                continue;
+            }
             self.info.socket.cut(Cut::WriteStall);
             tracing::info!(peer = %self.info.peer, limit_secs = self.limit.as_secs(), "write stalled; aborting the connection");
             return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
@@ -235,5 +248,53 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(info.socket.cut_reason(), Some(Cut::WriteStall));
         assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_client_reads_slowly_is_paced_not_cut() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpSocket::new_v4().expect("socket");
+        client.set_recv_buffer_size(4096).expect("rcvbuf");
+        let mut client = client.connect(addr).await.expect("connect");
+        let (server_side, peer) = listener.accept().await.expect("accept");
+        let info = ConnInfo {
+            handoff: Default::default(),
+            peer,
+            socket: SocketState::default(),
+        };
+        let limit = Duration::from_millis(300);
+        let mut guarded = StallGuard::new(server_side, limit, info.clone(), TaskTracker::new());
+        // The client reads 2 KB every 50 ms: far too slow for the socket to take a 64 KiB write
+        // within the deadline, fast enough to acknowledge something within it.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut total = 0usize;
+            let until = tokio::time::Instant::now() + Duration::from_secs(3);
+            while tokio::time::Instant::now() < until {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            total
+        });
+        let chunk = vec![b'x'; 64 * 1024];
+        let wrote: Result<io::Result<()>, _> =
+            tokio::time::timeout(Duration::from_secs(2), async {
+                loop {
+                    guarded.write_all(&chunk).await?;
+                }
+            })
+            .await;
+        assert!(
+            wrote.is_err(),
+            "still writing when the test stopped: {wrote:?}"
+        );
+        assert_eq!(info.socket.cut_reason(), None);
+        drop(guarded);
+        assert!(reader.await.expect("reader") > 0);
     }
 }
