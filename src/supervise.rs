@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::backoff::Backoff;
+use crate::log::postgres::with_causes;
 use crate::metrics::Metrics;
 
 /// What a supervised task fails with.
@@ -108,20 +109,6 @@ async fn supervise<F, Fut, D>(
             _ = tokio::time::sleep(delay) => {}
         }
     }
-}
-
-fn with_causes(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
 }
 
 fn panic_message(payload: Box<dyn Any + Send>) -> String {
