@@ -115,19 +115,24 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
     tracing::info!(role = "public", addr = %public_addr, "listening");
-    let public_role = "public";
-    servers.spawn(named(
-        public_role,
-        server::serve(public, public_slot.clone(), opts, stop_accepting.clone()),
-    ));
+    // Each listener's task, by role.
+    let mut roles = vec![(
+        servers
+            .spawn(server::serve(
+                public,
+                public_slot.clone(),
+                opts,
+                stop_accepting.clone(),
+            ))
+            .id(),
+        "public",
+    )];
     if let (Some(listener), Some(slot)) = (admin, admin_slot.clone()) {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(role = "admin", addr = %addr, "listening");
         }
-        servers.spawn(named(
-            "admin",
-            server::serve(listener, slot, opts, stop_accepting.clone()),
-        ));
+        let task = servers.spawn(server::serve(listener, slot, opts, stop_accepting.clone()));
+        roles.push((task.id(), "admin"));
     }
 
     let stop_tasks = CancellationToken::new();
@@ -189,15 +194,16 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     // gone) ends the process with a failure, so the orchestrator restarts it.
     tokio::select! {
         _ = signals.recv() => {}
-        Some(ended) = servers.join_next() => {
-            let role = match ended {
-                Ok(role) => role,
-                Err(error) => {
-                    tracing::error!(%error, "a listener task failed");
-                    public_role
-                }
+        Some(ended) = servers.join_next_with_id() => {
+            let (id, cause) = match ended {
+                Ok((id, ())) => (id, "it returned".to_owned()),
+                Err(error) => (error.id(), error.to_string()),
             };
-            tracing::error!(role, "listener stopped while serving; exiting");
+            let role = roles
+                .iter()
+                .find_map(|(task, role)| (*task == id).then_some(*role))
+                .unwrap_or("public");
+            tracing::error!(role, cause, "listener stopped while serving; exiting");
             stop_tasks.cancel();
             return Err(StartError::ListenerStopped { role });
         }
@@ -252,12 +258,6 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
 async fn until_stopped(task: impl std::future::Future<Output = ()>) -> Result<(), TaskError> {
     task.await;
     Ok(())
-}
-
-/// A listener's accept loop, named by its role.
-async fn named(role: &'static str, serve: impl std::future::Future<Output = ()>) -> &'static str {
-    serve.await;
-    role
 }
 
 /// The bridge (readiness and the LISTEN gauge go down whenever it fails), the publish writer and
