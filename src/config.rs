@@ -248,11 +248,25 @@ pub struct ServeConfig {
     pub advertise_list_changed: bool,
 
     /// Proxy mode: let MCP 2026-07-28 clients use a 2025-era upstream (one that does not answer
-    /// `server/discover`): the replica makes its own `initialize` handshake and forwards their
-    /// requests on that one upstream session. Only for upstreams that keep no per-client state in
-    /// a session (stateless ones); off, such clients fall back to the 2025 handshake themselves.
+    /// `server/discover`): the replica makes an `initialize` handshake per caller's credentials
+    /// (`Authorization`, `Cookie`, the tenant header of header mode), with those credentials, and
+    /// forwards each caller's requests on its own upstream session. Off, such clients fall back to
+    /// the 2025 handshake themselves.
     #[arg(long, env = "FANOUT_BRIDGE_2026_CLIENTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub bridge_2026_clients: bool,
+
+    /// Proxy mode, with `FANOUT_BRIDGE_2026_CLIENTS`: most upstream sessions a replica keeps for
+    /// bridged callers (one per set of credentials); the least recently used is closed upstream
+    /// (`DELETE`) when a new caller needs one.
+    #[arg(long, env = "FANOUT_BRIDGE_MAX_SESSIONS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub bridge_max_sessions: u64,
+
+    /// Proxy mode: tell the upstream who the client is, as a proxy does: append its address to
+    /// `X-Forwarded-For` and a `Forwarded` element (for, host, proto), and set
+    /// `X-Forwarded-Proto` / `X-Forwarded-Host` unless a proxy in front set them. Off, forwarded
+    /// requests carry the client's own headers only.
+    #[arg(long, env = "FANOUT_PROXY_FORWARDED_HEADERS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub proxy_forwarded_headers: bool,
 
     /// Log format; `RUST_LOG` filters.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]

@@ -4,6 +4,7 @@ use clap::Args;
 use serde_json::{json, Value};
 
 use super::CliError;
+use crate::event::parse_json;
 
 #[derive(Debug, Clone, Args)]
 pub struct PublishArgs {
@@ -37,7 +38,8 @@ pub struct PublishArgs {
 pub async fn run(args: PublishArgs) -> Result<(), CliError> {
     let mut body = json!({ "method": args.method });
     if let Some(p) = &args.params {
-        let params: Value = serde_json::from_str(p).map_err(|e| CliError::Params(e.to_string()))?;
+        // Parsed as the server parses bodies: a repeated key is an error, not silently dropped.
+        let params = parse_json(p.as_bytes()).map_err(|e| CliError::Params(e.to_string()))?;
         if !params.is_object() {
             return Err(CliError::Params("expected an object".into()));
         }

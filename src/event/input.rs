@@ -3,6 +3,7 @@
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use super::json::parse_json;
 use super::target::Target;
 
 pub const MAX_METHOD_BYTES: usize = 128;
@@ -103,8 +104,7 @@ pub fn parse_publish_body(
     body: &[u8],
     limits: PublishLimits,
 ) -> Result<PublishRequest, InputError> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| InputError::InvalidJson(e.to_string()))?;
+    let value = parse_json(body).map_err(|e| InputError::InvalidJson(e.to_string()))?;
     match value {
         Value::Array(items) => {
             if items.is_empty() {
@@ -372,6 +372,9 @@ mod tests {
     #[test]
     fn refuses_bad_input_with_codes_and_indexes() {
         assert!(matches!(parse("{"), Err(InputError::InvalidJson(_))));
+        assert!(
+            matches!(parse(r#"{"method":"notifications/a","tenant":"a","tenant":"b"}"#), Err(InputError::InvalidJson(m)) if m.contains("duplicate key \"tenant\""))
+        );
         assert_eq!(parse("[]").unwrap_err(), InputError::EmptyBatch);
         assert!(matches!(
             parse(

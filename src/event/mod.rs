@@ -1,14 +1,16 @@
 //! Events: ids, targets, the stored event and the one function that frames it for the wire,
-//! and validation of what publishers send.
+//! validation of what publishers send, and the JSON parse every request body goes through.
 
 pub mod chunk;
 pub mod frame;
 pub mod id;
 pub mod input;
+pub mod json;
 pub mod target;
 
 pub use chunk::Chunk;
 pub use frame::StoredEvent;
 pub use id::{Cursor, EventId, InvalidEventId};
 pub use input::{InputError, NewEvent, PublishLimits, PublishRequest};
+pub use json::{parse_json, JsonError};
 pub use target::{Target, Viewer};

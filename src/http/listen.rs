@@ -16,18 +16,19 @@ use serde_json::{json, Value};
 use super::body::{read_body, require_json};
 use super::era_bridge;
 use super::error::AppError;
-use super::headers::MCP_PROTOCOL_VERSION;
+use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{Coalescer, DropReason, Feed, SubscriberGuard, SubscriberKind};
-use crate::event::{Chunk, Viewer};
+use crate::event::{parse_json, Chunk, JsonError, Viewer};
 use crate::mcp::listen::{
     self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
 };
 use crate::mcp::KEEPALIVE_FRAME;
 use crate::server::handoff::Chunks;
 use crate::server::ConnInfo;
+use crate::session::{minted, Owner, Ownership, SessionError};
 use crate::state::AppState;
 
 pub const MCP_METHOD: &str = "mcp-method";
@@ -99,10 +100,19 @@ pub async fn post_mcp(
 }
 
 /// `DELETE /mcp`: forwarded in proxy mode (and the session's streams end on every replica);
-/// standalone, there is nothing to delete.
-pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
+/// standalone, there is nothing to delete. Only the session's owner may delete it.
+pub async fn delete_mcp(
+    State(st): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let Some(up) = &st.upstream else {
         return AppError::MethodNotAllowed("DELETE".into()).into_response();
+    };
+    let owner = match authorize_delete(&st, &headers).await {
+        Ok(owner) => owner,
+        Err(e) => return e.into_response(),
     };
     let bytes = match read_body(&headers, body, st.config.body_limit()).await {
         Ok(b) => b,
@@ -113,9 +123,49 @@ pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Bo
         headers: &headers,
         body: bytes,
         rpc_method: None,
-        principal: None,
+        owner,
+        peer: conn.peer,
     };
     proxy::forward(&st, up, forward).await
+}
+
+/// Who may delete a session: the caller is identified as for its GET (`401` for a missing or
+/// invalid credential), and a session recorded here must be the caller's (`403` otherwise; a
+/// token without `sub` owns none). A minted session that is not recorded is `404`: there is
+/// nothing to end. An upstream's session that is not recorded is the upstream's to answer.
+async fn authorize_delete(st: &AppState, headers: &HeaderMap) -> Result<Option<Owner>, AppError> {
+    let identity = st.subscriber_auth.identify(headers).await?;
+    let Some(session) = headers::session_id(headers)? else {
+        return Ok(None);
+    };
+    let owner = identity.session_owner()?;
+    match st.sessions.ownership(&session, &owner).await {
+        Ok(Ownership::Mine) => Ok(Some(owner)),
+        Ok(Ownership::Other) => Err(AppError::Forbidden(
+            "this session belongs to another principal",
+        )),
+        Ok(Ownership::Unknown) if minted::is_minted(session.as_bytes()) => {
+            Err(AppError::SessionNotFound)
+        }
+        Ok(Ownership::Unknown) => Ok(Some(owner)),
+        Err(SessionError::Forbidden) => Err(AppError::Forbidden(
+            "this session belongs to another principal",
+        )),
+        Err(SessionError::Unavailable(error)) => {
+            tracing::warn!(%error, "cannot check the session's owner");
+            Err(AppError::DatabaseUnavailable)
+        }
+    }
+}
+
+/// A body that is not one JSON value (or names a key twice): JSON-RPC's parse error, `400`.
+fn parse_error(e: &JsonError) -> RpcError {
+    RpcError::new(
+        StatusCode::BAD_REQUEST,
+        &Value::Null,
+        codes::PARSE_ERROR,
+        format!("Parse error: {e}"),
+    )
 }
 
 async fn handle(
@@ -129,27 +179,38 @@ async fn handle(
     let bytes = read_body(&headers, body, st.config.body_limit())
         .await
         .map_err(|e| RpcError::from_app(e, &null))?;
-    let parsed: Option<Value> = serde_json::from_slice(&bytes).ok();
+    // Parsed once; an object naming a key twice is refused in both modes (the upstream could
+    // read the other value than the one the service acted on).
+    let parsed = parse_json(&bytes);
+    if let Err(e @ JsonError::DuplicateKey { .. }) = &parsed {
+        return Err(parse_error(e));
+    }
     let rpc_method = parsed
         .as_ref()
+        .ok()
         .and_then(|m| m.get("method"))
         .and_then(Value::as_str)
         .map(str::to_owned);
     // Proxy mode: everything but `subscriptions/listen` goes to the upstream, untouched.
     if let Some(up) = &st.upstream {
         if rpc_method.as_deref() != Some(LISTEN_METHOD) {
-            let principal = st
+            // The owner of a session this request creates upstream; a request that names no
+            // one (no valid credential, a token without `sub`) creates a session nobody can use
+            // here.
+            let owner = st
                 .subscriber_auth
                 .identify(&headers)
                 .await
                 .ok()
-                .and_then(|i| i.principal);
+                .and_then(|i| i.session_owner().ok())
+                .unwrap_or_else(Owner::nobody);
             let forward = Forward {
                 method: axum::http::Method::POST,
                 headers: &headers,
                 body: bytes,
                 rpc_method,
-                principal,
+                owner: Some(owner),
+                peer: conn.peer,
             };
             if up.bridges_2026_clients() && era_bridge::is_modern_request(&headers) {
                 return Ok(era_bridge::forward(&st, up, forward).await);
@@ -158,14 +219,7 @@ async fn handle(
         }
     }
     require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
-    let msg: Value = serde_json::from_slice(&bytes).map_err(|e| {
-        RpcError::new(
-            StatusCode::BAD_REQUEST,
-            &null,
-            codes::PARSE_ERROR,
-            format!("Parse error: {e}"),
-        )
-    })?;
+    let msg = parsed.map_err(|e| parse_error(&e))?;
     let (method, id) = match (&msg["jsonrpc"], &msg["method"], msg.get("id")) {
         (Value::String(v), Value::String(m), id) if v == "2.0" => (m.clone(), id.cloned()),
         _ => {
@@ -276,10 +330,11 @@ async fn handle(
         tenant: identity.tenant,
         session: None,
     };
-    let expires = identity.expires_at.map(|at| {
-        tokio::time::Instant::now()
-            + at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
+    let expires = identity.expires_at.and_then(|at| {
+        tokio::time::Instant::now().checked_add(
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
     });
     // Never closed for rebalancing (2026 clients do not re-listen): no max age.
     let ends = Ends {

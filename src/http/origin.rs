@@ -55,7 +55,8 @@ pub async fn check_origin(State(st): State<AppState>, req: Request, next: Next) 
     resp
 }
 
-/// No `Origin`: allowed. Otherwise it must be listed, or same-origin (its host equals `Host`).
+/// No `Origin`: allowed. Otherwise it must be listed, or same-origin: the same scheme, host and
+/// port as the request (see [`request_scheme`]; a missing port is the scheme's default).
 pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
@@ -67,14 +68,71 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
     if allowed.iter().any(|a| a == "*" || *a == origin) {
         return true;
     }
-    let host = headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .map(str::to_ascii_lowercase);
-    let origin_host = origin
-        .strip_prefix("http://")
-        .or_else(|| origin.strip_prefix("https://"));
-    matches!((origin_host, host), (Some(o), Some(h)) if o == h)
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let scheme = request_scheme(headers);
+    match (
+        SchemeHostPort::parse_origin(&origin),
+        SchemeHostPort::of(scheme, &host.to_ascii_lowercase()),
+    ) {
+        (Some(o), Some(r)) => o == r,
+        _ => false,
+    }
+}
+
+/// The scheme the client used: `https` when the nearest proxy says so in `X-Forwarded-Proto`
+/// (its first value), else `http`, the only one this listener speaks. The header is believed from
+/// any peer: a browser cannot set it on a cross-origin request without a preflight, and the
+/// preflight, which carries no such header, is itself refused by the origin check.
+pub fn request_scheme(headers: &HeaderMap) -> &'static str {
+    let forwarded = headers
+        .get("x-forwarded-proto")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(str::trim);
+    match forwarded {
+        Some(p) if p.eq_ignore_ascii_case("https") => "https",
+        _ => "http",
+    }
+}
+
+/// An origin's scheme, host and port (the default port made explicit).
+#[derive(Debug, PartialEq, Eq)]
+struct SchemeHostPort<'a> {
+    scheme: &'a str,
+    host: &'a str,
+    port: u16,
+}
+
+impl<'a> SchemeHostPort<'a> {
+    /// `scheme://host[:port]`, lower-cased; only `http` and `https`.
+    fn parse_origin(origin: &'a str) -> Option<SchemeHostPort<'a>> {
+        let (scheme, authority) = origin.split_once("://")?;
+        SchemeHostPort::of(scheme, authority)
+    }
+
+    /// `authority` (`host`, `host:port`, `[v6]`, `[v6]:port`) under `scheme`.
+    fn of(scheme: &'a str, authority: &'a str) -> Option<SchemeHostPort<'a>> {
+        let default_port = match scheme {
+            "http" => 80,
+            "https" => 443,
+            _ => return None,
+        };
+        let (host, port) = match authority.rsplit_once(':') {
+            // A colon inside brackets belongs to an IPv6 address, not to a port.
+            Some((h, p)) if !p.contains(']') => (h, Some(p)),
+            _ => (authority, None),
+        };
+        if host.is_empty() || host.contains(['/', '@', '?', '#']) {
+            return None;
+        }
+        let port = match port {
+            None => default_port,
+            Some(p) => p.parse().ok()?,
+        };
+        Some(SchemeHostPort { scheme, host, port })
+    }
 }
 
 #[cfg(test)]
@@ -117,5 +175,41 @@ mod tests {
             &h(Some("https://app.example.evil"), "svc:8080"),
             &listed
         ));
+    }
+
+    #[test]
+    fn same_origin_is_scheme_host_and_port() {
+        let none: Vec<String> = vec![];
+        let ok = |origin: &'static str, host: &'static str, proto: Option<&'static str>| {
+            let mut m = h(Some(origin), host);
+            if let Some(p) = proto {
+                m.insert("x-forwarded-proto", HeaderValue::from_static(p));
+            }
+            origin_allowed(&m, &none)
+        };
+        assert!(ok("http://127.0.0.1:8080", "127.0.0.1:8080", None));
+        assert!(!ok("https://127.0.0.1:8080", "127.0.0.1:8080", None));
+        assert!(ok(
+            "https://127.0.0.1:8080",
+            "127.0.0.1:8080",
+            Some("https")
+        ));
+        assert!(!ok(
+            "http://127.0.0.1:8080",
+            "127.0.0.1:8080",
+            Some("https")
+        ));
+        assert!(ok("https://svc", "svc", Some("https, http")));
+        assert!(ok("http://svc:80", "svc", None));
+        assert!(ok("http://svc", "svc:80", None));
+        assert!(ok("https://svc:443", "svc", Some("HTTPS")));
+        assert!(!ok("http://svc:8081", "svc:8080", None));
+        assert!(!ok("http://svc", "svc:8080", None));
+        assert!(ok("http://[::1]:8080", "[::1]:8080", None));
+        assert!(!ok("http://[::1]", "[::1]:8080", None));
+        assert!(!ok("ftp://svc:8080", "svc:8080", None));
+        assert!(!ok("http://user@svc:8080", "svc:8080", None));
+        assert!(!ok("http://svc:8080/x", "svc:8080", None));
+        assert!(!ok("http://svc:x", "svc:x", None));
     }
 }

@@ -4,6 +4,8 @@
 //! frame. Sessions are recorded from `initialize` responses before they are relayed, so a client's
 //! immediate GET on another replica finds its session.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,12 +15,16 @@ use serde_json::{json, Value};
 
 use super::headers::MCP_SESSION_ID;
 use crate::mcp::upstream::Upstream;
-use crate::session::minted;
+use crate::session::{minted, Owner};
 use crate::state::AppState;
 
-/// Headers that describe one hop, not the message: never forwarded either way.
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1, and the legacy
+/// `Proxy-Connection` and `Keep-Alive`): never forwarded either way, and neither is any header a
+/// `Connection` header names. `Proxy-Authorization` is a credential for this hop (the service
+/// takes none), `Proxy-Authenticate` the upstream's challenge for its own hop.
 const HOP_BY_HOP: [&str; 9] = [
     "connection",
+    "proxy-connection",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
@@ -26,8 +32,12 @@ const HOP_BY_HOP: [&str; 9] = [
     "trailer",
     "transfer-encoding",
     "upgrade",
-    "host",
 ];
+
+/// The headers the proxy adds to say who the client is (`FANOUT_PROXY_FORWARDED_HEADERS`).
+const X_FORWARDED_FOR: &str = "x-forwarded-for";
+const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
+const X_FORWARDED_HOST: &str = "x-forwarded-host";
 
 /// What the proxy knows about a forwarded request.
 pub struct Forward<'a> {
@@ -36,8 +46,10 @@ pub struct Forward<'a> {
     pub body: Bytes,
     /// The JSON-RPC method, when the body is one.
     pub rpc_method: Option<String>,
-    /// Owner to record for a session created by `initialize`.
-    pub principal: Option<String>,
+    /// Owner to record for a session created by `initialize` (`None`: nobody).
+    pub owner: Option<Owner>,
+    /// The client's address (the TCP peer), for `X-Forwarded-For` / `Forwarded`.
+    pub peer: SocketAddr,
 }
 
 /// Forwards one request upstream and relays the answer.
@@ -52,19 +64,22 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         end_session(st, s).await;
         return StatusCode::OK.into_response();
     }
-    let mut req = up.client.request(f.method.clone(), up.url.clone());
-    for (name, value) in f.headers {
-        let n = name.as_str();
-        // A minted session id stays here; one the upstream issued goes back to it (a stateful
-        // upstream refuses a request without its session id).
-        if HOP_BY_HOP.contains(&n)
-            || n == "content-length"
-            || (n == MCP_SESSION_ID && minted_session.is_some())
-        {
-            continue;
-        }
-        req = req.header(name, value);
+    // `Host` is the upstream's and `Content-Length` the body's as sent. A minted session id stays
+    // here; one the upstream issued goes back to it (a stateful upstream refuses a request
+    // without its session id).
+    let also: &[&str] = if minted_session.is_some() {
+        &["host", "content-length", MCP_SESSION_ID]
+    } else {
+        &["host", "content-length"]
+    };
+    let mut headers = end_to_end(f.headers, also);
+    if up.forwarded_headers {
+        add_forwarded(&mut headers, f.headers, f.peer);
     }
+    let req = up
+        .client
+        .request(f.method.clone(), up.url.clone())
+        .headers(headers);
     let resp = match req.body(f.body).send().await {
         Ok(r) => r,
         Err(error) => {
@@ -76,12 +91,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         }
     };
     let status = resp.status();
-    let mut headers = HeaderMap::new();
-    for (name, value) in resp.headers() {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            headers.append(name.clone(), value.clone());
-        }
-    }
+    let mut headers = end_to_end(resp.headers(), &[]);
     let rpc = f.rpc_method.as_deref();
     if rpc == Some("initialize") && status == StatusCode::NOT_FOUND {
         // An initialize carries no session, so this 404 is not "session not found": the URL is
@@ -105,7 +115,8 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         }
         // Record before relaying: the client's next request (its GET) may reach another replica.
         if let Some(s) = &session {
-            if let Err(error) = st.sessions.register(s, f.principal.as_deref()).await {
+            let owner = f.owner.clone().unwrap_or_else(Owner::nobody);
+            if let Err(error) = st.sessions.register(s, &owner).await {
                 tracing::warn!(%error, session = s, "cannot record the session; forwarding anyway");
             }
         }
@@ -142,6 +153,78 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+/// `headers` without the hop-by-hop ones, those their `Connection` names, and `also`.
+fn end_to_end(headers: &HeaderMap, also: &[&str]) -> HeaderMap {
+    let named: Vec<String> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    let mut out = HeaderMap::with_capacity(headers.len());
+    for (name, value) in headers {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || also.contains(&n) || named.iter().any(|t| t == n) {
+            continue;
+        }
+        out.append(name.clone(), value.clone());
+    }
+    out
+}
+
+/// Says who the client is, as a proxy does: its address appended to `X-Forwarded-For` and a
+/// `Forwarded` element for this hop (`for`, `host`, `proto`) appended to any the request brought;
+/// `X-Forwarded-Proto` and `X-Forwarded-Host` set to this hop's (`http`, the request's `Host`)
+/// unless a proxy in front already set them. Existing values are kept as received: an upstream
+/// believes only the entries its own trusted proxies appended (here, the last).
+fn add_forwarded(out: &mut HeaderMap, received: &HeaderMap, peer: SocketAddr) {
+    let ip = peer.ip();
+    let joined = |name: &str| {
+        let values: Vec<&str> = received
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        (!values.is_empty()).then(|| values.join(", "))
+    };
+    let host = received
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.contains(['"', '\\']));
+    let xff = match joined(X_FORWARDED_FOR) {
+        Some(before) => format!("{before}, {ip}"),
+        None => ip.to_string(),
+    };
+    let node = match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("\"[{v6}]\""),
+    };
+    let mut element = format!("for={node}");
+    if let Some(h) = host {
+        element.push_str(&format!(";host=\"{h}\""));
+    }
+    element.push_str(";proto=http");
+    let forwarded = match joined(header::FORWARDED.as_str()) {
+        Some(before) => format!("{before}, {element}"),
+        None => element,
+    };
+    let mut set = |name: HeaderName, value: &str| {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            out.insert(name, v);
+        }
+    };
+    set(HeaderName::from_static(X_FORWARDED_FOR), &xff);
+    set(header::FORWARDED, &forwarded);
+    if !received.contains_key(X_FORWARDED_PROTO) {
+        set(HeaderName::from_static(X_FORWARDED_PROTO), "http");
+    }
+    if let (false, Some(h)) = (received.contains_key(X_FORWARDED_HOST), host) {
+        set(HeaderName::from_static(X_FORWARDED_HOST), h);
+    }
 }
 
 /// Ends a session's streams on every replica and forgets it (after its `DELETE`).
@@ -291,6 +374,72 @@ fn rewrite_block(block: &[u8], patch: Patch) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for (k, v) in pairs {
+            m.append(*k, HeaderValue::from_static(v));
+        }
+        m
+    }
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
+        let h = map(&[
+            ("connection", "close, X-Secret-Hop"),
+            ("connection", "x-other-hop"),
+            ("x-secret-hop", "s"),
+            ("x-other-hop", "o"),
+            ("proxy-connection", "keep-alive"),
+            ("keep-alive", "300"),
+            ("proxy-authorization", "Basic eA=="),
+            ("te", "trailers"),
+            ("trailer", "x-sum"),
+            ("upgrade", "websocket"),
+            ("host", "svc"),
+            ("authorization", "Bearer t"),
+            ("cookie", "a=1"),
+            ("cookie", "b=2"),
+        ]);
+        let out = end_to_end(&h, &["host"]);
+        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        assert_eq!(names, ["authorization", "cookie"]);
+        assert_eq!(out.get_all("cookie").iter().count(), 2);
+    }
+
+    #[test]
+    fn forwarded_headers_append_this_hop() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().expect("addr");
+        let mut out = HeaderMap::new();
+        add_forwarded(&mut out, &map(&[("host", "svc:8080")]), peer);
+        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(
+            out["forwarded"],
+            r#"for=10.1.2.3;host="svc:8080";proto=http"#
+        );
+        assert_eq!(out["x-forwarded-proto"], "http");
+        assert_eq!(out["x-forwarded-host"], "svc:8080");
+
+        let received = map(&[
+            ("host", "svc"),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("x-forwarded-for", "198.51.100.1"),
+            ("forwarded", "for=203.0.113.7;proto=https"),
+            ("x-forwarded-proto", "https"),
+            ("x-forwarded-host", "mcp.example"),
+        ]);
+        let mut out = end_to_end(&received, &["host"]);
+        let v6: SocketAddr = "[::1]:5555".parse().expect("addr");
+        add_forwarded(&mut out, &received, v6);
+        assert_eq!(out["x-forwarded-for"], "203.0.113.7, 198.51.100.1, ::1");
+        assert_eq!(
+            out["forwarded"],
+            r#"for=203.0.113.7;proto=https, for="[::1]";host="svc";proto=http"#
+        );
+        assert_eq!(out["x-forwarded-proto"], "https");
+        assert_eq!(out["x-forwarded-host"], "mcp.example");
+        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+    }
 
     #[test]
     fn advertises_list_changed_in_json_and_sse() {

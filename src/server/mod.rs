@@ -3,10 +3,11 @@
 //! off to their own writers after the head, graceful shutdown.
 
 pub mod handoff;
-mod head_limit;
+mod parse_errors;
 mod stall;
 pub mod stream_watch;
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use tower::ServiceExt;
 
 use crate::socket::{SocketState, StreamCut};
 use handoff::HandOff;
+use parse_errors::Exchanges;
 use stall::StallGuard;
 use stream_watch::{StreamExec, StreamWatch};
 
@@ -44,6 +46,9 @@ pub struct ConnInfo {
     pub socket: SocketState,
     /// Where a stream response leaves hyper for its own writer (HTTP/1.1).
     pub handoff: HandOff,
+    /// The service's responses not yet all on the wire (tells hyper's own parse-error answers
+    /// from them).
+    pub exchanges: Exchanges,
 }
 
 impl ConnInfo {
@@ -123,6 +128,7 @@ pub async fn serve(
             peer,
             socket: SocketState::default(),
             handoff: HandOff::default(),
+            exchanges: Exchanges::default(),
         };
         let io = TokioIo::new(StallGuard::new(
             stream,
@@ -134,7 +140,9 @@ pub async fn serve(
         let slot = slot.clone();
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
-            slot.current().oneshot(req)
+            let exchange = info.exchanges.begin();
+            let answered = slot.current().oneshot(req);
+            async move { Ok::<_, Infallible>(exchange.carried_by(answered.await?)) }
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());

@@ -1,8 +1,8 @@
 //! The socket hyper serves a connection on: writes fail once the kernel has accepted nothing for
 //! the write-stall deadline (hyper has no write timeout; under an event stream the kernel also
-//! paces writes to the stream's backlog bound); a flush after a stream's head hands the socket to the stream's own
-//! writer (see [`super::handoff`]); hyper's bare answer to an oversized head is replaced with the
-//! JSON error (see [`super::head_limit`]).
+//! paces writes to the stream's backlog bound); a flush after a stream's head hands the socket to
+//! the stream's own writer (see [`super::handoff`]); hyper's bare answer to a request it cannot
+//! parse is replaced with the JSON error (see [`super::parse_errors`]).
 
 use std::future::Future;
 use std::io;
@@ -16,11 +16,11 @@ use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
 use super::ConnInfo;
-use super::{handoff, head_limit};
+use super::{handoff, parse_errors};
 use crate::socket::Cut;
 
 /// A socket whose writes fail with `TimedOut` once the kernel has accepted nothing for `limit`.
-/// Once its connection's stream is handed off (or its oversized head answered) it is an empty
+/// Once its connection's stream is handed off (or its unparsable request answered) it is an empty
 /// shell: reads see the end, writes fail.
 pub(super) struct StallGuard {
     inner: Option<TcpStream>,
@@ -104,17 +104,19 @@ impl StallGuard {
         cx.waker().wake_by_ref();
     }
 
-    /// hyper is about to write its bare answer to an oversized request head: the socket goes to
-    /// a task that answers with the JSON error instead, and hyper sees its bytes written.
-    fn answer_oversized_head(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
-        let first = bufs.iter().find(|b| !b.is_empty())?;
-        if !head_limit::is_hypers_answer(first) {
+    /// hyper is about to write its bare answer to a request it could not parse (no response of
+    /// the service is on its way out): the socket goes to a task that answers with the JSON
+    /// error instead, and hyper sees its bytes written.
+    fn answer_parse_error(&mut self, bufs: &[io::IoSlice<'_>]) -> Option<usize> {
+        if !self.info.exchanges.idle() {
             return None;
         }
+        let first = bufs.iter().find(|b| !b.is_empty())?;
+        let error = parse_errors::hypers_answer(first)?;
         let tcp = self.inner.take()?;
         self.info.socket.detach();
         self.writers
-            .spawn(head_limit::answer(tcp, self.limit, self.info.peer));
+            .spawn(parse_errors::answer(tcp, error, self.limit, self.info.peer));
         Some(bufs.iter().map(|b| b.len()).sum())
     }
 }
@@ -153,7 +155,7 @@ impl AsyncWrite for StallGuard {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(n) = this.answer_oversized_head(&[io::IoSlice::new(buf)]) {
+        if let Some(n) = this.answer_parse_error(&[io::IoSlice::new(buf)]) {
             return Poll::Ready(Ok(n));
         }
         let Some(tcp) = this.inner.as_mut() else {
@@ -171,7 +173,7 @@ impl AsyncWrite for StallGuard {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Some(n) = this.answer_oversized_head(bufs) {
+        if let Some(n) = this.answer_parse_error(bufs) {
             return Poll::Ready(Ok(n));
         }
         let Some(tcp) = this.inner.as_mut() else {
@@ -196,6 +198,7 @@ impl AsyncWrite for StallGuard {
             Poll::Pending => this.on_pending(cx),
             Poll::Ready(Ok(())) => {
                 this.armed = false;
+                this.info.exchanges.flushed();
                 this.hand_off(cx);
                 Poll::Ready(Ok(()))
             }
@@ -229,6 +232,7 @@ mod tests {
             handoff: Default::default(),
             peer,
             socket: SocketState::default(),
+            exchanges: Default::default(),
         };
         let mut guarded = StallGuard::new(
             server_side,

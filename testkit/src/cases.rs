@@ -47,6 +47,8 @@ pub struct Case {
     pub index: Option<u64>,
     /// A header the answer must carry.
     pub header: Option<&'static str>,
+    /// Text `error.message` must contain.
+    pub message: Option<String>,
 }
 
 /// A case answered `status` with `code`.
@@ -59,6 +61,7 @@ pub fn case(name: impl Into<String>, req: RawRequest, status: u16, code: &'stati
         field: None,
         index: None,
         header: None,
+        message: None,
     }
 }
 
@@ -78,6 +81,12 @@ impl Case {
     /// The error must name `index`.
     pub fn index(mut self, i: u64) -> Self {
         self.index = Some(i);
+        self
+    }
+
+    /// `error.message` must contain `text`.
+    pub fn message_contains(mut self, text: impl Into<String>) -> Self {
+        self.message = Some(text.into());
         self
     }
 
@@ -104,6 +113,14 @@ impl Case {
         if let Some(i) = self.index {
             if body["error"]["index"] != json!(i) {
                 wrong.push(format!("error.index should be {i}: {body}"));
+            }
+        }
+        if let Some(m) = &self.message {
+            if !body["error"]["message"]
+                .as_str()
+                .is_some_and(|text| text.contains(m.as_str()))
+            {
+                wrong.push(format!("error.message should contain {m:?}: {body}"));
             }
         }
         if let Some(h) = self.header {

@@ -27,6 +27,8 @@ pub struct RawRequest {
     headers: Vec<(String, Vec<u8>)>,
     body: Vec<u8>,
     no_host: bool,
+    /// Bytes written instead of a request built from the parts.
+    verbatim: Option<Vec<u8>>,
 }
 
 impl RawRequest {
@@ -38,6 +40,19 @@ impl RawRequest {
             headers: Vec::new(),
             body: Vec::new(),
             no_host: false,
+            verbatim: None,
+        }
+    }
+
+    /// Exactly `bytes`, nothing added: a request line or framing no client library would write
+    /// (a garbage line, HTTP/0.9, a lone `LF`). `method` frames the answer (`HEAD` has no body).
+    pub fn verbatim(method: &str, bytes: impl Into<Vec<u8>>) -> Self {
+        let bytes = bytes.into();
+        let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+        RawRequest {
+            verbatim: Some(bytes.clone()),
+            target: String::from_utf8_lossy(line).trim_end().to_string(),
+            ..RawRequest::new(method, "")
         }
     }
 
@@ -84,6 +99,9 @@ impl RawRequest {
 
     /// The exact bytes that will be written for a server at `addr`.
     pub fn to_bytes(&self, addr: SocketAddr) -> Vec<u8> {
+        if let Some(bytes) = &self.verbatim {
+            return bytes.clone();
+        }
         let mut out = Vec::with_capacity(256 + self.body.len());
         out.extend_from_slice(format!("{} {} HTTP/1.1\r\n", self.method, self.target).as_bytes());
         if !self.no_host && !self.has_header("host") {
@@ -150,40 +168,81 @@ pub async fn raw_request(
     req: &RawRequest,
     timeout: Duration,
 ) -> Result<RawResponse> {
-    let deadline = Instant::now() + timeout;
     let what = format!("{} {} on {addr}", req.method, req.target);
+    let mut responses = exchange(addr, &req.to_bytes(addr), &[&req.method], &what, timeout).await?;
+    responses
+        .pop()
+        .ok_or_else(|| Error::Protocol(format!("no response to {what}")))
+}
+
+/// Writes `bytes` verbatim on a new connection to `addr` (anything: a garbage request line, an
+/// HTTP/0.9 request, several pipelined requests) and reads one response per entry of `methods`
+/// (each request's method, for framing a `HEAD` answer), all within `timeout`.
+pub async fn raw_pipeline(
+    addr: SocketAddr,
+    bytes: &[u8],
+    methods: &[&str],
+    timeout: Duration,
+) -> Result<Vec<RawResponse>> {
+    let what = format!("{} raw bytes on {addr}", bytes.len());
+    exchange(addr, bytes, methods, &what, timeout).await
+}
+
+async fn exchange(
+    addr: SocketAddr,
+    bytes: &[u8],
+    methods: &[&str],
+    what: &str,
+    timeout: Duration,
+) -> Result<Vec<RawResponse>> {
+    let deadline = Instant::now() + timeout;
     let mut stream = tokio::time::timeout_at(deadline, TcpStream::connect(addr))
         .await
         .map_err(|_| Error::timeout(format!("connect for {what}"), timeout))?
         .map_err(|e| Error::io(format!("connecting for {what}"), e))?;
-    let bytes = req.to_bytes(addr);
-    tokio::time::timeout_at(deadline, stream.write_all(&bytes))
+    tokio::time::timeout_at(deadline, stream.write_all(bytes))
         .await
         .map_err(|_| Error::timeout(format!("writing {what}"), timeout))?
         .map_err(|e| Error::io(format!("writing {what}"), e))?;
-
     let mut raw = BytesMut::with_capacity(8192);
+    let mut out = Vec::with_capacity(methods.len());
+    for method in methods {
+        out.push(read_response(&mut stream, &mut raw, method, what, deadline, timeout).await?);
+    }
+    Ok(out)
+}
+
+/// Reads one response (to a request of `method`) off `stream`, `raw` holding what was read past
+/// the previous one.
+async fn read_response(
+    stream: &mut TcpStream,
+    raw: &mut BytesMut,
+    method: &str,
+    what: &str,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<RawResponse> {
     let mut head = None;
     let mut decoder: Option<BodyDecoder> = None;
     let mut body = BytesMut::new();
     loop {
         if head.is_none() {
-            if let Some(h) = parse_head(&mut raw)? {
+            if let Some(h) = parse_head(raw)? {
                 if h.status / 100 == 1 {
                     // 100 Continue and friends: skip, the real response follows.
                     continue;
                 }
-                decoder = Some(BodyDecoder::for_response(&h, &req.method)?);
+                decoder = Some(BodyDecoder::for_response(&h, method)?);
                 head = Some(h);
             }
         }
         if let Some(d) = decoder.as_mut() {
-            d.decode(&mut raw, &mut body)?;
+            d.decode(raw, &mut body)?;
             if d.is_done() {
                 break;
             }
         }
-        let n = tokio::time::timeout_at(deadline, stream.read_buf(&mut raw))
+        let n = tokio::time::timeout_at(deadline, stream.read_buf(raw))
             .await
             .map_err(|_| Error::timeout(format!("the response to {what}"), timeout))?
             .map_err(|e| Error::io(format!("reading the response to {what}"), e))?;
@@ -197,7 +256,7 @@ pub async fn raw_request(
                     return Err(Error::Truncated(format!(
                     "connection closed before a complete response head to {what} ({} bytes: {:?})",
                     raw.len(),
-                    String::from_utf8_lossy(&raw)
+                    String::from_utf8_lossy(raw)
                 )))
                 }
             }

@@ -27,6 +27,7 @@
 //! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
 //! - [`h2c`]: HTTP/2 over cleartext with the `h2` crate, each stream's flow-control window in the
 //!   test's hands (streams that never open it, streams read as fast as they come).
+//! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer).
 
 pub mod bodies;
 pub mod cases;
@@ -51,6 +52,7 @@ pub mod requests;
 pub mod shed;
 pub mod sse;
 pub mod tally;
+pub mod upstream;
 pub mod wait;
 pub mod wire;
 
@@ -59,7 +61,7 @@ pub use delivery::{assert_identical_frames, expect_exactly, follow_all, interest
 pub use deployment::Deployment;
 pub use error::{Error, Result};
 pub use follow::{Followed, Follower, Received};
-pub use http::{error_code, raw_request, HttpResponse, RawRequest, RawResponse};
+pub use http::{error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, RawResponse};
 pub use launch::{bin, start, start_memory, start_owned, with_admin, ADMIN_TOKEN};
 pub use poll::{PollAnswer, PollEvent};
 pub use postgres::{shared_database, shared_server, LogRow, PgBouncer, PgCluster, PgServer};
@@ -70,4 +72,5 @@ pub use sse::{Frame, SseConn, SseRequest, StreamEnd};
 pub use tally::{frame_ids, seq_of, EventId, Tally, TallyReport};
 /// Re-exported for tests that need throwaway files (token files, data directories).
 pub use tempfile;
+pub use upstream::{Canned, Recorded, RecordingUpstream};
 pub use wait::{wait_for, wait_until, QUIET, SOON};

@@ -6,12 +6,13 @@
 //! `sessionStorage`, and sends it on every data call, which `require_admin` checks like any other
 //! `/admin/*` call. With no tokens configured the page itself answers only as `/admin/*` does
 //! (a loopback peer with a loopback `Host`). Every answer carries a strict Content-Security-Policy:
-//! only the page's own script and style, fetches to its own origin, nothing inline.
+//! only the page's own script and style, fetches to its own origin, nothing inline; and
+//! `Cross-Origin-Resource-Policy: same-origin`.
 
 mod stats;
 
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderValue};
+use axum::http::{header, HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -45,6 +46,17 @@ pub fn routes(st: AppState) -> Router<AppState> {
             get(|| asset(STYLE, "text/css; charset=utf-8")),
         )
         .route_layer(middleware::from_fn_with_state(st, page_access))
+        .layer(middleware::map_response(same_origin_only))
+}
+
+/// Every console answer (page, assets, refusals) may be read only by its own origin: no other
+/// site can embed or load it even as a `no-cors` resource.
+async fn same_origin_only(mut resp: Response) -> Response {
+    resp.headers_mut().insert(
+        HeaderName::from_static("cross-origin-resource-policy"),
+        HeaderValue::from_static("same-origin"),
+    );
+    resp
 }
 
 async fn asset(body: &'static str, content_type: &'static str) -> Response {

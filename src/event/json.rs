@@ -1,0 +1,182 @@
+//! JSON request bodies parsed once into a [`Value`], refusing an object that names a key twice
+//! (at any depth).
+//!
+//! `serde_json` keeps the last of duplicate keys; a gateway or an upstream in front of or behind
+//! the service may keep the first, so the same bytes would mean two different things (a publish
+//! validated for one tenant and stored for another). This builds the `Value` with its own visitor,
+//! exactly as `serde_json` does, except that a second occurrence of a key is an error naming it.
+//! The check is the map insertion the parse does anyway: no second pass, no extra allocation.
+
+use std::cell::Cell;
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
+use serde_json::{Map, Number, Value};
+
+/// Why a body is not one JSON value the service accepts.
+#[derive(Debug, thiserror::Error)]
+pub enum JsonError {
+    /// An object names `key` twice (the bytes are JSON as far as they were read).
+    #[error("duplicate key {key:?} at line {line} column {column}")]
+    DuplicateKey {
+        key: String,
+        line: usize,
+        column: usize,
+    },
+    /// Not JSON (or more than one value).
+    #[error(transparent)]
+    Syntax(#[from] serde_json::Error),
+}
+
+/// Parses `bytes` as one JSON value; an object with a repeated key is
+/// [`JsonError::DuplicateKey`] naming the key.
+pub fn parse_json(bytes: &[u8]) -> Result<Value, JsonError> {
+    let duplicate = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let parsed = Strict {
+        duplicate: &duplicate,
+    }
+    .deserialize(&mut de)
+    .and_then(|value| de.end().map(|()| value));
+    parsed.map_err(|e| match duplicate.take() {
+        Some(key) => JsonError::DuplicateKey {
+            key,
+            line: e.line(),
+            column: e.column(),
+        },
+        None => JsonError::Syntax(e),
+    })
+}
+
+/// Deserializes one value, duplicate keys refused (the first one found is left in `duplicate`).
+#[derive(Clone, Copy)]
+struct Strict<'a> {
+    duplicate: &'a Cell<Option<String>>,
+}
+
+impl<'de> DeserializeSeed<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Strict<'_> {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::Number(v.into()))
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Number::from_f64(v).map_or(Value::Null, Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+        Ok(Value::String(v))
+    }
+
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut items = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(4096));
+        while let Some(item) = seq.next_element_seed(self)? {
+            items.push(item);
+        }
+        Ok(Value::Array(items))
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        let mut obj = Map::new();
+        while let Some(key) = map.next_key::<String>()? {
+            match obj.entry(key) {
+                Entry::Occupied(seen) => {
+                    self.duplicate.set(Some(seen.key().clone()));
+                    return Err(de::Error::custom("duplicate key"));
+                }
+                Entry::Vacant(slot) => {
+                    slot.insert(map.next_value_seed(self)?);
+                }
+            }
+        }
+        Ok(Value::Object(obj))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_like_serde_json() {
+        for text in [
+            r#"{"z":1,"a":[true,null,-3,4.5,"s",{"k":{}}],"u":18446744073709551615}"#,
+            r#"[]"#,
+            r#""\u00e9\ud83d\ude00""#,
+            "  7 ",
+            r#"{"a":{"a":{"a":1}},"b":{"a":2}}"#,
+        ] {
+            let ours = parse_json(text.as_bytes()).expect(text);
+            let theirs: Value = serde_json::from_str(text).expect(text);
+            assert_eq!(ours, theirs, "{text}");
+            assert_eq!(ours.to_string(), theirs.to_string(), "key order: {text}");
+        }
+    }
+
+    #[test]
+    fn refuses_duplicate_keys_at_any_depth_naming_them() {
+        for (text, key) in [
+            (r#"{"tenant":"a","tenant":"b"}"#, "tenant"),
+            (r#"{"params":{"x":1,"y":2,"x":3}}"#, "x"),
+            (r#"[{"ok":1},{"deep":[{"k":1,"k":1}]}]"#, "k"),
+            (r#"{"a":1,"\u0061":2}"#, "a"),
+        ] {
+            match parse_json(text.as_bytes()) {
+                Err(e @ JsonError::DuplicateKey { .. }) => {
+                    let e = e.to_string();
+                    let named = format!("duplicate key \"{key}\" at line 1 column ");
+                    assert!(e.starts_with(&named), "{text}: {e}");
+                }
+                other => panic!("{text}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn refuses_what_serde_json_refuses() {
+        for text in ["", "{", "1 2", r#"{"a":1,}"#, "[1,]", "nul", "1e999"] {
+            let e = parse_json(text.as_bytes()).expect_err(text);
+            assert!(matches!(e, JsonError::Syntax(_)), "{text:?}: {e}");
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(parse_json(deep.as_bytes()).is_err(), "recursion limit kept");
+    }
+}

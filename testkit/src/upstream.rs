@@ -1,0 +1,184 @@
+//! A recording HTTP/1.1 upstream for proxy mode: a real server on a loopback port that keeps every
+//! request it receives (method, target, headers as sent, body, the peer) and answers each with one
+//! canned response written byte for byte, whatever headers that holds (hop-by-hop ones included).
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::wire::{find, header_values};
+
+/// The answer the upstream gives to every request.
+#[derive(Debug, Clone)]
+pub struct Canned {
+    pub status: u16,
+    pub reason: String,
+    /// Written in order, as given; `Content-Length` is added from the body.
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Canned {
+    /// `200 OK` with a JSON body.
+    pub fn json(body: &serde_json::Value) -> Canned {
+        Canned {
+            status: 200,
+            reason: "OK".into(),
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: body.to_string().into_bytes(),
+        }
+    }
+
+    /// Adds a header.
+    pub fn header(mut self, name: &str, value: &str) -> Canned {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, self.reason).into_bytes();
+        for (n, v) in &self.headers {
+            out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
+        }
+        out.extend_from_slice(format!("Content-Length: {}\r\n\r\n", self.body.len()).as_bytes());
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// One request the upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    pub target: String,
+    /// In the order received; names as sent (compare case-insensitively).
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub peer: SocketAddr,
+}
+
+impl Recorded {
+    /// The first value of header `name` (case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_all(name).into_iter().next()
+    }
+
+    /// Every value of header `name` (case-insensitive).
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        header_values(&self.headers, name)
+    }
+}
+
+/// The running upstream; stops when dropped.
+pub struct RecordingUpstream {
+    addr: SocketAddr,
+    received: Arc<Mutex<Vec<Recorded>>>,
+    task: JoinHandle<()>,
+}
+
+impl RecordingUpstream {
+    /// Listens on a free loopback port and answers every request with `canned`.
+    pub async fn start(canned: Canned) -> Result<RecordingUpstream> {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| Error::io("binding the recording upstream", e))?;
+        let addr = listener
+            .local_addr()
+            .map_err(|e| Error::io("the recording upstream's address", e))?;
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let answer = Arc::new(canned.to_bytes());
+        let log = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, peer)) = listener.accept().await {
+                tokio::spawn(serve(tcp, peer, answer.clone(), log.clone()));
+            }
+        });
+        Ok(RecordingUpstream {
+            addr,
+            received,
+            task,
+        })
+    }
+
+    /// `http://127.0.0.1:<port><path>`.
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Every request received so far, in order.
+    pub fn received(&self) -> Vec<Recorded> {
+        self.received
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+}
+
+impl Drop for RecordingUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves one connection: requests framed by `Content-Length` (what a proxy's client sends),
+/// kept alive until the peer closes.
+async fn serve(
+    mut tcp: TcpStream,
+    peer: SocketAddr,
+    answer: Arc<Vec<u8>>,
+    log: Arc<Mutex<Vec<Recorded>>>,
+) {
+    let mut buf = Vec::with_capacity(8192);
+    loop {
+        let end = loop {
+            if let Some(end) = find(&buf, b"\r\n\r\n") {
+                break end;
+            }
+            let mut chunk = [0u8; 8192];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let mut line = lines.next().unwrap_or_default().split(' ');
+        let method = line.next().unwrap_or_default().to_string();
+        let target = line.next().unwrap_or_default().to_string();
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            .collect();
+        let len = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .and_then(|(_, v)| v.parse::<usize>().ok())
+            .unwrap_or(0);
+        let body_start = end + 4;
+        while buf.len() < body_start + len {
+            let mut chunk = [0u8; 8192];
+            match tcp.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let body = buf[body_start..body_start + len].to_vec();
+        buf.drain(..body_start + len);
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Recorded {
+                method,
+                target,
+                headers,
+                body,
+                peer,
+            });
+        if tcp.write_all(&answer).await.is_err() {
+            return;
+        }
+    }
+}
