@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::Broadcaster;
 use crate::event::EventId;
-use crate::log::postgres::{timed, DbError};
+use crate::log::postgres::{column, timed, DbError};
 use crate::metrics::{KindLabel, Metrics};
 
 /// How often a replica heartbeats.
@@ -122,25 +122,25 @@ pub async fn view(cluster: &Cluster) -> Result<Value, DbError> {
             .map_err(DbError::Query)
     })
     .await?;
-    let replicas: Vec<Value> = rows
+    let replicas = rows
         .iter()
         .map(|r| {
-            json!({
-                "id": r.get::<_, String>(0),
-                "address": r.get::<_, Option<String>>(1),
-                "subscribers": r.get::<_, i32>(2),
+            Ok(json!({
+                "id": column::<String>(r, 0)?,
+                "address": column::<Option<String>>(r, 1)?,
+                "subscribers": column::<i32>(r, 2)?,
                 "subscribers_by_kind": {
-                    "sse": r.get::<_, i32>(5),
-                    "poll": r.get::<_, i32>(6),
-                    "listen": r.get::<_, i32>(7),
+                    "sse": column::<i32>(r, 5)?,
+                    "poll": column::<i32>(r, 6)?,
+                    "listen": column::<i32>(r, 7)?,
                 },
-                "listen_connected": r.get::<_, Option<bool>>(8),
-                "last_delivered_id": cluster.last_delivered_id(r.get::<_, i64>(3) as u64),
-                "last_heartbeat": r.get::<_, f64>(4),
-                "heartbeat_age_secs": r.get::<_, f64>(9),
-            })
+                "listen_connected": column::<Option<bool>>(r, 8)?,
+                "last_delivered_id": cluster.last_delivered_id(column::<i64>(r, 3)? as u64),
+                "last_heartbeat": column::<f64>(r, 4)?,
+                "heartbeat_age_secs": column::<f64>(r, 9)?,
+            }))
         })
-        .collect();
+        .collect::<Result<Vec<Value>, DbError>>()?;
     Ok(json!({ "replicas": replicas }))
 }
 

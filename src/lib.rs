@@ -23,4 +23,5 @@ pub mod shutdown;
 pub mod socket;
 pub mod state;
 pub mod stats;
+pub mod supervise;
 pub mod telemetry;

@@ -9,12 +9,14 @@ use mcp_fanout::bridge::Bridge;
 use mcp_fanout::cluster::PgCluster;
 use mcp_fanout::config::{self, Cli, Command, MigrateArgs, MigrateMode, ServeConfig};
 use mcp_fanout::log::postgres::retention::{self, Retention};
+use mcp_fanout::log::postgres::writer::WriterTask;
 use mcp_fanout::log::postgres::{connect, migrate, timed, DbError, PgLog};
 use mcp_fanout::log::EventLog;
 use mcp_fanout::server::{self, ConnOptions, RouterSlot};
 use mcp_fanout::session::postgres::PgSessions;
 use mcp_fanout::shutdown::ShutdownSignal;
 use mcp_fanout::state::{AppState, State};
+use mcp_fanout::supervise::{Supervisor, TaskError};
 use mcp_fanout::{cli, http, telemetry};
 use tokio_util::sync::CancellationToken;
 
@@ -36,6 +38,18 @@ enum StartError {
     Cli(#[from] cli::CliError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(
+        "the {role} listener stopped while the replica was serving; exiting so it is restarted"
+    )]
+    ListenerStopped { role: &'static str },
+}
+
+/// The Postgres-mode tasks, started (and supervised) once the state is built.
+struct DbTasks {
+    bridge: Arc<Bridge>,
+    writer: WriterTask,
+    pool: deadpool_postgres::Pool,
+    retention: Retention,
 }
 
 fn main() -> ExitCode {
@@ -109,27 +123,29 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     let stop_accepting = CancellationToken::new();
     let mut servers = tokio::task::JoinSet::new();
     tracing::info!(role = "public", addr = %public_addr, "listening");
-    servers.spawn(server::serve(
-        public,
-        public_slot.clone(),
-        opts,
-        stop_accepting.clone(),
-    ));
+    // Each listener's task, by role.
+    let mut roles = vec![(
+        servers
+            .spawn(server::serve(
+                public,
+                public_slot.clone(),
+                opts,
+                stop_accepting.clone(),
+            ))
+            .id(),
+        "public",
+    )];
     if let (Some(listener), Some(slot)) = (admin, admin_slot.clone()) {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(role = "admin", addr = %addr, "listening");
         }
-        servers.spawn(server::serve(
-            listener,
-            slot,
-            admin_opts,
-            stop_accepting.clone(),
-        ));
+        let task = servers.spawn(server::serve(listener, slot, admin_opts, stop_accepting.clone()));
+        roles.push((task.id(), "admin"));
     }
 
     let stop_tasks = CancellationToken::new();
-    let st = tokio::select! {
-        st = build_state(&config, open_files, &stop_tasks) => st?,
+    let (st, db_tasks) = tokio::select! {
+        st = build_state(&config, open_files) => st?,
         _ = signals.recv() => {
             stop_accepting.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(config.shutdown_grace_secs), async {
@@ -146,24 +162,31 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         );
     }
     let (public_router, admin_router) = http::app(st.clone());
-    tokio::spawn(mcp_fanout::session::keep_alive(
-        st.broadcaster.clone(),
-        st.sessions.clone(),
-        stop_tasks.clone(),
-    ));
-    let heartbeats = tokio::spawn(mcp_fanout::cluster::heartbeat(
-        st.cluster.clone(),
-        stop_tasks.clone(),
-    ));
-    tokio::spawn(mcp_fanout::stats::series::run(
-        st.metrics.clone(),
-        st.series.clone(),
-        stop_tasks.clone(),
-    ));
-    tokio::spawn(mcp_fanout::auth::admin_tokens::watch(
-        st.admin_tokens.clone(),
-        stop_tasks.clone(),
-    ));
+    let sup = Supervisor::new(st.metrics.clone(), stop_tasks.clone());
+    if let Some(db) = db_tasks {
+        supervise_db_tasks(&sup, &st, &config, db);
+    }
+    let (broadcaster, sessions) = (st.broadcaster.clone(), st.sessions.clone());
+    sup.spawn("session_keep_alive", move |stop| {
+        let (b, s) = (broadcaster.clone(), sessions.clone());
+        until_stopped(mcp_fanout::session::keep_alive(b, s, stop))
+    });
+    // Memory mode has no cluster view to heartbeat into.
+    let cluster = st.cluster.clone();
+    let heartbeats = cluster.db.is_some().then(|| {
+        sup.spawn("replica_heartbeat", move |stop| {
+            until_stopped(mcp_fanout::cluster::heartbeat(cluster.clone(), stop))
+        })
+    });
+    let (metrics, series) = (st.metrics.clone(), st.series.clone());
+    sup.spawn("stats_sampler", move |stop| {
+        let (m, s) = (metrics.clone(), series.clone());
+        until_stopped(mcp_fanout::stats::series::run(m, s, stop))
+    });
+    let tokens = st.admin_tokens.clone();
+    sup.spawn("admin_token_watch", move |stop| {
+        until_stopped(mcp_fanout::auth::admin_tokens::watch(tokens.clone(), stop))
+    });
     public_slot.set(public_router);
     if let (Some(slot), Some(router)) = (admin_slot, admin_router) {
         slot.set(router);
@@ -175,7 +198,24 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         "serving"
     );
 
-    signals.recv().await;
+    // Until a signal; a listener that stops on its own (it cannot be restarted: its socket is
+    // gone) ends the process with a failure, so the orchestrator restarts it.
+    tokio::select! {
+        _ = signals.recv() => {}
+        Some(ended) = servers.join_next_with_id() => {
+            let (id, cause) = match ended {
+                Ok((id, ())) => (id, "it returned".to_owned()),
+                Err(error) => (error.id(), error.to_string()),
+            };
+            let role = roles
+                .iter()
+                .find_map(|(task, role)| (*task == id).then_some(*role))
+                .unwrap_or("public");
+            tracing::error!(role, cause, "listener stopped while serving; exiting");
+            stop_tasks.cancel();
+            return Err(StartError::ListenerStopped { role });
+        }
+    }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
     let deadline = tokio::time::Instant::now() + grace;
     st.lifecycle.begin_drain();
@@ -210,22 +250,68 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
     }
     stop_tasks.cancel();
     // Leave the cluster view (bounded: the database may be gone).
-    let _ = tokio::time::timeout_at(
-        deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)),
-        heartbeats,
-    )
-    .await;
+    if let Some(heartbeats) = heartbeats {
+        let _ = tokio::time::timeout_at(
+            deadline.max(tokio::time::Instant::now() + Duration::from_secs(1)),
+            heartbeats,
+        )
+        .await;
+    }
     tracing::info!("stopped");
     Ok(())
 }
 
+/// A future that runs until the replica stops, as a supervised task (returning before is an
+/// unexpected exit).
+async fn until_stopped(task: impl std::future::Future<Output = ()>) -> Result<(), TaskError> {
+    task.await;
+    Ok(())
+}
+
+/// The bridge (readiness and the LISTEN gauge go down whenever it fails), the publish writer and
+/// retention, supervised.
+fn supervise_db_tasks(sup: &Supervisor, st: &AppState, config: &ServeConfig, db: DbTasks) {
+    let (lifecycle, metrics) = (st.lifecycle.clone(), st.metrics.clone());
+    let bridge = db.bridge;
+    sup.spawn_with(
+        "bridge",
+        move |stop| {
+            let b = bridge.clone();
+            async move { b.run(stop).await.map_err(TaskError::from) }
+        },
+        move || {
+            metrics.listen_connected.set(0);
+            lifecycle.set_bridge_failed(true);
+        },
+    );
+    let writer = db.writer;
+    sup.spawn("publish_writer", move |stop| {
+        until_stopped(writer.clone().run(stop))
+    });
+    let (pool, schema, timeout, policy) = (
+        db.pool,
+        config.schema.clone(),
+        config.db_timeout(),
+        db.retention,
+    );
+    sup.spawn("retention", move |stop| {
+        until_stopped(retention::run(
+            pool.clone(),
+            schema.clone(),
+            timeout,
+            policy,
+            stop,
+        ))
+    });
+}
+
 /// The replica's state: in memory, or on Postgres once the database is reachable and migrated
-/// (retrying with backoff meanwhile; `/readyz` answers 503 until then).
+/// (retrying with backoff meanwhile; `/readyz` answers 503 until then), with the tasks Postgres
+/// mode runs.
 async fn build_state(
     config: &ServeConfig,
     open_files: u64,
-    stop_tasks: &CancellationToken,
-) -> Result<AppState, StartError> {
+) -> Result<(AppState, Option<DbTasks>), StartError> {
     let auth = SubscriberAuth::from_config(config).await?;
     let Some(url) = config.database_url.as_deref() else {
         tracing::warn!(
@@ -233,7 +319,7 @@ async fn build_state(
         );
         let st = State::memory(config.clone(), auth, open_files)?;
         st.lifecycle.set_ready();
-        return Ok(st);
+        return Ok((st, None));
     };
     let timeout = config.db_timeout();
     let tls = connect::tls(config.db_ca_file.as_deref())?;
@@ -269,7 +355,7 @@ async fn build_state(
         },
         head,
     )?;
-    let bridge = Bridge {
+    let bridge = Arc::new(Bridge {
         broadcaster: st.broadcaster.clone(),
         metrics: st.metrics.clone(),
         lifecycle: st.lifecycle.clone(),
@@ -280,20 +366,18 @@ async fn build_state(
         heartbeat_every: Duration::from_secs(2),
         heartbeat_timeout: timeout.max(Duration::from_secs(4)),
         timeout,
-    };
-    tokio::spawn(bridge.run(stop_tasks.clone()));
-    tokio::spawn(retention::run(
+    });
+    let tasks = DbTasks {
+        bridge,
+        writer: log.writer_task(),
         pool,
-        config.schema.clone(),
-        timeout,
-        Retention {
+        retention: Retention {
             max_age: Duration::from_secs(config.retention_secs),
             max_events: config.retention_max_events,
             every: Duration::from_secs(config.retention_interval_secs),
         },
-        stop_tasks.clone(),
-    ));
-    Ok(st)
+    };
+    Ok((st, Some(tasks)))
 }
 
 async fn open_log(

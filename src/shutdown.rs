@@ -8,6 +8,10 @@ use tokio_util::sync::CancellationToken;
 #[derive(Default)]
 pub struct Lifecycle {
     ready: AtomicBool,
+    /// The LISTEN bridge failed (it is restarting): this replica cannot deliver what others
+    /// publish. A lost database connection is not a failure (every replica has it; the bridge
+    /// reconnects); an error the bridge cannot get past by reconnecting, or a panic, is.
+    bridge_failed: AtomicBool,
     draining: CancellationToken,
     stopped: AtomicBool,
     /// The end of the grace: `subscriptions/listen` streams send their result and close.
@@ -20,9 +24,19 @@ impl Lifecycle {
         self.ready.store(true, Ordering::Release);
     }
 
-    /// `/readyz` answers 200: started, and shutdown has not begun.
+    /// `/readyz` answers 200: started, the bridge (if any) is not failing, and shutdown has not
+    /// begun.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && !self.is_draining()
+        self.ready.load(Ordering::Acquire) && !self.is_bridge_failed() && !self.is_draining()
+    }
+
+    /// The bridge failed (`true`) or works again (`false`): readiness follows.
+    pub fn set_bridge_failed(&self, failed: bool) {
+        self.bridge_failed.store(failed, Ordering::Release);
+    }
+
+    pub fn is_bridge_failed(&self) -> bool {
+        self.bridge_failed.load(Ordering::Acquire)
     }
 
     /// Shutdown began: readiness fails, new streams are shed, existing ones keep flowing.
@@ -109,6 +123,10 @@ mod tests {
         let l = Lifecycle::default();
         assert!(!l.is_ready());
         l.set_ready();
+        assert!(l.is_ready());
+        l.set_bridge_failed(true);
+        assert!(!l.is_ready());
+        l.set_bridge_failed(false);
         assert!(l.is_ready());
         l.begin_drain();
         assert!(!l.is_ready() && l.is_draining() && !l.is_stopped());

@@ -1,8 +1,9 @@
 //! What a connection's streams share with its socket: how many bytes the kernel still holds for the
-//! client (written by the server, not yet acknowledged: `SIOCOUTQ`), and why the server cut the
-//! connection, if it did. The accept loop ([`crate::server`]) keeps it; a stream sets the bound on
-//! its backlog; the stream step ([`crate::broadcast::pump`]), the socket's writers and the subscriber
-//! guard read it.
+//! client (written by the server, not yet acknowledged: `SIOCOUTQ`), the bound on its unsent
+//! backlog, and why the server cut the connection, if it did. The accept loop ([`crate::server`])
+//! keeps it; a stream sets the bound (the kernel then paces writes: past it, the socket takes
+//! nothing more until the client has read enough); the socket's writers and the subscriber guard
+//! read it.
 
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -14,24 +15,38 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub enum Cut {
     /// The socket accepted nothing for the write-stall deadline.
     WriteStall,
-    /// The unsent backlog passed `FANOUT_MAX_LAG_BYTES` while the socket was full.
-    Backlog,
 }
 
 impl Cut {
     fn code(self) -> u8 {
         match self {
             Cut::WriteStall => 1,
-            Cut::Backlog => 2,
         }
     }
 
     fn from_code(code: u8) -> Option<Cut> {
         match code {
             1 => Some(Cut::WriteStall),
-            2 => Some(Cut::Backlog),
             _ => None,
         }
+    }
+}
+
+/// Why the server cut one stream of a connection that carries others (an HTTP/2 stream), if it
+/// did. Cheap to clone.
+#[derive(Clone, Default)]
+pub struct StreamCut(Arc<AtomicU8>);
+
+impl StreamCut {
+    pub fn cut(&self, why: Cut) {
+        // The first reason stays.
+        let _ = self
+            .0
+            .compare_exchange(0, why.code(), Ordering::AcqRel, Ordering::Acquire);
+    }
+
+    pub fn reason(&self) -> Option<Cut> {
+        Cut::from_code(self.0.load(Ordering::Acquire))
     }
 }
 
@@ -45,7 +60,8 @@ struct Inner {
     /// never asked about).
     fd: Mutex<Option<RawFd>>,
     cut: AtomicU8,
-    /// Most unsent bytes a stream on this connection may have; 0 = no stream, no bound.
+    /// Most unsent bytes the kernel queues for a stream on this connection; 0 = no stream, no
+    /// bound.
     max_backlog: AtomicUsize,
 }
 
@@ -72,19 +88,15 @@ impl SocketState {
         fd.and_then(unacknowledged)
     }
 
-    /// An event stream runs on this connection: its backlog may not pass `max` bytes.
+    /// An event stream runs on this connection: the kernel queues at most about `max` bytes the
+    /// client has not been sent yet; past that, writes to the socket wait (they do not fail) until
+    /// the client reads. Whether the writer is too slow is for the write-stall deadline and the
+    /// lag limit to say, not for this bound.
     pub fn bound_backlog(&self, max: usize) {
         self.0.max_backlog.store(max, Ordering::Release);
-    }
-
-    /// A stream runs here and its backlog (`pending` bytes its writer still wants to write, plus
-    /// what the kernel holds) is over the bound.
-    pub fn over_backlog(&self, pending: usize) -> bool {
-        let max = self.0.max_backlog.load(Ordering::Acquire);
-        max > 0
-            && self
-                .unacknowledged()
-                .is_some_and(|held| held.saturating_add(pending) > max)
+        if let Some(fd) = *self.fd() {
+            pace(fd, max);
+        }
     }
 
     pub fn max_backlog(&self) -> usize {
@@ -102,6 +114,12 @@ impl SocketState {
     pub fn cut_reason(&self) -> Option<Cut> {
         Cut::from_code(self.0.cut.load(Ordering::Acquire))
     }
+}
+
+/// The client acknowledged bytes between two readings of a socket's [`SocketState::unacknowledged`]
+/// (nothing new was written in between): it reads, however slowly.
+pub fn drained(before: Option<usize>, after: Option<usize>) -> bool {
+    matches!((before, after), (Some(b), Some(a)) if a < b)
 }
 
 /// `SIOCOUTQ` (= `TIOCOUTQ`) on a TCP socket: bytes in its send queue not yet acknowledged by the
@@ -123,6 +141,31 @@ fn unacknowledged(fd: RawFd) -> Option<usize> {
 fn unacknowledged(_fd: RawFd) -> Option<usize> {
     None
 }
+
+/// `TCP_NOTSENT_LOWAT`: the socket reports itself writable, and takes more data, only while fewer
+/// than `max` of its bytes are still unsent, so a reader's pace sets the writer's.
+#[cfg(target_os = "linux")]
+fn pace(fd: RawFd, max: usize) {
+    let lowat = libc::c_int::try_from(max).unwrap_or(libc::c_int::MAX);
+    // SAFETY: `fd` is an open socket (the caller holds the lock that `detach` takes before the
+    // socket closes); the option value is one c_int, passed with its size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_NOTSENT_LOWAT,
+            &lowat as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc < 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "TCP_NOTSENT_LOWAT not set");
+    }
+}
+
+/// Other platforms: the kernel's own send buffer bounds the backlog.
+#[cfg(not(target_os = "linux"))]
+fn pace(_fd: RawFd, _max: usize) {}
 
 #[cfg(all(test, target_os = "linux"))]
 mod tests {
@@ -152,14 +195,9 @@ mod tests {
         {}
         let held = state.unacknowledged().expect("linux tells");
         assert!(held > 64 * 1024, "held {held}");
-        assert!(!state.over_backlog(0), "no stream, no bound");
-        state.bound_backlog(held);
-        assert!(!state.over_backlog(0));
-        assert!(state.over_backlog(1));
         state.detach();
         assert_eq!(state.unacknowledged(), None);
-        state.cut(Cut::Backlog);
         state.cut(Cut::WriteStall);
-        assert_eq!(state.cut_reason(), Some(Cut::Backlog));
+        assert_eq!(state.cut_reason(), Some(Cut::WriteStall));
     }
 }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use self::backoff::Backoff;
 use self::listener::{Control, Listener};
 use crate::broadcast::Broadcaster;
-use crate::log::postgres::{describe, timed, DbError, PgLog};
+use crate::log::postgres::{column, describe, timed, DbError, PgLog};
 use crate::log::LogError;
 use crate::metrics::Metrics;
 use crate::shutdown::Lifecycle;
@@ -43,6 +43,22 @@ pub enum BridgeError {
     HeartbeatTimeout(Duration),
 }
 
+impl BridgeError {
+    /// A connection problem (the database or the network): reconnecting is the cure. Anything else
+    /// — a row that does not decode, a statement the database refuses for what it says — fails the
+    /// bridge: it is restarted (with backoff) by its supervisor, and the replica is not ready
+    /// meanwhile.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            BridgeError::Db(DbError::Decode { .. }) | BridgeError::Log(LogError::Internal(_)) => {
+                false
+            }
+            BridgeError::Db(_) | BridgeError::Log(_) => true,
+            BridgeError::Closed(_) | BridgeError::HeartbeatTimeout(_) => true,
+        }
+    }
+}
+
 pub struct Bridge {
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
@@ -58,19 +74,25 @@ pub struct Bridge {
 }
 
 impl Bridge {
-    /// Runs until `stop`: connects, catches up, follows; reconnects with jittered backoff.
-    pub async fn run(self, stop: CancellationToken) {
+    /// Runs until `stop`: connects, catches up, follows; reconnects with jittered backoff when
+    /// the connection is lost. Returns the error it cannot get past by reconnecting (see
+    /// [`BridgeError::is_transient`]), with the replica marked not ready.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) -> Result<(), BridgeError> {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let result = self.session(&stop, &mut backoff).await;
             self.metrics.listen_connected.set(0);
             match result {
-                Ok(()) => return,
+                Ok(()) => return Ok(()),
+                Err(error) if !error.is_transient() => {
+                    self.lifecycle.set_bridge_failed(true);
+                    return Err(error);
+                }
                 Err(error) => tracing::warn!(%error, "LISTEN connection lost; reconnecting"),
             }
             self.metrics.listen_reconnects.inc();
             tokio::select! {
-                _ = stop.cancelled() => return,
+                _ = stop.cancelled() => return Ok(()),
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
@@ -98,6 +120,10 @@ impl Bridge {
         let caught_up = self.catch_up().await?;
         self.metrics.catch_up_events.inc_by(caught_up);
         self.metrics.listen_connected.set(1);
+        if self.lifecycle.is_bridge_failed() {
+            self.lifecycle.set_bridge_failed(false);
+            tracing::info!(head = self.broadcaster.head(), "LISTEN bridge works again");
+        }
         backoff.reset();
         if !self.lifecycle.is_ready() && !self.lifecycle.is_draining() {
             self.lifecycle.set_ready();
@@ -168,7 +194,8 @@ impl Bridge {
                 .map_err(DbError::Query)
         })
         .await?;
-        if let Some(usage) = rows.first().map(|r| r.get::<_, f64>(1)) {
+        if let Some(row) = rows.first() {
+            let usage: f64 = column(row, 1)?;
             self.metrics.notify_queue_usage.set(usage);
         }
         Ok(())

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::Shared;
 use crate::metrics::KindLabel;
-use crate::socket::{Cut, SocketState};
+use crate::socket::{Cut, SocketState, StreamCut};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SubscriberKind {
@@ -33,8 +33,6 @@ pub enum DropReason {
     Lagging,
     /// Its socket accepted nothing for `FANOUT_WRITE_STALL_SECS`.
     WriteStall,
-    /// Its unsent backlog passed `FANOUT_MAX_LAG_BYTES`.
-    LagBytes,
     /// The replica is shutting down.
     Shutdown,
     /// `FANOUT_MAX_STREAM_SECS` reached.
@@ -54,7 +52,6 @@ impl DropReason {
         match self {
             DropReason::Lagging => "lagging",
             DropReason::WriteStall => "write_stall",
-            DropReason::LagBytes => "lag_bytes",
             DropReason::Shutdown => "shutdown",
             DropReason::MaxStreamAge => "max_stream_age",
             DropReason::CursorPruned => "cursor_pruned",
@@ -70,8 +67,11 @@ pub struct SubscriberGuard {
     kind: SubscriberKind,
     session: Option<String>,
     reason: Option<DropReason>,
-    /// The connection's socket: says when the server cut it (a stall, a backlog over the bound).
+    /// The connection's socket: says when the server cut it (a write stall).
     socket: Option<SocketState>,
+    /// The subscriber's own stream, on a connection that carries others (HTTP/2): says when the
+    /// server reset it.
+    stream: Option<StreamCut>,
 }
 
 impl SubscriberGuard {
@@ -93,6 +93,7 @@ impl SubscriberGuard {
             session,
             reason: None,
             socket: None,
+            stream: None,
         }
     }
 
@@ -104,6 +105,11 @@ impl SubscriberGuard {
     /// Ties the subscriber to its connection's socket, so a cut of it is the drop's reason.
     pub fn watch_socket(&mut self, socket: SocketState) {
         self.socket = Some(socket);
+    }
+
+    /// Ties the subscriber to its own stream (HTTP/2), so a reset of it is the drop's reason.
+    pub fn watch_stream(&mut self, stream: Option<StreamCut>) {
+        self.stream = stream;
     }
 
     pub fn session(&self) -> Option<&str> {
@@ -121,10 +127,13 @@ impl Drop for SubscriberGuard {
                 kind: self.kind.as_str(),
             })
             .dec();
-        let cut = self.socket.as_ref().and_then(SocketState::cut_reason);
+        let cut = self
+            .socket
+            .as_ref()
+            .and_then(SocketState::cut_reason)
+            .or_else(|| self.stream.as_ref().and_then(StreamCut::reason));
         let reason = match cut {
             Some(Cut::WriteStall) => Some(DropReason::WriteStall),
-            Some(Cut::Backlog) => Some(DropReason::LagBytes),
             None => self.reason,
         };
         match reason {

@@ -12,7 +12,6 @@ use super::coalesce::Coalescer;
 use super::{DropReason, Feed};
 use crate::event::StoredEvent;
 use crate::log::LogError;
-use crate::socket::SocketState;
 
 /// What ends a stream, besides lag and log errors. A fixed set, so waiting on it allocates nothing.
 pub struct Ends {
@@ -26,9 +25,6 @@ pub struct Ends {
     pub expires: Option<Instant>,
     /// Continuously behind the head this long: ended (it resumes from the log).
     pub max_lag: Duration,
-    /// The stream's socket: more unsent bytes on it than its bound (`FANOUT_MAX_LAG_BYTES`) and
-    /// the stream ends (it resumes from the log).
-    pub socket: Option<SocketState>,
 }
 
 pub enum Step {
@@ -59,8 +55,6 @@ impl Ends {
             Some(DropReason::MaxStreamAge)
         } else if self.expires.is_some_and(|at| at <= now) {
             Some(DropReason::TokenExpired)
-        } else if self.socket.as_ref().is_some_and(|s| s.over_backlog(0)) {
-            Some(DropReason::LagBytes)
         } else if feed.behind_for().is_some_and(|t| t > self.max_lag) {
             Some(DropReason::Lagging)
         } else {

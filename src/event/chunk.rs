@@ -45,6 +45,15 @@ impl Chunk {
         }
     }
 
+    /// Piece `i` as a buffer of its own (shares the stored frame, no copy).
+    pub fn part_bytes(&self, i: usize) -> Bytes {
+        match self {
+            Chunk::Bytes(b) if i == 0 => b.clone(),
+            Chunk::Events(events) => events.get(i).map_or_else(Bytes::new, |e| e.frame().clone()),
+            Chunk::Bytes(_) => Bytes::new(),
+        }
+    }
+
     /// One buffer (a copy when the chunk has several pieces), for writers that take one.
     pub fn into_bytes(self) -> Bytes {
         match self {

@@ -48,6 +48,10 @@ pub enum AppError {
     DatabaseUnavailable,
     #[error("this replica is shutting down; retry on another")]
     ShuttingDown,
+    #[error(
+        "this replica cannot follow the event log (its LISTEN bridge failed and is restarting)"
+    )]
+    BridgeFailed,
     #[error("internal error")]
     Internal,
 }
@@ -75,7 +79,7 @@ impl AppError {
             AppError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
-            AppError::DatabaseUnavailable | AppError::ShuttingDown => {
+            AppError::DatabaseUnavailable | AppError::ShuttingDown | AppError::BridgeFailed => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -111,6 +115,7 @@ impl AppError {
             AppError::IdempotencyConflict { .. } => "idempotency_conflict",
             AppError::DatabaseUnavailable => "database_unavailable",
             AppError::ShuttingDown => "shutting_down",
+            AppError::BridgeFailed => "bridge_failed",
             AppError::Internal => "internal_error",
         }
     }

@@ -334,6 +334,7 @@ async fn handle(
         }
     };
     guard.watch_socket(conn.socket.clone());
+    guard.watch_stream(conn.stream_cut());
     conn.socket.bound_backlog(st.config.max_lag_bytes());
     let filter = Filter::from_params(msg.get("params"));
     let viewer = Viewer {
@@ -353,7 +354,6 @@ async fn handle(
         max_age: None,
         expires,
         max_lag: st.config.max_lag(),
-        socket: Some(conn.socket.clone()),
     };
     let stream = ListenStream {
         ack: Some(listen::acknowledgement(&id, &filter)),

@@ -14,10 +14,14 @@ pub async fn healthz() -> Json<serde_json::Value> {
     Json(json!({ "status": "ok" }))
 }
 
-/// `200` once started and until shutdown begins; a later database outage does not unready.
+/// `200` once started and until shutdown begins, except while the LISTEN bridge is failing (it
+/// restarts); a database outage does not unready.
 pub async fn readyz(State(st): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
     if st.lifecycle.is_draining() {
         return Err(AppError::ShuttingDown);
+    }
+    if st.lifecycle.is_bridge_failed() {
+        return Err(AppError::BridgeFailed);
     }
     if !st.lifecycle.is_ready() {
         return Err(AppError::DatabaseUnavailable);

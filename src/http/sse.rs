@@ -121,6 +121,7 @@ pub async fn get_mcp(
         },
     };
     guard.watch_socket(conn.socket.clone());
+    guard.watch_stream(conn.stream_cut());
     conn.socket.bound_backlog(st.config.max_lag_bytes());
     let epoch = st.log.epoch();
     let head_id = |head| EventId { epoch, seq: head }.to_string();
@@ -171,7 +172,6 @@ pub async fn get_mcp(
         max_age,
         expires,
         max_lag: st.config.max_lag(),
-        socket: Some(conn.socket.clone()),
     };
     let stream = SseStream {
         epoch: epoch.to_owned(),
@@ -391,7 +391,6 @@ mod tests {
                     max_age: deadline,
                     expires: None,
                     max_lag,
-                    socket: None,
                 },
                 keepalive,
                 retry_ms: 100,

@@ -28,10 +28,9 @@ pub struct CodeLabel {
 }
 
 /// Why the server ends a subscriber (see `broadcast::DropReason`).
-pub const DROP_REASONS: [&str; 9] = [
+pub const DROP_REASONS: [&str; 8] = [
     "lagging",
     "write_stall",
-    "lag_bytes",
     "shutdown",
     "max_stream_age",
     "cursor_pruned",
@@ -39,6 +38,22 @@ pub const DROP_REASONS: [&str; 9] = [
     "taken_over",
     "token_expired",
 ];
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabel {
+    pub task: &'static str,
+}
+
+/// The supervised background tasks (see `supervise`).
+pub const TASKS: [&str; 7] = [
+    "bridge",
+    "publish_writer",
+    "retention",
+    "replica_heartbeat",
+    "stats_sampler",
+    "session_keep_alive",
+    "admin_token_watch",
+];
+
 /// Why a subscribe request gets a clean end instead of a stream.
 pub const SHED_REASONS: [&str; 3] = ["capacity", "draining", "database"];
 
@@ -76,6 +91,8 @@ pub struct Metrics {
     pub pool_size: Gauge,
     pub pool_available: Gauge,
     pub pool_waiting: Gauge,
+    /// Background tasks restarted after a failure, a panic or an unexpected exit, by task.
+    pub task_restarts: Family<TaskLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -105,6 +122,7 @@ impl Metrics {
         let pool_size = Gauge::default();
         let pool_available = Gauge::default();
         let pool_waiting = Gauge::default();
+        let task_restarts = Family::<TaskLabel, Counter>::default();
         registry.register(
             "subscribers",
             "Current subscribers on this replica",
@@ -191,6 +209,11 @@ impl Metrics {
             "Requests waiting for a pool connection",
             pool_waiting.clone(),
         );
+        registry.register(
+            "task_restarts",
+            "Background tasks restarted after a failure, a panic or an unexpected exit, by task",
+            task_restarts.clone(),
+        );
         // Known label values exist from the start, so rate() and alerts see zeros, not gaps.
         for reason in DROP_REASONS {
             let _ = subscribers_dropped.get_or_create(&ReasonLabel { reason });
@@ -200,6 +223,9 @@ impl Metrics {
         }
         for kind in ["sse", "poll", "listen"] {
             let _ = subscribers.get_or_create(&KindLabel { kind });
+        }
+        for task in TASKS {
+            let _ = task_restarts.get_or_create(&TaskLabel { task });
         }
         Metrics {
             registry,
@@ -222,6 +248,7 @@ impl Metrics {
             pool_size,
             pool_available,
             pool_waiting,
+            task_restarts,
         }
     }
 
@@ -242,6 +269,10 @@ impl Metrics {
         self.subscribers_dropped
             .get_or_create(&ReasonLabel { reason })
             .inc();
+    }
+
+    pub fn task_restarted(&self, task: &'static str) {
+        self.task_restarts.get_or_create(&TaskLabel { task }).inc();
     }
 
     pub fn shed(&self, reason: &'static str) {

@@ -4,7 +4,8 @@
 //! as long as the connection lives: more than everything else an idle subscriber costs. So a
 //! stream response (`GET /mcp`, `subscriptions/listen`) on HTTP/1.1 is handed off: hyper writes
 //! the head, then the socket moves to a small writer task that writes the stream's chunks itself
-//! (chunked encoding, the same write-stall deadline and backlog bound, hang-up detection), and
+//! (chunked encoding, the same write-stall deadline and paced by the same backlog bound, hang-up
+//! detection), and
 //! hyper's side of the connection ends, its buffers with it. HTTP/2 and HTTP/1.0 streams stay with
 //! hyper.
 //!
@@ -31,9 +32,10 @@ use hyper::body::Frame;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use super::stream_watch::{StreamWatch, WatchedBody};
 use super::ConnInfo;
 use crate::event::Chunk;
-use crate::socket::{Cut, SocketState};
+use crate::socket::{self, Cut, SocketState};
 
 /// The chunks of a stream response, in order; the end of the stream ends the response.
 pub type Chunks = Pin<Box<dyn Stream<Item = Chunk> + Send>>;
@@ -71,9 +73,18 @@ impl HandOff {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Answers a request of HTTP `version` with `chunks`: handed off on HTTP/1.1, a plain
+    /// Answers a request of HTTP `version` with `chunks`: handed off on HTTP/1.1, a body watched
+    /// with the stream's write-stall deadline on HTTP/2 (see [`super::stream_watch`]), a plain
     /// streaming body otherwise.
     pub fn offer(&self, version: Version, chunks: Chunks) -> Offer {
+        if version == Version::HTTP_2 {
+            if let Some(watch) = StreamWatch::current() {
+                return Offer {
+                    body: Body::new(WatchedBody::new(chunks, watch)),
+                    handed_off: false,
+                };
+            }
+        }
         let plain = |chunks: Chunks| Offer {
             body: Body::from_stream(chunks.map(|c| Ok::<_, Infallible>(c.into_bytes()))),
             handed_off: false,
@@ -203,10 +214,6 @@ pub(super) async fn write_stream(
             info.socket.cut(Cut::WriteStall);
             tracing::info!(peer = %info.peer, limit_secs = limit.as_secs(), "write stalled; aborting the connection");
         }
-        Err(error) if is_over_backlog(error) => {
-            info.socket.cut(Cut::Backlog);
-            tracing::info!(peer = %info.peer, max_bytes = info.socket.max_backlog(), "unsent backlog over the bound with the socket full; aborting the connection");
-        }
         Err(error) => tracing::debug!(%error, peer = %info.peer, "stream write failed"),
         Ok(_) => {}
     }
@@ -219,15 +226,6 @@ pub(super) async fn write_stream(
         }
     }
     drop(chunks);
-}
-
-/// The error a write gives up with when the socket is full and the backlog over its bound.
-#[derive(Debug, thiserror::Error)]
-#[error("the unsent backlog is over its bound and the socket is full")]
-struct OverBacklog;
-
-fn is_over_backlog(error: &io::Error) -> bool {
-    error.get_ref().is_some_and(|e| e.is::<OverBacklog>())
 }
 
 /// Resolves when the client closes its side (or the socket fails). A client has nothing to say on
@@ -339,8 +337,9 @@ fn gather<'a>(pieces: &'a impl Pieces, mut skip: usize, slices: &mut [IoSlice<'a
 }
 
 /// Writes every byte of `pieces`, failing with `TimedOut` once the kernel has accepted nothing
-/// for `limit`, and with [`OverBacklog`] when the socket is full and what it holds plus what is
-/// left to write passes the stream's bound.
+/// and the client has acknowledged nothing for `limit`. Past the stream's backlog bound the
+/// socket takes nothing until the client has read enough (see [`SocketState::bound_backlog`]): a
+/// slow reader is paced, not cut.
 async fn write_all(
     tcp: &TcpStream,
     pieces: &impl Pieces,
@@ -354,13 +353,17 @@ async fn write_all(
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
             Ok(n) => written += n,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if socket.over_backlog(total - written) {
-                    return Err(io::Error::other(OverBacklog));
-                }
+                let mut held = socket.unacknowledged();
                 // `poll_write_ready` also replaces a waker hyper may have left (see `hangup`).
-                match tokio::time::timeout(limit, poll_fn(|cx| tcp.poll_write_ready(cx))).await {
-                    Ok(ready) => ready?,
-                    Err(_) => return Err(io::ErrorKind::TimedOut.into()),
+                while let Err(elapsed) =
+                    tokio::time::timeout(limit, poll_fn(|cx| tcp.poll_write_ready(cx))).await
+                {
+                    // The client acknowledged something meanwhile: it reads, slowly.
+                    let now = socket.unacknowledged();
+                    if !socket::drained(held, now) {
+                        return Err(io::Error::new(io::ErrorKind::TimedOut, elapsed));
+                    }
+                    held = now;
                 }
             }
             Err(e) => return Err(e),

@@ -11,6 +11,7 @@ pub mod handoff;
 mod idle;
 mod parse_errors;
 mod stall;
+pub mod stream_watch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -21,7 +22,7 @@ use axum::body::Body;
 use axum::Router;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -32,14 +33,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::socket::SocketState;
+use crate::socket::{SocketState, StreamCut};
 use handoff::HandOff;
 use idle::Activity;
 use parse_errors::Exchanges;
 use stall::StallGuard;
+use stream_watch::{StreamExec, StreamWatch};
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+/// Most bytes hyper's h2 layer buffers per HTTP/2 stream beyond what the stream's flow-control
+/// window lets out (hyper's default is 400 KiB).
+const H2_MAX_SEND_BUF: usize = 64 * 1024;
 /// Time a client has to send its request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -58,6 +63,14 @@ pub struct ConnInfo {
     /// The service's responses not yet all on the wire (tells hyper's own parse-error answers
     /// from them).
     pub exchanges: Exchanges,
+}
+
+impl ConnInfo {
+    /// The request's own stream when the connection carries others (HTTP/2): the server resets it
+    /// alone when it takes nothing for the write-stall deadline.
+    pub fn stream_cut(&self) -> Option<StreamCut> {
+        StreamWatch::current().map(|w| w.cut())
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -117,7 +130,10 @@ pub async fn serve(
     opts: ConnOptions,
     stop: CancellationToken,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/2 streams run as tasks of their own, each under the write-stall deadline.
+    let mut builder = auto::Builder::new(StreamExec {
+        write_stall: opts.write_stall,
+    });
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -126,7 +142,9 @@ pub async fn serve(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32);
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        // What h2 buffers per stream beyond what its flow-control window lets out.
+        .max_send_buf_size(H2_MAX_SEND_BUF);
     let graceful = GracefulShutdown::new();
     let writers = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));

@@ -1,8 +1,8 @@
 //! The socket hyper serves a connection on: writes fail once the kernel has accepted nothing for
-//! the write-stall deadline (hyper has no write timeout) or, under an event stream, once the unsent
-//! backlog passes its bound; a flush after a stream's head hands the socket to the stream's own
-//! writer (see [`super::handoff`]); hyper's bare answer to a request it cannot parse is replaced
-//! with the JSON error (see [`super::parse_errors`]).
+//! the write-stall deadline (hyper has no write timeout; under an event stream the kernel also
+//! paces writes to the stream's backlog bound); a flush after a stream's head hands the socket to
+//! the stream's own writer (see [`super::handoff`]); hyper's bare answer to a request it cannot
+//! parse is replaced with the JSON error (see [`super::parse_errors`]).
 
 use std::future::Future;
 use std::io;
@@ -27,6 +27,8 @@ pub(super) struct StallGuard {
     limit: Duration,
     timer: Pin<Box<Sleep>>,
     armed: bool,
+    /// What the kernel held for the client when the timer was armed.
+    held: Option<usize>,
     info: ConnInfo,
     writers: TaskTracker,
 }
@@ -44,25 +46,32 @@ impl StallGuard {
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
             armed: false,
+            held: None,
             info,
             writers,
         }
     }
 
-    /// The kernel accepts nothing now; `pending` bytes wait to be written.
-    fn on_pending<T>(&mut self, cx: &mut Context<'_>, pending: usize) -> Poll<io::Result<T>> {
-        if self.info.socket.over_backlog(pending) {
-            self.info.socket.cut(Cut::Backlog);
-            tracing::info!(peer = %self.info.peer, max_bytes = self.info.socket.max_backlog(), "unsent backlog over the bound with the socket full; aborting the connection");
-            return Poll::Ready(Err(io::Error::other("unsent backlog over the bound")));
-        }
+    /// The kernel accepts nothing now (the socket is full, or its stream's backlog is at its bound
+    /// and the client has not read enough yet).
+    fn on_pending<T>(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<T>> {
         if !self.armed {
             self.armed = true;
+            self.held = self.info.socket.unacknowledged();
             self.timer
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.limit);
         }
-        if self.timer.as_mut().poll(cx).is_ready() {
+        while self.timer.as_mut().poll(cx).is_ready() {
+            // The client acknowledged something meanwhile: it reads, slowly; wait again.
+            let now = self.info.socket.unacknowledged();
+            if crate::socket::drained(self.held, now) {
+                self.held = now;
+                self.timer
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + self.limit);
+                continue;
+            }
             self.info.socket.cut(Cut::WriteStall);
             tracing::info!(peer = %self.info.peer, limit_secs = self.limit.as_secs(), "write stalled; aborting the connection");
             return Poll::Ready(Err(io::ErrorKind::TimedOut.into()));
@@ -153,7 +162,7 @@ impl AsyncWrite for StallGuard {
             return handed_off();
         };
         match Pin::new(tcp).poll_write(cx, buf) {
-            Poll::Pending => this.on_pending(cx, buf.len()),
+            Poll::Pending => this.on_pending(cx),
             ready => this.on_ready(ready),
         }
     }
@@ -171,7 +180,7 @@ impl AsyncWrite for StallGuard {
             return handed_off();
         };
         match Pin::new(tcp).poll_write_vectored(cx, bufs) {
-            Poll::Pending => this.on_pending(cx, bufs.iter().map(|b| b.len()).sum()),
+            Poll::Pending => this.on_pending(cx),
             ready => this.on_ready(ready),
         }
     }
@@ -186,7 +195,7 @@ impl AsyncWrite for StallGuard {
             return Poll::Ready(Ok(()));
         };
         match Pin::new(tcp).poll_flush(cx) {
-            Poll::Pending => this.on_pending(cx, 0),
+            Poll::Pending => this.on_pending(cx),
             Poll::Ready(Ok(())) => {
                 this.armed = false;
                 this.info.exchanges.flushed();
@@ -244,5 +253,53 @@ mod tests {
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert_eq!(info.socket.cut_reason(), Some(Cut::WriteStall));
         assert!(started.elapsed() >= Duration::from_millis(200));
+    }
+
+    #[tokio::test]
+    async fn a_socket_whose_client_reads_slowly_is_paced_not_cut() {
+        use tokio::io::AsyncReadExt;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpSocket::new_v4().expect("socket");
+        client.set_recv_buffer_size(4096).expect("rcvbuf");
+        let mut client = client.connect(addr).await.expect("connect");
+        let (server_side, peer) = listener.accept().await.expect("accept");
+        let info = ConnInfo {
+            handoff: Default::default(),
+            peer,
+            socket: SocketState::default(),
+        };
+        let limit = Duration::from_millis(300);
+        let mut guarded = StallGuard::new(server_side, limit, info.clone(), TaskTracker::new());
+        // The client reads 2 KB every 50 ms: far too slow for the socket to take a 64 KiB write
+        // within the deadline, fast enough to acknowledge something within it.
+        let reader = tokio::spawn(async move {
+            let mut buf = [0u8; 2048];
+            let mut total = 0usize;
+            let until = tokio::time::Instant::now() + Duration::from_secs(3);
+            while tokio::time::Instant::now() < until {
+                match client.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => total += n,
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            total
+        });
+        let chunk = vec![b'x'; 64 * 1024];
+        let wrote: Result<io::Result<()>, _> =
+            tokio::time::timeout(Duration::from_secs(2), async {
+                loop {
+                    guarded.write_all(&chunk).await?;
+                }
+            })
+            .await;
+        assert!(
+            wrote.is_err(),
+            "still writing when the test stopped: {wrote:?}"
+        );
+        assert_eq!(info.socket.cut_reason(), None);
+        drop(guarded);
+        assert!(reader.await.expect("reader") > 0);
     }
 }

@@ -12,7 +12,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::{Owner, Ownership, SessionError, SessionStore};
 use crate::bridge::control_channel;
-use crate::log::postgres::{timed, DbError};
+use crate::log::postgres::{column, timed, DbError};
 
 /// Whether row `t` belongs to the owner of `$2` (principal), `$3` (owner key), `$4` (owns legacy
 /// rows).
@@ -86,7 +86,10 @@ impl PgSessions {
         })
         .await
         .map_err(|e| SessionError::Unavailable(e.to_string()))?;
-        Ok(rows.first().map(|r| r.get::<_, i64>(0)))
+        rows.first()
+            .map(|r| column::<i64>(r, 0))
+            .transpose()
+            .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
 
     /// Runs `sql` with the session and the owner as `$1` … `$4` (and the control channel as `$5`).

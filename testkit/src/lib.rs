@@ -26,6 +26,8 @@
 //! - [`shed`]: the shed check (`200` + `retry:` + clean end, SPEC §3.2).
 //! - [`hostile`]: idle sockets, bodies that stop short, a misbehaving upstream MCP server.
 //! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
+//! - [`h2c`]: HTTP/2 over cleartext with the `h2` crate, each stream's flow-control window in the
+//!   test's hands (streams that never open it, streams read as fast as they come).
 //! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer).
 
 pub mod bodies;
@@ -36,6 +38,7 @@ pub mod error;
 pub mod error_shape;
 pub mod flow;
 pub mod follow;
+pub mod h2c;
 pub mod hostile;
 pub mod http;
 pub mod identity;

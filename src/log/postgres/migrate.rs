@@ -4,7 +4,7 @@
 
 use tokio_postgres::Client;
 
-use super::DbError;
+use super::{column, DbError};
 
 /// (version, name, SQL with `{{schema}}`)
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -91,8 +91,8 @@ pub async fn apply(
         .await
         .map_err(DbError::Query)?
         .iter()
-        .map(|r| r.get(0))
-        .collect();
+        .map(|r| column(r, 0))
+        .collect::<Result<_, _>>()?;
     let mut applied = Vec::new();
     for m in render(schema) {
         if done.contains(&m.version) {
@@ -132,15 +132,17 @@ pub async fn pending(client: &Client, schema: &str) -> Result<Vec<i32>, DbError>
         .await
         .map_err(DbError::Query)?
         .first()
-        .is_some_and(|r| r.get(0));
+        .map(|r| column(r, 0))
+        .transpose()?
+        .unwrap_or(false);
     let done: Vec<i32> = if exists {
         client
             .query_typed(&format!("SELECT version FROM {schema}.migrations"), &[])
             .await
             .map_err(DbError::Query)?
             .iter()
-            .map(|r| r.get(0))
-            .collect()
+            .map(|r| column(r, 0))
+            .collect::<Result<_, _>>()?
     } else {
         vec![]
     };

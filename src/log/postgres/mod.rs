@@ -43,12 +43,34 @@ pub enum DbError {
     Tls(String),
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("cannot read column `{column}` of a row from the database: {}", with_causes(.source))]
+    Decode {
+        column: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+}
+
+/// Column `idx` of a row the database returned, decoded as `T`, or an error naming the column
+/// (a column whose type is not the one this version expects fails here, never panics).
+pub fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
+    idx: usize,
+) -> Result<T, DbError> {
+    row.try_get(idx).map_err(|source| DbError::Decode {
+        column: row
+            .columns()
+            .get(idx)
+            .map_or_else(|| idx.to_string(), |c| c.name().to_owned()),
+        source,
+    })
 }
 
 impl From<DbError> for LogError {
     fn from(e: DbError) -> LogError {
         match &e {
             DbError::Query(q) if is_sql_error(q) => LogError::Internal(e.to_string()),
+            DbError::Decode { .. } => LogError::Internal(e.to_string()),
             _ => LogError::Unavailable(Box::new(e)),
         }
     }
@@ -100,6 +122,7 @@ pub async fn timed<T>(
 pub struct PgLog {
     inner: Arc<Inner>,
     writer: writer::Writer,
+    writer_task: writer::WriterTask,
     reads: Mutex<HashMap<(u64, usize), SharedRead>>,
 }
 
@@ -142,7 +165,8 @@ impl From<LogError> for ReadError {
 }
 
 impl PgLog {
-    /// Opens the log in `schema` (migrations must be applied) and starts its writer.
+    /// Opens the log in `schema` (migrations must be applied). Publishes complete once its writer
+    /// runs ([`PgLog::writer_task`]).
     pub async fn open(
         pool: Pool,
         schema: &str,
@@ -164,7 +188,10 @@ impl PgLog {
                 .query_typed(&format!("SELECT epoch FROM {schema}.meta"), &[])
                 .await
                 .map_err(DbError::Query)?;
-            Ok(row.first().map(|r| r.get::<_, String>(0)).unwrap_or_default())
+            row.first()
+                .map(|r| column::<String>(r, 0))
+                .transpose()
+                .map(Option::unwrap_or_default)
         })
         .await?;
         let inner = Arc::new(Inner {
@@ -173,8 +200,10 @@ impl PgLog {
             pool: pool.clone(),
             timeout,
         });
+        let (writer, writer_task) = writer::Writer::new(pool, schema.to_owned(), timeout);
         Ok(PgLog {
-            writer: writer::Writer::start(pool, schema.to_owned(), timeout),
+            writer,
+            writer_task,
             inner,
             reads: Mutex::new(HashMap::new()),
         })
@@ -187,6 +216,11 @@ impl PgLog {
         limit: usize,
     ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
         self.inner.fetch_after(after, limit).await
+    }
+
+    /// The task that commits publishes (run it, and run it again if it fails).
+    pub fn writer_task(&self) -> writer::WriterTask {
+        self.writer_task.clone()
     }
 
     pub fn pool(&self) -> &Pool {
@@ -220,26 +254,29 @@ impl Inner {
                 .map_err(DbError::Query)
         })
         .await?;
-        let pruned = rows.first().map_or(0, |r| r.get::<_, i64>(0)) as u64;
+        let pruned = match rows.first() {
+            Some(r) => column::<i64>(r, 0)? as u64,
+            None => 0,
+        };
         if after < pruned {
             return Err(LogError::CursorPruned { after, pruned });
         }
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
-            let Some(seq) = r.get::<_, Option<i64>>(1) else {
+            let Some(seq) = column::<Option<i64>>(r, 1)? else {
                 continue;
             };
-            let method: String = r.get(2);
-            let params: Option<String> = r.get(3);
-            let committed_at: SystemTime = r.get(6);
+            let method: String = column(r, 2)?;
+            let params: Option<String> = column(r, 3)?;
+            let committed_at: SystemTime = column(r, 6)?;
             out.push(Arc::new(StoredEvent::new(
                 &self.epoch,
                 seq as u64,
                 &method,
                 params.as_deref(),
                 Target {
-                    tenant: r.get(4),
-                    session: r.get(5),
+                    tenant: column(r, 4)?,
+                    session: column(r, 5)?,
                 },
                 committed_at,
             )));
@@ -309,8 +346,8 @@ impl EventLog for PgLog {
             .first()
             .ok_or_else(|| LogError::Internal("the log's head row is missing".into()))?;
         Ok(Bounds {
-            head: r.get::<_, i64>(0) as u64,
-            pruned: r.get::<_, i64>(1) as u64,
+            head: column::<i64>(r, 0)? as u64,
+            pruned: column::<i64>(r, 1)? as u64,
         })
     }
 }

@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
-use super::{timed, DbError};
+use super::{column, timed, DbError};
 
 /// Rows deleted per transaction.
 const BATCH: i64 = 10_000;
@@ -91,7 +91,9 @@ pub async fn prune_batch(
         .await
         .map_err(DbError::Query)?
         .first()
-        .is_some_and(|r| r.get(0));
+        .map(|r| column(r, 0))
+        .transpose()?
+        .unwrap_or(false);
     if !locked {
         return Ok(None);
     }
@@ -110,7 +112,9 @@ pub async fn prune_batch(
         .await
         .map_err(DbError::Query)?
         .first()
-        .and_then(|r| r.get(0));
+        .map(|r| column::<Option<i64>>(r, 0))
+        .transpose()?
+        .flatten();
     let Some(cut) = cut else {
         return Ok(None);
     };

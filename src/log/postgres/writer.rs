@@ -7,13 +7,15 @@
 //! request whose key conflicts is refused alone; the others in the group proceed.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Client, Pool};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::{ToSql, Type};
+use tokio_util::sync::CancellationToken;
 
-use super::{timed, DbError};
+use super::{column, timed, DbError};
 use crate::event::input::request_fingerprint;
 use crate::log::{AppendRequest, Appended, LogError};
 
@@ -32,11 +34,46 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
 }
 
+/// The task that commits what [`Writer::append`] queues. It must be running for publishes to
+/// complete; it may be restarted (the queue outlives it; requests it was committing when it
+/// failed get an error).
+#[derive(Clone)]
+pub struct WriterTask {
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
+    pool: Pool,
+    schema: String,
+    timeout: Duration,
+}
+
+impl WriterTask {
+    /// Commits queued requests until `stop`.
+    pub async fn run(self, stop: CancellationToken) {
+        let mut rx = self.rx.lock().await;
+        let sql = Statements::new(&self.schema, self.timeout);
+        loop {
+            let first = tokio::select! {
+                _ = stop.cancelled() => return,
+                job = rx.recv() => match job {
+                    Some(job) => job,
+                    None => return,
+                },
+            };
+            commit_queued(first, &mut rx, &self.pool, &sql, self.timeout).await;
+        }
+    }
+}
+
 impl Writer {
-    pub fn start(pool: Pool, schema: String, timeout: Duration) -> Writer {
+    /// The writer and the task that commits for it (the caller runs it).
+    pub fn new(pool: Pool, schema: String, timeout: Duration) -> (Writer, WriterTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(run(rx, pool, schema, timeout));
-        Writer { tx }
+        let task = WriterTask {
+            rx: Arc::new(Mutex::new(rx)),
+            pool,
+            schema,
+            timeout,
+        };
+        (Writer { tx }, task)
     }
 
     pub async fn append(&self, req: AppendRequest) -> Result<Appended, LogError> {
@@ -51,40 +88,48 @@ impl Writer {
     }
 }
 
-async fn run(mut rx: mpsc::Receiver<Job>, pool: Pool, schema: String, timeout: Duration) {
-    let sql = Statements::new(&schema, timeout);
-    while let Some(first) = rx.recv().await {
-        let mut events = first.req.events.len();
-        let mut group = vec![first];
-        while events < MAX_GROUP_EVENTS {
-            match rx.try_recv() {
-                Ok(job) => {
-                    events += job.req.events.len();
-                    group.push(job);
-                }
-                Err(_) => break,
+/// Commits `first` with every request waiting behind it (up to [`MAX_GROUP_EVENTS`]).
+async fn commit_queued(
+    first: Job,
+    rx: &mut mpsc::Receiver<Job>,
+    pool: &Pool,
+    sql: &Statements,
+    timeout: Duration,
+) {
+    let mut events = first.req.events.len();
+    let mut group = vec![first];
+    while events < MAX_GROUP_EVENTS {
+        match rx.try_recv() {
+            Ok(job) => {
+                events += job.req.events.len();
+                group.push(job);
+            }
+            Err(_) => break,
+        }
+    }
+    // Bound the whole transaction, not just each statement.
+    let outcome = timed(timeout.saturating_mul(3), commit_group(pool, sql, &group)).await;
+    match outcome {
+        Ok(answers) => {
+            for (job, answer) in group.into_iter().zip(answers) {
+                let _ = job.reply.send(answer);
             }
         }
-        // Bound the whole transaction, not just each statement.
-        let outcome = timed(timeout.saturating_mul(3), commit_group(&pool, &sql, &group)).await;
-        match outcome {
-            Ok(answers) => {
-                for (job, answer) in group.into_iter().zip(answers) {
-                    let _ = job.reply.send(answer);
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, requests = group.len(), "publish transaction failed");
-                let message = error.to_string();
-                let transient = !matches!(&error, DbError::Query(q) if super::is_sql_error(q));
-                for job in group {
-                    let e = if transient {
-                        LogError::Unavailable(message.clone().into())
-                    } else {
-                        LogError::Internal(message.clone())
-                    };
-                    let _ = job.reply.send(Err(e));
-                }
+        Err(error) => {
+            tracing::warn!(%error, requests = group.len(), "publish transaction failed");
+            let message = error.to_string();
+            let transient = match &error {
+                DbError::Query(q) => !super::is_sql_error(q),
+                DbError::Decode { .. } => false,
+                _ => true,
+            };
+            for job in group {
+                let e = if transient {
+                    LogError::Unavailable(message.clone().into())
+                } else {
+                    LogError::Internal(message.clone())
+                };
+                let _ = job.reply.send(Err(e));
             }
         }
     }
@@ -183,19 +228,20 @@ async fn transaction(
         keys,
     )
     .map_err(DbError::Query)?;
-    let head: i64 = head_rows.first().map_or(0, |r| r.get(0));
-    let mut known: HashMap<String, Known> = key_rows
-        .iter()
-        .map(|r| {
-            (
-                r.get(0),
-                Known {
-                    fingerprint: r.get(1),
-                    seqs: r.get(2),
-                },
-            )
-        })
-        .collect();
+    let head: i64 = match head_rows.first() {
+        Some(r) => column(r, 0)?,
+        None => 0,
+    };
+    let mut known: HashMap<String, Known> = HashMap::with_capacity(key_rows.len());
+    for r in &key_rows {
+        known.insert(
+            column(r, 0)?,
+            Known {
+                fingerprint: column(r, 1)?,
+                seqs: column(r, 2)?,
+            },
+        );
+    }
 
     let mut next = head;
     let mut rows = Rows::default();
