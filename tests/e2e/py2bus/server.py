@@ -1,0 +1,67 @@
+"""An MCP server written with the official Python SDK 2.x (`MCPServer`) whose `subscriptions/listen`
+streams are fanned out across replicas by `mcp_fanout.FanoutSubscriptionBus` (clients/python),
+bound to the mcp-fanout replica(s) in FANOUT_URL (comma-separated) with the admin token
+FANOUT_TOKEN. The two lines a server adds are marked.
+
+Tools: `touch_tools()` publishes tools list_changed; `touch_resource(uri)` publishes
+resources/updated for `uri` (both through `ctx.notify_*`, awaited: an error reaches the caller).
+
+Prints {"url": "http://127.0.0.1:PORT/mcp"} once it accepts connections and its bus stream is open.
+With --memory it uses the SDK's in-memory bus instead (the one-replica baseline).
+"""
+
+import json
+import logging
+import os
+import socket
+import sys
+
+import anyio
+import uvicorn
+from mcp.server.mcpserver import Context, MCPServer
+
+from mcp_fanout import FanoutSubscriptionBus  # (1)
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(name)s %(levelname)s %(message)s")
+    memory = "--memory" in sys.argv[1:]
+    bus = None
+    if not memory:
+        bus = FanoutSubscriptionBus(os.environ["FANOUT_URL"].split(","), token=os.environ.get("FANOUT_TOKEN"))
+    mcp = MCPServer("e2e-bus-server", log_level="WARNING", subscriptions=bus)  # (2)
+
+    @mcp.tool()
+    async def touch_tools(ctx: Context) -> str:
+        """Announce that the tool list changed."""
+        await ctx.notify_tools_changed()
+        return "published"
+
+    @mcp.tool()
+    async def touch_resource(uri: str, ctx: Context) -> str:
+        """Announce that the resource at `uri` changed."""
+        await ctx.notify_resource_updated(uri)
+        return "published"
+
+    app = mcp.streamable_http_app()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(128)
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+
+    async def serve() -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(server.serve, [sock])
+            if bus is not None:
+                await bus.start()
+            while not server.started:
+                await anyio.sleep(0.01)
+            print(json.dumps({"url": f"http://127.0.0.1:{port}/mcp"}), flush=True)
+
+    anyio.run(serve)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
