@@ -22,6 +22,8 @@ export interface FanoutEventBusOptions {
     url: string | string[];
     /** An admin token (`FANOUT_ADMIN_TOKENS`) for publishing. */
     token?: string;
+    /** Where `/admin/publish` is served when not at `url` (a separate `FANOUT_ADMIN_ADDR`). */
+    publishUrl?: string | string[];
     /** Extra headers of the `GET /mcp` stream (a subscriber credential when one is required). */
     headers?: Record<string, string>;
     /** How long one publish is retried before `onerror` gets a `PublishError` (default 10 000). */
@@ -129,6 +131,7 @@ interface Pending {
  */
 export class FanoutEventBus implements ServerEventBus {
     private readonly urls: string[];
+    private readonly publishUrls: string[];
     private readonly opts: Required<
         Pick<FanoutEventBusOptions, 'publishDeadlineMs' | 'stallTimeoutMs' | 'backoffBaseMs' | 'backoffCapMs'>
     >;
@@ -151,6 +154,9 @@ export class FanoutEventBus implements ServerEventBus {
         const urls = Array.isArray(options.url) ? options.url : [options.url];
         if (urls.length === 0) throw new TypeError('FanoutEventBus needs at least one mcp-fanout URL');
         this.urls = urls.map(u => u.replace(/\/+$/, ''));
+        const publishUrls = options.publishUrl === undefined ? urls : [options.publishUrl].flat();
+        if (publishUrls.length === 0) throw new TypeError('FanoutEventBus needs at least one publish URL');
+        this.publishUrls = publishUrls.map(u => u.replace(/\/+$/, ''));
         this.opts = {
             publishDeadlineMs: options.publishDeadlineMs ?? 10_000,
             stallTimeoutMs: options.stallTimeoutMs ?? 45_000,
@@ -231,7 +237,7 @@ export class FanoutEventBus implements ServerEventBus {
         const headers: Record<string, string> = { 'content-type': 'application/json', 'idempotency-key': p.key };
         if (this.options.token !== undefined) headers.authorization = `Bearer ${this.options.token}`;
         for (let attempt = 1; ; attempt++) {
-            const base = this.urls[this.publishUrl];
+            const base = this.publishUrls[this.publishUrl];
             let status: number | undefined;
             let why: string;
             try {
@@ -252,7 +258,7 @@ export class FanoutEventBus implements ServerEventBus {
                 if (e instanceof PublishError) throw e;
                 why = `${base} unreachable: ${String(e)}`;
             }
-            if (this.urls.length > 1) this.publishUrl = (this.publishUrl + 1) % this.urls.length;
+            if (this.publishUrls.length > 1) this.publishUrl = (this.publishUrl + 1) % this.publishUrls.length;
             const delay = backoff(attempt, this.opts.backoffBaseMs, this.opts.backoffCapMs);
             if (Date.now() + delay >= deadline) {
                 throw new PublishError(

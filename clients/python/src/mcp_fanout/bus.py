@@ -76,7 +76,8 @@ class FanoutSubscriptionBus:
 
     `url`: mcp-fanout's base URL (`http://fanout:8080`), or several (replicas without a load
     balancer: the bus fails over between them, in order). `token`: an admin token
-    (`FANOUT_ADMIN_TOKENS`) for publishing. `headers`: extra headers of the `GET /mcp` stream (a
+    (`FANOUT_ADMIN_TOKENS`) for publishing. `publish_url`: where `/admin/publish` is served when
+    it is not `url` (replicas with a separate `FANOUT_ADMIN_ADDR`). `headers`: extra headers of the `GET /mcp` stream (a
     subscriber credential when mcp-fanout requires one).
 
     Constructible with no running event loop; it starts on the asyncio loop where it is first
@@ -91,6 +92,7 @@ class FanoutSubscriptionBus:
         url: str | Sequence[str],
         *,
         token: str | None = None,
+        publish_url: str | Sequence[str] | None = None,
         headers: Mapping[str, str] | None = None,
         publish_deadline: float = 10.0,
         connect_timeout: float = 5.0,
@@ -102,6 +104,10 @@ class FanoutSubscriptionBus:
         if not urls:
             raise ValueError("FanoutSubscriptionBus needs at least one mcp-fanout URL")
         self._urls = [u.rstrip("/") for u in urls]
+        publish_urls = urls if publish_url is None else [publish_url] if isinstance(publish_url, str) else list(publish_url)
+        if not publish_urls:
+            raise ValueError("FanoutSubscriptionBus needs at least one publish URL")
+        self._publish_urls = [u.rstrip("/") for u in publish_urls]
         self._token = token
         self._headers = dict(headers or {})
         self._publish_deadline = publish_deadline
@@ -206,7 +212,7 @@ class FanoutSubscriptionBus:
         deadline = self._loop.time() + self._publish_deadline
         attempt = 0
         while True:
-            base = self._urls[self._publish_url]
+            base = self._publish_urls[self._publish_url]
             remaining = max(0.1, deadline - self._loop.time())
             status: int | None = None
             try:
@@ -225,8 +231,8 @@ class FanoutSubscriptionBus:
             except httpx2.TransportError as e:
                 why = f"{base} unreachable: {e!r}"
             attempt += 1
-            if len(self._urls) > 1:
-                self._publish_url = (self._publish_url + 1) % len(self._urls)
+            if len(self._publish_urls) > 1:
+                self._publish_url = (self._publish_url + 1) % len(self._publish_urls)
             delay = _backoff(attempt, self._backoff_base, self._backoff_cap)
             if self._loop.time() + delay >= deadline:
                 logger.error(
