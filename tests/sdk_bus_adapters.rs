@@ -205,3 +205,60 @@ async fn wait_log_len(dep: &Deployment, n: usize) -> Vec<String> {
     .await
     .unwrap_or_else(|e| panic!("{e}"))
 }
+
+/// The Python adapter's own tests (`clients/python/tests`, pytest against this binary in memory
+/// mode, on the package as `pip install clients/python` installed it): own events once and in
+/// order, a cursor that cannot be replayed as one event of each list kind, failover to the next
+/// URL, a refused publish raising at once, an unreachable one at its deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_adapters_own_tests_pass_against_the_real_binary() {
+    e2e::ensure_setup();
+    let out = tokio::process::Command::new(e2e::python("py2bus"))
+        .args([
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "clients/python/tests",
+        ])
+        .current_dir(e2e::repo())
+        .env("MCP_FANOUT_BIN", mcp_fanout_testkit::bin())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run pytest in target/e2e/py2bus");
+    assert!(
+        out.status.success(),
+        "pytest clients/python/tests failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The TypeScript adapter's own tests (`clients/typescript/test`, `node --test` against this
+/// binary in memory mode, on the `dist/` that `npm install clients/typescript` built): own events
+/// once and in order, a cursor that cannot be replayed as one event of each list kind, failover,
+/// a refused publish reported to `onerror` at once and an unreachable one at its deadline, `close()`
+/// flushing the queue.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_typescript_adapters_own_tests_pass_against_the_real_binary() {
+    e2e::ensure_setup();
+    let out = tokio::process::Command::new("node")
+        .args(["--test", "clients/typescript/test/"])
+        .current_dir(e2e::repo())
+        .env("MCP_FANOUT_BIN", mcp_fanout_testkit::bin())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .expect("run node --test");
+    assert!(
+        out.status.success(),
+        "node --test clients/typescript/test failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

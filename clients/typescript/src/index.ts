@@ -79,7 +79,9 @@ export function eventFromMessage(message: unknown): ServerEvent | undefined {
     if (!message || typeof message !== 'object') return undefined;
     const { method, params } = message as { method?: unknown; params?: unknown };
     const p = params && typeof params === 'object' ? (params as Record<string, unknown>) : undefined;
-    const forwarded = p && Object.keys(p).length > 0 ? { params: p } : {};
+    // The params a publisher forwarded, without the URI (carried by the event itself).
+    const { uri: _uri, ...rest } = p ?? {};
+    const forwarded = Object.keys(rest).length > 0 ? { params: rest } : {};
     switch (method) {
         case 'notifications/tools/list_changed':
             return { kind: 'tools_list_changed', ...forwarded };
@@ -173,6 +175,7 @@ export class FanoutEventBus implements ServerEventBus {
 
     /** Starts the stream (if it has not) and resolves once it is open. */
     start(): Promise<void> {
+        if (this.closed) return Promise.reject(new Error('FanoutEventBus is closed'));
         this.ensureFollowing();
         if (this.connectedNow) return Promise.resolve();
         return new Promise(resolve => this.connectWaiters.push(resolve));

@@ -4,7 +4,8 @@
 // replica(s) in FANOUT_URL (comma-separated) with the admin token FANOUT_TOKEN.
 //
 // Tools: `touch_tools()` publishes tools list_changed; `touch_resource({uri})` publishes
-// resources/updated for `uri`. Publish failures are printed as {"kind": "bus_error", "error"}.
+// resources/updated for `uri`; `stamp({uri})` is `touch_resource` answering the system-wide monotonic
+// clock (ns) read just before the publish (bench/sdk_bus.py measures latency with it). Publish failures are printed as {"kind": "bus_error", "error"}.
 // Prints {"url": "http://127.0.0.1:PORT/mcp"} once it accepts connections and its bus stream is open.
 // With --memory it uses the SDK's in-memory bus instead (the one-replica baseline).
 import http from 'node:http';
@@ -43,6 +44,15 @@ const factory = () => {
         async ({ uri }) => {
             handler.notify.resourceUpdated(uri);
             return { content: [{ type: 'text', text: 'published' }] };
+        }
+    );
+    server.registerTool(
+        'stamp',
+        { description: 'Publish resources/updated for uri; answer when the publish began.', inputSchema: z.object({ uri: z.string() }) },
+        async ({ uri }) => {
+            const t0 = process.hrtime.bigint();
+            handler.notify.resourceUpdated(uri);
+            return { content: [{ type: 'text', text: String(t0) }] };
         }
     );
     return server;

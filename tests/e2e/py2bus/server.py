@@ -4,7 +4,9 @@ bound to the mcp-fanout replica(s) in FANOUT_URL (comma-separated) with the admi
 FANOUT_TOKEN. The two lines a server adds are marked.
 
 Tools: `touch_tools()` publishes tools list_changed; `touch_resource(uri)` publishes
-resources/updated for `uri` (both through `ctx.notify_*`, awaited: an error reaches the caller).
+resources/updated for `uri` (both through `ctx.notify_*`, awaited: an error reaches the caller);
+`stamp(uri)` is `touch_resource` answering the system-wide monotonic clock (ns) read just before
+the publish (bench/sdk_bus.py measures publish→listener latency with it).
 
 Prints {"url": "http://127.0.0.1:PORT/mcp"} once it accepts connections and its bus stream is open.
 With --memory it uses the SDK's in-memory bus instead (the one-replica baseline).
@@ -15,6 +17,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 import anyio
 import uvicorn
@@ -42,6 +45,13 @@ def main() -> None:
         """Announce that the resource at `uri` changed."""
         await ctx.notify_resource_updated(uri)
         return "published"
+
+    @mcp.tool()
+    async def stamp(uri: str, ctx: Context) -> str:
+        """Publish resources/updated for `uri`; answer when (monotonic ns) the publish began."""
+        t0 = time.monotonic_ns()
+        await ctx.notify_resource_updated(uri)
+        return str(t0)
 
     app = mcp.streamable_http_app()
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
