@@ -249,11 +249,18 @@ pub struct ServeConfig {
     pub advertise_list_changed: bool,
 
     /// Proxy mode: let MCP 2026-07-28 clients use a 2025-era upstream (one that does not answer
-    /// `server/discover`): the replica makes its own `initialize` handshake and forwards their
-    /// requests on that one upstream session. Only for upstreams that keep no per-client state in
-    /// a session (stateless ones); off, such clients fall back to the 2025 handshake themselves.
+    /// `server/discover`): the replica makes an `initialize` handshake per caller's credentials
+    /// (`Authorization`, `Cookie`, the tenant header of header mode), with those credentials, and
+    /// forwards each caller's requests on its own upstream session. Off, such clients fall back to
+    /// the 2025 handshake themselves.
     #[arg(long, env = "FANOUT_BRIDGE_2026_CLIENTS", default_value_t = false, action = clap::ArgAction::Set)]
     pub bridge_2026_clients: bool,
+
+    /// Proxy mode, with `FANOUT_BRIDGE_2026_CLIENTS`: most upstream sessions a replica keeps for
+    /// bridged callers (one per set of credentials); the least recently used is closed upstream
+    /// (`DELETE`) when a new caller needs one.
+    #[arg(long, env = "FANOUT_BRIDGE_MAX_SESSIONS", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    pub bridge_max_sessions: u64,
 
     /// Log format; `RUST_LOG` filters.
     #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]

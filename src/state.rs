@@ -7,7 +7,7 @@ use crate::auth::admin_tokens::{AdminTokens, TokenError};
 use crate::auth::SubscriberAuth;
 use crate::broadcast::{Broadcaster, RingLimits};
 use crate::cluster::{Cluster, PgCluster};
-use crate::config::{to_usize, ServeConfig};
+use crate::config::{to_usize, ServeConfig, SubscriberAuthMode};
 use crate::event::id::random_epoch;
 use crate::event::PublishLimits;
 use crate::log::memory::{MemoryLimits, MemoryLog};
@@ -129,6 +129,8 @@ impl State {
                     mint_session_ids: config.mint_session_ids,
                     advertise_list_changed: config.advertise_list_changed,
                     bridge_2026_clients: config.bridge_2026_clients,
+                    bridge_max_sessions: to_usize(config.bridge_max_sessions),
+                    bridge_identity_headers: bridge_identity_headers(&config),
                 },
             )?),
             None => None,
@@ -169,4 +171,15 @@ impl State {
             max_batch: to_usize(self.config.max_batch),
         }
     }
+}
+
+/// The request headers that say who a bridged caller is to the upstream (the era bridge keeps one
+/// upstream session per set of their values): `Authorization`, `Cookie`, and in header mode the
+/// tenant header the gateway sets.
+fn bridge_identity_headers(config: &ServeConfig) -> Vec<String> {
+    let mut names = vec!["authorization".to_owned(), "cookie".to_owned()];
+    if config.subscriber_auth == SubscriberAuthMode::Header {
+        names.push(config.tenant_header.to_ascii_lowercase());
+    }
+    names
 }

@@ -367,6 +367,8 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
     let addr = r.public_addr();
     let valid = hs256(SECRET, &json!({ "sub": "u", "exp": now_secs() + 600 }));
     let hs = r#"{"alg":"HS256","typ":"JWT"}"#;
+    // `Authorization: Bearer` of a correctly signed token over this payload text.
+    let raw = |payload: &str| format!("Bearer {}", signed_raw(hs, payload)).into_bytes();
     let exp = now_secs() + 600;
     let forms: Vec<(&str, Vec<u8>)> = vec![
         ("an empty Authorization header", Vec::new()),
@@ -424,6 +426,61 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
         ),
         ("non-UTF-8 bytes", b"Bearer \xff\xfe.\xfd.x".to_vec()),
         (
+            "nbf 10 minutes ahead (beyond the leeway)",
+            format!(
+                "Bearer {}",
+                hs256(
+                    SECRET,
+                    &json!({ "sub": "u", "exp": exp + 600, "nbf": now_secs() + 600 })
+                )
+            )
+            .into_bytes(),
+        ),
+        (
+            "nbf 10 minutes ahead, with a fraction",
+            raw(&format!(
+                r#"{{"sub":"u","exp":{},"nbf":{}.5}}"#,
+                exp + 600,
+                now_secs() + 600
+            )),
+        ),
+        (
+            "nbf as a string",
+            raw(&format!(r#"{{"sub":"u","exp":{exp},"nbf":"0"}}"#)),
+        ),
+        (
+            "exp of 2^63",
+            raw(r#"{"sub":"u","exp":9223372036854775808}"#),
+        ),
+        (
+            "exp of 2^64 - 1",
+            raw(r#"{"sub":"u","exp":18446744073709551615}"#),
+        ),
+        ("exp of 2^63 as a float", raw(r#"{"sub":"u","exp":9.3e18}"#)),
+        (
+            "exp just past the end of year 9999",
+            raw(r#"{"sub":"u","exp":253402300800}"#),
+        ),
+        ("exp of 1e300", raw(r#"{"sub":"u","exp":1e300}"#)),
+        (
+            "iat of 2^63",
+            raw(&format!(
+                r#"{{"sub":"u","exp":{exp},"iat":9223372036854775808}}"#
+            )),
+        ),
+        (
+            "iat negative",
+            raw(&format!(r#"{{"sub":"u","exp":{exp},"iat":-1}}"#)),
+        ),
+        (
+            "iat as a string",
+            raw(&format!(r#"{{"sub":"u","exp":{exp},"iat":"now"}}"#)),
+        ),
+        (
+            "sub that is a number",
+            raw(&format!(r#"{{"sub":42,"exp":{exp}}}"#)),
+        ),
+        (
             "a tenant claim that is a list (correctly signed)",
             format!(
                 "Bearer {}",
@@ -474,6 +531,43 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
     r.wait_subscribers(0, T)
         .await
         .expect("no refused request is a subscriber");
+    // The boundaries of the time claims are accepted (the leeway is the default 30 s).
+    let now = now_secs();
+    let ok_payloads = [
+        (
+            "exp with a fraction",
+            format!(r#"{{"sub":"u","exp":{exp}.5}}"#),
+        ),
+        (
+            "nbf 10 s ahead, within the leeway",
+            format!(r#"{{"sub":"u","exp":{exp},"nbf":{}}}"#, now + 10),
+        ),
+        (
+            "nbf in the past, with a fraction",
+            format!(r#"{{"sub":"u","exp":{exp},"nbf":{}.25}}"#, now - 100),
+        ),
+        (
+            "iat with a fraction",
+            format!(r#"{{"sub":"u","exp":{exp},"iat":{now}.75}}"#),
+        ),
+        (
+            "exp at the last second of year 9999",
+            r#"{"sub":"u","exp":253402300799}"#.to_string(),
+        ),
+    ];
+    let ok = ok_payloads
+        .iter()
+        .map(|(name, payload)| {
+            (
+                (*name).to_string(),
+                poll().header(
+                    "Authorization",
+                    &format!("Bearer {}", signed_raw(hs, payload)),
+                ),
+            )
+        })
+        .collect();
+    run_ok(addr, ok, T).await;
     let auth = format!("Bearer {valid}");
     still_serves(&r, &[("Authorization", auth.as_str())]).await;
 }

@@ -641,3 +641,68 @@ async fn rs256_es256_public_keys_and_a_jwks_verify_tokens() {
         keys.join("\n  ")
     );
 }
+
+/// A fractional `exp` is a time like any other: a token expiring in ten minutes and a half keeps
+/// its stream open and its poll waiting (it is not read as 1970, which would end the stream right
+/// after priming and answer every poll at once: a reconnect loop). So does a token expiring at the
+/// last second of year 9999.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fractional_or_far_exp_is_honoured_as_a_time() {
+    let r = start_memory(
+        "jwt-fraction",
+        &[
+            ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_SECRET", SECRET),
+            ("FANOUT_JWT_LEEWAY_SECS", "0"),
+        ],
+    )
+    .await;
+    #[allow(clippy::cast_precision_loss)]
+    let fractional = now_secs() as f64 + 600.5;
+    let tokens = [
+        (
+            "exp in ten minutes and a half",
+            hs256(SECRET, &json!({ "sub": "frac", "exp": fractional })),
+        ),
+        (
+            "exp at the end of year 9999",
+            hs256(SECRET, &json!({ "sub": "far", "exp": 253_402_300_799_u64 })),
+        ),
+    ];
+    for (n, (what, token)) in tokens.iter().enumerate() {
+        let who = Who::jwt(what, token, None, None);
+        let mut conn = open_stream(&r, &who).await;
+        r.wait_subscribers(1, T)
+            .await
+            .expect("the stream registered");
+        // A waiting poll: it must still be waiting when the event is published.
+        let (answer, id) = tokio::join!(poll_ok(&r, &who, "timeout=20"), async {
+            r.wait_subscribers(2, T)
+                .await
+                .unwrap_or_else(|e| panic!("{what}: the poll is waiting: {e}"));
+            r.publish_ok(&body("fraction", n)).await.expect("publish")
+        });
+        let ev = conn
+            .next_event(T)
+            .await
+            .unwrap_or_else(|e| panic!("{what}: the stream: {e}"))
+            .unwrap_or_else(|| panic!("{what}: the stream ended before the event"));
+        assert_eq!(ev.id.as_deref(), Some(id.as_str()), "{what}: {}", ev.text());
+        assert_eq!(
+            answer
+                .events
+                .iter()
+                .filter_map(|e| e.id.clone())
+                .collect::<Vec<_>>(),
+            vec![id.clone()],
+            "{what}: the poll waited for the event"
+        );
+        drop(conn);
+        r.wait_subscribers(0, T).await.expect("none left");
+    }
+    assert_eq!(
+        r.dropped("token_expired").await.expect("metrics"),
+        0.0,
+        "no stream ended for an expired token"
+    );
+}

@@ -316,10 +316,7 @@ async fn over_the_subscriber_cap_a_get_is_shed_and_existing_streams_are_unaffect
     let got_b = b.events(1, T).await.expect("b: the broadcast");
     assert_eq!(got_b[0].id.as_deref(), Some(e1.as_str()));
     assert_eq!(
-        r.metric(r#"mcp_fanout_subscribers_dropped_total{reason="taken_over"}"#)
-            .await
-            .expect("metrics")
-            .unwrap_or(0.0),
+        r.dropped("taken_over").await.expect("metrics"),
         0.0,
         "a shed GET took over no session"
     );

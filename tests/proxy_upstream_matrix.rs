@@ -23,6 +23,11 @@
 //! client gets `42` from the upstream's tool and receives the one published
 //! `notifications/tools/list_changed` exactly once (the legacy ones with its id); the refetches of
 //! the TypeScript and 2.3 clients list the tool added upstream just before the publish.
+//!
+//! Also here: deleting a minted session ends its stream on every replica, and in JWT mode only its
+//! owner may delete it; the era bridge renews its session when the upstream forgets it, and keeps
+//! one upstream session per caller's credentials, opened with them, closing the least recently used
+//! upstream beyond `FANOUT_BRIDGE_MAX_SESSIONS`.
 
 mod e2e;
 
@@ -405,23 +410,7 @@ async fn deleting_a_minted_session_ends_its_stream_on_every_replica() {
     ];
     let (a, b) = tokio::join!(replica("A", &env), replica("B", &env));
 
-    let init = e2e::post_rpc(&a.public_url("/mcp"), &e2e::initialize_request(1), &[]).await;
-    assert_eq!(init.status, 200, "initialize through A");
-    let session = init
-        .header("mcp-session-id")
-        .expect("a minted session id")
-        .to_string();
-    assert!(session.starts_with("fanout."), "minted: {session}");
-
-    let stream_req = SseRequest::mcp().protocol("2025-11-25").session(&session);
-    let mut stream = a.subscribe(&stream_req).await.expect("GET /mcp on A");
-    assert_eq!(stream.status(), 200, "the minted session's GET stream");
-    let priming = stream
-        .next_frame(STEP)
-        .await
-        .expect("read the stream")
-        .expect("a priming frame");
-    assert!(priming.is_priming(), "first frame: {}", priming.text());
+    let (session, stream_req, mut stream) = open_minted_session(&a, &[]).await;
 
     let deleted = e2e::http()
         .delete(b.public_url("/mcp"))
@@ -431,10 +420,46 @@ async fn deleting_a_minted_session_ends_its_stream_on_every_replica() {
         .await
         .expect("DELETE through B");
     assert_eq!(deleted.status(), 200, "DELETE of a minted session");
+    expect_ended(&a, &stream_req, &mut stream).await;
+}
 
-    let (_, end) = stream.drain(STEP).await.expect("the stream on A ends");
-    assert_eq!(end, StreamEnd::Clean, "A's stream for the deleted session");
-    let again = a.subscribe(&stream_req).await.expect("GET /mcp again");
+/// `initialize` through `r` (with `headers`) for a minted session, and its GET stream on `r`,
+/// primed: the session id, the stream's request and the stream.
+async fn open_minted_session(
+    r: &Replica,
+    headers: &[(&str, &str)],
+) -> (String, SseRequest, mcp_fanout_testkit::SseConn) {
+    let init = e2e::post_rpc(&r.public_url("/mcp"), &e2e::initialize_request(1), headers).await;
+    assert_eq!(init.status, 200, "initialize through {}", r.label());
+    let session = init
+        .header("mcp-session-id")
+        .expect("a minted session id")
+        .to_string();
+    assert!(session.starts_with("fanout."), "minted: {session}");
+    let stream_req = headers.iter().fold(
+        SseRequest::mcp().protocol("2025-11-25").session(&session),
+        |req, (n, v)| req.header(n, v),
+    );
+    let mut stream = r.subscribe(&stream_req).await.expect("GET /mcp");
+    assert_eq!(stream.status(), 200, "the minted session's GET stream");
+    let priming = stream
+        .next_frame(STEP)
+        .await
+        .expect("read the stream")
+        .expect("a priming frame");
+    assert!(priming.is_priming(), "first frame: {}", priming.text());
+    (session, stream_req, stream)
+}
+
+/// The deleted session's stream on `r` ends cleanly, and a new GET for it is `404`.
+async fn expect_ended(
+    r: &Replica,
+    stream_req: &SseRequest,
+    stream: &mut mcp_fanout_testkit::SseConn,
+) {
+    let (_, end) = stream.drain(STEP).await.expect("the stream ends");
+    assert_eq!(end, StreamEnd::Clean, "the stream for the deleted session");
+    let again = r.subscribe(stream_req).await.expect("GET /mcp again");
     assert_eq!(again.status(), 404, "a GET with the deleted session");
 }
 
@@ -574,4 +599,254 @@ async fn the_era_bridge_renews_its_session_when_the_upstream_forgets_it() {
         .await
         .expect("JSON");
     assert_eq!(after["initialized"], 2, "one new handshake: {after}");
+}
+
+/// In proxy + JWT mode a session's `DELETE` is its owner's, as its GET is: without a credential it
+/// gets `401`, from another principal (the same `sub` of another tenant, a token without `sub`)
+/// `403`, and her stream goes on; her own `DELETE` ends it on every replica. A minted id that was
+/// never recorded is `404`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_its_owner_deletes_a_session_in_jwt_mode() {
+    use mcp_fanout_testkit::error_shape::expect_http_error;
+    use mcp_fanout_testkit::http::HttpResponse;
+    use mcp_fanout_testkit::jwt::{hs256, now_secs};
+
+    const SECRET: &str = "owner-delete-secret";
+    e2e::ensure_setup();
+    let pg = Deployment::fresh("owner_delete").await.with_admin();
+    let up = Upstream::py1("upstream-owner-delete", &["--stateless"]).await;
+    let replicas = pg
+        .replicas(
+            "odel-",
+            2,
+            &[
+                ("FANOUT_UPSTREAM", up.url.as_str()),
+                ("FANOUT_MINT_SESSION_IDS", "true"),
+                ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+                ("FANOUT_JWT_SECRET", SECRET),
+            ],
+        )
+        .await;
+    let (a, b) = (&replicas[0], &replicas[1]);
+    let bearer = |claims: Value| {
+        let mut claims = claims;
+        claims["exp"] = json!(now_secs() + 600);
+        format!("Bearer {}", hs256(SECRET, &claims))
+    };
+    let alice = bearer(json!({ "sub": "alice", "tenant": "A" }));
+
+    let (session, stream_req, mut stream) =
+        open_minted_session(a, &[("authorization", alice.as_str())]).await;
+
+    let delete = |session: String, authorization: Option<String>| async move {
+        let mut req = e2e::http()
+            .delete(b.public_url("/mcp"))
+            .header("mcp-session-id", &session)
+            .header("mcp-protocol-version", "2025-11-25");
+        if let Some(auth) = authorization {
+            req = req.header("authorization", auth);
+        }
+        HttpResponse::read(req.send().await.expect("DELETE through B"))
+            .await
+            .expect("the DELETE's answer")
+    };
+    let refused = [
+        ("no credential", None, 401, "unauthorized"),
+        (
+            "alice of tenant B",
+            Some(bearer(json!({ "sub": "alice", "tenant": "B" }))),
+            403,
+            "forbidden",
+        ),
+        (
+            "a token of tenant A without sub",
+            Some(bearer(json!({ "tenant": "A" }))),
+            403,
+            "forbidden",
+        ),
+    ];
+    for (what, auth, status, code) in refused {
+        let resp = delete(session.clone(), auth).await;
+        expect_http_error(
+            &format!("DELETE of alice's session by {what}"),
+            &resp,
+            status,
+            code,
+        );
+    }
+    // Her stream goes on: her session's next event is the next thing on it.
+    let id = b
+        .publish_ok(&json!({
+            "method": "notifications/test/after-deletes",
+            "session": session,
+        }))
+        .await
+        .expect("publish to her session");
+    let ev = stream
+        .next_event(STEP)
+        .await
+        .expect("read the stream")
+        .expect("the stream is still open after the refused DELETEs");
+    assert_eq!(ev.id.as_deref(), Some(id.as_str()), "{}", ev.text());
+
+    let never = delete(
+        "fanout.0123456789abcdefghijklmnopqrstuv".to_string(),
+        Some(alice.clone()),
+    )
+    .await;
+    expect_http_error(
+        "DELETE of a minted id never recorded",
+        &never,
+        404,
+        "session_not_found",
+    );
+
+    let deleted = delete(session.clone(), Some(alice.clone())).await;
+    assert_eq!(
+        deleted.status.as_u16(),
+        200,
+        "her own DELETE: {}",
+        deleted.text()
+    );
+    expect_ended(a, &stream_req, &mut stream).await;
+}
+
+/// The era bridge gives each caller's credentials an upstream session of its own, opened with
+/// them: two principals' 2026 clients reach a stateful 2025-era upstream on distinct sessions whose
+/// handshakes carried their own `Authorization` (the upstream's `whoami` tool reports it), and a
+/// caller without credentials gets a third. With `FANOUT_BRIDGE_MAX_SESSIONS=2`, that third one
+/// evicts the least recently used, which the replica closes upstream with `DELETE`; its owner's
+/// next request opens a new session, with its own credentials again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_era_bridge_keeps_an_upstream_session_per_principal() {
+    e2e::ensure_setup();
+    let up = Upstream::ts("upstream-ts-principals", false).await;
+    let r = replica(
+        "bridge-principals",
+        &[
+            ("FANOUT_UPSTREAM", up.url.as_str()),
+            ("FANOUT_BRIDGE_2026_CLIENTS", "true"),
+            ("FANOUT_BRIDGE_MAX_SESSIONS", "2"),
+        ],
+    )
+    .await;
+    let url = r.public_url("/mcp");
+    let whoami = |id: u64, authorization: Option<&'static str>| {
+        let url = url.clone();
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call", "params": {
+                "name": "whoami", "arguments": {},
+                "_meta": {
+                    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                    "io.modelcontextprotocol/clientCapabilities": {}
+                }
+            }});
+            let mut headers = vec![
+                ("mcp-protocol-version", "2026-07-28"),
+                ("mcp-method", "tools/call"),
+            ];
+            if let Some(a) = authorization {
+                headers.push(("authorization", a));
+            }
+            let answer = e2e::post_rpc(&url, &body, &headers).await;
+            assert_eq!(answer.status, 200, "whoami as {authorization:?}");
+            let result = answer.messages()[0]["result"].clone();
+            assert_eq!(result["resultType"], "complete", "{result}");
+            let text = call_text(&result).unwrap_or_else(|| panic!("a text result: {result}"));
+            serde_json::from_str::<Value>(text).expect("whoami's JSON")
+        }
+    };
+    let sessions = || async {
+        e2e::http()
+            .get(up.base("/sessions"))
+            .send()
+            .await
+            .expect("GET /sessions")
+            .json::<Value>()
+            .await
+            .expect("JSON")
+    };
+    const ALICE: &str = "Bearer alice-credential";
+    const BOB: &str = "Bearer bob-credential";
+
+    let alice = whoami(1, Some(ALICE)).await;
+    let bob = whoami(2, Some(BOB)).await;
+    for (who, seen, auth) in [("alice", &alice, ALICE), ("bob", &bob, BOB)] {
+        assert_eq!(
+            seen["handshakeAuthorization"], auth,
+            "{who}'s upstream session was opened with {who}'s credentials: {seen}"
+        );
+        assert_eq!(seen["requestAuthorization"], auth, "{who}: {seen}");
+    }
+    assert!(
+        alice["session"].is_string() && alice["session"] != bob["session"],
+        "two principals, two upstream sessions: {alice} {bob}"
+    );
+    let alice_again = whoami(3, Some(ALICE)).await;
+    assert_eq!(
+        alice_again["session"], alice["session"],
+        "alice keeps her session"
+    );
+
+    // A caller without credentials: a session of its own, opened without any; bob's (the least
+    // recently used) makes room and is closed upstream.
+    let anonymous = whoami(4, None).await;
+    assert_eq!(
+        anonymous["handshakeAuthorization"],
+        Value::Null,
+        "{anonymous}"
+    );
+    assert!(
+        anonymous["session"] != alice["session"] && anonymous["session"] != bob["session"],
+        "{anonymous}"
+    );
+    let bob_session = bob["session"].clone();
+    mcp_fanout_testkit::wait_until(
+        "bob's evicted session is deleted upstream",
+        STEP,
+        || async {
+            let s = sessions().await;
+            s["deleted"] == 1
+                && s["live"]
+                    .as_array()
+                    .is_some_and(|l| l.iter().all(|x| x["id"] != bob_session))
+        },
+    )
+    .await
+    .expect("the evicted session is closed upstream");
+
+    let bob_again = whoami(5, Some(BOB)).await;
+    assert_eq!(bob_again["handshakeAuthorization"], BOB, "{bob_again}");
+    assert!(
+        bob_again["session"] != bob["session"] && bob_again["session"] != alice["session"],
+        "bob gets a new session of his own: {bob_again}"
+    );
+    // Bob's return made room by evicting alice's (now the least recently used).
+    let want: Vec<(Value, Value)> = vec![
+        (anonymous["session"].clone(), Value::Null),
+        (bob_again["session"].clone(), json!(BOB)),
+    ];
+    let waited = mcp_fanout_testkit::wait_until(
+        "alice's evicted session is deleted upstream",
+        STEP,
+        || async {
+            let s = sessions().await;
+            let mut live: Vec<(Value, Value)> = s["live"]
+                .as_array()
+                .map(|l| {
+                    l.iter()
+                        .map(|x| (x["id"].clone(), x["authorization"].clone()))
+                        .collect()
+                })
+                .unwrap_or_default();
+            live.sort_by_key(|(id, _)| id.to_string());
+            let mut want = want.clone();
+            want.sort_by_key(|(id, _)| id.to_string());
+            s["deleted"] == 2 && s["initialized"] == 4 && live == want
+        },
+    )
+    .await;
+    if let Err(e) = waited {
+        panic!("{e}: the upstream's sessions: {}", sessions().await);
+    }
 }

@@ -1,7 +1,11 @@
 //! Issue 4, acceptance 3 (SPEC §3.2, §3.5): sessions are shared by every replica through the
-//! database. The first stream for an `Mcp-Session-Id` binds it to its principal (the JWT `sub`;
-//! the tenant in header mode); the same id presented by another principal — on another replica —
-//! gets `403 forbidden` on `/mcp` and `/poll`, and the owner's stream is untouched. One stream per
+//! database. The first stream for an `Mcp-Session-Id` binds it to its principal (a token's issuer,
+//! tenant and subject together; the tenant in header mode); the same id presented by another
+//! principal — on another replica, or with the same `sub` from another tenant or issuer — gets
+//! `403 forbidden` on `/mcp` (replay included) and `/poll`, and the owner's stream is untouched. A
+//! token without `sub` names no one: it cannot use a session at all. Rows the previous release
+//! wrote (owned by `sub` alone) grant no token anything; a header-mode row of that release stays
+//! its tenant's. One stream per
 //! session, newest wins, across replicas: a second stream for the session on another replica ends
 //! the first cleanly (`retry:` then the end, counted as `taken_over`), and the new stream carries
 //! the session's events from then on.
@@ -18,6 +22,10 @@ use mcp_fanout_testkit::{
 use serde_json::json;
 
 const SECRET: &str = "session-binding-secret-51d0";
+const JWT_ENV: [(&str, &str); 2] = [
+    ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+    ("FANOUT_JWT_SECRET", SECRET),
+];
 const T: Duration = Duration::from_secs(15);
 
 fn token(sub: &str, tenant: &str) -> String {
@@ -80,16 +88,7 @@ async fn expect_clean_end(conn: &mut SseConn, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn jwt_sessions_belong_to_their_subject_and_the_newest_stream_wins_across_replicas() {
     let pg = Deployment::fresh("sessions").await.with_admin();
-    let replicas = pg
-        .replicas(
-            "sess-",
-            2,
-            &[
-                ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
-                ("FANOUT_JWT_SECRET", SECRET),
-            ],
-        )
-        .await;
+    let replicas = pg.replicas("sess-", 2, &JWT_ENV).await;
     let (r0, r1) = (&replicas[0], &replicas[1]);
     let session = "sess-owned-by-alice";
     // Same tenant: ownership is about the principal, not the tenant.
@@ -240,6 +239,30 @@ async fn header_mode_sessions_belong_to_their_tenant_across_replicas() {
     let e2 = publish_to(r0, body("s", 2), &Target::new(None, Some(session))).await;
     expect_event(&mut second, "A's second stream", &e2.id).await;
 
+    // A row the previous release wrote in header mode (owned by the tenant) stays the tenant's.
+    let legacy = "sess-of-a-from-the-previous-release";
+    pg.client()
+        .await
+        .execute(
+            &format!(
+                "INSERT INTO {}.sessions (session, principal) VALUES ($1, $2)",
+                pg.schema
+            ),
+            &[&legacy, &"A"],
+        )
+        .await
+        .expect("insert a row as the previous release did");
+    expect_forbidden(r1, &Who::header_mode("tenant B", Some("B"), Some(legacy))).await;
+    let mut legacy_stream =
+        open_stream(r1, &Who::header_mode("tenant A", Some("A"), Some(legacy))).await;
+    let e4 = publish_to(r0, body("s", 4), &Target::new(Some("A"), Some(legacy))).await;
+    expect_event(
+        &mut legacy_stream,
+        "A's session of the previous release",
+        &e4.id,
+    )
+    .await;
+
     // A session first used without a tenant belongs to "no tenant": a tenant cannot take it.
     let loose = "sess-without-tenant";
     let anon = Who::header_mode("no tenant", None, Some(loose));
@@ -247,4 +270,194 @@ async fn header_mode_sessions_belong_to_their_tenant_across_replicas() {
     expect_forbidden(r0, &Who::header_mode("tenant A", Some("A"), Some(loose))).await;
     let e3 = publish_to(r0, body("s", 3), &Target::new(None, Some(loose))).await;
     expect_event(&mut anon_stream, "the tenant-less session's stream", &e3.id).await;
+}
+
+/// Tenant B's `alice`, or another issuer's, is not tenant A's `alice`: neither reads her
+/// session's events (live, replayed or polled) nor ends her stream by claiming the session. Two
+/// tokens without `sub` are not one owner: neither can use a session. A row of the previous
+/// release, keyed by `sub` alone, is no token's; and that release's own claim statement takes no
+/// session this one bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_belongs_to_the_whole_principal_not_to_the_subject_alone() {
+    let pg = Deployment::fresh("principal").await.with_admin();
+    let replicas = pg.replicas("princ-", 2, &JWT_ENV).await;
+    let (r0, r1) = (&replicas[0], &replicas[1]);
+    let session = "sess-of-alice-at-a";
+    let claims = |sub: Option<&str>, tenant: &str, iss: Option<&str>| {
+        let mut c = json!({ "tenant": tenant, "exp": now_secs() + 600 });
+        if let Some(sub) = sub {
+            c["sub"] = json!(sub);
+        }
+        if let Some(iss) = iss {
+            c["iss"] = json!(iss);
+        }
+        hs256(SECRET, &c)
+    };
+    let alice = Who::jwt(
+        "alice of tenant A",
+        &claims(Some("alice"), "A", Some("https://idp.example")),
+        Some("A"),
+        Some(session),
+    );
+    let intruders = [
+        Who::jwt(
+            "alice of tenant B",
+            &claims(Some("alice"), "B", Some("https://idp.example")),
+            Some("B"),
+            Some(session),
+        ),
+        Who::jwt(
+            "alice of tenant A from another issuer",
+            &claims(Some("alice"), "A", Some("https://other.example")),
+            Some("A"),
+            Some(session),
+        ),
+        Who::jwt(
+            "alice of tenant A, no issuer",
+            &claims(Some("alice"), "A", None),
+            Some("A"),
+            Some(session),
+        ),
+        Who::jwt(
+            "tenant A, no sub",
+            &claims(None, "A", Some("https://idp.example")),
+            Some("A"),
+            Some(session),
+        ),
+    ];
+
+    let mut owner = open_stream(r0, &alice).await;
+    r0.wait_subscribers(1, T)
+        .await
+        .expect("r0: alice registered");
+    let before = publish_to(r1, body("all", 0), &Target::default()).await;
+    expect_event(&mut owner, "alice", &before.id).await;
+    let e1 = publish_to(
+        r1,
+        body("to-her-session", 1),
+        &Target::new(None, Some(session)),
+    )
+    .await;
+    expect_event(&mut owner, "alice, her session's event", &e1.id).await;
+
+    for who in &intruders {
+        for r in [r0, r1] {
+            // A replay from before her event, and a poll from there: both refused.
+            let replay = r
+                .subscribe(&who.sse().last_event_id(&before.id))
+                .await
+                .unwrap_or_else(|e| panic!("{}: GET /mcp: {e}", who.label));
+            expect_sse_error(
+                &format!("{} replaying on /mcp of {}", who.label, r.label()),
+                replay,
+                403,
+                "forbidden",
+            )
+            .await;
+            let resp = poll_with(
+                r,
+                &format!("timeout=0&after={}", before.id),
+                &who.all_headers(),
+            )
+            .await;
+            expect_http_error(
+                &format!("{} on /poll of {}", who.label, r.label()),
+                &resp,
+                403,
+                "forbidden",
+            );
+        }
+    }
+    // Her stream was not taken over: the next event of her session is the next thing on it.
+    let e2 = publish_to(
+        r0,
+        body("to-her-session", 2),
+        &Target::new(None, Some(session)),
+    )
+    .await;
+    expect_event(&mut owner, "alice after the intruders", &e2.id).await;
+    for r in [r0, r1] {
+        assert_eq!(
+            r.dropped("taken_over").await.expect("metrics"),
+            0.0,
+            "{}: no stream was taken over",
+            r.label()
+        );
+    }
+
+    // Two tokens without `sub`, same tenant: neither binds a session, so neither reads the other's.
+    let loose = "sess-of-no-one";
+    let nobody1 = Who::jwt(
+        "no sub #1",
+        &claims(None, "A", None),
+        Some("A"),
+        Some(loose),
+    );
+    let nobody2 = Who::jwt(
+        "no sub #2",
+        &claims(None, "A", Some("https://idp.example")),
+        Some("A"),
+        Some(loose),
+    );
+    expect_forbidden(r0, &nobody1).await;
+    expect_forbidden(r1, &nobody2).await;
+    expect_forbidden(r1, &nobody1).await;
+    // Without a session such a token still subscribes: it sees its tenant's events.
+    let mut plain = open_stream(
+        r1,
+        &Who::jwt(
+            "no sub, no session",
+            &claims(None, "A", None),
+            Some("A"),
+            None,
+        ),
+    )
+    .await;
+    let e3 = publish_to(r0, body("tenant A", 3), &Target::new(Some("A"), None)).await;
+    expect_event(&mut plain, "a token without sub, without a session", &e3.id).await;
+    expect_event(&mut owner, "alice, her tenant's event", &e3.id).await;
+
+    // A row the previous release wrote for tenant A's alice: owned by `sub` alone.
+    let client = pg.client().await;
+    let legacy = "sess-of-the-previous-release";
+    client
+        .execute(
+            &format!(
+                "INSERT INTO {}.sessions (session, principal) VALUES ($1, $2)",
+                pg.schema
+            ),
+            &[&legacy, &"alice"],
+        )
+        .await
+        .expect("insert a row as the previous release did");
+    for (who, r) in intruders.iter().zip([r0, r1, r0, r1]) {
+        let mut who = who.clone();
+        who.session = Some(legacy.to_string());
+        expect_forbidden(r, &who).await;
+    }
+    // The previous release's claim (still running during a rolling upgrade) compares `sub` alone:
+    // it takes no session this release bound, for the same `sub` nor for a token without one.
+    let old_claim = format!(
+        "INSERT INTO {s}.sessions AS t (session, principal) VALUES ($1, $2) \
+         ON CONFLICT (session) DO UPDATE SET generation = t.generation + 1, last_seen = clock_timestamp() \
+         WHERE t.principal IS NOT DISTINCT FROM EXCLUDED.principal RETURNING t.generation",
+        s = pg.schema
+    );
+    for principal in [Some("alice"), None] {
+        let rows = client
+            .query(&old_claim, &[&session, &principal])
+            .await
+            .expect("the previous release's claim");
+        assert!(
+            rows.is_empty(),
+            "the previous release's claim as {principal:?} took alice's session"
+        );
+    }
+    let e4 = publish_to(
+        r1,
+        body("to-her-session", 4),
+        &Target::new(None, Some(session)),
+    )
+    .await;
+    expect_event(&mut owner, "alice at the end", &e4.id).await;
 }

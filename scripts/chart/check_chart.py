@@ -742,6 +742,7 @@ SCHEMA_REJECTS = [
     ('metrics.prometheusRule.listenDown.for: "2 minutes"', {"metrics": {"prometheusRule": {"listenDown": {"for": "2 minutes"}}}}, r"/metrics/prometheusRule/listenDown/for"),
     ('httpRoute.timeouts.request: "forever"', {"httpRoute": {"timeouts": {"request": "forever"}}}, r"/httpRoute/timeouts/request"),
     ("preStop.sleepSeconds: 0", {"preStop": {"sleepSeconds": 0}}, r"/preStop/sleepSeconds"),
+    ("proxy.bridgeMaxSessions: 0", {"proxy": {"bridgeMaxSessions": 0}}, r"/proxy/bridgeMaxSessions.*minimum"),
 ]
 for label, bad, pattern in SCHEMA_REJECTS:
     check(f"schema rejects {label}", lambda bad=bad, pattern=pattern: must_fail(merge(base, bad), pattern))

@@ -1,6 +1,8 @@
 //! JWT verification for subscribers: HS256 (`FANOUT_JWT_SECRET`), RS256/ES256 (a PEM public key),
-//! or a JWKS (file or URL, refreshed when a token names an unknown `kid`). `exp` is required;
-//! issuer and audience are checked when configured.
+//! or a JWKS (file or URL, refreshed when a token names an unknown `kid`). `exp` is required, and
+//! `nbf` checked when present, both with the configured leeway; issuer and audience are checked when
+//! configured. The time claims (`exp`, `nbf`, `iat`) must be numbers of seconds (fractions allowed)
+//! from 1970 to the end of year 9999; a token with one out of that range is refused.
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -11,8 +13,11 @@ use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 
-use super::{AuthError, Identity};
+use super::{AuthError, Identity, Principal};
 use crate::config::ServeConfig;
+
+/// The latest time a token's time claims may name: 9999-12-31T23:59:59Z (RFC 3339's last second).
+const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
 
 /// Least time between two JWKS refetches triggered by unknown key ids.
 const JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
@@ -117,6 +122,7 @@ impl JwtVerifier {
         }
         validation.set_required_spec_claims(&required);
         validation.leeway = c.jwt_leeway_secs;
+        validation.validate_nbf = true;
         if let Some(iss) = &c.jwt_issuer {
             validation.set_issuer(&[iss]);
         }
@@ -139,7 +145,19 @@ impl JwtVerifier {
             .and_then(super::bearer)
             .ok_or_else(|| AuthError::Unauthenticated("a bearer token is required".into()))?;
         let claims = self.decode(token.trim()).await?;
-        let exp = claims.get("exp").and_then(Value::as_u64).unwrap_or(0);
+        let exp = numeric_date(&claims, "exp")?.ok_or_else(|| {
+            AuthError::Unauthenticated("the token is not valid: the `exp` claim is missing".into())
+        })?;
+        if let Some(nbf) = numeric_date(&claims, "nbf")? {
+            // (Checked by the decoder too, on whole seconds; here with the fraction.)
+            let latest = SystemTime::now().checked_add(self.leeway);
+            if latest.is_some_and(|latest| nbf > latest) {
+                return Err(AuthError::Unauthenticated(
+                    "the token is not valid yet (`nbf` is in the future)".into(),
+                ));
+            }
+        }
+        numeric_date(&claims, "iat")?;
         let tenant = match claims.get(&self.tenant_claim) {
             None | Some(Value::Null) => None,
             Some(Value::String(s)) if !s.is_empty() => Some(s.clone()),
@@ -151,11 +169,14 @@ impl JwtVerifier {
                 )))
             }
         };
-        let principal = claims.get("sub").and_then(Value::as_str).map(str::to_owned);
+        let principal = Principal::Token {
+            issuer: string_claim(&claims, "iss")?,
+            subject: string_claim(&claims, "sub")?,
+        };
         Ok(Identity {
             tenant,
             principal,
-            expires_at: Some(UNIX_EPOCH + Duration::from_secs(exp) + self.leeway),
+            expires_at: Some(exp.checked_add(self.leeway).unwrap_or(exp)),
         })
     }
 
@@ -199,6 +220,43 @@ impl JwtVerifier {
                     .map_err(invalid)
             }
         }
+    }
+}
+
+/// A time claim: absent, or a number of seconds since 1970 (a fraction allowed) up to the end of
+/// year 9999; anything else refuses the token.
+fn numeric_date(claims: &Map<String, Value>, name: &str) -> Result<Option<SystemTime>, AuthError> {
+    let Some(value) = claims.get(name) else {
+        return Ok(None);
+    };
+    let secs = value.as_f64().ok_or_else(|| {
+        AuthError::Unauthenticated(format!(
+            "the `{name}` claim must be a number of seconds since 1970"
+        ))
+    })?;
+    if !(0.0..=MAX_NUMERIC_DATE).contains(&secs) {
+        return Err(AuthError::Unauthenticated(format!(
+            "the `{name}` claim is out of range (0 to {MAX_NUMERIC_DATE}, the end of year 9999)"
+        )));
+    }
+    Duration::try_from_secs_f64(secs)
+        .ok()
+        .and_then(|d| UNIX_EPOCH.checked_add(d))
+        .map(Some)
+        .ok_or_else(|| {
+            AuthError::Unauthenticated(format!("the `{name}` claim is not a representable time"))
+        })
+}
+
+/// A string claim (`iss`, `sub`): absent or empty is `None`; another type refuses the token.
+fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<String>, AuthError> {
+    match claims.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(AuthError::Unauthenticated(format!(
+            "the `{name}` claim must be a string"
+        ))),
     }
 }
 

@@ -4,8 +4,9 @@
 //!   then acts as a bearer secret, and tenant-targeted events reach nobody.
 //! - `header`: the tenant comes from a header set by a trusted gateway in front; only safe when
 //!   clients cannot reach the replicas except through that gateway.
-//! - `jwt`: `Authorization: Bearer <JWT>`, verified; the tenant comes from a claim, the principal
-//!   (who owns a session) from `sub`.
+//! - `jwt`: `Authorization: Bearer <JWT>`, verified; the tenant comes from a claim. The principal
+//!   (who owns a session) is the token's issuer, tenant and subject together; a token without
+//!   `sub` names no one, so it cannot use a session.
 
 pub mod admin_tokens;
 pub mod jwt;
@@ -16,15 +17,55 @@ use axum::http::{HeaderMap, HeaderName};
 
 use crate::config::{ServeConfig, SubscriberAuthMode};
 use crate::event::input::MAX_TENANT_BYTES;
+use crate::session::Owner;
 
 /// A verified subscriber.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Identity {
     pub tenant: Option<String>,
-    /// Who owns the sessions this subscriber opens (JWT `sub`; the tenant in header mode).
-    pub principal: Option<String>,
+    /// Who the credential names (with the tenant, who owns the sessions this subscriber opens).
+    pub principal: Principal,
     /// When the credential expires (leeway included): streams end then.
     pub expires_at: Option<SystemTime>,
+}
+
+/// Who a credential names.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Principal {
+    /// No credential (`none` mode; header mode without the header).
+    #[default]
+    Anonymous,
+    /// Header mode: the tenant the gateway vouches for (the identity's tenant) is all there is.
+    Tenant,
+    /// A verified token: its `iss` and `sub` (the tenant is the identity's).
+    Token {
+        issuer: Option<String>,
+        subject: Option<String>,
+    },
+}
+
+/// Why a subscriber cannot use a session at all.
+#[derive(Debug, thiserror::Error)]
+#[error("a token without a `sub` claim cannot use a session")]
+pub struct NoSubject;
+
+impl Identity {
+    /// Who owns the sessions this subscriber opens: the whole principal (a token's issuer, tenant
+    /// and subject). A token without `sub` names no one: it cannot use a session.
+    pub fn session_owner(&self) -> Result<Owner, NoSubject> {
+        match (&self.principal, &self.tenant) {
+            (Principal::Anonymous, _) | (Principal::Tenant, None) => Ok(Owner::anonymous()),
+            (Principal::Tenant, Some(t)) => Ok(Owner::tenant(t)),
+            (Principal::Token { subject: None, .. }, _) => Err(NoSubject),
+            (
+                Principal::Token {
+                    issuer,
+                    subject: Some(sub),
+                },
+                tenant,
+            ) => Ok(Owner::token(issuer.as_deref(), tenant.as_deref(), sub)),
+        }
+    }
 }
 
 /// Why a subscriber's request was not identified; the HTTP edge maps it to its answer.
@@ -86,7 +127,11 @@ impl SubscriberAuth {
                     }
                 };
                 Ok(Identity {
-                    principal: tenant.clone(),
+                    principal: if tenant.is_some() {
+                        Principal::Tenant
+                    } else {
+                        Principal::Anonymous
+                    },
                     tenant,
                     expires_at: None,
                 })

@@ -5,11 +5,14 @@
 //!
 //! So, once per upstream, the proxy learns its era (a `server/discover` probe). A modern upstream
 //! gets every request as is. For a 2025-era one, the proxy performs the `initialize` handshake
-//! itself and keeps that session (one per replica and upstream, renewed on a `404`), answers
-//! `server/discover` from the handshake's result, and forwards each 2026 request with the
-//! handshake's protocol version and session id. Results get the fields the 2026 wire requires
-//! (`resultType`; `ttlMs` and `cacheScope` on cacheable results), with the defaults a 2026 server
-//! SDK uses (`complete`, `0`, `private`).
+//! itself — one per caller's credentials (its identity headers: `Authorization`, `Cookie`, the
+//! tenant header of header mode), sent on that handshake, so no two principals share an upstream
+//! session — and keeps that session (at most `FANOUT_BRIDGE_MAX_SESSIONS` per replica, the least
+//! recently used closed upstream with `DELETE`; renewed on a `404`). It answers `server/discover`
+//! from the caller's handshake result, and forwards each 2026 request with that handshake's
+//! protocol version and session id. Results get the fields the 2026 wire requires (`resultType`;
+//! `ttlMs` and `cacheScope` on cacheable results), with the defaults a 2026 server SDK uses
+//! (`complete`, `0`, `private`).
 
 use std::sync::Arc;
 
@@ -20,7 +23,7 @@ use serde_json::{json, Value};
 
 use super::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
-use crate::mcp::upstream::{Era, Handshake, Upstream};
+use crate::mcp::upstream::{BridgeSlot, Credentials, Era, Handshake, Upstream};
 use crate::state::AppState;
 
 /// The protocol revision bridged to.
@@ -65,15 +68,21 @@ pub fn is_modern_request(headers: &HeaderMap) -> bool {
 /// Forwards a 2026-07-28 request (not `subscriptions/listen`) to the upstream, bridging it when
 /// the upstream is of the 2025 era.
 pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
-    let learnt = match era(up, None).await {
-        Ok(era) => era,
+    let credentials = up.bridge_sessions().credentials(f.headers);
+    match era(up, &credentials).await {
+        Ok(Era::Legacy) => {}
+        Ok(Era::Modern) => return proxy::forward(st, up, f).await,
         Err(error) => {
             tracing::warn!(%error, upstream = %up.url(), "cannot learn the upstream's protocol era; forwarding as is");
             return proxy::forward(st, up, f).await;
         }
-    };
-    let Era::Legacy(mut hs) = learnt else {
-        return proxy::forward(st, up, f).await;
+    }
+    let mut hs = match session(up, &credentials, None).await {
+        Ok(hs) => hs,
+        Err(error) => {
+            tracing::warn!(%error, upstream = %up.url(), "cannot open the caller's bridge session; forwarding as is");
+            return proxy::forward(st, up, f).await;
+        }
     };
     if f.rpc_method.as_deref() == Some(DISCOVER) {
         return discover_answer(up, &hs, &f.body);
@@ -88,7 +97,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
                 headers: &headers,
                 body: f.body.clone(),
                 rpc_method: f.rpc_method.clone(),
-                principal: f.principal.clone(),
+                owner: f.owner.clone(),
             },
         )
         .await;
@@ -101,10 +110,9 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
             };
             return proxy::patch_response(resp, patch).await;
         }
-        // The upstream forgot the proxy's session (restart, idle expiry): a new handshake.
-        match era(up, Some(&hs)).await {
-            Ok(Era::Legacy(renewed)) => hs = renewed,
-            Ok(Era::Modern) => return resp,
+        // The upstream forgot the caller's session (restart, idle expiry): a new handshake.
+        match session(up, &credentials, Some(&hs)).await {
+            Ok(renewed) => hs = renewed,
             Err(error) => {
                 tracing::warn!(%error, upstream = %up.url(), "cannot renew the bridge session");
                 return resp;
@@ -114,39 +122,86 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     StatusCode::BAD_GATEWAY.into_response()
 }
 
-/// The cached era, learnt now if unknown — or, with `stale`, a new handshake replacing that one.
-async fn era(up: &Upstream, stale: Option<&Arc<Handshake>>) -> Result<Era, BridgeError> {
+/// The cached era, learnt now if unknown (the probe carries the caller's credentials).
+async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, BridgeError> {
     let mut cache = up.era_cache().0.lock().await;
-    let reuse = match (&*cache, stale) {
-        (Some(Era::Legacy(current)), Some(stale)) => !Arc::ptr_eq(current, stale),
-        (Some(_), _) => true,
-        (None, _) => false,
-    };
-    if reuse {
-        if let Some(era) = &*cache {
-            return Ok(era.clone());
-        }
+    if let Some(era) = *cache {
+        return Ok(era);
     }
     // Bounded: every 2026 request of this replica waits for it.
-    let learn = async {
-        Ok::<_, BridgeError>(if stale.is_none() && probe_is_modern(up).await? {
-            Era::Modern
-        } else {
-            Era::Legacy(Arc::new(handshake(up).await?))
-        })
-    };
-    let era = tokio::time::timeout(LEARN_TIMEOUT, learn)
+    let era = tokio::time::timeout(LEARN_TIMEOUT, probe_is_modern(up, credentials))
         .await
         .map_err(|_| BridgeError::Timeout)??;
-    tracing::info!(upstream = %up.url(), modern = matches!(era, Era::Modern), "learnt the upstream's protocol era");
-    *cache = Some(era.clone());
+    let era = if era { Era::Modern } else { Era::Legacy };
+    tracing::info!(upstream = %up.url(), modern = era == Era::Modern, "learnt the upstream's protocol era");
+    *cache = Some(era);
     Ok(era)
+}
+
+/// The caller's bridge session: the one its credentials have, made now if none — or, with
+/// `stale`, a new handshake replacing that one (the upstream forgot it).
+async fn session(
+    up: &Upstream,
+    credentials: &Credentials,
+    stale: Option<&Arc<Handshake>>,
+) -> Result<Arc<Handshake>, BridgeError> {
+    let (slot, evicted) = up.bridge_sessions().slot(credentials);
+    for old in evicted {
+        tokio::spawn(close(up.client().clone(), up.url().clone(), old));
+    }
+    // Only this caller's requests wait for its handshake.
+    let mut current = slot.handshake.lock().await;
+    if let Some(hs) = &*current {
+        if stale.is_none_or(|stale| !Arc::ptr_eq(stale, hs)) {
+            return Ok(hs.clone());
+        }
+    }
+    let hs = tokio::time::timeout(LEARN_TIMEOUT, handshake(up, credentials))
+        .await
+        .map_err(|_| BridgeError::Timeout)??;
+    let hs = Arc::new(hs);
+    tracing::debug!(
+        upstream = %up.url(),
+        renewed = stale.is_some(),
+        sessions = up.bridge_sessions().len(),
+        "opened a bridge session"
+    );
+    *current = Some(hs.clone());
+    Ok(hs)
+}
+
+/// Closes an evicted bridge session upstream (`DELETE` with its credentials; an upstream that
+/// does not support it answers `405`, and its session expires there on its own).
+async fn close(client: reqwest::Client, url: reqwest::Url, slot: Arc<BridgeSlot>) {
+    let Some(hs) = slot.handshake.lock().await.take() else {
+        return;
+    };
+    let Some(session) = hs.session.as_deref() else {
+        return;
+    };
+    let mut req = client
+        .delete(url.clone())
+        .header(MCP_SESSION_ID, session)
+        .header(MCP_PROTOCOL_VERSION, hs.version.as_str())
+        .timeout(LEARN_TIMEOUT);
+    for (name, value) in &slot.credentials {
+        req = req.header(name, value);
+    }
+    match req.send().await {
+        Ok(resp) => {
+            tracing::debug!(upstream = %url, status = resp.status().as_u16(), "closed an evicted bridge session");
+        }
+        Err(error) => {
+            tracing::warn!(%error, upstream = %url, "cannot close an evicted bridge session");
+        }
+    }
 }
 
 fn request(
     up: &Upstream,
     version: &str,
     session: Option<&str>,
+    credentials: &Credentials,
     body: &Value,
 ) -> reqwest::RequestBuilder {
     let mut req = up
@@ -156,6 +211,9 @@ fn request(
         .header("accept", "application/json, text/event-stream")
         .header(MCP_PROTOCOL_VERSION, version)
         .body(body.to_string());
+    for (name, value) in credentials {
+        req = req.header(name, value);
+    }
     if let Some(s) = session {
         req = req.header(MCP_SESSION_ID, s);
     }
@@ -163,7 +221,7 @@ fn request(
 }
 
 /// Whether the upstream answers a 2026-07-28 `server/discover` with that version supported.
-async fn probe_is_modern(up: &Upstream) -> Result<bool, BridgeError> {
+async fn probe_is_modern(up: &Upstream, credentials: &Credentials) -> Result<bool, BridgeError> {
     let body = json!({
         "jsonrpc": "2.0", "id": "mcp-fanout-probe", "method": DISCOVER,
         "params": { "_meta": {
@@ -171,13 +229,17 @@ async fn probe_is_modern(up: &Upstream) -> Result<bool, BridgeError> {
             "io.modelcontextprotocol/clientCapabilities": {}
         } }
     });
-    let resp = request(up, MODERN, None, &body)
+    let resp = request(up, MODERN, None, credentials, &body)
         .header("mcp-method", DISCOVER)
         .send()
         .await?;
     let status = resp.status();
-    if status.is_server_error() {
-        // Not an answer about the era: learn it on a later request.
+    if status.is_server_error()
+        || status == StatusCode::UNAUTHORIZED
+        || status == StatusCode::FORBIDDEN
+    {
+        // Not an answer about the era (a failure, or this caller's credentials refused): learn
+        // it on a later request.
         return Err(BridgeError::Probe(status));
     }
     if !status.is_success() {
@@ -190,8 +252,9 @@ async fn probe_is_modern(up: &Upstream) -> Result<bool, BridgeError> {
         .is_some_and(|v| v.iter().any(|v| v.as_str() == Some(MODERN))))
 }
 
-/// The proxy's own `initialize` + `notifications/initialized` with the upstream.
-async fn handshake(up: &Upstream) -> Result<Handshake, BridgeError> {
+/// The bridge's `initialize` + `notifications/initialized` with the upstream, with the caller's
+/// credentials.
+async fn handshake(up: &Upstream, credentials: &Credentials) -> Result<Handshake, BridgeError> {
     let init = json!({
         "jsonrpc": "2.0", "id": "mcp-fanout-bridge", "method": "initialize",
         "params": {
@@ -200,7 +263,9 @@ async fn handshake(up: &Upstream) -> Result<Handshake, BridgeError> {
             "clientInfo": { "name": "mcp-fanout-bridge", "version": env!("CARGO_PKG_VERSION") }
         }
     });
-    let resp = request(up, HANDSHAKE_VERSION, None, &init).send().await?;
+    let resp = request(up, HANDSHAKE_VERSION, None, credentials, &init)
+        .send()
+        .await?;
     let session = resp
         .headers()
         .get(MCP_SESSION_ID)
@@ -217,7 +282,7 @@ async fn handshake(up: &Upstream) -> Result<Handshake, BridgeError> {
         .unwrap_or(HANDSHAKE_VERSION)
         .to_string();
     let initialized = json!({ "jsonrpc": "2.0", "method": "notifications/initialized" });
-    request(up, &version, session.as_deref(), &initialized)
+    request(up, &version, session.as_deref(), credentials, &initialized)
         .send()
         .await?;
     Ok(Handshake {

@@ -5,7 +5,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
 use crate::auth::admin_tokens::AdminDenied;
-use crate::auth::AuthError;
+use crate::auth::{AuthError, NoSubject};
 use crate::event::{InputError, InvalidEventId};
 use crate::log::LogError;
 use crate::mcp::SUPPORTED_VERSIONS;
@@ -157,6 +157,12 @@ impl IntoResponse for AppError {
         }
         resp.extensions_mut().insert(ErrorCode(self.code()));
         resp
+    }
+}
+
+impl From<NoSubject> for AppError {
+    fn from(_: NoSubject) -> AppError {
+        AppError::Forbidden("a token without a `sub` claim cannot use a session")
     }
 }
 

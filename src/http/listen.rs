@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::body::{read_body, require_json};
 use super::era_bridge;
 use super::error::AppError;
-use super::headers::MCP_PROTOCOL_VERSION;
+use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
 use crate::broadcast::pump::{self, Ends, Step};
@@ -28,6 +28,7 @@ use crate::mcp::listen::{
 use crate::mcp::KEEPALIVE_FRAME;
 use crate::server::handoff::Chunks;
 use crate::server::ConnInfo;
+use crate::session::{minted, Owner, Ownership, SessionError};
 use crate::state::AppState;
 
 pub const MCP_METHOD: &str = "mcp-method";
@@ -99,10 +100,14 @@ pub async fn post_mcp(
 }
 
 /// `DELETE /mcp`: forwarded in proxy mode (and the session's streams end on every replica);
-/// standalone, there is nothing to delete.
+/// standalone, there is nothing to delete. Only the session's owner may delete it.
 pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Body) -> Response {
     let Some(up) = &st.upstream else {
         return AppError::MethodNotAllowed("DELETE".into()).into_response();
+    };
+    let owner = match authorize_delete(&st, &headers).await {
+        Ok(owner) => owner,
+        Err(e) => return e.into_response(),
     };
     let bytes = match read_body(&headers, body, st.config.body_limit()).await {
         Ok(b) => b,
@@ -113,9 +118,38 @@ pub async fn delete_mcp(State(st): State<AppState>, headers: HeaderMap, body: Bo
         headers: &headers,
         body: bytes,
         rpc_method: None,
-        principal: None,
+        owner,
     };
     proxy::forward(&st, up, forward).await
+}
+
+/// Who may delete a session: the caller is identified as for its GET (`401` for a missing or
+/// invalid credential), and a session recorded here must be the caller's (`403` otherwise; a
+/// token without `sub` owns none). A minted session that is not recorded is `404`: there is
+/// nothing to end. An upstream's session that is not recorded is the upstream's to answer.
+async fn authorize_delete(st: &AppState, headers: &HeaderMap) -> Result<Option<Owner>, AppError> {
+    let identity = st.subscriber_auth.identify(headers).await?;
+    let Some(session) = headers::session_id(headers)? else {
+        return Ok(None);
+    };
+    let owner = identity.session_owner()?;
+    match st.sessions.ownership(&session, &owner).await {
+        Ok(Ownership::Mine) => Ok(Some(owner)),
+        Ok(Ownership::Other) => Err(AppError::Forbidden(
+            "this session belongs to another principal",
+        )),
+        Ok(Ownership::Unknown) if minted::is_minted(session.as_bytes()) => {
+            Err(AppError::SessionNotFound)
+        }
+        Ok(Ownership::Unknown) => Ok(Some(owner)),
+        Err(SessionError::Forbidden) => Err(AppError::Forbidden(
+            "this session belongs to another principal",
+        )),
+        Err(SessionError::Unavailable(error)) => {
+            tracing::warn!(%error, "cannot check the session's owner");
+            Err(AppError::DatabaseUnavailable)
+        }
+    }
 }
 
 async fn handle(
@@ -138,18 +172,22 @@ async fn handle(
     // Proxy mode: everything but `subscriptions/listen` goes to the upstream, untouched.
     if let Some(up) = &st.upstream {
         if rpc_method.as_deref() != Some(LISTEN_METHOD) {
-            let principal = st
+            // The owner of a session this request creates upstream; a request that names no
+            // one (no valid credential, a token without `sub`) creates a session nobody can use
+            // here.
+            let owner = st
                 .subscriber_auth
                 .identify(&headers)
                 .await
                 .ok()
-                .and_then(|i| i.principal);
+                .and_then(|i| i.session_owner().ok())
+                .unwrap_or_else(Owner::nobody);
             let forward = Forward {
                 method: axum::http::Method::POST,
                 headers: &headers,
                 body: bytes,
                 rpc_method,
-                principal,
+                owner: Some(owner),
             };
             if up.bridges_2026_clients() && era_bridge::is_modern_request(&headers) {
                 return Ok(era_bridge::forward(&st, up, forward).await);
@@ -275,10 +313,11 @@ async fn handle(
         tenant: identity.tenant,
         session: None,
     };
-    let expires = identity.expires_at.map(|at| {
-        tokio::time::Instant::now()
-            + at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
+    let expires = identity.expires_at.and_then(|at| {
+        tokio::time::Instant::now().checked_add(
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
     });
     // Never closed for rebalancing (2026 clients do not re-listen): no max age.
     let ends = Ends {

@@ -39,7 +39,7 @@ pub async fn poll(
     let session = headers::session_id(&headers)?;
     let identity = st.subscriber_auth.identify(&headers).await?;
     if let Some(s) = &session {
-        match st.sessions.check(s, identity.principal.as_deref()).await {
+        match st.sessions.check(s, &identity.session_owner()?).await {
             Ok(()) => {}
             Err(SessionError::Forbidden) => {
                 return Err(AppError::Forbidden(

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 
 use super::headers::MCP_SESSION_ID;
 use crate::mcp::upstream::Upstream;
-use crate::session::minted;
+use crate::session::{minted, Owner};
 use crate::state::AppState;
 
 /// Headers that describe one hop, not the message: never forwarded either way.
@@ -36,8 +36,8 @@ pub struct Forward<'a> {
     pub body: Bytes,
     /// The JSON-RPC method, when the body is one.
     pub rpc_method: Option<String>,
-    /// Owner to record for a session created by `initialize`.
-    pub principal: Option<String>,
+    /// Owner to record for a session created by `initialize` (`None`: nobody).
+    pub owner: Option<Owner>,
 }
 
 /// Forwards one request upstream and relays the answer.
@@ -105,7 +105,8 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         }
         // Record before relaying: the client's next request (its GET) may reach another replica.
         if let Some(s) = &session {
-            if let Err(error) = st.sessions.register(s, f.principal.as_deref()).await {
+            let owner = f.owner.clone().unwrap_or_else(Owner::nobody);
+            if let Err(error) = st.sessions.register(s, &owner).await {
                 tracing::warn!(%error, session = s, "cannot record the session; forwarding anyway");
             }
         }

@@ -46,6 +46,11 @@ pub async fn get_mcp(
         headers::query_param(query.as_deref(), "last_event_id").as_deref(),
     )?;
     let identity = st.subscriber_auth.identify(&headers).await?;
+    // Who owns the session (a token without `sub` cannot use one: 403).
+    let owner = match &session {
+        Some(_) => Some(identity.session_owner()?),
+        None => None,
+    };
     if method == Method::HEAD {
         // The head a GET would get, and nothing else: no subscriber, no session claim (which
         // would end the session's open stream).
@@ -63,7 +68,7 @@ pub async fn get_mcp(
                 headers: &headers,
                 body: Bytes::new(),
                 rpc_method: None,
-                principal: None,
+                owner: None,
             };
             return Ok(proxy::forward(&st, up, forward).await);
         }
@@ -98,9 +103,9 @@ pub async fn get_mcp(
     };
     // Bind the session to this principal (403 for another) and claim it: the older stream for
     // it, on any replica, ends. Only now, so a shed GET takes over nothing.
-    let generation = match &session {
+    let generation = match session.as_deref().zip(owner.as_ref()) {
         None => None,
-        Some(s) => match st.sessions.claim(s, identity.principal.as_deref()).await {
+        Some((s, owner)) => match st.sessions.claim(s, owner).await {
             Ok(g) => Some(g),
             Err(SessionError::Forbidden) => {
                 return Err(AppError::Forbidden(
@@ -138,10 +143,11 @@ pub async fn get_mcp(
         Instant::now() + age.mul_f64(jitter)
     });
     // A stream ends when its credential does (leeway included).
-    let expires = identity.expires_at.map(|at| {
-        Instant::now()
-            + at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
+    let expires = identity.expires_at.and_then(|at| {
+        Instant::now().checked_add(
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default(),
+        )
     });
     let claim = session
         .as_deref()

@@ -2,10 +2,13 @@
 //! that reaches it, and how its sessions and capabilities are presented to clients. The
 //! forwarding itself is the HTTP edge's (`http::proxy`).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 pub struct Upstream {
     pub(crate) client: reqwest::Client,
@@ -18,18 +21,24 @@ pub struct Upstream {
     pub(crate) bridge_2026_clients: bool,
     /// Whether the upstream speaks 2026-07-28 (learnt on the first bridged request).
     pub(crate) era: EraCache,
+    /// The bridge's upstream sessions, one per caller's credentials.
+    pub(crate) bridge: BridgeSessions,
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
-/// `FANOUT_BRIDGE_2026_CLIENTS`).
-#[derive(Debug, Clone, Copy, Default)]
+/// `FANOUT_BRIDGE_2026_CLIENTS`, `FANOUT_BRIDGE_MAX_SESSIONS`).
+#[derive(Debug, Clone, Default)]
 pub struct UpstreamOptions {
     pub mint_session_ids: bool,
     pub advertise_list_changed: bool,
     pub bridge_2026_clients: bool,
+    /// Most bridge sessions kept (at least one).
+    pub bridge_max_sessions: usize,
+    /// The request headers (lowercase names) that identify a bridged caller to the upstream.
+    pub bridge_identity_headers: Vec<String>,
 }
 
-/// The proxy's own session with a 2025-era upstream (made by `http::era_bridge`).
+/// One upstream session of the era bridge with a 2025-era upstream (made by `http::era_bridge`).
 #[derive(Debug)]
 pub struct Handshake {
     pub version: String,
@@ -39,15 +48,124 @@ pub struct Handshake {
 }
 
 /// The upstream's protocol era.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Era {
     Modern,
-    Legacy(Arc<Handshake>),
+    Legacy,
 }
 
 /// What the proxy knows of its upstream's era (per replica; learnt on the first 2026 request).
 #[derive(Debug, Default)]
 pub struct EraCache(pub tokio::sync::Mutex<Option<Era>>);
+
+/// The identity headers of one bridged caller, as it sent them.
+pub type Credentials = Vec<(HeaderName, HeaderValue)>;
+
+/// The era bridge's upstream sessions: one per set of caller credentials (so no two principals
+/// share an upstream session), at most `max`; the least recently used makes room.
+pub struct BridgeSessions {
+    max: usize,
+    identity_headers: Vec<HeaderName>,
+    inner: Mutex<BridgeInner>,
+}
+
+#[derive(Default)]
+struct BridgeInner {
+    tick: u64,
+    /// SHA-256 of the credentials → (the slot, when it was last used)
+    slots: HashMap<[u8; 32], (Arc<BridgeSlot>, u64)>,
+}
+
+/// One caller's upstream session: the credentials it is opened with, and its handshake (made on
+/// first use, renewed when the upstream forgets it).
+pub struct BridgeSlot {
+    pub credentials: Credentials,
+    pub handshake: tokio::sync::Mutex<Option<Arc<Handshake>>>,
+}
+
+impl BridgeSessions {
+    fn new(max: usize, identity_headers: &[String]) -> BridgeSessions {
+        BridgeSessions {
+            max: max.max(1),
+            identity_headers: identity_headers
+                .iter()
+                .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+                .collect(),
+            inner: Mutex::default(),
+        }
+    }
+
+    /// The caller's identity headers (every value, in order).
+    pub fn credentials(&self, headers: &HeaderMap) -> Credentials {
+        self.identity_headers
+            .iter()
+            .flat_map(|name| {
+                headers
+                    .get_all(name)
+                    .iter()
+                    .map(move |v| (name.clone(), v.clone()))
+            })
+            .collect()
+    }
+
+    /// The slot for `credentials` (made if new), and the slots evicted to make room for it: their
+    /// sessions are to be closed upstream.
+    pub fn slot(&self, credentials: &Credentials) -> (Arc<BridgeSlot>, Vec<Arc<BridgeSlot>>) {
+        let key = credentials_key(credentials);
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.tick += 1;
+        let tick = inner.tick;
+        if let Some((slot, used)) = inner.slots.get_mut(&key) {
+            *used = tick;
+            return (slot.clone(), Vec::new());
+        }
+        let mut evicted = Vec::new();
+        while inner.slots.len() >= self.max {
+            let Some(oldest) = inner
+                .slots
+                .iter()
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(k, _)| *k)
+            else {
+                break;
+            };
+            if let Some((slot, _)) = inner.slots.remove(&oldest) {
+                evicted.push(slot);
+            }
+        }
+        let slot = Arc::new(BridgeSlot {
+            credentials: credentials.clone(),
+            handshake: tokio::sync::Mutex::new(None),
+        });
+        inner.slots.insert(key, (slot.clone(), tick));
+        (slot, evicted)
+    }
+
+    /// How many sessions are kept.
+    pub fn len(&self) -> usize {
+        self.inner
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .slots
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// SHA-256 over the length-prefixed names and values (no two credential sets share a key).
+fn credentials_key(credentials: &Credentials) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for (name, value) in credentials {
+        for part in [name.as_str().as_bytes(), value.as_bytes()] {
+            h.update((part.len() as u64).to_be_bytes());
+            h.update(part);
+        }
+    }
+    h.finalize().into()
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamConfigError {
@@ -94,6 +212,10 @@ impl Upstream {
             advertise_list_changed: options.advertise_list_changed,
             bridge_2026_clients: options.bridge_2026_clients,
             era: EraCache::default(),
+            bridge: BridgeSessions::new(
+                options.bridge_max_sessions,
+                &options.bridge_identity_headers,
+            ),
         })
     }
 
@@ -115,6 +237,60 @@ impl Upstream {
 
     pub fn era_cache(&self) -> &EraCache {
         &self.era
+    }
+
+    pub fn bridge_sessions(&self) -> &BridgeSessions {
+        &self.bridge
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn creds(auth: &str) -> Credentials {
+        vec![(
+            HeaderName::from_static("authorization"),
+            HeaderValue::from_str(auth).expect("a header value"),
+        )]
+    }
+
+    #[test]
+    fn one_slot_per_credentials_least_recently_used_evicted() {
+        let b = BridgeSessions::new(2, &["authorization".to_owned(), "cookie".to_owned()]);
+        let mut headers = HeaderMap::new();
+        headers.insert("authorization", HeaderValue::from_static("Bearer a"));
+        headers.insert("x-other", HeaderValue::from_static("ignored"));
+        assert_eq!(b.credentials(&headers), creds("Bearer a"));
+        let (a1, none) = b.slot(&creds("Bearer a"));
+        let (a2, _) = b.slot(&creds("Bearer a"));
+        assert!(Arc::ptr_eq(&a1, &a2) && none.is_empty());
+        let (bob, _) = b.slot(&creds("Bearer b"));
+        assert!(!Arc::ptr_eq(&a1, &bob));
+        let (_, _) = b.slot(&creds("Bearer a")); // a is now the most recently used
+        let (_, evicted) = b.slot(&creds("Bearer c"));
+        assert_eq!(evicted.len(), 1);
+        assert!(
+            Arc::ptr_eq(&evicted[0], &bob),
+            "bob was the least recently used"
+        );
+        assert_eq!(b.len(), 2);
+        let (anonymous, _) = b.slot(&Vec::new());
+        assert!(anonymous.credentials.is_empty());
+        // A name/value boundary cannot be moved to forge another caller's key.
+        assert_ne!(
+            credentials_key(&creds("ab")),
+            credentials_key(&vec![
+                (
+                    HeaderName::from_static("authorization"),
+                    HeaderValue::from_static("a")
+                ),
+                (
+                    HeaderName::from_static("authorization"),
+                    HeaderValue::from_static("b")
+                ),
+            ])
+        );
     }
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use super::{SessionError, SessionStore};
+use super::{Owner, Ownership, SessionError, SessionStore};
 
 /// Sessions idle this long are forgotten once the table is large.
 const GC_AT_LEN: usize = 100_000;
@@ -19,7 +19,8 @@ pub struct MemorySessions {
 #[derive(Default)]
 struct Inner {
     generation: u64,
-    sessions: HashMap<String, (Option<String>, Instant)>,
+    /// session → (its owner's key, last use)
+    sessions: HashMap<String, (String, Instant)>,
 }
 
 impl MemorySessions {
@@ -30,7 +31,7 @@ impl MemorySessions {
         }
     }
 
-    fn bind(&self, session: &str, principal: Option<&str>) -> Result<u64, SessionError> {
+    fn bind(&self, session: &str, owner: &Owner) -> Result<u64, SessionError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         if inner.sessions.len() >= GC_AT_LEN {
             let idle = self.idle;
@@ -39,8 +40,8 @@ impl MemorySessions {
         let entry = inner
             .sessions
             .entry(session.to_owned())
-            .or_insert_with(|| (principal.map(str::to_owned), Instant::now()));
-        if entry.0.as_deref() != principal {
+            .or_insert_with(|| (owner.key().to_owned(), Instant::now()));
+        if entry.0 != owner.key() {
             return Err(SessionError::Forbidden);
         }
         entry.1 = Instant::now();
@@ -51,21 +52,30 @@ impl MemorySessions {
 
 #[async_trait]
 impl SessionStore for MemorySessions {
-    async fn claim(&self, session: &str, principal: Option<&str>) -> Result<u64, SessionError> {
-        self.bind(session, principal)
+    async fn claim(&self, session: &str, owner: &Owner) -> Result<u64, SessionError> {
+        self.bind(session, owner)
     }
 
-    async fn check(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError> {
-        self.bind(session, principal).map(|_| ())
+    async fn check(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
+        self.bind(session, owner).map(|_| ())
     }
 
-    async fn register(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError> {
+    async fn register(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner
             .sessions
             .entry(session.to_owned())
-            .or_insert_with(|| (principal.map(str::to_owned), Instant::now()));
+            .or_insert_with(|| (owner.key().to_owned(), Instant::now()));
         Ok(())
+    }
+
+    async fn ownership(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
+        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match inner.sessions.get(session) {
+            None => Ownership::Unknown,
+            Some((key, _)) if key == owner.key() => Ownership::Mine,
+            Some(_) => Ownership::Other,
+        })
     }
 
     async fn known(&self, session: &str) -> Result<bool, SessionError> {
@@ -95,29 +105,63 @@ impl SessionStore for MemorySessions {
 mod tests {
     use super::*;
 
+    fn alice() -> Owner {
+        Owner::token(Some("https://idp"), Some("A"), "alice")
+    }
+
     #[tokio::test]
     async fn first_principal_owns_the_session() {
         let s = MemorySessions::new(Duration::from_secs(60));
-        let g1 = s.claim("s1", Some("alice")).await.expect("bind");
-        let g2 = s.claim("s1", Some("alice")).await.expect("reclaim");
+        let g1 = s.claim("s1", &alice()).await.expect("bind");
+        let g2 = s.claim("s1", &alice()).await.expect("reclaim");
         assert!(g2 > g1);
+        let others = [
+            Owner::token(Some("https://idp"), Some("A"), "bob"),
+            // The same subject of another tenant, or of another issuer, is someone else.
+            Owner::token(Some("https://idp"), Some("B"), "alice"),
+            Owner::token(Some("https://idp"), None, "alice"),
+            Owner::token(Some("https://other"), Some("A"), "alice"),
+            Owner::token(None, Some("A"), "alice"),
+            Owner::tenant("A"),
+            Owner::anonymous(),
+            Owner::nobody(),
+        ];
+        for other in &others {
+            assert!(
+                matches!(s.claim("s1", other).await, Err(SessionError::Forbidden)),
+                "{other:?}"
+            );
+            assert!(matches!(
+                s.check("s1", other).await,
+                Err(SessionError::Forbidden)
+            ));
+            assert_eq!(
+                s.ownership("s1", other).await.expect("ownership"),
+                Ownership::Other
+            );
+        }
+        assert_eq!(
+            s.ownership("s1", &alice()).await.expect("ownership"),
+            Ownership::Mine
+        );
+        assert_eq!(
+            s.ownership("s9", &alice()).await.expect("ownership"),
+            Ownership::Unknown
+        );
+        assert!(s.claim("s2", &Owner::anonymous()).await.is_ok());
+        assert!(s.check("s2", &Owner::anonymous()).await.is_ok());
+        s.register("s3", &Owner::nobody()).await.expect("register");
         assert!(matches!(
-            s.claim("s1", Some("bob")).await,
+            s.check("s3", &Owner::anonymous()).await,
             Err(SessionError::Forbidden)
         ));
-        assert!(matches!(
-            s.check("s1", None).await,
-            Err(SessionError::Forbidden)
-        ));
-        assert!(s.claim("s2", None).await.is_ok());
-        assert!(s.check("s2", None).await.is_ok());
     }
 
     #[tokio::test]
     async fn touched_sessions_survive_cleanup() {
         let s = MemorySessions::new(Duration::from_millis(50));
-        s.claim("held", Some("alice")).await.expect("bind");
-        s.claim("idle", Some("bob")).await.expect("bind");
+        s.claim("held", &alice()).await.expect("bind");
+        s.claim("idle", &Owner::tenant("bob")).await.expect("bind");
         tokio::time::sleep(Duration::from_millis(80)).await;
         s.touch(&["held".to_owned()]).await.expect("touch");
         {
@@ -129,7 +173,7 @@ mod tests {
         assert!(!s.known("idle").await.expect("known"));
         // The held session still belongs to its principal.
         assert!(matches!(
-            s.claim("held", Some("mallory")).await,
+            s.claim("held", &Owner::tenant("mallory")).await,
             Err(SessionError::Forbidden)
         ));
     }

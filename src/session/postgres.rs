@@ -1,14 +1,23 @@
 //! Sessions shared by every replica through `<schema>.sessions`.
+//!
+//! A row's owner is `owner` (the whole principal, see [`Owner`]). Rows written by the previous
+//! release have no `owner`, only `principal`; they are an owner's only when
+//! [`Owner::owns_legacy_rows`] and the principals are equal.
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 
-use super::{SessionError, SessionStore};
+use super::{Owner, Ownership, SessionError, SessionStore};
 use crate::bridge::control_channel;
 use crate::log::postgres::{timed, DbError};
+
+/// Whether row `t` belongs to the owner of `$2` (principal), `$3` (owner key), `$4` (owns legacy
+/// rows).
+const OWNED: &str =
+    "(t.owner = $3 OR (t.owner IS NULL AND $4 AND t.principal IS NOT DISTINCT FROM $2))";
 
 pub struct PgSessions {
     pool: Pool,
@@ -17,6 +26,7 @@ pub struct PgSessions {
     check_sql: String,
     register_sql: String,
     known_sql: String,
+    ownership_sql: String,
     forget_sql: String,
     touch_sql: String,
     channel: String,
@@ -26,10 +36,9 @@ impl PgSessions {
     pub fn new(pool: Pool, schema: &str, timeout: Duration) -> PgSessions {
         let upsert = |bump: &str| {
             format!(
-                "INSERT INTO {schema}.sessions AS t (session, principal) VALUES ($1, $2) \
+                "INSERT INTO {schema}.sessions AS t (session, principal, owner) VALUES ($1, $2, $3) \
                  ON CONFLICT (session) DO UPDATE SET {bump}last_seen = clock_timestamp() \
-                 WHERE t.principal IS NOT DISTINCT FROM EXCLUDED.principal \
-                 RETURNING t.generation"
+                 WHERE {OWNED} RETURNING t.generation"
             )
         };
         PgSessions {
@@ -37,19 +46,23 @@ impl PgSessions {
             timeout,
             // The claim and its takeover message are one statement: no claim without a message.
             claim_sql: format!(
-                "WITH c AS ({}) SELECT generation, pg_notify($3, 'takeover ' || generation || ' ' || $1) FROM c",
+                "WITH c AS ({}) SELECT generation, pg_notify($5, 'takeover ' || generation || ' ' || $1) FROM c",
                 upsert("generation = t.generation + 1, ")
             ),
             check_sql: upsert(""),
             register_sql: format!(
-                "INSERT INTO {schema}.sessions (session, principal) VALUES ($1, $2) \
-                 ON CONFLICT (session) DO NOTHING RETURNING 1::bigint"
+                "INSERT INTO {schema}.sessions (session, principal, owner) VALUES ($1, $2, $3) \
+                 ON CONFLICT (session) DO NOTHING"
             ),
-            known_sql: format!("SELECT 1::bigint FROM {schema}.sessions WHERE session = $1 AND $2::text IS NULL"),
+            known_sql: format!("SELECT 1::bigint FROM {schema}.sessions WHERE session = $1"),
+            ownership_sql: format!(
+                "SELECT CASE WHEN {OWNED} THEN 1 ELSE 0 END::bigint FROM {schema}.sessions AS t \
+                 WHERE t.session = $1"
+            ),
             // The end message is sent in the same statement: every replica ends the session's streams.
             forget_sql: format!(
-                "WITH d AS (DELETE FROM {schema}.sessions WHERE session = $1 AND $2::text IS NULL RETURNING 1) \
-                 SELECT 1::bigint, pg_notify($3, 'end 0 ' || $1)"
+                "WITH d AS (DELETE FROM {schema}.sessions WHERE session = $1 RETURNING 1) \
+                 SELECT 1::bigint, pg_notify($2, 'end 0 ' || $1)"
             ),
             touch_sql: format!(
                 "UPDATE {schema}.sessions SET last_seen = clock_timestamp() WHERE session = ANY($1)"
@@ -58,73 +71,112 @@ impl PgSessions {
         }
     }
 
+    /// Runs `sql`; the first column of its first row, if any.
     async fn run(
         &self,
         sql: &str,
-        session: &str,
-        principal: Option<&str>,
-        with_channel: bool,
+        params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<i64>, SessionError> {
         let rows = timed(self.timeout, async {
             let client = self.pool.get().await.map_err(DbError::Checkout)?;
-            let principal = principal.map(str::to_owned);
-            let rows = if with_channel {
-                client
-                    .query_typed(
-                        sql,
-                        &[
-                            (&session, Type::TEXT),
-                            (&principal, Type::TEXT),
-                            (&self.channel, Type::TEXT),
-                        ],
-                    )
-                    .await
-            } else {
-                client
-                    .query_typed(sql, &[(&session, Type::TEXT), (&principal, Type::TEXT)])
-                    .await
-            };
-            rows.map_err(DbError::Query)
+            client
+                .query_typed(sql, params)
+                .await
+                .map_err(DbError::Query)
         })
         .await
         .map_err(|e| SessionError::Unavailable(e.to_string()))?;
         Ok(rows.first().map(|r| r.get::<_, i64>(0)))
     }
+
+    /// Runs `sql` with the session and the owner as `$1` … `$4` (and the control channel as `$5`).
+    async fn run_owned(
+        &self,
+        sql: &str,
+        session: &str,
+        owner: &Owner,
+        with_channel: bool,
+    ) -> Result<Option<i64>, SessionError> {
+        let principal = owner.stored_principal();
+        let key = owner.key();
+        let legacy = owner.owns_legacy_rows();
+        let mut params: Vec<(&(dyn ToSql + Sync), Type)> = vec![
+            (&session, Type::TEXT),
+            (&principal, Type::TEXT),
+            (&key, Type::TEXT),
+            (&legacy, Type::BOOL),
+        ];
+        if with_channel {
+            params.push((&self.channel, Type::TEXT));
+        }
+        self.run(sql, &params).await
+    }
 }
 
 #[async_trait]
 impl SessionStore for PgSessions {
-    async fn claim(&self, session: &str, principal: Option<&str>) -> Result<u64, SessionError> {
-        match self.run(&self.claim_sql, session, principal, true).await? {
+    async fn claim(&self, session: &str, owner: &Owner) -> Result<u64, SessionError> {
+        match self
+            .run_owned(&self.claim_sql, session, owner, true)
+            .await?
+        {
             Some(generation) => Ok(generation as u64),
             None => Err(SessionError::Forbidden),
         }
     }
 
-    async fn check(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError> {
-        match self.run(&self.check_sql, session, principal, false).await? {
+    async fn check(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
+        match self
+            .run_owned(&self.check_sql, session, owner, false)
+            .await?
+        {
             Some(_) => Ok(()),
             None => Err(SessionError::Forbidden),
         }
     }
 
-    async fn register(&self, session: &str, principal: Option<&str>) -> Result<(), SessionError> {
-        self.run(&self.register_sql, session, principal, false)
-            .await
-            .map(|_| ())
+    async fn register(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
+        let principal = owner.stored_principal();
+        let key = owner.key();
+        self.run(
+            &self.register_sql,
+            &[
+                (&session, Type::TEXT),
+                (&principal, Type::TEXT),
+                (&key, Type::TEXT),
+            ],
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn known(&self, session: &str) -> Result<bool, SessionError> {
         Ok(self
-            .run(&self.known_sql, session, None, false)
+            .run(&self.known_sql, &[(&session, Type::TEXT)])
             .await?
             .is_some())
     }
 
+    async fn ownership(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
+        Ok(
+            match self
+                .run_owned(&self.ownership_sql, session, owner, false)
+                .await?
+            {
+                None => Ownership::Unknown,
+                Some(1) => Ownership::Mine,
+                Some(_) => Ownership::Other,
+            },
+        )
+    }
+
     async fn forget(&self, session: &str) -> Result<(), SessionError> {
-        self.run(&self.forget_sql, session, None, true)
-            .await
-            .map(|_| ())
+        self.run(
+            &self.forget_sql,
+            &[(&session, Type::TEXT), (&self.channel, Type::TEXT)],
+        )
+        .await
+        .map(|_| ())
     }
 
     async fn touch(&self, sessions: &[String]) -> Result<(), SessionError> {

@@ -477,6 +477,13 @@ impl Replica {
         metrics::value(&self.metrics_text().await?, selector)
     }
 
+    /// `mcp_fanout_subscribers_dropped_total{reason="…"}`: how many subscribers this replica
+    /// dropped for `reason` (`0` before the first).
+    pub async fn dropped(&self, reason: &str) -> Result<f64> {
+        let selector = format!(r#"mcp_fanout_subscribers_dropped_total{{reason="{reason}"}}"#);
+        Ok(self.metric(&selector).await?.unwrap_or(0.0))
+    }
+
     /// Waits until a series exists and `pred` accepts its value; returns the value.
     pub async fn wait_metric<F>(&self, selector: &str, timeout: Duration, pred: F) -> Result<f64>
     where

@@ -326,6 +326,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   value: {{ $v.proxy.advertiseListChanged | quote }}
 - name: FANOUT_BRIDGE_2026_CLIENTS
   value: {{ $v.proxy.bridge2026Clients | quote }}
+- name: FANOUT_BRIDGE_MAX_SESSIONS
+  value: {{ $v.proxy.bridgeMaxSessions | int64 | quote }}
 - name: FANOUT_LOG_FORMAT
   value: {{ $c.logFormat | quote }}
 - name: FANOUT_ADVERTISE_ADDR

@@ -20,6 +20,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "replica_state",
         include_str!("../../../sql/004_replica_state.sql"),
     ),
+    (
+        5,
+        "session_owner",
+        include_str!("../../../sql/005_session_owner.sql"),
+    ),
 ];
 
 pub struct Migration {

@@ -8,9 +8,12 @@
 //                                for every request
 //
 // Prints one JSON line {"url": "http://127.0.0.1:PORT/mcp"} once it accepts connections.
-// Tools: add(a, b) and echo(text); `POST /add-tool?name=NAME` adds a tool at run time (so a client's
-// refetch can be told apart from a cached list); `POST /forget-sessions` drops every session (as a
-// restart would) and answers how many sessions were ever initialized.
+// Tools: add(a, b), echo(text), and whoami (a JSON text: the session id, the `Authorization` its
+// `initialize` carried, and the one of the current request); `POST /add-tool?name=NAME` adds a tool
+// at run time (so a client's refetch can be told apart from a cached list); `POST /forget-sessions`
+// drops every session (as a restart would) and answers how many sessions were ever initialized;
+// `GET /sessions` answers the live sessions (id and handshake `Authorization`), how many were ever
+// initialized and how many were ended by a `DELETE`.
 // Run with NODE_PATH=<npm ci dir>/node_modules.
 'use strict';
 
@@ -36,6 +39,7 @@ const intArgs = {
 function tools() {
   return [
     { name: 'add', description: 'Add two integers.', inputSchema: intArgs },
+    { name: 'whoami', description: "The session's handshake credentials.", inputSchema: { type: 'object', properties: {} } },
     {
       name: 'echo',
       description: 'Return the text unchanged.',
@@ -59,9 +63,19 @@ function buildServer() {
     { capabilities: { tools: { listChanged: true } } },
   );
   server.setRequestHandler(ListToolsRequestSchema, async () => ({ tools: tools() }));
-  server.setRequestHandler(CallToolRequestSchema, async (req) => {
+  server.setRequestHandler(CallToolRequestSchema, async (req, extra) => {
     const { name, arguments: args = {} } = req.params;
     if (name === 'add') return text(Number(args.a) + Number(args.b));
+    if (name === 'whoami') {
+      const headers = (extra.requestInfo && extra.requestInfo.headers) || {};
+      return text(
+        JSON.stringify({
+          session: extra.sessionId || null,
+          handshakeAuthorization: handshakeAuth.get(extra.sessionId) || null,
+          requestAuthorization: headers.authorization || null,
+        }),
+      );
+    }
     if (name === 'echo') return text(args.text);
     if (added.includes(name)) return text(name);
     return { content: [{ type: 'text', text: `unknown tool: ${name}` }], isError: true };
@@ -84,7 +98,9 @@ function reply(res, status, body) {
 }
 
 const sessions = new Map(); // stateful: session id -> transport
+const handshakeAuth = new Map(); // stateful: session id -> the Authorization of its initialize
 let initialized = 0; // sessions ever initialized
+let deleted = 0; // sessions ended by a DELETE
 
 async function handleMcp(req, res) {
   let body;
@@ -114,15 +130,23 @@ async function handleMcp(req, res) {
       const message = sid ? 'Session not found' : 'Bad Request: No valid session ID provided';
       return reply(res, status, { jsonrpc: '2.0', id: null, error: { code: -32000, message } });
     }
+    const authorization = req.headers.authorization || null;
     transport = new StreamableHTTPServerTransport({
       sessionIdGenerator: () => randomUUID(),
       onsessioninitialized: (id) => {
         initialized += 1;
         sessions.set(id, transport);
+        handshakeAuth.set(id, authorization);
+      },
+      onsessionclosed: () => {
+        deleted += 1;
       },
     });
     transport.onclose = () => {
-      if (transport.sessionId) sessions.delete(transport.sessionId);
+      if (transport.sessionId) {
+        sessions.delete(transport.sessionId);
+        handshakeAuth.delete(transport.sessionId);
+      }
     };
     await buildServer().connect(transport);
   }
@@ -143,6 +167,10 @@ const httpServer = http.createServer((req, res) => {
     sessions.clear();
     forgotten.forEach((t) => t.close());
     return reply(res, 200, { forgotten: forgotten.length, initialized });
+  }
+  if (url.pathname === '/sessions' && req.method === 'GET') {
+    const live = [...sessions.keys()].map((id) => ({ id, authorization: handshakeAuth.get(id) }));
+    return reply(res, 200, { live, initialized, deleted });
   }
   if (url.pathname === '/add-tool' && req.method === 'POST') {
     const name = url.searchParams.get('name');
