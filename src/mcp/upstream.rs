@@ -295,7 +295,7 @@ mod tests {
 }
 
 #[cfg(test)]
-mod tests {
+mod upstream_url_tests {
     use super::*;
 
     fn target(raw: &str) -> String {
