@@ -213,29 +213,19 @@ async fn wait_log_len(dep: &Deployment, n: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_python_adapters_own_tests_pass_against_the_real_binary() {
     e2e::ensure_setup();
-    let out = tokio::process::Command::new(e2e::python("py2bus"))
-        .args([
+    e2e::run_to_success(
+        "pytest clients/python/tests",
+        &e2e::python("py2bus"),
+        &[
             "-m",
             "pytest",
             "-q",
             "-p",
             "no:cacheprovider",
             "clients/python/tests",
-        ])
-        .current_dir(e2e::repo())
-        .env("MCP_FANOUT_BIN", mcp_fanout_testkit::bin())
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run pytest in target/e2e/py2bus");
-    assert!(
-        out.status.success(),
-        "pytest clients/python/tests failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+        ],
+    )
+    .await;
 }
 
 /// The TypeScript adapter's own tests (`clients/typescript/test`, `node --test` against this
@@ -246,19 +236,10 @@ async fn the_python_adapters_own_tests_pass_against_the_real_binary() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_typescript_adapters_own_tests_pass_against_the_real_binary() {
     e2e::ensure_setup();
-    let out = tokio::process::Command::new("node")
-        .args(["--test", "clients/typescript/test/"])
-        .current_dir(e2e::repo())
-        .env("MCP_FANOUT_BIN", mcp_fanout_testkit::bin())
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .expect("run node --test");
-    assert!(
-        out.status.success(),
-        "node --test clients/typescript/test failed ({}):\n{}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    e2e::run_to_success(
+        "node --test clients/typescript/test",
+        std::path::Path::new("node"),
+        &["--test", "clients/typescript/test/"],
+    )
+    .await;
 }

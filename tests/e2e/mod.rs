@@ -579,6 +579,27 @@ pub async fn call_tools(label: &str, url: &str, calls: &[&str], timeout: Duratio
     }
 }
 
+/// Runs `program args…` in the repository (with `MCP_FANOUT_BIN` = the binary under test) to its
+/// end; panics with its output unless it succeeds. For the adapters' own test suites.
+pub async fn run_to_success(what: &str, program: &Path, args: &[&str]) {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .env("MCP_FANOUT_BIN", mcp_fanout_testkit::bin())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: cannot run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // The GET streams of a legacy client, from its `get` / `sse` / `get_end` lines.
 

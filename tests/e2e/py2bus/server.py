@@ -12,18 +12,18 @@ Prints {"url": "http://127.0.0.1:PORT/mcp"} once it accepts connections and its 
 With --memory it uses the SDK's in-memory bus instead (the one-replica baseline).
 """
 
-import json
 import logging
 import os
-import socket
 import sys
 import time
+from pathlib import Path
 
-import anyio
-import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 
 from mcp_fanout import FanoutSubscriptionBus  # (1)
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from serve_app import serve  # noqa: E402  (tests/e2e/serve_app.py)
 
 
 def main() -> None:
@@ -53,24 +53,11 @@ def main() -> None:
         await ctx.notify_resource_updated(uri)
         return str(t0)
 
-    app = mcp.streamable_http_app()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+    async def bus_connected() -> None:
+        if bus is not None:
+            await bus.start()
 
-    async def serve() -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            if bus is not None:
-                await bus.start()
-            while not server.started:
-                await anyio.sleep(0.01)
-            print(json.dumps({"url": f"http://127.0.0.1:{port}/mcp"}), flush=True)
-
-    anyio.run(serve)
+    serve(mcp.streamable_http_app(), before_url=bus_connected)
 
 
 if __name__ == "__main__":
