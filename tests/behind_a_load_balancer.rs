@@ -4,80 +4,16 @@
 //! live replica, and every client ends with every event exactly once, in order.
 
 use std::net::SocketAddr;
-use std::path::Path;
-use std::process::Stdio;
 use std::time::Duration;
 
 use mcp_fanout_testkit::{
-    publish_n, tempfile, wait_until, Deployment, Replica, SseConn, SseRequest, Tally, SOON,
+    publish_n, wait_until, Deployment, Nginx, Replica, SseConn, SseRequest, Tally, SOON,
 };
-use tokio::process::{Child, Command};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-const NGINX: &str = "/usr/sbin/nginx";
 const METHOD: &str = "notifications/test/lb";
 const CLIENTS: usize = 8;
-
-struct Nginx {
-    _child: Child,
-    _dir: tempfile::TempDir,
-    addr: SocketAddr,
-}
-
-impl Nginx {
-    async fn start(upstreams: &[SocketAddr]) -> Nginx {
-        assert!(
-            Path::new(NGINX).exists(),
-            "{NGINX} is required (apt-get install nginx; .ci/run installs it)"
-        );
-        let dir = tempfile::tempdir().expect("temp dir");
-        let port = mcp_fanout_testkit::postgres::free_port().expect("a free port");
-        let p = dir.path().display();
-        let servers: String = upstreams
-            .iter()
-            .map(|a| format!("server {a} max_fails=1 fail_timeout=30s;\n"))
-            .collect();
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
-             error_log {p}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {p}/body;\n\
-             proxy_temp_path {p}/proxy;\n fastcgi_temp_path {p}/fastcgi;\n\
-             uwsgi_temp_path {p}/uwsgi;\n scgi_temp_path {p}/scgi;\n\
-             upstream fanout {{\n{servers}}}\n\
-             server {{\n listen 127.0.0.1:{port};\n location / {{\n\
-             proxy_pass http://fanout;\n proxy_http_version 1.1;\n\
-             proxy_set_header Connection \"\";\n proxy_buffering off;\n\
-             proxy_read_timeout 1h;\n proxy_connect_timeout 2s;\n\
-             proxy_next_upstream error timeout;\n }}\n }}\n}}\n"
-        );
-        let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let child = Command::new(NGINX)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nginx");
-        let addr: SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
-        wait_until("nginx listening", SOON, || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await
-        .expect("nginx starts");
-        Nginx {
-            _child: child,
-            _dir: dir,
-            addr,
-        }
-    }
-}
 
 /// Reads events through the balancer until it has seen `last` (once known), reconnecting with
 /// `Last-Event-ID` whenever its stream ends or is cut. Returns the event ids seen, in order, and
@@ -139,7 +75,7 @@ async fn sse_count(r: &Replica) -> f64 {
 async fn a_replica_killed_behind_the_balancer_loses_no_event_for_anyone() {
     let pg = Deployment::fresh("lb").await;
     let mut replicas = pg.replicas("lb-", 2, &[]).await;
-    let lb = Nginx::start(&[replicas[0].public_addr(), replicas[1].public_addr()]).await;
+    let lb = Nginx::balancing(&[replicas[0].public_addr(), replicas[1].public_addr()]).await;
 
     let from = publish_n(&replicas[1], METHOD, "marker", 1).await.remove(0);
     let (last_tx, last_rx) = watch::channel(None);

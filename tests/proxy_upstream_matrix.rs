@@ -495,6 +495,28 @@ async fn an_upstream_url_without_the_mcp_path_is_named_in_the_log() {
     .expect("the replica logs why initialize got a 404");
 }
 
+/// `FANOUT_UPSTREAM` written as a base URL with no path (`http://127.0.0.1:PORT`), as a new user
+/// writes it: requests keep their own path (`/mcp`), so the official 2.x client connects through
+/// the proxy and calls the upstream's tool (it used to get the upstream's `404` to a request for
+/// `/`, which the SDK reports as "Session terminated").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_base_url_without_a_path_forwards_to_the_requests_own_path() {
+    e2e::ensure_setup();
+    let up = Upstream::start(e2e::UpstreamKind::V2, "upstream-base-url").await;
+    let base = up.base("");
+    assert!(!base.ends_with('/'), "a base URL with no path: {base}");
+    let r = replica("base-url", &[("FANOUT_UPSTREAM", base.as_str())]).await;
+    let client = py2_client("py2-base-url", &r.public_url("/mcp"), &["--call"]);
+    let (_, called) = client.wait_kind("called", 0, STEP).await;
+    assert_eq!(
+        called.value.pointer("/result/content/0/text"),
+        Some(&json!("42")),
+        "the upstream's tool answered through the proxy: {}",
+        called.value
+    );
+    client.wait_kind("ready", 0, STEP).await;
+}
+
 /// The era bridge's own session with a stateful 2025-era upstream is renewed when the upstream
 /// forgets it (a restart): the next 2026 request gets a `404` upstream, the replica performs a new
 /// handshake and retries, and the client sees only the result.

@@ -187,11 +187,30 @@ pub enum UpstreamConfigError {
     Client(String),
 }
 
+/// The one path the proxy serves and forwards (`/mcp`): where a request goes upstream when
+/// `FANOUT_UPSTREAM` names only the server.
+pub const PROXIED_PATH: &str = "/mcp";
+
+/// Whether the URL as written has a path (`http://h:8000/` and `http://h:8000/mcp` do;
+/// `http://h:8000` and `http://h:8000?x` do not), as nginx's `proxy_pass` reads it.
+fn written_with_path(raw: &str) -> bool {
+    let rest = raw.split_once("://").map_or(raw, |(_, rest)| rest);
+    rest.find(['/', '?', '#'])
+        .is_some_and(|i| rest[i..].starts_with('/'))
+}
+
 impl Upstream {
-    pub fn new(url: &str, options: UpstreamOptions) -> Result<Upstream, UpstreamConfigError> {
-        let url = reqwest::Url::parse(url).map_err(|e| UpstreamConfigError::Url(e.to_string()))?;
+    /// `url` with a path is where every forwarded request goes; without one (a base URL), a
+    /// request goes to its own path on that server, as nginx's `proxy_pass` without a URI.
+    pub fn new(raw: &str, options: UpstreamOptions) -> Result<Upstream, UpstreamConfigError> {
+        let mut url =
+            reqwest::Url::parse(raw).map_err(|e| UpstreamConfigError::Url(e.to_string()))?;
         if !matches!(url.scheme(), "http" | "https") {
             return Err(UpstreamConfigError::Url(url.to_string()));
+        }
+        if !written_with_path(raw) {
+            // The proxy forwards only requests to `PROXIED_PATH`, so their own path is that one.
+            url.set_path(PROXIED_PATH);
         }
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -295,5 +314,35 @@ mod tests {
                 ),
             ])
         );
+    }
+}
+
+#[cfg(test)]
+mod upstream_url_tests {
+    use super::*;
+
+    fn target(raw: &str) -> String {
+        match Upstream::new(raw, UpstreamOptions::default()) {
+            Ok(up) => up.url().to_string(),
+            Err(e) => format!("error: {e}"),
+        }
+    }
+
+    #[test]
+    fn a_base_url_forwards_to_the_requests_own_path() {
+        assert_eq!(target("http://127.0.0.1:8000"), "http://127.0.0.1:8000/mcp");
+        assert_eq!(target("https://mcp.example"), "https://mcp.example/mcp");
+        assert_eq!(target("http://u:p@h:1?x=1"), "http://u:p@h:1/mcp?x=1");
+    }
+
+    #[test]
+    fn a_written_path_is_kept_as_it_is() {
+        assert_eq!(
+            target("http://127.0.0.1:8000/mcp"),
+            "http://127.0.0.1:8000/mcp"
+        );
+        assert_eq!(target("http://127.0.0.1:8000/"), "http://127.0.0.1:8000/");
+        assert_eq!(target("http://h/api/v1/mcp"), "http://h/api/v1/mcp");
+        assert!(target("ftp://h").starts_with("error: "));
     }
 }

@@ -81,6 +81,19 @@ impl Deployment {
         start_owned(label, &self.env(extra)).await
     }
 
+    /// Starts one replica of this deployment listening on `addr` (e.g. where a killed one
+    /// listened, so that clients configured with its URL reach the new process).
+    pub async fn replica_at(
+        &self,
+        label: &str,
+        addr: std::net::SocketAddr,
+        extra: &[(&str, &str)],
+    ) -> Replica {
+        let mut env = self.env(extra);
+        env.push(("FANOUT_ADDR".to_string(), addr.to_string()));
+        start_owned(label, &dedup(env)).await
+    }
+
     /// Starts `n` replicas at once (so migrations race, as in a real rollout) and waits until every
     /// one is ready.
     pub async fn replicas(&self, prefix: &str, n: usize, extra: &[(&str, &str)]) -> Vec<Replica> {

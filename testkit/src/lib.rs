@@ -46,6 +46,7 @@ pub mod jwt;
 pub mod launch;
 pub mod load;
 pub mod metrics;
+pub mod nginx;
 pub mod openssl;
 pub mod poll;
 pub mod postgres;
@@ -67,6 +68,7 @@ pub use http::{error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, 
 pub use launch::{
     bin, start, start_memory, start_owned, start_with_open_files, with_admin, ADMIN_TOKEN,
 };
+pub use nginx::Nginx;
 pub use poll::{PollAnswer, PollEvent};
 pub use postgres::{shared_database, shared_server, LogRow, PgBouncer, PgCluster, PgServer};
 pub use replica::{PublishOptions, Replica, Token};

@@ -416,6 +416,29 @@ impl Upstream {
         }
     }
 
+    /// The Python SDK 2.x `MCPServer` of `tests/e2e/py2bus/server.py`, whose listen streams go
+    /// through `FanoutSubscriptionBus` (clients/python) bound to `FANOUT_URL` with `FANOUT_TOKEN`
+    /// (in `envs`); `--memory` in `flags` uses the SDK's in-memory bus instead. Its URL line comes
+    /// once the bus stream is open.
+    pub async fn py2bus(label: &str, flags: &[&str], envs: &[(&str, &str)]) -> Upstream {
+        ensure_setup();
+        let s = script("py2bus/server.py");
+        let mut args = vec![s.to_str().expect("utf-8 path")];
+        args.extend_from_slice(flags);
+        Upstream::spawn(label, &python("py2bus"), &args, envs).await
+    }
+
+    /// The TypeScript SDK 2.x `createMcpHandler` server of `tests/e2e/node2/server.mjs` on node's
+    /// http server, with `FanoutEventBus` (clients/typescript) bound to `FANOUT_URL` with
+    /// `FANOUT_TOKEN` (in `envs`); `--memory` uses the SDK's in-memory bus.
+    pub async fn ts2bus(label: &str, flags: &[&str], envs: &[(&str, &str)]) -> Upstream {
+        ensure_setup();
+        let s = e2e_dir().join("node2/server.mjs");
+        let mut args = vec![s.to_str().expect("utf-8 path")];
+        args.extend_from_slice(flags);
+        Upstream::spawn(label, Path::new("node"), &args, envs).await
+    }
+
     /// The `mcp` 1.x FastMCP server with these flags (`--stateless`, `--json-response`,
     /// `--list-changed`).
     pub async fn py1(label: &str, flags: &[&str]) -> Upstream {
@@ -522,6 +545,59 @@ pub fn py2_client(label: &str, url: &str, extra: &[&str]) -> Proc {
     let mut args = vec![s.to_str().expect("utf-8 path"), url];
     args.extend_from_slice(extra);
     Proc::spawn(label, &python("py2"), &args, &[])
+}
+
+/// The TypeScript SDK 2.x client on protocol 2026-07-28 (`client.listen()`, tools opted in unless
+/// `--no-tools`; `--uri URI` subscribes to a resource) on `url`: `tests/e2e/node2/client.mjs`.
+pub fn ts2_client(label: &str, url: &str, extra: &[&str]) -> Proc {
+    ensure_setup();
+    let s = e2e_dir().join("node2/client.mjs");
+    let mut args = vec![s.to_str().expect("utf-8 path"), url];
+    args.extend_from_slice(extra);
+    Proc::spawn(label, Path::new("node"), &args, &[])
+}
+
+/// Calls tools on an MCP server with the Python SDK 2.x client (`tests/e2e/py2bus/call.py`), one
+/// after another (`TOOL` or `TOOL:JSON-ARGS`), and awaits every answer; panics unless each is a
+/// result that is not an error.
+pub async fn call_tools(label: &str, url: &str, calls: &[&str], timeout: Duration) {
+    ensure_setup();
+    let s = script("py2bus/call.py");
+    let mut args = vec![s.to_str().expect("utf-8 path"), url];
+    args.extend_from_slice(calls);
+    let p = Proc::spawn(label, &python("py2bus"), &args, &[]);
+    p.wait_count("answered tool calls", calls.len(), timeout, |v| {
+        is_kind(v, "called")
+    })
+    .await;
+    for (_, line) in p.of_kind("called", 0) {
+        let ok = line
+            .value
+            .get("result")
+            .is_some_and(|r| r["isError"] != true);
+        assert!(ok, "{label}: a tool call failed: {}", line.value);
+    }
+}
+
+/// Runs `program args…` in the repository (with `MCP_FANOUT_BIN` = the binary under test) to its
+/// end; panics with its output unless it succeeds. For the adapters' own test suites.
+pub async fn run_to_success(what: &str, program: &Path, args: &[&str]) {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .current_dir(repo())
+        .env("MCP_FANOUT_BIN", mcp_fanout_testkit::bin())
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("{what}: cannot run {}: {e}", program.display()));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -14,8 +14,10 @@ refetch of the tool list on every event. Prints one JSON line per thing the test
   version (an upstream that does not speak 2026-07-28);
 - {"kind": "error", "error"}: an exception the session surfaced.
 
-Usage: client.py URL [--prompts] [--resources] [--call]
-  (also opt into prompts / resources list_changed; call a tool before listening)
+Usage: client.py URL [--prompts] [--resources] [--call] [--no-tools] [--uri URI]...
+  (also opt into prompts / resources list_changed; call a tool before listening; do not opt into
+  tools list_changed; subscribe to `notifications/resources/updated` for URI — the event line
+  then carries its "uri")
 """
 
 import json
@@ -41,7 +43,7 @@ async def on_message(message) -> None:
         out(kind="notification", message=dump(message))
 
 
-async def main(url: str, prompts: bool, resources: bool, call: bool) -> None:
+async def main(url: str, prompts: bool, resources: bool, call: bool, tools: bool, uris: list[str]) -> None:
     async with Client(url, message_handler=on_message) as client:
         out(kind="connected", protocol=client.protocol_version, capabilities=dump(client.server_capabilities))
         if call:
@@ -51,11 +53,15 @@ async def main(url: str, prompts: bool, resources: bool, call: bool) -> None:
                 out(kind="called", error=repr(e))
         try:
             async with client.listen(
-                tools_list_changed=True, prompts_list_changed=prompts, resources_list_changed=resources
+                tools_list_changed=tools,
+                prompts_list_changed=prompts,
+                resources_list_changed=resources,
+                resource_subscriptions=uris,
             ) as sub:
                 out(kind="ready", subscription=sub.subscription_id, honored=dump(sub.honored))
                 async for event in sub:
-                    out(kind="event", event=type(event).__name__)
+                    uri = getattr(event, "uri", None)
+                    out(kind="event", event=type(event).__name__, **({"uri": uri} if uri is not None else {}))
                     tools = await client.list_tools()
                     out(kind="refetched", tools=sorted(t.name for t in tools.tools))
             out(kind="ended")
@@ -67,4 +73,13 @@ async def main(url: str, prompts: bool, resources: bool, call: bool) -> None:
 
 if __name__ == "__main__":
     flags = sys.argv[2:]
-    anyio.run(main, sys.argv[1], "--prompts" in flags, "--resources" in flags, "--call" in flags)
+    uris = [flags[i + 1] for i, f in enumerate(flags[:-1]) if f == "--uri"]
+    anyio.run(
+        main,
+        sys.argv[1],
+        "--prompts" in flags,
+        "--resources" in flags,
+        "--call" in flags,
+        "--no-tools" not in flags,
+        uris,
+    )

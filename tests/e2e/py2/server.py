@@ -5,15 +5,15 @@ Prints one JSON line `{"url": "http://127.0.0.1:PORT/mcp"}` once it accepts conn
 `POST /add-tool?name=NAME` adds a tool at run time.
 """
 
-import json
-import socket
 import sys
+from pathlib import Path
 
-import anyio
-import uvicorn
 from mcp.server.mcpserver import MCPServer
 from starlette.requests import Request
 from starlette.responses import JSONResponse
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from serve_app import serve  # noqa: E402  (tests/e2e/serve_app.py)
 
 
 def main() -> None:
@@ -39,22 +39,7 @@ def main() -> None:
         mcp.add_tool(added, name=name, description=f"added at run time: {name}")
         return JSONResponse({"added": name})
 
-    app = mcp.streamable_http_app()
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(128)
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-
-    async def serve() -> None:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(server.serve, [sock])
-            while not server.started:
-                await anyio.sleep(0.01)
-            print(json.dumps({"url": f"http://127.0.0.1:{port}/mcp"}), flush=True)
-
-    anyio.run(serve)
+    serve(mcp.streamable_http_app())
 
 
 if __name__ == "__main__":
