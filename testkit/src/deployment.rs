@@ -81,6 +81,21 @@ impl Deployment {
         start_owned(label, &self.env(extra)).await
     }
 
+    /// Starts one replica of this deployment listening on `addr` (the address of a replica that
+    /// was killed, to restart it where its clients reconnect; or a [`postgres::free_port`]) and
+    /// waits until it is ready.
+    pub async fn replica_at(
+        &self,
+        label: &str,
+        addr: std::net::SocketAddr,
+        extra: &[(&str, &str)],
+    ) -> Replica {
+        let addr = addr.to_string();
+        let mut all = vec![("FANOUT_ADDR", addr.as_str())];
+        all.extend_from_slice(extra);
+        self.replica(label, &all).await
+    }
+
     /// Starts `n` replicas at once (so migrations race, as in a real rollout) and waits until every
     /// one is ready.
     pub async fn replicas(&self, prefix: &str, n: usize, extra: &[(&str, &str)]) -> Vec<Replica> {
