@@ -14,8 +14,9 @@ refetch of the tool list on every event. Prints one JSON line per thing the test
   version (an upstream that does not speak 2026-07-28);
 - {"kind": "error", "error"}: an exception the session surfaced.
 
-Usage: client.py URL [--prompts] [--resources] [--call]
-  (also opt into prompts / resources list_changed; call a tool before listening)
+Usage: client.py URL [--prompts] [--resources] [--call] [--uri=URI ...]
+  (also opt into prompts / resources list_changed; call a tool before listening; subscribe to
+  `notifications/resources/updated` of these URIs)
 """
 
 import json
@@ -41,7 +42,7 @@ async def on_message(message) -> None:
         out(kind="notification", message=dump(message))
 
 
-async def main(url: str, prompts: bool, resources: bool, call: bool) -> None:
+async def main(url: str, prompts: bool, resources: bool, call: bool, uris: list[str]) -> None:
     async with Client(url, message_handler=on_message) as client:
         out(kind="connected", protocol=client.protocol_version, capabilities=dump(client.server_capabilities))
         if call:
@@ -51,7 +52,10 @@ async def main(url: str, prompts: bool, resources: bool, call: bool) -> None:
                 out(kind="called", error=repr(e))
         try:
             async with client.listen(
-                tools_list_changed=True, prompts_list_changed=prompts, resources_list_changed=resources
+                tools_list_changed=True,
+                prompts_list_changed=prompts,
+                resources_list_changed=resources,
+                resource_subscriptions=uris,
             ) as sub:
                 out(kind="ready", subscription=sub.subscription_id, honored=dump(sub.honored))
                 async for event in sub:
@@ -67,4 +71,5 @@ async def main(url: str, prompts: bool, resources: bool, call: bool) -> None:
 
 if __name__ == "__main__":
     flags = sys.argv[2:]
-    anyio.run(main, sys.argv[1], "--prompts" in flags, "--resources" in flags, "--call" in flags)
+    uris = [f.removeprefix("--uri=") for f in flags if f.startswith("--uri=")]
+    anyio.run(main, sys.argv[1], "--prompts" in flags, "--resources" in flags, "--call" in flags, uris)
