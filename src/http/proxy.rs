@@ -301,6 +301,12 @@ fn rewrite_json(body: &[u8], patch: Patch) -> Bytes {
 }
 
 /// Rewrites the `data:` of SSE blocks carrying the result, relaying every block as it completes.
+///
+/// The one SSE code in `src/` that does not use the shared parser (`mcp_fanout_client::sse`, the
+/// `sse-stream` crate): a relay must pass the upstream's bytes through unchanged — its `event:`
+/// and `id:` lines, comments, line endings (CRLF or LF), field order — and rewrite only the one
+/// `data:` line it patches. A parser yields decoded fields, so re-encoding its output would
+/// change the other bytes (and drop comments); this splits blocks and lines without decoding.
 fn rewrite_sse<E: std::error::Error + Send + Sync + 'static>(
     upstream: impl futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
     patch: Patch,
