@@ -305,7 +305,7 @@ async fn first_message(resp: reqwest::Response) -> Result<Value, BridgeError> {
         let body = resp.bytes().await?;
         return Ok(serde_json::from_slice(&body).unwrap_or(Value::Null));
     }
-    let mut messages = std::pin::pin!(mcp_fanout_client::sse::messages(resp.bytes_stream()));
+    let mut messages = mcp_fanout_client::sse::messages(resp.bytes_stream());
     while let Some(msg) = futures::StreamExt::next(&mut messages).await {
         match msg {
             Ok(v) if v.get("result").is_some() || v.get("error").is_some() => return Ok(v),

@@ -425,8 +425,7 @@ async fn read(
     items: &mpsc::Sender<Result<Item, FollowError>>,
     status: &watch::Sender<Status>,
 ) -> Ended {
-    let blocks = sse::decode(resp.bytes_stream(), Some(cfg.idle_timeout));
-    let mut blocks = std::pin::pin!(blocks);
+    let mut blocks = sse::decode(resp.bytes_stream(), Some(cfg.idle_timeout));
     let mut retry = None;
     // The id-less list_changed of a resync arrived; the priming frame that follows gives the head.
     let mut resyncing = false;

@@ -43,7 +43,7 @@ pub enum BodyError {
 pub fn decode<S, E>(
     body: S,
     idle: Option<Duration>,
-) -> impl Stream<Item = Result<Sse, sse_stream::Error>> + Send
+) -> impl Stream<Item = Result<Sse, sse_stream::Error>> + Send + Unpin
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
@@ -82,16 +82,16 @@ where
 /// ```
 pub fn messages<S, E>(
     body: S,
-) -> impl Stream<Item = Result<serde_json::Value, sse_stream::Error>> + Send
+) -> impl Stream<Item = Result<serde_json::Value, sse_stream::Error>> + Send + Unpin
 where
     S: Stream<Item = Result<Bytes, E>> + Send + Unpin + 'static,
     E: std::fmt::Display,
 {
-    decode(body, None).filter_map(|block| async move {
+    Box::pin(decode(body, None).filter_map(|block| async move {
         match block {
             Ok(Sse { data: Some(d), .. }) => serde_json::from_str(&d).ok().map(Ok),
             Ok(_) => None,
             Err(e) => Some(Err(e)),
         }
-    })
+    }))
 }
