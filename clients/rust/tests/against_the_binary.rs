@@ -10,6 +10,8 @@
 //! - Followers keep every event exactly once, in log order, while the replica they follow is
 //!   SIGKILLed and restarted on Postgres with publishing going on throughout: one that follows
 //!   only the killed replica, one that goes round two.
+//! - A stream silent past the idle timeout is reopened, and nothing is lost meanwhile.
+//! - A refused stream (a bad credential) ends the follower with the server's error.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -370,4 +372,62 @@ async fn followers_keep_every_event_once_while_their_replica_is_killed_and_resta
         assert!(f.connections() >= 2, "{}: it reconnected", f.label);
     }
     drop(a);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_stream_is_reopened_after_the_idle_timeout_and_loses_nothing() {
+    // Keep-alives every 30 s: a follower that tolerates 400 ms of silence reopens its stream.
+    let r = start_memory("client-idle", &[("FANOUT_KEEPALIVE_SECS", "30")]).await;
+    let follower = Follower::builder(base(&r))
+        .idle_timeout(Duration::from_millis(400))
+        .backoff(Duration::from_millis(20), Duration::from_millis(100))
+        .spawn()
+        .expect("follower");
+    let seen = Collected::start("idle follower", follower).await;
+    wait_until("the silent stream reopened twice", SOON, || async {
+        seen.connections() >= 3
+    })
+    .await
+    .expect("reopened after the idle timeout");
+    let publisher = Publisher::new(base(&r)).token(ADMIN_TOKEN);
+    let mut published = Vec::new();
+    for _ in 0..5 {
+        let id = publisher
+            .publish(&Notification::new("notifications/test/idle"))
+            .await
+            .expect("publish");
+        published.push(id.to_string());
+    }
+    seen.expect_exactly(&published, SOON).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_stream_ends_the_follower_with_the_servers_error() {
+    let r = start_memory(
+        "client-refused",
+        &[
+            ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_SECRET", "not-shared"),
+        ],
+    )
+    .await;
+    let mut follower = Follower::builder(base(&r))
+        .token("not-a-jwt")
+        .spawn()
+        .expect("follower");
+    let item = tokio::time::timeout(SOON, follower.next())
+        .await
+        .expect("an item");
+    match item {
+        Some(Err(mcp_fanout_client::FollowError::Refused(e))) => {
+            assert_eq!(e.status, 401, "{e}");
+            assert!(!e.code.is_empty() && !e.message.is_empty(), "{e}");
+        }
+        other => panic!("expected the refusal, got {other:?}"),
+    }
+    let end = tokio::time::timeout(SOON, follower.next())
+        .await
+        .expect("the end");
+    assert!(end.is_none(), "the refusal is the last item: {end:?}");
+    assert!(!follower.status().connected);
 }
