@@ -279,8 +279,8 @@ struct Message {
 enum Ended {
     /// The server ended it cleanly, with this reconnect hint.
     Clean { retry: Option<Duration> },
-    /// The connection broke.
-    Broken(String),
+    /// The connection broke; `received`: after the stream carried something (so it worked).
+    Broken { why: String, received: bool },
     /// The application dropped the follower.
     Closed,
 }
@@ -346,7 +346,10 @@ async fn run(
                         tracing::debug!(url = %url, retry_ms = retry.map(|r| r.as_millis() as u64), "the server ended the stream; resuming");
                         retry.unwrap_or_else(|| jitter(cfg.initial_backoff))
                     }
-                    Ended::Broken(why) => {
+                    Ended::Broken { why, received } => {
+                        if received {
+                            backoff.reset();
+                        }
                         let pause = backoff.next_delay();
                         tracing::debug!(url = %url, error = %why, pause_ms = pause.as_millis() as u64, "the stream broke; resuming");
                         pause
@@ -429,6 +432,7 @@ async fn read(
     let mut retry = None;
     // The id-less list_changed of a resync arrived; the priming frame that follows gives the head.
     let mut resyncing = false;
+    let mut received = false;
     loop {
         let block = tokio::select! {
             block = blocks.next() => block,
@@ -439,8 +443,14 @@ async fn read(
         } = match block {
             None => return Ended::Clean { retry },
             Some(Ok(block)) => block,
-            Some(Err(e)) => return Ended::Broken(error_chain(&e)),
+            Some(Err(e)) => {
+                return Ended::Broken {
+                    why: error_chain(&e),
+                    received,
+                }
+            }
         };
+        received = true;
         if let Some(ms) = r {
             retry = Some(Duration::from_millis(ms));
         }
