@@ -1,6 +1,9 @@
 //! `mcp-fanout publish`: one notification through the admin endpoint; prints the answer.
 
+use std::time::Duration;
+
 use clap::Args;
+use mcp_fanout_client::{Notification, Publisher};
 use serde_json::{json, Value};
 
 use super::CliError;
@@ -33,47 +36,35 @@ pub struct PublishArgs {
     /// Pause between repeats, in milliseconds.
     #[arg(long, default_value_t = 1000)]
     pub interval_ms: u64,
+    /// Keep retrying this many seconds while the service is unreachable or answers 502/503/504
+    /// (each publish carries an idempotency key, so a retry never publishes twice); 0 = once.
+    #[arg(long, default_value_t = 10)]
+    pub retry_secs: u64,
 }
 
 pub async fn run(args: PublishArgs) -> Result<(), CliError> {
-    let mut body = json!({ "method": args.method });
+    let mut n = Notification::new(args.method.as_str());
     if let Some(p) = &args.params {
         // Parsed as the server parses bodies: a repeated key is an error, not silently dropped.
         let params = parse_json(p.as_bytes()).map_err(|e| CliError::Params(e.to_string()))?;
         if !params.is_object() {
             return Err(CliError::Params("expected an object".into()));
         }
-        body["params"] = params;
+        n = n.params(params);
     }
-    for (field, value) in [
-        ("tenant", &args.tenant),
-        ("session", &args.session),
-        ("key", &args.key),
-    ] {
-        if let Some(v) = value {
-            body[field] = Value::from(v.as_str());
-        }
+    n.tenant = args.tenant;
+    n.session = args.session;
+    n.key = args.key;
+    let mut publisher = Publisher::new(&args.url).retry_for(Duration::from_secs(args.retry_secs));
+    if let Some(t) = &args.token {
+        publisher = publisher.token(t);
     }
-    let url = format!("{}/admin/publish", args.url.trim_end_matches('/'));
-    let client = reqwest::Client::new();
     for attempt in 0..args.repeat {
         if attempt > 0 {
-            tokio::time::sleep(std::time::Duration::from_millis(args.interval_ms)).await;
+            tokio::time::sleep(Duration::from_millis(args.interval_ms)).await;
         }
-        let mut req = client.post(&url).json(&body);
-        if let Some(t) = &args.token {
-            req = req.bearer_auth(t);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            return Err(CliError::Refused {
-                status: status.as_u16(),
-                body: text,
-            });
-        }
-        println!("{text}");
+        let id = publisher.publish(&n).await?;
+        println!("{}", json!({ "id": id }));
     }
     Ok(())
 }

@@ -1,10 +1,12 @@
-//! `mcp-fanout subscribe`: opens the SSE stream and prints `<id> <json>` per event.
+//! `mcp-fanout subscribe`: follows the SSE stream (resuming with `Last-Event-ID` across
+//! disconnects) and prints `<id> <json>` per event.
 
 use std::io::Write;
 use std::time::Duration;
 
 use clap::Args;
 use futures::StreamExt;
+use mcp_fanout_client::{Follower, Item};
 
 use super::CliError;
 
@@ -22,7 +24,7 @@ pub struct SubscribeArgs {
     /// Subscriber bearer token (JWT mode).
     #[arg(long, env = "FANOUT_SUBSCRIBER_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Exit after this many events (0 = run until the stream ends).
+    /// Exit after this many items (events, and `resync <head>` lines; 0 = run until stopped).
     #[arg(long, default_value_t = 0)]
     pub count: u64,
     /// Fail if no event arrives within this many seconds (0 = wait forever).
@@ -34,83 +36,57 @@ pub struct SubscribeArgs {
 }
 
 pub async fn run(args: SubscribeArgs) -> Result<(), CliError> {
-    let url = format!("{}/mcp", args.url.trim_end_matches('/'));
-    let mut req = reqwest::Client::new()
-        .get(url)
-        .header("accept", "text/event-stream")
-        .header("mcp-protocol-version", "2025-06-18");
+    let mut builder = Follower::builder(&args.url);
     if let Some(id) = &args.last_event_id {
-        req = req.header("last-event-id", id);
+        builder = builder.last_event_id(id);
     }
     if let Some(s) = &args.session {
-        req = req.header("mcp-session-id", s);
+        builder = builder.session(s);
     }
     if let Some(t) = &args.token {
-        req = req.bearer_auth(t);
+        builder = builder.token(t);
     }
-    let resp = req.send().await?;
-    let status = resp.status();
-    if !status.is_success() {
-        return Err(CliError::Refused {
-            status: status.as_u16(),
-            body: resp.text().await.unwrap_or_default(),
-        });
-    }
+    let mut follower = builder.spawn()?;
     let mut out = std::io::stdout().lock();
+    let limit = (args.timeout > 0).then(|| Duration::from_secs(args.timeout));
+    // An item that arrived while waiting for the stream to open (after a quick end and reopen).
+    let mut first = None;
     if args.announce {
+        let mut status = follower.watch_status();
+        // The status sender goes away only when the follower stops (refused): `next` says why.
+        let item = tokio::select! {
+            biased;
+            Ok(_) = status.wait_for(|s| s.connected) => None,
+            item = follower.next() => Some(item),
+        };
+        match item {
+            Some(Some(Err(e))) => return Err(e.into()),
+            Some(item) => first = Some(item),
+            None => {}
+        }
         writeln!(out, "ready")?;
         out.flush()?;
     }
-    let mut body = resp.bytes_stream();
-    let mut buf: Vec<u8> = Vec::new();
     let mut got = 0u64;
-    // The deadline counts from the last *event*, not the last chunk: keep-alives do not reset it.
-    let mut deadline =
-        (args.timeout > 0).then(|| tokio::time::Instant::now() + Duration::from_secs(args.timeout));
     loop {
-        let next = match deadline {
-            Some(d) => match tokio::time::timeout_at(d, body.next()).await {
-                Ok(n) => n,
-                Err(_) => return Err(CliError::Timeout(args.timeout)),
-            },
-            None => body.next().await,
+        // The deadline counts from the last item: keep-alives and reconnects do not reset it.
+        let next = match (first.take(), limit) {
+            (Some(item), _) => item,
+            (None, Some(d)) => tokio::time::timeout(d, follower.next())
+                .await
+                .map_err(|_| CliError::Timeout(args.timeout))?,
+            (None, None) => follower.next().await,
         };
-        let Some(chunk) = next else { break };
-        buf.extend_from_slice(&chunk?);
-        while let Some(end) = find_block_end(&buf) {
-            let block: Vec<u8> = buf.drain(..end + 2).collect();
-            let text = String::from_utf8_lossy(&block);
-            let (mut id, mut data) = (None, None);
-            for line in text.lines() {
-                if let Some(v) = line.strip_prefix("id: ") {
-                    id = Some(v.to_owned());
-                } else if let Some(v) = line.strip_prefix("data: ") {
-                    data = Some(v.to_owned());
-                }
-            }
-            if let Some(data) = data.filter(|d| !d.is_empty()) {
-                writeln!(out, "{} {data}", id.as_deref().unwrap_or("-"))?;
-                out.flush()?;
-                got += 1;
-                if let Some(d) = deadline.as_mut() {
-                    *d = tokio::time::Instant::now() + Duration::from_secs(args.timeout);
-                }
-                if args.count > 0 && got >= args.count {
-                    return Ok(());
-                }
-            }
+        match next {
+            None => return Ok(()),
+            Some(Err(e)) => return Err(e.into()),
+            Some(Ok(Item::Event(e))) => writeln!(out, "{} {}", e.id, e.message)?,
+            Some(Ok(Item::Resync(r))) => writeln!(out, "resync {}", r.head)?,
+        }
+        out.flush()?;
+        got += 1;
+        if args.count > 0 && got >= args.count {
+            return Ok(());
         }
     }
-    if args.count > 0 {
-        return Err(CliError::Ended {
-            wanted: args.count,
-            got,
-        });
-    }
-    Ok(())
-}
-
-/// Index of the first `\n\n` (end of an SSE block).
-fn find_block_end(buf: &[u8]) -> Option<usize> {
-    buf.windows(2).position(|w| w == b"\n\n")
 }

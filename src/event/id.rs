@@ -57,29 +57,17 @@ impl Cursor {
             return Ok(Cursor::Absent);
         }
         Ok(match parse_ours(text) {
-            Some((epoch, seq)) => Cursor::At {
-                epoch: epoch.to_owned(),
-                seq,
-            },
+            Some((epoch, seq)) => Cursor::At { epoch, seq },
             None => Cursor::Foreign(text.to_owned()),
         })
     }
 }
 
-fn parse_ours(text: &str) -> Option<(&str, u64)> {
-    let (epoch, seq) = text.split_once('-')?;
-    let epoch_ok = !epoch.is_empty()
-        && epoch.len() <= 32
-        && epoch
-            .bytes()
-            .all(|b| b.is_ascii_digit() || b.is_ascii_lowercase());
-    let seq_ok = !seq.is_empty()
-        && seq.bytes().all(|b| b.is_ascii_digit())
-        && (seq == "0" || !seq.starts_with('0'));
-    if !(epoch_ok && seq_ok) {
-        return None;
-    }
-    Some((epoch, seq.parse().ok()?))
+/// `<epoch>-<seq>`: the grammar of the ids this service writes, kept in one place, the client
+/// crate's [`mcp_fanout_client::EventId`].
+fn parse_ours(text: &str) -> Option<(String, u64)> {
+    let id: mcp_fanout_client::EventId = text.parse().ok()?;
+    Some((id.epoch().to_owned(), id.seq()))
 }
 
 /// A fresh random epoch: 16 base-36 characters.

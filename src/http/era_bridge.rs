@@ -294,34 +294,26 @@ async fn handshake(up: &Upstream, credentials: &Credentials) -> Result<Handshake
 }
 
 /// The first JSON-RPC message of an answer: its JSON body, or the first `data:` of its SSE
-/// body that parses (read only until then: an SSE answer may stay open).
-async fn first_message(mut resp: reqwest::Response) -> Result<Value, BridgeError> {
+/// body that is an answer (read only until then: an SSE answer may stay open).
+async fn first_message(resp: reqwest::Response) -> Result<Value, BridgeError> {
     let sse = resp
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let mut buf = Vec::new();
-    while let Some(chunk) = resp.chunk().await? {
-        buf.extend_from_slice(&chunk);
-        if sse {
-            if let Some(msg) = sse_message(&buf) {
-                return Ok(msg);
-            }
+    if !sse {
+        let body = resp.bytes().await?;
+        return Ok(serde_json::from_slice(&body).unwrap_or(Value::Null));
+    }
+    let mut messages = mcp_fanout_client::sse::messages(resp.bytes_stream());
+    while let Some(msg) = futures::StreamExt::next(&mut messages).await {
+        match msg {
+            Ok(v) if v.get("result").is_some() || v.get("error").is_some() => return Ok(v),
+            Ok(_) => {}
+            Err(e) => return Err(BridgeError::NoResult(format!("its stream failed: {e}"))),
         }
     }
-    if sse {
-        return Ok(sse_message(&buf).unwrap_or(Value::Null));
-    }
-    Ok(serde_json::from_slice(&buf).unwrap_or(Value::Null))
-}
-
-fn sse_message(buf: &[u8]) -> Option<Value> {
-    let text = std::str::from_utf8(buf).ok()?;
-    text.lines()
-        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("data:"))
-        .find_map(|d| serde_json::from_str::<Value>(d.trim_start()).ok())
-        .filter(|v| v.get("result").is_some() || v.get("error").is_some())
+    Ok(Value::Null)
 }
 
 /// The client's headers with the handshake's protocol version and session.

@@ -383,6 +383,12 @@ struct SseRewrite<S> {
 /// Rewrites the `data:` of SSE blocks carrying the result, relaying every block as it completes.
 /// A block that grows past `max_bytes` without ending is relayed unmodified, and so is the rest
 /// of the stream after it.
+///
+/// The one SSE code in `src/` that does not use the shared parser (`mcp_fanout_client::sse`, the
+/// `sse-stream` crate): a relay must pass the upstream's bytes through unchanged — its `event:`
+/// and `id:` lines, comments, line endings (CRLF or LF), field order — and rewrite only the one
+/// `data:` line it patches. A parser yields decoded fields, so re-encoding its output would
+/// change the other bytes (and drop comments); this splits blocks and lines without decoding.
 fn rewrite_sse<E: std::error::Error + Send + Sync + 'static, S>(
     upstream: S,
     patch: Patch,

@@ -600,6 +600,50 @@ pub async fn run_to_success(what: &str, program: &Path, args: &[&str]) {
     );
 }
 
+/// The official Python SDK 2.x client calling one tool (`tests/e2e/py2/call.py`); it prints a
+/// `called` line with the result and exits.
+pub fn py2_call(label: &str, url: &str, tool: &str, arguments: &Value) -> Proc {
+    ensure_setup();
+    let s = script("py2/call.py");
+    let args = arguments.to_string();
+    let argv = [s.to_str().expect("utf-8 path"), url, tool, args.as_str()];
+    Proc::spawn(label, &python("py2"), &argv, &[])
+}
+
+/// The rmcp server of `clients/rust/examples/rmcp_listen.rs` (cargo builds it with the
+/// workspace's examples: `cargo build -p mcp-fanout-client --example rmcp_listen`), or
+/// `$RMCP_LISTEN_BIN`.
+pub fn rmcp_listen_bin() -> PathBuf {
+    let found = std::env::var_os("RMCP_LISTEN_BIN")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let exe = std::env::current_exe().ok()?;
+            let profile = exe.parent()?.parent()?;
+            Some(profile.join("examples/rmcp_listen"))
+        })
+        .filter(|p| p.is_file());
+    found.unwrap_or_else(|| {
+        panic!(
+            "the rmcp_listen example is not built: run `cargo build -p mcp-fanout-client \
+             --example rmcp_listen` (cargo test --workspace builds it), or set RMCP_LISTEN_BIN"
+        )
+    })
+}
+
+/// Starts the rmcp example server on a free port, publishing to and following the mcp-fanout at
+/// `fanout` (base URL) with the admin `token`; returns it and its MCP endpoint URL once it
+/// listens.
+pub async fn rmcp_listen(label: &str, fanout: &str, token: &str) -> (Proc, String) {
+    let bin = rmcp_listen_bin();
+    let args = ["--port", "0", "--fanout", fanout, "--token", token];
+    let proc = Proc::spawn(label, &bin, &args, &[("RUST_LOG", "info,rmcp=warn")]);
+    let (_, line) = proc
+        .wait_kind("listening", 0, Duration::from_secs(20))
+        .await;
+    let addr = line.value["addr"].as_str().unwrap_or_default().to_string();
+    (proc, format!("http://{addr}/mcp"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // The GET streams of a legacy client, from its `get` / `sse` / `get_end` lines.
 

@@ -74,6 +74,7 @@ async def main(url: str, prompts: bool, resources: bool, call: bool, tools: bool
 if __name__ == "__main__":
     flags = sys.argv[2:]
     uris = [flags[i + 1] for i, f in enumerate(flags[:-1]) if f == "--uri"]
+    uris += [f.removeprefix("--uri=") for f in flags if f.startswith("--uri=")]
     anyio.run(
         main,
         sys.argv[1],
