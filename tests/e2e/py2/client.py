@@ -14,7 +14,7 @@ refetch of the tool list on every event. Prints one JSON line per thing the test
   version (an upstream that does not speak 2026-07-28);
 - {"kind": "error", "error"}: an exception the session surfaced.
 
-Usage: client.py URL [--prompts] [--resources] [--call] [--no-tools] [--uri URI]...
+Usage: client.py URL [--prompts] [--resources] [--call] [--no-tools] [--uri URI | --uri=URI]...
   (also opt into prompts / resources list_changed; call a tool before listening; do not opt into
   tools list_changed; subscribe to `notifications/resources/updated` for URI — the event line
   then carries its "uri")
