@@ -139,7 +139,12 @@ async fn serve(config: ServeConfig) -> Result<(), StartError> {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!(role = "admin", addr = %addr, "listening");
         }
-        let task = servers.spawn(server::serve(listener, slot, admin_opts, stop_accepting.clone()));
+        let task = servers.spawn(server::serve(
+            listener,
+            slot,
+            admin_opts,
+            stop_accepting.clone(),
+        ));
         roles.push((task.id(), "admin"));
     }
 
