@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use clap::Args;
 use mcp_fanout_client::{Notification, Publisher};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::CliError;
 use crate::event::parse_json;

@@ -268,6 +268,8 @@ mod tests {
             handoff: Default::default(),
             peer,
             socket: SocketState::default(),
+            slot: None,
+            exchanges: Default::default(),
         };
         let limit = Duration::from_millis(300);
         let mut guarded = StallGuard::new(server_side, limit, info.clone(), TaskTracker::new());
