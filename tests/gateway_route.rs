@@ -1,7 +1,8 @@
-//! The MCP 2026-07-28 gateway route, as documented (`docs/gateway/nginx.conf`, run as it is with
-//! its addresses replaced): a real nginx sends POSTs whose `Mcp-Method` is `subscriptions/listen`
-//! to mcp-fanout, which serves the stream itself, and everything else to the MCP server (the Python
-//! SDK 2.x `MCPServer`, publishing through `FanoutSubscriptionBus`).
+//! The MCP 2026-07-28 gateway route, as documented (`docs/gateway/nginx.conf` and
+//! `docs/gateway/haproxy.cfg`, each run as it is with its addresses replaced): a real nginx, or a
+//! real HAProxy, sends POSTs whose `Mcp-Method` is `subscriptions/listen` to mcp-fanout, which
+//! serves the stream itself, and everything else to the MCP server (the Python SDK 2.x
+//! `MCPServer`, publishing through `FanoutSubscriptionBus`).
 //!
 //! Official 2026-07-28 clients (Python SDK 2.x `Client.listen`, TypeScript SDK 2.x
 //! `client.listen`) use the one gateway URL: discovery and tool calls reach the MCP server, both
@@ -10,28 +11,25 @@
 
 mod e2e;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use e2e::{call_tools, py2_client, repo, ts2_client, Proc, Upstream};
-use mcp_fanout_testkit::{Deployment, Nginx, ADMIN_TOKEN};
+use mcp_fanout_testkit::{Deployment, HaProxy, Nginx, Replica, ADMIN_TOKEN};
 
 const STEP: Duration = Duration::from_secs(60);
 const A: &str = "file:///a";
 
-/// The recipe with its placeholder addresses (MCP servers `127.0.0.1:3000`, mcp-fanout
-/// `127.0.0.1:8080`, `listen 8000`) replaced.
-fn recipe(mcp_server: &str, fanout: &str, listen: &str) -> String {
-    let path = repo().join("docs/gateway/nginx.conf");
+/// A documented recipe (`docs/gateway/<file>`) with each `(placeholder, replacement)` applied;
+/// panics unless every placeholder is in it.
+fn recipe(file: &str, replace: &[(String, String)]) -> String {
+    let path = repo().join("docs/gateway").join(file);
     let text =
         std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
     let mut out = text.clone();
-    for (from, to) in [
-        ("server 127.0.0.1:3000;", format!("server {mcp_server};")),
-        ("server 127.0.0.1:8080;", format!("server {fanout};")),
-        ("listen 8000;", format!("listen {listen};")),
-    ] {
+    for (from, to) in replace {
         assert!(out.contains(from), "the recipe has `{from}`:\n{text}");
-        out = out.replace(from, &to);
+        out = out.replace(from.as_str(), to);
     }
     out
 }
@@ -47,10 +45,10 @@ fn events(p: &Proc) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn official_2026_clients_listen_on_mcp_fanout_through_the_nginx_gateway_route() {
+/// An mcp-fanout replica and the Python SDK 2.x `MCPServer` publishing through it: the replica,
+/// the server process, and their `host:port` addresses (server, mcp-fanout).
+async fn fanout_and_server(dep: &Deployment) -> (Replica, Upstream, String, String) {
     e2e::ensure_setup();
-    let dep = Deployment::fresh("gateway").await.with_admin();
     let fanout = dep.replica("fanout", &[]).await;
     let fanout_url = fanout.public_url("");
     let server = Upstream::py2bus(
@@ -68,11 +66,84 @@ async fn official_2026_clients_listen_on_mcp_fanout_through_the_nginx_gateway_ro
         .trim_end_matches("/mcp")
         .to_string();
     let fanout_addr = fanout.public_addr().to_string();
-    let lb = Nginx::start(|listen| recipe(&server_addr, &fanout_addr, listen)).await;
-    let url = format!("http://{}/mcp", lb.addr);
+    (fanout, server, server_addr, fanout_addr)
+}
 
-    let py = py2_client("py-through-gateway", &url, &["--uri", A]);
-    let ts = ts2_client("ts-through-gateway", &url, &["--uri", A]);
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_2026_clients_listen_on_mcp_fanout_through_the_nginx_gateway_route() {
+    through(Gateway::Nginx).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn official_2026_clients_listen_on_mcp_fanout_through_the_haproxy_gateway_route() {
+    through(Gateway::HaProxy).await;
+}
+
+enum Gateway {
+    Nginx,
+    HaProxy,
+}
+
+/// The route through `gateway` running its documented config, the MCP server and mcp-fanout
+/// behind it.
+async fn through(gateway: Gateway) {
+    let schema = match gateway {
+        Gateway::Nginx => "gateway_nginx",
+        Gateway::HaProxy => "gateway_haproxy",
+    };
+    let dep = Deployment::fresh(schema).await.with_admin();
+    let (fanout, _server, server, fanout_addr) = fanout_and_server(&dep).await;
+    // Each recipe's placeholders: the MCP servers at 127.0.0.1:3000, mcp-fanout at
+    // 127.0.0.1:8080, the gateway on port 8000.
+    let (_running, addr): (Box<dyn std::any::Any>, SocketAddr) = match gateway {
+        Gateway::Nginx => {
+            let lb = Nginx::start(|listen| {
+                recipe(
+                    "nginx.conf",
+                    &[
+                        ("server 127.0.0.1:3000;".into(), format!("server {server};")),
+                        (
+                            "server 127.0.0.1:8080;".into(),
+                            format!("server {fanout_addr};"),
+                        ),
+                        ("listen 8000;".into(), format!("listen {listen};")),
+                    ],
+                )
+            })
+            .await;
+            let addr = lb.addr;
+            (Box::new(lb), addr)
+        }
+        Gateway::HaProxy => {
+            let lb = HaProxy::start(|listen| {
+                recipe(
+                    "haproxy.cfg",
+                    &[
+                        (
+                            "server mcp1 127.0.0.1:3000".into(),
+                            format!("server mcp1 {server}"),
+                        ),
+                        (
+                            "server fanout1 127.0.0.1:8080".into(),
+                            format!("server fanout1 {fanout_addr}"),
+                        ),
+                        ("bind :8000".into(), format!("bind {listen}")),
+                    ],
+                )
+            })
+            .await;
+            let addr = lb.addr;
+            (Box::new(lb), addr)
+        }
+    };
+    clients_listen_through(&format!("http://{addr}/mcp"), &fanout).await;
+}
+
+/// Both official 2026 clients listen through the gateway at `url` (subscribed to [`A`]), tool calls
+/// through it publish, and each hears its filter's events once, in order.
+async fn clients_listen_through(url: &str, fanout: &Replica) {
+    let py = py2_client("py-through-gateway", url, &["--uri", A]);
+    let ts = ts2_client("ts-through-gateway", url, &["--uri", A]);
     for p in [&py, &ts] {
         let (_, connected) = p.wait_kind("connected", 0, STEP).await;
         assert_eq!(
@@ -100,7 +171,7 @@ async fn official_2026_clients_listen_on_mcp_fanout_through_the_nginx_gateway_ro
     // Tool calls through the gateway reach the MCP server, which publishes through mcp-fanout.
     call_tools(
         "calls-through-gateway",
-        &url,
+        url,
         &[
             "touch_tools",
             r#"touch_resource:{"uri":"file:///b"}"#,

@@ -28,6 +28,7 @@
 //! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
 //! - [`h2c`]: HTTP/2 over cleartext with the `h2` crate, each stream's flow-control window in the
 //!   test's hands (streams that never open it, streams read as fast as they come).
+//! - [`nginx`], [`haproxy`]: real load balancers and gateways in front of replicas.
 //! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer).
 
 pub mod bodies;
@@ -39,6 +40,7 @@ pub mod error_shape;
 pub mod flow;
 pub mod follow;
 pub mod h2c;
+pub mod haproxy;
 pub mod hostile;
 pub mod http;
 pub mod identity;
@@ -64,6 +66,7 @@ pub use delivery::{assert_identical_frames, expect_exactly, follow_all, interest
 pub use deployment::Deployment;
 pub use error::{Error, Result};
 pub use follow::{Followed, Follower, Received};
+pub use haproxy::HaProxy;
 pub use http::{error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, RawResponse};
 pub use launch::{
     bin, start, start_memory, start_owned, start_with_open_files, with_admin, ADMIN_TOKEN,

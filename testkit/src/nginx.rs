@@ -3,11 +3,10 @@
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::Stdio;
 
 use tokio::process::{Child, Command};
 
-use crate::wait::{wait_until, SOON};
+use crate::wait::spawn_listening;
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 
@@ -61,23 +60,18 @@ impl Nginx {
         );
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let child = Command::new(NGINX)
-            .arg("-p")
-            .arg(dir.path())
-            .arg("-c")
-            .arg(&conf_path)
-            .arg("-e")
-            .arg(dir.path().join("error.log"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start nginx");
-        wait_until("nginx listening", SOON, || async {
-            tokio::net::TcpStream::connect(addr).await.is_ok()
-        })
-        .await
-        .expect("nginx starts");
+        let child = spawn_listening(
+            "nginx",
+            Command::new(NGINX)
+                .arg("-p")
+                .arg(dir.path())
+                .arg("-c")
+                .arg(&conf_path)
+                .arg("-e")
+                .arg(dir.path().join("error.log")),
+            addr,
+        )
+        .await;
         Nginx {
             _child: child,
             _dir: dir,
