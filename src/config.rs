@@ -155,7 +155,7 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_RETRY_MS", default_value_t = 2000)]
     pub retry_ms: u64,
 
-    /// Coalescing window (ms) of list_changed notifications; 0 = off (see the README).
+    /// Coalescing window (ms) of list_changed notifications; 0 = off (see docs/configuration.md).
     #[arg(long, env = "FANOUT_COALESCE_MS", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=10_000))]
     pub coalesce_ms: u64,
 
@@ -207,7 +207,7 @@ pub struct ServeConfig {
     pub body_timeout_secs: u64,
 
     /// Most open connections on the public listener; past it, new ones wait in the kernel's
-    /// listen backlog. Default: derived from the open-file limit (see the README).
+    /// listen backlog. Default: derived from the open-file limit (see docs/configuration.md).
     #[arg(long, env = "FANOUT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 

@@ -1,7 +1,7 @@
-//! The layout reads top-down (README "Architecture"): `http` → `state` → (`session`, `cluster`,
-//! `broadcast`, `log`, …). No top-level module of `src/` may reach, directly or through others, a
-//! module that reaches back to it: lower modules take the handles they need (a broadcaster, a
-//! store, a few fields), never the whole `AppState`, and never the HTTP edge's types.
+//! The layout reads top-down (docs/architecture.md, the numbered list between its `layers`
+//! markers): a top-level module of `src/` may use (name with `crate::`) only modules of a lower
+//! layer. Lower modules take the handles they need (a broadcaster, a store, a few fields), never the
+//! whole `AppState`, and never the HTTP edge's types.
 //!
 //! Reads the sources as text: every `crate::<module>` path outside a comment is an edge.
 
@@ -79,6 +79,65 @@ fn cycle_from(graph: &Graph, start: &str) -> Option<Vec<String>> {
     }
     let mut path = vec![start.to_string()];
     walk(graph, start, start, &mut path).then_some(path)
+}
+
+/// The documented layers, top first: each numbered line between the `layers` markers of
+/// docs/architecture.md, its backquoted module names.
+fn documented_layers() -> Vec<Vec<String>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/architecture.md");
+    let text = std::fs::read_to_string(&path).expect("read docs/architecture.md");
+    let begin = text
+        .find("<!-- layers: begin -->")
+        .expect("docs/architecture.md marks its layer list");
+    let end = text
+        .find("<!-- layers: end -->")
+        .expect("docs/architecture.md ends its layer list");
+    text[begin..end]
+        .lines()
+        .filter(|l| l.trim_start().starts_with(|c: char| c.is_ascii_digit()))
+        .map(|l| {
+            let names = l.split(" — ").next().unwrap_or(l);
+            names
+                .split('`')
+                .skip(1)
+                .step_by(2)
+                .map(str::to_string)
+                .collect()
+        })
+        .collect()
+}
+
+#[test]
+fn every_import_goes_down_the_documented_layers() {
+    let graph = module_graph();
+    let layers = documented_layers();
+    assert!(layers.len() > 3, "the documented layers: {layers:?}");
+    let layer_of = |m: &str| layers.iter().position(|l| l.iter().any(|n| n == m));
+    let unlisted: Vec<&String> = graph.keys().filter(|m| layer_of(m).is_none()).collect();
+    assert!(
+        unlisted.is_empty(),
+        "top-level modules missing from the layer list of docs/architecture.md: {unlisted:?}"
+    );
+    let mut upward = Vec::new();
+    for (module, deps) in &graph {
+        let from = layer_of(module).unwrap_or(usize::MAX);
+        for dep in deps {
+            match layer_of(dep) {
+                Some(to) if to > from => {}
+                Some(to) => upward.push(format!(
+                    "{module} (layer {}) uses {dep} (layer {})",
+                    from + 1,
+                    to + 1
+                )),
+                None => upward.push(format!("{module} uses {dep}, which is not listed")),
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports that do not go down the layers of docs/architecture.md:\n{}",
+        upward.join("\n")
+    );
 }
 
 #[test]
