@@ -17,6 +17,7 @@ pub mod http;
 pub mod log;
 pub mod mcp;
 pub mod metrics;
+pub mod replica;
 pub mod server;
 pub mod session;
 pub mod shutdown;

@@ -1,0 +1,145 @@
+//! A serving replica as a process: its listeners, its state, its background tasks and its one
+//! shutdown sequence ([`drain`]). `main` parses the command line and calls [`serve`].
+
+mod drain;
+mod listeners;
+mod open;
+mod tasks;
+
+use std::time::Duration;
+
+use crate::config::ServeConfig;
+use crate::http;
+use crate::log::postgres::DbError;
+use crate::server::{ConnOptions, RouterSlot};
+use crate::shutdown::ShutdownSignal;
+use crate::supervise::Supervisor;
+use listeners::Listeners;
+use tokio_util::sync::CancellationToken;
+
+/// Why a replica could not start, or stopped with a failure.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot bind {addr}: {source}")]
+    Bind {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    State(#[from] crate::state::StateError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("subscriber auth: {0}")]
+    Auth(#[from] crate::auth::AuthConfigError),
+    #[error(
+        "the {role} listener stopped while the replica was serving; exiting so it is restarted"
+    )]
+    ListenerStopped { role: &'static str },
+}
+
+/// Serves until SIGTERM/SIGINT, then runs the shutdown sequence. Probes are answered from the
+/// moment the listeners are bound (503 until the state is ready); a signal while starting stops
+/// at once.
+pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let mut signals = ShutdownSignal::install();
+    let open_files = raise_open_file_limit();
+    let public = listeners::bind("public", config.addr)?;
+    let public_addr = public.addr;
+    let admin = match config.admin_addr {
+        Some(addr) => Some(listeners::bind("admin", addr)?),
+        None => None,
+    };
+    let starting = || RouterSlot::new(http::starting(config.retry_ms));
+    let public_slot = starting();
+    let admin_slot = admin.as_ref().map(|_| starting());
+    let mut listeners = Listeners::new();
+    let (public_opts, admin_opts) = conn_options(&config, open_files);
+    listeners.serve(public, public_slot.clone(), public_opts);
+    if let (Some(bound), Some(slot)) = (admin, admin_slot.clone()) {
+        listeners.serve(bound, slot, admin_opts);
+    }
+    let grace = Duration::from_secs(config.shutdown_grace_secs);
+
+    let (st, db) = tokio::select! {
+        built = open::build_state(&config, open_files) => built?,
+        _ = signals.recv() => {
+            drain::before_serving(listeners, grace).await;
+            return Ok(());
+        }
+    };
+    let _ = st.cluster.public_addr.set(public_addr);
+    if st.admin_tokens.is_empty() {
+        tracing::warn!(
+            "no admin tokens configured: /admin/* answers only loopback requests to localhost"
+        );
+    }
+    let stop_tasks = CancellationToken::new();
+    let sup = Supervisor::new(st.metrics.clone(), stop_tasks.clone());
+    let heartbeat = tasks::start(&sup, &st, &config, db);
+    let (public_router, admin_router) = http::app(st.clone());
+    public_slot.set(public_router);
+    if let (Some(slot), Some(router)) = (admin_slot, admin_router) {
+        slot.set(router);
+    }
+    tracing::info!(
+        replica = %st.cluster.replica_id,
+        epoch = st.log.epoch(),
+        max_subscribers = st.broadcaster.capacity(),
+        "serving"
+    );
+
+    tokio::select! {
+        _ = signals.recv() => {}
+        role = listeners.one_stopped() => {
+            stop_tasks.cancel();
+            return Err(ServeError::ListenerStopped { role });
+        }
+    }
+    let running = drain::Running {
+        listeners,
+        stop_tasks,
+        heartbeat,
+    };
+    let timings = drain::Timings {
+        drain: Duration::from_secs(config.drain_secs),
+        grace,
+    };
+    drain::run(&st, running, timings).await;
+    Ok(())
+}
+
+/// The public and admin listeners' connection options: the same deadlines, each its own cap.
+fn conn_options(config: &ServeConfig, open_files: u64) -> (ConnOptions, ConnOptions) {
+    let (public_cap, admin_cap) = config.connection_caps(open_files);
+    tracing::info!(
+        max_connections = public_cap,
+        admin_max_connections = admin_cap,
+        "connection caps"
+    );
+    let public = ConnOptions {
+        write_stall: config.write_stall(),
+        first_request: Duration::from_secs(config.first_request_secs),
+        idle: Duration::from_secs(config.idle_secs),
+        max_connections: public_cap,
+    };
+    let admin = ConnOptions {
+        max_connections: admin_cap,
+        ..public
+    };
+    (public, admin)
+}
+
+/// Raises the soft open-file limit to the hard one; returns the limit in force.
+fn raise_open_file_limit() -> u64 {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => {
+            tracing::info!(open_files = n, "open-file limit");
+            n
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the open-file limit; assuming 1024");
+            1024
+        }
+    }
+}

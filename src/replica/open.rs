@@ -1,0 +1,136 @@
+//! Building the replica's state: in memory at once, or on Postgres once the database is reachable
+//! and migrated, with the tasks Postgres mode runs.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::ServeError;
+use crate::auth::SubscriberAuth;
+use crate::bridge::backoff::Backoff;
+use crate::bridge::Bridge;
+use crate::cluster::PgCluster;
+use crate::config::{self, MigrateMode, ServeConfig};
+use crate::log::postgres::retention::Retention;
+use crate::log::postgres::writer::WriterTask;
+use crate::log::postgres::{connect, migrate, timed, DbError, PgLog};
+use crate::log::EventLog;
+use crate::session::postgres::PgSessions;
+use crate::state::{AppState, State};
+
+/// The Postgres-mode tasks, started (and supervised) once the state is built.
+pub struct DbTasks {
+    pub bridge: Arc<Bridge>,
+    pub writer: WriterTask,
+    pub pool: deadpool_postgres::Pool,
+    pub retention: Retention,
+}
+
+/// The replica's state: in memory, or on Postgres once the database is reachable and migrated
+/// (retrying with backoff meanwhile; `/readyz` answers 503 until then), with the tasks Postgres
+/// mode runs.
+pub async fn build_state(
+    config: &ServeConfig,
+    open_files: u64,
+) -> Result<(AppState, Option<DbTasks>), ServeError> {
+    let auth = SubscriberAuth::from_config(config).await?;
+    let Some(url) = config.database_url.as_deref() else {
+        tracing::warn!(
+            "DATABASE_URL is not set: running as a single replica with an in-memory log (events are lost on restart; do not scale this out)"
+        );
+        let st = State::memory(config.clone(), auth, open_files)?;
+        st.lifecycle.set_ready();
+        return Ok((st, None));
+    };
+    let timeout = config.db_timeout();
+    let tls = connect::tls(config.db_ca_file.as_deref())?;
+    let pool = connect::pool(
+        url,
+        timeout,
+        config::to_usize(config.db_pool_size),
+        tls.clone(),
+    )?;
+    let listen_url = config.listen_database_url.as_deref().unwrap_or(url);
+    let listen_config = connect::pg_config(listen_url, connect::LISTEN_APP_NAME, timeout)?;
+    let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+    let (log, head) = loop {
+        match open_log(&pool, config, timeout).await {
+            Ok(ready) => break ready,
+            Err(error) => {
+                tracing::warn!(%error, "the database is not ready; retrying");
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+        }
+    };
+    let st = State::postgres(
+        config.clone(),
+        auth,
+        open_files,
+        log.clone(),
+        Arc::new(PgSessions::new(pool.clone(), &config.schema, timeout)),
+        PgCluster {
+            pool: pool.clone(),
+            schema: config.schema.clone(),
+            timeout,
+            stale_after: Duration::from_secs(config.replica_stale_secs),
+        },
+        head,
+    )?;
+    let bridge = Arc::new(Bridge {
+        broadcaster: st.broadcaster.clone(),
+        metrics: st.metrics.clone(),
+        lifecycle: st.lifecycle.clone(),
+        replica_id: st.cluster.replica_id.clone(),
+        log: log.clone(),
+        listen_config,
+        tls,
+        heartbeat_every: Duration::from_secs(2),
+        heartbeat_timeout: timeout.max(Duration::from_secs(4)),
+        timeout,
+    });
+    let tasks = DbTasks {
+        bridge,
+        writer: log.writer_task(),
+        pool,
+        retention: Retention {
+            max_age: Duration::from_secs(config.retention_secs),
+            max_events: config.retention_max_events,
+            every: Duration::from_secs(config.retention_interval_secs),
+        },
+    };
+    Ok((st, Some(tasks)))
+}
+
+async fn open_log(
+    pool: &deadpool_postgres::Pool,
+    config: &ServeConfig,
+    timeout: Duration,
+) -> Result<(Arc<PgLog>, u64), DbError> {
+    let schema = &config.schema;
+    timed(timeout.saturating_mul(4), async {
+        let mut client = pool.get().await.map_err(DbError::Checkout)?;
+        match config.migrate {
+            MigrateMode::Auto => {
+                let applied = migrate::apply(&mut client, schema).await?;
+                if !applied.is_empty() {
+                    tracing::info!(schema, ?applied, "migrations applied");
+                }
+            }
+            MigrateMode::Skip => {
+                let pending = migrate::pending(&client, schema).await?;
+                if !pending.is_empty() {
+                    return Err(DbError::NotMigrated(pending));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await?;
+    let log = PgLog::open(pool.clone(), schema, timeout, config.max_payload_bytes).await?;
+    let head = log
+        .bounds()
+        .await
+        .map_err(|e| DbError::Pool(e.to_string()))?
+        .head;
+    tracing::info!(schema, epoch = log.epoch(), head, "event log open");
+    Ok((Arc::new(log), head))
+}
