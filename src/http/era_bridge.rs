@@ -87,7 +87,9 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     if f.rpc_method.as_deref() == Some(DISCOVER) {
         return discover_answer(up, &hs, &f.body);
     }
-    for attempt in 0..2 {
+    // At most one renewal: the second answer is returned whatever it is.
+    let mut renewed = false;
+    loop {
         let headers = bridged_headers(f.headers, &hs);
         let resp = proxy::forward(
             st,
@@ -102,7 +104,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
             },
         )
         .await;
-        if resp.status() != StatusCode::NOT_FOUND || hs.session.is_none() || attempt == 1 {
+        if resp.status() != StatusCode::NOT_FOUND || hs.session.is_none() || renewed {
             let patch: proxy::Patch = if CACHEABLE.contains(&f.rpc_method.as_deref().unwrap_or(""))
             {
                 complete_cacheable_result
@@ -113,14 +115,14 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         }
         // The upstream forgot the caller's session (restart, idle expiry): a new handshake.
         match session(up, &credentials, Some(&hs)).await {
-            Ok(renewed) => hs = renewed,
+            Ok(new) => hs = new,
             Err(error) => {
                 tracing::warn!(%error, upstream = %up.url(), "cannot renew the bridge session");
                 return resp;
             }
         }
+        renewed = true;
     }
-    StatusCode::BAD_GATEWAY.into_response()
 }
 
 /// The cached era, learnt now if unknown (the probe carries the caller's credentials).
