@@ -1,4 +1,4 @@
-//! The cluster view (SPEC §4.2): every replica heartbeats its address, subscriber count and last
+//! The cluster view (contract §4.2): every replica heartbeats its address, subscriber count and last
 //! delivered id into `<schema>.replicas`; `GET /admin/cluster` lists those heard from within the
 //! stale limit. A replica removes its row on a clean shutdown; a killed one ages out. Each row also
 //! carries the subscribers by kind and the LISTEN state, for the operator console.

@@ -1,4 +1,4 @@
-//! Command line and environment configuration (SPEC §2). Every setting is a flag with an env var.
+//! Command line and environment configuration (contract §2). Every setting is a flag with an env var.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -1,4 +1,4 @@
-//! Lifecycle: readiness, drain and stop (SPEC §5), and the signal that starts shutdown.
+//! Lifecycle: readiness, drain and stop (contract §5), and the signal that starts shutdown.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 

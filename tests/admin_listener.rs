@@ -1,4 +1,4 @@
-//! `FANOUT_ADMIN_ADDR` (SPEC §2, §4.1, §5): admin, metrics and probes move to their own listener, the
+//! `FANOUT_ADMIN_ADDR` (contract §2, §4.1, §5): admin, metrics and probes move to their own listener, the
 //! public one no longer serves them, and tokens can come from `FANOUT_ADMIN_TOKEN_FILE`.
 
 use std::io::Write;

@@ -1,4 +1,4 @@
-//! Issue 4, acceptance 5 (SPEC §2 `FANOUT_ADMIN_TOKEN_FILE`, §4.1): admin tokens rotate without a
+//! Contract §2 `FANOUT_ADMIN_TOKEN_FILE`, §4.1: admin tokens rotate without a
 //! restart. Rewriting the token file is noticed by itself (the file's change is polled); a rewrite
 //! that keeps the file's modification time is picked up on `SIGHUP`. After each rotation the new
 //! token works on `/admin/publish` and `/admin/cluster`, the removed one gets `401` with

@@ -1,4 +1,4 @@
-//! Acceptance 4 (SPEC §3, §4.1, §7.6): every kind of bad input to `/admin/publish`, `/mcp` and `/poll`
+//! Contract §3, §4.1, §7.6: every kind of bad input to `/admin/publish`, `/mcp` and `/poll`
 //! gets its expected status and JSON error code in the one error shape, and the service keeps serving.
 //! Requests are written byte for byte over raw TCP, so nothing a client library would refuse to send
 //! is out of reach.

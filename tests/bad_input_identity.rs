@@ -1,4 +1,4 @@
-//! Issue 4, acceptance 6 (SPEC §3.5, §4.1, §7.6): the bad-input table extended to every field and
+//! Contract §3.5, §4.1, §7.6: the bad-input table extended to every field and
 //! header the identity work added — the tenant header of header mode, bearer tokens of every
 //! broken form in JWT mode, a session presented by another principal, `Mcp-Session-Id` on
 //! `/poll`, the `tenant` / `session` / `key` publish fields (types, lengths in bytes, control

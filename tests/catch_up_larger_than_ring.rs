@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 9 (SPEC §1): with an in-memory ring of 50 events per replica, bursts of 10×
+//! Contract §1: with an in-memory ring of 50 events per replica, bursts of 10×
 //! the ring reach every healthy subscriber on the connection it already has — nobody is
 //! disconnected, nothing lost, doubled or reordered. Two bursts: 500 events committed in one SQL
 //! transaction while LISTEN is up (one wake-up, 500 events to read), then 600 events committed

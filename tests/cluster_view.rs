@@ -1,4 +1,4 @@
-//! Issue 5, acceptance 3 (SPEC §4.2): three replicas on one database heartbeat into it, and
+//! Contract §4.2: three replicas on one database heartbeat into it, and
 //! `GET /admin/cluster` on any of them lists all three — distinct ids, each one's advertised
 //! address (`FANOUT_ADVERTISE_ADDR`, or the bound public address), its subscriber count (0, 1 and
 //! 2 open streams), its last delivered id, a recent heartbeat. A replica killed with SIGKILL (no

@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 1 (SPEC §1, §6, §7.1): three replica processes on one database, two
+//! Contract §1, §6, §7.1: three replica processes on one database, two
 //! subscribers on each; events published concurrently through all three replicas (singles and
 //! batches, several requests in flight per replica so group commit shares transactions) and by
 //! `SELECT <schema>.publish(...)` from SQL (autocommit and a multi-event transaction) reach every

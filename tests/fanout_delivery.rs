@@ -1,4 +1,4 @@
-//! Acceptance 1 (SPEC §3.2, §3.4, §7.1): every SSE subscriber receives every published event once, in
+//! Contract §3.2, §3.4, §7.1: every SSE subscriber receives every published event once, in
 //! order, with increasing ids; frames are JSON-RPC notifications with no `event:` field; the same
 //! event's bytes are identical on every live stream, on `Last-Event-ID` replay and in `/poll`.
 
@@ -244,7 +244,7 @@ async fn long_poll_wakes_on_publish_and_paginates() {
         })
     };
     // Give the poll a chance to be waiting server-side before publishing (a waiting poll counts as a
-    // subscriber, SPEC §2). Not asserted: if it arrives late it still must return the event at once.
+    // subscriber, contract §2). Not asserted: if it arrives late it still must return the event at once.
     let _ = r.wait_subscribers(1, Duration::from_secs(3)).await;
     let second = r
         .publish_ok(&note("notifications/test/poll", "poll", 1))

@@ -1,4 +1,4 @@
-//! Acceptance 6 (SPEC §5, §3.2): on SIGTERM with open streams, `/readyz` answers 503 at once while the
+//! Contract §5, §3.2: on SIGTERM with open streams, `/readyz` answers 503 at once while the
 //! streams keep flowing for `FANOUT_DRAIN_SECS` (a publish still reaches them, a new GET is shed with
 //! `200` + `retry:` + clean end), then every stream ends cleanly with a `retry:` hint, and the process
 //! exits 0 within `FANOUT_SHUTDOWN_GRACE_SECS`.

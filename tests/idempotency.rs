@@ -1,4 +1,4 @@
-//! Acceptance 5 (SPEC §4.1, §7.5): a publish retried with the same idempotency key returns the same
+//! Contract §4.1, §7.5: a publish retried with the same idempotency key returns the same
 //! id(s) and delivers once — with the `Idempotency-Key` header (single and batch), with per-event
 //! `"key"`s, and with concurrent retries; the same key with another body is `409`.
 
@@ -182,7 +182,7 @@ async fn a_deduplicated_retry_is_not_counted_as_a_published_event() {
         ids_of("batch retry", &r.publish(&batch).await.expect("publish")),
         ids
     );
-    // Three events were committed; the retries committed nothing (SPEC §4.1 "publishes nothing
+    // Three events were committed; the retries committed nothing (contract §4.1 "publishes nothing
     // new"; the metric is "events committed through this replica").
     assert_eq!(
         r.metric("mcp_fanout_events_published_total")

@@ -1,4 +1,4 @@
-//! Issue 4, acceptance 2 (SPEC §3.5; docs/identity.md): with
+//! Contract §3.5; docs/identity.md: with
 //! `FANOUT_SUBSCRIBER_AUTH=jwt`, a valid bearer token opens `/mcp` and `/poll` on every replica;
 //! a missing, malformed, unsigned, badly signed, wrongly algorithmed, expired, `exp`-less,
 //! wrong-audience or wrong-issuer token gets `401 unauthorized` with `WWW-Authenticate` on both;

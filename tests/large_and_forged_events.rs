@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 5 (SPEC §1, §6): events of any allowed size travel through the log, not
+//! Contract §1, §6: events of any allowed size travel through the log, not
 //! the NOTIFY (whose payload is capped at 8000 bytes): a 60 KB params event, published over HTTP
 //! and from SQL, reaches a subscriber on every replica intact and byte-identical. A NOTIFY forged
 //! on the deployment's channel by another role (a future seq, garbage, an empty or huge payload,

@@ -1,4 +1,4 @@
-//! Issue 11, coalescing: with `FANOUT_COALESCE_MS` a burst of 500 `list_changed` (published in
+//! Coalescing: with `FANOUT_COALESCE_MS` a burst of 500 `list_changed` (published in
 //! about 50 ms, interleaved with other notifications) reaches a slow-ish subscriber as far fewer
 //! frames; the last one of each kind carries the newest id of that kind; nothing of another method
 //! is dropped; and a client resuming from any id it was given loses nothing of another method and

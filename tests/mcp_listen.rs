@@ -1,4 +1,4 @@
-//! Issue 6, acceptance 3 and 4 (SPEC §3.3): `POST /mcp` `subscriptions/listen` (MCP 2026-07-28)
+//! Contract §3.3: `POST /mcp` `subscriptions/listen` (MCP 2026-07-28)
 //! over raw HTTP, on memory-mode replicas.
 //!
 //! 3. The filter is honoured: the acknowledgement is the first message and lists exactly the

@@ -1,4 +1,4 @@
-//! Issue 6, acceptance 1: unmodified official MCP clients receive a notification published on
+//! unmodified official MCP clients receive a notification published on
 //! another replica. Replicas of one Postgres deployment:
 //!
 //! - **A**, in proxy mode in front of a Python SDK 1.x server (FastMCP, stateful, SSE answers, which

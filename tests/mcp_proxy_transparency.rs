@@ -1,4 +1,4 @@
-//! Issue 6, acceptance 2: through a proxy-mode replica (`FANOUT_UPSTREAM`), MCP requests behave
+//! through a proxy-mode replica (`FANOUT_UPSTREAM`), MCP requests behave
 //! exactly as against the upstream directly. Two Python SDK 1.x servers (FastMCP, stateful), one
 //! answering POSTs with SSE (the SDK's default), one with JSON (`json_response=True`), each with a
 //! replica in front. The same session — `initialize`, `notifications/initialized`, `tools/list`,

@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 3 (SPEC §1, §7.2): while events are published continuously (HTTP through
+//! Contract §1, §7.2: while events are published continuously (HTTP through
 //! both replicas, retried with their Idempotency-Key when a publish fails; and SQL), every LISTEN
 //! backend is terminated with `pg_terminate_backend`, repeatedly — then, in a second round, every
 //! client backend of the database (pool, LISTEN, the SQL publisher). Every subscriber on every

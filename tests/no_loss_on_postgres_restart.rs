@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 4 (SPEC §5, §7.2, §7.5): Postgres is stopped and started again while
+//! Contract §5, §7.2, §7.5: Postgres is stopped and started again while
 //! subscribers stay connected and publishers keep publishing. While it is down: publish answers
 //! `503` `database_unavailable` within the DB timeout, `/readyz` stays `200`, the LISTEN gauge
 //! drops, and every open stream keeps getting keep-alive comments. After the restart: a publish

@@ -1,4 +1,4 @@
-//! Issue 11, "Console": who may load the operator console and its data. The page and its assets
+//! who may load the operator console and its data. The page and its assets
 //! hold no data and are served on the admin listener only, with a strict CSP; with tokens
 //! configured they need none (a navigation cannot carry one), while `GET /admin/stats` needs the
 //! token like every `/admin/*` call; with no tokens configured, page and data answer only a

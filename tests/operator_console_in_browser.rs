@@ -1,4 +1,4 @@
-//! Issue 11, "Console": the operator console (`GET /admin/console` on the admin listener) in a
+//! the operator console (`GET /admin/console` on the admin listener) in a
 //! real headless Chromium (Debian's `chromium`, driven by `playwright-core`,
 //! `tests/browser/console.mjs`), against two real replicas on one real Postgres:
 //!

@@ -1,5 +1,5 @@
-//! Issue 4, acceptance 4 (SPEC §2 `FANOUT_ALLOWED_ORIGINS` / `FANOUT_MAX_SUBSCRIBERS`, §3.2
-//! shedding, §4.1): a disallowed `Origin` gets `403 forbidden` on every endpoint (preflights
+//! Contract §2 `FANOUT_ALLOWED_ORIGINS` / `FANOUT_MAX_SUBSCRIBERS`, §3.2
+//! shedding, §4.1: a disallowed `Origin` gets `403 forbidden` on every endpoint (preflights
 //! included); an allowed cross-origin browser request gets CORS headers (allow-origin, `Vary`,
 //! exposed MCP headers) on streams, polls, publishes and errors, and its preflight `204` with
 //! the allowed methods and headers; no `Origin` and a same-origin one are always fine. Over

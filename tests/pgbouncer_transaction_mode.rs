@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 8 (SPEC §6): the multi-replica flow of acceptance 1 with `DATABASE_URL`
+//! Contract §6: the multi-replica flow with `DATABASE_URL`
 //! through PgBouncer in transaction pooling mode (migrations under a transaction-scoped advisory
 //! lock, group-commit publishes, log reads, SQL publishes in and out of a transaction — all through
 //! PgBouncer) and `FANOUT_LISTEN_DATABASE_URL` straight to Postgres. Runs on a cluster of its own.

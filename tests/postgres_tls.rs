@@ -1,4 +1,4 @@
-//! Postgres over TLS (SPEC §2 `DATABASE_URL` "TLS via `sslmode`"; docs/postgres.md "TLS"): a
+//! Postgres over TLS (contract §2 `DATABASE_URL` "TLS via `sslmode`"; docs/postgres.md "TLS"): a
 //! cluster of its own serves TLS with a certificate for `localhost` / `127.0.0.1` issued by a
 //! private CA made here with the `openssl` CLI. With `sslmode=require` (pool, by host name) and
 //! `sslmode=prefer` (LISTEN, by IP address) plus `FANOUT_DB_CA_FILE`, the replica verifies the

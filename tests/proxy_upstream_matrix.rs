@@ -1,4 +1,4 @@
-//! Issue 12: the sidecar works with every upstream mode platforms run, for every official client.
+//! the sidecar works with every upstream mode platforms run, for every official client.
 //!
 //! One Postgres deployment (one schema). Per upstream mode, a replica in proxy mode in front of its
 //! own upstream with `FANOUT_MINT_SESSION_IDS=true` (so stateless upstreams get a session id, and
@@ -463,7 +463,7 @@ async fn expect_ended(
     assert_eq!(again.status(), 404, "a GET with the deleted session");
 }
 
-/// Issue 12's symptom ("Session terminated" inside `initialize`) is what the Python SDK makes of a
+/// The symptom ("Session terminated" inside `initialize`) is what the Python SDK makes of a
 /// `404` to its `initialize` POST. The proxy relays the upstream's answers as they are, so an
 /// upstream URL that is not the MCP endpoint (here: the server's root, without `/mcp`) gives
 /// exactly that — and the replica's log names the cause.

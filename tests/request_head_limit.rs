@@ -1,4 +1,4 @@
-//! Issue 13, point 2 (SPEC §4.1): a request head over the 64 KiB bound is refused with `431` in the
+//! Contract §4.1: a request head over the 64 KiB bound is refused with `431` in the
 //! one JSON error shape (hyper's own answer is bare), and the service keeps serving.
 
 use std::path::Path;

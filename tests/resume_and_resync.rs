@@ -1,4 +1,4 @@
-//! Acceptance 3 (SPEC §3.1, §3.2, §3.4, §7.3): `Last-Event-ID: k` yields exactly the events after k, then
+//! Contract §3.1, §3.2, §3.4, §7.3: `Last-Event-ID: k` yields exactly the events after k, then
 //! live ones, with no gap or duplicate at the seam; a cursor from another epoch, above the head, not of
 //! the id form, or below the pruned watermark yields the three resync notifications and a cursor at the
 //! head (reconnecting with it does not resync again); a priming event appears only for a cursor-less

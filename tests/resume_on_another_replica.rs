@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 6 (SPEC §3.1, §3.2, §3.4, §7.3): a subscriber that read some events on one
+//! Contract §3.1, §3.2, §3.4, §7.3: a subscriber that read some events on one
 //! replica and reconnects with `Last-Event-ID` to another replica — one that delivered the missed
 //! events live, and one started after they were published (so only the Postgres log has them) —
 //! gets exactly the missed events in log order, then live ones, nothing twice; `/poll` on another
@@ -112,7 +112,7 @@ async fn last_event_id_on_another_replica_yields_exactly_the_missed_events() {
     }
 }
 
-/// Checks the resync sequence (SPEC §3.2) and returns nothing more than it.
+/// Checks the resync sequence (contract §3.2) and returns nothing more than it.
 async fn expect_resync(who: &str, conn: &mut SseConn, modern: bool, head: &str) {
     let n = if modern { 4 } else { 3 };
     let frames = conn

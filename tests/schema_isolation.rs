@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 7 (SPEC §2, §6): two deployments with different `FANOUT_SCHEMA` on one
+//! Contract §2, §6: two deployments with different `FANOUT_SCHEMA` on one
 //! database — their own tables, epoch, seq numbering and NOTIFY channel — publishing at the same
 //! time over HTTP and SQL: each subscriber sees exactly its own deployment's log and nothing of
 //! the other's; a cursor from the other deployment is a resync, never the other's events.

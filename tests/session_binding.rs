@@ -1,4 +1,4 @@
-//! Issue 4, acceptance 3 (SPEC §3.2, §3.5): sessions are shared by every replica through the
+//! Contract §3.2, §3.5: sessions are shared by every replica through the
 //! database. The first stream for an `Mcp-Session-Id` binds it to its principal (a token's issuer,
 //! tenant and subject together; the tenant in header mode); the same id presented by another
 //! principal — on another replica, or with the same `sub` from another tenant or issuer — gets
@@ -133,7 +133,7 @@ async fn jwt_sessions_belong_to_their_subject_and_the_newest_stream_wins_across_
         &e1.id,
     )
     .await;
-    // A committed event is served at once, even if r1's bridge has not pushed it yet (SPEC §3.4).
+    // A committed event is served at once, even if r1's bridge has not pushed it yet (contract §3.4).
     let polled = poll_ok(r1, &alice, &format!("timeout=0&after={}", head.cursor)).await;
     assert_eq!(
         polled

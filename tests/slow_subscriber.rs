@@ -1,4 +1,4 @@
-//! Acceptance 2 (SPEC §1, §7.4): a subscriber that stops reading is ended (write-stall deadline, or
+//! Contract §1, §7.4: a subscriber that stops reading is ended (write-stall deadline, or
 //! cannot-keep-up) while the others keep receiving everything and publishes keep completing quickly;
 //! when it reconnects with its `Last-Event-ID` it receives everything it missed, exactly once.
 

@@ -1,4 +1,4 @@
-//! Issue 3, acceptance 2 (SPEC §6): `SELECT <schema>.publish(...)` inside the publisher's own
+//! Contract §6: `SELECT <schema>.publish(...)` inside the publisher's own
 //! transaction — the event exists, and is delivered, exactly when that transaction commits.
 //! Rolled back (explicitly, after an error, to a savepoint, or by the session dying): never
 //! delivered, on any replica. Committed: delivered once, and not before the commit. Checked up to a

@@ -1,4 +1,4 @@
-//! Acceptance 7 (SPEC §1, §2): with no configuration at all — an empty environment but `PATH`, the
+//! Contract §1, §2: with no configuration at all — an empty environment but `PATH`, the
 //! listen address (port 0, so tests can run in parallel) and the JSON log format the kit reads — the
 //! binary starts a working single-replica service: probes, metrics, a publish, a stream, a poll. And
 //! `--help` lists every setting with its environment variable and defaults.

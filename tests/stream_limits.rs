@@ -1,4 +1,4 @@
-//! The stream limits of issue 2's delivery list (SPEC §2, §3.2, §3.4): shedding at
+//! The stream limits (contract §2, §3.2, §3.4): shedding at
 //! `FANOUT_MAX_SUBSCRIBERS` (`200` + `retry:` in [R, 2R] + clean end, never 503; a waiting poll at
 //! capacity answers at once with no events), `FANOUT_MAX_STREAM_SECS` (a clean, resumable end), and one
 //! stream per session (a new GET for the session ends the older one).

@@ -1,4 +1,4 @@
-//! Issue 4, acceptance 1 (SPEC §3.5, §7.1, §7.3): tenants A and B, each with subscribers on two
+//! Contract §3.5, §7.1, §7.3: tenants A and B, each with subscribers on two
 //! replicas of one Postgres deployment (header mode: the tenant comes from the trusted gateway's
 //! header), some with sessions, plus tenant-less subscribers. Events for A, for B, for one
 //! session, for tenant + session, for nobody present, and untargeted are published through both

@@ -524,7 +524,7 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
          event, so exactly the run's events count; nchan subscribers use its EventSource \
          location (config: `bench/nchan/nginx.conf`, memory store).\n"
     );
-    let _ = writeln!(md, "## Targets (issue 7)\n");
+    let _ = writeln!(md, "## Targets\n");
     let _ = writeln!(
         md,
         "| metric | target | measured | verdict |\n|---|---|---|---|"

@@ -1,4 +1,4 @@
-//! Admin tokens (SPEC §4.1): bearer tokens compared in constant time (as digests); with no tokens
+//! Admin tokens (contract §4.1): bearer tokens compared in constant time (as digests); with no tokens
 //! configured, only a loopback peer whose `Host` is a loopback name. Tokens from the token file
 //! rotate without a restart: re-read on `SIGHUP` and when the file changes.
 

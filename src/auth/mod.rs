@@ -1,4 +1,4 @@
-//! Subscriber identity (SPEC §3.5, `FANOUT_SUBSCRIBER_AUTH`): who is asking on `/mcp` and `/poll`.
+//! Subscriber identity (contract §3.5, `FANOUT_SUBSCRIBER_AUTH`): who is asking on `/mcp` and `/poll`.
 //!
 //! - `none`: no tenant; a subscriber sees untargeted events and its own session's. The session id
 //!   then acts as a bearer secret, and tenant-targeted events reach nobody.

@@ -1,4 +1,4 @@
-//! Event ids (SPEC §3.1): an opaque `<epoch>-<seq>` string.
+//! Event ids (contract §3.1): an opaque `<epoch>-<seq>` string.
 
 use std::fmt;
 

@@ -1,4 +1,4 @@
-//! What publishers send (SPEC §4.1), validated into [`NewEvent`]s. Pure functions, no I/O.
+//! What publishers send (contract §4.1), validated into [`NewEvent`]s. Pure functions, no I/O.
 
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};

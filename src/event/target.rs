@@ -1,4 +1,4 @@
-//! Targeting (SPEC §3.5): who may see an event. The rule lives in [`Target::visible_to`], once.
+//! Targeting (contract §3.5): who may see an event. The rule lives in [`Target::visible_to`], once.
 
 /// Whom an event is for. Neither set: everyone.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]

@@ -1,4 +1,4 @@
-//! `POST /admin/publish` (SPEC §4.1) and `GET /admin/cluster` (SPEC §4.2).
+//! `POST /admin/publish` (contract §4.1) and `GET /admin/cluster` (contract §4.2).
 
 use axum::body::Body;
 use axum::extract::State;

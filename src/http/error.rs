@@ -1,4 +1,4 @@
-//! The one error type of the HTTP edge: every error becomes the JSON shape of SPEC §4.1.
+//! The one error type of the HTTP edge: every error becomes the JSON shape of contract §4.1.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};

@@ -1,4 +1,4 @@
-//! Parsing of the request headers the subscriber endpoints read (SPEC §3.2, §3.5).
+//! Parsing of the request headers the subscriber endpoints read (contract §3.2, §3.5).
 
 use axum::http::{header, HeaderMap};
 

@@ -1,6 +1,6 @@
 //! `POST /mcp`: JSON-RPC requests. `subscriptions/listen` (MCP 2026-07-28) opens a notification
 //! stream fed by the same broadcaster and visibility rule as the GET stream, filtered to the kinds
-//! the client opted into and framed per stream (SPEC §3.3). Any other method is "method not found"
+//! the client opted into and framed per stream (contract §3.3). Any other method is "method not found"
 //! in standalone mode. Errors here are JSON-RPC error objects.
 
 use std::time::Duration;

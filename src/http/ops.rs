@@ -1,4 +1,4 @@
-//! Probes and metrics (SPEC §5).
+//! Probes and metrics (contract §5).
 
 use axum::extract::State;
 use axum::http::{header, HeaderValue};

@@ -1,4 +1,4 @@
-//! Browser origin checks (SPEC §2 `FANOUT_ALLOWED_ORIGINS`, §4.1): a request whose `Origin` is
+//! Browser origin checks (contract §2 `FANOUT_ALLOWED_ORIGINS`, §4.1): a request whose `Origin` is
 //! not allowed gets `403` on every endpoint. Allowed cross-origin requests get CORS headers, and
 //! their preflights are answered here.
 

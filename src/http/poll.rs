@@ -1,5 +1,5 @@
 //! `GET /poll?after=<id>&timeout=<secs>`: long-poll over the same feed, identity and visibility
-//! as the stream (SPEC §3.4).
+//! as the stream (contract §3.4).
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! `GET /mcp`: the MCP Streamable HTTP GET stream (SPEC §3.2).
+//! `GET /mcp`: the MCP Streamable HTTP GET stream (contract §3.2).
 //!
 //! Order of a stream: an optional preamble (priming, or resync), then every visible event after
 //! the cursor (from the ring, or the log when the ring no longer holds them), then live events,

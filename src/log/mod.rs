@@ -21,7 +21,7 @@ pub struct Bounds {
     pub pruned: u64,
 }
 
-/// Where a subscriber starts, decided from its cursor and the log's bounds (SPEC §3.1).
+/// Where a subscriber starts, decided from its cursor and the log's bounds (contract §3.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Start {
     /// No cursor: live from the head.

@@ -39,7 +39,7 @@ pub struct Case {
     pub name: String,
     pub req: RawRequest,
     pub status: u16,
-    /// Acceptable codes: one, except where SPEC §4.1 leaves two equally valid readings.
+    /// Acceptable codes: one, except where contract §4.1 leaves two equally valid readings.
     pub codes: Vec<&'static str>,
     /// `error.field` it must name.
     pub field: Option<&'static str>,

@@ -1,4 +1,4 @@
-//! The one error shape of SPEC §4.1 — `{"error":{"code","message","field"?,"index"?}}` as
+//! The one error shape of contract §4.1 — `{"error":{"code","message","field"?,"index"?}}` as
 //! `application/json` — checked on every kind of answer the kit reads.
 
 use serde_json::{json, Value};

@@ -1,4 +1,4 @@
-//! The multi-replica flow of issue 3's acceptance 1 (also run through PgBouncer): subscribers on
+//! The multi-replica flow (also run through PgBouncer): subscribers on
 //! every replica, HTTP and SQL publishers at once, then every subscriber got exactly the log.
 
 use std::collections::HashSet;
@@ -48,7 +48,7 @@ async fn flow_publisher(r: Arc<Replica>, task: usize) -> Vec<String> {
     ids
 }
 
-/// Acceptance 1's flow (also run through PgBouncer): two subscribers on every replica; three
+/// The multi-replica flow (also run through PgBouncer): two subscribers on every replica; three
 /// publisher tasks per replica and a SQL publisher (autocommit, plus one transaction of five) at
 /// the same time; then every answered id is in the log, the log holds nothing else, and every
 /// subscriber got exactly the log, in order, with identical bytes everywhere.

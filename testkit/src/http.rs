@@ -326,7 +326,7 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client> {
         .build()?)
 }
 
-/// Extracts `error.code` from a JSON error body of the SPEC §4.1 shape.
+/// Extracts `error.code` from a JSON error body of the contract §4.1 shape.
 pub fn error_code(body: &Value) -> Option<&str> {
     body.get("error")?.get("code")?.as_str()
 }

@@ -1,5 +1,5 @@
 //! Who a subscriber is and what it may see: identities with the headers that present them, publish
-//! targets, and an independent statement of the visibility rule (SPEC §3.5) to compute what each
+//! targets, and an independent statement of the visibility rule (contract §3.5) to compute what each
 //! subscriber must get; requests made as an identity.
 
 use serde_json::{json, Value};
@@ -82,7 +82,7 @@ impl Target {
         }
     }
 
-    /// The visibility rule of SPEC §3.5, stated independently of the service: a tenant-targeted
+    /// The visibility rule of contract §3.5, stated independently of the service: a tenant-targeted
     /// event reaches only that tenant's subscribers; a session-targeted one only that session's;
     /// both set, both must match; neither, everyone.
     pub fn visible_to(&self, who: &Who) -> bool {

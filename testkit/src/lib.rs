@@ -19,11 +19,11 @@
 //! - [`load`]: publishers that keep going (retrying with idempotency keys) while faults are injected.
 //! - [`flow`]: the multi-replica publish/deliver flow run directly and through PgBouncer.
 //! - [`bodies`]: notification bodies with a tag and a number.
-//! - [`identity`]: who a subscriber is, publish targets and the visibility rule (SPEC §3.5).
+//! - [`identity`]: who a subscriber is, publish targets and the visibility rule (contract §3.5).
 //! - [`requests`]: SSE opens, polls and publishes that must succeed.
-//! - [`error_shape`]: the one JSON error shape (SPEC §4.1) on every kind of answer.
+//! - [`error_shape`]: the one JSON error shape (contract §4.1) on every kind of answer.
 //! - [`cases`]: bad-input tables of raw requests and the errors they must get.
-//! - [`shed`]: the shed check (`200` + `retry:` + clean end, SPEC §3.2).
+//! - [`shed`]: the shed check (`200` + `retry:` + clean end, contract §3.2).
 //! - [`hostile`]: idle sockets, bodies that stop short, a misbehaving upstream MCP server.
 //! - [`jwt`]: minting bearer tokens; [`openssl`]: the `openssl` CLI.
 //! - [`h2c`]: HTTP/2 over cleartext with the `h2` crate, each stream's flow-control window in the

@@ -1,4 +1,4 @@
-//! The `/poll` answer (SPEC §3.4), with each `message` kept as the exact JSON text the server sent,
+//! The `/poll` answer (contract §3.4), with each `message` kept as the exact JSON text the server sent,
 //! so it can be compared byte for byte with the `data:` line of the same event on a stream.
 
 use serde::Deserialize;

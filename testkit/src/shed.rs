@@ -1,4 +1,4 @@
-//! The shed check (SPEC §3.2): a GET a replica cannot serve — at `FANOUT_MAX_SUBSCRIBERS`,
+//! The shed check (contract §3.2): a GET a replica cannot serve — at `FANOUT_MAX_SUBSCRIBERS`,
 //! draining, or without the database — gets `200`, an event stream, a `retry:` uniform in [R, 2R]
 //! (R = `FANOUT_RETRY_MS`) and an immediate clean end; never `404`/`503`, which would make
 //! EventSource and the SDK clients give up for good.

@@ -1,6 +1,6 @@
 //! Counting what one subscriber received against what was published: loss, duplicates, order.
 //!
-//! Event ids are `<epoch>-<seq>` (SPEC §3.1). A subscriber must see every expected id exactly once, in
+//! Event ids are `<epoch>-<seq>` (contract §3.1). A subscriber must see every expected id exactly once, in
 //! the published order, with ids strictly increasing within one epoch. [`Tally::check`] names every
 //! violation precisely so a failing test says which event went missing or came twice, and where.
 

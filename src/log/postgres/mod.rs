@@ -1,4 +1,4 @@
-//! The Postgres log: the durable, commit-ordered event table of SPEC §6.
+//! The Postgres log: the durable, commit-ordered event table of contract §6.
 //!
 //! Appends go through one group-commit [`writer`] per replica; reads (`read_after`, `bounds`) use
 //! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
