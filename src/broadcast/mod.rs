@@ -16,9 +16,10 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::metrics::{DropReason, SubscriberKind};
 pub use coalesce::Coalescer;
 pub use feed::Feed;
-pub use guard::{DropReason, SubscriberGuard, SubscriberKind};
+pub use guard::SubscriberGuard;
 pub use ring::{Ring, RingLimits, RingRead};
 pub use sessions::{SessionClaim, Sessions};
 
