@@ -241,3 +241,28 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
         tracing::debug!(%error, "cannot remove this replica from the cluster view");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape `GET /admin/cluster` and the console have always served, key order included.
+    #[test]
+    fn a_replica_is_listed_in_the_documented_shape() {
+        let r = ReplicaView {
+            id: "r1".into(),
+            address: None,
+            subscribers: 3,
+            subscribers_by_kind: by_kind([1, 0, 2]),
+            listen_connected: Some(true),
+            last_delivered_id: "ep-7".into(),
+            last_heartbeat: 1.5,
+            heartbeat_age_secs: 0.0,
+        };
+        let text = serde_json::to_string(&ClusterView { replicas: vec![r] }).expect("json");
+        assert_eq!(
+            text,
+            r#"{"replicas":[{"id":"r1","address":null,"subscribers":3,"subscribers_by_kind":{"sse":1,"poll":0,"listen":2},"listen_connected":true,"last_delivered_id":"ep-7","last_heartbeat":1.5,"heartbeat_age_secs":0.0}]}"#
+        );
+    }
+}
