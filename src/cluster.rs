@@ -8,14 +8,15 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
-use serde_json::{json, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::Broadcaster;
 use crate::event::EventId;
 use crate::log::postgres::{column, timed, DbError};
-use crate::metrics::{KindLabel, Metrics};
+use crate::metrics::{Metrics, SubscriberKind};
 
 /// How often a replica heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
@@ -28,13 +29,42 @@ pub struct PgCluster {
     pub stale_after: Duration,
 }
 
-/// The subscriber kinds counted separately (`mcp_fanout_subscribers{kind}`).
-pub const KINDS: [&str; 3] = ["sse", "poll", "listen"];
-
 /// Current subscribers of one kind on this replica.
-pub fn subscribers_of(metrics: &Metrics, kind: &'static str) -> i32 {
-    let n = metrics.subscribers.get_or_create(&KindLabel { kind }).get();
+pub fn subscribers_of(metrics: &Metrics, kind: SubscriberKind) -> i32 {
+    let n = metrics.subscribers_of(kind);
     i32::try_from(n.max(0)).unwrap_or(i32::MAX)
+}
+
+/// `GET /admin/cluster`: every live replica.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClusterView {
+    pub replicas: Vec<ReplicaView>,
+}
+
+/// One replica as listed: this one as it is now, or a row of `<schema>.replicas`.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReplicaView {
+    pub id: String,
+    pub address: Option<String>,
+    pub subscribers: i64,
+    /// Keyed by [`SubscriberKind::as_str`], in [`SubscriberKind::ALL`]'s order.
+    pub subscribers_by_kind: Map<String, Value>,
+    /// `None` in memory mode, and in rows of a release before the column.
+    pub listen_connected: Option<bool>,
+    pub last_delivered_id: String,
+    /// Unix seconds.
+    pub last_heartbeat: f64,
+    /// Measured by the database clock (0 for this replica as it is now).
+    pub heartbeat_age_secs: f64,
+}
+
+/// The by-kind object from counts in [`SubscriberKind::ALL`]'s order.
+fn by_kind(counts: [i32; SubscriberKind::ALL.len()]) -> Map<String, Value> {
+    SubscriberKind::ALL
+        .iter()
+        .zip(counts)
+        .map(|(k, n)| (k.as_str().to_owned(), n.into()))
+        .collect()
 }
 
 /// This replica as the cluster sees it, and the database view of the others (Postgres mode).
@@ -54,21 +84,19 @@ pub struct Cluster {
 
 impl Cluster {
     /// This replica, as listed.
-    pub fn me(&self) -> Value {
-        let by_kind: serde_json::Map<String, Value> = KINDS
-            .iter()
-            .map(|&k| (k.to_owned(), subscribers_of(&self.metrics, k).into()))
-            .collect();
-        json!({
-            "id": self.replica_id,
-            "address": self.advertised(),
-            "subscribers": self.broadcaster.subscriber_count(),
-            "subscribers_by_kind": by_kind,
-            "listen_connected": self.listen_state(),
-            "last_delivered_id": self.last_delivered_id(self.broadcaster.head()),
-            "last_heartbeat": unix_now(),
-            "heartbeat_age_secs": 0.0,
-        })
+    pub fn me(&self) -> ReplicaView {
+        ReplicaView {
+            id: self.replica_id.clone(),
+            address: self.advertised(),
+            subscribers: i64::try_from(self.broadcaster.subscriber_count()).unwrap_or(i64::MAX),
+            subscribers_by_kind: by_kind(
+                SubscriberKind::ALL.map(|k| subscribers_of(&self.metrics, k)),
+            ),
+            listen_connected: self.listen_state(),
+            last_delivered_id: self.last_delivered_id(self.broadcaster.head()),
+            last_heartbeat: unix_now(),
+            heartbeat_age_secs: 0.0,
+        }
     }
 
     /// This replica's LISTEN state: `None` in memory mode (there is no LISTEN connection).
@@ -100,9 +128,11 @@ pub fn unix_now() -> f64 {
 }
 
 /// The view: from the database in Postgres mode, this replica alone in memory mode.
-pub async fn view(cluster: &Cluster) -> Result<Value, DbError> {
+pub async fn view(cluster: &Cluster) -> Result<ClusterView, DbError> {
     let Some(c) = &cluster.db else {
-        return Ok(json!({ "replicas": [cluster.me()] }));
+        return Ok(ClusterView {
+            replicas: vec![cluster.me()],
+        });
     };
     let s = &c.schema;
     let stale = c.stale_after.as_secs_f64();
@@ -125,23 +155,20 @@ pub async fn view(cluster: &Cluster) -> Result<Value, DbError> {
     let replicas = rows
         .iter()
         .map(|r| {
-            Ok(json!({
-                "id": column::<String>(r, 0)?,
-                "address": column::<Option<String>>(r, 1)?,
-                "subscribers": column::<i32>(r, 2)?,
-                "subscribers_by_kind": {
-                    "sse": column::<i32>(r, 5)?,
-                    "poll": column::<i32>(r, 6)?,
-                    "listen": column::<i32>(r, 7)?,
-                },
-                "listen_connected": column::<Option<bool>>(r, 8)?,
-                "last_delivered_id": cluster.last_delivered_id(column::<i64>(r, 3)? as u64),
-                "last_heartbeat": column::<f64>(r, 4)?,
-                "heartbeat_age_secs": column::<f64>(r, 9)?,
-            }))
+            Ok(ReplicaView {
+                id: column(r, 0)?,
+                address: column(r, 1)?,
+                subscribers: column::<i32>(r, 2)?.into(),
+                // subscribers_sse, subscribers_poll, subscribers_listen: SubscriberKind::ALL's order.
+                subscribers_by_kind: by_kind([column(r, 5)?, column(r, 6)?, column(r, 7)?]),
+                listen_connected: column(r, 8)?,
+                last_delivered_id: cluster.last_delivered_id(column::<i64>(r, 3)? as u64),
+                last_heartbeat: column(r, 4)?,
+                heartbeat_age_secs: column(r, 9)?,
+            })
         })
-        .collect::<Result<Vec<Value>, DbError>>()?;
-    Ok(json!({ "replicas": replicas }))
+        .collect::<Result<Vec<ReplicaView>, DbError>>()?;
+    Ok(ClusterView { replicas })
 }
 
 /// Heartbeats until `stop`, then removes this replica's row.
@@ -169,7 +196,7 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
         let address = cluster.advertised();
         let subscribers = i32::try_from(cluster.broadcaster.subscriber_count()).unwrap_or(i32::MAX);
         let head = i64::try_from(cluster.broadcaster.head()).unwrap_or(i64::MAX);
-        let [sse, poll, listen] = KINDS.map(|k| subscribers_of(&cluster.metrics, k));
+        let [sse, poll, listen] = SubscriberKind::ALL.map(|k| subscribers_of(&cluster.metrics, k));
         let listening = cluster.listen_state();
         let result = timed(c.timeout, async {
             let client = c.pool.get().await.map_err(DbError::Checkout)?;
@@ -212,5 +239,30 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
     .await;
     if let Err(error) = bye {
         tracing::debug!(%error, "cannot remove this replica from the cluster view");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shape `GET /admin/cluster` and the console have always served, key order included.
+    #[test]
+    fn a_replica_is_listed_in_the_documented_shape() {
+        let r = ReplicaView {
+            id: "r1".into(),
+            address: None,
+            subscribers: 3,
+            subscribers_by_kind: by_kind([1, 0, 2]),
+            listen_connected: Some(true),
+            last_delivered_id: "ep-7".into(),
+            last_heartbeat: 1.5,
+            heartbeat_age_secs: 0.0,
+        };
+        let text = serde_json::to_string(&ClusterView { replicas: vec![r] }).expect("json");
+        assert_eq!(
+            text,
+            r#"{"replicas":[{"id":"r1","address":null,"subscribers":3,"subscribers_by_kind":{"sse":1,"poll":0,"listen":2},"listen_connected":true,"last_delivered_id":"ep-7","last_heartbeat":1.5,"heartbeat_age_secs":0.0}]}"#
+        );
     }
 }

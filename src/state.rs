@@ -176,7 +176,7 @@ impl State {
     }
 }
 
-/// The request headers that say who a bridged caller is to the upstream (the era bridge keeps one
+/// The request headers that say who an adapted caller is to the upstream (the era adapter keeps one
 /// upstream session per set of their values): `Authorization`, `Cookie`, and in header mode the
 /// tenant header the gateway sets.
 fn bridge_identity_headers(config: &ServeConfig) -> Vec<String> {

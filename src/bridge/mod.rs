@@ -4,6 +4,7 @@
 //! never trusted: a forged or repeated NOTIFY costs one read and nothing else.
 
 pub mod backoff;
+pub mod control;
 pub mod listener;
 
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
+pub use self::control::{control_channel, ControlMessage};
 use self::listener::{Control, Listener};
 use crate::broadcast::Broadcaster;
 use crate::log::postgres::{column, describe, timed, DbError, PgLog};
@@ -25,10 +27,6 @@ const PAGE: usize = 1000;
 
 pub fn events_channel(schema: &str) -> String {
     format!("{schema}.events")
-}
-
-pub fn control_channel(schema: &str) -> String {
-    format!("{schema}.control")
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,7 +161,11 @@ impl Bridge {
                         }
                     } else {
                         beat += 1;
-                        let payload = format!("heartbeat {} {beat}", self.replica_id);
+                        let payload = ControlMessage::Heartbeat {
+                            replica: self.replica_id.clone(),
+                            beat,
+                        }
+                        .to_string();
                         self.heartbeat(&listener, &control, &payload).await?;
                         awaiting = Some((payload, Instant::now()));
                     }
@@ -223,17 +225,16 @@ impl Bridge {
     /// Cluster messages. Anyone who can connect can NOTIFY: a forged takeover can end a stream
     /// (which then resumes), never deliver an event.
     fn on_control(&self, payload: &str) {
-        let mut parts = payload.splitn(3, ' ');
-        match (parts.next(), parts.next(), parts.next()) {
-            (Some("takeover"), Some(generation), Some(session)) => {
-                if let Ok(generation) = generation.parse() {
-                    self.broadcaster
-                        .session_taken_elsewhere(session, generation);
-                }
-            }
-            (Some("end"), _, Some(session)) => self.broadcaster.end_session(session),
-            (Some("heartbeat"), _, _) => {}
-            _ => tracing::debug!(payload, "unknown control message"),
+        match payload.parse::<ControlMessage>() {
+            Ok(ControlMessage::Takeover {
+                generation,
+                session,
+            }) => self
+                .broadcaster
+                .session_taken_elsewhere(&session, generation),
+            Ok(ControlMessage::End { session }) => self.broadcaster.end_session(&session),
+            Ok(ControlMessage::Heartbeat { .. }) => {}
+            Err(error) => tracing::debug!(payload, %error, "unknown control message"),
         }
     }
 

@@ -16,18 +16,12 @@ use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
-use crate::event::{StoredEvent, Target};
+use crate::event::{ListChanged, StoredEvent, Target};
 
-/// The notifications that are coalesced: each means "refetch this list", nothing more.
-pub const COALESCED_METHODS: [&str; 3] = [
-    "notifications/tools/list_changed",
-    "notifications/resources/list_changed",
-    "notifications/prompts/list_changed",
-];
-
-/// Which of [`COALESCED_METHODS`] an event is, if any.
-pub fn kind(ev: &StoredEvent) -> Option<usize> {
-    COALESCED_METHODS.iter().position(|m| *m == ev.method)
+/// Which list_changed an event is, if any: those are the notifications coalesced, each means
+/// "refetch this list", nothing more.
+pub fn kind(ev: &StoredEvent) -> Option<ListChanged> {
+    ListChanged::of(&ev.method)
 }
 
 /// Leaves out of `events` (one write, in seq order) every list_changed superseded within `window`
@@ -39,7 +33,7 @@ pub fn coalesce(events: &mut Vec<Arc<StoredEvent>>, window: Duration) -> usize {
     }
     // From the end: the commit time of the next later event of each (method, target). A viewer
     // sees at most four distinct targets (each set field must equal its own), so this stays tiny.
-    let mut later: Vec<(usize, &Target, SystemTime)> = Vec::new();
+    let mut later: Vec<(ListChanged, &Target, SystemTime)> = Vec::new();
     let mut keep = vec![true; events.len()];
     for (i, ev) in events.iter().enumerate().rev() {
         let Some(k) = kind(ev) else { continue };

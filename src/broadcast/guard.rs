@@ -5,62 +5,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use super::Shared;
-use crate::metrics::KindLabel;
+use crate::metrics::{DropReason, KindLabel, SubscriberKind};
 use crate::socket::{Cut, SocketState, StreamCut};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SubscriberKind {
-    Sse,
-    Poll,
-    /// A `subscriptions/listen` stream (MCP 2026-07-28).
-    Listen,
-}
-
-impl SubscriberKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            SubscriberKind::Sse => "sse",
-            SubscriberKind::Poll => "poll",
-            SubscriberKind::Listen => "listen",
-        }
-    }
-}
-
-/// Why the server ended a subscriber.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DropReason {
-    /// Behind the head for longer than `FANOUT_MAX_LAG_SECS`.
-    Lagging,
-    /// Its socket accepted nothing for `FANOUT_WRITE_STALL_SECS`.
-    WriteStall,
-    /// The replica is shutting down.
-    Shutdown,
-    /// `FANOUT_MAX_STREAM_SECS` reached.
-    MaxStreamAge,
-    /// Its cursor fell below what the log retains.
-    CursorPruned,
-    /// The log could not be read.
-    LogUnavailable,
-    /// A newer stream for the same session took over.
-    TakenOver,
-    /// The subscriber's credential expired.
-    TokenExpired,
-}
-
-impl DropReason {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            DropReason::Lagging => "lagging",
-            DropReason::WriteStall => "write_stall",
-            DropReason::Shutdown => "shutdown",
-            DropReason::MaxStreamAge => "max_stream_age",
-            DropReason::CursorPruned => "cursor_pruned",
-            DropReason::LogUnavailable => "log_unavailable",
-            DropReason::TakenOver => "taken_over",
-            DropReason::TokenExpired => "token_expired",
-        }
-    }
-}
 
 pub struct SubscriberGuard {
     shared: Arc<Shared>,
@@ -138,7 +84,7 @@ impl Drop for SubscriberGuard {
         };
         match reason {
             Some(reason) => {
-                metrics.dropped(reason.as_str());
+                metrics.dropped(reason);
                 tracing::info!(
                     kind = self.kind.as_str(),
                     session = self.session.as_deref().unwrap_or(""),

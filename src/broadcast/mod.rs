@@ -8,7 +8,7 @@ pub mod feed;
 pub mod guard;
 pub mod pump;
 pub mod ring;
-pub mod sessions;
+pub mod stream_claims;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
@@ -16,11 +16,12 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+pub use crate::metrics::{DropReason, SubscriberKind};
 pub use coalesce::Coalescer;
 pub use feed::Feed;
-pub use guard::{DropReason, SubscriberGuard, SubscriberKind};
+pub use guard::SubscriberGuard;
 pub use ring::{Ring, RingLimits, RingRead};
-pub use sessions::{SessionClaim, Sessions};
+pub use stream_claims::{StreamClaim, StreamClaims};
 
 use crate::event::StoredEvent;
 use crate::metrics::Metrics;
@@ -36,7 +37,7 @@ pub(crate) struct Shared {
     closed: CancellationToken,
     subscribers: AtomicUsize,
     cap: usize,
-    sessions: Arc<Sessions>,
+    claims: Arc<StreamClaims>,
     pub(crate) metrics: Arc<Metrics>,
 }
 
@@ -51,7 +52,7 @@ impl Broadcaster {
                 closed: CancellationToken::new(),
                 subscribers: AtomicUsize::new(0),
                 cap,
-                sessions: Arc::default(),
+                claims: Arc::default(),
                 metrics,
             }),
         }
@@ -144,23 +145,23 @@ impl Broadcaster {
     }
 
     /// Claims a session for a new stream; the local stream holding it is ended.
-    pub fn claim_session(&self, session: &str, generation: u64) -> SessionClaim {
-        self.shared.sessions.claim(session, generation)
+    pub fn claim_session(&self, session: &str, generation: u64) -> StreamClaim {
+        self.shared.claims.claim(session, generation)
     }
 
     /// The sessions held by this replica's open streams.
     pub fn held_sessions(&self) -> Vec<String> {
-        self.shared.sessions.held()
+        self.shared.claims.held()
     }
 
     /// The session ended: end its local stream.
     pub fn end_session(&self, session: &str) {
-        self.shared.sessions.end(session);
+        self.shared.claims.end(session);
     }
 
     /// A newer claim was made on another replica: end the local stream for it, if older.
     pub fn session_taken_elsewhere(&self, session: &str, generation: u64) {
-        self.shared.sessions.taken_elsewhere(session, generation);
+        self.shared.claims.taken_elsewhere(session, generation);
     }
 
     pub fn metrics(&self) -> &Metrics {

@@ -6,6 +6,7 @@ pub mod frame;
 pub mod id;
 pub mod input;
 pub mod json;
+pub mod list_changed;
 pub mod target;
 
 pub use chunk::Chunk;
@@ -13,4 +14,5 @@ pub use frame::StoredEvent;
 pub use id::{Cursor, EventId, InvalidEventId};
 pub use input::{InputError, NewEvent, PublishLimits, PublishRequest};
 pub use json::{parse_json, JsonError};
+pub use list_changed::ListChanged;
 pub use target::{Target, Viewer};

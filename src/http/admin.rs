@@ -77,7 +77,9 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, AppError> {
 }
 
 /// Every live replica (Postgres mode), or this one (memory mode).
-pub async fn cluster(State(st): State<AppState>) -> Result<Json<serde_json::Value>, AppError> {
+pub async fn cluster(
+    State(st): State<AppState>,
+) -> Result<Json<crate::cluster::ClusterView>, AppError> {
     match crate::cluster::view(&st.cluster).await {
         Ok(v) => Ok(Json(v)),
         Err(error) => {

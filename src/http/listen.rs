@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
 use super::body::{read_body, require_json, BodyLimit};
-use super::era_bridge;
+use super::era_adapter;
 use super::error::AppError;
 use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
@@ -221,8 +221,8 @@ async fn handle(
                 owner: Some(owner),
                 peer: conn.peer,
             };
-            if up.bridges_2026_clients() && era_bridge::is_modern_request(&headers) {
-                return Ok(era_bridge::forward(&st, up, forward).await);
+            if up.bridges_2026_clients() && era_adapter::is_modern_request(&headers) {
+                return Ok(era_adapter::forward(&st, up, forward).await);
             }
             return Ok(proxy::forward(&st, up, forward).await);
         }

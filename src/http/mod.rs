@@ -5,7 +5,7 @@ pub mod admin;
 pub mod admin_auth;
 pub mod body;
 pub mod console;
-pub mod era_bridge;
+pub mod era_adapter;
 pub mod error;
 pub mod headers;
 pub mod listen;

@@ -19,7 +19,7 @@ use super::headers::{self, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{
-    Broadcaster, Coalescer, DropReason, Feed, SessionClaim, SubscriberGuard, SubscriberKind,
+    Broadcaster, Coalescer, DropReason, Feed, StreamClaim, SubscriberGuard, SubscriberKind,
 };
 use crate::event::{Chunk, Cursor};
 use crate::event::{EventId, Viewer};
@@ -168,7 +168,7 @@ pub async fn get_mcp(
     };
     let ends = Ends {
         shutdown: st.broadcaster.closed_token(),
-        taken_over: claim.as_ref().map(SessionClaim::token),
+        taken_over: claim.as_ref().map(StreamClaim::token),
         max_age,
         expires,
         max_lag: st.config.max_lag(),
@@ -252,7 +252,7 @@ struct SseStream {
     /// The max-age deadline of an older client's stream, armed once it carries an id.
     pending_rebalance: Option<Instant>,
     /// This stream's hold on its session (a newer stream for it ends this one); dropped with it.
-    _claim: Option<SessionClaim>,
+    _claim: Option<StreamClaim>,
     feed: Feed,
     /// `FANOUT_COALESCE_MS`: list_changed held back to gather a burst, and left out when superseded.
     coalescer: Coalescer,

@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
-use crate::event::StoredEvent;
+use crate::event::{ListChanged, StoredEvent};
 
 pub const LISTEN_METHOD: &str = "subscriptions/listen";
 pub const LISTEN_PROTOCOL_VERSION: &str = "2026-07-28";
@@ -82,23 +82,23 @@ impl Filter {
 
     /// Whether the client opted into this event's kind.
     pub fn wants(&self, ev: &StoredEvent) -> bool {
-        match ev.method.as_str() {
-            "notifications/tools/list_changed" => self.tools,
-            "notifications/prompts/list_changed" => self.prompts,
-            "notifications/resources/list_changed" => self.resources,
-            "notifications/resources/updated" => {
-                !self.resource_uris.is_empty()
-                    && serde_json::from_slice::<Value>(&ev.message())
-                        .ok()
-                        .and_then(|m| {
-                            m.pointer("/params/uri")
-                                .and_then(Value::as_str)
-                                .map(str::to_owned)
-                        })
-                        .is_some_and(|uri| self.resource_uris.contains(&uri))
-            }
-            _ => false,
+        if let Some(list) = ListChanged::of(&ev.method) {
+            return match list {
+                ListChanged::Tools => self.tools,
+                ListChanged::Prompts => self.prompts,
+                ListChanged::Resources => self.resources,
+            };
         }
+        ev.method == "notifications/resources/updated"
+            && !self.resource_uris.is_empty()
+            && serde_json::from_slice::<Value>(&ev.message())
+                .ok()
+                .and_then(|m| {
+                    m.pointer("/params/uri")
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                })
+                .is_some_and(|uri| self.resource_uris.contains(&uri))
     }
 }
 

@@ -6,6 +6,8 @@ pub mod upstream;
 
 use bytes::Bytes;
 
+use crate::event::ListChanged;
+
 /// `MCP-Protocol-Version` values this service speaks on the GET stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum ProtocolVersion {
@@ -35,11 +37,7 @@ impl ProtocolVersion {
 }
 
 /// One notification per list kind: makes any MCP client refetch everything.
-pub const RESYNC_METHODS: [&str; 3] = [
-    "notifications/tools/list_changed",
-    "notifications/resources/list_changed",
-    "notifications/prompts/list_changed",
-];
+pub const RESYNC_METHODS: [&str; 3] = ListChanged::METHODS;
 
 /// The JSON-RPC text of a parameterless notification.
 pub fn notification_json(method: &str) -> String {

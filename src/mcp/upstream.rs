@@ -17,15 +17,15 @@ pub struct Upstream {
     pub(crate) mint_session_ids: bool,
     /// Rewrite `initialize` / `server/discover` results to advertise `listChanged`.
     pub(crate) advertise_list_changed: bool,
-    /// Bridge 2026-07-28 clients to a 2025-era upstream (`http::era_bridge`).
+    /// Bridge 2026-07-28 clients to a 2025-era upstream (`http::era_adapter`).
     pub(crate) bridge_2026_clients: bool,
     /// Add `X-Forwarded-For`, `Forwarded`, `X-Forwarded-Proto` and `X-Forwarded-Host` to
     /// forwarded requests.
     pub(crate) forwarded_headers: bool,
-    /// Whether the upstream speaks 2026-07-28 (learnt on the first bridged request).
+    /// Whether the upstream speaks 2026-07-28 (learnt on the first adapted request).
     pub(crate) era: EraCache,
-    /// The bridge's upstream sessions, one per caller's credentials.
-    pub(crate) bridge: BridgeSessions,
+    /// The era adapter's upstream sessions, one per caller's credentials.
+    pub(crate) adapter_sessions: AdapterSessions,
     /// How long the upstream has for its response head (and for an answer held to rewrite it).
     pub(crate) response_timeout: Duration,
     /// Most bytes of one answer (a JSON body, one event of a stream) held to rewrite it.
@@ -41,16 +41,16 @@ pub struct UpstreamOptions {
     pub mint_session_ids: bool,
     pub advertise_list_changed: bool,
     pub bridge_2026_clients: bool,
-    /// Most bridge sessions kept (at least one).
+    /// Most adapter sessions kept (at least one).
     pub bridge_max_sessions: usize,
-    /// The request headers (lowercase names) that identify a bridged caller to the upstream.
+    /// The request headers (lowercase names) that identify an adapted caller to the upstream.
     pub bridge_identity_headers: Vec<String>,
     pub forwarded_headers: bool,
     pub response_timeout: Duration,
     pub rewrite_max_bytes: usize,
 }
 
-/// One upstream session of the era bridge with a 2025-era upstream (made by `http::era_bridge`).
+/// One upstream session of the era adapter with a 2025-era upstream (made by `http::era_adapter`).
 #[derive(Debug)]
 pub struct Handshake {
     pub version: String,
@@ -70,34 +70,34 @@ pub enum Era {
 #[derive(Debug, Default)]
 pub struct EraCache(pub tokio::sync::Mutex<Option<Era>>);
 
-/// The identity headers of one bridged caller, as it sent them.
+/// The identity headers of one adapted caller, as it sent them.
 pub type Credentials = Vec<(HeaderName, HeaderValue)>;
 
-/// The era bridge's upstream sessions: one per set of caller credentials (so no two principals
+/// The era adapter's upstream sessions: one per set of caller credentials (so no two principals
 /// share an upstream session), at most `max`; the least recently used makes room.
-pub struct BridgeSessions {
+pub struct AdapterSessions {
     max: usize,
     identity_headers: Vec<HeaderName>,
-    inner: Mutex<BridgeInner>,
+    inner: Mutex<AdapterInner>,
 }
 
 #[derive(Default)]
-struct BridgeInner {
+struct AdapterInner {
     tick: u64,
     /// SHA-256 of the credentials → (the slot, when it was last used)
-    slots: HashMap<[u8; 32], (Arc<BridgeSlot>, u64)>,
+    slots: HashMap<[u8; 32], (Arc<AdapterSlot>, u64)>,
 }
 
 /// One caller's upstream session: the credentials it is opened with, and its handshake (made on
 /// first use, renewed when the upstream forgets it).
-pub struct BridgeSlot {
+pub struct AdapterSlot {
     pub credentials: Credentials,
     pub handshake: tokio::sync::Mutex<Option<Arc<Handshake>>>,
 }
 
-impl BridgeSessions {
-    fn new(max: usize, identity_headers: &[String]) -> BridgeSessions {
-        BridgeSessions {
+impl AdapterSessions {
+    fn new(max: usize, identity_headers: &[String]) -> AdapterSessions {
+        AdapterSessions {
             max: max.max(1),
             identity_headers: identity_headers
                 .iter()
@@ -122,7 +122,7 @@ impl BridgeSessions {
 
     /// The slot for `credentials` (made if new), and the slots evicted to make room for it: their
     /// sessions are to be closed upstream.
-    pub fn slot(&self, credentials: &Credentials) -> (Arc<BridgeSlot>, Vec<Arc<BridgeSlot>>) {
+    pub fn slot(&self, credentials: &Credentials) -> (Arc<AdapterSlot>, Vec<Arc<AdapterSlot>>) {
         let key = credentials_key(credentials);
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.tick += 1;
@@ -145,7 +145,7 @@ impl BridgeSessions {
                 evicted.push(slot);
             }
         }
-        let slot = Arc::new(BridgeSlot {
+        let slot = Arc::new(AdapterSlot {
             credentials: credentials.clone(),
             handshake: tokio::sync::Mutex::new(None),
         });
@@ -225,7 +225,7 @@ impl Upstream {
             bridge_2026_clients: options.bridge_2026_clients,
             forwarded_headers: options.forwarded_headers,
             era: EraCache::default(),
-            bridge: BridgeSessions::new(
+            adapter_sessions: AdapterSessions::new(
                 options.bridge_max_sessions,
                 &options.bridge_identity_headers,
             ),
@@ -262,8 +262,8 @@ impl Upstream {
         &self.era
     }
 
-    pub fn bridge_sessions(&self) -> &BridgeSessions {
-        &self.bridge
+    pub fn adapter_sessions(&self) -> &AdapterSessions {
+        &self.adapter_sessions
     }
 }
 
@@ -280,7 +280,7 @@ mod tests {
 
     #[test]
     fn one_slot_per_credentials_least_recently_used_evicted() {
-        let b = BridgeSessions::new(2, &["authorization".to_owned(), "cookie".to_owned()]);
+        let b = AdapterSessions::new(2, &["authorization".to_owned(), "cookie".to_owned()]);
         let mut headers = HeaderMap::new();
         headers.insert("authorization", HeaderValue::from_static("Bearer a"));
         headers.insert("x-other", HeaderValue::from_static("ignored"));

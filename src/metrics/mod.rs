@@ -1,7 +1,10 @@
 //! Prometheus metrics, all named `mcp_fanout_*`. One registry per process; encoded on scrape.
 //! `lag.rs`: a copy of the lag histogram that can be read back (for the operator console).
 
+pub mod labels;
 pub mod lag;
+
+pub use labels::{DropReason, SubscriberKind};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -27,17 +30,6 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
-/// Why the server ends a subscriber (see `broadcast::DropReason`).
-pub const DROP_REASONS: [&str; 8] = [
-    "lagging",
-    "write_stall",
-    "shutdown",
-    "max_stream_age",
-    "cursor_pruned",
-    "log_unavailable",
-    "taken_over",
-    "token_expired",
-];
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: &'static str,
@@ -59,7 +51,7 @@ pub const SHED_REASONS: [&str; 3] = ["capacity", "draining", "database"];
 
 pub struct Metrics {
     registry: Registry,
-    /// Current subscribers on this replica, by kind (`sse`, `poll`).
+    /// Current subscribers on this replica, by [`SubscriberKind`].
     pub subscribers: Family<KindLabel, Gauge>,
     pub events_published: Counter,
     /// One per event written to one subscriber.
@@ -215,14 +207,18 @@ impl Metrics {
             task_restarts.clone(),
         );
         // Known label values exist from the start, so rate() and alerts see zeros, not gaps.
-        for reason in DROP_REASONS {
-            let _ = subscribers_dropped.get_or_create(&ReasonLabel { reason });
+        for reason in DropReason::ALL {
+            let _ = subscribers_dropped.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
         }
         for reason in SHED_REASONS {
             let _ = subscribers_shed.get_or_create(&ReasonLabel { reason });
         }
-        for kind in ["sse", "poll", "listen"] {
-            let _ = subscribers.get_or_create(&KindLabel { kind });
+        for kind in SubscriberKind::ALL {
+            let _ = subscribers.get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            });
         }
         for task in TASKS {
             let _ = task_restarts.get_or_create(&TaskLabel { task });
@@ -265,10 +261,30 @@ impl Metrics {
         self.lag_window.observe(secs);
     }
 
-    pub fn dropped(&self, reason: &'static str) {
+    pub fn dropped(&self, reason: DropReason) {
         self.subscribers_dropped
-            .get_or_create(&ReasonLabel { reason })
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
             .inc();
+    }
+
+    /// Subscribers ended for `reason` so far.
+    pub fn drops(&self, reason: DropReason) -> u64 {
+        self.subscribers_dropped
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+
+    /// Current subscribers of `kind` on this replica.
+    pub fn subscribers_of(&self, kind: SubscriberKind) -> i64 {
+        self.subscribers
+            .get_or_create(&KindLabel {
+                kind: kind.as_str(),
+            })
+            .get()
     }
 
     pub fn task_restarted(&self, task: &'static str) {

@@ -1,8 +1,9 @@
 //! Session ownership: the first stream for an `Mcp-Session-Id` binds it to its owner (the whole
 //! principal: issuer, tenant and subject of a token; the tenant in header mode); another owner
 //! presenting it is refused. Each new stream for a session *claims* it with a higher generation,
-//! and older streams for it end — on this replica through the broadcaster, on others through the
-//! control channel.
+//! and older streams for it end — on this replica through the broadcaster's stream claims
+//! (`broadcast::stream_claims`: which local stream holds a session), on others through the
+//! control channel (`bridge::control`).
 
 pub mod memory;
 pub mod minted;

@@ -11,7 +11,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{Owner, Ownership, SessionError, SessionStore};
-use crate::bridge::control_channel;
+use crate::bridge::{control_channel, ControlMessage};
 use crate::log::postgres::{column, timed, DbError};
 
 /// Whether row `t` belongs to the owner of `$2` (principal), `$3` (owner key), `$4` (owns legacy
@@ -46,8 +46,9 @@ impl PgSessions {
             timeout,
             // The claim and its takeover message are one statement: no claim without a message.
             claim_sql: format!(
-                "WITH c AS ({}) SELECT generation, pg_notify($5, 'takeover ' || generation || ' ' || $1) FROM c",
-                upsert("generation = t.generation + 1, ")
+                "WITH c AS ({}) SELECT generation, pg_notify($5, {}) FROM c",
+                upsert("generation = t.generation + 1, "),
+                ControlMessage::takeover_sql("generation", "$1"),
             ),
             check_sql: upsert(""),
             register_sql: format!(
@@ -62,7 +63,8 @@ impl PgSessions {
             // The end message is sent in the same statement: every replica ends the session's streams.
             forget_sql: format!(
                 "WITH d AS (DELETE FROM {schema}.sessions WHERE session = $1 RETURNING 1) \
-                 SELECT 1::bigint, pg_notify($2, 'end 0 ' || $1)"
+                 SELECT 1::bigint, pg_notify($2, {})",
+                ControlMessage::end_sql("$1"),
             ),
             touch_sql: format!(
                 "UPDATE {schema}.sessions SET last_seen = clock_timestamp() WHERE session = ANY($1)"

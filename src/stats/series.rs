@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::lag::{quantile_ms, BUCKETS};
-use crate::metrics::{Metrics, ReasonLabel, DROP_REASONS};
+use crate::metrics::{DropReason, Metrics};
 
 /// Seconds between points.
 pub const INTERVAL: Duration = Duration::from_secs(1);
@@ -23,7 +23,7 @@ struct Point {
     t: f64,
     published_per_s: f64,
     delivered_per_s: f64,
-    dropped: [u64; DROP_REASONS.len()],
+    dropped: [u64; DropReason::ALL.len()],
     lag_p50_ms: Option<f64>,
     lag_p99_ms: Option<f64>,
 }
@@ -34,7 +34,7 @@ struct Totals {
     at: Instant,
     published: u64,
     delivered: u64,
-    dropped: [u64; DROP_REASONS.len()],
+    dropped: [u64; DropReason::ALL.len()],
     lag: [u64; BUCKETS],
 }
 
@@ -44,11 +44,7 @@ impl Totals {
             at: Instant::now(),
             published: m.events_published.get(),
             delivered: m.events_delivered.get(),
-            dropped: DROP_REASONS.map(|reason| {
-                m.subscribers_dropped
-                    .get_or_create(&ReasonLabel { reason })
-                    .get()
-            }),
+            dropped: DropReason::ALL.map(|reason| m.drops(reason)),
             lag: m.lag_window.snapshot(),
         }
     }
@@ -106,7 +102,7 @@ impl Series {
         json!({
             "interval_secs": INTERVAL.as_secs(),
             "window_points": POINTS,
-            "drop_reasons": DROP_REASONS,
+            "drop_reasons": DropReason::ALL.map(DropReason::as_str),
             "points": points,
         })
     }
@@ -142,16 +138,16 @@ mod tests {
         let a = Totals::read(&m);
         m.events_published.inc_by(10);
         m.events_delivered.inc_by(40);
-        m.dropped("write_stall");
+        m.dropped(DropReason::WriteStall);
         m.lag_window.observe(0.001);
         let mut b = Totals::read(&m);
         b.at = a.at + Duration::from_secs(2);
         let p = b.since(&a, 7.0);
         assert_eq!(p.published_per_s, 5.0);
         assert_eq!(p.delivered_per_s, 20.0);
-        let stall = DROP_REASONS
+        let stall = DropReason::ALL
             .iter()
-            .position(|r| *r == "write_stall")
+            .position(|r| *r == DropReason::WriteStall)
             .expect("reason");
         assert_eq!(p.dropped.iter().sum::<u64>(), 1);
         assert_eq!(p.dropped[stall], 1);

@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 
 use crate::cluster::unix_now;
 use crate::event::EventId;
-use crate::metrics::{ReasonLabel, DROP_REASONS};
+use crate::metrics::DropReason;
 use crate::state::AppState;
 
 /// Most recent events listed.
@@ -20,7 +20,7 @@ pub async fn view(st: &AppState) -> Value {
     let epoch = st.log.epoch();
     let mut database = "ok";
     let replicas = match crate::cluster::view(&st.cluster).await {
-        Ok(v) => v["replicas"].clone(),
+        Ok(v) => json!(v.replicas),
         Err(error) => {
             tracing::warn!(%error, "console: cannot read the cluster view");
             database = "unavailable";
@@ -37,16 +37,9 @@ pub async fn view(st: &AppState) -> Value {
     };
     let id = |seq: u64| EventId { epoch, seq }.to_string();
     let memory = st.cluster.db.is_none();
-    let drops: serde_json::Map<String, Value> = DROP_REASONS
+    let drops: serde_json::Map<String, Value> = DropReason::ALL
         .iter()
-        .map(|&reason| {
-            let n = st
-                .metrics
-                .subscribers_dropped
-                .get_or_create(&ReasonLabel { reason })
-                .get();
-            (reason.to_owned(), n.into())
-        })
+        .map(|&reason| (reason.as_str().to_owned(), st.metrics.drops(reason).into()))
         .collect();
     json!({
         "replica": st.cluster.replica_id,

@@ -23,10 +23,10 @@ use serde_json::{json, Value};
 
 use super::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
-use crate::mcp::upstream::{BridgeSlot, Credentials, Era, Handshake, Upstream};
+use crate::mcp::upstream::{AdapterSlot, Credentials, Era, Handshake, Upstream};
 use crate::state::AppState;
 
-/// The protocol revision bridged to.
+/// The protocol revision adapted to.
 pub const MODERN: &str = "2026-07-28";
 
 /// The version the proxy's own handshake asks for.
@@ -47,7 +47,7 @@ const CACHEABLE: [&str; 5] = [
 ];
 
 #[derive(Debug, thiserror::Error)]
-pub enum BridgeError {
+pub enum AdapterError {
     #[error("the upstream is unreachable: {0}")]
     Unreachable(#[from] reqwest::Error),
     #[error("the upstream did not answer the probe and handshake within {LEARN_TIMEOUT:?}")]
@@ -68,7 +68,7 @@ pub fn is_modern_request(headers: &HeaderMap) -> bool {
 /// Forwards a 2026-07-28 request (not `subscriptions/listen`) to the upstream, bridging it when
 /// the upstream is of the 2025 era.
 pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
-    let credentials = up.bridge_sessions().credentials(f.headers);
+    let credentials = up.adapter_sessions().credentials(f.headers);
     match era(up, &credentials).await {
         Ok(Era::Legacy) => {}
         Ok(Era::Modern) => return proxy::forward(st, up, f).await,
@@ -90,7 +90,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     // At most one renewal: the second answer is returned whatever it is.
     let mut renewed = false;
     loop {
-        let headers = bridged_headers(f.headers, &hs);
+        let headers = adapted_headers(f.headers, &hs);
         let resp = proxy::forward(
             st,
             up,
@@ -126,7 +126,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
 }
 
 /// The cached era, learnt now if unknown (the probe carries the caller's credentials).
-async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, BridgeError> {
+async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, AdapterError> {
     let mut cache = up.era_cache().0.lock().await;
     if let Some(era) = *cache {
         return Ok(era);
@@ -134,21 +134,21 @@ async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, BridgeErro
     // Bounded: every 2026 request of this replica waits for it.
     let era = tokio::time::timeout(LEARN_TIMEOUT, probe_is_modern(up, credentials))
         .await
-        .map_err(|_| BridgeError::Timeout)??;
+        .map_err(|_| AdapterError::Timeout)??;
     let era = if era { Era::Modern } else { Era::Legacy };
     tracing::info!(upstream = %up.url(), modern = era == Era::Modern, "learnt the upstream's protocol era");
     *cache = Some(era);
     Ok(era)
 }
 
-/// The caller's bridge session: the one its credentials have, made now if none — or, with
+/// The caller's adapter session: the one its credentials have, made now if none — or, with
 /// `stale`, a new handshake replacing that one (the upstream forgot it).
 async fn session(
     up: &Upstream,
     credentials: &Credentials,
     stale: Option<&Arc<Handshake>>,
-) -> Result<Arc<Handshake>, BridgeError> {
-    let (slot, evicted) = up.bridge_sessions().slot(credentials);
+) -> Result<Arc<Handshake>, AdapterError> {
+    let (slot, evicted) = up.adapter_sessions().slot(credentials);
     for old in evicted {
         tokio::spawn(close(up.client().clone(), up.url().clone(), old));
     }
@@ -161,21 +161,21 @@ async fn session(
     }
     let hs = tokio::time::timeout(LEARN_TIMEOUT, handshake(up, credentials))
         .await
-        .map_err(|_| BridgeError::Timeout)??;
+        .map_err(|_| AdapterError::Timeout)??;
     let hs = Arc::new(hs);
     tracing::debug!(
         upstream = %up.url(),
         renewed = stale.is_some(),
-        sessions = up.bridge_sessions().len(),
+        sessions = up.adapter_sessions().len(),
         "opened a bridge session"
     );
     *current = Some(hs.clone());
     Ok(hs)
 }
 
-/// Closes an evicted bridge session upstream (`DELETE` with its credentials; an upstream that
+/// Closes an evicted adapter session upstream (`DELETE` with its credentials; an upstream that
 /// does not support it answers `405`, and its session expires there on its own).
-async fn close(client: reqwest::Client, url: reqwest::Url, slot: Arc<BridgeSlot>) {
+async fn close(client: reqwest::Client, url: reqwest::Url, slot: Arc<AdapterSlot>) {
     let Some(hs) = slot.handshake.lock().await.take() else {
         return;
     };
@@ -224,7 +224,7 @@ fn request(
 }
 
 /// Whether the upstream answers a 2026-07-28 `server/discover` with that version supported.
-async fn probe_is_modern(up: &Upstream, credentials: &Credentials) -> Result<bool, BridgeError> {
+async fn probe_is_modern(up: &Upstream, credentials: &Credentials) -> Result<bool, AdapterError> {
     let body = json!({
         "jsonrpc": "2.0", "id": "mcp-fanout-probe", "method": DISCOVER,
         "params": { "_meta": {
@@ -243,7 +243,7 @@ async fn probe_is_modern(up: &Upstream, credentials: &Credentials) -> Result<boo
     {
         // Not an answer about the era (a failure, or this caller's credentials refused): learn
         // it on a later request.
-        return Err(BridgeError::Probe(status));
+        return Err(AdapterError::Probe(status));
     }
     if !status.is_success() {
         return Ok(false);
@@ -255,9 +255,9 @@ async fn probe_is_modern(up: &Upstream, credentials: &Credentials) -> Result<boo
         .is_some_and(|v| v.iter().any(|v| v.as_str() == Some(MODERN))))
 }
 
-/// The bridge's `initialize` + `notifications/initialized` with the upstream, with the caller's
+/// The adapter's `initialize` + `notifications/initialized` with the upstream, with the caller's
 /// credentials.
-async fn handshake(up: &Upstream, credentials: &Credentials) -> Result<Handshake, BridgeError> {
+async fn handshake(up: &Upstream, credentials: &Credentials) -> Result<Handshake, AdapterError> {
     let init = json!({
         "jsonrpc": "2.0", "id": "mcp-fanout-bridge", "method": "initialize",
         "params": {
@@ -277,7 +277,7 @@ async fn handshake(up: &Upstream, credentials: &Credentials) -> Result<Handshake
     let status = resp.status();
     let msg = first_message(resp).await?;
     let Some(result) = msg.get("result").filter(|_| status.is_success()) else {
-        return Err(BridgeError::NoResult(format!("{status}: {msg}")));
+        return Err(AdapterError::NoResult(format!("{status}: {msg}")));
     };
     let version = result
         .get("protocolVersion")
@@ -297,7 +297,7 @@ async fn handshake(up: &Upstream, credentials: &Credentials) -> Result<Handshake
 
 /// The first JSON-RPC message of an answer: its JSON body, or the first `data:` of its SSE
 /// body that is an answer (read only until then: an SSE answer may stay open).
-async fn first_message(resp: reqwest::Response) -> Result<Value, BridgeError> {
+async fn first_message(resp: reqwest::Response) -> Result<Value, AdapterError> {
     let sse = resp
         .headers()
         .get("content-type")
@@ -312,14 +312,14 @@ async fn first_message(resp: reqwest::Response) -> Result<Value, BridgeError> {
         match msg {
             Ok(v) if v.get("result").is_some() || v.get("error").is_some() => return Ok(v),
             Ok(_) => {}
-            Err(e) => return Err(BridgeError::NoResult(format!("its stream failed: {e}"))),
+            Err(e) => return Err(AdapterError::NoResult(format!("its stream failed: {e}"))),
         }
     }
     Ok(Value::Null)
 }
 
 /// The client's headers with the handshake's protocol version and session.
-fn bridged_headers(headers: &HeaderMap, hs: &Handshake) -> HeaderMap {
+fn adapted_headers(headers: &HeaderMap, hs: &Handshake) -> HeaderMap {
     let mut out = headers.clone();
     if let Ok(v) = HeaderValue::from_str(&hs.version) {
         out.insert(HeaderName::from_static(MCP_PROTOCOL_VERSION), v);

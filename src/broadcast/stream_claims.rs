@@ -1,5 +1,7 @@
-//! One GET stream per session on this replica: a new stream for a session ends the older one.
-//! (Across replicas the control channel carries the same takeover.)
+//! Stream claims: one GET stream per session on this replica, a new stream for a session ends the
+//! older one. (Across replicas the control channel carries the same takeover.) Who *owns* a
+//! session is another matter, kept by `session::SessionStore`; this only says which local stream
+//! holds it now.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,24 +10,24 @@ use std::sync::{Arc, Mutex};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
-pub struct Sessions {
+pub struct StreamClaims {
     next: AtomicU64,
     /// session → (local claim id, generation, token)
     held: Mutex<HashMap<String, (u64, u64, CancellationToken)>>,
 }
 
 /// A stream's hold on its session. `taken()` resolves when a newer stream claims it.
-pub struct SessionClaim {
-    sessions: Arc<Sessions>,
+pub struct StreamClaim {
+    claims: Arc<StreamClaims>,
     session: String,
     id: u64,
     token: CancellationToken,
 }
 
-impl Sessions {
+impl StreamClaims {
     /// Claims `session` for a new stream (its store-assigned `generation`), ending the local
     /// stream that held it.
-    pub fn claim(self: &Arc<Self>, session: &str, generation: u64) -> SessionClaim {
+    pub fn claim(self: &Arc<Self>, session: &str, generation: u64) -> StreamClaim {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let token = CancellationToken::new();
         let previous = self
@@ -36,8 +38,8 @@ impl Sessions {
         if let Some((_, _, older)) = previous {
             older.cancel();
         }
-        SessionClaim {
-            sessions: self.clone(),
+        StreamClaim {
+            claims: self.clone(),
             session: session.to_owned(),
             id,
             token,
@@ -45,7 +47,7 @@ impl Sessions {
     }
 }
 
-impl Sessions {
+impl StreamClaims {
     /// The sessions held by this replica's open streams.
     pub fn held(&self) -> Vec<String> {
         self.held
@@ -75,7 +77,7 @@ impl Sessions {
     }
 }
 
-impl SessionClaim {
+impl StreamClaim {
     pub fn taken(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.token.cancelled()
     }
@@ -90,9 +92,9 @@ impl SessionClaim {
     }
 }
 
-impl Drop for SessionClaim {
+impl Drop for StreamClaim {
     fn drop(&mut self) {
-        let mut held = self.sessions.held.lock().unwrap_or_else(|p| p.into_inner());
+        let mut held = self.claims.held.lock().unwrap_or_else(|p| p.into_inner());
         if held
             .get(&self.session)
             .is_some_and(|(id, _, _)| *id == self.id)
@@ -108,7 +110,7 @@ mod tests {
 
     #[test]
     fn newest_claim_wins_and_cleans_up() {
-        let s = Arc::new(Sessions::default());
+        let s = Arc::new(StreamClaims::default());
         let first = s.claim("a", 1);
         let other = s.claim("b", 2);
         assert!(!first.is_taken());

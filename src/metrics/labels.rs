@@ -1,0 +1,155 @@
+//! The label values that name what the server counts by kind and by reason: each list is one enum,
+//! its `ALL` (the values pre-registered at zero, the console's columns, the cluster row's
+//! columns) and its `as_str` (the label value). They live here, below `broadcast` which uses
+//! them, because the metrics must know every value before anything happens.
+
+/// The kinds of subscriber, counted separately (`mcp_fanout_subscribers{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SubscriberKind {
+    Sse,
+    Poll,
+    /// A `subscriptions/listen` stream (MCP 2026-07-28).
+    Listen,
+}
+
+impl SubscriberKind {
+    pub const ALL: [SubscriberKind; 3] = [
+        SubscriberKind::Sse,
+        SubscriberKind::Poll,
+        SubscriberKind::Listen,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            SubscriberKind::Sse => "sse",
+            SubscriberKind::Poll => "poll",
+            SubscriberKind::Listen => "listen",
+        }
+    }
+}
+
+/// Why the server ended a subscriber (`mcp_fanout_subscribers_dropped_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DropReason {
+    /// Behind the head for longer than `FANOUT_MAX_LAG_SECS`.
+    Lagging,
+    /// Its socket accepted nothing for `FANOUT_WRITE_STALL_SECS`.
+    WriteStall,
+    /// The replica is shutting down.
+    Shutdown,
+    /// `FANOUT_MAX_STREAM_SECS` reached.
+    MaxStreamAge,
+    /// Its cursor fell below what the log retains.
+    CursorPruned,
+    /// The log could not be read.
+    LogUnavailable,
+    /// A newer stream for the same session took over.
+    TakenOver,
+    /// The subscriber's credential expired.
+    TokenExpired,
+}
+
+impl DropReason {
+    pub const ALL: [DropReason; 8] = [
+        DropReason::Lagging,
+        DropReason::WriteStall,
+        DropReason::Shutdown,
+        DropReason::MaxStreamAge,
+        DropReason::CursorPruned,
+        DropReason::LogUnavailable,
+        DropReason::TakenOver,
+        DropReason::TokenExpired,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DropReason::Lagging => "lagging",
+            DropReason::WriteStall => "write_stall",
+            DropReason::Shutdown => "shutdown",
+            DropReason::MaxStreamAge => "max_stream_age",
+            DropReason::CursorPruned => "cursor_pruned",
+            DropReason::LogUnavailable => "log_unavailable",
+            DropReason::TakenOver => "taken_over",
+            DropReason::TokenExpired => "token_expired",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ALL` holds every variant once, in the order the console and the cluster row use (a match
+    /// without a wildcard: a new variant does not compile until it is placed).
+    #[test]
+    fn all_holds_every_variant_once() {
+        for (i, k) in SubscriberKind::ALL.iter().enumerate() {
+            let at = match k {
+                SubscriberKind::Sse => 0,
+                SubscriberKind::Poll => 1,
+                SubscriberKind::Listen => 2,
+            };
+            assert_eq!(i, at, "{k:?}");
+        }
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            let at = match r {
+                DropReason::Lagging => 0,
+                DropReason::WriteStall => 1,
+                DropReason::Shutdown => 2,
+                DropReason::MaxStreamAge => 3,
+                DropReason::CursorPruned => 4,
+                DropReason::LogUnavailable => 5,
+                DropReason::TakenOver => 6,
+                DropReason::TokenExpired => 7,
+            };
+            assert_eq!(i, at, "{r:?}");
+        }
+    }
+
+    /// The label values are the ones dashboards and alerts already use.
+    #[test]
+    fn label_values_are_unchanged() {
+        assert_eq!(
+            SubscriberKind::ALL.map(SubscriberKind::as_str),
+            ["sse", "poll", "listen"]
+        );
+        assert_eq!(
+            DropReason::ALL.map(DropReason::as_str),
+            [
+                "lagging",
+                "write_stall",
+                "shutdown",
+                "max_stream_age",
+                "cursor_pruned",
+                "log_unavailable",
+                "taken_over",
+                "token_expired",
+            ]
+        );
+    }
+
+    /// The metrics table of docs/api.md names every value.
+    #[test]
+    fn the_documented_metrics_list_every_value() {
+        let doc = include_str!("../../docs/api.md");
+        let row = |metric: &str| {
+            doc.lines()
+                .find(|l| l.starts_with(&format!("| `{metric}")))
+                .unwrap_or_else(|| panic!("docs/api.md has no row for {metric}"))
+        };
+        let kinds = row("mcp_fanout_subscribers{kind");
+        for k in SubscriberKind::ALL {
+            assert!(
+                kinds.contains(&format!("\"{}\"", k.as_str())),
+                "{k:?}: {kinds}"
+            );
+        }
+        let reasons = row("mcp_fanout_subscribers_dropped_total");
+        for r in DropReason::ALL {
+            assert!(
+                reasons.contains(&format!("`{}`", r.as_str())),
+                "{r:?}: {reasons}"
+            );
+        }
+    }
+}
