@@ -14,7 +14,8 @@ pub struct Sessions {
     held: Mutex<HashMap<String, (u64, u64, CancellationToken)>>,
 }
 
-/// A stream's hold on its session. `taken()` resolves when a newer stream claims it.
+/// A stream's hold on its session. When a newer stream claims it, `token()` is cancelled and
+/// `is_taken()` turns true.
 pub struct SessionClaim {
     sessions: Arc<Sessions>,
     session: String,
@@ -76,10 +77,6 @@ impl Sessions {
 }
 
 impl SessionClaim {
-    pub fn taken(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.token.cancelled()
-    }
-
     pub fn is_taken(&self) -> bool {
         self.token.is_cancelled()
     }
