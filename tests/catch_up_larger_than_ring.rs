@@ -6,6 +6,8 @@
 //! the bridge cannot reconnect until it is allowed again) and read by the catch-up after the
 //! reconnect. Runs on a cluster of its own (it changes a role's login right).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::postgres::sql_publish;

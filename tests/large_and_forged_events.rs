@@ -4,6 +4,8 @@
 //! on the deployment's channel by another role (a future seq, garbage, an empty or huge payload,
 //! the control channel too) delivers nothing, and a real event after the forgeries still arrives.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

@@ -14,6 +14,8 @@
 //!    → 404 / -32601; at `FANOUT_MAX_SUBSCRIBERS` → 503 with a JSON-RPC error. In proxy mode the
 //!    listen requests get the same answers (they are never forwarded).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 mod e2e;
 
 use std::time::Duration;
