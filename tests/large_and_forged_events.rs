@@ -6,8 +6,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
-use std::time::Duration;
-
 use mcp_fanout_testkit::{
     open_stream_with, postgres::quote_literal, Deployment, Frame, SseConn, SseRequest, QUIET, SOON,
 };
@@ -224,5 +222,4 @@ async fn a_60kb_event_arrives_intact_everywhere_and_forged_notifies_deliver_noth
             r.label()
         );
     }
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }
