@@ -70,14 +70,18 @@ impl SocketState {
         self.0.fd.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Ties the state to an open socket. Whoever owns the socket must [`detach`](Self::detach)
-    /// before closing it.
-    pub fn attach(&self, socket: &impl AsRawFd) {
+    /// Ties the state to an open socket for as long as the returned guard holds it: the guard
+    /// unties them when it drops (before the socket closes) or gives the socket away.
+    pub fn attach<S: AsRawFd>(&self, socket: S) -> Attached<S> {
         *self.fd() = Some(socket.as_raw_fd());
+        Attached {
+            attachment: Attachment(self.clone()),
+            socket,
+        }
     }
 
     /// The socket is about to close (or to be given away without this state).
-    pub fn detach(&self) {
+    fn detach(&self) {
         *self.fd() = None;
     }
 
@@ -116,6 +120,48 @@ impl SocketState {
     }
 }
 
+/// A socket tied to its [`SocketState`] (see [`SocketState::attach`]): while this holds the
+/// socket, it is open, so the state may ask the kernel about its descriptor. Dropping it unties
+/// the state before the socket closes; [`Attached::into_inner`] unties it and gives the socket
+/// away.
+pub struct Attached<S: AsRawFd> {
+    // Declared first, so it drops (and detaches) before `socket` closes.
+    attachment: Attachment,
+    socket: S,
+}
+
+/// Unties a state from its socket when dropped.
+struct Attachment(SocketState);
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.0.detach();
+    }
+}
+
+impl<S: AsRawFd> Attached<S> {
+    /// The socket, no longer tied to the state (which no longer asks the kernel about it).
+    pub fn into_inner(self) -> S {
+        let Attached { attachment, socket } = self;
+        drop(attachment);
+        socket
+    }
+}
+
+impl<S: AsRawFd> std::ops::Deref for Attached<S> {
+    type Target = S;
+
+    fn deref(&self) -> &S {
+        &self.socket
+    }
+}
+
+impl<S: AsRawFd> std::ops::DerefMut for Attached<S> {
+    fn deref_mut(&mut self) -> &mut S {
+        &mut self.socket
+    }
+}
+
 /// The client acknowledged bytes between two readings of a socket's [`SocketState::unacknowledged`]
 /// (nothing new was written in between): it reads, however slowly.
 pub fn drained(before: Option<usize>, after: Option<usize>) -> bool {
@@ -127,8 +173,8 @@ pub fn drained(before: Option<usize>, after: Option<usize>) -> bool {
 #[cfg(target_os = "linux")]
 fn unacknowledged(fd: RawFd) -> Option<usize> {
     let mut queued: libc::c_int = 0;
-    // SAFETY: `fd` is an open socket (the caller holds the lock that `detach` takes before the
-    // socket closes), and TIOCOUTQ writes one c_int through the pointer, which is valid.
+    // SAFETY: `fd` is an open socket: the caller holds the lock that an [`Attached`] guard takes
+    // to detach before its socket closes. TIOCOUTQ writes one c_int through the pointer, which is valid.
     let rc = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut queued as *mut libc::c_int) };
     if rc < 0 {
         return None;
@@ -147,8 +193,8 @@ fn unacknowledged(_fd: RawFd) -> Option<usize> {
 #[cfg(target_os = "linux")]
 fn pace(fd: RawFd, max: usize) {
     let lowat = libc::c_int::try_from(max).unwrap_or(libc::c_int::MAX);
-    // SAFETY: `fd` is an open socket (the caller holds the lock that `detach` takes before the
-    // socket closes); the option value is one c_int, passed with its size.
+    // SAFETY: `fd` is an open socket: the caller holds the lock that an [`Attached`] guard takes
+    // to detach before its socket closes. The option value is one c_int, passed with its size.
     let rc = unsafe {
         libc::setsockopt(
             fd,
@@ -180,9 +226,9 @@ mod tests {
         let client = tokio::net::TcpSocket::new_v4().expect("socket");
         client.set_recv_buffer_size(4096).expect("rcvbuf");
         let _client = client.connect(addr).await.expect("connect");
-        let (mut server, _) = listener.accept().await.expect("accept");
+        let (server, _) = listener.accept().await.expect("accept");
         let state = SocketState::default();
-        state.attach(&server);
+        let mut server = state.attach(server);
         assert_eq!(state.unacknowledged(), Some(0));
         // Write until the socket is full: whatever it took beyond the peer's small window is held.
         let chunk = vec![b'x'; 64 * 1024];
@@ -195,8 +241,12 @@ mod tests {
         {}
         let held = state.unacknowledged().expect("linux tells");
         assert!(held > 64 * 1024, "held {held}");
-        state.detach();
+        let server = server.into_inner();
         assert_eq!(state.unacknowledged(), None);
+        let again = state.attach(server);
+        assert!(state.unacknowledged().is_some());
+        drop(again);
+        assert_eq!(state.unacknowledged(), None, "dropping the guard detaches");
         state.cut(Cut::WriteStall);
         assert_eq!(state.cut_reason(), Some(Cut::WriteStall));
     }

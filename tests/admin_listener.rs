@@ -1,6 +1,8 @@
 //! `FANOUT_ADMIN_ADDR` (contract §2, §4.1, §5): admin, metrics and probes move to their own listener, the
 //! public one no longer serves them, and tokens can come from `FANOUT_ADMIN_TOKEN_FILE`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::io::Write;
 
 use mcp_fanout_testkit::{error_code, note, start, tempfile, RawRequest, SseRequest, Token, SOON};

@@ -5,6 +5,8 @@
 //! `WWW-Authenticate`, inline `FANOUT_ADMIN_TOKENS` keep working, and an open stream keeps flowing
 //! throughout, never ended. A token file that cannot be read keeps the current tokens.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::fs::{self, File};
 use std::path::Path;
 use std::time::{Duration, SystemTime};

@@ -3,6 +3,8 @@
 //! Requests are written byte for byte over raw TCP, so nothing a client library would refuse to send
 //! is out of reach.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::cases::{case, publish, publish_raw, run_cases, sse, still_serves, Case};

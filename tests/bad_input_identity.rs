@@ -7,6 +7,8 @@
 //! error shape, nothing is published by a refused request, the boundaries are accepted, request
 //! headers beyond the 64 KiB bound get `431`, and the service keeps serving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use jsonwebtoken::{Algorithm, EncodingKey};

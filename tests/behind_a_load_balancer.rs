@@ -3,6 +3,8 @@
 //! streams are open; their clients reconnect through the balancer with `Last-Event-ID`, land on the
 //! live replica, and every client ends with every event exactly once, in order.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! drains, it does not end the stream. In memory and on Postgres (where the catch-up is read from
 //! the log). Nobody is dropped for any reason.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

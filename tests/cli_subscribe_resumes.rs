@@ -3,6 +3,8 @@
 //! event exactly once, in log order; a cursor the server cannot replay prints `resync <head>`.
 //! `mcp-fanout publish` prints the id of what it published.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::path::Path;
 use std::process::Stdio;
 

@@ -6,6 +6,8 @@
 //! (`FANOUT_REPLICA_STALE_SECS=3`); one that shuts down cleanly disappears too. The endpoint needs
 //! the admin token.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 

@@ -4,6 +4,8 @@
 //! open-file limit, so a flood of idle sockets leaves the admin listener answering and the replica
 //! serving once they are gone.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use futures::future::join_all;

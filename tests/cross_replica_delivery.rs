@@ -6,6 +6,8 @@
 //! missing or doubled, with identical bytes on every replica. (The flow is shared with the
 //! PgBouncer test: `mcp_fanout_testkit::flow::multi_replica_flow`.)
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use mcp_fanout_testkit::{flow::multi_replica_flow, Deployment};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

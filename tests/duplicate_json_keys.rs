@@ -5,6 +5,8 @@
 //! reads the first must never disagree with the service about the tenant, session or method.
 //! Nothing reaches the log or the upstream; the service keeps serving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::cases::{case, publish_raw, run_cases, still_serves, Case};

@@ -2,6 +2,8 @@
 //! order, with increasing ids; frames are JSON-RPC notifications with no `event:` field; the same
 //! event's bytes are identical on every live stream, on `Last-Event-ID` replay and in `/poll`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

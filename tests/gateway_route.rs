@@ -9,6 +9,8 @@
 //! listen streams are mcp-fanout's (its `listen` subscriber gauge says 2), and the events a tool
 //! publishes arrive on them once each, only for the URI each subscribed to.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 mod e2e;
 
 use std::net::SocketAddr;

@@ -3,6 +3,8 @@
 //! `200` + `retry:` + clean end), then every stream ends cleanly with a `retry:` hint, and the process
 //! exits 0 within `FANOUT_SHUTDOWN_GRACE_SECS`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

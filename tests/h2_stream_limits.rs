@@ -4,6 +4,8 @@
 //! HTTP/2 stream on the same connection and a healthy HTTP/1.1 subscriber receive every event, in
 //! order, without a break.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::h2c::{H2Conn, H2End, H2Stream, Reason};

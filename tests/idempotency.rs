@@ -2,6 +2,8 @@
 //! id(s) and delivers once — with the `Idempotency-Key` header (single and batch), with per-event
 //! `"key"`s, and with concurrent retries; the same key with another body is `409`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use mcp_fanout_testkit::{
     error_code, start, PublishOptions, Replica, SseRequest, Tally, QUIET, SOON,
 };

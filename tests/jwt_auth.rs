@@ -7,6 +7,8 @@
 //! waiting poll does not outlive its token; RS256/ES256 public keys and a JWKS file verify tokens
 //! too, and refuse an HS256 token "signed" with the public key.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures::future::join_all;

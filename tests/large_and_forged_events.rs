@@ -4,7 +4,7 @@
 //! on the deployment's channel by another role (a future seq, garbage, an empty or huge payload,
 //! the control channel too) delivers nothing, and a real event after the forgeries still arrives.
 
-use std::time::Duration;
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
 use mcp_fanout_testkit::{
     open_stream_with, postgres::quote_literal, Deployment, Frame, SseConn, SseRequest, QUIET, SOON,
@@ -222,5 +222,4 @@ async fn a_60kb_event_arrives_intact_everywhere_and_forged_notifies_deliver_noth
             r.label()
         );
     }
-    tokio::time::sleep(Duration::from_millis(10)).await;
 }

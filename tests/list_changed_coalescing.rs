@@ -6,6 +6,8 @@
 //! never show up, the subscriber's own are coalesced apart from the broadcast ones. Memory and
 //! Postgres mode; and with coalescing off every list_changed arrives.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -14,6 +14,8 @@
 //!    → 404 / -32601; at `FANOUT_MAX_SUBSCRIBERS` → 503 with a JSON-RPC error. In proxy mode the
 //!    listen requests get the same answers (they are never forwarded).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 mod e2e;
 
 use std::time::Duration;
@@ -613,4 +615,67 @@ async fn bad_listen_requests_get_the_specified_json_rpc_errors() {
     )
     .await;
     assert_eq!(ack, json!({ "toolsListChanged": true }));
+}
+
+/// `mcp_fanout_http_errors_total{code}` for one code (0 before the first).
+async fn http_errors(r: &Replica, code: &str) -> f64 {
+    r.metric(&format!(r#"mcp_fanout_http_errors_total{{code="{code}"}}"#))
+        .await
+        .expect("metrics")
+        .unwrap_or(0.0)
+}
+
+/// A JSON-RPC error answer on `POST /mcp` is counted in `http_errors` like every other error
+/// answer: by its JSON-RPC name, or (refused at the HTTP edge) by the HTTP error's code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_rpc_errors_are_counted_in_http_errors() {
+    let r = mcp_fanout_testkit::start("listen-error-metric", &[]).await;
+    // Each case is named by the metric code it must be counted under.
+    let cases = [
+        case(
+            "parse_error",
+            listen_headers(),
+            &b"{\"jsonrpc\": \"2.0\", \"id\": 1,"[..],
+            400,
+            -32700,
+            Value::Null,
+        ),
+        case(
+            "method_not_found",
+            with("mcp-method", "tools/list"),
+            json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list", "params": {"_meta": {VERSION_META: VERSION}}})
+                .to_string(),
+            404,
+            -32601,
+            json!(1),
+        ),
+        case(
+            "header_mismatch",
+            without("mcp-method"),
+            listen_body(json!(1), None).to_string(),
+            400,
+            -32020,
+            json!(1),
+        ),
+        case(
+            "unsupported_media_type",
+            with("content-type", "text/plain"),
+            listen_body(json!(1), None).to_string(),
+            415,
+            -32000,
+            Value::Null,
+        ),
+    ];
+    for c in cases {
+        let before = http_errors(&r, c.name).await;
+        if let Some(failure) = check(&r, "standalone", &c).await {
+            panic!("{failure}");
+        }
+        assert_eq!(
+            http_errors(&r, c.name).await,
+            before + 1.0,
+            "one bad POST /mcp answered with {} counts once",
+            c.name
+        );
+    }
 }

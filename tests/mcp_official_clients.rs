@@ -17,6 +17,8 @@
 //! wrapper), so the test sees each GET they make, its `Last-Event-ID`, the ids of the frames on
 //! it, and when it ends — and can publish exactly while a client is disconnected.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 mod e2e;
 
 use std::time::Duration;

@@ -11,6 +11,8 @@
 //! answer is relayed frame by frame: the log message must arrive through the replica while the
 //! upstream is still holding the result back.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 mod e2e;
 
 use std::collections::BTreeMap;

@@ -5,6 +5,8 @@
 //!
 //! Reads the sources as text: every `crate::<module>` path outside a comment is an edge.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 

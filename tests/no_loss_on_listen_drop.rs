@@ -5,6 +5,8 @@
 //! replica stays connected and receives exactly the log: zero loss, zero duplicates, order intact.
 //! Runs on a cluster of its own.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -6,6 +6,8 @@
 //! the outage, single or batch — is not doubled; everything committed is delivered to every
 //! subscriber exactly once, in order, on the same connection. Runs on a cluster of its own.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::sync::Arc;
 use std::time::Duration;
 

@@ -5,6 +5,8 @@
 //! loopback peer with a loopback `Host`, as `/admin/*` does. Also what `/admin/stats` holds in
 //! memory mode: the one replica, the log's extent, the series, and recent events newest first.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -13,6 +13,8 @@
 //!
 //! The screenshot goes to a temporary directory, never into the repository.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;

@@ -7,6 +7,8 @@
 //! a waiting poll answers at once, a shed GET takes over no session, and the existing streams keep
 //! receiving; a freed slot is usable again.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::{Duration, Instant};
 
 use mcp_fanout_testkit::{

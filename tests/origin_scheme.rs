@@ -4,6 +4,8 @@
 //! or is the scheme's default where the request names another, is another origin too. The
 //! console's page and assets carry `Cross-Origin-Resource-Policy: same-origin`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::cases::{case, run_cases, run_ok, Case};

@@ -6,6 +6,8 @@
 //! and `Content-Length` is framed by `Transfer-Encoding` alone and its connection closes, so
 //! nothing after its body is read as another request. The service keeps serving throughout.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::cases::{case, run_cases, still_serves, Case};

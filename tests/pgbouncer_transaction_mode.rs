@@ -4,6 +4,8 @@
 //! PgBouncer) and `FANOUT_LISTEN_DATABASE_URL` straight to Postgres. Runs on a cluster of its own.
 //! Fails with a clear message when PgBouncer is not installed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use mcp_fanout_testkit::{flow::multi_replica_flow, Deployment, PgBouncer, PgCluster};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

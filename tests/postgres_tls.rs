@@ -8,6 +8,8 @@
 //! name the certificate does not name it fails too: those replicas stay unready (`/readyz`
 //! `503`), log that the database is not ready and retry, and open no backend.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;

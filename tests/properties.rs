@@ -1,6 +1,8 @@
 //! Property tests for the request parsers and the visibility rule: no input panics, accepted
 //! input round-trips, and the visibility rule agrees with its definition.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use mcp_fanout::event::input::{parse_publish_body, PublishLimits};
 use mcp_fanout::event::{Cursor, EventId, Target, Viewer};
 use proptest::prelude::*;

@@ -7,6 +7,8 @@
 //! The upstream is a real server recording what it received and answering with its own hop
 //! headers.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{start_memory, Canned, RawRequest, RawResponse, RecordingUpstream};

@@ -4,6 +4,8 @@
 //! relayed unmodified with the replica's memory bounded; when the client leaves, the upstream
 //! connection is closed.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::hostile::{

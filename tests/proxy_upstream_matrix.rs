@@ -29,6 +29,8 @@
 //! one upstream session per caller's credentials, opened with them, closing the least recently used
 //! upstream beyond `FANOUT_BRIDGE_MAX_SESSIONS`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 mod e2e;
 
 use std::path::Path;

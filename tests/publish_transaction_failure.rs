@@ -3,6 +3,8 @@
 //! publish is refused with a JSON error, later publishes get the very next seq, and subscribers
 //! see every committed event once, in order, and nothing else.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use mcp_fanout_testkit::{
     expect_exactly, follow_all, seq_of, Deployment, PublishOptions, Replica, SOON,
 };

@@ -4,6 +4,8 @@
 //! limit of `POST /mcp` fits JSON-RPC requests (`FANOUT_MAX_REQUEST_BYTES`, 1 MiB). The replica's
 //! memory stays where it was. The admin publish checks its token before reading, too.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use futures::future::join_all;
 use mcp_fanout_testkit::hostile::{closed_by_peer, response_on, send_head_and_part};
 use mcp_fanout_testkit::jwt::{hs256, now_secs};

@@ -1,6 +1,8 @@
 //! Contract §4.1: a request head over the 64 KiB bound is refused with `431` in the
 //! one JSON error shape (hyper's own answer is bare), and the service keeps serving.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::path::Path;
 use std::time::Duration;
 

@@ -4,6 +4,8 @@
 //! head (reconnecting with it does not resync again); a priming event appears only for a cursor-less
 //! 2025-11-25 client.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

@@ -6,6 +6,8 @@
 //! `<schema>.meta.pruned`) yields the resync on another replica, for old and new protocol versions,
 //! and on `/poll`.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

@@ -5,6 +5,8 @@
 //! once, URI-filtered; the replica instance 1 follows is SIGKILLed and restarted with publishes in
 //! between, and those still arrive, once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 mod e2e;
 
 use std::time::Duration;

@@ -3,6 +3,8 @@
 //! time over HTTP and SQL: each subscriber sees exactly its own deployment's log and nothing of
 //! the other's; a cursor from the other deployment is a resync, never the other's events.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

@@ -19,6 +19,8 @@
 //! no resync (which would add list_changed events). A last publish is the barrier after which
 //! every listener's whole sequence of events is compared with what was published.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 mod e2e;
 
 use std::time::Duration;

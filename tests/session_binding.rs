@@ -10,6 +10,8 @@
 //! the first cleanly (`retry:` then the end, counted as `taken_over`), and the new stream carries
 //! the session's events from then on.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

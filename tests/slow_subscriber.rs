@@ -2,6 +2,8 @@
 //! cannot-keep-up) while the others keep receiving everything and publishes keep completing quickly;
 //! when it reconnects with its `Last-Event-ID` it receives everything it missed, exactly once.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{start, Replica, SseConn, SseRequest, Tally, SOON};

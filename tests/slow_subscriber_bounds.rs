@@ -4,6 +4,8 @@
 //! the others keep receiving everything, in order; the drop is counted with its reason; and
 //! reconnecting with its last received id gives it everything after that id, once, in order.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::path::Path;
 use std::time::Duration;
 

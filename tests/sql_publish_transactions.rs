@@ -4,6 +4,8 @@
 //! delivered, on any replica. Committed: delivered once, and not before the commit. Checked up to a
 //! later marker event, against the log table.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

@@ -3,6 +3,8 @@
 //! binary starts a working single-replica service: probes, metrics, a publish, a stream, a poll. And
 //! `--help` lists every setting with its environment variable and defaults.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{bin, poll_answer, Replica, SseRequest, SOON};

@@ -3,6 +3,8 @@
 //! ends cleanly, a hang-up frees the subscriber, a client that sends more after its GET changes
 //! nothing, a `HEAD` holds no subscriber, and HTTP/1.0 and HTTP/2 streams (left with hyper) work.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::net::SocketAddr;
 
 use futures::StreamExt;

@@ -3,6 +3,8 @@
 //! capacity answers at once with no events), `FANOUT_MAX_STREAM_SECS` (a clean, resumable end), and one
 //! stream per session (a new GET for the session ends the older one).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{

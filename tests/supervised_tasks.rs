@@ -7,6 +7,8 @@
 //! is `200` again and the subscriber receives every event — before, during and after the fault —
 //! exactly once, in order, on its one connection.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::time::Duration;
 
 use mcp_fanout_testkit::{wait_until, Deployment, EventId, Follower, SseRequest, SOON};

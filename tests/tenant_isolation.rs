@@ -7,6 +7,8 @@
 //! live, on `Last-Event-ID` replay from the other replica, and via `/poll` (immediate and
 //! waiting) on the other replica — with the same bytes everywhere.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
 use std::collections::HashMap;
 use std::time::Duration;
 

@@ -191,7 +191,7 @@ impl JwtVerifier {
             Keys::Jwks { source, set } => {
                 let head = decode_header(token).map_err(invalid)?;
                 let kid = head.kid.unwrap_or_default();
-                let mut key = find_key(&set.read().await.0, &kid, head.alg);
+                let mut key = find_key(&set.read().await.0, &kid);
                 if key.is_none() {
                     // An unknown key id: the issuer may have rotated keys. Refetch, rate-limited.
                     let mut guard = set.write().await;
@@ -201,7 +201,7 @@ impl JwtVerifier {
                             Err(error) => tracing::warn!(%error, "cannot refresh the JWKS"),
                         }
                     }
-                    key = find_key(&guard.0, &kid, head.alg);
+                    key = find_key(&guard.0, &kid);
                 }
                 let key = key.ok_or_else(|| {
                     AuthError::Unauthenticated("the token's key is unknown".into())
@@ -260,13 +260,12 @@ fn string_claim(claims: &Map<String, Value>, name: &str) -> Result<Option<String
     }
 }
 
-fn find_key(set: &JwkSet, kid: &str, alg: Algorithm) -> Option<DecodingKey> {
+fn find_key(set: &JwkSet, kid: &str) -> Option<DecodingKey> {
     let jwk = if kid.is_empty() {
         set.keys.first()
     } else {
         set.find(kid)
     }?;
-    let _ = alg;
     DecodingKey::from_jwk(jwk).ok()
 }
 
@@ -295,11 +294,4 @@ async fn fetch_jwks(source: &JwksSource) -> Result<JwkSet, JwtConfigError> {
         }
     };
     serde_json::from_str(&text).map_err(|e| JwtConfigError::Jwks(e.to_string()))
-}
-
-/// Seconds since the epoch, for tests and logs.
-pub fn now_secs() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }

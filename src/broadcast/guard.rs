@@ -57,10 +57,6 @@ impl SubscriberGuard {
     pub fn watch_stream(&mut self, stream: Option<StreamCut>) {
         self.stream = stream;
     }
-
-    pub fn session(&self) -> Option<&str> {
-        self.session.as_deref()
-    }
 }
 
 impl Drop for SubscriberGuard {

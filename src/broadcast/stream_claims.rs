@@ -16,7 +16,8 @@ pub struct StreamClaims {
     held: Mutex<HashMap<String, (u64, u64, CancellationToken)>>,
 }
 
-/// A stream's hold on its session. `taken()` resolves when a newer stream claims it.
+/// A stream's hold on its session. When a newer stream claims it, `token()` is cancelled and
+/// `is_taken()` turns true.
 pub struct StreamClaim {
     claims: Arc<StreamClaims>,
     session: String,
@@ -78,10 +79,6 @@ impl StreamClaims {
 }
 
 impl StreamClaim {
-    pub fn taken(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.token.cancelled()
-    }
-
     pub fn is_taken(&self) -> bool {
         self.token.is_cancelled()
     }

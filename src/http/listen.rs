@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::body::{read_body, require_json, BodyLimit};
 use super::era_adapter;
-use super::error::AppError;
+use super::error::{AppError, ErrorCode};
 use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
@@ -42,6 +42,8 @@ pub struct RpcError {
     data: Option<Value>,
     /// Close the connection after the answer (the body was not read whole).
     close: bool,
+    /// The `code` label it is counted under in the `http_errors` metric.
+    metric_code: &'static str,
 }
 
 impl RpcError {
@@ -53,6 +55,7 @@ impl RpcError {
             message: message.into(),
             data: None,
             close: false,
+            metric_code: codes::name(code),
         }
     }
 
@@ -64,9 +67,10 @@ impl RpcError {
         } else {
             codes::SERVER_ERROR
         };
-        let close = e.leaves_body_unread();
         let mut rpc = RpcError::new(status, id, code, e.to_string());
-        rpc.close = close;
+        rpc.close = e.leaves_body_unread();
+        // Counted as the same refusal elsewhere is.
+        rpc.metric_code = e.code();
         rpc
     }
 }
@@ -82,6 +86,7 @@ impl IntoResponse for RpcError {
             axum::Json(json!({ "jsonrpc": "2.0", "id": self.id, "error": error })),
         )
             .into_response();
+        resp.extensions_mut().insert(ErrorCode(self.metric_code));
         if self.status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

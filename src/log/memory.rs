@@ -6,8 +6,8 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 
+use super::idempotency::{self, Known, Plan};
 use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
-use crate::event::input::request_fingerprint;
 use crate::event::StoredEvent;
 
 /// Called with newly committed events, in seq order, while the log's lock is held, so the
@@ -33,14 +33,9 @@ struct Inner {
     bytes: usize,
     head: u64,
     pruned: u64,
-    keys: HashMap<String, KeyEntry>,
+    keys: HashMap<String, Known>,
     /// Keys in the order written, with the highest seq each covers, for pruning with the log.
     key_order: VecDeque<(u64, String)>,
-}
-
-struct KeyEntry {
-    fingerprint: [u8; 32],
-    seqs: Vec<u64>,
 }
 
 impl MemoryLog {
@@ -62,9 +57,6 @@ impl MemoryLog {
     }
 }
 
-const REQUEST_KEY_PREFIX: &str = "request:";
-const EVENT_KEY_PREFIX: &str = "event:";
-
 #[async_trait]
 impl EventLog for MemoryLog {
     fn epoch(&self) -> &str {
@@ -73,56 +65,18 @@ impl EventLog for MemoryLog {
 
     async fn append(&self, req: AppendRequest) -> Result<Appended, LogError> {
         let mut inner = self.lock();
-        let request_key = req.request_key.as_ref().map(|k| {
-            (
-                format!("{REQUEST_KEY_PREFIX}{k}"),
-                request_fingerprint(&req.events),
-            )
-        });
-        if let Some((key, fp)) = &request_key {
-            if let Some(entry) = inner.keys.get(key) {
-                return if entry.fingerprint == *fp {
-                    Ok(Appended {
-                        seqs: entry.seqs.clone(),
-                        new_events: 0,
-                    })
-                } else {
-                    Err(LogError::IdempotencyConflict { index: None })
-                };
-            }
-        }
-        // Per-event keys: a known key with the same body answers its original seq.
-        let batch = req.events.len() > 1;
-        let mut seqs: Vec<Option<u64>> = Vec::with_capacity(req.events.len());
-        for (i, ev) in req.events.iter().enumerate() {
-            let known = match &ev.key {
-                Some(k) => inner.keys.get(&format!("{EVENT_KEY_PREFIX}{k}")),
-                None => None,
-            };
-            match known {
-                Some(entry) if entry.fingerprint == ev.fingerprint() => {
-                    seqs.push(entry.seqs.first().copied())
-                }
-                Some(_) => {
-                    return Err(LogError::IdempotencyConflict {
-                        index: batch.then_some(i),
-                    })
-                }
-                None => seqs.push(None),
-            }
-        }
+        let Plan {
+            answer,
+            fresh,
+            keys,
+            head,
+        } = idempotency::plan(&req, &inner.keys, inner.head)?;
         let now = SystemTime::now();
-        let mut fresh = Vec::new();
-        for (ev, seq) in req.events.iter().zip(seqs.iter_mut()) {
-            if seq.is_some() {
-                continue;
-            }
-            inner.head += 1;
-            let n = inner.head;
-            *seq = Some(n);
+        let mut committed = Vec::with_capacity(fresh.len());
+        for (seq, ev) in fresh {
             let stored = Arc::new(StoredEvent::new(
                 &self.epoch,
-                n,
+                seq,
                 &ev.method,
                 ev.params.as_deref(),
                 ev.target.clone(),
@@ -130,39 +84,20 @@ impl EventLog for MemoryLog {
             ));
             inner.bytes += stored.size();
             inner.events.push_back(stored.clone());
-            fresh.push(stored);
-            if let Some(k) = &ev.key {
-                let key = format!("{EVENT_KEY_PREFIX}{k}");
-                inner.keys.insert(
-                    key.clone(),
-                    KeyEntry {
-                        fingerprint: ev.fingerprint(),
-                        seqs: vec![n],
-                    },
-                );
-                inner.key_order.push_back((n, key));
-            }
+            committed.push(stored);
         }
-        let seqs: Vec<u64> = seqs.into_iter().flatten().collect();
-        if let Some((key, fingerprint)) = request_key {
-            let max = seqs.iter().copied().max().unwrap_or(inner.head);
-            inner.keys.insert(
-                key.clone(),
-                KeyEntry {
-                    fingerprint,
-                    seqs: seqs.clone(),
-                },
-            );
-            inner.key_order.push_back((max, key));
+        inner.head = head;
+        for record in keys {
+            inner
+                .key_order
+                .push_back((record.max_seq, record.key.clone()));
+            inner.keys.insert(record.key, record.known);
         }
         inner.prune(self.limits);
-        if !fresh.is_empty() {
-            (self.sink)(&fresh);
+        if !committed.is_empty() {
+            (self.sink)(&committed);
         }
-        Ok(Appended {
-            seqs,
-            new_events: fresh.len(),
-        })
+        Ok(answer)
     }
 
     async fn read_after(
@@ -217,17 +152,8 @@ impl Inner {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event::{NewEvent, Target};
+    use crate::log::idempotency::test_support::{ev, req};
     use std::sync::atomic::{AtomicU64, Ordering};
-
-    fn ev(method: &str, key: Option<&str>) -> NewEvent {
-        NewEvent {
-            method: format!("notifications/{method}"),
-            params: None,
-            target: Target::default(),
-            key: key.map(str::to_owned),
-        }
-    }
 
     fn log(max_events: usize) -> (MemoryLog, Arc<AtomicU64>) {
         let last = Arc::new(AtomicU64::new(0));
@@ -243,13 +169,6 @@ mod tests {
             max_bytes: usize::MAX,
         };
         (MemoryLog::new("ep".into(), limits, sink), last)
-    }
-
-    fn req(events: Vec<NewEvent>, key: Option<&str>) -> AppendRequest {
-        AppendRequest {
-            events,
-            request_key: key.map(str::to_owned),
-        }
     }
 
     #[tokio::test]

@@ -3,6 +3,7 @@
 //! [`EventLog`] is the interface; [`memory::MemoryLog`] is the embedded single-replica default.
 //! A log hands out [`StoredEvent`]s framed once, so every reader sends the same bytes.
 
+pub mod idempotency;
 pub mod memory;
 pub mod postgres;
 

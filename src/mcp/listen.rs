@@ -20,6 +20,20 @@ pub mod codes {
     pub const SERVER_ERROR: i64 = -32000;
     pub const HEADER_MISMATCH: i64 = -32020;
     pub const UNSUPPORTED_PROTOCOL_VERSION: i64 = -32022;
+
+    /// The code's name: the `code` label of the `http_errors` metric.
+    pub fn name(code: i64) -> &'static str {
+        match code {
+            PARSE_ERROR => "parse_error",
+            INVALID_REQUEST => "invalid_request",
+            METHOD_NOT_FOUND => "method_not_found",
+            INTERNAL => "internal_error",
+            SERVER_ERROR => "server_error",
+            HEADER_MISMATCH => "header_mismatch",
+            UNSUPPORTED_PROTOCOL_VERSION => "unsupported_protocol_version",
+            _ => "jsonrpc_error",
+        }
+    }
 }
 
 /// What a listen stream delivers: the honoured subset of the client's filter.

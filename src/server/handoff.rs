@@ -35,7 +35,7 @@ use tokio::net::TcpStream;
 use super::stream_watch::{StreamWatch, WatchedBody};
 use super::ConnInfo;
 use crate::event::Chunk;
-use crate::socket::{self, Cut, SocketState};
+use crate::socket::{self, Attached, Cut, SocketState};
 
 /// The chunks of a stream response, in order; the end of the stream ends the response.
 pub type Chunks = Pin<Box<dyn Stream<Item = Chunk> + Send>>;
@@ -174,7 +174,7 @@ impl Drop for HandOffBody {
 /// the stream ends (then the terminating chunk, and the connection closes), the client hangs up,
 /// or a write fails, stalls for `limit`, or finds the socket full with the backlog over its bound.
 pub(super) async fn write_stream(
-    tcp: TcpStream,
+    tcp: Attached<TcpStream>,
     mut chunks: Chunks,
     limit: Duration,
     info: ConnInfo,
@@ -217,10 +217,9 @@ pub(super) async fn write_stream(
         Err(error) => tracing::debug!(%error, peer = %info.peer, "stream write failed"),
         Ok(_) => {}
     }
-    // The socket closes below.
-    info.socket.detach();
+    // The socket closes below: untie it from the connection's state first.
+    let mut tcp = tcp.into_inner();
     if let Ok(true) = outcome {
-        let mut tcp = tcp;
         if let Err(error) = tcp.shutdown().await {
             tracing::debug!(%error, peer = %info.peer, "shutdown after the stream failed");
         }

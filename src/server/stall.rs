@@ -17,13 +17,14 @@ use tokio_util::task::TaskTracker;
 
 use super::ConnInfo;
 use super::{handoff, parse_errors};
-use crate::socket::Cut;
+use crate::socket::{Attached, Cut};
 
 /// A socket whose writes fail with `TimedOut` once the kernel has accepted nothing for `limit`.
 /// Once its connection's stream is handed off (or its unparsable request answered) it is an empty
 /// shell: reads see the end, writes fail.
 pub(super) struct StallGuard {
-    inner: Option<TcpStream>,
+    /// The socket, tied to `info.socket` while this (or the stream's writer) holds it.
+    inner: Option<Attached<TcpStream>>,
     limit: Duration,
     timer: Pin<Box<Sleep>>,
     armed: bool,
@@ -40,9 +41,8 @@ impl StallGuard {
         info: ConnInfo,
         writers: TaskTracker,
     ) -> StallGuard {
-        info.socket.attach(&inner);
         StallGuard {
-            inner: Some(inner),
+            inner: Some(info.socket.attach(inner)),
             limit,
             timer: Box::pin(tokio::time::sleep(limit)),
             armed: false,
@@ -113,20 +113,11 @@ impl StallGuard {
         }
         let first = bufs.iter().find(|b| !b.is_empty())?;
         let error = parse_errors::hypers_answer(first)?;
-        let tcp = self.inner.take()?;
-        self.info.socket.detach();
+        // The answering task has the socket alone: untied from the connection's state.
+        let tcp = self.inner.take()?.into_inner();
         self.writers
             .spawn(parse_errors::answer(tcp, error, self.limit, self.info.peer));
         Some(bufs.iter().map(|b| b.len()).sum())
-    }
-}
-
-impl Drop for StallGuard {
-    fn drop(&mut self) {
-        if self.inner.is_some() {
-            // The socket closes with this guard.
-            self.info.socket.detach();
-        }
     }
 }
 
@@ -141,7 +132,7 @@ impl AsyncRead for StallGuard {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         match self.get_mut().inner.as_mut() {
-            Some(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Some(tcp) => Pin::new(&mut **tcp).poll_read(cx, buf),
             // The end of the input, as far as hyper is concerned.
             None => Poll::Ready(Ok(())),
         }
@@ -161,7 +152,7 @@ impl AsyncWrite for StallGuard {
         let Some(tcp) = this.inner.as_mut() else {
             return handed_off();
         };
-        match Pin::new(tcp).poll_write(cx, buf) {
+        match Pin::new(&mut **tcp).poll_write(cx, buf) {
             Poll::Pending => this.on_pending(cx),
             ready => this.on_ready(ready),
         }
@@ -179,7 +170,7 @@ impl AsyncWrite for StallGuard {
         let Some(tcp) = this.inner.as_mut() else {
             return handed_off();
         };
-        match Pin::new(tcp).poll_write_vectored(cx, bufs) {
+        match Pin::new(&mut **tcp).poll_write_vectored(cx, bufs) {
             Poll::Pending => this.on_pending(cx),
             ready => this.on_ready(ready),
         }
@@ -194,7 +185,7 @@ impl AsyncWrite for StallGuard {
         let Some(tcp) = this.inner.as_mut() else {
             return Poll::Ready(Ok(()));
         };
-        match Pin::new(tcp).poll_flush(cx) {
+        match Pin::new(&mut **tcp).poll_flush(cx) {
             Poll::Pending => this.on_pending(cx),
             Poll::Ready(Ok(())) => {
                 this.armed = false;
@@ -208,7 +199,7 @@ impl AsyncWrite for StallGuard {
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut().inner.as_mut() {
-            Some(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Some(tcp) => Pin::new(&mut **tcp).poll_shutdown(cx),
             None => Poll::Ready(Ok(())),
         }
     }

@@ -16,7 +16,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_util::sync::CancellationToken;
 
 use super::{column, timed, DbError};
-use crate::event::input::request_fingerprint;
+use crate::log::idempotency::{self, Known, Plan};
 use crate::log::{AppendRequest, Appended, LogError};
 
 /// Most events committed in one transaction (a request is never split).
@@ -181,11 +181,6 @@ struct Rows {
     key_max: Vec<i64>,
 }
 
-struct Known {
-    fingerprint: Vec<u8>,
-    seqs: Vec<i64>,
-}
-
 async fn commit_group(
     pool: &Pool,
     sql: &Statements,
@@ -213,7 +208,10 @@ async fn transaction(
 ) -> Result<Vec<Result<Appended, LogError>>, DbError> {
     // 1: open with bounded statements, lock the head row (serializing publishers), read the
     // idempotency keys the group names (stable while the lock is held).
-    let wanted: Vec<String> = group.iter().flat_map(|j| job_keys(&j.req)).collect();
+    let wanted: Vec<String> = group
+        .iter()
+        .flat_map(|j| idempotency::keys_of(&j.req))
+        .collect();
     let keys = async {
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -234,11 +232,12 @@ async fn transaction(
     };
     let mut known: HashMap<String, Known> = HashMap::with_capacity(key_rows.len());
     for r in &key_rows {
+        let seqs: Vec<i64> = column(r, 2)?;
         known.insert(
             column(r, 0)?,
             Known {
                 fingerprint: column(r, 1)?,
-                seqs: column(r, 2)?,
+                seqs: seqs.into_iter().map(|s| s as u64).collect(),
             },
         );
     }
@@ -295,110 +294,42 @@ async fn transaction(
     Ok(answers)
 }
 
-const REQUEST_KEY: &str = "request:";
-const EVENT_KEY: &str = "event:";
-
-fn job_keys(req: &AppendRequest) -> Vec<String> {
-    let mut keys: Vec<String> = req
-        .events
-        .iter()
-        .filter_map(|e| e.key.as_ref().map(|k| format!("{EVENT_KEY}{k}")))
-        .collect();
-    if let Some(k) = &req.request_key {
-        keys.push(format!("{REQUEST_KEY}{k}"));
-    }
-    keys
-}
-
-/// Decides one request inside the group: its original seqs (a retry), a conflict, or new rows.
-/// All or nothing: rows are added only if the whole request is accepted.
+/// Decides one request inside the group and adds its rows: its original seqs (a retry), a
+/// conflict, or new rows. All or nothing: rows are added only if the whole request is accepted.
 fn plan(
     req: &AppendRequest,
     known: &mut HashMap<String, Known>,
     next: &mut i64,
     rows: &mut Rows,
 ) -> Result<Appended, LogError> {
-    let request_key = req.request_key.as_ref().map(|k| {
-        (
-            format!("{REQUEST_KEY}{k}"),
-            request_fingerprint(&req.events).to_vec(),
-        )
-    });
-    if let Some((key, fp)) = &request_key {
-        if let Some(k) = known.get(key) {
-            return if k.fingerprint == *fp {
-                Ok(Appended {
-                    seqs: k.seqs.iter().map(|&s| s as u64).collect(),
-                    new_events: 0,
-                })
-            } else {
-                Err(LogError::IdempotencyConflict { index: None })
-            };
-        }
-    }
-    let batch = req.events.len() > 1;
-    let mut seqs = Vec::with_capacity(req.events.len());
-    let mut fresh = Vec::new();
-    let mut cursor = *next;
-    for (i, ev) in req.events.iter().enumerate() {
-        let key = ev.key.as_ref().map(|k| format!("{EVENT_KEY}{k}"));
-        if let Some(k) = key.as_ref().and_then(|k| known.get(k)) {
-            if k.fingerprint != ev.fingerprint() {
-                return Err(LogError::IdempotencyConflict {
-                    index: batch.then_some(i),
-                });
-            }
-            seqs.push(k.seqs.first().copied().unwrap_or_default());
-            continue;
-        }
-        cursor += 1;
-        seqs.push(cursor);
-        fresh.push((cursor, ev, key));
-    }
-    *next = cursor;
-    let new_events = fresh.len();
-    for (seq, ev, key) in fresh {
-        rows.seqs.push(seq);
+    let Plan {
+        answer,
+        fresh,
+        keys,
+        head,
+    } = idempotency::plan(req, known, *next as u64)?;
+    for (seq, ev) in fresh {
+        rows.seqs.push(seq as i64);
         rows.methods.push(ev.method.clone());
         rows.params.push(ev.params.clone());
         rows.tenants.push(ev.target.tenant.clone());
         rows.sessions.push(ev.target.session.clone());
-        if let Some(key) = key {
-            let fp = ev.fingerprint().to_vec();
-            rows.keys.push(key.clone());
-            rows.fingerprints.push(fp.clone());
-            rows.key_seqs.push(seq.to_string());
-            rows.key_max.push(seq);
-            known.insert(
-                key,
-                Known {
-                    fingerprint: fp,
-                    seqs: vec![seq],
-                },
-            );
-        }
     }
-    if let Some((key, fp)) = request_key {
-        let max = seqs.iter().copied().max().unwrap_or(*next);
-        rows.keys.push(key.clone());
-        rows.fingerprints.push(fp.clone());
+    for record in keys {
+        rows.keys.push(record.key.clone());
+        rows.fingerprints.push(record.known.fingerprint.clone());
         rows.key_seqs.push(
-            seqs.iter()
-                .map(i64::to_string)
+            record
+                .known
+                .seqs
+                .iter()
+                .map(u64::to_string)
                 .collect::<Vec<_>>()
                 .join(","),
         );
-        rows.key_max.push(max);
-        known.insert(
-            key,
-            Known {
-                fingerprint: fp,
-                seqs: seqs.clone(),
-            },
-        );
+        rows.key_max.push(record.max_seq as i64);
+        known.insert(record.key, record.known);
     }
-    Ok(Appended {
-        seqs: seqs.into_iter().map(|s| s as u64).collect(),
-        new_events,
-    })
+    *next = head as i64;
+    Ok(answer)
 }
