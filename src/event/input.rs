@@ -370,7 +370,7 @@ mod tests {
     }
 
     #[test]
-    fn refuses_bad_input_with_codes_and_indexes() {
+    fn refuses_bad_bodies_and_batches() {
         assert!(matches!(parse("{"), Err(InputError::InvalidJson(_))));
         assert!(
             matches!(parse(r#"{"method":"notifications/a","tenant":"a","tenant":"b"}"#), Err(InputError::InvalidJson(m)) if m.contains("duplicate key \"tenant\""))
@@ -389,6 +389,10 @@ mod tests {
             parse(r#"{"method":"notifications/a","id":1}"#),
             Err(InputError::NotANotification { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_bad_methods() {
         assert!(matches!(
             parse(r#"{"method":"tools/list"}"#),
             Err(InputError::InvalidMethod { .. })
@@ -409,6 +413,10 @@ mod tests {
             parse(r#"{}"#),
             Err(InputError::InvalidMethod { .. })
         ));
+    }
+
+    #[test]
+    fn refuses_bad_params_and_fields_with_their_names_and_indexes() {
         assert!(matches!(
             parse(r#"{"method":"notifications/a","params":[1]}"#),
             Err(InputError::InvalidParams { .. })
