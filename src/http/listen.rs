@@ -19,6 +19,7 @@ use super::error::AppError;
 use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
+use super::subscription::{self, Open, Opened, Request, Shed};
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{Coalescer, DropReason, Feed, SubscriberGuard, SubscriberKind};
 use crate::event::{parse_json, Chunk, JsonError, Viewer};
@@ -311,42 +312,29 @@ async fn handle(
         e.data = Some(json!({ "supported": [LISTEN_PROTOCOL_VERSION], "requested": version }));
         return Err(e);
     }
-    let unavailable =
-        |m: &str| RpcError::new(StatusCode::SERVICE_UNAVAILABLE, &id, codes::SERVER_ERROR, m);
-    if st.lifecycle.is_draining() {
-        st.metrics.shed("draining");
-        return Err(unavailable(
-            "this replica is shutting down; listen on another",
-        ));
-    }
-    let Some(mut guard) = st.broadcaster.try_register(SubscriberKind::Listen, None) else {
-        st.metrics.shed("capacity");
-        return Err(unavailable(
-            "this replica is at its subscriber limit; retry later",
-        ));
+    let request = Request {
+        kind: SubscriberKind::Listen,
+        session: None,
+        owner: None,
+        expires_at: identity.expires_at,
     };
-    let head = match st.log.bounds().await {
-        Ok(b) => b.head,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the log head for a listen stream");
-            st.metrics.shed("database");
-            return Err(unavailable("the database is unavailable; retry later"));
-        }
+    let opened = match subscription::open(&st, conn, request).await {
+        Ok(Open::Opened(o)) => o,
+        Ok(Open::Shed(reason)) => return Err(shed_error(reason, &id)),
+        Err(e) => return Err(RpcError::from_app(e, &id)),
     };
-    guard.watch_socket(conn.socket.clone());
-    guard.watch_stream(conn.stream_cut());
-    conn.socket.bound_backlog(st.config.max_lag_bytes());
+    let Opened {
+        guard,
+        bounds,
+        expires,
+        ..
+    } = opened;
+    let head = bounds.head;
     let filter = Filter::from_params(msg.get("params"));
     let viewer = Viewer {
         tenant: identity.tenant,
         session: None,
     };
-    let expires = identity.expires_at.and_then(|at| {
-        tokio::time::Instant::now().checked_add(
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default(),
-        )
-    });
     // Never closed for rebalancing (2026 clients do not re-listen): no max age.
     let ends = Ends {
         shutdown: st.lifecycle.listens_end_token(),
@@ -371,6 +359,21 @@ async fn handle(
         s.next_chunk().await.map(|chunk| (Chunk::Bytes(chunk), s))
     }));
     Ok(event_stream(conn.handoff.offer(http_version, chunks)))
+}
+
+/// A listen request turned away: `503`, to listen on another replica or later.
+fn shed_error(reason: Shed, id: &Value) -> RpcError {
+    let message = match reason {
+        Shed::Draining => "this replica is shutting down; listen on another",
+        Shed::Capacity => "this replica is at its subscriber limit; retry later",
+        Shed::Database => "the database is unavailable; retry later",
+    };
+    RpcError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        id,
+        codes::SERVER_ERROR,
+        message,
+    )
 }
 
 /// `POST`/`DELETE /mcp` bodies: the proxy's limit in proxy mode, else the JSON-RPC request one.

@@ -17,6 +17,7 @@ use tokio::time::Instant;
 use super::error::AppError;
 use super::headers::{self, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
+use super::subscription::{self, Open, Opened, Request, Shed};
 use crate::broadcast::pump::{self, Ends, Step};
 use crate::broadcast::{
     Broadcaster, Coalescer, DropReason, Feed, SessionClaim, SubscriberGuard, SubscriberKind,
@@ -27,7 +28,6 @@ use crate::log::Start;
 use crate::mcp::{self, KEEPALIVE_FRAME};
 use crate::server::handoff::{Chunks, Offer};
 use crate::server::ConnInfo;
-use crate::session::SessionError;
 use crate::state::AppState;
 
 pub async fn get_mcp(
@@ -79,50 +79,29 @@ pub async fn get_mcp(
                 Ok(false) => return Err(AppError::SessionNotFound),
                 Err(error) => {
                     tracing::warn!(%error, "cannot check the session; shedding the stream");
-                    return Ok(shed(&st, "database", session.as_deref()));
+                    let reason = Shed::Database.count(&st);
+                    return Ok(shed_response(&st, reason, session.as_deref()));
                 }
             }
         }
     }
 
-    if st.lifecycle.is_draining() {
-        return Ok(shed(&st, "draining", session.as_deref()));
-    }
-    let Some(mut guard) = st
-        .broadcaster
-        .try_register(SubscriberKind::Sse, session.clone())
-    else {
-        return Ok(shed(&st, "capacity", session.as_deref()));
+    let request = Request {
+        kind: SubscriberKind::Sse,
+        session: session.clone(),
+        owner: owner.as_ref(),
+        expires_at: identity.expires_at,
     };
-    let bounds = match st.log.bounds().await {
-        Ok(b) => b,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the log bounds; shedding the stream");
-            drop(guard);
-            return Ok(shed(&st, "database", session.as_deref()));
-        }
+    let opened = match subscription::open(&st, &conn, request).await? {
+        Open::Opened(o) => o,
+        Open::Shed(reason) => return Ok(shed_response(&st, reason, session.as_deref())),
     };
-    // Bind the session to this principal (403 for another) and claim it: the older stream for
-    // it, on any replica, ends. Only now, so a shed GET takes over nothing.
-    let generation = match session.as_deref().zip(owner.as_ref()) {
-        None => None,
-        Some((s, owner)) => match st.sessions.claim(s, owner).await {
-            Ok(g) => Some(g),
-            Err(SessionError::Forbidden) => {
-                return Err(AppError::Forbidden(
-                    "this session belongs to another principal",
-                ))
-            }
-            Err(SessionError::Unavailable(error)) => {
-                tracing::warn!(%error, "cannot claim the session; shedding the stream");
-                drop(guard);
-                return Ok(shed(&st, "database", session.as_deref()));
-            }
-        },
-    };
-    guard.watch_socket(conn.socket.clone());
-    guard.watch_stream(conn.stream_cut());
-    conn.socket.bound_backlog(st.config.max_lag_bytes());
+    let Opened {
+        guard,
+        bounds,
+        claim,
+        expires,
+    } = opened;
     let epoch = st.log.epoch();
     let head_id = |head| EventId { epoch, seq: head }.to_string();
     let (preamble, after) = match bounds.start_for(&cursor, epoch) {
@@ -144,17 +123,6 @@ pub async fn get_mcp(
         let jitter = rand::rng().random_range(0.8..=1.0);
         Instant::now() + age.mul_f64(jitter)
     });
-    // A stream ends when its credential does (leeway included).
-    let expires = identity.expires_at.and_then(|at| {
-        Instant::now().checked_add(
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default(),
-        )
-    });
-    let claim = session
-        .as_deref()
-        .zip(generation)
-        .map(|(s, g)| st.broadcaster.claim_session(s, g));
     // The client's cursor is the stream's until the stream carries an id of its own (a priming
     // frame, a resync, an event). A resumed stream starts without one; the client (the TypeScript
     // SDK, for one) keeps only ids seen on the current stream.
@@ -198,10 +166,14 @@ pub async fn get_mcp(
 }
 
 /// `200`, a jittered `retry:` and an immediate clean end: clients come back later or elsewhere
-/// (an error status would make EventSource and the SDK clients give up for good).
-fn shed(st: &AppState, reason: &'static str, session: Option<&str>) -> Response {
-    st.metrics.shed(reason);
-    tracing::debug!(reason, session = session.unwrap_or(""), "stream shed");
+/// (an error status would make EventSource and the SDK clients give up for good). The shed was
+/// counted.
+fn shed_response(st: &AppState, reason: Shed, session: Option<&str>) -> Response {
+    tracing::debug!(
+        reason = reason.as_str(),
+        session = session.unwrap_or(""),
+        "stream shed"
+    );
     let body = Body::from(mcp::retry_frame(mcp::jittered_retry_ms(st.config.retry_ms)));
     stream_response(
         Offer {
