@@ -9,6 +9,7 @@ pub mod guard;
 pub mod pump;
 pub mod ring;
 pub mod sessions;
+pub mod stream;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};

@@ -3,14 +3,11 @@
 //! the client opted into and framed per stream (SPEC §3.3). Any other method is "method not found"
 //! in standalone mode. Errors here are JSON-RPC error objects.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
 use super::body::{read_body, require_json, BodyLimit};
@@ -20,13 +17,14 @@ use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
 use super::subscription::{self, Open, Opened, Request, Shed};
-use crate::broadcast::pump::{self, Ends, Step};
-use crate::broadcast::{Coalescer, DropReason, Feed, SubscriberGuard, SubscriberKind};
-use crate::event::{parse_json, Chunk, JsonError, Viewer};
+use crate::broadcast::pump::Ends;
+use crate::broadcast::stream::{Parts, Stream};
+use crate::broadcast::{Coalescer, Feed, SubscriberKind};
+use crate::event::{parse_json, JsonError, Viewer};
 use crate::mcp::listen::{
-    self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
+    self, codes, Filter, ListenFraming, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION,
+    PROTOCOL_VERSION_META_KEY,
 };
-use crate::mcp::KEEPALIVE_FRAME;
 use crate::server::handoff::Chunks;
 use crate::server::ConnInfo;
 use crate::session::{minted, Owner, Ownership, SessionError};
@@ -343,21 +341,18 @@ async fn handle(
         expires,
         max_lag: st.config.max_lag(),
     };
-    let stream = ListenStream {
-        ack: Some(listen::acknowledgement(&id, &filter)),
+    let stream = Stream::from(Parts {
+        preamble: Some(listen::acknowledgement(&id, &filter)),
+        framing: ListenFraming { filter, id },
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, head),
         coalescer: Coalescer::new(st.config.coalesce_window()),
-        filter,
-        id,
-        guard,
-        st: st.clone(),
         ends,
         keepalive: st.config.keepalive(),
-        done: false,
-    };
-    let chunks: Chunks = Box::pin(futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk().await.map(|chunk| (Chunk::Bytes(chunk), s))
-    }));
+        pending_max_age: None,
+        guard,
+        claim: None,
+    });
+    let chunks: Chunks = Box::pin(stream.chunks());
     Ok(event_stream(conn.handoff.offer(http_version, chunks)))
 }
 
@@ -381,62 +376,5 @@ fn mcp_body_limit(st: &AppState) -> BodyLimit {
     BodyLimit {
         max_bytes: st.config.mcp_body_limit(),
         within: st.config.body_timeout(),
-    }
-}
-
-struct ListenStream {
-    ack: Option<Bytes>,
-    feed: Feed,
-    coalescer: Coalescer,
-    filter: Filter,
-    id: Value,
-    guard: SubscriberGuard,
-    st: AppState,
-    ends: Ends,
-    keepalive: Duration,
-    done: bool,
-}
-
-impl ListenStream {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
-        if let Some(ack) = self.ack.take() {
-            return Some(ack);
-        }
-        loop {
-            match pump::next_step(
-                &mut self.feed,
-                &self.ends,
-                self.keepalive,
-                &mut self.coalescer,
-            )
-            .await
-            {
-                Step::Events(events) => {
-                    // Framed per stream: each message carries this subscription's id.
-                    let mut out = BytesMut::new();
-                    let mut sent = 0u64;
-                    for ev in events.iter().filter(|e| self.filter.wants(e)) {
-                        out.extend_from_slice(&listen::event_frame(ev, &self.id));
-                        sent += 1;
-                    }
-                    if sent > 0 {
-                        self.st.metrics.events_delivered.inc_by(sent);
-                        return Some(out.freeze());
-                    }
-                }
-                Step::KeepAlive => return Some(Bytes::from_static(KEEPALIVE_FRAME)),
-                Step::End(reason) => return self.finish(reason),
-            }
-        }
-    }
-
-    /// The graceful end: the `subscriptions/listen` result, then close.
-    fn finish(&mut self, reason: DropReason) -> Option<Bytes> {
-        self.done = true;
-        self.guard.end(reason);
-        Some(listen::complete(&self.id))
     }
 }

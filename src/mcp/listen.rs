@@ -1,10 +1,14 @@
 //! `subscriptions/listen` (MCP 2026-07-28): the notification filter, the acknowledgement, and the
 //! per-stream framing (every message carries the subscription id in `params._meta`).
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use crate::event::StoredEvent;
+use super::KEEPALIVE_FRAME;
+use crate::broadcast::stream::Framing;
+use crate::event::{Chunk, StoredEvent};
 
 pub const LISTEN_METHOD: &str = "subscriptions/listen";
 pub const LISTEN_PROTOCOL_VERSION: &str = "2026-07-28";
@@ -141,6 +145,38 @@ pub fn complete(subscription_id: &Value) -> Bytes {
         "id": subscription_id,
         "result": { "_meta": { SUBSCRIPTION_ID_KEY: subscription_id } }
     }))
+}
+
+/// A listen stream's framing: the events the client opted into, each carrying the subscription
+/// id; the `subscriptions/listen` result ends it.
+pub struct ListenFraming {
+    pub filter: Filter,
+    /// The subscription id: the listen request's JSON-RPC id.
+    pub id: Value,
+}
+
+impl Framing for ListenFraming {
+    const OBSERVES_LAG: bool = false;
+
+    fn events(&mut self, events: Vec<Arc<StoredEvent>>) -> Option<(Chunk, u64)> {
+        // Framed per stream: each message carries this subscription's id.
+        let mut out = BytesMut::new();
+        let mut sent = 0u64;
+        for ev in events.iter().filter(|e| self.filter.wants(e)) {
+            out.extend_from_slice(&event_frame(ev, &self.id));
+            sent += 1;
+        }
+        (sent > 0).then(|| (Chunk::Bytes(out.freeze()), sent))
+    }
+
+    fn keepalive(&self) -> Bytes {
+        Bytes::from_static(KEEPALIVE_FRAME)
+    }
+
+    /// The graceful end: the `subscriptions/listen` result, then close.
+    fn end(&mut self, _cursor: u64) -> Bytes {
+        complete(&self.id)
+    }
 }
 
 #[cfg(test)]
