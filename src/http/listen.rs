@@ -17,14 +17,12 @@ use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
 use super::subscription::{self, Open, Opened, Request, Shed};
+use crate::auth::Identity;
 use crate::broadcast::pump::Ends;
 use crate::broadcast::stream::{Parts, Stream};
 use crate::broadcast::{Coalescer, Feed, SubscriberKind};
 use crate::event::{parse_json, JsonError, Viewer};
-use crate::mcp::listen::{
-    self, codes, Filter, ListenFraming, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION,
-    PROTOCOL_VERSION_META_KEY,
-};
+use crate::mcp::listen::{self, codes, Filter, ListenFraming, Refusal, LISTEN_METHOD};
 use crate::server::handoff::Chunks;
 use crate::server::ConnInfo;
 use crate::session::{minted, Owner, Ownership, SessionError};
@@ -67,6 +65,19 @@ impl RpcError {
         let mut rpc = RpcError::new(status, id, code, e.to_string());
         rpc.close = close;
         rpc
+    }
+}
+
+impl From<Box<Refusal>> for RpcError {
+    fn from(r: Box<Refusal>) -> RpcError {
+        RpcError {
+            status: r.status,
+            id: r.id,
+            code: r.code,
+            message: r.message,
+            data: r.data,
+            close: false,
+        }
     }
 }
 
@@ -235,88 +246,35 @@ async fn handle(
     }
     require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
     let msg = parsed.map_err(|e| parse_error(&e))?;
-    let (method, id) = match (&msg["jsonrpc"], &msg["method"], msg.get("id")) {
-        (Value::String(v), Value::String(m), id) if v == "2.0" => (m.clone(), id.cloned()),
-        _ => {
-            return Err(RpcError::new(
-                StatusCode::BAD_REQUEST,
-                &null,
-                codes::INVALID_REQUEST,
-                "Invalid Request: expected a JSON-RPC 2.0 request with a string method",
-            ))
-        }
-    };
-    let Some(id) = id else {
-        // A notification: nothing in this protocol revision needs one from clients here.
-        return Ok(StatusCode::ACCEPTED.into_response());
-    };
-    if !(id.is_string() || id.is_number()) {
-        return Err(RpcError::new(
-            StatusCode::BAD_REQUEST,
-            &null,
-            codes::INVALID_REQUEST,
-            "Invalid Request: id must be a string or a number",
-        ));
-    }
-    let mismatch =
-        |m: String| RpcError::new(StatusCode::BAD_REQUEST, &id, codes::HEADER_MISMATCH, m);
-    match headers.get(MCP_METHOD).map(|v| v.as_bytes()) {
-        None => {
-            return Err(mismatch(
-                "Header mismatch: the Mcp-Method header is required".into(),
-            ))
-        }
-        Some(h) if h != method.as_bytes() => {
-            return Err(mismatch(format!(
-            "Header mismatch: Mcp-Method header value '{}' does not match body value '{method}'",
-            String::from_utf8_lossy(h)
-        )))
-        }
-        Some(_) => {}
-    }
-    let Some(version) = headers
-        .get(MCP_PROTOCOL_VERSION)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    else {
-        return Err(mismatch(
-            "Header mismatch: the MCP-Protocol-Version header is required".into(),
-        ));
-    };
-    if let Some(body_version) = msg
-        .pointer("/params/_meta")
-        .and_then(|m| m.get(PROTOCOL_VERSION_META_KEY))
-    {
-        if body_version.as_str() != Some(version.as_str()) {
-            return Err(mismatch(format!(
-                "Header mismatch: MCP-Protocol-Version header value '{version}' does not match body value {body_version}"
-            )));
+    let request = listen::validate(
+        &msg,
+        headers.get(MCP_METHOD).map(|v| v.as_bytes()),
+        headers.get(MCP_PROTOCOL_VERSION).map(|v| v.as_bytes()),
+    )?;
+    match request {
+        listen::Request::Notification => Ok(StatusCode::ACCEPTED.into_response()),
+        listen::Request::Listen { id, filter } => {
+            open_stream(&st, conn, http_version, identity, id, filter).await
         }
     }
-    if method != LISTEN_METHOD {
-        return Err(RpcError::new(
-            StatusCode::NOT_FOUND,
-            &id,
-            codes::METHOD_NOT_FOUND,
-            format!("Method not found: {method} (this service answers only {LISTEN_METHOD})"),
-        ));
-    }
-    if version != LISTEN_PROTOCOL_VERSION {
-        let mut e = RpcError::new(
-            StatusCode::BAD_REQUEST,
-            &id,
-            codes::UNSUPPORTED_PROTOCOL_VERSION,
-            "Unsupported protocol version",
-        );
-        e.data = Some(json!({ "supported": [LISTEN_PROTOCOL_VERSION], "requested": version }));
-        return Err(e);
-    }
+}
+
+/// The `subscriptions/listen` stream: the acknowledgement, then the events the filter wants.
+async fn open_stream(
+    st: &AppState,
+    conn: &ConnInfo,
+    http_version: Version,
+    identity: Identity,
+    id: Value,
+    filter: Filter,
+) -> Result<Response, RpcError> {
     let request = Request {
         kind: SubscriberKind::Listen,
         session: None,
         owner: None,
         expires_at: identity.expires_at,
     };
-    let opened = match subscription::open(&st, conn, request).await {
+    let opened = match subscription::open(st, conn, request).await {
         Ok(Open::Opened(o)) => o,
         Ok(Open::Shed(reason)) => return Err(shed_error(reason, &id)),
         Err(e) => return Err(RpcError::from_app(e, &id)),
@@ -328,7 +286,6 @@ async fn handle(
         ..
     } = opened;
     let head = bounds.head;
-    let filter = Filter::from_params(msg.get("params"));
     let viewer = Viewer {
         tenant: identity.tenant,
         session: None,
