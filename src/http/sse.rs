@@ -23,7 +23,7 @@ use crate::broadcast::stream::{Framing, Parts, Stream};
 use crate::broadcast::{Coalescer, Feed, SessionClaim, SubscriberKind};
 use crate::event::{Chunk, Cursor, EventId, StoredEvent, Viewer};
 use crate::log::Start;
-use crate::mcp::{self, KEEPALIVE_FRAME};
+use crate::mcp::{self, ProtocolVersion, KEEPALIVE_FRAME};
 use crate::server::handoff::{Chunks, Offer};
 use crate::server::ConnInfo;
 use crate::state::AppState;
@@ -94,6 +94,25 @@ pub async fn get_mcp(
         Open::Opened(o) => o,
         Open::Shed(reason) => return Ok(shed_response(&st, reason, session.as_deref())),
     };
+    let viewer = Viewer {
+        tenant: identity.tenant.clone(),
+        session: session.clone(),
+    };
+    let stream = sse_stream(&st, opened, version, &cursor, viewer);
+    let chunks: Chunks = Box::pin(stream.chunks());
+    let offer = conn.handoff.offer(http_version, chunks);
+    Ok(stream_response(offer, session.as_deref()))
+}
+
+/// The GET stream of a subscriber that was let in: where it starts (priming, replay or resync),
+/// and when it ends.
+fn sse_stream(
+    st: &AppState,
+    opened: Opened,
+    version: ProtocolVersion,
+    cursor: &Cursor,
+    viewer: Viewer,
+) -> Stream<SseFraming> {
     let Opened {
         guard,
         bounds,
@@ -102,7 +121,7 @@ pub async fn get_mcp(
     } = opened;
     let epoch = st.log.epoch();
     let head_id = |head| EventId { epoch, seq: head }.to_string();
-    let (preamble, after) = match bounds.start_for(&cursor, epoch) {
+    let (preamble, after) = match bounds.start_for(cursor, epoch) {
         Start::Fresh { head } => {
             let priming = version
                 .primes()
@@ -111,10 +130,6 @@ pub async fn get_mcp(
         }
         Start::Replay { after } => (None, after),
         Start::Resync { head } => (Some(mcp::resync_frames(&head_id(head), version)), head),
-    };
-    let viewer = Viewer {
-        tenant: identity.tenant.clone(),
-        session: session.clone(),
     };
     let deadline = st.config.max_stream_age().map(|age| {
         use rand::Rng;
@@ -139,7 +154,7 @@ pub async fn get_mcp(
         expires,
         max_lag: st.config.max_lag(),
     };
-    let stream = Stream::from(Parts {
+    Stream::from(Parts {
         framing: SseFraming {
             epoch: epoch.to_owned(),
             primes: version.primes(),
@@ -155,10 +170,7 @@ pub async fn get_mcp(
         pending_max_age: pending_rebalance,
         guard,
         claim,
-    });
-    let chunks: Chunks = Box::pin(stream.chunks());
-    let offer = conn.handoff.offer(http_version, chunks);
-    Ok(stream_response(offer, session.as_deref()))
+    })
 }
 
 /// `200`, a jittered `retry:` and an immediate clean end: clients come back later or elsewhere
