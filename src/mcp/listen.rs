@@ -429,4 +429,31 @@ mod tests {
             Some((StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL_VERSION))
         );
     }
+
+    #[test]
+    fn the_listen_framing_writes_only_what_the_filter_wants() {
+        let mut framing = ListenFraming {
+            filter: Filter {
+                tools: true,
+                ..Filter::default()
+            },
+            id: json!(3),
+        };
+        let unwanted = vec![Arc::new(ev("notifications/prompts/list_changed", None))];
+        assert!(
+            framing.events(unwanted).is_none(),
+            "nothing to write: read on"
+        );
+        let mixed = vec![
+            Arc::new(ev("notifications/tools/list_changed", None)),
+            Arc::new(ev("notifications/custom", None)),
+        ];
+        let (chunk, delivered) = framing.events(mixed).expect("a write");
+        assert_eq!(delivered, 1);
+        assert_eq!(
+            chunk.into_bytes(),
+            event_frame(&ev("notifications/tools/list_changed", None), &json!(3))
+        );
+        assert_eq!(framing.end(0), complete(&json!(3)));
+    }
 }
