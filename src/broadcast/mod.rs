@@ -8,6 +8,7 @@ pub mod feed;
 pub mod guard;
 pub mod pump;
 pub mod ring;
+pub mod stream;
 pub mod stream_claims;
 
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,6 +1,7 @@
 //! One step of a subscriber stream: read what its feed has, or wait for more, a keep-alive, or an
-//! end condition. The SSE stream and the `subscriptions/listen` stream both run on this; they
-//! differ only in their framing and in which conditions end them.
+//! end condition. Every subscriber stream runs on this through the driver of [`super::stream`];
+//! the SSE and `subscriptions/listen` streams differ only in their framing and in which conditions
+//! end them.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -3,14 +3,11 @@
 //! the client opted into and framed per stream (contract §3.3). Any other method is "method not found"
 //! in standalone mode. Errors here are JSON-RPC error objects.
 
-use std::time::Duration;
-
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Version};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
-use bytes::{Bytes, BytesMut};
 use serde_json::{json, Value};
 
 use super::body::{read_body, require_json, BodyLimit};
@@ -19,13 +16,13 @@ use super::error::{AppError, ErrorCode};
 use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
-use crate::broadcast::pump::{self, Ends, Step};
-use crate::broadcast::{Coalescer, DropReason, Feed, SubscriberGuard, SubscriberKind};
-use crate::event::{parse_json, Chunk, JsonError, Viewer};
-use crate::mcp::listen::{
-    self, codes, Filter, LISTEN_METHOD, LISTEN_PROTOCOL_VERSION, PROTOCOL_VERSION_META_KEY,
-};
-use crate::mcp::KEEPALIVE_FRAME;
+use super::subscription::{self, Open, Opened, Request, Shed};
+use crate::auth::Identity;
+use crate::broadcast::pump::Ends;
+use crate::broadcast::stream::{Parts, Stream};
+use crate::broadcast::{Coalescer, Feed, SubscriberKind};
+use crate::event::{parse_json, JsonError, Viewer};
+use crate::mcp::listen::{self, codes, Filter, ListenFraming, Refusal, LISTEN_METHOD};
 use crate::server::handoff::Chunks;
 use crate::server::ConnInfo;
 use crate::session::{minted, Owner, Ownership, SessionError};
@@ -72,6 +69,20 @@ impl RpcError {
         // Counted as the same refusal elsewhere is.
         rpc.metric_code = e.code();
         rpc
+    }
+}
+
+impl From<Box<Refusal>> for RpcError {
+    fn from(r: Box<Refusal>) -> RpcError {
+        RpcError {
+            status: r.status,
+            id: r.id,
+            code: r.code,
+            message: r.message,
+            data: r.data,
+            close: false,
+            metric_code: codes::name(r.code),
+        }
     }
 }
 
@@ -241,117 +252,50 @@ async fn handle(
     }
     require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
     let msg = parsed.map_err(|e| parse_error(&e))?;
-    let (method, id) = match (&msg["jsonrpc"], &msg["method"], msg.get("id")) {
-        (Value::String(v), Value::String(m), id) if v == "2.0" => (m.clone(), id.cloned()),
-        _ => {
-            return Err(RpcError::new(
-                StatusCode::BAD_REQUEST,
-                &null,
-                codes::INVALID_REQUEST,
-                "Invalid Request: expected a JSON-RPC 2.0 request with a string method",
-            ))
-        }
-    };
-    let Some(id) = id else {
-        // A notification: nothing in this protocol revision needs one from clients here.
-        return Ok(StatusCode::ACCEPTED.into_response());
-    };
-    if !(id.is_string() || id.is_number()) {
-        return Err(RpcError::new(
-            StatusCode::BAD_REQUEST,
-            &null,
-            codes::INVALID_REQUEST,
-            "Invalid Request: id must be a string or a number",
-        ));
-    }
-    let mismatch =
-        |m: String| RpcError::new(StatusCode::BAD_REQUEST, &id, codes::HEADER_MISMATCH, m);
-    match headers.get(MCP_METHOD).map(|v| v.as_bytes()) {
-        None => {
-            return Err(mismatch(
-                "Header mismatch: the Mcp-Method header is required".into(),
-            ))
-        }
-        Some(h) if h != method.as_bytes() => {
-            return Err(mismatch(format!(
-            "Header mismatch: Mcp-Method header value '{}' does not match body value '{method}'",
-            String::from_utf8_lossy(h)
-        )))
-        }
-        Some(_) => {}
-    }
-    let Some(version) = headers
-        .get(MCP_PROTOCOL_VERSION)
-        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-    else {
-        return Err(mismatch(
-            "Header mismatch: the MCP-Protocol-Version header is required".into(),
-        ));
-    };
-    if let Some(body_version) = msg
-        .pointer("/params/_meta")
-        .and_then(|m| m.get(PROTOCOL_VERSION_META_KEY))
-    {
-        if body_version.as_str() != Some(version.as_str()) {
-            return Err(mismatch(format!(
-                "Header mismatch: MCP-Protocol-Version header value '{version}' does not match body value {body_version}"
-            )));
+    let request = listen::validate(
+        &msg,
+        headers.get(MCP_METHOD).map(|v| v.as_bytes()),
+        headers.get(MCP_PROTOCOL_VERSION).map(|v| v.as_bytes()),
+    )?;
+    match request {
+        listen::Request::Notification => Ok(StatusCode::ACCEPTED.into_response()),
+        listen::Request::Listen { id, filter } => {
+            open_stream(&st, conn, http_version, identity, id, filter).await
         }
     }
-    if method != LISTEN_METHOD {
-        return Err(RpcError::new(
-            StatusCode::NOT_FOUND,
-            &id,
-            codes::METHOD_NOT_FOUND,
-            format!("Method not found: {method} (this service answers only {LISTEN_METHOD})"),
-        ));
-    }
-    if version != LISTEN_PROTOCOL_VERSION {
-        let mut e = RpcError::new(
-            StatusCode::BAD_REQUEST,
-            &id,
-            codes::UNSUPPORTED_PROTOCOL_VERSION,
-            "Unsupported protocol version",
-        );
-        e.data = Some(json!({ "supported": [LISTEN_PROTOCOL_VERSION], "requested": version }));
-        return Err(e);
-    }
-    let unavailable =
-        |m: &str| RpcError::new(StatusCode::SERVICE_UNAVAILABLE, &id, codes::SERVER_ERROR, m);
-    if st.lifecycle.is_draining() {
-        st.metrics.shed("draining");
-        return Err(unavailable(
-            "this replica is shutting down; listen on another",
-        ));
-    }
-    let Some(mut guard) = st.broadcaster.try_register(SubscriberKind::Listen, None) else {
-        st.metrics.shed("capacity");
-        return Err(unavailable(
-            "this replica is at its subscriber limit; retry later",
-        ));
+}
+
+/// The `subscriptions/listen` stream: the acknowledgement, then the events the filter wants.
+async fn open_stream(
+    st: &AppState,
+    conn: &ConnInfo,
+    http_version: Version,
+    identity: Identity,
+    id: Value,
+    filter: Filter,
+) -> Result<Response, RpcError> {
+    let request = Request {
+        kind: SubscriberKind::Listen,
+        session: None,
+        owner: None,
+        expires_at: identity.expires_at,
     };
-    let head = match st.log.bounds().await {
-        Ok(b) => b.head,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the log head for a listen stream");
-            st.metrics.shed("database");
-            return Err(unavailable("the database is unavailable; retry later"));
-        }
+    let opened = match subscription::open(st, conn, request).await {
+        Ok(Open::Opened(o)) => o,
+        Ok(Open::Shed(reason)) => return Err(shed_error(reason, &id)),
+        Err(e) => return Err(RpcError::from_app(e, &id)),
     };
-    guard.watch_socket(conn.socket.clone());
-    guard.watch_stream(conn.stream_cut());
-    conn.socket.bound_backlog(st.config.max_lag_bytes());
-    let filter = Filter::from_params(msg.get("params"));
+    let Opened {
+        guard,
+        bounds,
+        expires,
+        ..
+    } = opened;
+    let head = bounds.head;
     let viewer = Viewer {
         tenant: identity.tenant,
         session: None,
     };
-    let expires = identity.expires_at.and_then(|at| {
-        tokio::time::Instant::now().checked_add(
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default(),
-        )
-    });
     // Never closed for rebalancing (2026 clients do not re-listen): no max age.
     let ends = Ends {
         shutdown: st.lifecycle.listens_end_token(),
@@ -360,22 +304,34 @@ async fn handle(
         expires,
         max_lag: st.config.max_lag(),
     };
-    let stream = ListenStream {
-        ack: Some(listen::acknowledgement(&id, &filter)),
+    let stream = Stream::from(Parts {
+        preamble: Some(listen::acknowledgement(&id, &filter)),
+        framing: ListenFraming { filter, id },
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, head),
         coalescer: Coalescer::new(st.config.coalesce_window()),
-        filter,
-        id,
-        guard,
-        st: st.clone(),
         ends,
         keepalive: st.config.keepalive(),
-        done: false,
-    };
-    let chunks: Chunks = Box::pin(futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk().await.map(|chunk| (Chunk::Bytes(chunk), s))
-    }));
+        pending_max_age: None,
+        guard,
+        claim: None,
+    });
+    let chunks: Chunks = Box::pin(stream.chunks());
     Ok(event_stream(conn.handoff.offer(http_version, chunks)))
+}
+
+/// A listen request turned away: `503`, to listen on another replica or later.
+fn shed_error(reason: Shed, id: &Value) -> RpcError {
+    let message = match reason {
+        Shed::Draining => "this replica is shutting down; listen on another",
+        Shed::Capacity => "this replica is at its subscriber limit; retry later",
+        Shed::Database => "the database is unavailable; retry later",
+    };
+    RpcError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        id,
+        codes::SERVER_ERROR,
+        message,
+    )
 }
 
 /// `POST`/`DELETE /mcp` bodies: the proxy's limit in proxy mode, else the JSON-RPC request one.
@@ -383,62 +339,5 @@ fn mcp_body_limit(st: &AppState) -> BodyLimit {
     BodyLimit {
         max_bytes: st.config.mcp_body_limit(),
         within: st.config.body_timeout(),
-    }
-}
-
-struct ListenStream {
-    ack: Option<Bytes>,
-    feed: Feed,
-    coalescer: Coalescer,
-    filter: Filter,
-    id: Value,
-    guard: SubscriberGuard,
-    st: AppState,
-    ends: Ends,
-    keepalive: Duration,
-    done: bool,
-}
-
-impl ListenStream {
-    async fn next_chunk(&mut self) -> Option<Bytes> {
-        if self.done {
-            return None;
-        }
-        if let Some(ack) = self.ack.take() {
-            return Some(ack);
-        }
-        loop {
-            match pump::next_step(
-                &mut self.feed,
-                &self.ends,
-                self.keepalive,
-                &mut self.coalescer,
-            )
-            .await
-            {
-                Step::Events(events) => {
-                    // Framed per stream: each message carries this subscription's id.
-                    let mut out = BytesMut::new();
-                    let mut sent = 0u64;
-                    for ev in events.iter().filter(|e| self.filter.wants(e)) {
-                        out.extend_from_slice(&listen::event_frame(ev, &self.id));
-                        sent += 1;
-                    }
-                    if sent > 0 {
-                        self.st.metrics.events_delivered.inc_by(sent);
-                        return Some(out.freeze());
-                    }
-                }
-                Step::KeepAlive => return Some(Bytes::from_static(KEEPALIVE_FRAME)),
-                Step::End(reason) => return self.finish(reason),
-            }
-        }
-    }
-
-    /// The graceful end: the `subscriptions/listen` result, then close.
-    fn finish(&mut self, reason: DropReason) -> Option<Bytes> {
-        self.done = true;
-        self.guard.end(reason);
-        Some(listen::complete(&self.id))
     }
 }

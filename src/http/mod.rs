@@ -14,6 +14,7 @@ pub mod origin;
 pub mod poll;
 pub mod proxy;
 pub mod sse;
+pub mod subscription;
 
 use std::any::Any;
 

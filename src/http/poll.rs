@@ -3,12 +3,15 @@
 
 use std::time::Duration;
 
+use tokio::time::Instant;
+
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
 
 use super::error::AppError;
 use super::headers;
+use super::subscription;
 use crate::broadcast::coalesce::coalesce;
 use crate::broadcast::{Feed, SubscriberKind};
 use crate::event::{Cursor, EventId, StoredEvent, Viewer};
@@ -75,17 +78,13 @@ pub async fn poll(
         Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after).with_log_head(bounds.head);
     let (mut events, mut more) = collect(&mut feed).await?;
     if events.is_empty() && timeout > 0 && !st.lifecycle.is_draining() {
-        let Some(_slot) = st.broadcaster.try_register(SubscriberKind::Poll, session) else {
-            st.metrics.shed("capacity");
+        let Ok(_slot) = subscription::slot(&st, SubscriberKind::Poll, session) else {
             return Ok(answer(&[], &id(after), false));
         };
         // Never wait past the credential's expiry.
-        let until_expiry = identity.expires_at.map(|at| {
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default()
-        });
-        let wait = Duration::from_secs(timeout);
-        let wait = tokio::time::sleep(until_expiry.map_or(wait, |e| e.min(wait)));
+        let wait = Instant::now() + Duration::from_secs(timeout);
+        let until = subscription::expiry(identity.expires_at).map_or(wait, |e| e.min(wait));
+        let wait = tokio::time::sleep_until(until);
         tokio::pin!(wait);
         while events.is_empty() {
             tokio::select! {

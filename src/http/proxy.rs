@@ -106,24 +106,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         );
     }
     if rpc == Some("initialize") && status.is_success() {
-        let mut session = headers
-            .get(MCP_SESSION_ID)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned);
-        if session.is_none() && up.mint_session_ids {
-            let minted = minted::mint();
-            if let Ok(v) = HeaderValue::from_str(&minted) {
-                headers.insert(HeaderName::from_static(MCP_SESSION_ID), v);
-                session = Some(minted);
-            }
-        }
-        // Record before relaying: the client's next request (its GET) may reach another replica.
-        if let Some(s) = &session {
-            let owner = f.owner.clone().unwrap_or_else(Owner::nobody);
-            if let Err(error) = st.sessions.register(s, &owner).await {
-                tracing::warn!(%error, session = s, "cannot record the session; forwarding anyway");
-            }
-        }
+        record_session(st, up, &mut headers, f.owner.as_ref()).await;
     }
     if f.method == Method::DELETE && status.is_success() {
         if let Some(s) = f.headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) {
@@ -132,11 +115,73 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     }
     let rewrite =
         up.advertise_list_changed && matches!(rpc, Some("initialize" | "server/discover"));
+    let body = match relay_body(up, resp, &mut headers, rewrite, started).await {
+        Ok(body) => body,
+        Err(BodyFailed::Cut) => {
+            return upstream_error(
+                StatusCode::BAD_GATEWAY,
+                &f.body,
+                "the upstream answer was cut",
+            )
+        }
+        Err(BodyFailed::Timeout) => return upstream_timeout(up, &f.body),
+    };
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    *out.headers_mut() = headers;
+    out
+}
+
+/// An upstream session an `initialize` opened (or one minted for a stateless upstream), recorded
+/// with its owner before the answer is relayed: the client's next request (its GET) may reach
+/// another replica.
+async fn record_session(
+    st: &AppState,
+    up: &Upstream,
+    headers: &mut HeaderMap,
+    owner: Option<&Owner>,
+) {
+    let mut session = headers
+        .get(MCP_SESSION_ID)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    if session.is_none() && up.mint_session_ids {
+        let minted = minted::mint();
+        if let Ok(v) = HeaderValue::from_str(&minted) {
+            headers.insert(HeaderName::from_static(MCP_SESSION_ID), v);
+            session = Some(minted);
+        }
+    }
+    // Record before relaying: the client's next request (its GET) may reach another replica.
+    if let Some(s) = &session {
+        let owner = owner.cloned().unwrap_or_else(Owner::nobody);
+        if let Err(error) = st.sessions.register(s, &owner).await {
+            tracing::warn!(%error, session = s, "cannot record the session; forwarding anyway");
+        }
+    }
+}
+
+/// Why an upstream answer's body could not be relayed.
+enum BodyFailed {
+    Cut,
+    Timeout,
+}
+
+/// The body relayed to the client: the upstream's, or (`rewrite`) with `listChanged` advertised,
+/// held whole up to `rewrite_max_bytes` within the response timeout (an event stream is rewritten
+/// as it goes).
+async fn relay_body(
+    up: &Upstream,
+    resp: reqwest::Response,
+    headers: &mut HeaderMap,
+    rewrite: bool,
+    started: tokio::time::Instant,
+) -> Result<Body, BodyFailed> {
     let is_sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let body = if rewrite && !is_sse {
+    Ok(if rewrite && !is_sse {
         headers.remove(header::CONTENT_LENGTH);
         let held = tokio::time::timeout_at(
             started + up.response_timeout,
@@ -154,13 +199,9 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
             }
             Ok(Err(error)) => {
                 tracing::warn!(%error, "upstream body failed");
-                return upstream_error(
-                    StatusCode::BAD_GATEWAY,
-                    &f.body,
-                    "the upstream answer was cut",
-                );
+                return Err(BodyFailed::Cut);
             }
-            Err(_) => return upstream_timeout(up, &f.body),
+            Err(_) => return Err(BodyFailed::Timeout),
         }
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
@@ -171,11 +212,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         ))
     } else {
         Body::from_stream(resp.bytes_stream())
-    };
-    let mut out = Response::new(body);
-    *out.status_mut() = status;
-    *out.headers_mut() = headers;
-    out
+    })
 }
 
 /// `headers` without the hop-by-hop ones, those their `Connection` names, and `also`.

@@ -4,7 +4,7 @@
 //! the cursor (from the ring, or the log when the ring no longer holds them), then live events,
 //! with keep-alive comments when idle. The server ends a stream only with a `retry:` block.
 
-use std::time::Duration;
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{RawQuery, State};
@@ -17,17 +17,15 @@ use tokio::time::Instant;
 use super::error::AppError;
 use super::headers::{self, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
-use crate::broadcast::pump::{self, Ends, Step};
-use crate::broadcast::{
-    Broadcaster, Coalescer, DropReason, Feed, StreamClaim, SubscriberGuard, SubscriberKind,
-};
-use crate::event::{Chunk, Cursor};
-use crate::event::{EventId, Viewer};
+use super::subscription::{self, Open, Opened, Request, Shed};
+use crate::broadcast::pump::Ends;
+use crate::broadcast::stream::{Framing, Parts, Stream};
+use crate::broadcast::{Coalescer, Feed, StreamClaim, SubscriberKind};
+use crate::event::{Chunk, Cursor, EventId, StoredEvent, Viewer};
 use crate::log::Start;
-use crate::mcp::{self, KEEPALIVE_FRAME};
+use crate::mcp::{self, ProtocolVersion, KEEPALIVE_FRAME};
 use crate::server::handoff::{Chunks, Offer};
 use crate::server::ConnInfo;
-use crate::session::SessionError;
 use crate::state::AppState;
 
 pub async fn get_mcp(
@@ -79,53 +77,51 @@ pub async fn get_mcp(
                 Ok(false) => return Err(AppError::SessionNotFound),
                 Err(error) => {
                     tracing::warn!(%error, "cannot check the session; shedding the stream");
-                    return Ok(shed(&st, "database", session.as_deref()));
+                    let reason = Shed::Database.count(&st);
+                    return Ok(shed_response(&st, reason, session.as_deref()));
                 }
             }
         }
     }
 
-    if st.lifecycle.is_draining() {
-        return Ok(shed(&st, "draining", session.as_deref()));
-    }
-    let Some(mut guard) = st
-        .broadcaster
-        .try_register(SubscriberKind::Sse, session.clone())
-    else {
-        return Ok(shed(&st, "capacity", session.as_deref()));
+    let request = Request {
+        kind: SubscriberKind::Sse,
+        session: session.clone(),
+        owner: owner.as_ref(),
+        expires_at: identity.expires_at,
     };
-    let bounds = match st.log.bounds().await {
-        Ok(b) => b,
-        Err(error) => {
-            tracing::warn!(%error, "cannot read the log bounds; shedding the stream");
-            drop(guard);
-            return Ok(shed(&st, "database", session.as_deref()));
-        }
+    let opened = match subscription::open(&st, &conn, request).await? {
+        Open::Opened(o) => o,
+        Open::Shed(reason) => return Ok(shed_response(&st, reason, session.as_deref())),
     };
-    // Bind the session to this principal (403 for another) and claim it: the older stream for
-    // it, on any replica, ends. Only now, so a shed GET takes over nothing.
-    let generation = match session.as_deref().zip(owner.as_ref()) {
-        None => None,
-        Some((s, owner)) => match st.sessions.claim(s, owner).await {
-            Ok(g) => Some(g),
-            Err(SessionError::Forbidden) => {
-                return Err(AppError::Forbidden(
-                    "this session belongs to another principal",
-                ))
-            }
-            Err(SessionError::Unavailable(error)) => {
-                tracing::warn!(%error, "cannot claim the session; shedding the stream");
-                drop(guard);
-                return Ok(shed(&st, "database", session.as_deref()));
-            }
-        },
+    let viewer = Viewer {
+        tenant: identity.tenant.clone(),
+        session: session.clone(),
     };
-    guard.watch_socket(conn.socket.clone());
-    guard.watch_stream(conn.stream_cut());
-    conn.socket.bound_backlog(st.config.max_lag_bytes());
+    let stream = sse_stream(&st, opened, version, &cursor, viewer);
+    let chunks: Chunks = Box::pin(stream.chunks());
+    let offer = conn.handoff.offer(http_version, chunks);
+    Ok(stream_response(offer, session.as_deref()))
+}
+
+/// The GET stream of a subscriber that was let in: where it starts (priming, replay or resync),
+/// and when it ends.
+fn sse_stream(
+    st: &AppState,
+    opened: Opened,
+    version: ProtocolVersion,
+    cursor: &Cursor,
+    viewer: Viewer,
+) -> Stream<SseFraming> {
+    let Opened {
+        guard,
+        bounds,
+        claim,
+        expires,
+    } = opened;
     let epoch = st.log.epoch();
     let head_id = |head| EventId { epoch, seq: head }.to_string();
-    let (preamble, after) = match bounds.start_for(&cursor, epoch) {
+    let (preamble, after) = match bounds.start_for(cursor, epoch) {
         Start::Fresh { head } => {
             let priming = version
                 .primes()
@@ -135,26 +131,11 @@ pub async fn get_mcp(
         Start::Replay { after } => (None, after),
         Start::Resync { head } => (Some(mcp::resync_frames(&head_id(head), version)), head),
     };
-    let viewer = Viewer {
-        tenant: identity.tenant.clone(),
-        session: session.clone(),
-    };
     let deadline = st.config.max_stream_age().map(|age| {
         use rand::Rng;
         let jitter = rand::rng().random_range(0.8..=1.0);
         Instant::now() + age.mul_f64(jitter)
     });
-    // A stream ends when its credential does (leeway included).
-    let expires = identity.expires_at.and_then(|at| {
-        Instant::now().checked_add(
-            at.duration_since(std::time::SystemTime::now())
-                .unwrap_or_default(),
-        )
-    });
-    let claim = session
-        .as_deref()
-        .zip(generation)
-        .map(|(s, g)| st.broadcaster.claim_session(s, g));
     // The client's cursor is the stream's until the stream carries an id of its own (a priming
     // frame, a resync, an event). A resumed stream starts without one; the client (the TypeScript
     // SDK, for one) keeps only ids seen on the current stream.
@@ -173,35 +154,34 @@ pub async fn get_mcp(
         expires,
         max_lag: st.config.max_lag(),
     };
-    let stream = SseStream {
-        epoch: epoch.to_owned(),
-        primes: version.primes(),
-        carried_id,
-        pending_rebalance,
-        _claim: claim,
+    Stream::from(Parts {
+        framing: SseFraming {
+            epoch: epoch.to_owned(),
+            primes: version.primes(),
+            carried_id,
+            retry_ms: st.config.retry_ms,
+        },
+        preamble,
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after)
             .with_log_head(bounds.head),
         coalescer: Coalescer::new(st.config.coalesce_window()),
-        broadcaster: st.broadcaster.clone(),
-        guard,
-        preamble,
         ends,
         keepalive: st.config.keepalive(),
-        retry_ms: st.config.retry_ms,
-        done: false,
-    };
-    let chunks: Chunks = Box::pin(futures::stream::unfold(stream, |mut s| async move {
-        s.next_chunk().await.map(|chunk| (chunk, s))
-    }));
-    let offer = conn.handoff.offer(http_version, chunks);
-    Ok(stream_response(offer, session.as_deref()))
+        pending_max_age: pending_rebalance,
+        guard,
+        claim,
+    })
 }
 
 /// `200`, a jittered `retry:` and an immediate clean end: clients come back later or elsewhere
-/// (an error status would make EventSource and the SDK clients give up for good).
-fn shed(st: &AppState, reason: &'static str, session: Option<&str>) -> Response {
-    st.metrics.shed(reason);
-    tracing::debug!(reason, session = session.unwrap_or(""), "stream shed");
+/// (an error status would make EventSource and the SDK clients give up for good). The shed was
+/// counted.
+fn shed_response(st: &AppState, reason: Shed, session: Option<&str>) -> Response {
+    tracing::debug!(
+        reason = reason.as_str(),
+        session = session.unwrap_or(""),
+        "stream shed"
+    );
     let body = Body::from(mcp::retry_frame(mcp::jittered_retry_ms(st.config.retry_ms)));
     stream_response(
         Offer {
@@ -243,99 +223,58 @@ pub(super) fn event_stream(offer: Offer) -> Response {
     resp
 }
 
-struct SseStream {
+/// The GET stream's framing: events as their stored frames (with their ids), and an end that
+/// keeps the client's cursor.
+struct SseFraming {
     epoch: String,
     /// The client speaks 2025-11-25 or later (empty-data priming frames are understood).
     primes: bool,
     /// The stream has sent an `id:` (so the client's cursor is known from this stream).
     carried_id: bool,
-    /// The max-age deadline of an older client's stream, armed once it carries an id.
-    pending_rebalance: Option<Instant>,
-    /// This stream's hold on its session (a newer stream for it ends this one); dropped with it.
-    _claim: Option<StreamClaim>,
-    feed: Feed,
-    /// `FANOUT_COALESCE_MS`: list_changed held back to gather a burst, and left out when superseded.
-    coalescer: Coalescer,
-    broadcaster: Broadcaster,
-    guard: SubscriberGuard,
-    preamble: Option<Bytes>,
-    ends: Ends,
-    keepalive: Duration,
     retry_ms: u64,
-    done: bool,
 }
 
-impl SseStream {
-    async fn next_chunk(&mut self) -> Option<Chunk> {
-        if self.done {
-            return None;
-        }
-        if let Some(p) = self.preamble.take() {
-            return Some(Chunk::Bytes(p));
-        }
-        match pump::next_step(
-            &mut self.feed,
-            &self.ends,
-            self.keepalive,
-            &mut self.coalescer,
-        )
-        .await
-        {
-            Step::Events(events) => {
-                if !self.carried_id {
-                    self.carried_id = true;
-                    if let Some(at) = self.pending_rebalance.take() {
-                        self.ends.max_age = Some(at);
-                    }
-                }
-                Some(self.write(events))
-            }
-            Step::KeepAlive => Some(Chunk::Bytes(Bytes::from_static(KEEPALIVE_FRAME))),
-            Step::End(reason) => self.finish(reason).map(Chunk::Bytes),
-        }
-    }
+impl Framing for SseFraming {
+    const OBSERVES_LAG: bool = true;
 
     /// The frames of a batch, as one (gather) write.
-    fn write(&self, events: Vec<std::sync::Arc<crate::event::StoredEvent>>) -> Chunk {
-        let metrics = self.broadcaster.metrics();
-        metrics.events_delivered.inc_by(events.len() as u64);
-        if let Some(first) = events.first() {
-            if let Ok(lag) = first.committed_at.elapsed() {
-                metrics.observe_lag(lag.as_secs_f64());
-            }
-        }
-        Chunk::Events(events)
+    fn events(&mut self, events: Vec<Arc<StoredEvent>>) -> Option<(Chunk, u64)> {
+        self.carried_id = true;
+        let delivered = events.len() as u64;
+        Some((Chunk::Events(events), delivered))
     }
 
-    fn finish(&mut self, reason: DropReason) -> Option<Bytes> {
-        self.done = true;
-        self.guard.end(reason);
+    fn keepalive(&self) -> Bytes {
+        Bytes::from_static(KEEPALIVE_FRAME)
+    }
+
+    fn end(&mut self, cursor: u64) -> Bytes {
         let retry = mcp::jittered_retry_ms(self.retry_ms);
         if self.primes && !self.carried_id {
             // Ending a stream that never carried an id: hand the client its cursor back, or it
             // reconnects without one and starts from the head (losing what happens meanwhile).
             let cursor = EventId {
                 epoch: &self.epoch,
-                seq: self.feed.cursor(),
+                seq: cursor,
             };
-            return Some(Bytes::from(mcp::priming_frame(
-                &cursor.to_string(),
-                Some(retry),
-            )));
+            return Bytes::from(mcp::priming_frame(&cursor.to_string(), Some(retry)));
         }
-        Some(mcp::retry_frame(retry))
+        mcp::retry_frame(retry)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::broadcast::RingLimits;
+    use crate::broadcast::pump;
+    use crate::broadcast::{Broadcaster, RingLimits};
     use crate::event::{NewEvent, Target};
     use crate::log::memory::{MemoryLimits, MemoryLog};
     use crate::log::{AppendRequest, EventLog};
     use crate::metrics::{Metrics, ReasonLabel};
     use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::time::Instant;
 
     struct Fixture {
         bc: Broadcaster,
@@ -365,26 +304,22 @@ mod tests {
     }
 
     impl Fixture {
-        fn stream(
+        fn parts(
             &self,
             keepalive: Duration,
             max_lag: Duration,
             deadline: Option<Instant>,
-        ) -> SseStream {
-            SseStream {
-                epoch: "ep".into(),
-                primes: false,
-                carried_id: true,
-                pending_rebalance: None,
-                _claim: None,
+        ) -> Parts<SseFraming> {
+            Parts {
+                framing: SseFraming {
+                    epoch: "ep".into(),
+                    primes: false,
+                    carried_id: true,
+                    retry_ms: 100,
+                },
+                preamble: None,
                 feed: Feed::new(self.bc.clone(), self.log.clone(), Viewer::default(), 0),
                 coalescer: Coalescer::default(),
-                broadcaster: self.bc.clone(),
-                guard: self
-                    .bc
-                    .try_register(SubscriberKind::Sse, Some("sess-1".into()))
-                    .expect("slot"),
-                preamble: None,
                 ends: Ends {
                     shutdown: self.bc.closed_token(),
                     taken_over: None,
@@ -393,9 +328,22 @@ mod tests {
                     max_lag,
                 },
                 keepalive,
-                retry_ms: 100,
-                done: false,
+                pending_max_age: None,
+                guard: self
+                    .bc
+                    .try_register(SubscriberKind::Sse, Some("sess-1".into()))
+                    .expect("slot"),
+                claim: None,
             }
+        }
+
+        fn stream(
+            &self,
+            keepalive: Duration,
+            max_lag: Duration,
+            deadline: Option<Instant>,
+        ) -> Stream<SseFraming> {
+            Stream::from(self.parts(keepalive, max_lag, deadline))
         }
 
         async fn publish(&self, n: usize) {
@@ -505,10 +453,11 @@ mod tests {
     async fn an_id_less_stream_of_a_2025_11_25_client_ends_with_its_cursor() {
         let f = fixture();
         f.publish(2).await;
-        let mut s = f.stream(LONG, LONG, None);
-        s.feed = Feed::new(f.bc.clone(), f.log.clone(), Viewer::default(), 2);
-        s.primes = true;
-        s.carried_id = false;
+        let mut p = f.parts(LONG, LONG, None);
+        p.feed = Feed::new(f.bc.clone(), f.log.clone(), Viewer::default(), 2);
+        p.framing.primes = true;
+        p.framing.carried_id = false;
+        let mut s = Stream::from(p);
         f.bc.close();
         let end = s.next_chunk().await.map(Chunk::into_bytes).expect("end");
         let text = std::str::from_utf8(&end).expect("utf8");
@@ -521,9 +470,10 @@ mod tests {
     #[tokio::test]
     async fn an_older_clients_id_less_stream_is_not_cut_for_rebalancing_until_it_carries_an_id() {
         let f = fixture();
-        let mut s = f.stream(Duration::from_millis(30), LONG, None);
-        s.carried_id = false;
-        s.pending_rebalance = Some(Instant::now());
+        let mut p = f.parts(Duration::from_millis(30), LONG, None);
+        p.framing.carried_id = false;
+        p.pending_max_age = Some(Instant::now());
+        let mut s = Stream::from(p);
         // Past its max age but id-less: only keep-alives.
         assert_eq!(
             &s.next_chunk()
@@ -544,8 +494,9 @@ mod tests {
     async fn with_coalescing_a_burst_is_gathered_into_one_write_with_the_newest_list_changed() {
         const LIST: &str = "notifications/tools/list_changed";
         let f = fixture();
-        let mut s = f.stream(LONG, LONG, None);
-        s.coalescer = Coalescer::new(Duration::from_millis(300));
+        let mut p = f.parts(LONG, LONG, None);
+        p.coalescer = Coalescer::new(Duration::from_millis(300));
+        let mut s = Stream::from(p);
         f.publish(1).await; // seq 1: written at once
         let first = s.next_chunk().await.map(Chunk::into_bytes).expect("first");
         assert!(first.starts_with(b"id: ep-1\n"));
@@ -576,8 +527,9 @@ mod tests {
     #[tokio::test]
     async fn held_list_changed_are_written_before_the_stream_ends() {
         let f = fixture();
-        let mut s = f.stream(LONG, LONG, None);
-        s.coalescer = Coalescer::new(Duration::from_secs(10));
+        let mut p = f.parts(LONG, LONG, None);
+        p.coalescer = Coalescer::new(Duration::from_secs(10));
+        let mut s = Stream::from(p);
         f.publish_method(3, "notifications/prompts/list_changed")
             .await;
         let task = tokio::spawn(async move {

@@ -1,10 +1,15 @@
 //! `subscriptions/listen` (MCP 2026-07-28): the notification filter, the acknowledgement, and the
 //! per-stream framing (every message carries the subscription id in `params._meta`).
 
-use bytes::Bytes;
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use bytes::{Bytes, BytesMut};
 use serde_json::{json, Map, Value};
 
-use crate::event::{ListChanged, StoredEvent};
+use super::KEEPALIVE_FRAME;
+use crate::broadcast::stream::Framing;
+use crate::event::{Chunk, ListChanged, StoredEvent};
 
 pub const LISTEN_METHOD: &str = "subscriptions/listen";
 pub const LISTEN_PROTOCOL_VERSION: &str = "2026-07-28";
@@ -34,6 +39,139 @@ pub mod codes {
             _ => "jsonrpc_error",
         }
     }
+}
+
+/// A `POST /mcp` request that is not answered with a stream: the JSON-RPC error it gets (boxed
+/// where returned: it is large).
+#[derive(Debug)]
+pub struct Refusal {
+    pub status: StatusCode,
+    /// The request's id (`null` when it has none that can be trusted).
+    pub id: Value,
+    pub code: i64,
+    pub message: String,
+    pub data: Option<Value>,
+}
+
+impl Refusal {
+    fn new(status: StatusCode, id: &Value, code: i64, message: impl Into<String>) -> Box<Refusal> {
+        Box::new(Refusal {
+            status,
+            id: id.clone(),
+            code,
+            message: message.into(),
+            data: None,
+        })
+    }
+
+    fn invalid(message: &str) -> Box<Refusal> {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            &Value::Null,
+            codes::INVALID_REQUEST,
+            message,
+        )
+    }
+}
+
+/// What a valid JSON-RPC message on `POST /mcp` asks for.
+#[derive(Debug)]
+pub enum Request {
+    /// A notification: nothing in this protocol revision needs one from clients here.
+    Notification,
+    /// `subscriptions/listen`, with its id (the subscription id) and its filter.
+    Listen { id: Value, filter: Filter },
+}
+
+/// Validates a JSON-RPC message against its `Mcp-Method` and `MCP-Protocol-Version` headers
+/// (contract §3.3): a 2.0 request or notification, an id that is a string or a number, headers that
+/// match the body, `subscriptions/listen` at 2026-07-28 (any other method is not found).
+pub fn validate(
+    msg: &Value,
+    mcp_method: Option<&[u8]>,
+    protocol_version: Option<&[u8]>,
+) -> Result<Request, Box<Refusal>> {
+    let (method, id) = match (&msg["jsonrpc"], &msg["method"], msg.get("id")) {
+        (Value::String(v), Value::String(m), id) if v == "2.0" => (m.as_str(), id),
+        _ => {
+            return Err(Refusal::invalid(
+                "Invalid Request: expected a JSON-RPC 2.0 request with a string method",
+            ))
+        }
+    };
+    let Some(id) = id else {
+        return Ok(Request::Notification);
+    };
+    if !(id.is_string() || id.is_number()) {
+        return Err(Refusal::invalid(
+            "Invalid Request: id must be a string or a number",
+        ));
+    }
+    let version = matching_headers(msg, method, id, mcp_method, protocol_version)?;
+    if method != LISTEN_METHOD {
+        return Err(Refusal::new(
+            StatusCode::NOT_FOUND,
+            id,
+            codes::METHOD_NOT_FOUND,
+            format!("Method not found: {method} (this service answers only {LISTEN_METHOD})"),
+        ));
+    }
+    if version != LISTEN_PROTOCOL_VERSION {
+        let mut e = Refusal::new(
+            StatusCode::BAD_REQUEST,
+            id,
+            codes::UNSUPPORTED_PROTOCOL_VERSION,
+            "Unsupported protocol version",
+        );
+        e.data = Some(json!({ "supported": [LISTEN_PROTOCOL_VERSION], "requested": version }));
+        return Err(e);
+    }
+    Ok(Request::Listen {
+        id: id.clone(),
+        filter: Filter::from_params(msg.get("params")),
+    })
+}
+
+/// The headers a request must carry, equal to its body: `Mcp-Method` to its method, and
+/// `MCP-Protocol-Version` to the version in its `params._meta`, if any. Returns the version.
+fn matching_headers(
+    msg: &Value,
+    method: &str,
+    id: &Value,
+    mcp_method: Option<&[u8]>,
+    protocol_version: Option<&[u8]>,
+) -> Result<String, Box<Refusal>> {
+    let mismatch = |m: String| Refusal::new(StatusCode::BAD_REQUEST, id, codes::HEADER_MISMATCH, m);
+    match mcp_method {
+        None => {
+            return Err(mismatch(
+                "Header mismatch: the Mcp-Method header is required".into(),
+            ))
+        }
+        Some(h) if h != method.as_bytes() => {
+            return Err(mismatch(format!(
+            "Header mismatch: Mcp-Method header value '{}' does not match body value '{method}'",
+            String::from_utf8_lossy(h)
+        )))
+        }
+        Some(_) => {}
+    }
+    let Some(version) = protocol_version.map(|v| String::from_utf8_lossy(v).into_owned()) else {
+        return Err(mismatch(
+            "Header mismatch: the MCP-Protocol-Version header is required".into(),
+        ));
+    };
+    if let Some(body_version) = msg
+        .pointer("/params/_meta")
+        .and_then(|m| m.get(PROTOCOL_VERSION_META_KEY))
+    {
+        if body_version.as_str() != Some(version.as_str()) {
+            return Err(mismatch(format!(
+                "Header mismatch: MCP-Protocol-Version header value '{version}' does not match body value {body_version}"
+            )));
+        }
+    }
+    Ok(version)
 }
 
 /// What a listen stream delivers: the honoured subset of the client's filter.
@@ -157,6 +295,38 @@ pub fn complete(subscription_id: &Value) -> Bytes {
     }))
 }
 
+/// A listen stream's framing: the events the client opted into, each carrying the subscription
+/// id; the `subscriptions/listen` result ends it.
+pub struct ListenFraming {
+    pub filter: Filter,
+    /// The subscription id: the listen request's JSON-RPC id.
+    pub id: Value,
+}
+
+impl Framing for ListenFraming {
+    const OBSERVES_LAG: bool = false;
+
+    fn events(&mut self, events: Vec<Arc<StoredEvent>>) -> Option<(Chunk, u64)> {
+        // Framed per stream: each message carries this subscription's id.
+        let mut out = BytesMut::new();
+        let mut sent = 0u64;
+        for ev in events.iter().filter(|e| self.filter.wants(e)) {
+            out.extend_from_slice(&event_frame(ev, &self.id));
+            sent += 1;
+        }
+        (sent > 0).then(|| (Chunk::Bytes(out.freeze()), sent))
+    }
+
+    fn keepalive(&self) -> Bytes {
+        Bytes::from_static(KEEPALIVE_FRAME)
+    }
+
+    /// The graceful end: the `subscriptions/listen` result, then close.
+    fn end(&mut self, _cursor: u64) -> Bytes {
+        complete(&self.id)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -223,5 +393,81 @@ mod tests {
         .expect("json");
         assert_eq!(done["id"], 7);
         assert_eq!(done["result"]["_meta"][SUBSCRIPTION_ID_KEY], 7);
+    }
+
+    #[test]
+    fn requests_are_validated_against_their_headers() {
+        let listen = json!({"jsonrpc": "2.0", "id": 1, "method": LISTEN_METHOD,
+            "params": {"_meta": {PROTOCOL_VERSION_META_KEY: LISTEN_PROTOCOL_VERSION}}});
+        let m = Some(LISTEN_METHOD.as_bytes());
+        let v = Some(LISTEN_PROTOCOL_VERSION.as_bytes());
+        assert!(matches!(
+            validate(&listen, m, v),
+            Ok(Request::Listen { id, .. }) if id == 1
+        ));
+        let note = json!({"jsonrpc": "2.0", "method": "notifications/x"});
+        assert!(matches!(
+            validate(&note, None, None),
+            Ok(Request::Notification)
+        ));
+        let refused = |msg: &Value, m, v| validate(msg, m, v).err().map(|r| (r.status, r.code));
+        let bad = json!({"jsonrpc": "1.0", "id": 1, "method": LISTEN_METHOD});
+        assert_eq!(
+            refused(&bad, m, v),
+            Some((StatusCode::BAD_REQUEST, codes::INVALID_REQUEST))
+        );
+        let bad_id = json!({"jsonrpc": "2.0", "id": [1], "method": LISTEN_METHOD});
+        assert_eq!(
+            refused(&bad_id, m, v),
+            Some((StatusCode::BAD_REQUEST, codes::INVALID_REQUEST))
+        );
+        for (m, v) in [
+            (None, v),
+            (Some(&b"tools/list"[..]), v),
+            (m, None),
+            (m, Some(&b"2025-11-25"[..])),
+        ] {
+            assert_eq!(
+                refused(&listen, m, v),
+                Some((StatusCode::BAD_REQUEST, codes::HEADER_MISMATCH))
+            );
+        }
+        let other = json!({"jsonrpc": "2.0", "id": "a", "method": "tools/list"});
+        assert_eq!(
+            refused(&other, Some(b"tools/list"), v),
+            Some((StatusCode::NOT_FOUND, codes::METHOD_NOT_FOUND))
+        );
+        let old = json!({"jsonrpc": "2.0", "id": 1, "method": LISTEN_METHOD});
+        assert_eq!(
+            refused(&old, m, Some(b"2025-11-25")),
+            Some((StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL_VERSION))
+        );
+    }
+
+    #[test]
+    fn the_listen_framing_writes_only_what_the_filter_wants() {
+        let mut framing = ListenFraming {
+            filter: Filter {
+                tools: true,
+                ..Filter::default()
+            },
+            id: json!(3),
+        };
+        let unwanted = vec![Arc::new(ev("notifications/prompts/list_changed", None))];
+        assert!(
+            framing.events(unwanted).is_none(),
+            "nothing to write: read on"
+        );
+        let mixed = vec![
+            Arc::new(ev("notifications/tools/list_changed", None)),
+            Arc::new(ev("notifications/custom", None)),
+        ];
+        let (chunk, delivered) = framing.events(mixed).expect("a write");
+        assert_eq!(delivered, 1);
+        assert_eq!(
+            chunk.into_bytes(),
+            event_frame(&ev("notifications/tools/list_changed", None), &json!(3))
+        );
+        assert_eq!(framing.end(0), complete(&json!(3)));
     }
 }

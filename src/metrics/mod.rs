@@ -95,7 +95,6 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("mcp_fanout");
         let subscribers = Family::<KindLabel, Gauge>::default();
         let events_published = Counter::default();
         let events_delivered = Counter::default();
@@ -115,97 +114,6 @@ impl Metrics {
         let pool_available = Gauge::default();
         let pool_waiting = Gauge::default();
         let task_restarts = Family::<TaskLabel, Counter>::default();
-        registry.register(
-            "subscribers",
-            "Current subscribers on this replica",
-            subscribers.clone(),
-        );
-        registry.register(
-            "events_published",
-            "Events committed through this replica",
-            events_published.clone(),
-        );
-        registry.register(
-            "events_delivered",
-            "Events written to subscribers (one per event per subscriber)",
-            events_delivered.clone(),
-        );
-        registry.register(
-            "events_coalesced",
-            "list_changed not written because a newer one of the same kind and target was (FANOUT_COALESCE_MS)",
-            events_coalesced.clone(),
-        );
-        registry.register(
-            "subscribers_dropped",
-            "Subscribers ended by the server, by reason",
-            subscribers_dropped.clone(),
-        );
-        registry.register(
-            "subscribers_shed",
-            "Subscribe requests answered with retry and a clean end, by reason",
-            subscribers_shed.clone(),
-        );
-        registry.register(
-            "log_read_events",
-            "Events subscribers read from the log because the in-memory ring no longer held them",
-            log_reads_events.clone(),
-        );
-        registry.register(
-            "publish_deliver_lag_seconds",
-            "Seconds from commit to the write into a subscriber stream",
-            deliver_lag.clone(),
-        );
-        registry.register(
-            "log_head",
-            "Highest seq this replica has seen committed",
-            log_head.clone(),
-        );
-        registry.register(
-            "http_errors",
-            "Error answers, by error code",
-            http_errors.clone(),
-        );
-        registry.register(
-            "listen_connected",
-            "1 while the LISTEN connection is up",
-            listen_connected.clone(),
-        );
-        registry.register(
-            "listen_reconnects",
-            "LISTEN connection losses",
-            listen_reconnects.clone(),
-        );
-        registry.register(
-            "bridge_events",
-            "Events the bridge read from the log",
-            bridge_events.clone(),
-        );
-        registry.register(
-            "catch_up_events",
-            "Events read from the log right after a LISTEN (re)connect",
-            catch_up_events.clone(),
-        );
-        registry.register(
-            "notify_queue_usage",
-            "pg_notification_queue_usage(), sampled on each heartbeat",
-            notify_queue_usage.clone(),
-        );
-        registry.register("db_pool_size", "Connections in the pool", pool_size.clone());
-        registry.register(
-            "db_pool_available",
-            "Idle connections in the pool",
-            pool_available.clone(),
-        );
-        registry.register(
-            "db_pool_waiting",
-            "Requests waiting for a pool connection",
-            pool_waiting.clone(),
-        );
-        registry.register(
-            "task_restarts",
-            "Background tasks restarted after a failure, a panic or an unexpected exit, by task",
-            task_restarts.clone(),
-        );
         // Known label values exist from the start, so rate() and alerts see zeros, not gaps.
         for reason in DropReason::ALL {
             let _ = subscribers_dropped.get_or_create(&ReasonLabel {
@@ -223,8 +131,8 @@ impl Metrics {
         for task in TASKS {
             let _ = task_restarts.get_or_create(&TaskLabel { task });
         }
-        Metrics {
-            registry,
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("mcp_fanout"),
             subscribers,
             events_published,
             events_delivered,
@@ -245,7 +153,109 @@ impl Metrics {
             pool_available,
             pool_waiting,
             task_restarts,
-        }
+        };
+        metrics.register();
+        metrics
+    }
+
+    /// Names and describes every metric in the registry, in the order they are exposed.
+    fn register(&mut self) {
+        let registry = &mut self.registry;
+        registry.register(
+            "subscribers",
+            "Current subscribers on this replica",
+            self.subscribers.clone(),
+        );
+        registry.register(
+            "events_published",
+            "Events committed through this replica",
+            self.events_published.clone(),
+        );
+        registry.register(
+            "events_delivered",
+            "Events written to subscribers (one per event per subscriber)",
+            self.events_delivered.clone(),
+        );
+        registry.register(
+            "events_coalesced",
+            "list_changed not written because a newer one of the same kind and target was (FANOUT_COALESCE_MS)",
+            self.events_coalesced.clone(),
+        );
+        registry.register(
+            "subscribers_dropped",
+            "Subscribers ended by the server, by reason",
+            self.subscribers_dropped.clone(),
+        );
+        registry.register(
+            "subscribers_shed",
+            "Subscribe requests answered with retry and a clean end, by reason",
+            self.subscribers_shed.clone(),
+        );
+        registry.register(
+            "log_read_events",
+            "Events subscribers read from the log because the in-memory ring no longer held them",
+            self.log_reads_events.clone(),
+        );
+        registry.register(
+            "publish_deliver_lag_seconds",
+            "Seconds from commit to the write into a subscriber stream",
+            self.deliver_lag.clone(),
+        );
+        registry.register(
+            "log_head",
+            "Highest seq this replica has seen committed",
+            self.log_head.clone(),
+        );
+        registry.register(
+            "http_errors",
+            "Error answers, by error code",
+            self.http_errors.clone(),
+        );
+        registry.register(
+            "listen_connected",
+            "1 while the LISTEN connection is up",
+            self.listen_connected.clone(),
+        );
+        registry.register(
+            "listen_reconnects",
+            "LISTEN connection losses",
+            self.listen_reconnects.clone(),
+        );
+        registry.register(
+            "bridge_events",
+            "Events the bridge read from the log",
+            self.bridge_events.clone(),
+        );
+        registry.register(
+            "catch_up_events",
+            "Events read from the log right after a LISTEN (re)connect",
+            self.catch_up_events.clone(),
+        );
+        registry.register(
+            "notify_queue_usage",
+            "pg_notification_queue_usage(), sampled on each heartbeat",
+            self.notify_queue_usage.clone(),
+        );
+        registry.register(
+            "db_pool_size",
+            "Connections in the pool",
+            self.pool_size.clone(),
+        );
+        registry.register(
+            "db_pool_available",
+            "Idle connections in the pool",
+            self.pool_available.clone(),
+        );
+        registry.register(
+            "db_pool_waiting",
+            "Requests waiting for a pool connection",
+            self.pool_waiting.clone(),
+        );
+        registry.register(
+            "task_restarts",
+            "Background tasks restarted after a failure, a panic or an unexpected exit, by task",
+            self.task_restarts.clone(),
+        );
     }
 
     /// Prometheus text exposition.

@@ -130,44 +130,14 @@ pub async fn serve(
     opts: ConnOptions,
     stop: CancellationToken,
 ) {
-    // HTTP/2 streams run as tasks of their own, each under the write-stall deadline.
-    let mut builder = auto::Builder::new(StreamExec {
-        write_stall: opts.write_stall,
-    });
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEADER_BYTES);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(MAX_HEADER_BYTES as u32)
-        // What h2 buffers per stream beyond what its flow-control window lets out.
-        .max_send_buf_size(H2_MAX_SEND_BUF);
+    let builder = http_builder(opts.write_stall);
     let graceful = GracefulShutdown::new();
     let writers = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let mut cap_logged: Option<Instant> = None;
     loop {
-        let slot_permit = match slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(_) => {
-                if cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
-                    cap_logged = Some(Instant::now());
-                    tracing::warn!(
-                        max_connections = opts.max_connections,
-                        "connection cap reached; new connections wait in the listen backlog"
-                    );
-                }
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    p = slots.clone().acquire_owned() => match p {
-                        Ok(p) => p,
-                        Err(_) => break,
-                    },
-                }
-            }
+        let Some(slot_permit) = connection_slot(&slots, &stop, &mut cap_logged, &opts).await else {
+            break;
         };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -240,4 +210,48 @@ pub async fn serve(
     graceful.shutdown().await;
     writers.close();
     writers.wait().await;
+}
+
+/// hyper's HTTP/1.1 and HTTP/2 settings: header limits and timeouts, h2's send buffer.
+fn http_builder(write_stall: Duration) -> auto::Builder<StreamExec> {
+    // HTTP/2 streams run as tasks of their own, each under the write-stall deadline.
+    let mut builder = auto::Builder::new(StreamExec { write_stall });
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(MAX_HEADER_BYTES as u32)
+        // What h2 buffers per stream beyond what its flow-control window lets out.
+        .max_send_buf_size(H2_MAX_SEND_BUF);
+    builder
+}
+
+/// A slot under the connection cap; at the cap, the next connection waits in the listen backlog
+/// (said at most every `CAP_LOG_EVERY`). `None` once `stop` is cancelled.
+async fn connection_slot(
+    slots: &Arc<Semaphore>,
+    stop: &CancellationToken,
+    cap_logged: &mut Option<Instant>,
+    opts: &ConnOptions,
+) -> Option<OwnedSemaphorePermit> {
+    match slots.clone().try_acquire_owned() {
+        Ok(p) => Some(p),
+        Err(_) => {
+            if cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+                *cap_logged = Some(Instant::now());
+                tracing::warn!(
+                    max_connections = opts.max_connections,
+                    "connection cap reached; new connections wait in the listen backlog"
+                );
+            }
+            tokio::select! {
+                _ = stop.cancelled() => None,
+                p = slots.clone().acquire_owned() => p.ok(),
+            }
+        }
+    }
 }

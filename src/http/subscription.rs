@@ -1,0 +1,136 @@
+//! Opening a subscriber, the same way for every kind (the SSE GET stream, the 2026 listen stream,
+//! a long-poll that waits): a replica that drains or is full sheds it, a slot is taken (counted,
+//! given back on drop), the log's bounds are read, a GET stream's session is claimed, and a stream
+//! is tied to its socket (the write-stall cut, the backlog bound). What is left to each protocol is
+//! its answer and its framing.
+
+use std::time::SystemTime;
+
+use tokio::time::Instant;
+
+use super::error::AppError;
+use crate::broadcast::{StreamClaim, SubscriberGuard, SubscriberKind};
+use crate::log::Bounds;
+use crate::server::ConnInfo;
+use crate::session::{Owner, SessionError};
+use crate::state::AppState;
+
+/// Why a subscriber was turned away (counted in `subscribers_shed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Shed {
+    /// The replica is shutting down.
+    Draining,
+    /// Every subscriber slot is taken.
+    Capacity,
+    /// The database could not be read.
+    Database,
+}
+
+impl Shed {
+    pub(super) fn as_str(self) -> &'static str {
+        match self {
+            Shed::Draining => "draining",
+            Shed::Capacity => "capacity",
+            Shed::Database => "database",
+        }
+    }
+
+    /// Counts the shed and hands it back.
+    pub(super) fn count(self, st: &AppState) -> Shed {
+        st.metrics.shed(self.as_str());
+        self
+    }
+}
+
+/// What a subscriber asks to open.
+pub(super) struct Request<'a> {
+    pub kind: SubscriberKind,
+    pub session: Option<String>,
+    /// The session's owner: the session is claimed for it (the older stream for it ends).
+    pub owner: Option<&'a Owner>,
+    /// When the subscriber's credential expires (leeway included).
+    pub expires_at: Option<SystemTime>,
+}
+
+/// A subscriber that may start.
+pub(super) struct Opened {
+    pub guard: SubscriberGuard,
+    pub bounds: Bounds,
+    /// The stream's hold on its session, if it named one.
+    pub claim: Option<StreamClaim>,
+    /// When the stream ends with its credential.
+    pub expires: Option<Instant>,
+}
+
+pub(super) enum Open {
+    Opened(Opened),
+    Shed(Shed),
+}
+
+/// The shared setup of a stream. `Err` only when the session belongs to another principal.
+pub(super) async fn open(
+    st: &AppState,
+    conn: &ConnInfo,
+    req: Request<'_>,
+) -> Result<Open, AppError> {
+    let mut guard = match slot(st, req.kind, req.session.clone()) {
+        Ok(g) => g,
+        Err(shed) => return Ok(Open::Shed(shed)),
+    };
+    let bounds = match st.log.bounds().await {
+        Ok(b) => b,
+        Err(error) => {
+            tracing::warn!(%error, kind = req.kind.as_str(), "cannot read the log bounds; shedding the subscriber");
+            drop(guard);
+            return Ok(Open::Shed(Shed::Database.count(st)));
+        }
+    };
+    // Bind the session to this principal (403 for another) and claim it: the older stream for
+    // it, on any replica, ends. Only now, so a shed subscriber takes over nothing.
+    let claim = match req.session.as_deref().zip(req.owner) {
+        None => None,
+        Some((s, owner)) => match st.sessions.claim(s, owner).await {
+            Ok(generation) => Some((s, generation)),
+            Err(SessionError::Forbidden) => {
+                return Err(AppError::Forbidden(
+                    "this session belongs to another principal",
+                ))
+            }
+            Err(SessionError::Unavailable(error)) => {
+                tracing::warn!(%error, "cannot claim the session; shedding the stream");
+                drop(guard);
+                return Ok(Open::Shed(Shed::Database.count(st)));
+            }
+        },
+    };
+    guard.watch_socket(conn.socket.clone());
+    guard.watch_stream(conn.stream_cut());
+    conn.socket.bound_backlog(st.config.max_lag_bytes());
+    Ok(Open::Opened(Opened {
+        guard,
+        bounds,
+        claim: claim.map(|(s, g)| st.broadcaster.claim_session(s, g)),
+        expires: expiry(req.expires_at),
+    }))
+}
+
+/// A subscriber slot, unless the replica drains or is full (the shed is counted).
+pub(super) fn slot(
+    st: &AppState,
+    kind: SubscriberKind,
+    session: Option<String>,
+) -> Result<SubscriberGuard, Shed> {
+    if st.lifecycle.is_draining() {
+        return Err(Shed::Draining.count(st));
+    }
+    st.broadcaster
+        .try_register(kind, session)
+        .ok_or_else(|| Shed::Capacity.count(st))
+}
+
+/// When a credential expiring at `at` ends a subscriber, on the runtime's clock.
+pub(super) fn expiry(at: Option<SystemTime>) -> Option<Instant> {
+    at.and_then(|at| {
+        Instant::now().checked_add(at.duration_since(SystemTime::now()).unwrap_or_default())
+    })
+}
