@@ -14,8 +14,8 @@ use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::Broadcaster;
+use crate::db::{column, timed, DbError};
 use crate::event::EventId;
-use crate::log::postgres::{column, timed, DbError};
 use crate::metrics::{Metrics, SubscriberKind};
 
 /// How often a replica heartbeats.

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use mcp_fanout::config::{self, Cli, Command, MigrateArgs};
-use mcp_fanout::log::postgres::{connect, migrate, timed, DbError};
+use mcp_fanout::db::{connect, timed, DbError};
+use mcp_fanout::log::postgres::migrate;
 use mcp_fanout::replica::{self, ServeError};
 use mcp_fanout::{cli, telemetry};
 

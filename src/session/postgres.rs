@@ -12,7 +12,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::{Owner, Ownership, SessionError, SessionStore};
 use crate::bridge::{control_channel, ControlMessage};
-use crate::log::postgres::{column, timed, DbError};
+use crate::db::{column, timed, DbError};
 
 /// Whether row `t` belongs to the owner of `$2` (principal), `$3` (owner key), `$4` (owns legacy
 /// rows).

@@ -4,7 +4,7 @@
 
 use tokio_postgres::Client;
 
-use super::{column, DbError};
+use crate::db::{column, DbError};
 
 /// (version, name, SQL with `{{schema}}`)
 const MIGRATIONS: &[(i32, &str, &str)] = &[

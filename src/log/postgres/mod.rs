@@ -4,7 +4,6 @@
 //! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
 //! same page (many lagging cursors at one position) share one query.
 
-pub mod connect;
 pub mod migrate;
 pub mod retention;
 pub mod writer;
@@ -19,52 +18,8 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio_postgres::types::Type;
 
 use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
+use crate::db::{column, is_sql_error, timed, DbError};
 use crate::event::{StoredEvent, Target};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("invalid database URL: {0}")]
-    Url(#[source] tokio_postgres::Error),
-    #[error("cannot create the pool: {0}")]
-    Pool(String),
-    #[error("cannot get a database connection: {}", with_causes(.0))]
-    Checkout(#[source] deadpool_postgres::PoolError),
-    #[error("database error: {}", describe(.0))]
-    Query(#[source] tokio_postgres::Error),
-    #[error("migration {version} failed: {source}")]
-    Migration {
-        version: i32,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("migrations {0:?} are not applied and FANOUT_MIGRATE=skip (run `mcp-fanout migrate`)")]
-    NotMigrated(Vec<i32>),
-    #[error("TLS setup: {0}")]
-    Tls(String),
-    #[error("the database did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("cannot read column `{column}` of a row from the database: {}", with_causes(.source))]
-    Decode {
-        column: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-}
-
-/// Column `idx` of a row the database returned, decoded as `T`, or an error naming the column
-/// (a column whose type is not the one this version expects fails here, never panics).
-pub fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
-    row: &'a tokio_postgres::Row,
-    idx: usize,
-) -> Result<T, DbError> {
-    row.try_get(idx).map_err(|source| DbError::Decode {
-        column: row
-            .columns()
-            .get(idx)
-            .map_or_else(|| idx.to_string(), |c| c.name().to_owned()),
-        source,
-    })
-}
 
 impl From<DbError> for LogError {
     fn from(e: DbError) -> LogError {
@@ -74,49 +29,6 @@ impl From<DbError> for LogError {
             _ => LogError::Unavailable(Box::new(e)),
         }
     }
-}
-
-/// A Postgres error with the server's own words (`tokio_postgres::Error`'s Display says only
-/// "db error" for those).
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({}: {})", e, db.code().code(), db.message()),
-        None => with_causes(e),
-    }
-}
-
-/// An error and its causes, `: `-separated (a TLS failure says why: unknown issuer, wrong name…).
-pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
-
-/// A statement the database refused for what it says (not for being unreachable, overloaded or
-/// shutting down).
-fn is_sql_error(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        let class = &db.code().code()[..2];
-        !matches!(class, "08" | "53" | "57" | "58" | "55" | "40")
-    })
-}
-
-/// Bounds `fut` by `limit`.
-pub async fn timed<T>(
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T, DbError>>,
-) -> Result<T, DbError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or(Err(DbError::Timeout(limit)))
 }
 
 pub struct PgLog {

@@ -7,7 +7,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
-use super::{column, timed, DbError};
+use crate::db::{column, timed, DbError};
 
 /// Rows deleted per transaction.
 const BATCH: i64 = 10_000;

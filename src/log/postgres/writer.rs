@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_util::sync::CancellationToken;
 
-use super::{column, timed, DbError};
+use crate::db::{column, is_sql_error, timed, DbError};
 use crate::log::idempotency::{self, Known, Plan};
 use crate::log::{AppendRequest, Appended, LogError};
 
@@ -119,7 +119,7 @@ async fn commit_queued(
             tracing::warn!(%error, requests = group.len(), "publish transaction failed");
             let message = error.to_string();
             let transient = match &error {
-                DbError::Query(q) => !super::is_sql_error(q),
+                DbError::Query(q) => !is_sql_error(q),
                 DbError::Decode { .. } => false,
                 _ => true,
             };
