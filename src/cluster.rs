@@ -7,14 +7,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::Broadcaster;
-use crate::db::{column, timed, DbError};
+use crate::db::{column, Db, DbError};
 use crate::event::EventId;
 use crate::metrics::{Metrics, SubscriberKind};
 
@@ -22,9 +21,8 @@ use crate::metrics::{Metrics, SubscriberKind};
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 pub struct PgCluster {
-    pub pool: Pool,
+    pub db: Db,
     pub schema: String,
-    pub timeout: Duration,
     /// A replica not heard from for this long is not listed.
     pub stale_after: Duration,
 }
@@ -136,22 +134,18 @@ pub async fn view(cluster: &Cluster) -> Result<ClusterView, DbError> {
     };
     let s = &c.schema;
     let stale = c.stale_after.as_secs_f64();
-    let rows = timed(c.timeout, async {
-        let client = c.pool.get().await.map_err(DbError::Checkout)?;
-        client
-            .query_typed(
-                &format!(
+    let rows = c
+        .db
+        .query(
+            &format!(
                     "SELECT id, address, subscribers, last_delivered, extract(epoch FROM last_heartbeat)::float8, \
                      subscribers_sse, subscribers_poll, subscribers_listen, listen_connected, \
                      extract(epoch FROM clock_timestamp() - last_heartbeat)::float8 \
                      FROM {s}.replicas WHERE last_heartbeat > clock_timestamp() - make_interval(secs => $1) ORDER BY id"
-                ),
-                &[(&stale, Type::FLOAT8)],
-            )
-            .await
-            .map_err(DbError::Query)
-    })
-    .await?;
+            ),
+            &[(&stale, Type::FLOAT8)],
+        )
+        .await?;
     let replicas = rows
         .iter()
         .map(|r| {
@@ -198,45 +192,41 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
         let head = i64::try_from(cluster.broadcaster.head()).unwrap_or(i64::MAX);
         let [sse, poll, listen] = SubscriberKind::ALL.map(|k| subscribers_of(&cluster.metrics, k));
         let listening = cluster.listen_state();
-        let result = timed(c.timeout, async {
-            let client = c.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(
-                    &upsert,
-                    &[
-                        (&cluster.replica_id, Type::TEXT),
-                        (&address, Type::TEXT),
-                        (&subscribers, Type::INT4),
-                        (&head, Type::INT8),
-                        (&sse, Type::INT4),
-                        (&poll, Type::INT4),
-                        (&listen, Type::INT4),
-                        (&listening, Type::BOOL),
-                    ],
-                )
-                .await
-                .map_err(DbError::Query)?;
-            client
-                .query_typed(&forget, &[])
-                .await
-                .map_err(DbError::Query)
-        })
-        .await;
+        let (upsert, forget, id) = (&upsert, &forget, &cluster.replica_id);
+        let result =
+            c.db.with_client(|client| async move {
+                client
+                    .query_typed(
+                        upsert,
+                        &[
+                            (id, Type::TEXT),
+                            (&address, Type::TEXT),
+                            (&subscribers, Type::INT4),
+                            (&head, Type::INT8),
+                            (&sse, Type::INT4),
+                            (&poll, Type::INT4),
+                            (&listen, Type::INT4),
+                            (&listening, Type::BOOL),
+                        ],
+                    )
+                    .await
+                    .map_err(DbError::Query)?;
+                client
+                    .query_typed(forget, &[])
+                    .await
+                    .map_err(DbError::Query)
+            })
+            .await;
         if let Err(error) = result {
             tracing::debug!(%error, "cluster heartbeat failed");
         }
     }
-    let bye = timed(c.timeout, async {
-        let client = c.pool.get().await.map_err(DbError::Checkout)?;
-        client
-            .query_typed(
-                &format!("DELETE FROM {s}.replicas WHERE id = $1"),
-                &[(&cluster.replica_id, Type::TEXT)],
-            )
-            .await
-            .map_err(DbError::Query)
-    })
-    .await;
+    let bye =
+        c.db.execute(
+            &format!("DELETE FROM {s}.replicas WHERE id = $1"),
+            &[(&cluster.replica_id, Type::TEXT)],
+        )
+        .await;
     if let Err(error) = bye {
         tracing::debug!(%error, "cannot remove this replica from the cluster view");
     }

@@ -3,7 +3,12 @@
 
 pub mod connect;
 
+use std::future::Future;
 use std::time::Duration;
+
+use deadpool_postgres::Pool;
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -91,4 +96,78 @@ pub async fn timed<T>(
     tokio::time::timeout(limit, fut)
         .await
         .unwrap_or(Err(DbError::Timeout(limit)))
+}
+
+/// Parameters of a typed, unnamed statement (`query_typed`: PgBouncer's transaction mode works).
+pub type Params<'a> = [(&'a (dyn ToSql + Sync), Type)];
+
+/// The pool and the bound on every wait: each call checks a connection out, runs, and gives up
+/// after `timeout` (checkout included), with a typed error.
+#[derive(Clone)]
+pub struct Db {
+    pool: Pool,
+    timeout: Duration,
+}
+
+impl Db {
+    pub fn new(pool: Pool, timeout: Duration) -> Db {
+        Db { pool, timeout }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The bound on one statement (and on checking a connection out).
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The same pool with every wait bounded by `limit` instead (several statements, a
+    /// transaction).
+    pub fn within(&self, limit: Duration) -> Db {
+        Db {
+            pool: self.pool.clone(),
+            timeout: limit,
+        }
+    }
+
+    /// Runs `f` on a connection of the pool, checkout and all bounded by the timeout. The
+    /// connection goes back to the pool when `f` drops it.
+    pub async fn with_client<T, F, Fut>(&self, f: F) -> Result<T, DbError>
+    where
+        F: FnOnce(deadpool_postgres::Client) -> Fut,
+        Fut: Future<Output = Result<T, DbError>>,
+    {
+        timed(self.timeout, async {
+            let client = self.pool.get().await.map_err(DbError::Checkout)?;
+            f(client).await
+        })
+        .await
+    }
+
+    /// The rows of one statement.
+    pub async fn query(&self, sql: &str, params: &Params<'_>) -> Result<Vec<Row>, DbError> {
+        self.with_client(|client| async move {
+            client
+                .query_typed(sql, params)
+                .await
+                .map_err(DbError::Query)
+        })
+        .await
+    }
+
+    /// The first row of one statement, if any.
+    pub async fn query_first(
+        &self,
+        sql: &str,
+        params: &Params<'_>,
+    ) -> Result<Option<Row>, DbError> {
+        Ok(self.query(sql, params).await?.into_iter().next())
+    }
+
+    /// Runs one statement for its effect (its rows, if any, are not read).
+    pub async fn execute(&self, sql: &str, params: &Params<'_>) -> Result<(), DbError> {
+        self.query(sql, params).await.map(drop)
+    }
 }

@@ -10,7 +10,7 @@ use crate::bridge::backoff::Backoff;
 use crate::bridge::Bridge;
 use crate::cluster::PgCluster;
 use crate::config::{self, MigrateMode, ServeConfig};
-use crate::db::{connect, timed, DbError};
+use crate::db::{connect, Db, DbError};
 use crate::log::postgres::retention::Retention;
 use crate::log::postgres::writer::WriterTask;
 use crate::log::postgres::{migrate, PgLog};
@@ -22,7 +22,7 @@ use crate::state::{AppState, State};
 pub struct DbTasks {
     pub bridge: Arc<Bridge>,
     pub writer: WriterTask,
-    pub pool: deadpool_postgres::Pool,
+    pub db: Db,
     pub retention: Retention,
 }
 
@@ -50,11 +50,12 @@ pub async fn build_state(
         config::to_usize(config.db_pool_size),
         tls.clone(),
     )?;
+    let db = Db::new(pool, timeout);
     let listen_url = config.listen_database_url.as_deref().unwrap_or(url);
     let listen_config = connect::pg_config(listen_url, connect::LISTEN_APP_NAME, timeout)?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let (log, head) = loop {
-        match open_log(&pool, config, timeout).await {
+        match open_log(&db, config).await {
             Ok(ready) => break ready,
             Err(error) => {
                 tracing::warn!(%error, "the database is not ready; retrying");
@@ -67,11 +68,10 @@ pub async fn build_state(
         auth,
         open_files,
         log.clone(),
-        Arc::new(PgSessions::new(pool.clone(), &config.schema, timeout)),
+        Arc::new(PgSessions::new(db.clone(), &config.schema)),
         PgCluster {
-            pool: pool.clone(),
+            db: db.clone(),
             schema: config.schema.clone(),
-            timeout,
             stale_after: Duration::from_secs(config.replica_stale_secs),
         },
         head,
@@ -91,7 +91,7 @@ pub async fn build_state(
     let tasks = DbTasks {
         bridge,
         writer: log.writer_task(),
-        pool,
+        db,
         retention: Retention {
             max_age: Duration::from_secs(config.retention_secs),
             max_events: config.retention_max_events,
@@ -101,32 +101,28 @@ pub async fn build_state(
     Ok((st, Some(tasks)))
 }
 
-async fn open_log(
-    pool: &deadpool_postgres::Pool,
-    config: &ServeConfig,
-    timeout: Duration,
-) -> Result<(Arc<PgLog>, u64), DbError> {
+async fn open_log(db: &Db, config: &ServeConfig) -> Result<(Arc<PgLog>, u64), DbError> {
     let schema = &config.schema;
-    timed(timeout.saturating_mul(4), async {
-        let mut client = pool.get().await.map_err(DbError::Checkout)?;
-        match config.migrate {
-            MigrateMode::Auto => {
-                let applied = migrate::apply(&mut client, schema).await?;
-                if !applied.is_empty() {
-                    tracing::info!(schema, ?applied, "migrations applied");
+    db.within(db.timeout().saturating_mul(4))
+        .with_client(|mut client| async move {
+            match config.migrate {
+                MigrateMode::Auto => {
+                    let applied = migrate::apply(&mut client, schema).await?;
+                    if !applied.is_empty() {
+                        tracing::info!(schema, ?applied, "migrations applied");
+                    }
+                }
+                MigrateMode::Skip => {
+                    let pending = migrate::pending(&client, schema).await?;
+                    if !pending.is_empty() {
+                        return Err(DbError::NotMigrated(pending));
+                    }
                 }
             }
-            MigrateMode::Skip => {
-                let pending = migrate::pending(&client, schema).await?;
-                if !pending.is_empty() {
-                    return Err(DbError::NotMigrated(pending));
-                }
-            }
-        }
-        Ok(())
-    })
-    .await?;
-    let log = PgLog::open(pool.clone(), schema, timeout, config.max_payload_bytes).await?;
+            Ok(())
+        })
+        .await?;
+    let log = PgLog::open(db.clone(), schema, config.max_payload_bytes).await?;
     let head = log
         .bounds()
         .await

@@ -4,15 +4,12 @@
 //! release have no `owner`, only `principal`; they are an owner's only when
 //! [`Owner::owns_legacy_rows`] and the principals are equal.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use deadpool_postgres::Pool;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{Owner, Ownership, SessionError, SessionStore};
 use crate::bridge::{control_channel, ControlMessage};
-use crate::db::{column, timed, DbError};
+use crate::db::{column, Db};
 
 /// Whether row `t` belongs to the owner of `$2` (principal), `$3` (owner key), `$4` (owns legacy
 /// rows).
@@ -20,8 +17,7 @@ const OWNED: &str =
     "(t.owner = $3 OR (t.owner IS NULL AND $4 AND t.principal IS NOT DISTINCT FROM $2))";
 
 pub struct PgSessions {
-    pool: Pool,
-    timeout: Duration,
+    db: Db,
     claim_sql: String,
     check_sql: String,
     register_sql: String,
@@ -33,7 +29,7 @@ pub struct PgSessions {
 }
 
 impl PgSessions {
-    pub fn new(pool: Pool, schema: &str, timeout: Duration) -> PgSessions {
+    pub fn new(db: Db, schema: &str) -> PgSessions {
         let upsert = |bump: &str| {
             format!(
                 "INSERT INTO {schema}.sessions AS t (session, principal, owner) VALUES ($1, $2, $3) \
@@ -42,8 +38,7 @@ impl PgSessions {
             )
         };
         PgSessions {
-            pool,
-            timeout,
+            db,
             // The claim and its takeover message are one statement: no claim without a message.
             claim_sql: format!(
                 "WITH c AS ({}) SELECT generation, pg_notify($5, {}) FROM c",
@@ -79,16 +74,12 @@ impl PgSessions {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Option<i64>, SessionError> {
-        let rows = timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(sql, params)
-                .await
-                .map_err(DbError::Query)
-        })
-        .await
-        .map_err(|e| SessionError::Unavailable(e.to_string()))?;
-        rows.first()
+        let row = self
+            .db
+            .query_first(sql, params)
+            .await
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
+        row.as_ref()
             .map(|r| column::<i64>(r, 0))
             .transpose()
             .map_err(|e| SessionError::Unavailable(e.to_string()))
@@ -185,15 +176,9 @@ impl SessionStore for PgSessions {
     }
 
     async fn touch(&self, sessions: &[String]) -> Result<(), SessionError> {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(&self.touch_sql, &[(&sessions, Type::TEXT_ARRAY)])
-                .await
-                .map_err(DbError::Query)
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| SessionError::Unavailable(e.to_string()))
+        self.db
+            .execute(&self.touch_sql, &[(&sessions, Type::TEXT_ARRAY)])
+            .await
+            .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
 }

@@ -10,7 +10,7 @@ pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -18,7 +18,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio_postgres::types::Type;
 
 use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
-use crate::db::{column, is_sql_error, timed, DbError};
+use crate::db::{column, is_sql_error, Db, DbError};
 use crate::event::{StoredEvent, Target};
 
 impl From<DbError> for LogError {
@@ -41,8 +41,7 @@ pub struct PgLog {
 struct Inner {
     epoch: String,
     schema: String,
-    pool: Pool,
-    timeout: Duration,
+    db: Db,
 }
 
 type Page = Arc<Vec<Arc<StoredEvent>>>;
@@ -79,14 +78,9 @@ impl From<LogError> for ReadError {
 impl PgLog {
     /// Opens the log in `schema` (migrations must be applied). Publishes complete once its writer
     /// runs ([`PgLog::writer_task`]).
-    pub async fn open(
-        pool: Pool,
-        schema: &str,
-        timeout: Duration,
-        max_payload_bytes: u64,
-    ) -> Result<PgLog, DbError> {
-        let epoch = timed(timeout, async {
-            let client = pool.get().await.map_err(DbError::Checkout)?;
+    pub async fn open(db: Db, schema: &str, max_payload_bytes: u64) -> Result<PgLog, DbError> {
+        let epoch = db
+            .with_client(|client| async move {
             // The payload limit lives in the schema, so SQL publishes are held to the same limit.
             let limit = i32::try_from(max_payload_bytes).unwrap_or(i32::MAX);
             client
@@ -104,15 +98,14 @@ impl PgLog {
                 .map(|r| column::<String>(r, 0))
                 .transpose()
                 .map(Option::unwrap_or_default)
-        })
-        .await?;
+            })
+            .await?;
         let inner = Arc::new(Inner {
             epoch,
             schema: schema.to_owned(),
-            pool: pool.clone(),
-            timeout,
+            db: db.clone(),
         });
-        let (writer, writer_task) = writer::Writer::new(pool, schema.to_owned(), timeout);
+        let (writer, writer_task) = writer::Writer::new(db, schema.to_owned());
         Ok(PgLog {
             writer,
             writer_task,
@@ -136,7 +129,7 @@ impl PgLog {
     }
 
     pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+        self.inner.db.pool()
     }
 
     pub fn schema(&self) -> &str {
@@ -158,14 +151,10 @@ impl Inner {
         );
         let after_i = i64::try_from(after).unwrap_or(i64::MAX);
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(&sql, &[(&after_i, Type::INT8), (&limit_i, Type::INT8)])
-                .await
-                .map_err(DbError::Query)
-        })
-        .await?;
+        let rows = self
+            .db
+            .query(&sql, &[(&after_i, Type::INT8), (&limit_i, Type::INT8)])
+            .await?;
         let pruned = match rows.first() {
             Some(r) => column::<i64>(r, 0)? as u64,
             None => 0,
@@ -243,17 +232,14 @@ impl EventLog for PgLog {
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
         let schema = &self.inner.schema;
-        let row = timed(self.inner.timeout, async {
-            let client = self.inner.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(
-                    &format!("SELECT h.seq, m.pruned FROM {schema}.head h, {schema}.meta m"),
-                    &[],
-                )
-                .await
-                .map_err(DbError::Query)
-        })
-        .await?;
+        let row = self
+            .inner
+            .db
+            .query(
+                &format!("SELECT h.seq, m.pruned FROM {schema}.head h, {schema}.meta m"),
+                &[],
+            )
+            .await?;
         let r = row
             .first()
             .ok_or_else(|| LogError::Internal("the log's head row is missing".into()))?;

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{column, timed, DbError};
+use crate::db::{column, Db, DbError};
 
 /// Rows deleted per transaction.
 const BATCH: i64 = 10_000;
@@ -19,13 +18,7 @@ pub struct Retention {
     pub every: Duration,
 }
 
-pub async fn run(
-    pool: Pool,
-    schema: String,
-    timeout: Duration,
-    policy: Retention,
-    stop: CancellationToken,
-) {
+pub async fn run(db: Db, schema: String, policy: Retention, stop: CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
@@ -37,25 +30,13 @@ pub async fn run(
              WHERE last_seen < clock_timestamp() - make_interval(secs => $1) LIMIT 10000)"
         );
         let age = policy.max_age.as_secs_f64();
-        let gc = timed(timeout, async {
-            let client = pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(&forget, &[(&age, Type::FLOAT8)])
-                .await
-                .map_err(DbError::Query)
-        })
-        .await;
+        let gc = db.execute(&forget, &[(&age, Type::FLOAT8)]).await;
         if let Err(error) = gc {
             tracing::warn!(%error, "session cleanup failed");
         }
         // Prune in batches until nothing is left to prune (or another replica holds the lock).
         loop {
-            match timed(
-                timeout.saturating_mul(2),
-                prune_batch(&pool, &schema, timeout, policy),
-            )
-            .await
-            {
+            match prune_batch(&db, &schema, policy).await {
                 Ok(Some(watermark)) => tracing::debug!(watermark, "log pruned"),
                 Ok(None) => break,
                 Err(error) => {
@@ -68,14 +49,21 @@ pub async fn run(
 }
 
 /// Deletes one batch of the oldest events beyond the policy; returns the new watermark, or `None`
-/// when there was nothing to do or another replica is pruning.
-pub async fn prune_batch(
-    pool: &Pool,
+/// when there was nothing to do or another replica is pruning. The batch's statements are bounded
+/// by the timeout each, the whole batch by twice it.
+pub async fn prune_batch(db: &Db, s: &str, policy: Retention) -> Result<Option<i64>, DbError> {
+    let timeout = db.timeout();
+    db.within(timeout.saturating_mul(2))
+        .with_client(|client| prune_batch_on(client, s, timeout, policy))
+        .await
+}
+
+async fn prune_batch_on(
+    mut client: deadpool_postgres::Client,
     s: &str,
     timeout: Duration,
     policy: Retention,
 ) -> Result<Option<i64>, DbError> {
-    let mut client = pool.get().await.map_err(DbError::Checkout)?;
     let tx = client.transaction().await.map_err(DbError::Query)?;
     tx.batch_execute(&format!(
         "SET LOCAL statement_timeout = {}",

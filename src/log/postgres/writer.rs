@@ -10,12 +10,12 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Client, Pool};
+use deadpool_postgres::Client;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_util::sync::CancellationToken;
 
-use crate::db::{column, is_sql_error, timed, DbError};
+use crate::db::{column, is_sql_error, Db, DbError};
 use crate::log::idempotency::{self, Known, Plan};
 use crate::log::{AppendRequest, Appended, LogError};
 
@@ -40,16 +40,17 @@ pub struct Writer {
 #[derive(Clone)]
 pub struct WriterTask {
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    pool: Pool,
+    db: Db,
     schema: String,
-    timeout: Duration,
 }
 
 impl WriterTask {
     /// Commits queued requests until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut rx = self.rx.lock().await;
-        let sql = Statements::new(&self.schema, self.timeout);
+        let sql = Statements::new(&self.schema, self.db.timeout());
+        // Bound the whole transaction, not just each statement.
+        let db = self.db.within(self.db.timeout().saturating_mul(3));
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -58,20 +59,19 @@ impl WriterTask {
                     None => return,
                 },
             };
-            commit_queued(first, &mut rx, &self.pool, &sql, self.timeout).await;
+            commit_queued(first, &mut rx, &db, &sql).await;
         }
     }
 }
 
 impl Writer {
     /// The writer and the task that commits for it (the caller runs it).
-    pub fn new(pool: Pool, schema: String, timeout: Duration) -> (Writer, WriterTask) {
+    pub fn new(db: Db, schema: String) -> (Writer, WriterTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = WriterTask {
             rx: Arc::new(Mutex::new(rx)),
-            pool,
+            db,
             schema,
-            timeout,
         };
         (Writer { tx }, task)
     }
@@ -89,13 +89,7 @@ impl Writer {
 }
 
 /// Commits `first` with every request waiting behind it (up to [`MAX_GROUP_EVENTS`]).
-async fn commit_queued(
-    first: Job,
-    rx: &mut mpsc::Receiver<Job>,
-    pool: &Pool,
-    sql: &Statements,
-    timeout: Duration,
-) {
+async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &Statements) {
     let mut events = first.req.events.len();
     let mut group = vec![first];
     while events < MAX_GROUP_EVENTS {
@@ -107,8 +101,9 @@ async fn commit_queued(
             Err(_) => break,
         }
     }
-    // Bound the whole transaction, not just each statement.
-    let outcome = timed(timeout.saturating_mul(3), commit_group(pool, sql, &group)).await;
+    let outcome = db
+        .with_client(|client| commit_group(client, sql, &group))
+        .await;
     match outcome {
         Ok(answers) => {
             for (job, answer) in group.into_iter().zip(answers) {
@@ -182,11 +177,10 @@ struct Rows {
 }
 
 async fn commit_group(
-    pool: &Pool,
+    client: Client,
     sql: &Statements,
     group: &[Job],
 ) -> Result<Vec<Result<Appended, LogError>>, DbError> {
-    let client = pool.get().await.map_err(DbError::Checkout)?;
     match transaction(&client, sql, group).await {
         Ok(answers) => Ok(answers),
         Err(error) => {
