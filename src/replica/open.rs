@@ -69,11 +69,11 @@ pub async fn build_state(
         open_files,
         log.clone(),
         Arc::new(PgSessions::new(db.clone(), &config.schema)),
-        PgCluster {
-            db: db.clone(),
-            schema: config.schema.clone(),
-            stale_after: Duration::from_secs(config.replica_stale_secs),
-        },
+        PgCluster::new(
+            db.clone(),
+            &config.schema,
+            Duration::from_secs(config.replica_stale_secs),
+        ),
         head,
     )?;
     let bridge = Arc::new(Bridge {

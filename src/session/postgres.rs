@@ -18,18 +18,23 @@ const OWNED: &str =
 
 pub struct PgSessions {
     db: Db,
-    claim_sql: String,
-    check_sql: String,
-    register_sql: String,
-    known_sql: String,
-    ownership_sql: String,
-    forget_sql: String,
-    touch_sql: String,
+    sql: SessionSql,
     channel: String,
 }
 
-impl PgSessions {
-    pub fn new(db: Db, schema: &str) -> PgSessions {
+/// The session store's statements, schema-qualified once.
+struct SessionSql {
+    claim: String,
+    check: String,
+    register: String,
+    known: String,
+    ownership: String,
+    forget: String,
+    touch: String,
+}
+
+impl SessionSql {
+    fn new(schema: &str) -> SessionSql {
         let upsert = |bump: &str| {
             format!(
                 "INSERT INTO {schema}.sessions AS t (session, principal, owner) VALUES ($1, $2, $3) \
@@ -37,33 +42,41 @@ impl PgSessions {
                  WHERE {OWNED} RETURNING t.generation"
             )
         };
-        PgSessions {
-            db,
+        SessionSql {
             // The claim and its takeover message are one statement: no claim without a message.
-            claim_sql: format!(
+            claim: format!(
                 "WITH c AS ({}) SELECT generation, pg_notify($5, {}) FROM c",
                 upsert("generation = t.generation + 1, "),
                 ControlMessage::takeover_sql("generation", "$1"),
             ),
-            check_sql: upsert(""),
-            register_sql: format!(
+            check: upsert(""),
+            register: format!(
                 "INSERT INTO {schema}.sessions (session, principal, owner) VALUES ($1, $2, $3) \
                  ON CONFLICT (session) DO NOTHING"
             ),
-            known_sql: format!("SELECT 1::bigint FROM {schema}.sessions WHERE session = $1"),
-            ownership_sql: format!(
+            known: format!("SELECT 1::bigint FROM {schema}.sessions WHERE session = $1"),
+            ownership: format!(
                 "SELECT CASE WHEN {OWNED} THEN 1 ELSE 0 END::bigint FROM {schema}.sessions AS t \
                  WHERE t.session = $1"
             ),
             // The end message is sent in the same statement: every replica ends the session's streams.
-            forget_sql: format!(
+            forget: format!(
                 "WITH d AS (DELETE FROM {schema}.sessions WHERE session = $1 RETURNING 1) \
                  SELECT 1::bigint, pg_notify($2, {})",
                 ControlMessage::end_sql("$1"),
             ),
-            touch_sql: format!(
+            touch: format!(
                 "UPDATE {schema}.sessions SET last_seen = clock_timestamp() WHERE session = ANY($1)"
             ),
+        }
+    }
+}
+
+impl PgSessions {
+    pub fn new(db: Db, schema: &str) -> PgSessions {
+        PgSessions {
+            db,
+            sql: SessionSql::new(schema),
             channel: control_channel(schema),
         }
     }
@@ -113,7 +126,7 @@ impl PgSessions {
 impl SessionStore for PgSessions {
     async fn claim(&self, session: &str, owner: &Owner) -> Result<u64, SessionError> {
         match self
-            .run_owned(&self.claim_sql, session, owner, true)
+            .run_owned(&self.sql.claim, session, owner, true)
             .await?
         {
             Some(generation) => Ok(generation as u64),
@@ -123,7 +136,7 @@ impl SessionStore for PgSessions {
 
     async fn check(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
         match self
-            .run_owned(&self.check_sql, session, owner, false)
+            .run_owned(&self.sql.check, session, owner, false)
             .await?
         {
             Some(_) => Ok(()),
@@ -135,7 +148,7 @@ impl SessionStore for PgSessions {
         let principal = owner.stored_principal();
         let key = owner.key();
         self.run(
-            &self.register_sql,
+            &self.sql.register,
             &[
                 (&session, Type::TEXT),
                 (&principal, Type::TEXT),
@@ -148,7 +161,7 @@ impl SessionStore for PgSessions {
 
     async fn known(&self, session: &str) -> Result<bool, SessionError> {
         Ok(self
-            .run(&self.known_sql, &[(&session, Type::TEXT)])
+            .run(&self.sql.known, &[(&session, Type::TEXT)])
             .await?
             .is_some())
     }
@@ -156,7 +169,7 @@ impl SessionStore for PgSessions {
     async fn ownership(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
         Ok(
             match self
-                .run_owned(&self.ownership_sql, session, owner, false)
+                .run_owned(&self.sql.ownership, session, owner, false)
                 .await?
             {
                 None => Ownership::Unknown,
@@ -168,7 +181,7 @@ impl SessionStore for PgSessions {
 
     async fn forget(&self, session: &str) -> Result<(), SessionError> {
         self.run(
-            &self.forget_sql,
+            &self.sql.forget,
             &[(&session, Type::TEXT), (&self.channel, Type::TEXT)],
         )
         .await
@@ -177,7 +190,7 @@ impl SessionStore for PgSessions {
 
     async fn touch(&self, sessions: &[String]) -> Result<(), SessionError> {
         self.db
-            .execute(&self.touch_sql, &[(&sessions, Type::TEXT_ARRAY)])
+            .execute(&self.sql.touch, &[(&sessions, Type::TEXT_ARRAY)])
             .await
             .map_err(|e| SessionError::Unavailable(e.to_string()))
     }

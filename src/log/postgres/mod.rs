@@ -42,6 +42,32 @@ struct Inner {
     epoch: String,
     schema: String,
     db: Db,
+    sql: LogSql,
+}
+
+/// The log's reads, schema-qualified once.
+struct LogSql {
+    set_payload_limit: String,
+    epoch: String,
+    page_after: String,
+    bounds: String,
+}
+
+impl LogSql {
+    fn new(schema: &str) -> LogSql {
+        LogSql {
+            set_payload_limit: format!(
+                "UPDATE {schema}.meta SET max_payload_bytes = $1 WHERE max_payload_bytes <> $1"
+            ),
+            epoch: format!("SELECT epoch FROM {schema}.meta"),
+            page_after: format!(
+                "SELECT m.pruned, e.seq, e.method, e.params, e.tenant, e.session, e.committed_at \
+                 FROM {schema}.meta m LEFT JOIN LATERAL ( \
+                     SELECT * FROM {schema}.events WHERE seq > $1 ORDER BY seq LIMIT $2) e ON true"
+            ),
+            bounds: format!("SELECT h.seq, m.pruned FROM {schema}.head h, {schema}.meta m"),
+        }
+    }
 }
 
 type Page = Arc<Vec<Arc<StoredEvent>>>;
@@ -79,31 +105,31 @@ impl PgLog {
     /// Opens the log in `schema` (migrations must be applied). Publishes complete once its writer
     /// runs ([`PgLog::writer_task`]).
     pub async fn open(db: Db, schema: &str, max_payload_bytes: u64) -> Result<PgLog, DbError> {
+        let sql = LogSql::new(schema);
+        let q = &sql;
         let epoch = db
             .with_client(|client| async move {
-            // The payload limit lives in the schema, so SQL publishes are held to the same limit.
-            let limit = i32::try_from(max_payload_bytes).unwrap_or(i32::MAX);
-            client
-                .query_typed(
-                    &format!("UPDATE {schema}.meta SET max_payload_bytes = $1 WHERE max_payload_bytes <> $1"),
-                    &[(&limit, Type::INT4)],
-                )
-                .await
-                .map_err(DbError::Query)?;
-            let row = client
-                .query_typed(&format!("SELECT epoch FROM {schema}.meta"), &[])
-                .await
-                .map_err(DbError::Query)?;
-            row.first()
-                .map(|r| column::<String>(r, 0))
-                .transpose()
-                .map(Option::unwrap_or_default)
+                // The payload limit lives in the schema, so SQL publishes are held to the same limit.
+                let limit = i32::try_from(max_payload_bytes).unwrap_or(i32::MAX);
+                client
+                    .query_typed(&q.set_payload_limit, &[(&limit, Type::INT4)])
+                    .await
+                    .map_err(DbError::Query)?;
+                let row = client
+                    .query_typed(&q.epoch, &[])
+                    .await
+                    .map_err(DbError::Query)?;
+                row.first()
+                    .map(|r| column::<String>(r, 0))
+                    .transpose()
+                    .map(Option::unwrap_or_default)
             })
             .await?;
         let inner = Arc::new(Inner {
             epoch,
             schema: schema.to_owned(),
             db: db.clone(),
+            sql,
         });
         let (writer, writer_task) = writer::Writer::new(db, schema.to_owned());
         Ok(PgLog {
@@ -143,17 +169,14 @@ impl Inner {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
-        let schema = &self.schema;
-        let sql = format!(
-            "SELECT m.pruned, e.seq, e.method, e.params, e.tenant, e.session, e.committed_at \
-             FROM {schema}.meta m LEFT JOIN LATERAL ( \
-                 SELECT * FROM {schema}.events WHERE seq > $1 ORDER BY seq LIMIT $2) e ON true"
-        );
         let after_i = i64::try_from(after).unwrap_or(i64::MAX);
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
         let rows = self
             .db
-            .query(&sql, &[(&after_i, Type::INT8), (&limit_i, Type::INT8)])
+            .query(
+                &self.sql.page_after,
+                &[(&after_i, Type::INT8), (&limit_i, Type::INT8)],
+            )
             .await?;
         let pruned = match rows.first() {
             Some(r) => column::<i64>(r, 0)? as u64,
@@ -231,15 +254,7 @@ impl EventLog for PgLog {
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
-        let schema = &self.inner.schema;
-        let row = self
-            .inner
-            .db
-            .query(
-                &format!("SELECT h.seq, m.pruned FROM {schema}.head h, {schema}.meta m"),
-                &[],
-            )
-            .await?;
+        let row = self.inner.db.query(&self.inner.sql.bounds, &[]).await?;
         let r = row
             .first()
             .ok_or_else(|| LogError::Internal("the log's head row is missing".into()))?;

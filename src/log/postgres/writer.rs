@@ -48,7 +48,7 @@ impl WriterTask {
     /// Commits queued requests until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut rx = self.rx.lock().await;
-        let sql = Statements::new(&self.schema, self.db.timeout());
+        let sql = WriterSql::new(&self.schema, self.db.timeout());
         // Bound the whole transaction, not just each statement.
         let db = self.db.within(self.db.timeout().saturating_mul(3));
         loop {
@@ -89,7 +89,7 @@ impl Writer {
 }
 
 /// Commits `first` with every request waiting behind it (up to [`MAX_GROUP_EVENTS`]).
-async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &Statements) {
+async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &WriterSql) {
     let mut events = first.req.events.len();
     let mut group = vec![first];
     while events < MAX_GROUP_EVENTS {
@@ -130,7 +130,8 @@ async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &
     }
 }
 
-struct Statements {
+/// The group commit's statements, schema-qualified once per run of the task.
+struct WriterSql {
     begin: String,
     lock_head: String,
     keys: String,
@@ -139,10 +140,10 @@ struct Statements {
     set_head: String,
 }
 
-impl Statements {
-    fn new(s: &str, timeout: Duration) -> Statements {
+impl WriterSql {
+    fn new(s: &str, timeout: Duration) -> WriterSql {
         let ms = timeout.as_millis();
-        Statements {
+        WriterSql {
             begin: format!(
                 "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
             ),
@@ -178,7 +179,7 @@ struct Rows {
 
 async fn commit_group(
     client: Client,
-    sql: &Statements,
+    sql: &WriterSql,
     group: &[Job],
 ) -> Result<Vec<Result<Appended, LogError>>, DbError> {
     match transaction(&client, sql, group).await {
@@ -197,7 +198,7 @@ async fn commit_group(
 /// nothing is half-written.
 async fn transaction(
     client: &Client,
-    sql: &Statements,
+    sql: &WriterSql,
     group: &[Job],
 ) -> Result<Vec<Result<Appended, LogError>>, DbError> {
     // 1: open with bounded statements, lock the head row (serializing publishers), read the
