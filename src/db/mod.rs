@@ -15,7 +15,7 @@ pub enum DbError {
     #[error("invalid database URL: {0}")]
     Url(#[source] tokio_postgres::Error),
     #[error("cannot create the pool: {0}")]
-    Pool(String),
+    Pool(#[source] deadpool_postgres::BuildError),
     #[error("cannot get a database connection: {}", with_causes(.0))]
     Checkout(#[source] deadpool_postgres::PoolError),
     #[error("database error: {}", describe(.0))]
@@ -29,7 +29,7 @@ pub enum DbError {
     #[error("migrations {0:?} are not applied and FANOUT_MIGRATE=skip (run `mcp-fanout migrate`)")]
     NotMigrated(Vec<i32>),
     #[error("TLS setup: {0}")]
-    Tls(String),
+    Tls(#[from] connect::TlsError),
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
     #[error("cannot read column `{column}` of a row from the database: {}", with_causes(.source))]

@@ -10,11 +10,11 @@ use crate::bridge::backoff::Backoff;
 use crate::bridge::Bridge;
 use crate::cluster::PgCluster;
 use crate::config::{self, MigrateMode, ServeConfig};
-use crate::db::{connect, Db, DbError};
+use crate::db::{connect, with_causes, Db, DbError};
 use crate::log::postgres::retention::Retention;
 use crate::log::postgres::writer::WriterTask;
 use crate::log::postgres::{migrate, PgLog};
-use crate::log::EventLog;
+use crate::log::{EventLog, LogError};
 use crate::session::postgres::PgSessions;
 use crate::state::{AppState, State};
 
@@ -101,7 +101,16 @@ pub async fn build_state(
     Ok((st, Some(tasks)))
 }
 
-async fn open_log(db: &Db, config: &ServeConfig) -> Result<(Arc<PgLog>, u64), DbError> {
+/// Why the log is not open yet (the replica retries).
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot read the log's head: {}", with_causes(.0))]
+    Head(#[source] LogError),
+}
+
+async fn open_log(db: &Db, config: &ServeConfig) -> Result<(Arc<PgLog>, u64), OpenError> {
     let schema = &config.schema;
     db.within(db.timeout().saturating_mul(4))
         .with_client(|mut client| async move {
@@ -123,11 +132,7 @@ async fn open_log(db: &Db, config: &ServeConfig) -> Result<(Arc<PgLog>, u64), Db
         })
         .await?;
     let log = PgLog::open(db.clone(), schema, config.max_payload_bytes).await?;
-    let head = log
-        .bounds()
-        .await
-        .map_err(|e| DbError::Pool(e.to_string()))?
-        .head;
+    let head = log.bounds().await.map_err(OpenError::Head)?.head;
     tracing::info!(schema, epoch = log.epoch(), head, "event log open");
     Ok((Arc::new(log), head))
 }
