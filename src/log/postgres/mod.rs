@@ -77,15 +77,32 @@ type SharedRead = Shared<BoxFuture<'static, Result<Page, ReadError>>>;
 #[derive(Debug, Clone)]
 enum ReadError {
     Pruned { after: u64, pruned: u64 },
-    Unavailable(Arc<str>),
+    Unavailable(SharedError),
     Internal(Arc<str>),
+}
+
+/// One error answering several waiters (a shared read, a commit group): it reads as the error
+/// itself, with its causes.
+#[derive(Debug, Clone)]
+struct SharedError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 impl From<ReadError> for LogError {
     fn from(e: ReadError) -> LogError {
         match e {
             ReadError::Pruned { after, pruned } => LogError::CursorPruned { after, pruned },
-            ReadError::Unavailable(m) => LogError::Unavailable(m.to_string().into()),
+            ReadError::Unavailable(shared) => LogError::Unavailable(Box::new(shared)),
             ReadError::Internal(m) => LogError::Internal(m.to_string()),
         }
     }
@@ -95,7 +112,7 @@ impl From<LogError> for ReadError {
     fn from(e: LogError) -> ReadError {
         match e {
             LogError::CursorPruned { after, pruned } => ReadError::Pruned { after, pruned },
-            LogError::Unavailable(m) => ReadError::Unavailable(m.to_string().into()),
+            LogError::Unavailable(cause) => ReadError::Unavailable(SharedError(Arc::from(cause))),
             other => ReadError::Internal(other.to_string().into()),
         }
     }
@@ -262,5 +279,25 @@ impl EventLog for PgLog {
             head: column::<i64>(r, 0)? as u64,
             pruned: column::<i64>(r, 1)? as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shared read's failure answers each waiter with the error itself: its text and its causes.
+    #[test]
+    fn a_shared_failure_keeps_the_error_and_its_causes() {
+        let error = DbError::Checkout(deadpool_postgres::PoolError::Closed);
+        let text = error.to_string();
+        let shared = ReadError::from(LogError::Unavailable(Box::new(error)));
+        for answer in [shared.clone(), shared] {
+            let LogError::Unavailable(cause) = LogError::from(answer) else {
+                panic!("still unavailable");
+            };
+            assert_eq!(cause.to_string(), text);
+            assert!(cause.source().is_some(), "the pool's error is kept");
+        }
     }
 }

@@ -15,6 +15,7 @@ use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_util::sync::CancellationToken;
 
+use super::SharedError;
 use crate::db::{column, is_sql_error, Db, DbError};
 use crate::log::idempotency::{self, Known, Plan};
 use crate::log::{AppendRequest, Appended, LogError};
@@ -118,9 +119,10 @@ async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &
                 DbError::Decode { .. } => false,
                 _ => true,
             };
+            let shared = SharedError(Arc::new(error));
             for job in group {
                 let e = if transient {
-                    LogError::Unavailable(message.clone().into())
+                    LogError::Unavailable(Box::new(shared.clone()))
                 } else {
                     LogError::Internal(message.clone())
                 };
