@@ -1,4 +1,5 @@
-//! Database plumbing every Postgres-backed module shares: the one error type, bounded waits,
+//! Database plumbing every Postgres-backed module shares: [`Db`] (a statement on a pooled
+//! connection, checkout and all bounded by the timeout), the one error type, bounded waits,
 //! decoding a column, and connecting ([`connect`]: the pool, the LISTEN connection settings, TLS).
 
 pub mod connect;
@@ -10,6 +11,7 @@ use deadpool_postgres::Pool;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
+/// What went wrong talking to the database; each variant keeps its cause as its `source`.
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("invalid database URL: {0}")]
@@ -38,6 +40,18 @@ pub enum DbError {
         #[source]
         source: tokio_postgres::Error,
     },
+}
+
+impl DbError {
+    /// Whether trying again later may succeed: the database unreachable, overloaded, shutting down
+    /// or slow — not a statement it refused for what it says, nor a row that does not decode.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            DbError::Query(q) => !is_sql_error(q),
+            DbError::Decode { .. } => false,
+            _ => true,
+        }
+    }
 }
 
 /// Column `idx` of a row the database returned, decoded as `T`, or an error naming the column
@@ -81,7 +95,7 @@ pub fn with_causes(e: &dyn std::error::Error) -> String {
 
 /// A statement the database refused for what it says (not for being unreachable, overloaded or
 /// shutting down).
-pub fn is_sql_error(e: &tokio_postgres::Error) -> bool {
+fn is_sql_error(e: &tokio_postgres::Error) -> bool {
     e.as_db_error().is_some_and(|db| {
         let class = &db.code().code()[..2];
         !matches!(class, "08" | "53" | "57" | "58" | "55" | "40")

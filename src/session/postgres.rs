@@ -9,7 +9,7 @@ use tokio_postgres::types::{ToSql, Type};
 
 use super::{Owner, Ownership, SessionError, SessionStore};
 use crate::bridge::{control_channel, ControlMessage};
-use crate::db::{column, Db};
+use crate::db::{column, Db, Params};
 
 /// Whether row `t` belongs to the owner of `$2` (principal), `$3` (owner key), `$4` (owns legacy
 /// rows).
@@ -82,11 +82,7 @@ impl PgSessions {
     }
 
     /// Runs `sql`; the first column of its first row, if any.
-    async fn run(
-        &self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Option<i64>, SessionError> {
+    async fn run(&self, sql: &str, params: &Params<'_>) -> Result<Option<i64>, SessionError> {
         let row = self
             .db
             .query_first(sql, params)

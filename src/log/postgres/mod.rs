@@ -18,15 +18,15 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio_postgres::types::Type;
 
 use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
-use crate::db::{column, is_sql_error, Db, DbError};
+use crate::db::{column, Db, DbError};
 use crate::event::{StoredEvent, Target};
 
 impl From<DbError> for LogError {
     fn from(e: DbError) -> LogError {
-        match &e {
-            DbError::Query(q) if is_sql_error(q) => LogError::Internal(e.to_string()),
-            DbError::Decode { .. } => LogError::Internal(e.to_string()),
-            _ => LogError::Unavailable(Box::new(e)),
+        if e.is_transient() {
+            LogError::Unavailable(Box::new(e))
+        } else {
+            LogError::Internal(e.to_string())
         }
     }
 }

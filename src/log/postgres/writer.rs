@@ -16,7 +16,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_util::sync::CancellationToken;
 
 use super::SharedError;
-use crate::db::{column, is_sql_error, Db, DbError};
+use crate::db::{column, Db, DbError};
 use crate::log::idempotency::{self, Known, Plan};
 use crate::log::{AppendRequest, Appended, LogError};
 
@@ -114,11 +114,7 @@ async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &
         Err(error) => {
             tracing::warn!(%error, requests = group.len(), "publish transaction failed");
             let message = error.to_string();
-            let transient = match &error {
-                DbError::Query(q) => !is_sql_error(q),
-                DbError::Decode { .. } => false,
-                _ => true,
-            };
+            let transient = error.is_transient();
             let shared = SharedError(Arc::new(error));
             for job in group {
                 let e = if transient {
