@@ -7,26 +7,68 @@ use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::Broadcaster;
+use crate::db::{column, Db, DbError};
 use crate::event::EventId;
-use crate::log::postgres::{column, timed, DbError};
 use crate::metrics::{Metrics, SubscriberKind};
 
 /// How often a replica heartbeats.
 pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 pub struct PgCluster {
-    pub pool: Pool,
-    pub schema: String,
-    pub timeout: Duration,
+    db: Db,
+    sql: ClusterSql,
     /// A replica not heard from for this long is not listed.
-    pub stale_after: Duration,
+    stale_after: Duration,
+}
+
+impl PgCluster {
+    pub fn new(db: Db, schema: &str, stale_after: Duration) -> PgCluster {
+        PgCluster {
+            db,
+            sql: ClusterSql::new(schema),
+            stale_after,
+        }
+    }
+}
+
+/// The cluster view's statements, schema-qualified once.
+struct ClusterSql {
+    view: String,
+    upsert: String,
+    forget_gone: String,
+    leave: String,
+}
+
+impl ClusterSql {
+    fn new(s: &str) -> ClusterSql {
+        ClusterSql {
+            view: format!(
+                "SELECT id, address, subscribers, last_delivered, extract(epoch FROM last_heartbeat)::float8, \
+                 subscribers_sse, subscribers_poll, subscribers_listen, listen_connected, \
+                 extract(epoch FROM clock_timestamp() - last_heartbeat)::float8 \
+                 FROM {s}.replicas WHERE last_heartbeat > clock_timestamp() - make_interval(secs => $1) ORDER BY id"
+            ),
+            upsert: format!(
+                "INSERT INTO {s}.replicas (id, address, subscribers, last_delivered, subscribers_sse, \
+                 subscribers_poll, subscribers_listen, listen_connected) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+                 ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, subscribers = EXCLUDED.subscribers, \
+                 last_delivered = EXCLUDED.last_delivered, subscribers_sse = EXCLUDED.subscribers_sse, \
+                 subscribers_poll = EXCLUDED.subscribers_poll, subscribers_listen = EXCLUDED.subscribers_listen, \
+                 listen_connected = EXCLUDED.listen_connected, last_heartbeat = clock_timestamp()"
+            ),
+            // Rows of replicas gone for long are deleted by whichever replica heartbeats.
+            forget_gone: format!(
+                "DELETE FROM {s}.replicas WHERE last_heartbeat < clock_timestamp() - interval '1 hour'"
+            ),
+            leave: format!("DELETE FROM {s}.replicas WHERE id = $1"),
+        }
+    }
 }
 
 /// Current subscribers of one kind on this replica.
@@ -134,24 +176,8 @@ pub async fn view(cluster: &Cluster) -> Result<ClusterView, DbError> {
             replicas: vec![cluster.me()],
         });
     };
-    let s = &c.schema;
     let stale = c.stale_after.as_secs_f64();
-    let rows = timed(c.timeout, async {
-        let client = c.pool.get().await.map_err(DbError::Checkout)?;
-        client
-            .query_typed(
-                &format!(
-                    "SELECT id, address, subscribers, last_delivered, extract(epoch FROM last_heartbeat)::float8, \
-                     subscribers_sse, subscribers_poll, subscribers_listen, listen_connected, \
-                     extract(epoch FROM clock_timestamp() - last_heartbeat)::float8 \
-                     FROM {s}.replicas WHERE last_heartbeat > clock_timestamp() - make_interval(secs => $1) ORDER BY id"
-                ),
-                &[(&stale, Type::FLOAT8)],
-            )
-            .await
-            .map_err(DbError::Query)
-    })
-    .await?;
+    let rows = c.db.query(&c.sql.view, &[(&stale, Type::FLOAT8)]).await?;
     let replicas = rows
         .iter()
         .map(|r| {
@@ -174,19 +200,6 @@ pub async fn view(cluster: &Cluster) -> Result<ClusterView, DbError> {
 /// Heartbeats until `stop`, then removes this replica's row.
 pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
     let Some(c) = &cluster.db else { return };
-    let s = &c.schema;
-    let upsert = format!(
-        "INSERT INTO {s}.replicas (id, address, subscribers, last_delivered, subscribers_sse, \
-         subscribers_poll, subscribers_listen, listen_connected) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
-         ON CONFLICT (id) DO UPDATE SET address = EXCLUDED.address, subscribers = EXCLUDED.subscribers, \
-         last_delivered = EXCLUDED.last_delivered, subscribers_sse = EXCLUDED.subscribers_sse, \
-         subscribers_poll = EXCLUDED.subscribers_poll, subscribers_listen = EXCLUDED.subscribers_listen, \
-         listen_connected = EXCLUDED.listen_connected, last_heartbeat = clock_timestamp()"
-    );
-    // Rows of replicas gone for long are deleted by whichever replica heartbeats.
-    let forget = format!(
-        "DELETE FROM {s}.replicas WHERE last_heartbeat < clock_timestamp() - interval '1 hour'"
-    );
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
@@ -198,45 +211,38 @@ pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
         let head = i64::try_from(cluster.broadcaster.head()).unwrap_or(i64::MAX);
         let [sse, poll, listen] = SubscriberKind::ALL.map(|k| subscribers_of(&cluster.metrics, k));
         let listening = cluster.listen_state();
-        let result = timed(c.timeout, async {
-            let client = c.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(
-                    &upsert,
-                    &[
-                        (&cluster.replica_id, Type::TEXT),
-                        (&address, Type::TEXT),
-                        (&subscribers, Type::INT4),
-                        (&head, Type::INT8),
-                        (&sse, Type::INT4),
-                        (&poll, Type::INT4),
-                        (&listen, Type::INT4),
-                        (&listening, Type::BOOL),
-                    ],
-                )
-                .await
-                .map_err(DbError::Query)?;
-            client
-                .query_typed(&forget, &[])
-                .await
-                .map_err(DbError::Query)
-        })
-        .await;
+        let (upsert, forget, id) = (&c.sql.upsert, &c.sql.forget_gone, &cluster.replica_id);
+        let result =
+            c.db.with_client(|client| async move {
+                client
+                    .query_typed(
+                        upsert,
+                        &[
+                            (id, Type::TEXT),
+                            (&address, Type::TEXT),
+                            (&subscribers, Type::INT4),
+                            (&head, Type::INT8),
+                            (&sse, Type::INT4),
+                            (&poll, Type::INT4),
+                            (&listen, Type::INT4),
+                            (&listening, Type::BOOL),
+                        ],
+                    )
+                    .await
+                    .map_err(DbError::Query)?;
+                client
+                    .query_typed(forget, &[])
+                    .await
+                    .map_err(DbError::Query)
+            })
+            .await;
         if let Err(error) = result {
             tracing::debug!(%error, "cluster heartbeat failed");
         }
     }
-    let bye = timed(c.timeout, async {
-        let client = c.pool.get().await.map_err(DbError::Checkout)?;
-        client
-            .query_typed(
-                &format!("DELETE FROM {s}.replicas WHERE id = $1"),
-                &[(&cluster.replica_id, Type::TEXT)],
-            )
-            .await
-            .map_err(DbError::Query)
-    })
-    .await;
+    let bye =
+        c.db.execute(&c.sql.leave, &[(&cluster.replica_id, Type::TEXT)])
+            .await;
     if let Err(error) = bye {
         tracing::debug!(%error, "cannot remove this replica from the cluster view");
     }

@@ -12,6 +12,7 @@ pub mod broadcast;
 pub mod cli;
 pub mod cluster;
 pub mod config;
+pub mod db;
 pub mod event;
 pub mod http;
 pub mod log;

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use clap::Parser;
 use mcp_fanout::config::{self, Cli, Command, MigrateArgs};
-use mcp_fanout::log::postgres::{connect, migrate, timed, DbError};
+use mcp_fanout::db::{connect, Db, DbError};
+use mcp_fanout::log::postgres::migrate;
 use mcp_fanout::replica::{self, ServeError};
 use mcp_fanout::{cli, telemetry};
 
@@ -66,11 +67,10 @@ async fn run_migrate(args: MigrateArgs) -> Result<(), StartError> {
     let url = args.database_url.as_deref().unwrap_or_default();
     let timeout = Duration::from_millis(args.db_timeout_ms.max(1));
     let pool = connect::pool(url, timeout, 1, connect::tls(args.db_ca_file.as_deref())?)?;
-    let applied = timed(timeout.saturating_mul(4), async {
-        let mut client = pool.get().await.map_err(DbError::Checkout)?;
-        migrate::apply(&mut client, &args.schema).await
-    })
-    .await?;
+    let schema = &args.schema;
+    let applied = Db::new(pool, timeout.saturating_mul(4))
+        .with_client(|mut client| async move { migrate::apply(&mut client, schema).await })
+        .await?;
     tracing::info!(schema = args.schema, ?applied, "migrations up to date");
     Ok(())
 }

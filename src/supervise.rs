@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::bridge::backoff::Backoff;
-use crate::log::postgres::with_causes;
+use crate::db::with_causes;
 use crate::metrics::Metrics;
 
 /// What a supervised task fails with.

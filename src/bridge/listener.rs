@@ -16,7 +16,7 @@ use tokio::task::JoinHandle;
 use tokio_postgres::{AsyncMessage, Client};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::log::postgres::{timed, DbError};
+use crate::db::{timed, DbError};
 
 pub enum Control {
     /// A message on the control channel (heartbeats and cluster messages).

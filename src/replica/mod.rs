@@ -9,8 +9,8 @@ mod tasks;
 use std::time::Duration;
 
 use crate::config::ServeConfig;
+use crate::db::DbError;
 use crate::http;
-use crate::log::postgres::DbError;
 use crate::server::{ConnOptions, RouterSlot};
 use crate::shutdown::ShutdownSignal;
 use crate::supervise::Supervisor;

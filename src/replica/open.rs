@@ -10,10 +10,11 @@ use crate::bridge::backoff::Backoff;
 use crate::bridge::Bridge;
 use crate::cluster::PgCluster;
 use crate::config::{self, MigrateMode, ServeConfig};
+use crate::db::{connect, with_causes, Db, DbError};
 use crate::log::postgres::retention::Retention;
 use crate::log::postgres::writer::WriterTask;
-use crate::log::postgres::{connect, migrate, timed, DbError, PgLog};
-use crate::log::EventLog;
+use crate::log::postgres::{migrate, PgLog};
+use crate::log::{EventLog, LogError};
 use crate::session::postgres::PgSessions;
 use crate::state::{AppState, State};
 
@@ -21,7 +22,7 @@ use crate::state::{AppState, State};
 pub struct DbTasks {
     pub bridge: Arc<Bridge>,
     pub writer: WriterTask,
-    pub pool: deadpool_postgres::Pool,
+    pub db: Db,
     pub retention: Retention,
 }
 
@@ -49,11 +50,12 @@ pub async fn build_state(
         config::to_usize(config.db_pool_size),
         tls.clone(),
     )?;
+    let db = Db::new(pool, timeout);
     let listen_url = config.listen_database_url.as_deref().unwrap_or(url);
     let listen_config = connect::pg_config(listen_url, connect::LISTEN_APP_NAME, timeout)?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let (log, head) = loop {
-        match open_log(&pool, config, timeout).await {
+        match open_log(&db, config).await {
             Ok(ready) => break ready,
             Err(error) => {
                 tracing::warn!(%error, "the database is not ready; retrying");
@@ -66,13 +68,12 @@ pub async fn build_state(
         auth,
         open_files,
         log.clone(),
-        Arc::new(PgSessions::new(pool.clone(), &config.schema, timeout)),
-        PgCluster {
-            pool: pool.clone(),
-            schema: config.schema.clone(),
-            timeout,
-            stale_after: Duration::from_secs(config.replica_stale_secs),
-        },
+        Arc::new(PgSessions::new(db.clone(), &config.schema)),
+        PgCluster::new(
+            db.clone(),
+            &config.schema,
+            Duration::from_secs(config.replica_stale_secs),
+        ),
         head,
     )?;
     let bridge = Arc::new(Bridge {
@@ -90,7 +91,7 @@ pub async fn build_state(
     let tasks = DbTasks {
         bridge,
         writer: log.writer_task(),
-        pool,
+        db,
         retention: Retention {
             max_age: Duration::from_secs(config.retention_secs),
             max_events: config.retention_max_events,
@@ -100,37 +101,38 @@ pub async fn build_state(
     Ok((st, Some(tasks)))
 }
 
-async fn open_log(
-    pool: &deadpool_postgres::Pool,
-    config: &ServeConfig,
-    timeout: Duration,
-) -> Result<(Arc<PgLog>, u64), DbError> {
+/// Why the log is not open yet (the replica retries).
+#[derive(Debug, thiserror::Error)]
+enum OpenError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot read the log's head: {}", with_causes(.0))]
+    Head(#[source] LogError),
+}
+
+async fn open_log(db: &Db, config: &ServeConfig) -> Result<(Arc<PgLog>, u64), OpenError> {
     let schema = &config.schema;
-    timed(timeout.saturating_mul(4), async {
-        let mut client = pool.get().await.map_err(DbError::Checkout)?;
-        match config.migrate {
-            MigrateMode::Auto => {
-                let applied = migrate::apply(&mut client, schema).await?;
-                if !applied.is_empty() {
-                    tracing::info!(schema, ?applied, "migrations applied");
+    db.within(db.timeout().saturating_mul(4))
+        .with_client(|mut client| async move {
+            match config.migrate {
+                MigrateMode::Auto => {
+                    let applied = migrate::apply(&mut client, schema).await?;
+                    if !applied.is_empty() {
+                        tracing::info!(schema, ?applied, "migrations applied");
+                    }
+                }
+                MigrateMode::Skip => {
+                    let pending = migrate::pending(&client, schema).await?;
+                    if !pending.is_empty() {
+                        return Err(DbError::NotMigrated(pending));
+                    }
                 }
             }
-            MigrateMode::Skip => {
-                let pending = migrate::pending(&client, schema).await?;
-                if !pending.is_empty() {
-                    return Err(DbError::NotMigrated(pending));
-                }
-            }
-        }
-        Ok(())
-    })
-    .await?;
-    let log = PgLog::open(pool.clone(), schema, timeout, config.max_payload_bytes).await?;
-    let head = log
-        .bounds()
-        .await
-        .map_err(|e| DbError::Pool(e.to_string()))?
-        .head;
+            Ok(())
+        })
+        .await?;
+    let log = PgLog::open(db.clone(), schema, config.max_payload_bytes).await?;
+    let head = log.bounds().await.map_err(OpenError::Head)?.head;
     tracing::info!(schema, epoch = log.epoch(), head, "event log open");
     Ok((Arc::new(log), head))
 }

@@ -70,19 +70,8 @@ fn start_db_tasks(sup: &Supervisor, st: &AppState, config: &ServeConfig, db: DbT
     sup.spawn("publish_writer", move |stop| {
         until_stopped(writer.clone().run(stop))
     });
-    let (pool, schema, timeout, policy) = (
-        db.pool,
-        config.schema.clone(),
-        config.db_timeout(),
-        db.retention,
-    );
+    let (pg, schema, policy) = (db.db, config.schema.clone(), db.retention);
     sup.spawn("retention", move |stop| {
-        until_stopped(retention::run(
-            pool.clone(),
-            schema.clone(),
-            timeout,
-            policy,
-            stop,
-        ))
+        until_stopped(retention::run(pg.clone(), schema.clone(), policy, stop))
     });
 }

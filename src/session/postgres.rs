@@ -4,15 +4,12 @@
 //! release have no `owner`, only `principal`; they are an owner's only when
 //! [`Owner::owns_legacy_rows`] and the principals are equal.
 
-use std::time::Duration;
-
 use async_trait::async_trait;
-use deadpool_postgres::Pool;
 use tokio_postgres::types::{ToSql, Type};
 
 use super::{Owner, Ownership, SessionError, SessionStore};
 use crate::bridge::{control_channel, ControlMessage};
-use crate::log::postgres::{column, timed, DbError};
+use crate::db::{column, Db, Params};
 
 /// Whether row `t` belongs to the owner of `$2` (principal), `$3` (owner key), `$4` (owns legacy
 /// rows).
@@ -20,20 +17,24 @@ const OWNED: &str =
     "(t.owner = $3 OR (t.owner IS NULL AND $4 AND t.principal IS NOT DISTINCT FROM $2))";
 
 pub struct PgSessions {
-    pool: Pool,
-    timeout: Duration,
-    claim_sql: String,
-    check_sql: String,
-    register_sql: String,
-    known_sql: String,
-    ownership_sql: String,
-    forget_sql: String,
-    touch_sql: String,
+    db: Db,
+    sql: SessionSql,
     channel: String,
 }
 
-impl PgSessions {
-    pub fn new(pool: Pool, schema: &str, timeout: Duration) -> PgSessions {
+/// The session store's statements, schema-qualified once.
+struct SessionSql {
+    claim: String,
+    check: String,
+    register: String,
+    known: String,
+    ownership: String,
+    forget: String,
+    touch: String,
+}
+
+impl SessionSql {
+    fn new(schema: &str) -> SessionSql {
         let upsert = |bump: &str| {
             format!(
                 "INSERT INTO {schema}.sessions AS t (session, principal, owner) VALUES ($1, $2, $3) \
@@ -41,54 +42,53 @@ impl PgSessions {
                  WHERE {OWNED} RETURNING t.generation"
             )
         };
-        PgSessions {
-            pool,
-            timeout,
+        SessionSql {
             // The claim and its takeover message are one statement: no claim without a message.
-            claim_sql: format!(
+            claim: format!(
                 "WITH c AS ({}) SELECT generation, pg_notify($5, {}) FROM c",
                 upsert("generation = t.generation + 1, "),
                 ControlMessage::takeover_sql("generation", "$1"),
             ),
-            check_sql: upsert(""),
-            register_sql: format!(
+            check: upsert(""),
+            register: format!(
                 "INSERT INTO {schema}.sessions (session, principal, owner) VALUES ($1, $2, $3) \
                  ON CONFLICT (session) DO NOTHING"
             ),
-            known_sql: format!("SELECT 1::bigint FROM {schema}.sessions WHERE session = $1"),
-            ownership_sql: format!(
+            known: format!("SELECT 1::bigint FROM {schema}.sessions WHERE session = $1"),
+            ownership: format!(
                 "SELECT CASE WHEN {OWNED} THEN 1 ELSE 0 END::bigint FROM {schema}.sessions AS t \
                  WHERE t.session = $1"
             ),
             // The end message is sent in the same statement: every replica ends the session's streams.
-            forget_sql: format!(
+            forget: format!(
                 "WITH d AS (DELETE FROM {schema}.sessions WHERE session = $1 RETURNING 1) \
                  SELECT 1::bigint, pg_notify($2, {})",
                 ControlMessage::end_sql("$1"),
             ),
-            touch_sql: format!(
+            touch: format!(
                 "UPDATE {schema}.sessions SET last_seen = clock_timestamp() WHERE session = ANY($1)"
             ),
+        }
+    }
+}
+
+impl PgSessions {
+    pub fn new(db: Db, schema: &str) -> PgSessions {
+        PgSessions {
+            db,
+            sql: SessionSql::new(schema),
             channel: control_channel(schema),
         }
     }
 
     /// Runs `sql`; the first column of its first row, if any.
-    async fn run(
-        &self,
-        sql: &str,
-        params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Option<i64>, SessionError> {
-        let rows = timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(sql, params)
-                .await
-                .map_err(DbError::Query)
-        })
-        .await
-        .map_err(|e| SessionError::Unavailable(e.to_string()))?;
-        rows.first()
+    async fn run(&self, sql: &str, params: &Params<'_>) -> Result<Option<i64>, SessionError> {
+        let row = self
+            .db
+            .query_first(sql, params)
+            .await
+            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
+        row.as_ref()
             .map(|r| column::<i64>(r, 0))
             .transpose()
             .map_err(|e| SessionError::Unavailable(e.to_string()))
@@ -122,7 +122,7 @@ impl PgSessions {
 impl SessionStore for PgSessions {
     async fn claim(&self, session: &str, owner: &Owner) -> Result<u64, SessionError> {
         match self
-            .run_owned(&self.claim_sql, session, owner, true)
+            .run_owned(&self.sql.claim, session, owner, true)
             .await?
         {
             Some(generation) => Ok(generation as u64),
@@ -132,7 +132,7 @@ impl SessionStore for PgSessions {
 
     async fn check(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
         match self
-            .run_owned(&self.check_sql, session, owner, false)
+            .run_owned(&self.sql.check, session, owner, false)
             .await?
         {
             Some(_) => Ok(()),
@@ -144,7 +144,7 @@ impl SessionStore for PgSessions {
         let principal = owner.stored_principal();
         let key = owner.key();
         self.run(
-            &self.register_sql,
+            &self.sql.register,
             &[
                 (&session, Type::TEXT),
                 (&principal, Type::TEXT),
@@ -157,7 +157,7 @@ impl SessionStore for PgSessions {
 
     async fn known(&self, session: &str) -> Result<bool, SessionError> {
         Ok(self
-            .run(&self.known_sql, &[(&session, Type::TEXT)])
+            .run(&self.sql.known, &[(&session, Type::TEXT)])
             .await?
             .is_some())
     }
@@ -165,7 +165,7 @@ impl SessionStore for PgSessions {
     async fn ownership(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
         Ok(
             match self
-                .run_owned(&self.ownership_sql, session, owner, false)
+                .run_owned(&self.sql.ownership, session, owner, false)
                 .await?
             {
                 None => Ownership::Unknown,
@@ -177,7 +177,7 @@ impl SessionStore for PgSessions {
 
     async fn forget(&self, session: &str) -> Result<(), SessionError> {
         self.run(
-            &self.forget_sql,
+            &self.sql.forget,
             &[(&session, Type::TEXT), (&self.channel, Type::TEXT)],
         )
         .await
@@ -185,15 +185,9 @@ impl SessionStore for PgSessions {
     }
 
     async fn touch(&self, sessions: &[String]) -> Result<(), SessionError> {
-        timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(&self.touch_sql, &[(&sessions, Type::TEXT_ARRAY)])
-                .await
-                .map_err(DbError::Query)
-        })
-        .await
-        .map(|_| ())
-        .map_err(|e| SessionError::Unavailable(e.to_string()))
+        self.db
+            .execute(&self.sql.touch, &[(&sessions, Type::TEXT_ARRAY)])
+            .await
+            .map_err(|e| SessionError::Unavailable(e.to_string()))
     }
 }

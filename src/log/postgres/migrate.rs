@@ -4,7 +4,7 @@
 
 use tokio_postgres::Client;
 
-use super::{column, DbError};
+use crate::db::{column, DbError};
 
 /// (version, name, SQL with `{{schema}}`)
 const MIGRATIONS: &[(i32, &str, &str)] = &[
@@ -77,17 +77,37 @@ pub fn print_sql(schema: &str) -> String {
     out
 }
 
+/// The statements of `apply` and `pending`, schema-qualified once.
+struct MigrateSql {
+    prologue: String,
+    table: String,
+    versions: String,
+    record: String,
+}
+
+impl MigrateSql {
+    fn new(schema: &str) -> MigrateSql {
+        MigrateSql {
+            prologue: prologue(schema),
+            table: format!("{schema}.migrations"),
+            versions: format!("SELECT version FROM {schema}.migrations"),
+            record: format!("INSERT INTO {schema}.migrations (version, name) VALUES ($1, $2)"),
+        }
+    }
+}
+
 /// Applies what is missing; returns the versions applied now.
 pub async fn apply(
     client: &mut deadpool_postgres::Client,
     schema: &str,
 ) -> Result<Vec<i32>, DbError> {
+    let sql = MigrateSql::new(schema);
     let tx = client.transaction().await.map_err(DbError::Query)?;
-    tx.batch_execute(&prologue(schema))
+    tx.batch_execute(&sql.prologue)
         .await
         .map_err(DbError::Query)?;
     let done: Vec<i32> = tx
-        .query_typed(&format!("SELECT version FROM {schema}.migrations"), &[])
+        .query_typed(&sql.versions, &[])
         .await
         .map_err(DbError::Query)?
         .iter()
@@ -105,7 +125,7 @@ pub async fn apply(
                 source: e,
             })?;
         tx.query_typed(
-            &format!("INSERT INTO {schema}.migrations (version, name) VALUES ($1, $2)"),
+            &sql.record,
             &[
                 (&m.version, tokio_postgres::types::Type::INT4),
                 (&m.name, tokio_postgres::types::Type::TEXT),
@@ -121,13 +141,11 @@ pub async fn apply(
 
 /// Whether every known migration is recorded (for `FANOUT_MIGRATE=skip`).
 pub async fn pending(client: &Client, schema: &str) -> Result<Vec<i32>, DbError> {
+    let sql = MigrateSql::new(schema);
     let exists: bool = client
         .query_typed(
             "SELECT to_regclass($1) IS NOT NULL",
-            &[(
-                &format!("{schema}.migrations"),
-                tokio_postgres::types::Type::TEXT,
-            )],
+            &[(&sql.table, tokio_postgres::types::Type::TEXT)],
         )
         .await
         .map_err(DbError::Query)?
@@ -137,7 +155,7 @@ pub async fn pending(client: &Client, schema: &str) -> Result<Vec<i32>, DbError>
         .unwrap_or(false);
     let done: Vec<i32> = if exists {
         client
-            .query_typed(&format!("SELECT version FROM {schema}.migrations"), &[])
+            .query_typed(&sql.versions, &[])
             .await
             .map_err(DbError::Query)?
             .iter()

@@ -4,14 +4,13 @@
 //! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
 //! same page (many lagging cursors at one position) share one query.
 
-pub mod connect;
 pub mod migrate;
 pub mod retention;
 pub mod writer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
@@ -19,104 +18,17 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio_postgres::types::Type;
 
 use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
+use crate::db::{column, Db, DbError};
 use crate::event::{StoredEvent, Target};
-
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("invalid database URL: {0}")]
-    Url(#[source] tokio_postgres::Error),
-    #[error("cannot create the pool: {0}")]
-    Pool(String),
-    #[error("cannot get a database connection: {}", with_causes(.0))]
-    Checkout(#[source] deadpool_postgres::PoolError),
-    #[error("database error: {}", describe(.0))]
-    Query(#[source] tokio_postgres::Error),
-    #[error("migration {version} failed: {source}")]
-    Migration {
-        version: i32,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-    #[error("migrations {0:?} are not applied and FANOUT_MIGRATE=skip (run `mcp-fanout migrate`)")]
-    NotMigrated(Vec<i32>),
-    #[error("TLS setup: {0}")]
-    Tls(String),
-    #[error("the database did not answer within {0:?}")]
-    Timeout(Duration),
-    #[error("cannot read column `{column}` of a row from the database: {}", with_causes(.source))]
-    Decode {
-        column: String,
-        #[source]
-        source: tokio_postgres::Error,
-    },
-}
-
-/// Column `idx` of a row the database returned, decoded as `T`, or an error naming the column
-/// (a column whose type is not the one this version expects fails here, never panics).
-pub fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
-    row: &'a tokio_postgres::Row,
-    idx: usize,
-) -> Result<T, DbError> {
-    row.try_get(idx).map_err(|source| DbError::Decode {
-        column: row
-            .columns()
-            .get(idx)
-            .map_or_else(|| idx.to_string(), |c| c.name().to_owned()),
-        source,
-    })
-}
 
 impl From<DbError> for LogError {
     fn from(e: DbError) -> LogError {
-        match &e {
-            DbError::Query(q) if is_sql_error(q) => LogError::Internal(e.to_string()),
-            DbError::Decode { .. } => LogError::Internal(e.to_string()),
-            _ => LogError::Unavailable(Box::new(e)),
+        if e.is_transient() {
+            LogError::Unavailable(Box::new(e))
+        } else {
+            LogError::Internal(e.to_string())
         }
     }
-}
-
-/// A Postgres error with the server's own words (`tokio_postgres::Error`'s Display says only
-/// "db error" for those).
-pub fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{} ({}: {})", e, db.code().code(), db.message()),
-        None => with_causes(e),
-    }
-}
-
-/// An error and its causes, `: `-separated (a TLS failure says why: unknown issuer, wrong name…).
-pub fn with_causes(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cause = e.source();
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if !out.contains(&text) {
-            out.push_str(": ");
-            out.push_str(&text);
-        }
-        cause = c.source();
-    }
-    out
-}
-
-/// A statement the database refused for what it says (not for being unreachable, overloaded or
-/// shutting down).
-fn is_sql_error(e: &tokio_postgres::Error) -> bool {
-    e.as_db_error().is_some_and(|db| {
-        let class = &db.code().code()[..2];
-        !matches!(class, "08" | "53" | "57" | "58" | "55" | "40")
-    })
-}
-
-/// Bounds `fut` by `limit`.
-pub async fn timed<T>(
-    limit: Duration,
-    fut: impl std::future::Future<Output = Result<T, DbError>>,
-) -> Result<T, DbError> {
-    tokio::time::timeout(limit, fut)
-        .await
-        .unwrap_or(Err(DbError::Timeout(limit)))
 }
 
 pub struct PgLog {
@@ -129,8 +41,33 @@ pub struct PgLog {
 struct Inner {
     epoch: String,
     schema: String,
-    pool: Pool,
-    timeout: Duration,
+    db: Db,
+    sql: LogSql,
+}
+
+/// The log's reads, schema-qualified once.
+struct LogSql {
+    set_payload_limit: String,
+    epoch: String,
+    page_after: String,
+    bounds: String,
+}
+
+impl LogSql {
+    fn new(schema: &str) -> LogSql {
+        LogSql {
+            set_payload_limit: format!(
+                "UPDATE {schema}.meta SET max_payload_bytes = $1 WHERE max_payload_bytes <> $1"
+            ),
+            epoch: format!("SELECT epoch FROM {schema}.meta"),
+            page_after: format!(
+                "SELECT m.pruned, e.seq, e.method, e.params, e.tenant, e.session, e.committed_at \
+                 FROM {schema}.meta m LEFT JOIN LATERAL ( \
+                     SELECT * FROM {schema}.events WHERE seq > $1 ORDER BY seq LIMIT $2) e ON true"
+            ),
+            bounds: format!("SELECT h.seq, m.pruned FROM {schema}.head h, {schema}.meta m"),
+        }
+    }
 }
 
 type Page = Arc<Vec<Arc<StoredEvent>>>;
@@ -140,15 +77,32 @@ type SharedRead = Shared<BoxFuture<'static, Result<Page, ReadError>>>;
 #[derive(Debug, Clone)]
 enum ReadError {
     Pruned { after: u64, pruned: u64 },
-    Unavailable(Arc<str>),
+    Unavailable(SharedError),
     Internal(Arc<str>),
+}
+
+/// One error answering several waiters (a shared read, a commit group): it reads as the error
+/// itself, with its causes.
+#[derive(Debug, Clone)]
+struct SharedError(Arc<dyn std::error::Error + Send + Sync>);
+
+impl std::fmt::Display for SharedError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SharedError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
 }
 
 impl From<ReadError> for LogError {
     fn from(e: ReadError) -> LogError {
         match e {
             ReadError::Pruned { after, pruned } => LogError::CursorPruned { after, pruned },
-            ReadError::Unavailable(m) => LogError::Unavailable(m.to_string().into()),
+            ReadError::Unavailable(shared) => LogError::Unavailable(Box::new(shared)),
             ReadError::Internal(m) => LogError::Internal(m.to_string()),
         }
     }
@@ -158,7 +112,7 @@ impl From<LogError> for ReadError {
     fn from(e: LogError) -> ReadError {
         match e {
             LogError::CursorPruned { after, pruned } => ReadError::Pruned { after, pruned },
-            LogError::Unavailable(m) => ReadError::Unavailable(m.to_string().into()),
+            LogError::Unavailable(cause) => ReadError::Unavailable(SharedError(Arc::from(cause))),
             other => ReadError::Internal(other.to_string().into()),
         }
     }
@@ -167,40 +121,34 @@ impl From<LogError> for ReadError {
 impl PgLog {
     /// Opens the log in `schema` (migrations must be applied). Publishes complete once its writer
     /// runs ([`PgLog::writer_task`]).
-    pub async fn open(
-        pool: Pool,
-        schema: &str,
-        timeout: Duration,
-        max_payload_bytes: u64,
-    ) -> Result<PgLog, DbError> {
-        let epoch = timed(timeout, async {
-            let client = pool.get().await.map_err(DbError::Checkout)?;
-            // The payload limit lives in the schema, so SQL publishes are held to the same limit.
-            let limit = i32::try_from(max_payload_bytes).unwrap_or(i32::MAX);
-            client
-                .query_typed(
-                    &format!("UPDATE {schema}.meta SET max_payload_bytes = $1 WHERE max_payload_bytes <> $1"),
-                    &[(&limit, Type::INT4)],
-                )
-                .await
-                .map_err(DbError::Query)?;
-            let row = client
-                .query_typed(&format!("SELECT epoch FROM {schema}.meta"), &[])
-                .await
-                .map_err(DbError::Query)?;
-            row.first()
-                .map(|r| column::<String>(r, 0))
-                .transpose()
-                .map(Option::unwrap_or_default)
-        })
-        .await?;
+    pub async fn open(db: Db, schema: &str, max_payload_bytes: u64) -> Result<PgLog, DbError> {
+        let sql = LogSql::new(schema);
+        let q = &sql;
+        let epoch = db
+            .with_client(|client| async move {
+                // The payload limit lives in the schema, so SQL publishes are held to the same limit.
+                let limit = i32::try_from(max_payload_bytes).unwrap_or(i32::MAX);
+                client
+                    .query_typed(&q.set_payload_limit, &[(&limit, Type::INT4)])
+                    .await
+                    .map_err(DbError::Query)?;
+                let row = client
+                    .query_typed(&q.epoch, &[])
+                    .await
+                    .map_err(DbError::Query)?;
+                row.first()
+                    .map(|r| column::<String>(r, 0))
+                    .transpose()
+                    .map(Option::unwrap_or_default)
+            })
+            .await?;
         let inner = Arc::new(Inner {
             epoch,
             schema: schema.to_owned(),
-            pool: pool.clone(),
-            timeout,
+            db: db.clone(),
+            sql,
         });
-        let (writer, writer_task) = writer::Writer::new(pool, schema.to_owned(), timeout);
+        let (writer, writer_task) = writer::Writer::new(db, schema.to_owned());
         Ok(PgLog {
             writer,
             writer_task,
@@ -224,7 +172,7 @@ impl PgLog {
     }
 
     pub fn pool(&self) -> &Pool {
-        &self.inner.pool
+        self.inner.db.pool()
     }
 
     pub fn schema(&self) -> &str {
@@ -238,22 +186,15 @@ impl Inner {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
-        let schema = &self.schema;
-        let sql = format!(
-            "SELECT m.pruned, e.seq, e.method, e.params, e.tenant, e.session, e.committed_at \
-             FROM {schema}.meta m LEFT JOIN LATERAL ( \
-                 SELECT * FROM {schema}.events WHERE seq > $1 ORDER BY seq LIMIT $2) e ON true"
-        );
         let after_i = i64::try_from(after).unwrap_or(i64::MAX);
         let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
-        let rows = timed(self.timeout, async {
-            let client = self.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(&sql, &[(&after_i, Type::INT8), (&limit_i, Type::INT8)])
-                .await
-                .map_err(DbError::Query)
-        })
-        .await?;
+        let rows = self
+            .db
+            .query(
+                &self.sql.page_after,
+                &[(&after_i, Type::INT8), (&limit_i, Type::INT8)],
+            )
+            .await?;
         let pruned = match rows.first() {
             Some(r) => column::<i64>(r, 0)? as u64,
             None => 0,
@@ -330,18 +271,7 @@ impl EventLog for PgLog {
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
-        let schema = &self.inner.schema;
-        let row = timed(self.inner.timeout, async {
-            let client = self.inner.pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(
-                    &format!("SELECT h.seq, m.pruned FROM {schema}.head h, {schema}.meta m"),
-                    &[],
-                )
-                .await
-                .map_err(DbError::Query)
-        })
-        .await?;
+        let row = self.inner.db.query(&self.inner.sql.bounds, &[]).await?;
         let r = row
             .first()
             .ok_or_else(|| LogError::Internal("the log's head row is missing".into()))?;
@@ -349,5 +279,25 @@ impl EventLog for PgLog {
             head: column::<i64>(r, 0)? as u64,
             pruned: column::<i64>(r, 1)? as u64,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A shared read's failure answers each waiter with the error itself: its text and its causes.
+    #[test]
+    fn a_shared_failure_keeps_the_error_and_its_causes() {
+        let error = DbError::Checkout(deadpool_postgres::PoolError::Closed);
+        let text = error.to_string();
+        let shared = ReadError::from(LogError::Unavailable(Box::new(error)));
+        for answer in [shared.clone(), shared] {
+            let LogError::Unavailable(cause) = LogError::from(answer) else {
+                panic!("still unavailable");
+            };
+            assert_eq!(cause.to_string(), text);
+            assert!(cause.source().is_some(), "the pool's error is kept");
+        }
     }
 }

@@ -3,11 +3,10 @@
 
 use std::time::Duration;
 
-use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
-use super::{column, timed, DbError};
+use crate::db::{column, Db, DbError};
 
 /// Rows deleted per transaction.
 const BATCH: i64 = 10_000;
@@ -19,43 +18,57 @@ pub struct Retention {
     pub every: Duration,
 }
 
-pub async fn run(
-    pool: Pool,
-    schema: String,
-    timeout: Duration,
-    policy: Retention,
-    stop: CancellationToken,
-) {
+/// Retention's statements, schema-qualified once.
+pub struct RetentionSql {
+    forget_sessions: String,
+    bound: String,
+    lock: String,
+    cut: String,
+    delete_events: String,
+    set_pruned: String,
+    delete_keys: String,
+}
+
+impl RetentionSql {
+    /// `timeout` bounds each statement of a batch.
+    pub fn new(s: &str, timeout: Duration) -> RetentionSql {
+        RetentionSql {
+            forget_sessions: format!(
+                "DELETE FROM {s}.sessions WHERE session IN (SELECT session FROM {s}.sessions \
+                 WHERE last_seen < clock_timestamp() - make_interval(secs => $1) LIMIT 10000)"
+            ),
+            bound: format!("SET LOCAL statement_timeout = {}", timeout.as_millis()),
+            lock: format!("SELECT pg_try_advisory_xact_lock(hashtext('mcp-fanout retention {s}'))"),
+            cut: format!(
+                "SELECT max(p.seq) FROM (SELECT seq, committed_at FROM {s}.events ORDER BY seq LIMIT $1) p \
+                 WHERE p.seq <= (SELECT seq FROM {s}.head) - $2 \
+                    OR p.committed_at < clock_timestamp() - make_interval(secs => $3)"
+            ),
+            delete_events: format!("DELETE FROM {s}.events WHERE seq <= $1"),
+            set_pruned: format!("UPDATE {s}.meta SET pruned = greatest(pruned, $1)"),
+            delete_keys: format!("DELETE FROM {s}.idempotency WHERE max_seq <= $1"),
+        }
+    }
+}
+
+pub async fn run(db: Db, schema: String, policy: Retention, stop: CancellationToken) {
+    let sql = RetentionSql::new(&schema, db.timeout());
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(policy.every) => {}
         }
         // Forget sessions idle longer than the retention (a reconnect binds them again).
-        let forget = format!(
-            "DELETE FROM {schema}.sessions WHERE session IN (SELECT session FROM {schema}.sessions \
-             WHERE last_seen < clock_timestamp() - make_interval(secs => $1) LIMIT 10000)"
-        );
         let age = policy.max_age.as_secs_f64();
-        let gc = timed(timeout, async {
-            let client = pool.get().await.map_err(DbError::Checkout)?;
-            client
-                .query_typed(&forget, &[(&age, Type::FLOAT8)])
-                .await
-                .map_err(DbError::Query)
-        })
-        .await;
+        let gc = db
+            .execute(&sql.forget_sessions, &[(&age, Type::FLOAT8)])
+            .await;
         if let Err(error) = gc {
             tracing::warn!(%error, "session cleanup failed");
         }
         // Prune in batches until nothing is left to prune (or another replica holds the lock).
         loop {
-            match timed(
-                timeout.saturating_mul(2),
-                prune_batch(&pool, &schema, timeout, policy),
-            )
-            .await
-            {
+            match prune_batch(&db, &sql, policy).await {
                 Ok(Some(watermark)) => tracing::debug!(watermark, "log pruned"),
                 Ok(None) => break,
                 Err(error) => {
@@ -68,26 +81,27 @@ pub async fn run(
 }
 
 /// Deletes one batch of the oldest events beyond the policy; returns the new watermark, or `None`
-/// when there was nothing to do or another replica is pruning.
+/// when there was nothing to do or another replica is pruning. The batch's statements are bounded
+/// by the timeout each, the whole batch by twice it.
 pub async fn prune_batch(
-    pool: &Pool,
-    s: &str,
-    timeout: Duration,
+    db: &Db,
+    sql: &RetentionSql,
     policy: Retention,
 ) -> Result<Option<i64>, DbError> {
-    let mut client = pool.get().await.map_err(DbError::Checkout)?;
+    db.within(db.timeout().saturating_mul(2))
+        .with_client(|client| prune_batch_on(client, sql, policy))
+        .await
+}
+
+async fn prune_batch_on(
+    mut client: deadpool_postgres::Client,
+    sql: &RetentionSql,
+    policy: Retention,
+) -> Result<Option<i64>, DbError> {
     let tx = client.transaction().await.map_err(DbError::Query)?;
-    tx.batch_execute(&format!(
-        "SET LOCAL statement_timeout = {}",
-        timeout.as_millis()
-    ))
-    .await
-    .map_err(DbError::Query)?;
+    tx.batch_execute(&sql.bound).await.map_err(DbError::Query)?;
     let locked: bool = tx
-        .query_typed(
-            &format!("SELECT pg_try_advisory_xact_lock(hashtext('mcp-fanout retention {s}'))"),
-            &[],
-        )
+        .query_typed(&sql.lock, &[])
         .await
         .map_err(DbError::Query)?
         .first()
@@ -102,12 +116,12 @@ pub async fn prune_batch(
     // The cut: the highest seq among the oldest batch that is too old or beyond the count.
     let cut: Option<i64> = tx
         .query_typed(
-            &format!(
-                "SELECT max(p.seq) FROM (SELECT seq, committed_at FROM {s}.events ORDER BY seq LIMIT $1) p \
-                 WHERE p.seq <= (SELECT seq FROM {s}.head) - $2 \
-                    OR p.committed_at < clock_timestamp() - make_interval(secs => $3)"
-            ),
-            &[(&BATCH, Type::INT8), (&max_events, Type::INT8), (&age_secs, Type::FLOAT8)],
+            &sql.cut,
+            &[
+                (&BATCH, Type::INT8),
+                (&max_events, Type::INT8),
+                (&age_secs, Type::FLOAT8),
+            ],
         )
         .await
         .map_err(DbError::Query)?
@@ -118,24 +132,15 @@ pub async fn prune_batch(
     let Some(cut) = cut else {
         return Ok(None);
     };
-    tx.query_typed(
-        &format!("DELETE FROM {s}.events WHERE seq <= $1"),
-        &[(&cut, Type::INT8)],
-    )
-    .await
-    .map_err(DbError::Query)?;
-    tx.query_typed(
-        &format!("UPDATE {s}.meta SET pruned = greatest(pruned, $1)"),
-        &[(&cut, Type::INT8)],
-    )
-    .await
-    .map_err(DbError::Query)?;
-    tx.query_typed(
-        &format!("DELETE FROM {s}.idempotency WHERE max_seq <= $1"),
-        &[(&cut, Type::INT8)],
-    )
-    .await
-    .map_err(DbError::Query)?;
+    tx.query_typed(&sql.delete_events, &[(&cut, Type::INT8)])
+        .await
+        .map_err(DbError::Query)?;
+    tx.query_typed(&sql.set_pruned, &[(&cut, Type::INT8)])
+        .await
+        .map_err(DbError::Query)?;
+    tx.query_typed(&sql.delete_keys, &[(&cut, Type::INT8)])
+        .await
+        .map_err(DbError::Query)?;
     tx.commit().await.map_err(DbError::Query)?;
     Ok(Some(cut))
 }

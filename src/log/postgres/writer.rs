@@ -10,12 +10,13 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Client, Pool};
+use deadpool_postgres::Client;
 use tokio::sync::{mpsc, oneshot, Mutex};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_util::sync::CancellationToken;
 
-use super::{column, timed, DbError};
+use super::SharedError;
+use crate::db::{column, Db, DbError};
 use crate::log::idempotency::{self, Known, Plan};
 use crate::log::{AppendRequest, Appended, LogError};
 
@@ -40,16 +41,17 @@ pub struct Writer {
 #[derive(Clone)]
 pub struct WriterTask {
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    pool: Pool,
+    db: Db,
     schema: String,
-    timeout: Duration,
 }
 
 impl WriterTask {
     /// Commits queued requests until `stop`.
     pub async fn run(self, stop: CancellationToken) {
         let mut rx = self.rx.lock().await;
-        let sql = Statements::new(&self.schema, self.timeout);
+        let sql = WriterSql::new(&self.schema, self.db.timeout());
+        // Bound the whole transaction, not just each statement.
+        let db = self.db.within(self.db.timeout().saturating_mul(3));
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -58,20 +60,19 @@ impl WriterTask {
                     None => return,
                 },
             };
-            commit_queued(first, &mut rx, &self.pool, &sql, self.timeout).await;
+            commit_queued(first, &mut rx, &db, &sql).await;
         }
     }
 }
 
 impl Writer {
     /// The writer and the task that commits for it (the caller runs it).
-    pub fn new(pool: Pool, schema: String, timeout: Duration) -> (Writer, WriterTask) {
+    pub fn new(db: Db, schema: String) -> (Writer, WriterTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = WriterTask {
             rx: Arc::new(Mutex::new(rx)),
-            pool,
+            db,
             schema,
-            timeout,
         };
         (Writer { tx }, task)
     }
@@ -89,13 +90,7 @@ impl Writer {
 }
 
 /// Commits `first` with every request waiting behind it (up to [`MAX_GROUP_EVENTS`]).
-async fn commit_queued(
-    first: Job,
-    rx: &mut mpsc::Receiver<Job>,
-    pool: &Pool,
-    sql: &Statements,
-    timeout: Duration,
-) {
+async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &WriterSql) {
     let mut events = first.req.events.len();
     let mut group = vec![first];
     while events < MAX_GROUP_EVENTS {
@@ -107,8 +102,9 @@ async fn commit_queued(
             Err(_) => break,
         }
     }
-    // Bound the whole transaction, not just each statement.
-    let outcome = timed(timeout.saturating_mul(3), commit_group(pool, sql, &group)).await;
+    let outcome = db
+        .with_client(|client| commit_group(client, sql, &group))
+        .await;
     match outcome {
         Ok(answers) => {
             for (job, answer) in group.into_iter().zip(answers) {
@@ -118,14 +114,11 @@ async fn commit_queued(
         Err(error) => {
             tracing::warn!(%error, requests = group.len(), "publish transaction failed");
             let message = error.to_string();
-            let transient = match &error {
-                DbError::Query(q) => !super::is_sql_error(q),
-                DbError::Decode { .. } => false,
-                _ => true,
-            };
+            let transient = error.is_transient();
+            let shared = SharedError(Arc::new(error));
             for job in group {
                 let e = if transient {
-                    LogError::Unavailable(message.clone().into())
+                    LogError::Unavailable(Box::new(shared.clone()))
                 } else {
                     LogError::Internal(message.clone())
                 };
@@ -135,7 +128,8 @@ async fn commit_queued(
     }
 }
 
-struct Statements {
+/// The group commit's statements, schema-qualified once per run of the task.
+struct WriterSql {
     begin: String,
     lock_head: String,
     keys: String,
@@ -144,10 +138,10 @@ struct Statements {
     set_head: String,
 }
 
-impl Statements {
-    fn new(s: &str, timeout: Duration) -> Statements {
+impl WriterSql {
+    fn new(s: &str, timeout: Duration) -> WriterSql {
         let ms = timeout.as_millis();
-        Statements {
+        WriterSql {
             begin: format!(
                 "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
             ),
@@ -182,11 +176,10 @@ struct Rows {
 }
 
 async fn commit_group(
-    pool: &Pool,
-    sql: &Statements,
+    client: Client,
+    sql: &WriterSql,
     group: &[Job],
 ) -> Result<Vec<Result<Appended, LogError>>, DbError> {
-    let client = pool.get().await.map_err(DbError::Checkout)?;
     match transaction(&client, sql, group).await {
         Ok(answers) => Ok(answers),
         Err(error) => {
@@ -203,7 +196,7 @@ async fn commit_group(
 /// nothing is half-written.
 async fn transaction(
     client: &Client,
-    sql: &Statements,
+    sql: &WriterSql,
     group: &[Job],
 ) -> Result<Vec<Result<Appended, LogError>>, DbError> {
     // 1: open with bounded statements, lock the head row (serializing publishers), read the

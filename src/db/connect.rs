@@ -1,9 +1,8 @@
 //! Connection settings for the pool and for the dedicated LISTEN connection.
 
-use std::time::Duration;
-
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use rustls::RootCertStore;
@@ -13,6 +12,31 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
 
+/// Why the TLS connector could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {}: {source}", .path.display())]
+    ReadCaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    CaFile {
+        path: PathBuf,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{}: {source}", .path.display())]
+    CaRejected {
+        path: PathBuf,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error("{0}")]
+    Config(#[source] rustls::Error),
+}
+
 /// The TLS connector for every Postgres connection. The URL's `sslmode` decides whether TLS is
 /// used (`disable`, `prefer` — the default —, `require`); whenever it is, the server certificate
 /// is verified (chain and host name) against the Mozilla roots plus `ca_file` (PEM), so a
@@ -21,19 +45,25 @@ pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, DbError> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path)
-            .map_err(|e| DbError::Tls(format!("cannot read {}: {e}", path.display())))?;
+        let certs = CertificateDer::pem_file_iter(path).map_err(|source| TlsError::ReadCaFile {
+            path: path.to_path_buf(),
+            source,
+        })?;
         for cert in certs {
-            let cert = cert.map_err(|e| DbError::Tls(format!("{}: {e}", path.display())))?;
-            roots
-                .add(cert)
-                .map_err(|e| DbError::Tls(format!("{}: {e}", path.display())))?;
+            let cert = cert.map_err(|source| TlsError::CaFile {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            roots.add(cert).map_err(|source| TlsError::CaRejected {
+                path: path.to_path_buf(),
+                source,
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
-        .map_err(|e| DbError::Tls(e.to_string()))?
+        .map_err(TlsError::Config)?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(MakeRustlsConnect::new(config))
@@ -85,5 +115,32 @@ pub fn pool(
         .create_timeout(Some(timeout))
         .recycle_timeout(Some(timeout))
         .build()
-        .map_err(|e| DbError::Pool(e.to_string()))
+        .map_err(DbError::Pool)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error as _;
+
+    use super::*;
+
+    #[test]
+    fn an_unreadable_ca_file_is_named_and_its_cause_kept() {
+        let path = Path::new("/nonexistent/mcp-fanout-ca.pem");
+        let Err(error) = tls(Some(path)) else {
+            panic!("a missing CA file must fail");
+        };
+        assert!(
+            error
+                .to_string()
+                .starts_with("TLS setup: cannot read /nonexistent/mcp-fanout-ca.pem: "),
+            "{error}"
+        );
+        let source = error.source().expect("the TLS error");
+        assert!(matches!(
+            source.downcast_ref::<TlsError>(),
+            Some(TlsError::ReadCaFile { .. })
+        ));
+        assert!(source.source().is_some(), "the I/O error is kept");
+    }
 }
