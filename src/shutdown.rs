@@ -14,8 +14,6 @@ pub struct Lifecycle {
     bridge_failed: AtomicBool,
     draining: CancellationToken,
     stopped: AtomicBool,
-    /// The end of the grace: `subscriptions/listen` streams send their result and close.
-    listens_end: CancellationToken,
 }
 
 impl Lifecycle {
@@ -60,16 +58,6 @@ impl Lifecycle {
 
     pub fn is_stopped(&self) -> bool {
         self.stopped.load(Ordering::Acquire)
-    }
-
-    /// Ends every `subscriptions/listen` stream (with its `complete` result).
-    pub fn end_listens(&self) {
-        self.listens_end.cancel();
-    }
-
-    /// The token cancelled at the end of the grace (listen streams end).
-    pub fn listens_end_token(&self) -> CancellationToken {
-        self.listens_end.clone()
     }
 }
 

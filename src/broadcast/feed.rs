@@ -126,16 +126,15 @@ impl Feed {
         self.behind_since.map(|t| t.elapsed())
     }
 
-    /// Resolves once an event after the cursor has been committed.
+    /// Resolves once an event after the cursor has been committed, or the broadcaster woke its
+    /// streams to read their end signals (callers read on, and wait again if nothing came).
     pub async fn changed(&mut self) {
-        loop {
-            if *self.head_rx.borrow_and_update() > self.cursor {
-                return;
-            }
-            if self.head_rx.changed().await.is_err() {
-                // The broadcaster is gone; nothing more will come.
-                std::future::pending::<()>().await;
-            }
+        if *self.head_rx.borrow_and_update() > self.cursor {
+            return;
+        }
+        if self.head_rx.changed().await.is_err() {
+            // The broadcaster is gone; nothing more will come.
+            std::future::pending::<()>().await;
         }
     }
 }

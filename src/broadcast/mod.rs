@@ -3,6 +3,7 @@
 //! Each subscriber is a [`Feed`] (a cursor) that reads the ring, or the log when it has fallen
 //! behind the ring, so a burst larger than the ring never disconnects a healthy subscriber.
 
+pub mod closing;
 pub mod coalesce;
 pub mod feed;
 pub mod guard;
@@ -15,9 +16,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
 
 pub use crate::metrics::{DropReason, SubscriberKind};
+pub use closing::Closing;
 pub use coalesce::Coalescer;
 pub use feed::Feed;
 pub use guard::SubscriberGuard;
@@ -35,7 +36,10 @@ pub struct Broadcaster {
 pub(crate) struct Shared {
     ring: RwLock<Ring>,
     head_tx: watch::Sender<u64>,
-    closed: CancellationToken,
+    /// Every GET stream ends (the drain's stop).
+    closed: Closing,
+    /// Every `subscriptions/listen` stream ends (the grace's last second).
+    listens_end: Closing,
     subscribers: AtomicUsize,
     cap: usize,
     claims: Arc<StreamClaims>,
@@ -50,7 +54,8 @@ impl Broadcaster {
             shared: Arc::new(Shared {
                 ring: RwLock::new(Ring::new(head, limits)),
                 head_tx,
-                closed: CancellationToken::new(),
+                closed: Closing::default(),
+                listens_end: Closing::default(),
                 subscribers: AtomicUsize::new(0),
                 cap,
                 claims: Arc::default(),
@@ -102,23 +107,40 @@ impl Broadcaster {
         self.shared.head_tx.subscribe()
     }
 
-    /// Ends every stream: each ends cleanly with a `retry:` hint.
+    /// Ends every GET stream: each ends cleanly with a `retry:` hint.
     pub fn close(&self) {
-        self.shared.closed.cancel();
+        self.fire(&self.shared.closed);
     }
 
-    /// The token cancelled when the broadcaster closes.
-    pub fn closed_token(&self) -> CancellationToken {
+    /// The signal [`Broadcaster::close`] fires.
+    pub fn closing(&self) -> Closing {
         self.shared.closed.clone()
     }
 
     /// Resolves when the broadcaster is closed.
     pub fn closed(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
-        self.shared.closed.cancelled()
+        self.shared.closed.fired()
     }
 
     pub fn is_closed(&self) -> bool {
-        self.shared.closed.is_cancelled()
+        self.shared.closed.is_fired()
+    }
+
+    /// Ends every `subscriptions/listen` stream (with its `complete` result).
+    pub fn end_listens(&self) {
+        self.fire(&self.shared.listens_end);
+    }
+
+    /// The signal [`Broadcaster::end_listens`] fires.
+    pub fn listens_ending(&self) -> Closing {
+        self.shared.listens_end.clone()
+    }
+
+    /// Fires `signal` and wakes every stream waiting for events, so each reads it (streams check
+    /// their signals when they wake instead of waiting on them, see [`closing`]).
+    fn fire(&self, signal: &Closing) {
+        signal.fire();
+        self.shared.head_tx.send_modify(|_| {});
     }
 
     pub fn subscriber_count(&self) -> usize {

@@ -3,21 +3,23 @@
 //! the SSE and `subscriptions/listen` streams differ only in their framing and in which conditions
 //! end them.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use tokio::time::{Instant, Sleep};
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::coalesce::Coalescer;
-use super::{DropReason, Feed};
+use super::{Closing, DropReason, Feed};
 use crate::event::StoredEvent;
 use crate::log::LogError;
 
 /// What ends a stream, besides lag and log errors. A fixed set, so waiting on it allocates nothing.
 pub struct Ends {
     /// The replica is shutting down (GET streams: the drain ended; listen streams: the grace).
-    pub shutdown: CancellationToken,
+    /// Read when the stream wakes: firing it wakes the stream through its feed.
+    pub shutdown: Closing,
     /// A newer stream took this stream's session.
     pub taken_over: Option<CancellationToken>,
     /// `FANOUT_MAX_STREAM_SECS` (jittered), for load-balancer rebalancing.
@@ -43,8 +45,9 @@ pub const MAX_BYTES_PER_STEP: usize = 256 * 1024;
 
 impl Ends {
     fn due(&self, feed: &Feed) -> Option<DropReason> {
-        let now = Instant::now();
-        if self.shutdown.is_cancelled() {
+        // The clock is read only for a stream that has a deadline (most have none).
+        let passed = |at: Option<Instant>| at.is_some_and(|at| at <= Instant::now());
+        if self.shutdown.is_fired() {
             Some(DropReason::Shutdown)
         } else if self
             .taken_over
@@ -52,9 +55,9 @@ impl Ends {
             .is_some_and(CancellationToken::is_cancelled)
         {
             Some(DropReason::TakenOver)
-        } else if self.max_age.is_some_and(|at| at <= now) {
+        } else if passed(self.max_age) {
             Some(DropReason::MaxStreamAge)
-        } else if self.expires.is_some_and(|at| at <= now) {
+        } else if passed(self.expires) {
             Some(DropReason::TokenExpired)
         } else if feed.behind_for().is_some_and(|t| t > self.max_lag) {
             Some(DropReason::Lagging)
@@ -63,27 +66,90 @@ impl Ends {
         }
     }
 
-    /// Resolves with the reason of the first end condition to fire.
-    async fn fired(&self) -> DropReason {
-        tokio::select! {
-            _ = self.shutdown.cancelled() => DropReason::Shutdown,
-            _ = cancelled(self.taken_over.as_ref()) => DropReason::TakenOver,
-            _ = sleep_until(self.max_age) => DropReason::MaxStreamAge,
-            _ = sleep_until(self.expires) => DropReason::TokenExpired,
+    /// The earlier of the max age and the expiry.
+    fn deadline(&self) -> Option<Instant> {
+        match (self.max_age, self.expires) {
+            (Some(a), Some(e)) => Some(a.min(e)),
+            (a, e) => a.or(e),
         }
     }
 }
 
-async fn cancelled(token: Option<&CancellationToken>) {
-    match token {
-        Some(t) => t.cancelled().await,
-        None => std::future::pending().await,
+/// What a stream waits on between its writes, kept from one step to the next: a timer or a waiter
+/// registered anew at every wake-up (once per event, for every stream) would cost a lock of a
+/// structure all streams share (the timer wheel, the token's waiter list) each time.
+pub struct Waits {
+    timer: Timer,
+    /// The stream's session taken over.
+    taken_over: Option<Pin<Box<WaitForCancellationFutureOwned>>>,
+}
+
+/// A stream's one timer, for the earliest of its next keep-alive (an interval after its last
+/// write), its max age and its expiry. A write only records its time: the timer, armed for the
+/// earlier keep-alive, moves when it fires.
+struct Timer {
+    keepalive: Duration,
+    last_write: Instant,
+    sleep: Pin<Box<Sleep>>,
+    armed_at: Instant,
+}
+
+/// Why the timer fired.
+enum Timed {
+    KeepAlive,
+    /// The max age or the expiry came (`Ends::due` says which).
+    Deadline,
+}
+
+impl Waits {
+    pub fn new(keepalive: Duration, taken_over: Option<&CancellationToken>) -> Waits {
+        let first = Instant::now() + keepalive;
+        Waits {
+            timer: Timer {
+                keepalive,
+                last_write: Instant::now(),
+                sleep: Box::pin(tokio::time::sleep_until(first)),
+                armed_at: first,
+            },
+            taken_over: taken_over.map(|t| Box::pin(t.clone().cancelled_owned())),
+        }
+    }
+
+    /// The stream wrote (events or a keep-alive): the next keep-alive is due an interval later.
+    pub fn wrote(&mut self) {
+        self.timer.last_write = Instant::now();
     }
 }
 
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
+impl Timer {
+    async fn fired(&mut self, ends: &Ends) -> Timed {
+        loop {
+            let deadline = ends.deadline();
+            let keepalive = self.last_write + self.keepalive;
+            let at = deadline.map_or(keepalive, |d| d.min(keepalive));
+            if at < self.armed_at {
+                self.armed_at = at;
+                self.sleep.as_mut().reset(at);
+            }
+            self.sleep.as_mut().await;
+            let now = Instant::now();
+            if deadline.is_some_and(|d| d <= now) {
+                return Timed::Deadline;
+            }
+            if keepalive <= now {
+                return Timed::KeepAlive;
+            }
+            // Fired for a keep-alive a write has moved: wait for what is due now.
+            self.armed_at = at;
+            self.sleep.as_mut().reset(at);
+        }
+    }
+}
+
+/// Resolves when the stream's session is taken over (never, for a stream without one).
+async fn taken_over(waiter: &mut Option<Pin<Box<WaitForCancellationFutureOwned>>>) {
+    match waiter {
+        Some(w) => w.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -94,7 +160,7 @@ async fn sleep_until(at: Option<Instant>) {
 pub async fn next_step(
     feed: &mut Feed,
     ends: &Ends,
-    keepalive: Duration,
+    waits: &mut Waits,
     co: &mut Coalescer,
 ) -> Step {
     loop {
@@ -144,20 +210,33 @@ pub async fn next_step(
             tokio::task::yield_now().await;
             continue;
         }
+        // An end condition that fires is read by `due` at the top of the loop; the shutdown
+        // signal wakes the stream through its feed.
+        let Waits {
+            timer,
+            taken_over: waiter,
+        } = &mut *waits;
         match co.until() {
             None => tokio::select! {
                 biased;
-                reason = ends.fired() => return Step::End(reason),
-                _ = feed.changed() => {}
-                _ = tokio::time::sleep(keepalive) => return Step::KeepAlive,
+                () = taken_over(waiter) => {}
+                () = feed.changed() => {}
+                timed = timer.fired(ends) => match timed {
+                    Timed::KeepAlive => return Step::KeepAlive,
+                    Timed::Deadline => {}
+                },
             },
             // Gathering: the rest of the burst is read at the hold's end, in one go, rather than
             // on every publish (an end condition flushes first).
-            Some(until) => tokio::select! {
-                biased;
-                _ = ends.fired() => {}
-                _ = tokio::time::sleep_until(until) => {}
-            },
+            Some(until) => {
+                let until = ends.deadline().map_or(until, |d| d.min(until));
+                tokio::select! {
+                    biased;
+                    () = ends.shutdown.fired() => {}
+                    () = taken_over(waiter) => {}
+                    () = tokio::time::sleep_until(until) => {}
+                }
+            }
         }
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::time::Instant;
 
-use super::pump::{self, Ends, Step};
+use super::pump::{self, Ends, Step, Waits};
 use super::{Coalescer, Feed, StreamClaim, SubscriberGuard};
 use crate::event::{Chunk, StoredEvent};
 
@@ -49,12 +49,18 @@ pub struct Parts<F> {
 
 pub struct Stream<F> {
     parts: Parts<F>,
+    waits: Waits,
     done: bool,
 }
 
 impl<F: Framing> From<Parts<F>> for Stream<F> {
     fn from(parts: Parts<F>) -> Stream<F> {
-        Stream { parts, done: false }
+        let waits = Waits::new(parts.keepalive, parts.ends.taken_over.as_ref());
+        Stream {
+            parts,
+            waits,
+            done: false,
+        }
     }
 }
 
@@ -69,12 +75,14 @@ impl<F: Framing> Stream<F> {
             return Some(Chunk::Bytes(preamble));
         }
         loop {
-            match pump::next_step(&mut p.feed, &p.ends, p.keepalive, &mut p.coalescer).await {
+            let step = pump::next_step(&mut p.feed, &p.ends, &mut self.waits, &mut p.coalescer);
+            match step.await {
                 Step::Events(events) => {
                     let first = events.first().map(|e| e.committed_at);
                     let Some((chunk, delivered)) = p.framing.events(events) else {
                         continue;
                     };
+                    self.waits.wrote();
                     if let Some(at) = p.pending_max_age.take() {
                         p.ends.max_age = Some(at);
                     }
@@ -88,7 +96,10 @@ impl<F: Framing> Stream<F> {
                     }
                     return Some(chunk);
                 }
-                Step::KeepAlive => return Some(Chunk::Bytes(p.framing.keepalive())),
+                Step::KeepAlive => {
+                    self.waits.wrote();
+                    return Some(Chunk::Bytes(p.framing.keepalive()));
+                }
                 Step::End(reason) => {
                     self.done = true;
                     p.guard.end(reason);

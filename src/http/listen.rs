@@ -298,7 +298,7 @@ async fn open_stream(
     };
     // Never closed for rebalancing (2026 clients do not re-listen): no max age.
     let ends = Ends {
-        shutdown: st.lifecycle.listens_end_token(),
+        shutdown: st.broadcaster.listens_ending(),
         taken_over: None,
         max_age: None,
         expires,

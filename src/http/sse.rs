@@ -148,7 +148,7 @@ fn sse_stream(
         (None, deadline)
     };
     let ends = Ends {
-        shutdown: st.broadcaster.closed_token(),
+        shutdown: st.broadcaster.closing(),
         taken_over: claim.as_ref().map(StreamClaim::token),
         max_age,
         expires,
@@ -321,7 +321,7 @@ mod tests {
                 feed: Feed::new(self.bc.clone(), self.log.clone(), Viewer::default(), 0),
                 coalescer: Coalescer::default(),
                 ends: Ends {
-                    shutdown: self.bc.closed_token(),
+                    shutdown: self.bc.closing(),
                     taken_over: None,
                     max_age: deadline,
                     expires: None,

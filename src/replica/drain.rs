@@ -55,7 +55,7 @@ pub async fn run(st: &AppState, mut running: Running, timings: Timings) {
     let ending = st.clone();
     tokio::spawn(async move {
         tokio::time::sleep_until(listens_end).await;
-        ending.lifecycle.end_listens();
+        ending.broadcaster.end_listens();
     });
     tracing::info!(
         subscribers = st.broadcaster.subscriber_count(),
