@@ -34,6 +34,8 @@ pub enum DbError {
     Tls(#[from] connect::TlsError),
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
+    #[error("the event log's head row is missing (the schema was changed outside mcp-fanout)")]
+    MissingHead,
     #[error("cannot read column `{column}` of a row from the database: {}", with_causes(.source))]
     Decode {
         column: String,
@@ -48,7 +50,7 @@ impl DbError {
     pub fn is_transient(&self) -> bool {
         match self {
             DbError::Query(q) => !is_sql_error(q),
-            DbError::Decode { .. } => false,
+            DbError::Decode { .. } | DbError::MissingHead => false,
             _ => true,
         }
     }

@@ -4,7 +4,8 @@
 //! locks the head row (which serializes publishers across all replicas, so seqs commit in order),
 //! resolves idempotency keys, inserts the new events with one statement (its trigger sends the
 //! NOTIFY), advances the head and commits. Each request is answered only after the commit. A
-//! request whose key conflicts is refused alone; the others in the group proceed.
+//! request whose key conflicts is refused alone; the others in the group proceed. A group without
+//! keys takes one round trip to the database, a group with keys two (see [`transaction`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -132,6 +133,8 @@ async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &
 struct WriterSql {
     begin: String,
     lock_head: String,
+    advance_head: String,
+    insert_after_head: String,
     keys: String,
     insert_events: String,
     insert_keys: String,
@@ -146,6 +149,15 @@ impl WriterSql {
                 "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
             ),
             lock_head: format!("SELECT seq FROM {s}.head FOR UPDATE"),
+            advance_head: format!("UPDATE {s}.head SET seq = seq + $1 RETURNING seq"),
+            // Seqs relative to the head before the advance above (read after it, in the same
+            // transaction, so `h.seq` is the new head).
+            insert_after_head: format!(
+                "INSERT INTO {s}.events (seq, method, params, tenant, session) \
+                 SELECT h.seq - $1 + t.rel, t.method, t.params, t.tenant, t.session \
+                 FROM {s}.head h, unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) \
+                 AS t(rel, method, params, tenant, session)"
+            ),
             keys: format!("SELECT key, fingerprint, seqs FROM {s}.idempotency WHERE key = ANY($1)"),
             insert_events: format!(
                 "INSERT INTO {s}.events (seq, method, params, tenant, session) \
@@ -191,20 +203,25 @@ async fn commit_group(
     }
 }
 
-/// The group's transaction in two round trips: statements are pipelined (sent together, run in
-/// order). If any fails, the transaction is aborted, so the pipelined `COMMIT` rolls back:
-/// nothing is half-written.
+/// The group's transaction. Statements are pipelined (sent together, run in order); if any
+/// fails, the transaction is aborted, so the pipelined `COMMIT` rolls back: nothing is
+/// half-written. A group that names no idempotency key takes one round trip (its seqs do not
+/// depend on anything the database holds but the head); otherwise two (the keys are read first).
 async fn transaction(
     client: &Client,
     sql: &WriterSql,
     group: &[Job],
 ) -> Result<Vec<Result<Appended, LogError>>, DbError> {
-    // 1: open with bounded statements, lock the head row (serializing publishers), read the
-    // idempotency keys the group names (stable while the lock is held).
     let wanted: Vec<String> = group
         .iter()
         .flat_map(|j| idempotency::keys_of(&j.req))
         .collect();
+    let events: usize = group.iter().map(|j| j.req.events.len()).sum();
+    if wanted.is_empty() && events > 0 {
+        return keyless(client, sql, group, events).await;
+    }
+    // 1: open with bounded statements, lock the head row (serializing publishers), read the
+    // idempotency keys the group names (stable while the lock is held).
     let keys = async {
         if wanted.is_empty() {
             return Ok(Vec::new());
@@ -285,6 +302,59 @@ async fn transaction(
     )
     .map_err(DbError::Query)?;
     Ok(answers)
+}
+
+/// A group without idempotency keys in one round trip: open, advance the head by the group's
+/// events (which locks its row, serializing publishers as in the two-trip transaction), insert
+/// the events numbered after the old head, commit. Every request is accepted (only keys can
+/// refuse one); its seqs are the new head's last `events`, in order.
+async fn keyless(
+    client: &Client,
+    sql: &WriterSql,
+    group: &[Job],
+    events: usize,
+) -> Result<Vec<Result<Appended, LogError>>, DbError> {
+    let mut known = HashMap::new();
+    // Seqs relative to the old head: 1..=events.
+    let mut next = 0i64;
+    let mut rows = Rows::default();
+    let answers: Vec<Result<Appended, LogError>> = group
+        .iter()
+        .map(|job| plan(&job.req, &mut known, &mut next, &mut rows))
+        .collect();
+    let count = i64::try_from(events).unwrap_or(i64::MAX);
+    let event_params: [(&(dyn ToSql + Sync), Type); 6] = [
+        (&count, Type::INT8),
+        (&rows.seqs, Type::INT8_ARRAY),
+        (&rows.methods, Type::TEXT_ARRAY),
+        (&rows.params, Type::TEXT_ARRAY),
+        (&rows.tenants, Type::TEXT_ARRAY),
+        (&rows.sessions, Type::TEXT_ARRAY),
+    ];
+    let head_params: [(&(dyn ToSql + Sync), Type); 1] = [(&count, Type::INT8)];
+    let (_, head_rows, _, _) = futures::try_join!(
+        client.batch_execute(&sql.begin),
+        client.query_typed(&sql.advance_head, &head_params),
+        client.execute_typed(&sql.insert_after_head, &event_params),
+        client.batch_execute("COMMIT"),
+    )
+    .map_err(DbError::Query)?;
+    let head: i64 = match head_rows.first() {
+        Some(r) => column(r, 0)?,
+        None => return Err(DbError::MissingHead),
+    };
+    let start = u64::try_from(head - count).unwrap_or(0);
+    Ok(answers
+        .into_iter()
+        .map(|a| {
+            a.map(|mut a| {
+                for seq in &mut a.seqs {
+                    *seq += start;
+                }
+                a
+            })
+        })
+        .collect())
 }
 
 /// Decides one request inside the group and adds its rows: its original seqs (a retry), a
