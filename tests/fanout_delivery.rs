@@ -6,8 +6,9 @@
 
 use std::time::Duration;
 
+use mcp_fanout_testkit::identity::{open_stream, publish_to, Target, Who};
 use mcp_fanout_testkit::{
-    note, poll_answer, start, EventId, Frame, PollAnswer, SseConn, SseRequest, Tally, SOON,
+    body, note, poll_answer, start, EventId, Frame, PollAnswer, SseConn, SseRequest, Tally, SOON,
 };
 use serde_json::{json, Value};
 
@@ -317,4 +318,57 @@ async fn idle_streams_get_keepalive_comments_not_events() {
         );
         assert!(!f.comments.is_empty(), "{:?}", f.text());
     }
+}
+
+/// A stream woken only by events it may not see (another tenant's, published more often than the
+/// keep-alive interval) still gets its keep-alives: the interval runs from the stream's last
+/// write, not from its last wake-up, so a proxy's idle timeout never cuts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_woken_only_by_events_it_may_not_see_still_gets_keepalives() {
+    let r = start(
+        "keepalive_filtered",
+        &[
+            ("FANOUT_KEEPALIVE_SECS", "1"),
+            ("FANOUT_SUBSCRIBER_AUTH", "header"),
+        ],
+    )
+    .await;
+    let mut s = open_stream(&r, &Who::header_mode("A", Some("A"), None)).await;
+    r.wait_subscribers(1, Duration::from_secs(10))
+        .await
+        .expect("subscriber registered");
+    let done = tokio::sync::Notify::new();
+    // The load, not a synchronisation: tenant B's events every 200 ms until the reader is done.
+    let publisher = async {
+        let to_b = Target::new(Some("B"), None);
+        let mut i = 0;
+        loop {
+            tokio::select! {
+                () = done.notified() => return i,
+                () = tokio::time::sleep(Duration::from_millis(200)) => {}
+            }
+            publish_to(&r, body("for-b", i), &to_b).await;
+            i += 1;
+        }
+    };
+    let reader = async {
+        for n in 0..2 {
+            let f = s
+                .next_frame(Duration::from_secs(3))
+                .await
+                .unwrap_or_else(|e| panic!("keep-alive {n} while B's events flow: {e}"))
+                .expect("stream open");
+            assert!(
+                f.is_comment_only(),
+                "only keep-alives reach A: {:?}",
+                f.text()
+            );
+        }
+        done.notify_one();
+    };
+    let (published, ()) = tokio::join!(publisher, reader);
+    assert!(
+        published >= 5,
+        "B's events kept waking the stream ({published} published)"
+    );
 }
