@@ -74,6 +74,35 @@ impl Broadcaster {
             }
             ring.head()
         };
+        self.advanced(head);
+    }
+
+    /// This replica's own commit (consecutive seqs), pushed before its bridge reads it back from
+    /// the log: only if it continues the ring exactly, once what the ring already has is skipped.
+    /// Otherwise nothing is pushed: an event committed before it (by another replica, or from
+    /// SQL) has not been read yet, and pushing past it would leave a gap; the bridge delivers
+    /// both, in order. Returns whether it pushed.
+    pub fn push_if_next(&self, events: &[Arc<StoredEvent>]) -> bool {
+        let consecutive = events.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        let head = {
+            let mut ring = self.write_ring();
+            let head = ring.head();
+            let fresh = events.iter().skip_while(|e| e.seq <= head);
+            let mut fresh = fresh.peekable();
+            if !consecutive || fresh.peek().is_none_or(|e| e.seq != head + 1) {
+                return false;
+            }
+            for ev in fresh {
+                ring.push(ev.clone());
+            }
+            ring.head()
+        };
+        self.advanced(head);
+        true
+    }
+
+    /// The ring's head moved to `head`: published, and every waiting subscriber woken.
+    fn advanced(&self, head: u64) {
         self.shared
             .metrics
             .log_head
@@ -254,6 +283,24 @@ mod tests {
             .get_or_create(&crate::metrics::ReasonLabel { reason: "lagging" })
             .get();
         assert_eq!(dropped, 1);
+    }
+
+    #[test]
+    fn own_commits_are_pushed_only_when_they_continue_the_ring() {
+        let b = bc(10);
+        b.push(&[event(1), event(2)]);
+        // Seq 3 (another replica's) is not read yet: 4..5 would leave a gap.
+        assert!(!b.push_if_next(&[event(4), event(5)]));
+        assert_eq!(b.head(), 2);
+        assert!(b.push_if_next(&[event(3), event(4)]));
+        assert_eq!(b.head(), 4);
+        // Already read by the bridge (in part): the rest continues the ring.
+        assert!(b.push_if_next(&[event(4), event(5)]));
+        assert_eq!(b.head(), 5);
+        // All already there: nothing to push.
+        assert!(!b.push_if_next(&[event(5)]));
+        assert!(!b.push_if_next(&[event(6), event(8)]), "not consecutive");
+        assert_eq!(b.head(), 5);
     }
 
     #[tokio::test]

@@ -76,6 +76,10 @@ pub async fn build_state(
         ),
         head,
     )?;
+    let local = st.broadcaster.clone();
+    log.deliver_commits_to(Box::new(move |events| {
+        local.push_if_next(events);
+    }));
     let bridge = Arc::new(Bridge {
         broadcaster: st.broadcaster.clone(),
         metrics: st.metrics.clone(),

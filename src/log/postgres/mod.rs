@@ -9,7 +9,7 @@ pub mod retention;
 pub mod writer;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -33,6 +33,8 @@ impl From<DbError> for LogError {
 
 pub struct PgLog {
     inner: Arc<Inner>,
+    /// Where the writer hands this replica's own commits (set once the broadcaster exists).
+    commits: Arc<OnceLock<writer::CommitSink>>,
     writer: writer::Writer,
     writer_task: writer::WriterTask,
     reads: Mutex<HashMap<(u64, usize), SharedRead>>,
@@ -148,13 +150,26 @@ impl PgLog {
             db: db.clone(),
             sql,
         });
-        let (writer, writer_task) = writer::Writer::new(db, schema.to_owned());
+        let commits = Arc::new(OnceLock::new());
+        let (writer, writer_task) =
+            writer::Writer::new(db, schema.to_owned(), inner.epoch.clone(), commits.clone());
         Ok(PgLog {
+            commits,
             writer,
             writer_task,
             inner,
             reads: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// What this replica's writer commits also goes to `sink` (the local broadcaster), right
+    /// after the commit and before the publish is answered: its own subscribers get it without
+    /// waiting for the NOTIFY and the bridge's read of it. The sink must keep the ring gapless
+    /// ([`Broadcaster::push_if_next`](crate::broadcast::Broadcaster::push_if_next)): the bridge
+    /// still reads everything, and delivers what the sink did not take. Set once; later calls
+    /// are ignored.
+    pub fn deliver_commits_to(&self, sink: writer::CommitSink) {
+        let _ = self.commits.set(sink);
     }
 
     /// Reads a page directly (the bridge's catch-up), not shared with subscribers.

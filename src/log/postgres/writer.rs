@@ -8,8 +8,8 @@
 //! keys takes one round trip to the database, a group with keys two (see [`transaction`]).
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, SystemTime};
 
 use deadpool_postgres::Client;
 use tokio::sync::{mpsc, oneshot, Mutex};
@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::SharedError;
 use crate::db::{column, Db, DbError};
+use crate::event::{StoredEvent, Target};
 use crate::log::idempotency::{self, Known, Plan};
 use crate::log::{AppendRequest, Appended, LogError};
 
@@ -26,6 +27,11 @@ pub const MAX_GROUP_EVENTS: usize = 10_000;
 const QUEUE: usize = 4096;
 
 type Reply = oneshot::Sender<Result<Appended, LogError>>;
+type Answers = Vec<Result<Appended, LogError>>;
+
+/// Where a replica's own commits go before its bridge reads them back (see
+/// [`PgLog::deliver_commits_to`](super::PgLog::deliver_commits_to)).
+pub type CommitSink = Box<dyn Fn(&[Arc<StoredEvent>]) + Send + Sync>;
 
 struct Job {
     req: AppendRequest,
@@ -44,6 +50,8 @@ pub struct WriterTask {
     rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     db: Db,
     schema: String,
+    epoch: String,
+    sink: Arc<OnceLock<CommitSink>>,
 }
 
 impl WriterTask {
@@ -53,6 +61,10 @@ impl WriterTask {
         let sql = WriterSql::new(&self.schema, self.db.timeout());
         // Bound the whole transaction, not just each statement.
         let db = self.db.within(self.db.timeout().saturating_mul(3));
+        let committed = Local {
+            epoch: &self.epoch,
+            sink: &self.sink,
+        };
         loop {
             let first = tokio::select! {
                 _ = stop.cancelled() => return,
@@ -61,19 +73,27 @@ impl WriterTask {
                     None => return,
                 },
             };
-            commit_queued(first, &mut rx, &db, &sql).await;
+            commit_queued(first, &mut rx, &db, &sql, &committed).await;
         }
     }
 }
 
 impl Writer {
-    /// The writer and the task that commits for it (the caller runs it).
-    pub fn new(db: Db, schema: String) -> (Writer, WriterTask) {
+    /// The writer and the task that commits for it (the caller runs it); what it commits also
+    /// goes to `sink` once one is set.
+    pub fn new(
+        db: Db,
+        schema: String,
+        epoch: String,
+        sink: Arc<OnceLock<CommitSink>>,
+    ) -> (Writer, WriterTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = WriterTask {
             rx: Arc::new(Mutex::new(rx)),
             db,
             schema,
+            epoch,
+            sink,
         };
         (Writer { tx }, task)
     }
@@ -90,8 +110,29 @@ impl Writer {
     }
 }
 
+/// Where the writer hands what it committed: the log's epoch and the sink, once set.
+struct Local<'a> {
+    epoch: &'a str,
+    sink: &'a OnceLock<CommitSink>,
+}
+
+impl Local<'_> {
+    /// The group's new events, to this replica's subscribers, before the answers go out.
+    fn deliver(&self, committed: &Committed) {
+        if let Some(sink) = self.sink.get() {
+            sink(&committed.events(self.epoch, SystemTime::now()));
+        }
+    }
+}
+
 /// Commits `first` with every request waiting behind it (up to [`MAX_GROUP_EVENTS`]).
-async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &WriterSql) {
+async fn commit_queued(
+    first: Job,
+    rx: &mut mpsc::Receiver<Job>,
+    db: &Db,
+    sql: &WriterSql,
+    local: &Local<'_>,
+) {
     let mut events = first.req.events.len();
     let mut group = vec![first];
     while events < MAX_GROUP_EVENTS {
@@ -107,7 +148,10 @@ async fn commit_queued(first: Job, rx: &mut mpsc::Receiver<Job>, db: &Db, sql: &
         .with_client(|client| commit_group(client, sql, &group))
         .await;
     match outcome {
-        Ok(answers) => {
+        Ok((answers, committed)) => {
+            if let Some(committed) = committed {
+                local.deliver(&committed);
+            }
             for (job, answer) in group.into_iter().zip(answers) {
                 let _ = job.reply.send(answer);
             }
@@ -187,13 +231,40 @@ struct Rows {
     key_max: Vec<i64>,
 }
 
+/// The rows a group committed: event `i` has seq `offset + rows.seqs[i]`.
+struct Committed {
+    offset: i64,
+    rows: Rows,
+}
+
+impl Committed {
+    fn events(&self, epoch: &str, committed_at: SystemTime) -> Vec<Arc<StoredEvent>> {
+        let r = &self.rows;
+        (0..r.seqs.len())
+            .map(|i| {
+                Arc::new(StoredEvent::new(
+                    epoch,
+                    u64::try_from(self.offset + r.seqs[i]).unwrap_or(0),
+                    &r.methods[i],
+                    r.params[i].as_deref(),
+                    Target {
+                        tenant: r.tenants[i].clone(),
+                        session: r.sessions[i].clone(),
+                    },
+                    committed_at,
+                ))
+            })
+            .collect()
+    }
+}
+
 async fn commit_group(
     client: Client,
     sql: &WriterSql,
     group: &[Job],
-) -> Result<Vec<Result<Appended, LogError>>, DbError> {
+) -> Result<(Answers, Option<Committed>), DbError> {
     match transaction(&client, sql, group).await {
-        Ok(answers) => Ok(answers),
+        Ok(done) => Ok(done),
         Err(error) => {
             // The transaction may still be open on this connection (or the connection broken):
             // it never goes back to the pool.
@@ -211,7 +282,7 @@ async fn transaction(
     client: &Client,
     sql: &WriterSql,
     group: &[Job],
-) -> Result<Vec<Result<Appended, LogError>>, DbError> {
+) -> Result<(Answers, Option<Committed>), DbError> {
     let wanted: Vec<String> = group
         .iter()
         .flat_map(|j| idempotency::keys_of(&j.req))
@@ -266,7 +337,7 @@ async fn transaction(
             .batch_execute("COMMIT")
             .await
             .map_err(DbError::Query)?;
-        return Ok(answers);
+        return Ok((answers, None));
     }
     let event_params: [(&(dyn ToSql + Sync), Type); 5] = [
         (&rows.seqs, Type::INT8_ARRAY),
@@ -301,7 +372,7 @@ async fn transaction(
         client.batch_execute("COMMIT"),
     )
     .map_err(DbError::Query)?;
-    Ok(answers)
+    Ok((answers, Some(Committed { offset: 0, rows })))
 }
 
 /// A group without idempotency keys in one round trip: open, advance the head by the group's
@@ -313,7 +384,7 @@ async fn keyless(
     sql: &WriterSql,
     group: &[Job],
     events: usize,
-) -> Result<Vec<Result<Appended, LogError>>, DbError> {
+) -> Result<(Answers, Option<Committed>), DbError> {
     let mut known = HashMap::new();
     // Seqs relative to the old head: 1..=events.
     let mut next = 0i64;
@@ -343,8 +414,9 @@ async fn keyless(
         Some(r) => column(r, 0)?,
         None => return Err(DbError::MissingHead),
     };
-    let start = u64::try_from(head - count).unwrap_or(0);
-    Ok(answers
+    let offset = head - count;
+    let start = u64::try_from(offset).unwrap_or(0);
+    let answers = answers
         .into_iter()
         .map(|a| {
             a.map(|mut a| {
@@ -354,7 +426,8 @@ async fn keyless(
                 a
             })
         })
-        .collect())
+        .collect();
+    Ok((answers, Some(Committed { offset, rows })))
 }
 
 /// Decides one request inside the group and adds its rows: its original seqs (a retry), a
