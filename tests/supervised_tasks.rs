@@ -1,6 +1,7 @@
 //! The LISTEN bridge fails for real — the log table's `committed_at` column is changed to `text` in
 //! the test's own database, so the rows the bridge reads no longer decode — while a subscriber is
-//! connected and events are published. The failure is logged with its cause and counted
+//! connected and events are published from SQL (which only the bridge delivers: the replica's own
+//! HTTP publishes would reach its subscriber from its writer, without a read). The failure is logged with its cause and counted
 //! (`mcp_fanout_task_restarts_total{task="bridge"}`), the bridge is restarted with backoff (and
 //! fails again while the column stays wrong), `/readyz` answers `503` and the LISTEN gauge is 0
 //! meanwhile; the replica keeps serving. Once the column is restored the bridge recovers: `/readyz`
@@ -49,10 +50,10 @@ async fn a_bridge_whose_rows_stop_decoding_is_restarted_counted_unready_and_reco
         "ALTER TABLE {s}.events ALTER COLUMN committed_at TYPE text USING committed_at::text"
     ))
     .await;
+    let sql = pg.client().await;
     for i in 0..5 {
-        r.publish_ok(&json!({ "method": "notifications/test/during", "params": { "i": i } }))
-            .await
-            .expect("publishing still commits during the fault");
+        pg.sql_publish(&sql, "notifications/test/during", &json!({ "i": i }))
+            .await;
     }
     wait_until("/readyz 503 while the bridge fails", PATIENCE, || async {
         matches!(r.readyz().await, Ok(StatusCode::SERVICE_UNAVAILABLE))

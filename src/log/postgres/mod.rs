@@ -163,7 +163,7 @@ impl PgLog {
     }
 
     /// What this replica's writer commits also goes to `sink` (the local broadcaster), right
-    /// after the commit and before the publish is answered: its own subscribers get it without
+    /// after the commit (and its answers): its own subscribers get it without
     /// waiting for the NOTIFY and the bridge's read of it. The sink must keep the ring gapless
     /// ([`Broadcaster::push_if_next`](crate::broadcast::Broadcaster::push_if_next)): the bridge
     /// still reads everything, and delivers what the sink did not take. Set once; later calls

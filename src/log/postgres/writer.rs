@@ -117,7 +117,7 @@ struct Local<'a> {
 }
 
 impl Local<'_> {
-    /// The group's new events, to this replica's subscribers, before the answers go out.
+    /// The group's new events, to this replica's subscribers.
     fn deliver(&self, committed: &Committed) {
         if let Some(sink) = self.sink.get() {
             sink(&committed.events(self.epoch, SystemTime::now()));
@@ -149,11 +149,15 @@ async fn commit_queued(
         .await;
     match outcome {
         Ok((answers, committed)) => {
-            if let Some(committed) = committed {
-                local.deliver(&committed);
-            }
             for (job, answer) in group.into_iter().zip(answers) {
                 let _ = job.reply.send(answer);
+            }
+            if let Some(committed) = committed {
+                // The publishers' tasks run before the streams the delivery wakes (each woken
+                // task would take the worker's next-to-run slot from the one woken before it),
+                // so a publish is not answered after this replica's whole fan-out.
+                tokio::task::yield_now().await;
+                local.deliver(&committed);
             }
         }
         Err(error) => {
