@@ -9,6 +9,7 @@ mod error;
 mod nchan;
 mod pg;
 mod procstat;
+mod proxy;
 mod report;
 mod scenarios;
 mod sse;
@@ -235,6 +236,28 @@ enum Cmd {
         #[arg(long, default_value_t = 48)]
         subscribers: usize,
     },
+    /// `tools/call` through a stateless FastMCP upstream (Python SDK 1.x, JSON answers): direct,
+    /// through mcp-fanout in proxy mode and through nginx `proxy_pass`, loaded by wrk: added
+    /// p50/p99, proxy CPU per request, requests/s. Needs wrk and `./scripts/e2e-setup py1`.
+    ProxyOverhead {
+        #[command(flatten)]
+        common: Common,
+        /// Python with the MCP SDK 1.x and uvicorn (default: target/e2e/py1/bin/python).
+        #[arg(long)]
+        python: Option<PathBuf>,
+        /// wrk connections, one load each (threads: 2, or 1 for one connection).
+        #[arg(long, value_delimiter = ',', default_value = "8,1")]
+        connections: Vec<usize>,
+        /// Seconds per load.
+        #[arg(long, default_value_t = 10)]
+        duration_secs: u64,
+        /// Systems, in order (direct first: the added latency is against it).
+        #[arg(long, value_delimiter = ',', default_value = "direct,mcp-fanout,nginx")]
+        systems: Vec<String>,
+        /// Times the whole set is measured (one row each).
+        #[arg(long, default_value_t = 1)]
+        rounds: usize,
+    },
     /// Runs every scenario with its defaults (and nchan) and writes BENCHMARKS.md; or renders it
     /// from saved `--json` results with `--from`.
     Report {
@@ -457,6 +480,19 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
                 }
             };
         }
+        Cmd::ProxyOverhead {
+            common,
+            python,
+            connections,
+            duration_secs,
+            systems,
+            rounds,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let run = proxy_run(python, &connections, duration_secs, systems, rounds)?;
+            let r = proxy::proxy_overhead(&mut ctx, &run).await;
+            (ctx, common.json, r)
+        }
         Cmd::Report {
             common,
             out,
@@ -491,6 +527,39 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             Err(e)
         }
     }
+}
+
+/// A `proxy-overhead` run: each connection count with 2 wrk threads (1 for one connection).
+fn proxy_run(
+    python: Option<PathBuf>,
+    connections: &[usize],
+    duration_secs: u64,
+    systems: Vec<String>,
+    rounds: usize,
+) -> Result<proxy::ProxyRun> {
+    if let Some(s) = systems
+        .iter()
+        .find(|s| !proxy::SYSTEMS.contains(&s.as_str()))
+    {
+        return Err(BenchError::Failed(format!(
+            "--systems {s}: expected some of {}",
+            proxy::SYSTEMS.join(", ")
+        )));
+    }
+    let loads = connections
+        .iter()
+        .map(|&c| proxy::Load {
+            connections: c.max(1),
+            threads: c.clamp(1, 2),
+            duration: Duration::from_secs(duration_secs.max(1)),
+        })
+        .collect();
+    Ok(proxy::ProxyRun {
+        python,
+        loads,
+        systems,
+        rounds,
+    })
 }
 
 fn common_for_report(c: &Common) -> Result<FanoutOpts> {

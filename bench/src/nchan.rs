@@ -1,5 +1,6 @@
 //! nginx with the nchan module, for `--compare nchan`: the shipped `bench/nchan/nginx.conf` in a
-//! temp prefix, on a free port.
+//! temp prefix, on a free port. `proxy-overhead` runs its nginx (`bench/proxy/nginx.conf`) the
+//! same way, through [`Nchan::start_conf`].
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -15,7 +16,7 @@ const MODULE: &str = "/usr/lib/nginx/modules/ngx_nchan_module.so";
 const HOW: &str = "`--compare nchan` needs nginx with the nchan module: \
                    apt-get install -y nginx libnginx-mod-nchan";
 
-/// A running nginx + nchan. Stopped on drop.
+/// A running nginx (+ nchan, unless started with another configuration). Stopped on drop.
 pub struct Nchan {
     child: Option<Child>,
     /// Loopback port.
@@ -23,7 +24,7 @@ pub struct Nchan {
     _dir: tempfile::TempDir,
 }
 
-fn nginx_bin() -> Result<PathBuf> {
+fn nginx_bin(how: &str) -> Result<PathBuf> {
     let debian = PathBuf::from("/usr/sbin/nginx");
     if debian.is_file() {
         return Ok(debian);
@@ -36,25 +37,40 @@ fn nginx_bin() -> Result<PathBuf> {
             }
         }
     }
-    Err(BenchError::Missing(format!("nginx not found. {HOW}")))
+    Err(BenchError::Missing(format!("nginx not found. {how}")))
 }
 
 impl Nchan {
     /// Starts nginx and waits until the publisher location answers.
     pub async fn start() -> Result<Nchan> {
-        let bin = nginx_bin()?;
+        nginx_bin(HOW)?;
         if !std::path::Path::new(MODULE).is_file() {
             return Err(BenchError::Missing(format!("{MODULE} not found. {HOW}")));
         }
+        Nchan::start_conf(CONF, &[], "/pub", HOW).await
+    }
+
+    /// Starts nginx with `template` (`@PORT@` and `@PREFIX@` replaced, then each of `vars`) and
+    /// waits until `probe` answers below 500; `how` says how to install what is missing.
+    pub async fn start_conf(
+        template: &str,
+        vars: &[(&str, String)],
+        probe: &str,
+        how: &str,
+    ) -> Result<Nchan> {
+        let bin = nginx_bin(how)?;
         let dir = tempfile::Builder::new()
             .prefix("fanout-bench-nchan-")
             .tempdir()
             .map_err(|e| BenchError::io("creating the nginx prefix", e))?;
         let prefix = dir.path().to_string_lossy().into_owned();
         let port = mcp_fanout_testkit::postgres::free_port()?;
-        let conf = CONF
+        let mut conf = template
             .replace("@PORT@", &port.to_string())
             .replace("@PREFIX@", &prefix);
+        for (name, value) in vars {
+            conf = conf.replace(name, value);
+        }
         let conf_path = dir.path().join("nginx.conf");
         std::fs::write(&conf_path, conf)
             .map_err(|e| BenchError::io(format!("writing {}", conf_path.display()), e))?;
@@ -79,8 +95,9 @@ impl Nchan {
         let http = crate::sut::http_client()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(resp) = http.get(n.url("/pub")).send().await {
-                // 404 "no channel" before anyone subscribed is an answer too.
+            if let Ok(resp) = http.get(n.url(probe)).send().await {
+                // 404 "no channel" before anyone subscribed is an answer too (nchan), and so is
+                // the MCP server's 405/406 to a bare GET (proxy).
                 if resp.status().as_u16() < 500 {
                     return Ok(n);
                 }
@@ -88,7 +105,7 @@ impl Nchan {
             if let Some(c) = n.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
                     return Err(BenchError::Missing(format!(
-                        "nginx exited ({status}): {}. {HOW}",
+                        "nginx exited ({status}): {}. {how}",
                         std::fs::read_to_string(&err_path).unwrap_or_default()
                     )));
                 }

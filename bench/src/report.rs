@@ -172,6 +172,10 @@ pub async fn report(
             "catch-up",
             scenarios::catch_up(&mut ctx, 3, &[(10_000, 1000), (100_000, 10)])
         );
+        step!(
+            "proxy-overhead",
+            crate::proxy::proxy_overhead(&mut ctx, &crate::proxy::ProxyRun::default())
+        );
         if skip_100k {
             notes.push("The 100k-over-6-replicas idle run was skipped (--skip-100k).".to_string());
         } else {
@@ -452,7 +456,45 @@ pub fn targets(rows: &[Row]) -> Vec<[String; 4]> {
         }))
         .into(),
     ]);
+    proxy_target(rows, &mut t);
     t
+}
+
+/// The proxy's cost against nginx's, at 8 connections (the first round).
+fn proxy_target(rows: &[Row], t: &mut Vec<[String; 4]>) {
+    let c8 = |sys: &str| {
+        find(rows, "proxy-overhead", sys, |r| {
+            r.num("connections") == Some(8.0)
+        })
+        .first()
+        .map(|r| (r.num("proxy_cpu_us_per_request"), r.num("requests_per_s")))
+    };
+    let c1 = find(rows, "proxy-overhead", "mcp-fanout", |r| {
+        r.num("connections") == Some(1.0)
+    })
+    .first()
+    .and_then(|r| r.num("added_p50_ms"));
+    let (fan, ngx) = (c8("mcp-fanout"), c8("nginx"));
+    let cpu = fan.and_then(|f| f.0).zip(ngx.and_then(|n| n.0));
+    let rps = fan.and_then(|f| f.1).zip(ngx.and_then(|n| n.1));
+    t.push([
+        "proxy-overhead: `tools/call` through the proxy, wrk -c8 (added p50 at -c1)".into(),
+        "CPU per request ≤ nginx's, added p50 ≤ 0.1 ms, requests/s within 5 % of nginx's".into(),
+        format!(
+            "{} µs/request (nginx {} µs); added p50 {} ms; {}/s (nginx {}/s)",
+            f(cpu.map(|c| c.0), 1),
+            f(cpu.map(|c| c.1), 1),
+            f(c1, 3),
+            f(rps.map(|r| r.0), 0),
+            f(rps.map(|r| r.1), 0)
+        ),
+        verdict(
+            cpu.zip(rps)
+                .zip(c1)
+                .map(|((c, r), a)| c.0 <= c.1 && a <= 0.1 && r.0 >= 0.95 * r.1),
+        )
+        .into(),
+    ]);
 }
 
 fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) -> String {
@@ -502,6 +544,7 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
          $B cross-replica                                    # 3 × 100 and 3 × 2k, 10 events/s\n\
          $B publish-throughput                               # 32 publishers; batches of 1000; pgbench -c 4\n\
          $B catch-up                                         # 10k → 3 × 1k, 100k → 3 × 10\n\
+         $B proxy-overhead                                   # tools/call direct / through mcp-fanout / nginx (wrk, py1 venv)\n\
          $B smoke                                            # seconds; asserts no loss (scripts/bench-smoke)\n\
          $B report --out BENCHMARKS.md                       # all of the above, this file\n```\n\
          \nEvery scenario accepts `--json FILE`, `--binary PATH`, `--url URL…` (measure running \

@@ -26,7 +26,7 @@ pub struct Row {
 }
 
 impl Row {
-    fn new(scenario: &str, system: &str, case: impl Into<String>) -> Row {
+    pub(crate) fn new(scenario: &str, system: &str, case: impl Into<String>) -> Row {
         Row {
             scenario: scenario.to_string(),
             system: system.to_string(),
@@ -35,7 +35,7 @@ impl Row {
         }
     }
 
-    fn set(&mut self, key: &str, v: impl Into<Value>) -> &mut Row {
+    pub(crate) fn set(&mut self, key: &str, v: impl Into<Value>) -> &mut Row {
         self.values.insert(key.to_string(), v.into());
         self
     }
@@ -97,7 +97,7 @@ impl Ctx {
         ))))
     }
 
-    fn push(&mut self, mut row: Row) {
+    pub(crate) fn push(&mut self, mut row: Row) {
         if self.fanout.memory && row.system == "mcp-fanout" {
             row.system = "mcp-fanout (memory mode)".to_string();
         }

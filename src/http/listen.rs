@@ -226,18 +226,22 @@ async fn handle(
     // Proxy mode: everything but `subscriptions/listen` goes to the upstream, untouched.
     if let Some(up) = &st.upstream {
         if rpc_method.as_deref() != Some(LISTEN_METHOD) {
+            let adapted = up.bridges_2026_clients() && era_adapter::is_modern_request(&headers);
             // The owner of a session this request creates upstream; a request that names no
-            // one (a token without `sub`) creates a session nobody can use here.
-            let owner = identity.session_owner().unwrap_or_else(|_| Owner::nobody());
+            // one (a token without `sub`) creates a session nobody can use here. Only an
+            // `initialize` (or an adapted request, which may open one) records a session, so
+            // no other request pays for working it out.
+            let owner = (adapted || rpc_method.as_deref() == Some("initialize"))
+                .then(|| identity.session_owner().unwrap_or_else(|_| Owner::nobody()));
             let forward = Forward {
                 method: axum::http::Method::POST,
                 headers: &headers,
                 body: bytes,
                 rpc_method,
-                owner: Some(owner),
+                owner,
                 peer: conn.peer,
             };
-            if up.bridges_2026_clients() && era_adapter::is_modern_request(&headers) {
+            if adapted {
                 return Ok(era_adapter::forward(&st, up, forward).await);
             }
             return Ok(proxy::forward(&st, up, forward).await);

@@ -4,6 +4,7 @@
 //! frame. Sessions are recorded from `initialize` responses before they are relayed, so a client's
 //! immediate GET on another replica finds its session.
 
+use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use axum::body::Body;
@@ -76,13 +77,14 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     if up.forwarded_headers {
         add_forwarded(&mut headers, f.headers, f.peer);
     }
-    let req = up
-        .client
-        .request(f.method.clone(), up.url.clone())
-        .headers(headers);
+    // Built whole rather than through a `RequestBuilder`, which would copy the map we just made
+    // into its own, header by header.
+    let mut req = reqwest::Request::new(f.method.clone(), up.url.clone());
+    *req.headers_mut() = headers;
+    *req.body_mut() = Some(reqwest::Body::from(f.body.clone()));
     let started = tokio::time::Instant::now();
-    let sent = tokio::time::timeout(up.response_timeout, req.body(f.body.clone()).send()).await;
-    let resp = match sent {
+    let sent = tokio::time::timeout(up.response_timeout, up.client.execute(req)).await;
+    let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(error)) => {
             tracing::warn!(%error, upstream = %up.url, "upstream unreachable");
@@ -95,7 +97,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         Err(_) => return upstream_timeout(up, &f.body),
     };
     let status = resp.status();
-    let mut headers = end_to_end(resp.headers(), &[]);
+    let mut headers = into_end_to_end(std::mem::take(resp.headers_mut()));
     let rpc = f.rpc_method.as_deref();
     if rpc == Some("initialize") && status == StatusCode::NOT_FOUND {
         // An initialize carries no session, so this 404 is not "session not found": the URL is
@@ -236,6 +238,32 @@ fn end_to_end(headers: &HeaderMap, also: &[&str]) -> HeaderMap {
     out
 }
 
+/// An answer's `headers` without the hop-by-hop ones: the map itself when it has none (the usual
+/// answer, so nothing is copied), else what [`end_to_end`] keeps, in the same order.
+fn into_end_to_end(headers: HeaderMap) -> HeaderMap {
+    if headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+        end_to_end(&headers, &[])
+    } else {
+        headers
+    }
+}
+
+/// Every value of `name` in `received`, joined with `, ` (`None` when there is none).
+fn joined(received: &HeaderMap, name: &str) -> Option<String> {
+    let mut values = received
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok());
+    let first = values.next()?;
+    let mut out = String::with_capacity(first.len() + 64);
+    out.push_str(first);
+    for v in values {
+        out.push_str(", ");
+        out.push_str(v);
+    }
+    Some(out)
+}
+
 /// Says who the client is, as a proxy does: its address appended to `X-Forwarded-For` and a
 /// `Forwarded` element for this hop (`for`, `host`, `proto`) appended to any the request brought;
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` set to this hop's (`http`, the request's `Host`)
@@ -243,35 +271,28 @@ fn end_to_end(headers: &HeaderMap, also: &[&str]) -> HeaderMap {
 /// believes only the entries its own trusted proxies appended (here, the last).
 fn add_forwarded(out: &mut HeaderMap, received: &HeaderMap, peer: SocketAddr) {
     let ip = peer.ip();
-    let joined = |name: &str| {
-        let values: Vec<&str> = received
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .collect();
-        (!values.is_empty()).then(|| values.join(", "))
-    };
     let host = received
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.contains(['"', '\\']));
-    let xff = match joined(X_FORWARDED_FOR) {
-        Some(before) => format!("{before}, {ip}"),
-        None => ip.to_string(),
-    };
-    let node = match ip {
-        IpAddr::V4(v4) => v4.to_string(),
-        IpAddr::V6(v6) => format!("\"[{v6}]\""),
-    };
-    let mut element = format!("for={node}");
-    if let Some(h) = host {
-        element.push_str(&format!(";host=\"{h}\""));
+    // Each value written once into its string (writing to a `String` cannot fail).
+    let mut xff = joined(received, X_FORWARDED_FOR).unwrap_or_default();
+    if !xff.is_empty() {
+        xff.push_str(", ");
     }
-    element.push_str(";proto=http");
-    let forwarded = match joined(header::FORWARDED.as_str()) {
-        Some(before) => format!("{before}, {element}"),
-        None => element,
+    let _ = write!(xff, "{ip}");
+    let mut forwarded = joined(received, header::FORWARDED.as_str()).unwrap_or_default();
+    if !forwarded.is_empty() {
+        forwarded.push_str(", ");
+    }
+    let _ = match ip {
+        IpAddr::V4(v4) => write!(forwarded, "for={v4}"),
+        IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\""),
     };
+    if let Some(h) = host {
+        let _ = write!(forwarded, ";host=\"{h}\"");
+    }
+    forwarded.push_str(";proto=http");
     let mut set = |name: HeaderName, value: &str| {
         if let Ok(v) = HeaderValue::from_str(value) {
             out.insert(name, v);

@@ -1,0 +1,7 @@
+-- wrk script of `fanout-bench proxy-overhead`: every request is the JSON-RPC `tools/call` an MCP
+-- SDK client sends to a stateless server, with the SDK clients' headers.
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Accept"] = "application/json, text/event-stream"
+wrk.headers["MCP-Protocol-Version"] = "2025-06-18"
+wrk.body = '{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2}}}'
