@@ -156,3 +156,37 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_the_client_is_named() {
         assert_eq!(got.header(h), None, "{h} reached the upstream");
     }
 }
+
+/// An upstream's redirect is the client's to follow: the proxy relays it as it is and never sends
+/// the request again itself (a re-sent POST could repeat a `tools/call`, and would carry the
+/// client's credentials wherever `Location` points).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_redirect_is_relayed_not_followed() {
+    let elsewhere = RecordingUpstream::start(answer())
+        .await
+        .expect("the redirect's target");
+    let redirect = Canned {
+        status: 307,
+        reason: "Temporary Redirect".into(),
+        headers: vec![("Location".into(), elsewhere.url("/mcp"))],
+        body: Vec::new(),
+    };
+    let up = RecordingUpstream::start(redirect).await.expect("upstream");
+    let r = start_memory("proxy-redirect", &[("FANOUT_UPSTREAM", &up.url("/mcp"))]).await;
+
+    let resp = request()
+        .send(r.public_addr(), T)
+        .await
+        .expect("the proxied call");
+    assert_eq!(resp.status(), 307, "{}", resp.text());
+    assert_eq!(
+        resp.header("location"),
+        Some(elsewhere.url("/mcp").as_str())
+    );
+    assert_eq!(up.received().len(), 1, "forwarded once");
+    assert!(
+        elsewhere.received().is_empty(),
+        "the proxy followed the redirect: {:?}",
+        elsewhere.received()
+    );
+}

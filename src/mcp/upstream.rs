@@ -215,6 +215,9 @@ impl Upstream {
         let client = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(5))
             .pool_idle_timeout(Duration::from_secs(30))
+            // A redirect is relayed to the client, never followed here: a re-sent POST could
+            // repeat a call, and would carry the client's credentials to another origin.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
         Ok(Upstream {
