@@ -103,11 +103,12 @@ enum Timed {
 
 impl Waits {
     pub fn new(keepalive: Duration, taken_over: Option<&CancellationToken>) -> Waits {
-        let first = Instant::now() + keepalive;
+        let now = Instant::now();
+        let first = now + keepalive;
         Waits {
             timer: Timer {
                 keepalive,
-                last_write: Instant::now(),
+                last_write: now,
                 sleep: Box::pin(tokio::time::sleep_until(first)),
                 armed_at: first,
             },

@@ -212,6 +212,17 @@ mod tests {
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
+    /// A fresh connection's state, as the accept loop makes it.
+    fn conn_info(peer: std::net::SocketAddr) -> ConnInfo {
+        ConnInfo {
+            handoff: Default::default(),
+            peer,
+            socket: SocketState::default(),
+            slot: None,
+            exchanges: Default::default(),
+        }
+    }
+
     #[tokio::test]
     async fn a_socket_that_stops_draining_fails_writes_after_the_deadline() {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
@@ -219,13 +230,7 @@ mod tests {
         // The client connects and never reads.
         let _client = TcpStream::connect(addr).await.expect("connect");
         let (server_side, peer) = listener.accept().await.expect("accept");
-        let info = ConnInfo {
-            handoff: Default::default(),
-            peer,
-            socket: SocketState::default(),
-            slot: None,
-            exchanges: Default::default(),
-        };
+        let info = conn_info(peer);
         let mut guarded = StallGuard::new(
             server_side,
             Duration::from_millis(200),
@@ -255,13 +260,7 @@ mod tests {
         client.set_recv_buffer_size(4096).expect("rcvbuf");
         let mut client = client.connect(addr).await.expect("connect");
         let (server_side, peer) = listener.accept().await.expect("accept");
-        let info = ConnInfo {
-            handoff: Default::default(),
-            peer,
-            socket: SocketState::default(),
-            slot: None,
-            exchanges: Default::default(),
-        };
+        let info = conn_info(peer);
         let limit = Duration::from_millis(300);
         let mut guarded = StallGuard::new(server_side, limit, info.clone(), TaskTracker::new());
         // The client reads 2 KB every 50 ms: far too slow for the socket to take a 64 KiB write

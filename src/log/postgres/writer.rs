@@ -152,7 +152,7 @@ async fn commit_queued(
             for (job, answer) in group.into_iter().zip(answers) {
                 let _ = job.reply.send(answer);
             }
-            if let Some(committed) = committed {
+            if let Some(committed) = committed.filter(|c| !c.rows.seqs.is_empty()) {
                 // The publishers' tasks run before the streams the delivery wakes (each woken
                 // task would take the worker's next-to-run slot from the one woken before it),
                 // so a publish is not answered after this replica's whole fan-out.
@@ -291,29 +291,22 @@ async fn transaction(
         .iter()
         .flat_map(|j| idempotency::keys_of(&j.req))
         .collect();
-    let events: usize = group.iter().map(|j| j.req.events.len()).sum();
-    if wanted.is_empty() && events > 0 {
+    if wanted.is_empty() {
+        let events = group.iter().map(|j| j.req.events.len()).sum();
         return keyless(client, sql, group, events).await;
     }
     // 1: open with bounded statements, lock the head row (serializing publishers), read the
     // idempotency keys the group names (stable while the lock is held).
-    let keys = async {
-        if wanted.is_empty() {
-            return Ok(Vec::new());
-        }
-        client
-            .query_typed(&sql.keys, &[(&wanted, Type::TEXT_ARRAY)])
-            .await
-    };
+    let key_params: [(&(dyn ToSql + Sync), Type); 1] = [(&wanted, Type::TEXT_ARRAY)];
     let ((), head_rows, key_rows) = futures::try_join!(
         client.batch_execute(&sql.begin),
         client.query_typed(&sql.lock_head, &[]),
-        keys,
+        client.query_typed(&sql.keys, &key_params),
     )
     .map_err(DbError::Query)?;
     let head: i64 = match head_rows.first() {
         Some(r) => column(r, 0)?,
-        None => 0,
+        None => return Err(DbError::MissingHead),
     };
     let mut known: HashMap<String, Known> = HashMap::with_capacity(key_rows.len());
     for r in &key_rows {
