@@ -86,6 +86,12 @@ pub struct Clients {
 }
 
 impl Clients {
+    /// CPU (and RSS) of the client processes, summed.
+    pub fn sample(&self) -> Result<crate::procstat::ProcSample> {
+        let pids: Vec<u32> = self.workers.iter().filter_map(|w| w.child.id()).collect();
+        crate::procstat::sample_all(&pids)
+    }
+
     /// Spawns `n` worker processes of this very executable.
     pub async fn spawn(n: usize) -> Result<Clients> {
         let exe = std::env::current_exe()

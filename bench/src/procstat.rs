@@ -10,8 +10,11 @@ use crate::error::{BenchError, Result};
 pub struct ProcSample {
     /// `VmRSS`, KiB.
     pub rss_kb: u64,
-    /// utime + stime, microseconds (clock-tick resolution).
+    /// utime + stime, microseconds (nanosecond resolution when the threads' run times agree).
     pub cpu_us: u64,
+    /// utime and stime alone, microseconds (clock-tick resolution): the kernel's share.
+    pub user_tick_us: u64,
+    pub sys_tick_us: u64,
 }
 
 impl ProcSample {
@@ -20,7 +23,25 @@ impl ProcSample {
         ProcSample {
             rss_kb: self.rss_kb.saturating_sub(before.rss_kb),
             cpu_us: self.cpu_us.saturating_sub(before.cpu_us),
+            user_tick_us: self.user_tick_us.saturating_sub(before.user_tick_us),
+            sys_tick_us: self.sys_tick_us.saturating_sub(before.sys_tick_us),
         }
+    }
+
+    /// `self + other`.
+    pub fn plus(&self, other: &ProcSample) -> ProcSample {
+        ProcSample {
+            rss_kb: self.rss_kb + other.rss_kb,
+            cpu_us: self.cpu_us + other.cpu_us,
+            user_tick_us: self.user_tick_us + other.user_tick_us,
+            sys_tick_us: self.sys_tick_us + other.sys_tick_us,
+        }
+    }
+
+    /// The kernel's share of the CPU time (stime over utime + stime), if any was counted.
+    pub fn kernel_share(&self) -> Option<f64> {
+        let total = self.user_tick_us + self.sys_tick_us;
+        (total > 0).then(|| self.sys_tick_us as f64 / total as f64)
     }
 }
 
@@ -52,6 +73,7 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     let ticks = |i: usize| -> u64 { fields.get(i).and_then(|v| v.parse().ok()).unwrap_or(0) };
     let cpu_ticks = ticks(11) + ticks(12);
     let tick_us = 1_000_000 / clock_ticks();
+    let (user_tick_us, sys_tick_us) = (ticks(11) * tick_us, ticks(12) * tick_us);
     let stat_us = cpu_ticks * tick_us;
     // Nanosecond run time of every live thread; it misses threads that have exited, so it is
     // used only when it agrees with the (tick-resolution, complete) figure above.
@@ -61,7 +83,12 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     } else {
         stat_us
     };
-    Ok(ProcSample { rss_kb, cpu_us })
+    Ok(ProcSample {
+        rss_kb,
+        cpu_us,
+        user_tick_us,
+        sys_tick_us,
+    })
 }
 
 /// Sum of the first field of `/proc/<pid>/task/*/schedstat` (time on CPU, ns).
@@ -84,9 +111,7 @@ fn threads_runtime_ns(pid: u32) -> u64 {
 pub fn sample_all(pids: &[u32]) -> Result<ProcSample> {
     let mut total = ProcSample::default();
     for &pid in pids {
-        let s = sample(pid)?;
-        total.rss_kb += s.rss_kb;
-        total.cpu_us += s.cpu_us;
+        total = total.plus(&sample(pid)?);
     }
     Ok(total)
 }
