@@ -157,6 +157,37 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_the_client_is_named() {
     }
 }
 
+/// The upstream is reached directly: proxy variables in the replica's environment (set for a
+/// pod's egress) do not route the calls, and the credentials in them, through that proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_upstream_is_reached_directly_whatever_the_proxy_environment() {
+    let egress = RecordingUpstream::start(answer())
+        .await
+        .expect("the environment's proxy");
+    let up = RecordingUpstream::start(answer()).await.expect("upstream");
+    let (via, upstream) = (egress.url(""), up.url("/mcp"));
+    let env: Vec<(&str, &str)> = vec![
+        ("FANOUT_UPSTREAM", &upstream),
+        ("HTTP_PROXY", &via),
+        ("http_proxy", &via),
+        ("ALL_PROXY", &via),
+        ("all_proxy", &via),
+    ];
+    let r = start_memory("proxy-no-env-proxy", &env).await;
+
+    let resp = request()
+        .send(r.public_addr(), T)
+        .await
+        .expect("the proxied call");
+    assert_eq!(resp.status(), 200, "{}", resp.text());
+    assert_eq!(up.received().len(), 1, "the upstream got the call");
+    assert!(
+        egress.received().is_empty(),
+        "the call went through the environment's proxy: {:?}",
+        egress.received()
+    );
+}
+
 /// An upstream's redirect is the client's to follow: the proxy relays it as it is and never sends
 /// the request again itself (a re-sent POST could repeat a `tools/call`, and would carry the
 /// client's credentials wherever `Location` points).

@@ -218,6 +218,11 @@ impl Upstream {
             // A redirect is relayed to the client, never followed here: a re-sent POST could
             // repeat a call, and would carry the client's credentials to another origin.
             .redirect(reqwest::redirect::Policy::none())
+            // The upstream is reached directly, as nginx's `proxy_pass` does: `HTTP_PROXY` and
+            // friends, set for a pod's egress, would otherwise route every call (credentials
+            // included) through that proxy unless `NO_PROXY` listed the upstream; and matching
+            // them is work on every request.
+            .no_proxy()
             .build()
             .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
         Ok(Upstream {
