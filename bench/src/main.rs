@@ -196,6 +196,17 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "admin")]
         via: PublishVia,
     },
+    /// Where a lone publish's time goes, at 10/s with no subscriber: the HTTP publish in memory
+    /// mode (no database) and in Postgres mode (one replica), `SELECT mcp_fanout.publish(…)` from
+    /// pgbench, and pgbench's plain INSERT + pg_notify outbox, one client each at the same rate.
+    PublishLatency {
+        #[command(flatten)]
+        common: Common,
+        #[arg(long, default_value_t = 10.0)]
+        rate: f64,
+        #[arg(long, default_value_t = 20)]
+        duration_secs: u64,
+    },
     /// Single events from 32 concurrent HTTP publishers, then batches of 1000 × 200-byte params,
     /// to 100 subscribers; and `pgbench -c 4` running the plain INSERT + pg_notify outbox.
     PublishThroughput {
@@ -420,6 +431,16 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
                 via,
             )
             .await;
+            (ctx, common.json, r)
+        }
+        Cmd::PublishLatency {
+            common,
+            rate,
+            duration_secs,
+        } => {
+            let mut ctx = ctx(&common, Durability::On)?;
+            let r = scenarios::publish_latency(&mut ctx, rate, Duration::from_secs(duration_secs))
+                .await;
             (ctx, common.json, r)
         }
         Cmd::PublishThroughput {

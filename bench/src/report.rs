@@ -158,11 +158,15 @@ pub async fn report(
             scenarios::cross_replica(
                 &mut ctx,
                 3,
-                &[100, 2000],
+                &[1, 100, 2000],
                 10.0,
                 Duration::from_secs(10),
                 crate::sut::Via::Admin(0)
             )
+        );
+        step!(
+            "publish-latency",
+            scenarios::publish_latency(&mut ctx, 10.0, Duration::from_secs(20))
         );
         step!(
             "publish-throughput",
@@ -588,7 +592,8 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
          $B fanout-burst --compare nchan                     # 19k subscribers, 50 events, 32 publishers\n\
          $B coalesce-burst                                   # 1,000 list_changed to 10k, FANOUT_COALESCE_MS off / 100\n\
          $B single-event --compare nchan                     # 1k / 5k / 19k\n\
-         $B cross-replica                                    # 3 × 100 and 3 × 2k, 10 events/s\n\
+         $B cross-replica                                    # 3 × 100 and 3 × 2k, 10 events/s (report: also 3 × 1)\n\
+         $B publish-latency                                  # a lone publish at 10/s: HTTP, Postgres, pgbench\n\
          $B publish-throughput                               # 32 publishers; batches of 1000; pgbench -c 4\n\
          $B catch-up                                         # 10k → 3 × 1k, 100k → 3 × 10\n\
          $B proxy-overhead                                   # tools/call direct / through mcp-fanout / nginx (wrk, py1 venv)\n\

@@ -551,6 +551,154 @@ pub async fn publish_throughput(
     Ok(())
 }
 
+/// `publish-latency`: where a lone publish's time goes, at `rate`/s with no subscriber (nothing
+/// else runs): the HTTP publish in memory mode (no database: HTTP, validation, the broadcaster)
+/// and in Postgres mode (one replica: plus the writer, the transaction, the commit); then, on the
+/// same server and at the same rate, one pgbench client running `SELECT mcp_fanout.publish(…)`
+/// (the same transaction without HTTP and without the replica) and the plain outbox.
+pub async fn publish_latency(ctx: &mut Ctx, rate: f64, duration: Duration) -> Result<()> {
+    let row = |system: &str, case: &str, lat_us: &mut Vec<u64>| {
+        lat_us.sort_unstable();
+        let at = |q: f64| {
+            let i = ((lat_us.len() as f64 * q) as usize).min(lat_us.len().saturating_sub(1));
+            round3(lat_us.get(i).copied().unwrap_or(0) as f64 / 1000.0)
+        };
+        let mut row = Row::new("publish-latency", system, case);
+        row.set("rate", rate)
+            .set("publishes", lat_us.len())
+            .set("p50_ms", at(0.5))
+            .set("p90_ms", at(0.9))
+            .set("p99_ms", at(0.99))
+            .set("ok", !lat_us.is_empty());
+        row
+    };
+    let memory = ctx.start_memory().await?;
+    let mut p = memory.at_rate(Via::Admin(0), 0, rate, duration).await?;
+    ctx.push(row(
+        "mcp-fanout (memory mode)",
+        "HTTP publish, no database",
+        &mut p.request_us,
+    ));
+    drop(memory);
+    let sut = ctx.start("mcp-fanout", 1).await?;
+    let mut p = sut.at_rate(Via::Admin(0), 0, rate, duration).await?;
+    ctx.push(row(
+        "mcp-fanout",
+        "HTTP publish, Postgres, 1 replica",
+        &mut p.request_us,
+    ));
+    let Sut::Fanout(f) = &*sut else {
+        return Ok(());
+    };
+    let Some(pg) = f.pg.as_ref() else {
+        return Ok(());
+    };
+    let publish = "SELECT mcp_fanout.publish('notifications/tools/list_changed',                    '{\"n\":1}'::jsonb, NULL, NULL);\n";
+    let mut lat = pgbench_paced(pg.server(), &f.db, rate, duration, publish).await?;
+    ctx.push(row(
+        "pgbench",
+        "SELECT mcp_fanout.publish(…), 1 client",
+        &mut lat,
+    ));
+    outbox_table(pg.server(), &f.db).await?;
+    let mut lat = pgbench_paced(pg.server(), &f.db, rate, duration, OUTBOX).await?;
+    ctx.push(row(
+        "pgbench",
+        "outbox INSERT + pg_notify, 1 client",
+        &mut lat,
+    ));
+    Ok(())
+}
+
+/// The plain outbox transaction pgbench runs.
+const OUTBOX: &str = "BEGIN;\n\
+     INSERT INTO bench_outbox (payload) VALUES ('{\"method\":\"notifications/tools/list_changed\",\"params\":{\"n\":1}}');\n\
+     SELECT pg_notify('bench_outbox', currval('bench_outbox_id_seq')::text);\n\
+     COMMIT;\n";
+
+async fn outbox_table(server: &mcp_fanout_testkit::PgServer, db: &str) -> Result<()> {
+    server
+        .query(
+            db,
+            "CREATE TABLE IF NOT EXISTS bench_outbox (id bigserial PRIMARY KEY, payload jsonb NOT NULL, \
+             created_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .await?;
+    Ok(())
+}
+
+/// One pgbench client running `script` at `rate` transactions/s for `duration` (`-R`, so each
+/// starts on schedule from idle, like the HTTP publishes); the latency of each, µs (from its
+/// per-transaction log).
+async fn pgbench_paced(
+    server: &mcp_fanout_testkit::PgServer,
+    db: &str,
+    rate: f64,
+    duration: Duration,
+    script: &str,
+) -> Result<Vec<u64>> {
+    let dir = tempfile::tempdir().map_err(|e| BenchError::io("creating a temp dir", e))?;
+    let file = dir.path().join("script.sql");
+    std::fs::write(&file, script).map_err(|e| BenchError::io("writing the pgbench script", e))?;
+    let pgbench = mcp_fanout_testkit::postgres::postgres_bin_dir()?.join("pgbench");
+    progress(&format!("pgbench -c 1 -R {rate} -T {}", duration.as_secs()));
+    let prefix = dir.path().join("tx");
+    let out = tokio::process::Command::new(&pgbench)
+        .args(["-n", "-c", "1", "-R"])
+        .arg(rate.to_string())
+        .arg("-T")
+        .arg(duration.as_secs().max(1).to_string())
+        .arg("--log")
+        .arg("--log-prefix")
+        .arg(&prefix)
+        .arg("-f")
+        .arg(&file)
+        .arg(server.url(db))
+        .current_dir(dir.path())
+        .output()
+        .await
+        .map_err(|e| BenchError::io(format!("running {}", pgbench.display()), e))?;
+    if !out.status.success() {
+        return Err(BenchError::Failed(format!(
+            "pgbench failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )));
+    }
+    // Log lines: client_id transaction_no time script_no time_epoch time_us [schedule_lag]; the
+    // third field is the transaction's latency in µs (from its scheduled start with -R).
+    let mut lat = Vec::new();
+    for entry in
+        std::fs::read_dir(dir.path()).map_err(|e| BenchError::io("reading the pgbench logs", e))?
+    {
+        let path = entry
+            .map_err(|e| BenchError::io("reading the pgbench logs", e))?
+            .path();
+        if !path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("tx"))
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| BenchError::io("reading a pgbench log", e))?;
+        for line in text.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(total), Some(lag)) = (
+                f.get(2).and_then(|v| v.parse::<u64>().ok()),
+                f.get(6).and_then(|v| v.parse::<u64>().ok()),
+            ) else {
+                continue;
+            };
+            // With -R the logged time counts from the scheduled start: take the lag out, so it is
+            // the transaction's own time as the HTTP figures are the request's.
+            lat.push(total.saturating_sub(lag));
+        }
+    }
+    Ok(lat)
+}
+
 /// Runs `pgbench -c 4 -j 2 -T <duration>` with a plain outbox script (INSERT + pg_notify in one
 /// transaction) against `db`, with one LISTEN connection draining the notifications; returns tps.
 async fn pgbench_outbox(
