@@ -2,7 +2,8 @@
 //! value, a garbage or HTTP/0.9 request line, an unknown version, an invalid or conflicting
 //! `Content-Length`, a `Transfer-Encoding` other than `chunked` last — get `400
 //! bad_request_syntax` in the one JSON error shape with `connection: close`, like every other
-//! error; a pipelined bad request after a good one too. A request with both `Transfer-Encoding`
+//! error, counted in `mcp_fanout_http_errors_total` by that code; a pipelined bad request after a
+//! good one too. A request with both `Transfer-Encoding`
 //! and `Content-Length` is framed by `Transfer-Encoding` alone and its connection closes, so
 //! nothing after its body is read as another request. The service keeps serving throughout.
 
@@ -136,6 +137,7 @@ async fn requests_the_parser_refuses_get_the_json_error_shape() {
             ),
         ),
     ];
+    let refusals = cases.len();
     run_cases("parser error", addr, cases, T).await;
 
     // A bad request pipelined after a good one on a kept-alive connection: the good one is
@@ -150,6 +152,19 @@ async fn requests_the_parser_refuses_get_the_json_error_shape() {
     if let Err(e) = check_raw_error(&answers[1], 400, SYNTAX) {
         panic!("the pipelined bad request: {e}");
     }
+    // Each refusal is an error answer like any other: counted by its code (before it is
+    // written, so it is there once the client has it).
+    let counted = r
+        .metric(&format!(
+            r#"mcp_fanout_http_errors_total{{code="{SYNTAX}"}}"#
+        ))
+        .await
+        .expect("the metrics");
+    assert_eq!(
+        counted,
+        Some((refusals + 1) as f64),
+        "every request the parser refused is counted in http_errors"
+    );
 
     // Transfer-Encoding and Content-Length together: the body is framed by Transfer-Encoding
     // (the JSON body `[]` is read whole and refused for what it says), the connection closes,

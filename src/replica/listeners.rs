@@ -8,7 +8,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::ServeError;
-use crate::server::{self, ConnOptions, RouterSlot};
+use crate::server::{self, ConnOptions, ParseErrorCounts, RouterSlot};
 
 /// A bound listener before it serves.
 pub struct Bound {
@@ -47,13 +47,20 @@ impl Listeners {
     }
 
     /// Serves `slot`'s router on `bound` until [`Listeners::stop_accepting`].
-    pub fn serve(&mut self, bound: Bound, slot: RouterSlot, opts: ConnOptions) {
+    pub fn serve(
+        &mut self,
+        bound: Bound,
+        slot: RouterSlot,
+        opts: ConnOptions,
+        refused: ParseErrorCounts,
+    ) {
         tracing::info!(role = bound.role, addr = %bound.addr, "listening");
         let task = self.tasks.spawn(server::serve(
             bound.listener,
             slot,
             opts,
             self.stop_accepting.clone(),
+            refused,
         ));
         self.roles.push((task.id(), bound.role));
     }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use crate::config::ServeConfig;
 use crate::db::DbError;
 use crate::http;
-use crate::server::{ConnOptions, RouterSlot};
+use crate::server::{ConnOptions, ParseErrorCounts, RouterSlot};
 use crate::shutdown::ShutdownSignal;
 use crate::supervise::Supervisor;
 use listeners::Listeners;
@@ -55,9 +55,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let admin_slot = admin.as_ref().map(|_| starting());
     let mut listeners = Listeners::new();
     let (public_opts, admin_opts) = conn_options(&config, open_files);
-    listeners.serve(public, public_slot.clone(), public_opts);
+    let refused = ParseErrorCounts::default();
+    listeners.serve(public, public_slot.clone(), public_opts, refused.clone());
     if let (Some(bound), Some(slot)) = (admin, admin_slot.clone()) {
-        listeners.serve(bound, slot, admin_opts);
+        listeners.serve(bound, slot, admin_opts, refused.clone());
     }
     let grace = Duration::from_secs(config.shutdown_grace_secs);
 
@@ -69,6 +70,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         }
     };
     let _ = st.cluster.public_addr.set(public_addr);
+    refused.count_into(st.metrics.http_errors.clone());
     if st.admin_tokens.is_empty() {
         tracing::warn!(
             "no admin tokens configured: /admin/* answers only loopback requests to localhost"

@@ -15,7 +15,7 @@ pub mod stream_watch;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
@@ -26,6 +26,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -33,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
+use crate::metrics::CodeLabel;
 use crate::socket::{SocketState, StreamCut};
 use handoff::HandOff;
 use idle::Activity;
@@ -103,6 +106,25 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// How often reaching the connection cap is logged, at most.
 const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 
+/// Where the requests hyper refuses while parsing them are counted: the replica's
+/// `http_errors` metric once its state is built (the listeners serve before; a refusal while the
+/// replica starts is answered, not counted).
+#[derive(Clone, Default)]
+pub struct ParseErrorCounts(Arc<OnceLock<Family<CodeLabel, Counter>>>);
+
+impl ParseErrorCounts {
+    /// Counts from now on into `family` (the first call wins).
+    pub fn count_into(&self, family: Family<CodeLabel, Counter>) {
+        let _ = self.0.set(family);
+    }
+
+    fn count(&self, code: &'static str) {
+        if let Some(family) = self.0.get() {
+            family.get_or_create(&CodeLabel { code }).inc();
+        }
+    }
+}
+
 /// The router a listener serves, replaceable while serving: a replica answers probes with a
 /// "starting" router while the database comes up, then switches to the full one.
 #[derive(Clone)]
@@ -129,6 +151,7 @@ pub async fn serve(
     slot: RouterSlot,
     opts: ConnOptions,
     stop: CancellationToken,
+    refused: ParseErrorCounts,
 ) {
     let builder = http_builder(opts.write_stall);
     let graceful = GracefulShutdown::new();
@@ -167,6 +190,7 @@ pub async fn serve(
             opts.write_stall,
             info.clone(),
             writers.clone(),
+            refused.clone(),
         ));
         let handoff = info.handoff.clone();
         let slot = slot.clone();

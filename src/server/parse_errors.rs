@@ -65,7 +65,7 @@ impl ParseError {
         }
     }
 
-    fn code(self) -> &'static str {
+    pub(super) fn code(self) -> &'static str {
         match self {
             ParseError::Syntax => "bad_request_syntax",
             ParseError::UriTooLong => "uri_too_long",

@@ -15,8 +15,8 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
-use super::ConnInfo;
 use super::{handoff, parse_errors};
+use super::{ConnInfo, ParseErrorCounts};
 use crate::socket::{Attached, Cut};
 
 /// A socket whose writes fail with `TimedOut` once the kernel has accepted nothing for `limit`.
@@ -32,6 +32,8 @@ pub(super) struct StallGuard {
     held: Option<usize>,
     info: ConnInfo,
     writers: TaskTracker,
+    /// Where a request hyper refuses is counted.
+    refused: ParseErrorCounts,
 }
 
 impl StallGuard {
@@ -40,6 +42,7 @@ impl StallGuard {
         limit: Duration,
         info: ConnInfo,
         writers: TaskTracker,
+        refused: ParseErrorCounts,
     ) -> StallGuard {
         StallGuard {
             inner: Some(info.socket.attach(inner)),
@@ -49,6 +52,7 @@ impl StallGuard {
             held: None,
             info,
             writers,
+            refused,
         }
     }
 
@@ -115,6 +119,7 @@ impl StallGuard {
         let error = parse_errors::hypers_answer(first)?;
         // The answering task has the socket alone: untied from the connection's state.
         let tcp = self.inner.take()?.into_inner();
+        self.refused.count(error.code());
         self.writers
             .spawn(parse_errors::answer(tcp, error, self.limit, self.info.peer));
         Some(bufs.iter().map(|b| b.len()).sum())
@@ -236,6 +241,7 @@ mod tests {
             Duration::from_millis(200),
             info.clone(),
             TaskTracker::new(),
+            ParseErrorCounts::default(),
         );
         let chunk = vec![b'x'; 64 * 1024];
         let started = std::time::Instant::now();
@@ -262,7 +268,13 @@ mod tests {
         let (server_side, peer) = listener.accept().await.expect("accept");
         let info = conn_info(peer);
         let limit = Duration::from_millis(300);
-        let mut guarded = StallGuard::new(server_side, limit, info.clone(), TaskTracker::new());
+        let mut guarded = StallGuard::new(
+            server_side,
+            limit,
+            info.clone(),
+            TaskTracker::new(),
+            ParseErrorCounts::default(),
+        );
         // The client reads 2 KB every 50 ms: far too slow for the socket to take a 64 KiB write
         // within the deadline, fast enough to acknowledge something within it.
         let reader = tokio::spawn(async move {
