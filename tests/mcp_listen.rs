@@ -297,6 +297,13 @@ async fn listen_honours_the_filter_and_acknowledges_only_what_it_honours() {
     r.wait_metric("mcp_fanout_events_delivered_total", T, |v| v == 5.0)
         .await
         .expect("5 events delivered in all (2 to l1, 3 to l2, none to l3)");
+    // Each write into a listen stream is observed in the lag histogram, as a GET stream's is:
+    // one or more per stream that wrote, at most one per event.
+    r.wait_metric("mcp_fanout_publish_deliver_lag_seconds_count", T, |v| {
+        (2.0..=5.0).contains(&v)
+    })
+    .await
+    .expect("the listen streams' writes observed in the lag histogram");
 
     // Keep-alives flow, and the stream outlives FANOUT_MAX_STREAM_SECS (listen streams are not
     // rebalanced): two keep-alives later (> 1 s) it still delivers.

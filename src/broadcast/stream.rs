@@ -15,9 +15,6 @@ use crate::event::{Chunk, StoredEvent};
 
 /// How a stream's protocol writes what the stream reads.
 pub trait Framing: Send + 'static {
-    /// Whether the stream's writes are observed in the lag histogram.
-    const OBSERVES_LAG: bool;
-
     /// A write of `events` (in order, coalesced), and how many of them it delivers; `None` when
     /// none of them is for this stream (the stream reads on).
     fn events(&mut self, events: Vec<Arc<StoredEvent>>) -> Option<(Chunk, u64)>;
@@ -88,10 +85,7 @@ impl<F: Framing> Stream<F> {
                     }
                     let metrics = p.feed.metrics();
                     metrics.events_delivered.inc_by(delivered);
-                    if let Some(lag) = first
-                        .filter(|_| F::OBSERVES_LAG)
-                        .and_then(|at| at.elapsed().ok())
-                    {
+                    if let Some(lag) = first.and_then(|at| at.elapsed().ok()) {
                         metrics.observe_lag(lag.as_secs_f64());
                     }
                     return Some(chunk);

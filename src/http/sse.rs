@@ -235,8 +235,6 @@ struct SseFraming {
 }
 
 impl Framing for SseFraming {
-    const OBSERVES_LAG: bool = true;
-
     /// The frames of a batch, as one (gather) write.
     fn events(&mut self, events: Vec<Arc<StoredEvent>>) -> Option<(Chunk, u64)> {
         self.carried_id = true;

@@ -304,8 +304,6 @@ pub struct ListenFraming {
 }
 
 impl Framing for ListenFraming {
-    const OBSERVES_LAG: bool = false;
-
     fn events(&mut self, events: Vec<Arc<StoredEvent>>) -> Option<(Chunk, u64)> {
         // Framed per stream: each message carries this subscription's id.
         let mut out = BytesMut::new();
