@@ -17,7 +17,7 @@ use mcp_fanout_testkit::{
     body,
     error_shape::{expect_http_error, expect_sse_error},
     identity::{open_stream, poll_ok, publish_to, visible_ids, Published, Target, Who},
-    jwt::{hs256, now_secs, sign, unsigned_token},
+    jwt::{hs256, hs256_raw, now_secs, sign, unsigned_token},
     poll_with, seq_of, start_memory, Deployment, Follower, Replica, SseRequest,
 };
 use serde_json::{json, Value};
@@ -707,4 +707,50 @@ async fn a_fractional_or_far_exp_is_honoured_as_a_time() {
         0.0,
         "no stream ended for an expired token"
     );
+}
+
+/// A signed token whose claims name a claim twice is refused (`401`): the decoder would keep the
+/// last `sub` or tenant, a gateway verifying the same token may keep the first, and the same
+/// credential would be two principals. The same claims named once are accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_naming_a_claim_twice_is_refused() {
+    let r = start_memory(
+        "jwt-repeated-claims",
+        &[
+            ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_SECRET", SECRET),
+        ],
+    )
+    .await;
+    let exp = now_secs() + 600;
+    let repeated = [
+        (
+            "`sub` twice",
+            format!(r#"{{"sub":"alice","exp":{exp},"sub":"mallory"}}"#),
+        ),
+        (
+            "the tenant claim twice",
+            format!(r#"{{"sub":"alice","tenant":"a","exp":{exp},"tenant":"b"}}"#),
+        ),
+        (
+            "`exp` twice",
+            format!(r#"{{"sub":"alice","exp":{exp},"exp":{}}}"#, exp + 1),
+        ),
+    ];
+    let mut problems = Vec::new();
+    for (what, claims) in &repeated {
+        let bearer = format!("Bearer {}", hs256_raw(SECRET, claims));
+        problems.extend(refusal_problems(&r, what, Some(&bearer)).await);
+    }
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+
+    let once = hs256_raw(
+        SECRET,
+        &format!(r#"{{"sub":"alice","tenant":"a","exp":{exp}}}"#),
+    );
+    let who = Who::jwt("the claims named once", &once, Some("a"), None);
+    let _conn = open_stream(&r, &who).await;
+    r.wait_subscribers(1, T)
+        .await
+        .expect("the same claims named once open a stream");
 }

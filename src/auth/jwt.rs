@@ -8,9 +8,13 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
+
+use crate::event::json::{parse_json, JsonError};
 use tokio::sync::RwLock;
 
 use super::{AuthError, Identity, Principal};
@@ -145,6 +149,7 @@ impl JwtVerifier {
             .and_then(super::bearer)
             .ok_or_else(|| AuthError::Unauthenticated("a bearer token is required".into()))?;
         let claims = self.decode(token.trim()).await?;
+        refuse_repeated_names(token.trim())?;
         let exp = numeric_date(&claims, "exp")?.ok_or_else(|| {
             AuthError::Unauthenticated("the token is not valid: the `exp` claim is missing".into())
         })?;
@@ -221,6 +226,26 @@ impl JwtVerifier {
             }
         }
     }
+}
+
+/// A verified token whose header or claims name a member twice is refused: the decoder keeps the
+/// last of them, a verifier in front of or behind the service may keep the first, and the same
+/// token would then carry two subjects or two tenants (as a publish body naming a key twice is
+/// refused, `event::json`).
+fn refuse_repeated_names(token: &str) -> Result<(), AuthError> {
+    for (part, segment) in ["header", "claims"].into_iter().zip(token.split('.')) {
+        let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| {
+            AuthError::Unauthenticated(format!(
+                "the token is not valid: its {part} is not base64url"
+            ))
+        })?;
+        if let Err(JsonError::DuplicateKey { key, .. }) = parse_json(&bytes) {
+            return Err(AuthError::Unauthenticated(format!(
+                "the token is not valid: its {part} names {key:?} twice"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// A time claim: absent, or a number of seconds since 1970 (a fraction allowed) up to the end of

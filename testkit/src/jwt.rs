@@ -23,6 +23,20 @@ pub fn hs256(secret: &str, claims: &Value) -> String {
     .expect("sign an HS256 token")
 }
 
+/// An HS256 token whose claims are exactly the bytes of `claims_json` (which may, unlike a
+/// `Value`, name a claim twice).
+pub fn hs256_raw(secret: &str, claims_json: &str) -> String {
+    let head = b64url(br#"{"typ":"JWT","alg":"HS256"}"#);
+    let message = format!("{head}.{}", b64url(claims_json.as_bytes()));
+    let signature = jsonwebtoken::crypto::sign(
+        message.as_bytes(),
+        &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        jsonwebtoken::Algorithm::HS256,
+    )
+    .expect("sign an HS256 token");
+    format!("{message}.{signature}")
+}
+
 /// A token with the given algorithm and key (and optional `kid`).
 pub fn sign(
     alg: jsonwebtoken::Algorithm,
