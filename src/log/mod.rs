@@ -66,8 +66,10 @@ pub enum LogError {
         "events after seq {after} were pruned (watermark {pruned}); the cursor needs a resync"
     )]
     CursorPruned { after: u64, pruned: u64 },
+    /// Not the database being unreachable: the writer task gone, the head row missing, a
+    /// statement refused for what it says. The cause is kept as the source.
     #[error("internal log error: {0}")]
-    Internal(String),
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// What an append committed.

@@ -15,6 +15,7 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::broadcast::Broadcaster;
+use crate::db::DbError;
 
 /// Who owns a session, as the stores compare it.
 ///
@@ -107,7 +108,7 @@ pub enum SessionError {
     #[error("the session belongs to another principal")]
     Forbidden,
     #[error("the session store is unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(#[source] DbError),
 }
 
 #[async_trait]

@@ -87,11 +87,11 @@ impl PgSessions {
             .db
             .query_first(sql, params)
             .await
-            .map_err(|e| SessionError::Unavailable(e.to_string()))?;
+            .map_err(SessionError::Unavailable)?;
         row.as_ref()
             .map(|r| column::<i64>(r, 0))
             .transpose()
-            .map_err(|e| SessionError::Unavailable(e.to_string()))
+            .map_err(SessionError::Unavailable)
     }
 
     /// Runs `sql` with the session and the owner as `$1` … `$4` (and the control channel as `$5`).
@@ -188,6 +188,6 @@ impl SessionStore for PgSessions {
         self.db
             .execute(&self.sql.touch, &[(&sessions, Type::TEXT_ARRAY)])
             .await
-            .map_err(|e| SessionError::Unavailable(e.to_string()))
+            .map_err(SessionError::Unavailable)
     }
 }

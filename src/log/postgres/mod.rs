@@ -26,7 +26,7 @@ impl From<DbError> for LogError {
         if e.is_transient() {
             LogError::Unavailable(Box::new(e))
         } else {
-            LogError::Internal(e.to_string())
+            LogError::Internal(Box::new(e))
         }
     }
 }
@@ -80,7 +80,7 @@ type SharedRead = Shared<BoxFuture<'static, Result<Page, ReadError>>>;
 enum ReadError {
     Pruned { after: u64, pruned: u64 },
     Unavailable(SharedError),
-    Internal(Arc<str>),
+    Internal(SharedError),
 }
 
 /// One error answering several waiters (a shared read, a commit group): it reads as the error
@@ -105,7 +105,7 @@ impl From<ReadError> for LogError {
         match e {
             ReadError::Pruned { after, pruned } => LogError::CursorPruned { after, pruned },
             ReadError::Unavailable(shared) => LogError::Unavailable(Box::new(shared)),
-            ReadError::Internal(m) => LogError::Internal(m.to_string()),
+            ReadError::Internal(shared) => LogError::Internal(Box::new(shared)),
         }
     }
 }
@@ -115,7 +115,8 @@ impl From<LogError> for ReadError {
         match e {
             LogError::CursorPruned { after, pruned } => ReadError::Pruned { after, pruned },
             LogError::Unavailable(cause) => ReadError::Unavailable(SharedError(Arc::from(cause))),
-            other => ReadError::Internal(other.to_string().into()),
+            LogError::Internal(cause) => ReadError::Internal(SharedError(Arc::from(cause))),
+            other => ReadError::Internal(SharedError(Arc::new(other))),
         }
     }
 }
@@ -289,7 +290,7 @@ impl EventLog for PgLog {
         let row = self.inner.db.query(&self.inner.sql.bounds, &[]).await?;
         let r = row
             .first()
-            .ok_or_else(|| LogError::Internal("the log's head row is missing".into()))?;
+            .ok_or_else(|| LogError::Internal(Box::new(DbError::MissingHead)))?;
         Ok(Bounds {
             head: column::<i64>(r, 0)? as u64,
             pruned: column::<i64>(r, 1)? as u64,
@@ -313,6 +314,24 @@ mod tests {
             };
             assert_eq!(cause.to_string(), text);
             assert!(cause.source().is_some(), "the pool's error is kept");
+        }
+    }
+
+    /// An internal failure shared with several waiters reads as itself once, not wrapped again
+    /// (it used to say "internal log error: internal log error: …"), and keeps its cause.
+    #[test]
+    fn a_shared_internal_failure_keeps_its_cause_and_reads_once() {
+        let shared = ReadError::from(LogError::Internal(Box::new(DbError::MissingHead)));
+        for answer in [shared.clone(), shared] {
+            let error = LogError::from(answer);
+            let LogError::Internal(cause) = &error else {
+                panic!("still internal");
+            };
+            assert_eq!(cause.to_string(), DbError::MissingHead.to_string());
+            assert_eq!(
+                error.to_string(),
+                format!("internal log error: {}", DbError::MissingHead)
+            );
         }
     }
 }

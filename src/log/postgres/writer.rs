@@ -103,11 +103,20 @@ impl Writer {
         self.tx
             .send(Job { req, reply })
             .await
-            .map_err(|_| LogError::Internal("the writer stopped".into()))?;
+            .map_err(|_| LogError::Internal(Box::new(WriterGone::Stopped)))?;
         answer
             .await
-            .map_err(|_| LogError::Internal("the writer dropped a request".into()))?
+            .map_err(|_| LogError::Internal(Box::new(WriterGone::DroppedRequest)))?
     }
+}
+
+/// A publish found no writer to answer it.
+#[derive(Debug, thiserror::Error)]
+enum WriterGone {
+    #[error("the writer stopped")]
+    Stopped,
+    #[error("the writer dropped a request")]
+    DroppedRequest,
 }
 
 /// Where the writer hands what it committed: the log's epoch and the sink, once set.
@@ -162,14 +171,14 @@ async fn commit_queued(
         }
         Err(error) => {
             tracing::warn!(%error, requests = group.len(), "publish transaction failed");
-            let message = error.to_string();
             let transient = error.is_transient();
             let shared = SharedError(Arc::new(error));
             for job in group {
+                let cause = Box::new(shared.clone());
                 let e = if transient {
-                    LogError::Unavailable(Box::new(shared.clone()))
+                    LogError::Unavailable(cause)
                 } else {
-                    LogError::Internal(message.clone())
+                    LogError::Internal(cause)
                 };
                 let _ = job.reply.send(Err(e));
             }
