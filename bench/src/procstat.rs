@@ -15,6 +15,8 @@ pub struct ProcSample {
     /// utime and stime alone, microseconds (clock-tick resolution): the kernel's share.
     pub user_tick_us: u64,
     pub sys_tick_us: u64,
+    /// Context switches (voluntary and not) over every live thread.
+    pub switches: u64,
 }
 
 impl ProcSample {
@@ -25,6 +27,7 @@ impl ProcSample {
             cpu_us: self.cpu_us.saturating_sub(before.cpu_us),
             user_tick_us: self.user_tick_us.saturating_sub(before.user_tick_us),
             sys_tick_us: self.sys_tick_us.saturating_sub(before.sys_tick_us),
+            switches: self.switches.saturating_sub(before.switches),
         }
     }
 
@@ -35,6 +38,7 @@ impl ProcSample {
             cpu_us: self.cpu_us + other.cpu_us,
             user_tick_us: self.user_tick_us + other.user_tick_us,
             sys_tick_us: self.sys_tick_us + other.sys_tick_us,
+            switches: self.switches + other.switches,
         }
     }
 
@@ -88,7 +92,26 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         cpu_us,
         user_tick_us,
         sys_tick_us,
+        switches: threads_switches(pid),
     })
+}
+
+/// Context switches of every live thread (`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches`
+/// of `/proc/<pid>/task/*/status`).
+fn threads_switches(pid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
+        .map(|s| {
+            s.lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>()
+        })
+        .sum()
 }
 
 /// Sum of the first field of `/proc/<pid>/task/*/schedstat` (time on CPU, ns).

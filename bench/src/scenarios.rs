@@ -325,8 +325,9 @@ pub async fn fanout_burst(
 
 /// Where the CPU of a fan-out goes, over a whole series: the server's kernel share (stime over
 /// utime + stime) and its kernel and user µs per delivery, and the client processes' µs per
-/// delivery (they share the cores: the time to the last delivery includes theirs).
-fn split_cpu(row: &mut Row, server: &ProcSample, client_cpu_us: u64, frames: u64) {
+/// delivery (they share the cores: the time to the last delivery includes theirs); and each
+/// side's context switches per delivery (how often a writer or a reader slept and was woken).
+fn split_cpu(row: &mut Row, server: &ProcSample, client: &ProcSample, frames: u64) {
     let Some(share) = server.kernel_share() else {
         return;
     };
@@ -335,7 +336,9 @@ fn split_cpu(row: &mut Row, server: &ProcSample, client_cpu_us: u64, frames: u64
     row.set("server_kernel_share", round3(share))
         .set("server_kernel_us_per_delivery", per(cpu * share))
         .set("server_user_us_per_delivery", per(cpu * (1.0 - share)))
-        .set("client_cpu_us_per_delivery", per(client_cpu_us as f64));
+        .set("client_cpu_us_per_delivery", per(client.cpu_us as f64))
+        .set("server_switches_per_delivery", per(server.switches as f64))
+        .set("client_switches_per_delivery", per(client.switches as f64));
 }
 
 /// `single-event`: one event at a time to each size; time to the last delivery.
@@ -355,7 +358,8 @@ pub async fn single_event(ctx: &mut Ctx, sizes: &[usize], repeats: usize) -> Res
             let mut last_row = None;
             let mut merged = crate::worker::histogram()?;
             // Over every repeat: the server's and the clients' CPU, and the frames delivered.
-            let (mut server, mut client, mut frames) = (ProcSample::default(), 0u64, 0u64);
+            let (mut server, mut client, mut frames) =
+                (ProcSample::default(), ProcSample::default(), 0u64);
             for _ in 0..repeats.max(1) {
                 clients.expect(1).await?;
                 let (before, client_before) = (sut.sample()?, clients.sample()?);
@@ -366,7 +370,7 @@ pub async fn single_event(ctx: &mut Ctx, sizes: &[usize], repeats: usize) -> Res
                 ttl.push(since_ms(phase.report.last_recv_ns, p.start_ns));
                 cpu.push(after.since(&before).cpu_us as f64 / phase.report.frames.max(1) as f64);
                 server = server.plus(&after.since(&before));
-                client += client_after.since(&client_before).cpu_us;
+                client = client.plus(&client_after.since(&client_before));
                 frames += phase.report.frames;
                 let mut r = Row::new("single-event", system, "");
                 account(&mut r, &phase, &p, size);
@@ -393,7 +397,7 @@ pub async fn single_event(ctx: &mut Ctx, sizes: &[usize], repeats: usize) -> Res
                 )
                 .set("us_per_subscriber", round3(med * 1000.0 / size as f64))
                 .set("cpu_us_per_delivery_median", round3(median(&mut cpu)));
-            split_cpu(&mut row, &server, client, frames);
+            split_cpu(&mut row, &server, &client, frames);
             if let Some((r, mut phase)) = last_row {
                 phase.hist = merged;
                 latency(&mut row, &phase);
