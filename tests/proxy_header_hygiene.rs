@@ -157,6 +157,48 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_the_client_is_named() {
     }
 }
 
+/// Over HTTP/2 the client names the host in `:authority`, not in `Host`: the upstream is told it
+/// all the same (`Forwarded: …;host=`, `X-Forwarded-Host`), as over HTTP/1.1.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_http2_the_upstream_is_told_the_host_the_client_asked_for() {
+    let up = RecordingUpstream::start(answer()).await.expect("upstream");
+    let r = start_memory("proxy-headers-h2", &[("FANOUT_UPSTREAM", &up.url("/mcp"))]).await;
+    let addr = r.public_addr();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .timeout(T)
+        .build()
+        .expect("h2 client");
+    let resp = h2
+        .post(format!("http://{addr}/mcp"))
+        .header("Accept", "application/json, text/event-stream")
+        .json(&json!({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}))
+        .send()
+        .await
+        .expect("the proxied call over HTTP/2");
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(resp.status(), 200);
+    let got = up.received();
+    assert_eq!(got.len(), 1, "one forwarded request: {got:?}");
+    let got = &got[0];
+    assert_eq!(
+        got.header("forwarded"),
+        Some(format!("for=127.0.0.1;host=\"{addr}\";proto=http").as_str()),
+        "{:?}",
+        got.headers
+    );
+    assert_eq!(
+        got.header("x-forwarded-host"),
+        Some(addr.to_string().as_str())
+    );
+    // The upstream's own Host, as over HTTP/1.1.
+    assert_eq!(
+        got.header("host"),
+        Some(up.url("").trim_start_matches("http://"))
+    );
+}
+
 /// The upstream is reached directly: proxy variables in the replica's environment (set for a
 /// pod's egress) do not route the calls, and the credentials in them, through that proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

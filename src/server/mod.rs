@@ -125,6 +125,23 @@ impl ParseErrorCounts {
     }
 }
 
+/// An HTTP/2 request names its host in `:authority`, which hyper puts in the URI, not in a `Host`
+/// header: it is copied into `Host` (for a request without one), so what comes after sees the host
+/// whatever the version — the proxy's `Forwarded: host=` and `X-Forwarded-Host`, the same-origin
+/// check.
+fn host_from_authority<B>(req: &mut hyper::Request<B>) {
+    if req.version() != hyper::Version::HTTP_2 || req.headers().contains_key(hyper::header::HOST) {
+        return;
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .and_then(|a| hyper::header::HeaderValue::from_str(a.as_str()).ok());
+    if let Some(value) = authority {
+        req.headers_mut().insert(hyper::header::HOST, value);
+    }
+}
+
 /// The router a listener serves, replaceable while serving: a replica answers probes with a
 /// "starting" router while the database comes up, then switches to the full one.
 #[derive(Clone)]
@@ -198,6 +215,7 @@ pub async fn serve(
         let watched = activity.clone();
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             req.extensions_mut().insert(info.clone());
+            host_from_authority(&mut req);
             let in_flight = activity.begin();
             let exchange = info.exchanges.begin();
             let answered = slot.current().oneshot(req);
