@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use mcp_fanout_testkit::cases::{case, run_cases, still_serves, Case};
 use mcp_fanout_testkit::error_shape::check_raw_error;
+use mcp_fanout_testkit::h2c::reqwest_h2c;
 use mcp_fanout_testkit::{
     raw_pipeline, start_memory, Canned, RawRequest, RecordingUpstream, ADMIN_TOKEN,
 };
@@ -247,12 +248,7 @@ async fn a_bare_400_relayed_from_the_upstream_is_not_taken_for_a_parse_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn over_http2_a_malformed_request_is_reset_and_the_connection_keeps_serving() {
     let r = start_memory("parser-errors-h2", &[]).await;
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .no_proxy()
-        .timeout(T)
-        .build()
-        .expect("h2 client");
+    let h2 = reqwest_h2c(T).expect("h2 client");
     let url = r.admin_url("/admin/publish");
     let bad = [
         ("Content-Length: -1", vec!["-1"]),

@@ -11,6 +11,7 @@
 
 use std::time::Duration;
 
+use mcp_fanout_testkit::h2c::reqwest_h2c;
 use mcp_fanout_testkit::{start_memory, Canned, RawRequest, RawResponse, RecordingUpstream};
 use serde_json::json;
 
@@ -164,12 +165,7 @@ async fn over_http2_the_upstream_is_told_the_host_the_client_asked_for() {
     let up = RecordingUpstream::start(answer()).await.expect("upstream");
     let r = start_memory("proxy-headers-h2", &[("FANOUT_UPSTREAM", &up.url("/mcp"))]).await;
     let addr = r.public_addr();
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .no_proxy()
-        .timeout(T)
-        .build()
-        .expect("h2 client");
+    let h2 = reqwest_h2c(T).expect("h2 client");
     let resp = h2
         .post(format!("http://{addr}/mcp"))
         .header("Accept", "application/json, text/event-stream")

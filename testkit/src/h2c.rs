@@ -14,6 +14,16 @@ use tokio::task::JoinHandle;
 use crate::error::{Error, Result};
 use crate::sse::Frame;
 
+/// A `reqwest` client speaking HTTP/2 over cleartext (prior knowledge), straight to the replica
+/// whatever proxy the environment names, each request bounded by `timeout`.
+pub fn reqwest_h2c(timeout: Duration) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .timeout(timeout)
+        .build()?)
+}
+
 /// Why a stream was reset.
 pub use h2::Reason;
 
