@@ -444,14 +444,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_gather_write_of_more_pieces_than_iov_max_arrives_whole_through_partial_writes() {
+    /// A connected pair: the server's side, and a task reading the client's side to its end.
+    async fn connected() -> (TcpStream, tokio::task::JoinHandle<Vec<u8>>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let client = TcpStream::connect(addr).await.expect("connect");
+        let mut client = TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            client.read_to_end(&mut got).await.expect("read to the end");
+            got
+        });
+        (server, reader)
+    }
+
+    #[tokio::test]
+    async fn a_gather_write_of_more_pieces_than_iov_max_arrives_whole_through_partial_writes() {
+        let (server, reader) = connected().await;
         // 3000 pieces of different sizes (~3 MB): more than one writev's worth of slices, and more
         // than the socket buffers hold, so writes are partial and wait for the reader.
         let pieces = Many(
@@ -460,12 +471,6 @@ mod tests {
                 .collect(),
         );
         let expected: Vec<u8> = pieces.0.concat();
-        let reader = tokio::spawn(async move {
-            let mut client = client;
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.expect("read to the end");
-            got
-        });
         write_all(
             &server,
             &pieces,
@@ -495,12 +500,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_writes_arrive_whole_and_in_order() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind");
-        let addr = listener.local_addr().expect("addr");
-        let client = TcpStream::connect(addr).await.expect("connect");
-        let (server, _) = listener.accept().await.expect("accept");
+        let (server, reader) = connected().await;
         let writes: Vec<Many> = (0..200u32)
             .map(|i| {
                 let frame = vec![(i % 251) as u8; 1 + (i as usize * 13) % 900];
@@ -512,12 +512,6 @@ mod tests {
             })
             .collect();
         let expected: Vec<u8> = writes.iter().flat_map(|w| w.0.concat()).collect();
-        let reader = tokio::spawn(async move {
-            let mut client = client;
-            let mut got = Vec::new();
-            client.read_to_end(&mut got).await.expect("read to the end");
-            got
-        });
         for w in &writes {
             write_all(&server, w, Duration::from_secs(10), &SocketState::default())
                 .await
