@@ -17,7 +17,7 @@ use mcp_fanout_testkit::{
     body,
     error_shape::{expect_http_error, expect_sse_error},
     identity::{open_stream, poll_ok, publish_to, visible_ids, Published, Target, Who},
-    jwt::{hs256, hs256_raw, now_secs, sign, unsigned_token},
+    jwt::{hs256, hs256_raw, hs256_raw_parts, now_secs, sign, unsigned_token},
     poll_with, seq_of, start_memory, Deployment, Follower, Replica, SseRequest,
 };
 use serde_json::{json, Value};
@@ -709,7 +709,8 @@ async fn a_fractional_or_far_exp_is_honoured_as_a_time() {
     );
 }
 
-/// A signed token whose claims name a claim twice is refused (`401`): the decoder would keep the
+/// A signed token whose claims name a claim twice, or whose header names a member twice, is
+/// refused (`401`): the decoder would keep the
 /// last `sub` or tenant, a gateway verifying the same token may keep the first, and the same
 /// credential would be two principals. The same claims named once are accepted.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -742,6 +743,13 @@ async fn a_token_naming_a_claim_twice_is_refused() {
         let bearer = format!("Bearer {}", hs256_raw(SECRET, claims));
         problems.extend(refusal_problems(&r, what, Some(&bearer)).await);
     }
+    let header_twice = hs256_raw_parts(
+        SECRET,
+        r#"{"alg":"HS256","typ":"JWT","alg":"HS256"}"#,
+        &format!(r#"{{"sub":"alice","exp":{exp}}}"#),
+    );
+    let bearer = format!("Bearer {header_twice}");
+    problems.extend(refusal_problems(&r, "the header's `alg` twice", Some(&bearer)).await);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
     let once = hs256_raw(

@@ -81,7 +81,8 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
     let stat_us = cpu_ticks * tick_us;
     // Nanosecond run time of every live thread; it misses threads that have exited, so it is
     // used only when it agrees with the (tick-resolution, complete) figure above.
-    let sched_us = threads_runtime_ns(pid) / 1000;
+    let (runtime_ns, switches) = threads(pid);
+    let sched_us = runtime_ns / 1000;
     let cpu_us = if sched_us + tick_us >= stat_us && sched_us <= stat_us + 2 * tick_us {
         sched_us
     } else {
@@ -92,42 +93,35 @@ pub fn sample(pid: u32) -> Result<ProcSample> {
         cpu_us,
         user_tick_us,
         sys_tick_us,
-        switches: threads_switches(pid),
+        switches,
     })
 }
 
-/// Context switches of every live thread (`voluntary_ctxt_switches` + `nonvoluntary_ctxt_switches`
-/// of `/proc/<pid>/task/*/status`).
-fn threads_switches(pid: u32) -> u64 {
+/// Summed over every live thread of `pid` (one walk of `/proc/<pid>/task`): time on CPU, ns (the
+/// first field of `schedstat`), and context switches (`voluntary_ctxt_switches` +
+/// `nonvoluntary_ctxt_switches` of `status`).
+fn threads(pid: u32) -> (u64, u64) {
     let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
+        return (0, 0);
     };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("status")).ok())
-        .map(|s| {
-            s.lines()
-                .filter(|l| l.contains("ctxt_switches:"))
-                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
-                .sum::<u64>()
-        })
-        .sum()
-}
-
-/// Sum of the first field of `/proc/<pid>/task/*/schedstat` (time on CPU, ns).
-fn threads_runtime_ns(pid: u32) -> u64 {
-    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
-        return 0;
-    };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read_to_string(e.path().join("schedstat")).ok())
-        .filter_map(|s| {
-            s.split_whitespace()
+    let (mut runtime_ns, mut switches) = (0, 0);
+    for task in entries.flatten().map(|e| e.path()) {
+        if let Ok(s) = std::fs::read_to_string(task.join("schedstat")) {
+            runtime_ns += s
+                .split_whitespace()
                 .next()
                 .and_then(|v| v.parse::<u64>().ok())
-        })
-        .sum()
+                .unwrap_or(0);
+        }
+        if let Ok(s) = std::fs::read_to_string(task.join("status")) {
+            switches += s
+                .lines()
+                .filter(|l| l.contains("ctxt_switches:"))
+                .filter_map(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .sum::<u64>();
+        }
+    }
+    (runtime_ns, switches)
 }
 
 /// Samples a set of processes and sums them.

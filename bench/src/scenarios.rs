@@ -614,12 +614,13 @@ pub async fn publish_latency(ctx: &mut Ctx, rate: f64, duration: Duration) -> Re
     Ok(())
 }
 
-/// The plain outbox transaction pgbench runs.
+/// The plain outbox transaction pgbench runs (`publish-throughput`, `publish-latency`).
 const OUTBOX: &str = "BEGIN;\n\
      INSERT INTO bench_outbox (payload) VALUES ('{\"method\":\"notifications/tools/list_changed\",\"params\":{\"n\":1}}');\n\
      SELECT pg_notify('bench_outbox', currval('bench_outbox_id_seq')::text);\n\
      COMMIT;\n";
 
+/// The plain outbox's table (one per database, created once).
 async fn outbox_table(server: &mcp_fanout_testkit::PgServer, db: &str) -> Result<()> {
     server
         .query(
@@ -710,13 +711,7 @@ async fn pgbench_outbox(
     db: &str,
     duration: Duration,
 ) -> Result<f64> {
-    server
-        .query(
-            db,
-            "CREATE TABLE IF NOT EXISTS bench_outbox (id bigserial PRIMARY KEY, payload jsonb NOT NULL, \
-             created_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await?;
+    outbox_table(server, db).await?;
     let (client, mut conn) =
         tokio_postgres::connect(&server.url(db), tokio_postgres::NoTls).await?;
     let notified = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -736,14 +731,7 @@ async fn pgbench_outbox(
     client.batch_execute("LISTEN bench_outbox").await?;
     let dir = tempfile::tempdir().map_err(|e| BenchError::io("creating a temp dir", e))?;
     let script = dir.path().join("outbox.sql");
-    std::fs::write(
-        &script,
-        "BEGIN;\n\
-         INSERT INTO bench_outbox (payload) VALUES ('{\"method\":\"notifications/tools/list_changed\",\"params\":{\"n\":1}}');\n\
-         SELECT pg_notify('bench_outbox', currval('bench_outbox_id_seq')::text);\n\
-         COMMIT;\n",
-    )
-    .map_err(|e| BenchError::io("writing the pgbench script", e))?;
+    std::fs::write(&script, OUTBOX).map_err(|e| BenchError::io("writing the pgbench script", e))?;
     let pgbench = mcp_fanout_testkit::postgres::postgres_bin_dir()?.join("pgbench");
     progress(&format!(
         "pgbench -c 4 -j 2 -T {} (outbox)",

@@ -13,12 +13,11 @@ use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::{Map, Value};
-
-use crate::event::json::{parse_json, JsonError};
 use tokio::sync::RwLock;
 
 use super::{AuthError, Identity, Principal};
 use crate::config::ServeConfig;
+use crate::event::json::{parse_json, JsonError, StrictObject};
 
 /// The latest time a token's time claims may name: 9999-12-31T23:59:59Z (RFC 3339's last second).
 const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
@@ -148,8 +147,9 @@ impl JwtVerifier {
             .and_then(|v| v.to_str().ok())
             .and_then(super::bearer)
             .ok_or_else(|| AuthError::Unauthenticated("a bearer token is required".into()))?;
-        let claims = self.decode(token.trim()).await?;
-        refuse_repeated_names(token.trim())?;
+        let token = token.trim();
+        refuse_repeated_header_members(token)?;
+        let claims = self.decode(token).await?;
         let exp = numeric_date(&claims, "exp")?.ok_or_else(|| {
             AuthError::Unauthenticated("the token is not valid: the `exp` claim is missing".into())
         })?;
@@ -190,8 +190,8 @@ impl JwtVerifier {
             AuthError::Unauthenticated(format!("the token is not valid: {e}"))
         };
         match &self.keys {
-            Keys::Static { key, .. } => decode::<Map<String, Value>>(token, key, &self.validation)
-                .map(|d| d.claims)
+            Keys::Static { key, .. } => decode::<StrictObject>(token, key, &self.validation)
+                .map(|d| d.claims.0)
                 .map_err(invalid),
             Keys::Jwks { source, set } => {
                 let head = decode_header(token).map_err(invalid)?;
@@ -220,32 +220,33 @@ impl JwtVerifier {
                 // One algorithm per decode: the key's family must match every listed algorithm.
                 let mut validation = self.validation.clone();
                 validation.algorithms = vec![head.alg];
-                decode::<Map<String, Value>>(token, &key, &validation)
-                    .map(|d| d.claims)
+                decode::<StrictObject>(token, &key, &validation)
+                    .map(|d| d.claims.0)
                     .map_err(invalid)
             }
         }
     }
 }
 
-/// A verified token whose header or claims name a member twice is refused: the decoder keeps the
-/// last of them, a verifier in front of or behind the service may keep the first, and the same
-/// token would then carry two subjects or two tenants (as a publish body naming a key twice is
-/// refused, `event::json`).
-fn refuse_repeated_names(token: &str) -> Result<(), AuthError> {
-    for (part, segment) in ["header", "claims"].into_iter().zip(token.split('.')) {
-        let bytes = URL_SAFE_NO_PAD.decode(segment).map_err(|_| {
-            AuthError::Unauthenticated(format!(
-                "the token is not valid: its {part} is not base64url"
-            ))
-        })?;
-        if let Err(JsonError::DuplicateKey { key, .. }) = parse_json(&bytes) {
-            return Err(AuthError::Unauthenticated(format!(
-                "the token is not valid: its {part} names {key:?} twice"
-            )));
+/// A token whose header names a member twice is refused, as one whose claims do (those are read by
+/// [`StrictObject`] as the decoder deserializes them): a decoder keeps the last of them, a verifier
+/// in front of or behind the service may keep the first, and the same token would carry two
+/// algorithms or keys, subjects or tenants (a publish body naming a key twice is refused too,
+/// `event::json`). The header is a few dozen bytes; the claims are parsed once.
+fn refuse_repeated_header_members(token: &str) -> Result<(), AuthError> {
+    let invalid =
+        |why: String| AuthError::Unauthenticated(format!("the token is not valid: {why}"));
+    let segment = token.split('.').next().unwrap_or_default();
+    let bytes = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| invalid("its header is not base64url".into()))?;
+    match parse_json(&bytes) {
+        Err(JsonError::DuplicateKey { key, .. }) => {
+            Err(invalid(format!("its header names {key:?} twice")))
         }
+        // Anything else wrong with it is the decoder's to say.
+        _ => Ok(()),
     }
-    Ok(())
 }
 
 /// A time claim: absent, or a number of seconds since 1970 (a fraction allowed) up to the end of

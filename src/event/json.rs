@@ -11,6 +11,7 @@ use std::cell::Cell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
 use serde_json::map::Entry;
 use serde_json::{Map, Number, Value};
 
@@ -47,6 +48,28 @@ pub fn parse_json(bytes: &[u8]) -> Result<Value, JsonError> {
         },
         None => JsonError::Syntax(e),
     })
+}
+
+/// A JSON object read as [`parse_json`] reads a value — a key named twice is an error naming it —
+/// for decoders that deserialize into a type of their own (a JWT's claims).
+pub struct StrictObject(pub Map<String, Value>);
+
+impl<'de> Deserialize<'de> for StrictObject {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<StrictObject, D::Error> {
+        let duplicate = Cell::new(None);
+        match (Strict {
+            duplicate: &duplicate,
+        })
+        .deserialize(d)
+        {
+            Ok(Value::Object(map)) => Ok(StrictObject(map)),
+            Ok(_) => Err(de::Error::custom("not a JSON object")),
+            Err(e) => Err(match duplicate.take() {
+                Some(key) => de::Error::custom(format!("it names {key:?} twice")),
+                None => e,
+            }),
+        }
+    }
 }
 
 /// Deserializes one value, duplicate keys refused (the first one found is left in `duplicate`).
@@ -134,6 +157,22 @@ impl<'de> Visitor<'de> for Strict<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_strict_object_refuses_a_key_named_twice_naming_it() {
+        let ok: StrictObject = serde_json::from_str(r#"{"sub":"a","n":{"x":1}}"#).expect("object");
+        assert_eq!(ok.0.len(), 2);
+        for (text, says) in [
+            (r#"{"sub":"a","sub":"b"}"#, "\"sub\" twice"),
+            (r#"{"n":{"x":1,"x":2}}"#, "\"x\" twice"),
+            ("[1]", "not a JSON object"),
+        ] {
+            let Err(e) = serde_json::from_str::<StrictObject>(text) else {
+                panic!("{text} accepted");
+            };
+            assert!(e.to_string().contains(says), "{text}: {e}");
+        }
+    }
 
     #[test]
     fn parses_like_serde_json() {

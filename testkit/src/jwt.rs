@@ -26,8 +26,16 @@ pub fn hs256(secret: &str, claims: &Value) -> String {
 /// An HS256 token whose claims are exactly the bytes of `claims_json` (which may, unlike a
 /// `Value`, name a claim twice).
 pub fn hs256_raw(secret: &str, claims_json: &str) -> String {
-    let head = b64url(br#"{"typ":"JWT","alg":"HS256"}"#);
-    let message = format!("{head}.{}", b64url(claims_json.as_bytes()));
+    hs256_raw_parts(secret, r#"{"typ":"JWT","alg":"HS256"}"#, claims_json)
+}
+
+/// An HS256 signature over exactly `header_json` and `claims_json` (either may name a member twice).
+pub fn hs256_raw_parts(secret: &str, header_json: &str, claims_json: &str) -> String {
+    let message = format!(
+        "{}.{}",
+        b64url(header_json.as_bytes()),
+        b64url(claims_json.as_bytes())
+    );
     let signature = jsonwebtoken::crypto::sign(
         message.as_bytes(),
         &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
