@@ -8,6 +8,7 @@ mod clients;
 mod error;
 mod nchan;
 mod pg;
+mod pgbench;
 mod procstat;
 mod proxy;
 mod report;
@@ -196,9 +197,12 @@ enum Cmd {
         #[arg(long, value_enum, default_value = "admin")]
         via: PublishVia,
     },
-    /// Where a lone publish's time goes, at 10/s with no subscriber: the HTTP publish in memory
-    /// mode (no database) and in Postgres mode (one replica), `SELECT mcp_fanout.publish(…)` from
-    /// pgbench, and pgbench's plain INSERT + pg_notify outbox, one client each at the same rate.
+    /// Where a lone publish's time goes, at 10/s with no subscriber: the same client's GET
+    /// /healthz and HTTP publish in memory mode (no database), the HTTP publish in Postgres mode
+    /// (one replica), `SELECT mcp_fanout.publish(…)` from pgbench, pgbench's plain INSERT +
+    /// pg_notify outbox, and the transaction's parts each alone (a round trip, a commit, the
+    /// outbox as one statement with and without a listener, the log's head UPDATE + INSERT without
+    /// and with its NOTIFY trigger), one client each at the same rate.
     PublishLatency {
         #[command(flatten)]
         common: Common,

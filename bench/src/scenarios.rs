@@ -8,6 +8,7 @@ use serde_json::{Map, Value};
 
 use crate::clients::{Clients, Phase};
 use crate::error::{BenchError, Result};
+use crate::pgbench::{self, pgbench_outbox, pgbench_paced};
 use crate::procstat::ProcSample;
 use crate::progress;
 use crate::sut::{Fanout, FanoutOpts, Published, Sut, Via, LISTEN_APP};
@@ -352,6 +353,10 @@ pub async fn single_event(ctx: &mut Ctx, sizes: &[usize], repeats: usize) -> Res
             }
             let mut clients = subscribe(ctx, &sut, size).await?;
             tokio::time::sleep(Duration::from_secs(1)).await;
+            // A mark to start a system-wide profile on (the connects are over).
+            progress(&format!(
+                "single-event: {system}, {size} subscribers connected, repeats start"
+            ));
             let mut ttl = Vec::new();
             let mut cpu = Vec::new();
             let mut all_ok = true;
@@ -556,10 +561,12 @@ pub async fn publish_throughput(
 }
 
 /// `publish-latency`: where a lone publish's time goes, at `rate`/s with no subscriber (nothing
-/// else runs): the HTTP publish in memory mode (no database: HTTP, validation, the broadcaster)
-/// and in Postgres mode (one replica: plus the writer, the transaction, the commit); then, on the
-/// same server and at the same rate, one pgbench client running `SELECT mcp_fanout.publish(…)`
-/// (the same transaction without HTTP and without the replica) and the plain outbox.
+/// else runs): the same client's `GET /healthz` and HTTP publish in memory mode (no database:
+/// HTTP, validation, the broadcaster) and the HTTP publish in Postgres mode (one replica: plus the
+/// writer, the transaction, the commit); then, on the same server and at the same rate, one
+/// pgbench client running `SELECT mcp_fanout.publish(…)` (the same transaction without HTTP and
+/// without the replica), the plain outbox, and the transaction's parts each alone
+/// ([`pgbench::PARTS`]).
 pub async fn publish_latency(ctx: &mut Ctx, rate: f64, duration: Duration) -> Result<()> {
     let row = |system: &str, case: &str, lat_us: &mut Vec<u64>| {
         lat_us.sort_unstable();
@@ -577,6 +584,12 @@ pub async fn publish_latency(ctx: &mut Ctx, rate: f64, duration: Duration) -> Re
         row
     };
     let memory = ctx.start_memory().await?;
+    let mut p = memory.health_at_rate(rate, duration).await?;
+    ctx.push(row(
+        "mcp-fanout (memory mode)",
+        "HTTP GET /healthz (the client's round trip, nothing published)",
+        &mut p.request_us,
+    ));
     let mut p = memory.at_rate(Via::Admin(0), 0, rate, duration).await?;
     ctx.push(row(
         "mcp-fanout (memory mode)",
@@ -597,172 +610,31 @@ pub async fn publish_latency(ctx: &mut Ctx, rate: f64, duration: Duration) -> Re
     let Some(pg) = f.pg.as_ref() else {
         return Ok(());
     };
-    let publish = "SELECT mcp_fanout.publish('notifications/tools/list_changed',                    '{\"n\":1}'::jsonb, NULL, NULL);\n";
-    let mut lat = pgbench_paced(pg.server(), &f.db, rate, duration, publish).await?;
+    let server = pg.server();
+    let publish = "SELECT mcp_fanout.publish('notifications/tools/list_changed', '{\"n\":1}'::jsonb, NULL, NULL);\n";
+    let mut lat = pgbench_paced(server, &f.db, rate, duration, publish).await?;
     ctx.push(row(
         "pgbench",
-        "SELECT mcp_fanout.publish(…), 1 client",
+        "SELECT mcp_fanout.publish(…), 1 client (the replica listening)",
         &mut lat,
     ));
-    outbox_table(pg.server(), &f.db).await?;
-    let mut lat = pgbench_paced(pg.server(), &f.db, rate, duration, OUTBOX).await?;
+    pgbench::parts_tables(server, &f.db).await?;
+    let mut lat = pgbench_paced(server, &f.db, rate, duration, pgbench::OUTBOX).await?;
     ctx.push(row(
         "pgbench",
         "outbox INSERT + pg_notify, 1 client",
         &mut lat,
     ));
+    for part in &pgbench::PARTS {
+        let listening = match part.listen {
+            Some(channel) => Some(pgbench::Listening::on(server, &f.db, channel).await?),
+            None => None,
+        };
+        let mut lat = pgbench_paced(server, &f.db, rate, duration, part.script).await?;
+        drop(listening);
+        ctx.push(row("pgbench (a part alone)", part.case, &mut lat));
+    }
     Ok(())
-}
-
-/// The plain outbox transaction pgbench runs (`publish-throughput`, `publish-latency`).
-const OUTBOX: &str = "BEGIN;\n\
-     INSERT INTO bench_outbox (payload) VALUES ('{\"method\":\"notifications/tools/list_changed\",\"params\":{\"n\":1}}');\n\
-     SELECT pg_notify('bench_outbox', currval('bench_outbox_id_seq')::text);\n\
-     COMMIT;\n";
-
-/// The plain outbox's table (one per database, created once).
-async fn outbox_table(server: &mcp_fanout_testkit::PgServer, db: &str) -> Result<()> {
-    server
-        .query(
-            db,
-            "CREATE TABLE IF NOT EXISTS bench_outbox (id bigserial PRIMARY KEY, payload jsonb NOT NULL, \
-             created_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await?;
-    Ok(())
-}
-
-/// One pgbench client running `script` at `rate` transactions/s for `duration` (`-R`, so each
-/// starts on schedule from idle, like the HTTP publishes); the latency of each, µs (from its
-/// per-transaction log).
-async fn pgbench_paced(
-    server: &mcp_fanout_testkit::PgServer,
-    db: &str,
-    rate: f64,
-    duration: Duration,
-    script: &str,
-) -> Result<Vec<u64>> {
-    let dir = tempfile::tempdir().map_err(|e| BenchError::io("creating a temp dir", e))?;
-    let file = dir.path().join("script.sql");
-    std::fs::write(&file, script).map_err(|e| BenchError::io("writing the pgbench script", e))?;
-    let pgbench = mcp_fanout_testkit::postgres::postgres_bin_dir()?.join("pgbench");
-    progress(&format!("pgbench -c 1 -R {rate} -T {}", duration.as_secs()));
-    let prefix = dir.path().join("tx");
-    let out = tokio::process::Command::new(&pgbench)
-        .args(["-n", "-c", "1", "-R"])
-        .arg(rate.to_string())
-        .arg("-T")
-        .arg(duration.as_secs().max(1).to_string())
-        .arg("--log")
-        .arg("--log-prefix")
-        .arg(&prefix)
-        .arg("-f")
-        .arg(&file)
-        .arg(server.url(db))
-        .current_dir(dir.path())
-        .output()
-        .await
-        .map_err(|e| BenchError::io(format!("running {}", pgbench.display()), e))?;
-    if !out.status.success() {
-        return Err(BenchError::Failed(format!(
-            "pgbench failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    // Log lines: client_id transaction_no time script_no time_epoch time_us [schedule_lag]; the
-    // third field is the transaction's latency in µs (from its scheduled start with -R).
-    let mut lat = Vec::new();
-    for entry in
-        std::fs::read_dir(dir.path()).map_err(|e| BenchError::io("reading the pgbench logs", e))?
-    {
-        let path = entry
-            .map_err(|e| BenchError::io("reading the pgbench logs", e))?
-            .path();
-        if !path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("tx"))
-        {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)
-            .map_err(|e| BenchError::io("reading a pgbench log", e))?;
-        for line in text.lines() {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            let (Some(total), Some(lag)) = (
-                f.get(2).and_then(|v| v.parse::<u64>().ok()),
-                f.get(6).and_then(|v| v.parse::<u64>().ok()),
-            ) else {
-                continue;
-            };
-            // With -R the logged time counts from the scheduled start: take the lag out, so it is
-            // the transaction's own time as the HTTP figures are the request's.
-            lat.push(total.saturating_sub(lag));
-        }
-    }
-    Ok(lat)
-}
-
-/// Runs `pgbench -c 4 -j 2 -T <duration>` with a plain outbox script (INSERT + pg_notify in one
-/// transaction) against `db`, with one LISTEN connection draining the notifications; returns tps.
-async fn pgbench_outbox(
-    server: &mcp_fanout_testkit::PgServer,
-    db: &str,
-    duration: Duration,
-) -> Result<f64> {
-    outbox_table(server, db).await?;
-    let (client, mut conn) =
-        tokio_postgres::connect(&server.url(db), tokio_postgres::NoTls).await?;
-    let notified = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let counter = Arc::clone(&notified);
-    let driver = tokio::spawn(async move {
-        loop {
-            let msg = futures::future::poll_fn(|cx| conn.poll_message(cx)).await;
-            match msg {
-                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
-                    counter.fetch_add(1, Ordering::Relaxed);
-                }
-                Some(Ok(_)) => {}
-                Some(Err(_)) | None => break,
-            }
-        }
-    });
-    client.batch_execute("LISTEN bench_outbox").await?;
-    let dir = tempfile::tempdir().map_err(|e| BenchError::io("creating a temp dir", e))?;
-    let script = dir.path().join("outbox.sql");
-    std::fs::write(&script, OUTBOX).map_err(|e| BenchError::io("writing the pgbench script", e))?;
-    let pgbench = mcp_fanout_testkit::postgres::postgres_bin_dir()?.join("pgbench");
-    progress(&format!(
-        "pgbench -c 4 -j 2 -T {} (outbox)",
-        duration.as_secs()
-    ));
-    let out = tokio::process::Command::new(&pgbench)
-        .args(["-n", "-c", "4", "-j", "2", "-T"])
-        .arg(duration.as_secs().max(1).to_string())
-        .arg("-f")
-        .arg(&script)
-        .arg(server.url(db))
-        .output()
-        .await
-        .map_err(|e| BenchError::io(format!("running {}", pgbench.display()), e))?;
-    drop(client);
-    driver.abort();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        return Err(BenchError::Failed(format!(
-            "pgbench failed: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        )));
-    }
-    text.lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix("tps = ")
-                .and_then(|r| r.split_whitespace().next())
-                .and_then(|v| v.parse::<f64>().ok())
-        })
-        .ok_or_else(|| BenchError::Protocol(format!("no tps in pgbench output: {text}")))
 }
 
 /// `catch-up`: for each `(events, per_replica)` case, `replicas` replicas with `per_replica`

@@ -247,6 +247,18 @@ impl Fanout {
             .collect()
     }
 
+    /// `GET /healthz` on a replica's admin listener; an error unless it answers 2xx.
+    pub async fn healthz(&self, replica: usize) -> Result<()> {
+        let base = &self.admin[replica % self.admin.len()];
+        let resp = self.http.get(format!("{base}/healthz")).send().await?;
+        let status = resp.status();
+        let _ = resp.bytes().await?;
+        if !status.is_success() {
+            return Err(BenchError::Protocol(format!("healthz answered {status}")));
+        }
+        Ok(())
+    }
+
     async fn post(&self, replica: usize, body: &Value) -> Result<(Vec<String>, Duration)> {
         let base = &self.admin[replica % self.admin.len()];
         let mut req = self
@@ -658,27 +670,71 @@ impl Sut {
         rate: f64,
         duration: Duration,
     ) -> Result<Published> {
-        let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
-        let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
-        let mut tasks = Vec::new();
-        for n in first..first + total {
-            ticker.tick().await;
-            let sut = Arc::clone(self);
-            tasks.push(tokio::spawn(async move {
-                let mut p = Published::default();
-                let sent = now_ns();
-                p.start_ns = sent;
+        let sut = Arc::clone(self);
+        paced(rate, duration, first, move |n| {
+            let sut = Arc::clone(&sut);
+            async move {
                 let key = sut.publish_one(via, n, 0).await?;
-                p.end_ns = now_ns();
-                p.request_us.push(p.end_ns.saturating_sub(sent) / 1000);
-                p.ns.push(n);
-                p.keys.extend(key);
-                Ok::<Published, BenchError>(p)
-            }));
-        }
-        join_all(tasks).await
+                Ok(key)
+            }
+        })
+        .await
     }
+
+    /// `GET /healthz` on replica 0's admin listener every `1/rate` seconds for `duration`, each on
+    /// its own task like [`Sut::at_rate`]'s publishes: the same client's round trip to the replica
+    /// with nothing published (mcp-fanout only).
+    pub async fn health_at_rate(
+        self: &Arc<Self>,
+        rate: f64,
+        duration: Duration,
+    ) -> Result<Published> {
+        let sut = Arc::clone(self);
+        paced(rate, duration, 0, move |_| {
+            let sut = Arc::clone(&sut);
+            async move {
+                match &*sut {
+                    Sut::Fanout(f) => f.healthz(0).await?,
+                    Sut::Nchan(..) => {
+                        return Err(BenchError::Failed(
+                            "health_at_rate needs mcp-fanout".to_string(),
+                        ))
+                    }
+                }
+                Ok(None)
+            }
+        })
+        .await
+    }
+}
+
+/// Runs `one(n)` for `n` from `first`, one every `1/rate` seconds for `duration`, each on its own
+/// task (a slow answer does not slow the rate); each answer's time and order key recorded.
+async fn paced<F, Fut>(rate: f64, duration: Duration, first: u64, one: F) -> Result<Published>
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<Option<u64>>> + Send + 'static,
+{
+    let total = (rate * duration.as_secs_f64()).round().max(1.0) as u64;
+    let mut ticker = tokio::time::interval(Duration::from_secs_f64(1.0 / rate.max(0.001)));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut tasks = Vec::new();
+    for n in first..first + total {
+        ticker.tick().await;
+        let request = one(n);
+        tasks.push(tokio::spawn(async move {
+            let mut p = Published::default();
+            let sent = now_ns();
+            p.start_ns = sent;
+            let key = request.await?;
+            p.end_ns = now_ns();
+            p.request_us.push(p.end_ns.saturating_sub(sent) / 1000);
+            p.ns.push(n);
+            p.keys.extend(key);
+            Ok::<Published, BenchError>(p)
+        }));
+    }
+    join_all(tasks).await
 }
 
 async fn join_all(tasks: Vec<tokio::task::JoinHandle<Result<Published>>>) -> Result<Published> {
