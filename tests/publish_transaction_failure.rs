@@ -1,7 +1,8 @@
 //! The publish transaction is pipelined (its statements are sent together). A statement that fails
 //! inside it must leave nothing half-written: no event, no idempotency key, no moved head; the
 //! publish is refused with a JSON error, later publishes get the very next seq, and subscribers
-//! see every committed event once, in order, and nothing else.
+//! see every committed event once, in order, and nothing else. The same when the head row is
+//! missing: refused, nothing written, on the keyless and the keyed path.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -39,10 +40,12 @@ async fn a_statement_failing_inside_the_publish_transaction_writes_nothing() {
         .await
         .expect("install the refusing trigger");
 
-    for round in 1..=4 {
+    for round in 1..=6 {
         // A batch with a kept event and a refused one, all or nothing; its key is a per-event
-        // key (odd rounds) or the request's Idempotency-Key (even rounds).
-        let per_event = round % 2 == 1;
+        // key (rounds 1, 3) or the request's Idempotency-Key (rounds 2, 4); rounds 5 and 6 name
+        // no key (the one-trip transaction, `append_events`).
+        let keyless = round > 4;
+        let per_event = !keyless && round % 2 == 1;
         let key = |e: serde_json::Value| {
             let mut e = e;
             if per_event {
@@ -51,7 +54,7 @@ async fn a_statement_failing_inside_the_publish_transaction_writes_nothing() {
             e
         };
         let opts = PublishOptions {
-            idempotency_key: (!per_event).then(|| format!("req-{round}")),
+            idempotency_key: (!keyless && !per_event).then(|| format!("req-{round}")),
             ..PublishOptions::default()
         };
         let batch = json!([
@@ -85,6 +88,40 @@ async fn a_statement_failing_inside_the_publish_transaction_writes_nothing() {
         );
         expected.push(id);
     }
+
+    // The head row gone (the schema altered outside mcp-fanout): every publish is refused with
+    // a JSON error and writes nothing, with and without a key; put back, numbering goes on.
+    let client = pg.client().await;
+    client
+        .batch_execute(&format!("DELETE FROM {s}.head"))
+        .await
+        .expect("delete the head row");
+    let headless = json!([{ "method": KEPT, "params": { "headless": true } }]);
+    for opts in [
+        PublishOptions::default(),
+        PublishOptions {
+            idempotency_key: Some("headless".to_string()),
+            ..PublishOptions::default()
+        },
+    ] {
+        let (status, body) = r.publish_with(&headless, &opts).await.expect("publish");
+        assert!(
+            status.is_server_error(),
+            "no head row: refused: {status} {body}"
+        );
+        assert!(body["error"]["code"].is_string(), "a JSON error: {body}");
+    }
+    let last = seq_of(expected.last().expect("an event"));
+    client
+        .batch_execute(&format!("INSERT INTO {s}.head (seq) VALUES ({last})"))
+        .await
+        .expect("put the head row back");
+    let id = r
+        .publish_ok(&json!({ "method": KEPT, "params": { "head": "back" } }))
+        .await
+        .expect("publish with the head back");
+    assert_eq!(seq_of(&id), last + 1, "numbering goes on from the head");
+    expected.push(id);
 
     assert_eq!(
         pg.log_ids().await,

@@ -25,6 +25,16 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "session_owner",
         include_str!("../../../sql/005_session_owner.sql"),
     ),
+    (
+        6,
+        "compact_json_one_pass",
+        include_str!("../../../sql/006_compact_json_one_pass.sql"),
+    ),
+    (
+        7,
+        "append_events",
+        include_str!("../../../sql/007_append_events.sql"),
+    ),
 ];
 
 pub struct Migration {
@@ -179,7 +189,11 @@ mod tests {
     fn schema_is_substituted_everywhere() {
         for m in render("tenant_a") {
             assert!(!m.sql.contains("{{schema}}"));
-            assert!(m.sql.contains(" TABLE tenant_a."), "{}", m.name);
+            assert!(
+                m.sql.contains(" TABLE tenant_a.") || m.sql.contains(" FUNCTION tenant_a."),
+                "{}",
+                m.name
+            );
         }
         let script = print_sql("tenant_a");
         assert!(script.starts_with("BEGIN;") && script.trim_end().ends_with("COMMIT;"));

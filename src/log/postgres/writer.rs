@@ -190,8 +190,7 @@ async fn commit_queued(
 struct WriterSql {
     begin: String,
     lock_head: String,
-    advance_head: String,
-    insert_after_head: String,
+    append: String,
     keys: String,
     insert_events: String,
     insert_keys: String,
@@ -206,15 +205,9 @@ impl WriterSql {
                 "BEGIN; SET LOCAL statement_timeout = {ms}; SET LOCAL lock_timeout = {ms}"
             ),
             lock_head: format!("SELECT seq FROM {s}.head FOR UPDATE"),
-            advance_head: format!("UPDATE {s}.head SET seq = seq + $1 RETURNING seq"),
-            // Seqs relative to the head before the advance above (read after it, in the same
-            // transaction, so `h.seq` is the new head).
-            insert_after_head: format!(
-                "INSERT INTO {s}.events (seq, method, params, tenant, session) \
-                 SELECT h.seq - $1 + t.rel, t.method, t.params, t.tenant, t.session \
-                 FROM {s}.head h, unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) \
-                 AS t(rel, method, params, tenant, session)"
-            ),
+            // Advances the head (taking its row lock) and inserts the rows numbered after the old
+            // head: `rel` is each row's seq relative to it (migration 007).
+            append: format!("SELECT {s}.append_events($1, $2, $3, $4, $5, $6)"),
             keys: format!("SELECT key, fingerprint, seqs FROM {s}.idempotency WHERE key = ANY($1)"),
             insert_events: format!(
                 "INSERT INTO {s}.events (seq, method, params, tenant, session) \
@@ -382,8 +375,9 @@ async fn transaction(
 }
 
 /// A group without idempotency keys in one round trip: open, advance the head by the group's
-/// events (which locks its row, serializing publishers as in the two-trip transaction), insert
-/// the events numbered after the old head, commit. Every request is accepted (only keys can
+/// events (which locks its row, serializing publishers as in the two-trip transaction) and insert
+/// the events numbered after the old head — one call of `append_events`, whose statements the
+/// server plans once per connection — commit. Every request is accepted (only keys can
 /// refuse one); its seqs are the new head's last `events`, in order.
 async fn keyless(
     client: &Client,
@@ -408,17 +402,16 @@ async fn keyless(
         (&rows.tenants, Type::TEXT_ARRAY),
         (&rows.sessions, Type::TEXT_ARRAY),
     ];
-    let head_params: [(&(dyn ToSql + Sync), Type); 1] = [(&count, Type::INT8)];
-    let (_, head_rows, _, _) = futures::try_join!(
+    let ((), head_rows, ()) = futures::try_join!(
         client.batch_execute(&sql.begin),
-        client.query_typed(&sql.advance_head, &head_params),
-        client.execute_typed(&sql.insert_after_head, &event_params),
+        client.query_typed(&sql.append, &event_params),
         client.batch_execute("COMMIT"),
     )
     .map_err(DbError::Query)?;
-    let head: i64 = match head_rows.first() {
-        Some(r) => column(r, 0)?,
-        None => return Err(DbError::MissingHead),
+    let head: i64 = match head_rows.first().map(|r| column::<Option<i64>>(r, 0)) {
+        Some(Ok(Some(head))) => head,
+        Some(Err(error)) => return Err(error),
+        Some(Ok(None)) | None => return Err(DbError::MissingHead),
     };
     let offset = head - count;
     let start = u64::try_from(offset).unwrap_or(0);
