@@ -21,4 +21,6 @@ BEGIN
         FROM unnest(rel, methods, params, tenants, sessions) AS t(rel, method, params, tenant, session);
     RETURN v_head;
 END $$;
-REVOKE ALL ON FUNCTION {{schema}}.append_events(bigint, bigint[], text[], text[], text[], text[]) FROM PUBLIC;
+-- Not SECURITY DEFINER: it runs with its caller's privileges on `head` and `events`, so it grants
+-- nothing; EXECUTE stays with PUBLIC, so a service role that was granted the tables (migrations
+-- applied by another role) can call it as it could run the statements.
