@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::bridge::backoff::Backoff;
 use crate::db::with_causes;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, Task};
 
 /// What a supervised task fails with.
 pub type TaskError = Box<dyn std::error::Error + Send + Sync>;
@@ -39,7 +39,7 @@ impl Supervisor {
 
     /// Runs `start(stop)` as task `name`, restarted whenever it ends before `stop`. The handle
     /// resolves once the task has ended after `stop`.
-    pub fn spawn<F, Fut>(&self, name: &'static str, start: F) -> JoinHandle<()>
+    pub fn spawn<F, Fut>(&self, name: Task, start: F) -> JoinHandle<()>
     where
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
@@ -49,7 +49,7 @@ impl Supervisor {
 
     /// [`spawn`](Self::spawn), with `on_down` run each time the task ends before `stop` (before it
     /// is restarted).
-    pub fn spawn_with<F, Fut, D>(&self, name: &'static str, start: F, on_down: D) -> JoinHandle<()>
+    pub fn spawn_with<F, Fut, D>(&self, name: Task, start: F, on_down: D) -> JoinHandle<()>
     where
         F: FnMut(CancellationToken) -> Fut + Send + 'static,
         Fut: Future<Output = Result<(), TaskError>> + Send + 'static,
@@ -66,7 +66,7 @@ impl Supervisor {
 }
 
 async fn supervise<F, Fut, D>(
-    name: &'static str,
+    name: Task,
     mut start: F,
     on_down: D,
     metrics: Arc<Metrics>,
@@ -90,7 +90,7 @@ async fn supervise<F, Fut, D>(
         };
         on_down();
         if stop.is_cancelled() {
-            tracing::error!(task = name, cause = %cause, "background task failed while stopping");
+            tracing::error!(task = name.as_str(), cause = %cause, "background task failed while stopping");
             return;
         }
         metrics.task_restarted(name);
@@ -99,7 +99,7 @@ async fn supervise<F, Fut, D>(
         }
         let delay = backoff.next_delay();
         tracing::error!(
-            task = name,
+            task = name.as_str(),
             cause = %cause,
             restart_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
             "background task failed; restarting it"
@@ -140,7 +140,7 @@ mod tests {
         let downs = Arc::new(AtomicUsize::new(0));
         let (r, d) = (runs.clone(), downs.clone());
         let handle = sup.spawn_with(
-            "bridge",
+            Task::Bridge,
             move |stop: CancellationToken| {
                 let run = r.fetch_add(1, Ordering::SeqCst);
                 async move {

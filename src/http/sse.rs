@@ -77,7 +77,7 @@ pub async fn get_mcp(
                 Ok(false) => return Err(AppError::SessionNotFound),
                 Err(error) => {
                     tracing::warn!(%error, "cannot check the session; shedding the stream");
-                    let reason = Shed::Database.count(&st);
+                    let reason = subscription::counted(Shed::Database, &st);
                     return Ok(shed_response(&st, reason, session.as_deref()));
                 }
             }

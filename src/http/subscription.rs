@@ -16,30 +16,12 @@ use crate::session::{Owner, SessionError};
 use crate::state::AppState;
 
 /// Why a subscriber was turned away (counted in `subscribers_shed_total{reason}`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Shed {
-    /// The replica is shutting down.
-    Draining,
-    /// Every subscriber slot is taken.
-    Capacity,
-    /// The database could not be read.
-    Database,
-}
+pub(super) use crate::metrics::ShedReason as Shed;
 
-impl Shed {
-    pub(super) fn as_str(self) -> &'static str {
-        match self {
-            Shed::Draining => "draining",
-            Shed::Capacity => "capacity",
-            Shed::Database => "database",
-        }
-    }
-
-    /// Counts the shed and hands it back.
-    pub(super) fn count(self, st: &AppState) -> Shed {
-        st.metrics.shed(self.as_str());
-        self
-    }
+/// Counts `shed` and hands it back.
+pub(super) fn counted(shed: Shed, st: &AppState) -> Shed {
+    st.metrics.shed(shed);
+    shed
 }
 
 /// What a subscriber asks to open.
@@ -82,7 +64,7 @@ pub(super) async fn open(
         Err(error) => {
             tracing::warn!(%error, kind = req.kind.as_str(), "cannot read the log bounds; shedding the subscriber");
             drop(guard);
-            return Ok(Open::Shed(Shed::Database.count(st)));
+            return Ok(Open::Shed(counted(Shed::Database, st)));
         }
     };
     // Bind the session to this principal (403 for another) and claim it: the older stream for
@@ -99,7 +81,7 @@ pub(super) async fn open(
             Err(SessionError::Unavailable(error)) => {
                 tracing::warn!(%error, "cannot claim the session; shedding the stream");
                 drop(guard);
-                return Ok(Open::Shed(Shed::Database.count(st)));
+                return Ok(Open::Shed(counted(Shed::Database, st)));
             }
         },
     };
@@ -121,11 +103,11 @@ pub(super) fn slot(
     session: Option<String>,
 ) -> Result<SubscriberGuard, Shed> {
     if st.lifecycle.is_draining() {
-        return Err(Shed::Draining.count(st));
+        return Err(counted(Shed::Draining, st));
     }
     st.broadcaster
         .try_register(kind, session)
-        .ok_or_else(|| Shed::Capacity.count(st))
+        .ok_or_else(|| counted(Shed::Capacity, st))
 }
 
 /// When a credential expiring at `at` ends a subscriber, on the runtime's clock.

@@ -75,6 +75,70 @@ impl DropReason {
     }
 }
 
+/// Why a subscriber was turned away before its stream started
+/// (`mcp_fanout_subscribers_shed_total{reason}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ShedReason {
+    /// Every subscriber slot is taken.
+    Capacity,
+    /// The replica is shutting down.
+    Draining,
+    /// The database could not be read.
+    Database,
+}
+
+impl ShedReason {
+    pub const ALL: [ShedReason; 3] = [
+        ShedReason::Capacity,
+        ShedReason::Draining,
+        ShedReason::Database,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ShedReason::Capacity => "capacity",
+            ShedReason::Draining => "draining",
+            ShedReason::Database => "database",
+        }
+    }
+}
+
+/// The supervised background tasks (`mcp_fanout_task_restarts_total{task}`; see `supervise`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Task {
+    Bridge,
+    PublishWriter,
+    Retention,
+    ReplicaHeartbeat,
+    StatsSampler,
+    SessionKeepAlive,
+    AdminTokenWatch,
+}
+
+impl Task {
+    pub const ALL: [Task; 7] = [
+        Task::Bridge,
+        Task::PublishWriter,
+        Task::Retention,
+        Task::ReplicaHeartbeat,
+        Task::StatsSampler,
+        Task::SessionKeepAlive,
+        Task::AdminTokenWatch,
+    ];
+
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Task::Bridge => "bridge",
+            Task::PublishWriter => "publish_writer",
+            Task::Retention => "retention",
+            Task::ReplicaHeartbeat => "replica_heartbeat",
+            Task::StatsSampler => "stats_sampler",
+            Task::SessionKeepAlive => "session_keep_alive",
+            Task::AdminTokenWatch => "admin_token_watch",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -104,6 +168,26 @@ mod tests {
             };
             assert_eq!(i, at, "{r:?}");
         }
+        for (i, r) in ShedReason::ALL.iter().enumerate() {
+            let at = match r {
+                ShedReason::Capacity => 0,
+                ShedReason::Draining => 1,
+                ShedReason::Database => 2,
+            };
+            assert_eq!(i, at, "{r:?}");
+        }
+        for (i, t) in Task::ALL.iter().enumerate() {
+            let at = match t {
+                Task::Bridge => 0,
+                Task::PublishWriter => 1,
+                Task::Retention => 2,
+                Task::ReplicaHeartbeat => 3,
+                Task::StatsSampler => 4,
+                Task::SessionKeepAlive => 5,
+                Task::AdminTokenWatch => 6,
+            };
+            assert_eq!(i, at, "{t:?}");
+        }
     }
 
     /// The label values are the ones dashboards and alerts already use.
@@ -124,6 +208,22 @@ mod tests {
                 "log_unavailable",
                 "taken_over",
                 "token_expired",
+            ]
+        );
+        assert_eq!(
+            ShedReason::ALL.map(ShedReason::as_str),
+            ["capacity", "draining", "database"]
+        );
+        assert_eq!(
+            Task::ALL.map(Task::as_str),
+            [
+                "bridge",
+                "publish_writer",
+                "retention",
+                "replica_heartbeat",
+                "stats_sampler",
+                "session_keep_alive",
+                "admin_token_watch",
             ]
         );
     }
@@ -149,6 +249,17 @@ mod tests {
             assert!(
                 reasons.contains(&format!("`{}`", r.as_str())),
                 "{r:?}: {reasons}"
+            );
+        }
+        let shed = row("mcp_fanout_subscribers_shed_total");
+        for r in ShedReason::ALL {
+            assert!(shed.contains(&format!("`{}`", r.as_str())), "{r:?}: {shed}");
+        }
+        let tasks = row("mcp_fanout_task_restarts_total");
+        for t in Task::ALL {
+            assert!(
+                tasks.contains(&format!("`{}`", t.as_str())),
+                "{t:?}: {tasks}"
             );
         }
     }

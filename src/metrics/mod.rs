@@ -4,7 +4,7 @@
 pub mod labels;
 pub mod lag;
 
-pub use labels::{DropReason, SubscriberKind};
+pub use labels::{DropReason, ShedReason, SubscriberKind, Task};
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -34,20 +34,6 @@ pub struct CodeLabel {
 pub struct TaskLabel {
     pub task: &'static str,
 }
-
-/// The supervised background tasks (see `supervise`).
-pub const TASKS: [&str; 7] = [
-    "bridge",
-    "publish_writer",
-    "retention",
-    "replica_heartbeat",
-    "stats_sampler",
-    "session_keep_alive",
-    "admin_token_watch",
-];
-
-/// Why a subscribe request gets a clean end instead of a stream.
-pub const SHED_REASONS: [&str; 3] = ["capacity", "draining", "database"];
 
 pub struct Metrics {
     registry: Registry,
@@ -120,16 +106,20 @@ impl Metrics {
                 reason: reason.as_str(),
             });
         }
-        for reason in SHED_REASONS {
-            let _ = subscribers_shed.get_or_create(&ReasonLabel { reason });
+        for reason in ShedReason::ALL {
+            let _ = subscribers_shed.get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            });
         }
         for kind in SubscriberKind::ALL {
             let _ = subscribers.get_or_create(&KindLabel {
                 kind: kind.as_str(),
             });
         }
-        for task in TASKS {
-            let _ = task_restarts.get_or_create(&TaskLabel { task });
+        for task in Task::ALL {
+            let _ = task_restarts.get_or_create(&TaskLabel {
+                task: task.as_str(),
+            });
         }
         let mut metrics = Metrics {
             registry: Registry::with_prefix("mcp_fanout"),
@@ -297,13 +287,19 @@ impl Metrics {
             .get()
     }
 
-    pub fn task_restarted(&self, task: &'static str) {
-        self.task_restarts.get_or_create(&TaskLabel { task }).inc();
+    pub fn task_restarted(&self, task: Task) {
+        self.task_restarts
+            .get_or_create(&TaskLabel {
+                task: task.as_str(),
+            })
+            .inc();
     }
 
-    pub fn shed(&self, reason: &'static str) {
+    pub fn shed(&self, reason: ShedReason) {
         self.subscribers_shed
-            .get_or_create(&ReasonLabel { reason })
+            .get_or_create(&ReasonLabel {
+                reason: reason.as_str(),
+            })
             .inc();
     }
 }

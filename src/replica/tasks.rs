@@ -6,6 +6,7 @@ use tokio::task::JoinHandle;
 use super::open::DbTasks;
 use crate::config::ServeConfig;
 use crate::log::postgres::retention;
+use crate::metrics::Task;
 use crate::state::AppState;
 use crate::supervise::{Supervisor, TaskError};
 
@@ -21,23 +22,23 @@ pub fn start(
         start_db_tasks(sup, st, config, db);
     }
     let (broadcaster, sessions) = (st.broadcaster.clone(), st.sessions.clone());
-    sup.spawn("session_keep_alive", move |stop| {
+    sup.spawn(Task::SessionKeepAlive, move |stop| {
         let (b, s) = (broadcaster.clone(), sessions.clone());
         until_stopped(crate::session::keep_alive(b, s, stop))
     });
     let (metrics, series) = (st.metrics.clone(), st.series.clone());
-    sup.spawn("stats_sampler", move |stop| {
+    sup.spawn(Task::StatsSampler, move |stop| {
         let (m, s) = (metrics.clone(), series.clone());
         until_stopped(crate::stats::series::run(m, s, stop))
     });
     let tokens = st.admin_tokens.clone();
-    sup.spawn("admin_token_watch", move |stop| {
+    sup.spawn(Task::AdminTokenWatch, move |stop| {
         until_stopped(crate::auth::admin_tokens::watch(tokens.clone(), stop))
     });
     // Memory mode has no cluster view to heartbeat into.
     let cluster = st.cluster.clone();
     cluster.db.is_some().then(|| {
-        sup.spawn("replica_heartbeat", move |stop| {
+        sup.spawn(Task::ReplicaHeartbeat, move |stop| {
             until_stopped(crate::cluster::heartbeat(cluster.clone(), stop))
         })
     })
@@ -56,7 +57,7 @@ fn start_db_tasks(sup: &Supervisor, st: &AppState, config: &ServeConfig, db: DbT
     let (lifecycle, metrics) = (st.lifecycle.clone(), st.metrics.clone());
     let bridge = db.bridge;
     sup.spawn_with(
-        "bridge",
+        Task::Bridge,
         move |stop| {
             let b = bridge.clone();
             async move { b.run(stop).await.map_err(TaskError::from) }
@@ -67,11 +68,11 @@ fn start_db_tasks(sup: &Supervisor, st: &AppState, config: &ServeConfig, db: DbT
         },
     );
     let writer = db.writer;
-    sup.spawn("publish_writer", move |stop| {
+    sup.spawn(Task::PublishWriter, move |stop| {
         until_stopped(writer.clone().run(stop))
     });
     let (pg, schema, policy) = (db.db, config.schema.clone(), db.retention);
-    sup.spawn("retention", move |stop| {
+    sup.spawn(Task::Retention, move |stop| {
         until_stopped(retention::run(pg.clone(), schema.clone(), policy, stop))
     });
 }
