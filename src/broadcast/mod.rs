@@ -77,6 +77,14 @@ impl Broadcaster {
         self.advanced(head);
     }
 
+    /// Whether [`push_if_next`](Self::push_if_next) would push a commit of the consecutive seqs
+    /// `first..=last` now (it continues the ring's head). Only a hint: the bridge may push in
+    /// between, and `push_if_next` decides.
+    pub fn would_continue(&self, first: u64, last: u64) -> bool {
+        let head = self.head();
+        first <= head + 1 && head < last
+    }
+
     /// This replica's own commit (consecutive seqs), pushed before its bridge reads it back from
     /// the log: only if it continues the ring exactly, once what the ring already has is skipped.
     /// Otherwise nothing is pushed: an event committed before it (by another replica, or from
@@ -292,8 +300,11 @@ mod tests {
         // Seq 3 (another replica's) is not read yet: 4..5 would leave a gap.
         assert!(!b.push_if_next(&[event(4), event(5)]));
         assert_eq!(b.head(), 2);
+        assert!(!b.would_continue(4, 5), "the hint agrees");
+        assert!(b.would_continue(3, 4));
         assert!(b.push_if_next(&[event(3), event(4)]));
         assert_eq!(b.head(), 4);
+        assert!(b.would_continue(4, 5) && !b.would_continue(4, 4) && !b.would_continue(6, 7));
         // Already read by the bridge (in part): the rest continues the ring.
         assert!(b.push_if_next(&[event(4), event(5)]));
         assert_eq!(b.head(), 5);

@@ -12,6 +12,7 @@ use crate::cluster::PgCluster;
 use crate::config::{self, MigrateMode, ServeConfig};
 use crate::db::{connect, with_causes, Db, DbError};
 use crate::log::postgres::retention::Retention;
+use crate::log::postgres::writer::CommitSink;
 use crate::log::postgres::writer::WriterTask;
 use crate::log::postgres::{migrate, PgLog};
 use crate::log::{EventLog, LogError};
@@ -76,10 +77,13 @@ pub async fn build_state(
         ),
         head,
     )?;
-    let local = st.broadcaster.clone();
-    log.deliver_commits_to(Box::new(move |events| {
-        local.push_if_next(events);
-    }));
+    let (wants, takes) = (st.broadcaster.clone(), st.broadcaster.clone());
+    log.deliver_commits_to(CommitSink {
+        wants: Box::new(move |first, last| wants.would_continue(first, last)),
+        take: Box::new(move |events| {
+            takes.push_if_next(events);
+        }),
+    });
     let bridge = Arc::new(Bridge {
         broadcaster: st.broadcaster.clone(),
         metrics: st.metrics.clone(),

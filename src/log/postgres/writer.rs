@@ -29,9 +29,18 @@ const QUEUE: usize = 4096;
 type Reply = oneshot::Sender<Result<Appended, LogError>>;
 type Answers = Vec<Result<Appended, LogError>>;
 
+/// Takes a commit's events.
+pub type TakeCommit = Box<dyn Fn(&[Arc<StoredEvent>]) + Send + Sync>;
+
 /// Where a replica's own commits go before its bridge reads them back (see
 /// [`PgLog::deliver_commits_to`](super::PgLog::deliver_commits_to)).
-pub type CommitSink = Box<dyn Fn(&[Arc<StoredEvent>]) + Send + Sync>;
+pub struct CommitSink {
+    /// Whether it would take the commit of seqs `first..=last` now (checked before the events
+    /// are framed: a commit it cannot take is the bridge's to deliver, so framing it is waste).
+    pub wants: Box<dyn Fn(u64, u64) -> bool + Send + Sync>,
+    /// Takes the commit's events.
+    pub take: TakeCommit,
+}
 
 struct Job {
     req: AppendRequest,
@@ -128,8 +137,14 @@ struct Local<'a> {
 impl Local<'_> {
     /// The group's new events, to this replica's subscribers.
     fn deliver(&self, committed: &Committed) {
-        if let Some(sink) = self.sink.get() {
-            sink(&committed.events(self.epoch, SystemTime::now()));
+        let Some(sink) = self.sink.get() else {
+            return;
+        };
+        let Some((first, last)) = committed.seq_range() else {
+            return;
+        };
+        if (sink.wants)(first, last) {
+            (sink.take)(&committed.events(self.epoch, SystemTime::now()));
         }
     }
 }
@@ -244,6 +259,12 @@ struct Committed {
 }
 
 impl Committed {
+    /// The first and last seq committed (the rows are numbered consecutively, in order).
+    fn seq_range(&self) -> Option<(u64, u64)> {
+        let seq = |rel: &i64| u64::try_from(self.offset + rel).ok();
+        Some((seq(self.rows.seqs.first()?)?, seq(self.rows.seqs.last()?)?))
+    }
+
     fn events(&self, epoch: &str, committed_at: SystemTime) -> Vec<Arc<StoredEvent>> {
         let r = &self.rows;
         (0..r.seqs.len())
