@@ -6,6 +6,7 @@
 
 mod clients;
 mod error;
+mod hyper_floor;
 mod nchan;
 mod pg;
 mod pgbench;
@@ -267,7 +268,11 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         duration_secs: u64,
         /// Systems, in order (direct first: the added latency is against it).
-        #[arg(long, value_delimiter = ',', default_value = "direct,mcp-fanout,nginx")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            default_value = "direct,mcp-fanout,nginx,hyper-floor"
+        )]
         systems: Vec<String>,
         /// Times the whole set is measured (one row each).
         #[arg(long, default_value_t = 1)]
@@ -294,6 +299,9 @@ enum Cmd {
     /// (internal) A client process, driven over stdin/stdout.
     #[command(hide = true)]
     Worker,
+    /// (internal) `proxy-overhead`'s `hyper-floor` system: a bare hyper proxy to UPSTREAM.
+    #[command(hide = true)]
+    HyperFloor { upstream: String },
 }
 
 fn fanout_opts(c: &Common, default_durability: Durability) -> Result<FanoutOpts> {
@@ -366,6 +374,10 @@ fn main() -> ExitCode {
 async fn run(cmd: Cmd) -> Result<ExitCode> {
     let (mut ctx, json, outcome) = match cmd {
         Cmd::Worker => return Ok(ExitCode::SUCCESS),
+        Cmd::HyperFloor { upstream } => {
+            hyper_floor::serve(&upstream).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Cmd::IdleMemory {
             common,
             sizes,

@@ -34,7 +34,7 @@ const PY_HOW: &str = "`proxy-overhead` needs the Python SDK 1.x venv: ./scripts/
 const NGINX_HOW: &str = "`proxy-overhead` compares with nginx: apt-get install -y nginx";
 
 /// The systems a run measures, in order (direct first: the others are compared with it).
-pub const SYSTEMS: [&str; 3] = ["direct", "mcp-fanout", "nginx"];
+pub const SYSTEMS: [&str; 4] = ["direct", "mcp-fanout", "nginx", "hyper-floor"];
 
 /// One wrk load: connections, threads, seconds.
 #[derive(Debug, Clone, Copy)]
@@ -136,6 +136,11 @@ enum Front {
     Direct,
     Fanout(Box<Fanout>),
     Nginx(Nchan),
+    /// A bare hyper proxy (`hyper_floor`): this process run as `hyper-floor UPSTREAM`.
+    Floor {
+        child: tokio::process::Child,
+        addr: String,
+    },
 }
 
 impl Front {
@@ -152,6 +157,10 @@ impl Front {
                 opts.env.push(("FANOUT_UPSTREAM".into(), base));
                 Front::Fanout(Box::new(Fanout::start(&opts, 1).await?))
             }
+            "hyper-floor" => {
+                let (child, addr) = start_floor(&up.url).await?;
+                Front::Floor { child, addr }
+            }
             _ => {
                 let vars = [("@UPSTREAM_PORT@", up.port.to_string())];
                 Front::Nginx(Nchan::start_conf(NGINX_CONF, &vars, "/mcp", NGINX_HOW).await?)
@@ -164,6 +173,7 @@ impl Front {
             Front::Direct => up.url.clone(),
             Front::Fanout(f) => format!("http://{}/mcp", f.public[0]),
             Front::Nginx(n) => n.url("/mcp"),
+            Front::Floor { addr, .. } => format!("http://{addr}/mcp"),
         }
     }
 
@@ -172,8 +182,43 @@ impl Front {
             Front::Direct => Vec::new(),
             Front::Fanout(f) => f.pids(),
             Front::Nginx(n) => n.pids(),
+            Front::Floor { child, .. } => child.id().into_iter().collect(),
         }
     }
+}
+
+/// Starts this executable as the `hyper-floor` proxy in front of `upstream`; its address.
+async fn start_floor(upstream: &str) -> Result<(tokio::process::Child, String)> {
+    let exe = std::env::current_exe()
+        .map_err(|e| BenchError::io("finding the bench's own executable", e))?;
+    let mut child = tokio::process::Command::new(exe)
+        .arg("hyper-floor")
+        .arg(upstream)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| BenchError::io("starting the hyper-floor proxy", e))?;
+    let stdout = child
+        .stdout
+        .take()
+        .ok_or_else(|| BenchError::Failed("the floor proxy's stdout is not piped".into()))?;
+    let line = tokio::time::timeout(
+        Duration::from_secs(10),
+        BufReader::new(stdout).lines().next_line(),
+    )
+    .await
+    .map_err(|_| BenchError::Timeout("the hyper-floor proxy to start".into()))?
+    .map_err(|e| BenchError::io("reading the floor proxy's stdout", e))?
+    .ok_or_else(|| BenchError::Failed("the hyper-floor proxy exited".into()))?;
+    let v: Value = serde_json::from_str(&line)?;
+    let addr = v
+        .get("addr")
+        .and_then(Value::as_str)
+        .ok_or_else(|| BenchError::Protocol(format!("hyper-floor printed {line}")))?
+        .to_string();
+    Ok((child, addr))
 }
 
 /// One `tools/call` as wrk sends it, checked: `200` and the tool's result (1 + 2).

@@ -12,6 +12,7 @@ use axum::http::{header, HeaderMap, HeaderName, HeaderValue, Method, StatusCode}
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::StreamExt;
+use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
 use super::headers::MCP_SESSION_ID;
@@ -77,13 +78,12 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     if up.forwarded_headers {
         add_forwarded(&mut headers, f.headers, f.peer);
     }
-    // Built whole rather than through a `RequestBuilder`, which would copy the map we just made
-    // into its own, header by header.
-    let mut req = reqwest::Request::new(f.method.clone(), up.url.clone());
+    let mut req = axum::http::Request::new(http_body_util::Full::new(f.body.clone()));
+    *req.method_mut() = f.method.clone();
+    *req.uri_mut() = up.uri.clone();
     *req.headers_mut() = headers;
-    *req.body_mut() = Some(reqwest::Body::from(f.body.clone()));
     let started = tokio::time::Instant::now();
-    let sent = tokio::time::timeout(up.response_timeout, up.client.execute(req)).await;
+    let sent = tokio::time::timeout(up.response_timeout, up.forward.request(req)).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(error)) => {
@@ -174,7 +174,7 @@ enum BodyFailed {
 /// as it goes).
 async fn relay_body(
     up: &Upstream,
-    resp: reqwest::Response,
+    resp: axum::http::Response<hyper::body::Incoming>,
     headers: &mut HeaderMap,
     rewrite: bool,
     started: tokio::time::Instant,
@@ -187,7 +187,7 @@ async fn relay_body(
         headers.remove(header::CONTENT_LENGTH);
         let held = tokio::time::timeout_at(
             started + up.response_timeout,
-            hold(resp.bytes_stream(), up.rewrite_max_bytes),
+            hold(resp.into_body().into_data_stream(), up.rewrite_max_bytes),
         );
         match held.await {
             Ok(Ok(Held::Whole(b))) => Body::from(rewrite_json(&b, advertise_list_changed)),
@@ -208,12 +208,12 @@ async fn relay_body(
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
         Body::from_stream(rewrite_sse(
-            resp.bytes_stream(),
+            resp.into_body().into_data_stream(),
             advertise_list_changed,
             up.rewrite_max_bytes,
         ))
     } else {
-        Body::from_stream(resp.bytes_stream())
+        Body::new(resp.into_body())
     })
 }
 

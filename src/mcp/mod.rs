@@ -1,6 +1,8 @@
 //! MCP protocol specifics: protocol versions, resync notifications, priming and control frames;
-//! `subscriptions/listen` (2026-07-28) in [`listen`]; the proxy mode's upstream server in [`upstream`].
+//! `subscriptions/listen` (2026-07-28) in [`listen`]; the proxy mode's upstream server in [`upstream`], the client that reaches it in
+//! [`forward_client`].
 
+pub mod forward_client;
 pub mod listen;
 pub mod upstream;
 

@@ -7,12 +7,19 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::forward_client::{self, ForwardClient};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 pub struct Upstream {
+    /// The era adapter's client (its own handshakes and session ends).
     pub(crate) client: reqwest::Client,
+    /// Proxied requests' client (`forward_client`).
+    pub(crate) forward: ForwardClient,
     pub(crate) url: reqwest::Url,
+    /// `url` as the forwarding client takes it (parsed once).
+    pub(crate) uri: axum::http::Uri,
     /// Mint an `Mcp-Session-Id` on `initialize` when the upstream issues none.
     pub(crate) mint_session_ids: bool,
     /// Rewrite `initialize` / `server/discover` results to advertise `listChanged`.
@@ -225,9 +232,17 @@ impl Upstream {
             .no_proxy()
             .build()
             .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
+        let forward =
+            forward_client::build().map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
+        let uri = url
+            .as_str()
+            .parse()
+            .map_err(|e: axum::http::uri::InvalidUri| UpstreamConfigError::Url(e.to_string()))?;
         Ok(Upstream {
             client,
+            forward,
             url,
+            uri,
             mint_session_ids: options.mint_session_ids,
             advertise_list_changed: options.advertise_list_changed,
             bridge_2026_clients: options.bridge_2026_clients,
