@@ -16,13 +16,14 @@ use super::error::{AppError, ErrorCode};
 use super::headers::{self, MCP_PROTOCOL_VERSION};
 use super::proxy::{self, Forward};
 use super::sse::event_stream;
-use super::subscription::{self, Open, Opened, Request, Shed};
+use super::subscription::{self, Open, Opened, Request};
 use crate::auth::Identity;
 use crate::broadcast::pump::Ends;
 use crate::broadcast::stream::{Parts, Stream};
 use crate::broadcast::{Coalescer, Feed, SubscriberKind};
 use crate::event::{parse_json, JsonError, Viewer};
 use crate::mcp::listen::{self, codes, Filter, ListenFraming, Refusal, LISTEN_METHOD};
+use crate::metrics::ShedReason;
 use crate::server::handoff::Chunks;
 use crate::server::ConnInfo;
 use crate::session::{minted, Owner, Ownership, SessionError};
@@ -324,11 +325,11 @@ async fn open_stream(
 }
 
 /// A listen request turned away: `503`, to listen on another replica or later.
-fn shed_error(reason: Shed, id: &Value) -> RpcError {
+fn shed_error(reason: ShedReason, id: &Value) -> RpcError {
     let message = match reason {
-        Shed::Draining => "this replica is shutting down; listen on another",
-        Shed::Capacity => "this replica is at its subscriber limit; retry later",
-        Shed::Database => "the database is unavailable; retry later",
+        ShedReason::Draining => "this replica is shutting down; listen on another",
+        ShedReason::Capacity => "this replica is at its subscriber limit; retry later",
+        ShedReason::Database => "the database is unavailable; retry later",
     };
     RpcError::new(
         StatusCode::SERVICE_UNAVAILABLE,

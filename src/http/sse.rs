@@ -17,13 +17,14 @@ use tokio::time::Instant;
 use super::error::AppError;
 use super::headers::{self, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
-use super::subscription::{self, Open, Opened, Request, Shed};
+use super::subscription::{self, Open, Opened, Request};
 use crate::broadcast::pump::Ends;
 use crate::broadcast::stream::{Framing, Parts, Stream};
 use crate::broadcast::{Coalescer, Feed, StreamClaim, SubscriberKind};
 use crate::event::{Chunk, Cursor, EventId, StoredEvent, Viewer};
 use crate::log::Start;
 use crate::mcp::{self, ProtocolVersion, KEEPALIVE_FRAME};
+use crate::metrics::ShedReason;
 use crate::server::handoff::{Chunks, Offer};
 use crate::server::ConnInfo;
 use crate::state::AppState;
@@ -77,7 +78,7 @@ pub async fn get_mcp(
                 Ok(false) => return Err(AppError::SessionNotFound),
                 Err(error) => {
                     tracing::warn!(%error, "cannot check the session; shedding the stream");
-                    let reason = subscription::counted(Shed::Database, &st);
+                    let reason = subscription::counted(ShedReason::Database, &st);
                     return Ok(shed_response(&st, reason, session.as_deref()));
                 }
             }
@@ -176,7 +177,7 @@ fn sse_stream(
 /// `200`, a jittered `retry:` and an immediate clean end: clients come back later or elsewhere
 /// (an error status would make EventSource and the SDK clients give up for good). The shed was
 /// counted.
-fn shed_response(st: &AppState, reason: Shed, session: Option<&str>) -> Response {
+fn shed_response(st: &AppState, reason: ShedReason, session: Option<&str>) -> Response {
     tracing::debug!(
         reason = reason.as_str(),
         session = session.unwrap_or(""),

@@ -15,11 +15,10 @@ use crate::server::ConnInfo;
 use crate::session::{Owner, SessionError};
 use crate::state::AppState;
 
-/// Why a subscriber was turned away (counted in `subscribers_shed_total{reason}`).
-pub(super) use crate::metrics::ShedReason as Shed;
+use crate::metrics::ShedReason;
 
-/// Counts `shed` and hands it back.
-pub(super) fn counted(shed: Shed, st: &AppState) -> Shed {
+/// Counts `shed` (in `subscribers_shed_total{reason}`) and hands it back.
+pub(super) fn counted(shed: ShedReason, st: &AppState) -> ShedReason {
     st.metrics.shed(shed);
     shed
 }
@@ -46,7 +45,7 @@ pub(super) struct Opened {
 
 pub(super) enum Open {
     Opened(Opened),
-    Shed(Shed),
+    Shed(ShedReason),
 }
 
 /// The shared setup of a stream. `Err` only when the session belongs to another principal.
@@ -64,7 +63,7 @@ pub(super) async fn open(
         Err(error) => {
             tracing::warn!(%error, kind = req.kind.as_str(), "cannot read the log bounds; shedding the subscriber");
             drop(guard);
-            return Ok(Open::Shed(counted(Shed::Database, st)));
+            return Ok(Open::Shed(counted(ShedReason::Database, st)));
         }
     };
     // Bind the session to this principal (403 for another) and claim it: the older stream for
@@ -81,7 +80,7 @@ pub(super) async fn open(
             Err(SessionError::Unavailable(error)) => {
                 tracing::warn!(%error, "cannot claim the session; shedding the stream");
                 drop(guard);
-                return Ok(Open::Shed(counted(Shed::Database, st)));
+                return Ok(Open::Shed(counted(ShedReason::Database, st)));
             }
         },
     };
@@ -101,13 +100,13 @@ pub(super) fn slot(
     st: &AppState,
     kind: SubscriberKind,
     session: Option<String>,
-) -> Result<SubscriberGuard, Shed> {
+) -> Result<SubscriberGuard, ShedReason> {
     if st.lifecycle.is_draining() {
-        return Err(counted(Shed::Draining, st));
+        return Err(counted(ShedReason::Draining, st));
     }
     st.broadcaster
         .try_register(kind, session)
-        .ok_or_else(|| counted(Shed::Capacity, st))
+        .ok_or_else(|| counted(ShedReason::Capacity, st))
 }
 
 /// When a credential expiring at `at` ends a subscriber, on the runtime's clock.
