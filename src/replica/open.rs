@@ -8,9 +8,11 @@ use super::ServeError;
 use crate::auth::SubscriberAuth;
 use crate::bridge::backoff::Backoff;
 use crate::bridge::Bridge;
+use crate::broadcast::Broadcaster;
 use crate::cluster::PgCluster;
 use crate::config::{self, MigrateMode, ServeConfig};
 use crate::db::{connect, with_causes, Db, DbError};
+use crate::event::StoredEvent;
 use crate::log::postgres::retention::Retention;
 use crate::log::postgres::writer::CommitSink;
 use crate::log::postgres::writer::WriterTask;
@@ -77,13 +79,7 @@ pub async fn build_state(
         ),
         head,
     )?;
-    let (wants, takes) = (st.broadcaster.clone(), st.broadcaster.clone());
-    log.deliver_commits_to(CommitSink {
-        wants: Box::new(move |first, last| wants.would_continue(first, last)),
-        take: Box::new(move |events| {
-            takes.push_if_next(events);
-        }),
-    });
+    log.deliver_commits_to(Arc::new(st.broadcaster.clone()));
     let bridge = Arc::new(Bridge {
         broadcaster: st.broadcaster.clone(),
         metrics: st.metrics.clone(),
@@ -143,4 +139,16 @@ async fn open_log(db: &Db, config: &ServeConfig) -> Result<(Arc<PgLog>, u64), Op
     let head = log.bounds().await.map_err(OpenError::Head)?.head;
     tracing::info!(schema, epoch = log.epoch(), head, "event log open");
     Ok((Arc::new(log), head))
+}
+
+/// The replica's own commits go straight to its broadcaster, kept gapless: it takes a commit
+/// only when it continues the ring's head (else the bridge delivers it, in order).
+impl CommitSink for Broadcaster {
+    fn wants(&self, first: u64, last: u64) -> bool {
+        self.would_continue(first, last)
+    }
+
+    fn take(&self, events: &[Arc<StoredEvent>]) {
+        self.push_if_next(events);
+    }
 }

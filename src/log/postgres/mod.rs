@@ -34,7 +34,7 @@ impl From<DbError> for LogError {
 pub struct PgLog {
     inner: Arc<Inner>,
     /// Where the writer hands this replica's own commits (set once the broadcaster exists).
-    commits: Arc<OnceLock<writer::CommitSink>>,
+    commits: writer::SinkSlot,
     writer: writer::Writer,
     writer_task: writer::WriterTask,
     reads: Mutex<HashMap<(u64, usize), SharedRead>>,
@@ -169,7 +169,7 @@ impl PgLog {
     /// ([`Broadcaster::push_if_next`](crate::broadcast::Broadcaster::push_if_next)): the bridge
     /// still reads everything, and delivers what the sink did not take. Set once; later calls
     /// are ignored.
-    pub fn deliver_commits_to(&self, sink: writer::CommitSink) {
+    pub fn deliver_commits_to(&self, sink: Arc<dyn writer::CommitSink>) {
         let _ = self.commits.set(sink);
     }
 

@@ -29,18 +29,19 @@ const QUEUE: usize = 4096;
 type Reply = oneshot::Sender<Result<Appended, LogError>>;
 type Answers = Vec<Result<Appended, LogError>>;
 
-/// Takes a commit's events.
-pub type TakeCommit = Box<dyn Fn(&[Arc<StoredEvent>]) + Send + Sync>;
-
 /// Where a replica's own commits go before its bridge reads them back (see
-/// [`PgLog::deliver_commits_to`](super::PgLog::deliver_commits_to)).
-pub struct CommitSink {
+/// [`PgLog::deliver_commits_to`](super::PgLog::deliver_commits_to)); the replica's broadcaster
+/// (`replica::open`).
+pub trait CommitSink: Send + Sync {
     /// Whether it would take the commit of seqs `first..=last` now (checked before the events
     /// are framed: a commit it cannot take is the bridge's to deliver, so framing it is waste).
-    pub wants: Box<dyn Fn(u64, u64) -> bool + Send + Sync>,
+    fn wants(&self, first: u64, last: u64) -> bool;
     /// Takes the commit's events.
-    pub take: TakeCommit,
+    fn take(&self, events: &[Arc<StoredEvent>]);
 }
+
+/// The sink, once the replica sets it.
+pub type SinkSlot = Arc<OnceLock<Arc<dyn CommitSink>>>;
 
 struct Job {
     req: AppendRequest,
@@ -60,7 +61,7 @@ pub struct WriterTask {
     db: Db,
     schema: String,
     epoch: String,
-    sink: Arc<OnceLock<CommitSink>>,
+    sink: SinkSlot,
 }
 
 impl WriterTask {
@@ -90,12 +91,7 @@ impl WriterTask {
 impl Writer {
     /// The writer and the task that commits for it (the caller runs it); what it commits also
     /// goes to `sink` once one is set.
-    pub fn new(
-        db: Db,
-        schema: String,
-        epoch: String,
-        sink: Arc<OnceLock<CommitSink>>,
-    ) -> (Writer, WriterTask) {
+    pub fn new(db: Db, schema: String, epoch: String, sink: SinkSlot) -> (Writer, WriterTask) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let task = WriterTask {
             rx: Arc::new(Mutex::new(rx)),
@@ -131,7 +127,7 @@ enum WriterGone {
 /// Where the writer hands what it committed: the log's epoch and the sink, once set.
 struct Local<'a> {
     epoch: &'a str,
-    sink: &'a OnceLock<CommitSink>,
+    sink: &'a OnceLock<Arc<dyn CommitSink>>,
 }
 
 impl Local<'_> {
@@ -143,8 +139,8 @@ impl Local<'_> {
         let Some((first, last)) = committed.seq_range() else {
             return;
         };
-        if (sink.wants)(first, last) {
-            (sink.take)(&committed.events(self.epoch, SystemTime::now()));
+        if sink.wants(first, last) {
+            sink.take(&committed.events(self.epoch, SystemTime::now()));
         }
     }
 }
