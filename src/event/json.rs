@@ -7,7 +7,9 @@
 //! exactly as `serde_json` does, except that a second occurrence of a key is an error naming it.
 //! The check is the map insertion the parse does anyway: no second pass, no extra allocation.
 
+use std::borrow::Cow;
 use std::cell::Cell;
+use std::collections::HashSet;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
@@ -154,6 +156,172 @@ impl<'de> Visitor<'de> for Strict<'_> {
     }
 }
 
+/// What the proxy needs of a body it forwards: the verdict of [`parse_json`] (one JSON value, no
+/// key named twice at any depth; the same errors, at the same place) and the top-level object's
+/// `method` when it is a string. No [`Value`] is built: each object's keys are compared as they
+/// are read (borrowed from the input unless escaped) and dropped with it.
+pub fn scan_method(bytes: &[u8]) -> Result<Option<String>, JsonError> {
+    let duplicate = Cell::new(None);
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let scanned = Scan {
+        duplicate: &duplicate,
+        top: true,
+        capture: false,
+    }
+    .deserialize(&mut de)
+    .and_then(|method| de.end().map(|()| method));
+    scanned.map_err(|e| match duplicate.take() {
+        Some(key) => JsonError::DuplicateKey {
+            key,
+            line: e.line(),
+            column: e.column(),
+        },
+        None => JsonError::Syntax(e),
+    })
+}
+
+/// Objects with more keys than this check for a repeated one in a hash set (SipHash: a body
+/// cannot make the check quadratic); smaller ones compare in a list.
+const SCAN_LIST_KEYS: usize = 16;
+
+/// Reads one value for [`scan_method`]: `Some` only for the string a `capture` seed reads.
+#[derive(Clone, Copy)]
+struct Scan<'a> {
+    duplicate: &'a Cell<Option<String>>,
+    /// The body's own value: its `method` is captured.
+    top: bool,
+    /// This value is the top-level `method`: a string is returned.
+    capture: bool,
+}
+
+impl Scan<'_> {
+    fn nested(self) -> Self {
+        Scan {
+            top: false,
+            capture: false,
+            ..self
+        }
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for Scan<'_> {
+    type Value = Option<String>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Scan<'_> {
+    type Value = Option<String>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+
+    fn visit_bool<E>(self, _: bool) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_i64<E>(self, _: i64) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_u64<E>(self, _: u64) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_f64<E>(self, _: f64) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Option<String>, E> {
+        Ok(self.capture.then(|| v.to_owned()))
+    }
+
+    fn visit_unit<E>(self) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_none<E>(self) -> Result<Option<String>, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Option<String>, D::Error> {
+        self.deserialize(d)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<String>, A::Error> {
+        while seq.next_element_seed(self.nested())?.is_some() {}
+        Ok(None)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
+        let mut listed: Vec<Cow<'de, str>> = Vec::new();
+        let mut hashed: HashSet<Cow<'de, str>> = HashSet::new();
+        let mut method = None;
+        while let Some(key) = map.next_key_seed(Key)? {
+            let repeated = if hashed.is_empty() {
+                listed.contains(&key)
+            } else {
+                hashed.contains(&key)
+            };
+            if repeated {
+                self.duplicate.set(Some(key.into_owned()));
+                return Err(de::Error::custom("duplicate key"));
+            }
+            if self.top && key == "method" {
+                method = map.next_value_seed(Scan {
+                    capture: true,
+                    ..self.nested()
+                })?;
+            } else {
+                map.next_value_seed(self.nested())?;
+            }
+            if !hashed.is_empty() {
+                hashed.insert(key);
+            } else if listed.len() < SCAN_LIST_KEYS {
+                listed.push(key);
+            } else {
+                hashed.extend(listed.drain(..));
+                hashed.insert(key);
+            }
+        }
+        Ok(method)
+    }
+}
+
+/// An object key as decoded: borrowed from the input when it has no escapes.
+struct Key;
+
+impl<'de> DeserializeSeed<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Key {
+    type Value = Cow<'de, str>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_owned()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,5 +385,95 @@ mod tests {
         }
         let deep = "[".repeat(200) + &"]".repeat(200);
         assert!(parse_json(deep.as_bytes()).is_err(), "recursion limit kept");
+    }
+
+    /// `scan_method`'s verdict and `method`, as `parse_json` gives them.
+    fn by_parse(text: &str) -> Result<Option<String>, String> {
+        parse_json(text.as_bytes())
+            .map(|v| v.get("method").and_then(Value::as_str).map(str::to_owned))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn scanning_agrees_with_parsing() {
+        let many: String = (0..40).map(|i| format!(r#""k{i}":{i},"#)).collect();
+        for text in [
+            r#"{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"add"}}"#,
+            r#"{"method":7}"#,
+            r#"{"params":{"method":"nested"}}"#,
+            r#"[{"method":"batch"}]"#,
+            r#"{"m\u0065thod":"escaped key"}"#,
+            r#"{"method":"\u00e9\n"}"#,
+            r#""method""#,
+            r#"{"method":"a","method":"b"}"#,
+            r#"{"a":{"b":[{"c":1,"c":2}]}}"#,
+            r#"{"a":1,"\u0061":2}"#,
+            "",
+            "{",
+            "1 2",
+            "1e999",
+            "[1,]",
+            &format!("{{{many}\"k7\":0}}"),
+            &format!("{{{many}\"k40\":0}}"),
+        ] {
+            let scanned = scan_method(text.as_bytes()).map_err(|e| e.to_string());
+            assert_eq!(scanned, by_parse(text), "{text}");
+        }
+        let deep = "[".repeat(200) + &"]".repeat(200);
+        assert!(
+            scan_method(deep.as_bytes()).is_err(),
+            "recursion limit kept"
+        );
+    }
+
+    proptest::proptest! {
+        /// Generated bodies (objects, arrays, every scalar, keys repeated or escaped, `method` of
+        /// every type at every depth, truncated or not): the same verdict, error and `method`.
+        #[test]
+        fn scanning_agrees_with_parsing_on_generated_bodies(
+            text in json_text(),
+            cut in proptest::option::of(0usize..200),
+        ) {
+            let text = match cut {
+                Some(n) if n < text.len() && text.is_char_boundary(n) => text[..n].to_owned(),
+                _ => text,
+            };
+            let scanned = scan_method(text.as_bytes()).map_err(|e| e.to_string());
+            proptest::prop_assert_eq!(scanned, by_parse(&text), "{}", text);
+        }
+    }
+
+    fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let key = prop::sample::select(vec![
+            r#""method""#,
+            r#""m\u0065thod""#,
+            r#""a""#,
+            r#""\u0061""#,
+            r#""b""#,
+            r#""id""#,
+        ]);
+        let leaf = prop::sample::select(vec![
+            "null",
+            "true",
+            "1",
+            "-2.5e3",
+            "18446744073709551615",
+            r#""tools/call""#,
+            r#""\u00e9""#,
+            r#""""#,
+        ])
+        .prop_map(str::to_owned);
+        leaf.prop_recursive(4, 48, 6, move |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..5)
+                    .prop_map(|v| format!("[{}]", v.join(","))),
+                prop::collection::vec((key.clone(), inner), 0..25).prop_map(|kv| {
+                    let body: Vec<String> =
+                        kv.into_iter().map(|(k, v)| format!("{k}:{v}")).collect();
+                    format!("{{{}}}", body.join(","))
+                }),
+            ]
+        })
     }
 }

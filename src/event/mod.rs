@@ -13,6 +13,6 @@ pub use chunk::Chunk;
 pub use frame::StoredEvent;
 pub use id::{Cursor, EventId, InvalidEventId};
 pub use input::{InputError, NewEvent, PublishLimits, PublishRequest};
-pub use json::{parse_json, JsonError};
+pub use json::{parse_json, scan_method, JsonError};
 pub use list_changed::ListChanged;
 pub use target::{Target, Viewer};

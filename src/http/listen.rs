@@ -21,7 +21,7 @@ use crate::auth::Identity;
 use crate::broadcast::pump::Ends;
 use crate::broadcast::stream::{Parts, Stream};
 use crate::broadcast::{Coalescer, Feed, SubscriberKind};
-use crate::event::{parse_json, JsonError, Viewer};
+use crate::event::{parse_json, scan_method, JsonError, Viewer};
 use crate::mcp::listen::{self, codes, Filter, ListenFraming, Refusal, LISTEN_METHOD};
 use crate::metrics::ShedReason;
 use crate::server::handoff::Chunks;
@@ -212,18 +212,29 @@ async fn handle(
     let bytes = read_body(&headers, body, mcp_body_limit(&st))
         .await
         .map_err(|e| RpcError::from_app(e, &null))?;
-    // Parsed once; an object naming a key twice is refused in both modes (the upstream could
-    // read the other value than the one the service acted on).
-    let parsed = parse_json(&bytes);
-    if let Err(e @ JsonError::DuplicateKey { .. }) = &parsed {
-        return Err(parse_error(e));
-    }
-    let rpc_method = parsed
-        .as_ref()
-        .ok()
-        .and_then(|m| m.get("method"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
+    // An object naming a key twice is refused in both modes (the upstream could read the other
+    // value than the one the service acted on). Proxy mode only needs the verdict and the
+    // method (a scan, no `Value` built); a listen request is parsed whole below.
+    let (rpc_method, parsed) = if st.upstream.is_some() {
+        match scan_method(&bytes) {
+            Ok(method) => (method, None),
+            Err(e @ JsonError::DuplicateKey { .. }) => return Err(parse_error(&e)),
+            // Not JSON: the upstream's to answer (a listen request is refused below).
+            Err(_) => (None, None),
+        }
+    } else {
+        let parsed = parse_json(&bytes);
+        if let Err(e @ JsonError::DuplicateKey { .. }) = &parsed {
+            return Err(parse_error(e));
+        }
+        let method = parsed
+            .as_ref()
+            .ok()
+            .and_then(|m| m.get("method"))
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        (method, Some(parsed))
+    };
     // Proxy mode: everything but `subscriptions/listen` goes to the upstream, untouched.
     if let Some(up) = &st.upstream {
         if rpc_method.as_deref() != Some(LISTEN_METHOD) {
@@ -256,7 +267,9 @@ async fn handle(
         ));
     }
     require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
-    let msg = parsed.map_err(|e| parse_error(&e))?;
+    let msg = parsed
+        .unwrap_or_else(|| parse_json(&bytes))
+        .map_err(|e| parse_error(&e))?;
     let request = listen::validate(
         &msg,
         headers.get(MCP_METHOD).map(|v| v.as_bytes()),

@@ -24,22 +24,27 @@ use crate::state::AppState;
 /// `Proxy-Connection` and `Keep-Alive`): never forwarded either way, and neither is any header a
 /// `Connection` header names. `Proxy-Authorization` is a credential for this hop (the service
 /// takes none), `Proxy-Authenticate` the upstream's challenge for its own hop.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "proxy-connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "proxy-connection"
+            | "keep-alive"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 /// The headers the proxy adds to say who the client is (`FANOUT_PROXY_FORWARDED_HEADERS`).
-const X_FORWARDED_FOR: &str = "x-forwarded-for";
-const X_FORWARDED_PROTO: &str = "x-forwarded-proto";
-const X_FORWARDED_HOST: &str = "x-forwarded-host";
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+/// `Mcp-Session-Id` as a name (a `&str` key is parsed on every lookup).
+const SESSION_ID: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
 
 /// What the proxy knows about a forwarded request.
 pub struct Forward<'a> {
@@ -58,7 +63,7 @@ pub struct Forward<'a> {
 pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     let minted_session = f
         .headers
-        .get(MCP_SESSION_ID)
+        .get(&SESSION_ID)
         .filter(|v| up.mint_session_ids && minted::is_minted(v.as_bytes()))
         .and_then(|v| v.to_str().ok());
     if let (Some(s), true) = (minted_session, f.method == Method::DELETE) {
@@ -111,7 +116,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         record_session(st, up, &mut headers, f.owner.as_ref()).await;
     }
     if f.method == Method::DELETE && status.is_success() {
-        if let Some(s) = f.headers.get(MCP_SESSION_ID).and_then(|v| v.to_str().ok()) {
+        if let Some(s) = f.headers.get(&SESSION_ID).and_then(|v| v.to_str().ok()) {
             end_session(st, s).await;
         }
     }
@@ -230,7 +235,7 @@ fn end_to_end(headers: &HeaderMap, also: &[&str]) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(headers.len());
     for (name, value) in headers {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || also.contains(&n) || named.iter().any(|t| t == n) {
+        if is_hop_by_hop(name) || also.contains(&n) || named.iter().any(|t| t == n) {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -241,7 +246,7 @@ fn end_to_end(headers: &HeaderMap, also: &[&str]) -> HeaderMap {
 /// An answer's `headers` without the hop-by-hop ones: the map itself when it has none (the usual
 /// answer, so nothing is copied), else what [`end_to_end`] keeps, in the same order.
 fn into_end_to_end(headers: HeaderMap) -> HeaderMap {
-    if headers.keys().any(|n| HOP_BY_HOP.contains(&n.as_str())) {
+    if headers.keys().any(is_hop_by_hop) {
         end_to_end(&headers, &[])
     } else {
         headers
@@ -249,7 +254,7 @@ fn into_end_to_end(headers: HeaderMap) -> HeaderMap {
 }
 
 /// Every value of `name` in `received`, joined with `, ` (`None` when there is none).
-fn joined(received: &HeaderMap, name: &str) -> Option<String> {
+fn joined(received: &HeaderMap, name: &HeaderName) -> Option<String> {
     let mut values = received
         .get_all(name)
         .iter()
@@ -276,12 +281,12 @@ fn add_forwarded(out: &mut HeaderMap, received: &HeaderMap, peer: SocketAddr) {
         .and_then(|h| h.to_str().ok())
         .filter(|h| !h.contains(['"', '\\']));
     // Each value written once into its string (writing to a `String` cannot fail).
-    let mut xff = joined(received, X_FORWARDED_FOR).unwrap_or_default();
+    let mut xff = joined(received, &X_FORWARDED_FOR).unwrap_or_default();
     if !xff.is_empty() {
         xff.push_str(", ");
     }
     let _ = write!(xff, "{ip}");
-    let mut forwarded = joined(received, header::FORWARDED.as_str()).unwrap_or_default();
+    let mut forwarded = joined(received, &header::FORWARDED).unwrap_or_default();
     if !forwarded.is_empty() {
         forwarded.push_str(", ");
     }
@@ -293,18 +298,19 @@ fn add_forwarded(out: &mut HeaderMap, received: &HeaderMap, peer: SocketAddr) {
         let _ = write!(forwarded, ";host=\"{h}\"");
     }
     forwarded.push_str(";proto=http");
-    let mut set = |name: HeaderName, value: &str| {
-        if let Ok(v) = HeaderValue::from_str(value) {
+    // The strings become the values' bytes (checked, not copied).
+    fn set(out: &mut HeaderMap, name: HeaderName, value: String) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
             out.insert(name, v);
         }
-    };
-    set(HeaderName::from_static(X_FORWARDED_FOR), &xff);
-    set(header::FORWARDED, &forwarded);
-    if !received.contains_key(X_FORWARDED_PROTO) {
-        set(HeaderName::from_static(X_FORWARDED_PROTO), "http");
     }
-    if let (false, Some(h)) = (received.contains_key(X_FORWARDED_HOST), host) {
-        set(HeaderName::from_static(X_FORWARDED_HOST), h);
+    set(out, X_FORWARDED_FOR, xff);
+    set(out, header::FORWARDED, forwarded);
+    if !received.contains_key(&X_FORWARDED_PROTO) {
+        out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let (false, Some(h)) = (received.contains_key(&X_FORWARDED_HOST), host) {
+        set(out, X_FORWARDED_HOST, h.to_owned());
     }
 }
 
