@@ -258,6 +258,10 @@ enum Cmd {
     ProxyOverhead {
         #[command(flatten)]
         common: Common,
+        /// The upstream: the FastMCP server (python), or nginx answering at once (static: the
+        /// proxy is the bottleneck, for its CPU per request).
+        #[arg(long, value_enum, default_value = "python")]
+        upstream: proxy::UpstreamKind,
         /// Python with the MCP SDK 1.x and uvicorn (default: target/e2e/py1/bin/python).
         #[arg(long)]
         python: Option<PathBuf>,
@@ -519,6 +523,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::ProxyOverhead {
             common,
+            upstream,
             python,
             connections,
             duration_secs,
@@ -526,7 +531,14 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             rounds,
         } => {
             let mut ctx = ctx(&common, Durability::On)?;
-            let run = proxy_run(python, &connections, duration_secs, systems, rounds)?;
+            let run = proxy_run(
+                upstream,
+                python,
+                &connections,
+                duration_secs,
+                systems,
+                rounds,
+            )?;
             let r = proxy::proxy_overhead(&mut ctx, &run).await;
             (ctx, common.json, r)
         }
@@ -568,6 +580,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
 
 /// A `proxy-overhead` run: each connection count with 2 wrk threads (1 for one connection).
 fn proxy_run(
+    upstream: proxy::UpstreamKind,
     python: Option<PathBuf>,
     connections: &[usize],
     duration_secs: u64,
@@ -592,6 +605,7 @@ fn proxy_run(
         })
         .collect();
     Ok(proxy::ProxyRun {
+        upstream,
         python,
         loads,
         systems,

@@ -28,6 +28,9 @@ const NGINX_CONF: &str = include_str!("../proxy/nginx.conf");
 /// The upstream server script.
 const UPSTREAM_PY: &str = include_str!("../proxy_upstream.py");
 
+/// The static upstream (`--upstream static`): nginx answering every request with the result.
+const STATIC_CONF: &str = include_str!("../proxy/static_upstream.conf");
+
 const WRK_HOW: &str = "`proxy-overhead` needs wrk: apt-get install -y wrk";
 const PY_HOW: &str = "`proxy-overhead` needs the Python SDK 1.x venv: ./scripts/e2e-setup py1 \
                       (or pass --python PATH to an interpreter with mcp 1.x and uvicorn)";
@@ -55,9 +58,27 @@ struct WrkResult {
     socket_errors: u64,
 }
 
-/// The upstream MCP server process; killed on drop.
+/// Which upstream the proxies stand in front of.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum UpstreamKind {
+    /// The stateless FastMCP server (`bench/proxy_upstream.py`): a real MCP server, ~370–600
+    /// calls/s on one core, so the load is the upstream's pace.
+    Python,
+    /// nginx answering every request with the call's result (`bench/proxy/static_upstream.conf`):
+    /// tens of thousands of answers/s, so the proxy is the bottleneck and its CPU per request
+    /// is measured over many more requests.
+    Static,
+}
+
+/// The upstream server's process; killed on drop.
+enum UpstreamProc {
+    Python(tokio::process::Child),
+    Static(Nchan),
+}
+
+/// The upstream MCP server.
 struct UpstreamServer {
-    child: tokio::process::Child,
+    proc: UpstreamProc,
     url: String,
     port: u16,
 }
@@ -88,8 +109,26 @@ fn find_wrk() -> Result<PathBuf> {
 }
 
 impl UpstreamServer {
+    async fn start(
+        kind: UpstreamKind,
+        python: Option<&Path>,
+        dir: &Path,
+    ) -> Result<UpstreamServer> {
+        match kind {
+            UpstreamKind::Python => UpstreamServer::start_python(&find_python(python)?, dir).await,
+            UpstreamKind::Static => {
+                let n = Nchan::start_conf(STATIC_CONF, &[], "/mcp", NGINX_HOW).await?;
+                Ok(UpstreamServer {
+                    url: n.url("/mcp"),
+                    port: n.port,
+                    proc: UpstreamProc::Static(n),
+                })
+            }
+        }
+    }
+
     /// Starts `bench/proxy_upstream.py` and waits for the URL it prints.
-    async fn start(python: &Path, dir: &Path) -> Result<UpstreamServer> {
+    async fn start_python(python: &Path, dir: &Path) -> Result<UpstreamServer> {
         let script = dir.join("proxy_upstream.py");
         std::fs::write(&script, UPSTREAM_PY)
             .map_err(|e| BenchError::io(format!("writing {}", script.display()), e))?;
@@ -123,11 +162,18 @@ impl UpstreamServer {
             .ok()
             .and_then(|u| u.port())
             .ok_or_else(|| BenchError::Protocol(format!("upstream URL {url} has no port")))?;
-        Ok(UpstreamServer { child, url, port })
+        Ok(UpstreamServer {
+            proc: UpstreamProc::Python(child),
+            url,
+            port,
+        })
     }
 
     fn pid(&self) -> Vec<u32> {
-        self.child.id().into_iter().collect()
+        match &self.proc {
+            UpstreamProc::Python(child) => child.id().into_iter().collect(),
+            UpstreamProc::Static(n) => n.pids(),
+        }
     }
 }
 
@@ -316,6 +362,7 @@ async fn run_wrk(wrk: &Path, script: &Path, url: &str, load: Load) -> Result<Wrk
 
 /// Settings of a `proxy-overhead` run.
 pub struct ProxyRun {
+    pub upstream: UpstreamKind,
     pub python: Option<PathBuf>,
     pub loads: Vec<Load>,
     pub systems: Vec<String>,
@@ -331,6 +378,7 @@ impl Default for ProxyRun {
             duration: Duration::from_secs(10),
         };
         ProxyRun {
+            upstream: UpstreamKind::Python,
             python: None,
             loads: vec![load(8, 2), load(1, 1)],
             systems: SYSTEMS.iter().map(ToString::to_string).collect(),
@@ -342,7 +390,6 @@ impl Default for ProxyRun {
 /// `proxy-overhead`: one row per system, load and round.
 pub async fn proxy_overhead(ctx: &mut Ctx, run: &ProxyRun) -> Result<()> {
     let wrk = find_wrk()?;
-    let python = find_python(run.python.as_deref())?;
     let dir = tempfile::Builder::new()
         .prefix("fanout-bench-proxy-")
         .tempdir()
@@ -350,7 +397,7 @@ pub async fn proxy_overhead(ctx: &mut Ctx, run: &ProxyRun) -> Result<()> {
     let script = dir.path().join("tools_call.lua");
     std::fs::write(&script, LUA)
         .map_err(|e| BenchError::io(format!("writing {}", script.display()), e))?;
-    let up = UpstreamServer::start(&python, dir.path()).await?;
+    let up = UpstreamServer::start(run.upstream, run.python.as_deref(), dir.path()).await?;
     check_answer(&up.url).await?;
     for round in 1..=run.rounds.max(1) {
         // Per load, the direct figures of this round (the baseline of the added latency).
@@ -378,7 +425,15 @@ pub async fn proxy_overhead(ctx: &mut Ctx, run: &ProxyRun) -> Result<()> {
                     upstream: up_after.since(&up_before),
                     has_proxy: !pids.is_empty(),
                 };
-                ctx.push(row(system, round, *load, &r, direct[i].as_ref(), cpu));
+                ctx.push(row(
+                    run.upstream,
+                    system,
+                    round,
+                    *load,
+                    &r,
+                    direct[i].as_ref(),
+                    cpu,
+                ));
             }
         }
     }
@@ -393,6 +448,7 @@ struct Cpu {
 }
 
 fn row(
+    upstream: UpstreamKind,
     system: &str,
     round: usize,
     load: Load,
@@ -406,7 +462,11 @@ fn row(
         "proxy-overhead",
         system,
         format!(
-            "tools/call, {} connection(s), {} s, round {round}",
+            "tools/call{}, {} connection(s), {} s, round {round}",
+            match upstream {
+                UpstreamKind::Python => "",
+                UpstreamKind::Static => " (static upstream)",
+            },
             load.connections,
             load.duration.as_secs()
         ),
