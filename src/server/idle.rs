@@ -3,25 +3,28 @@
 //! one with no request in progress for the idle deadline. A request is in progress from the
 //! moment hyper hands it to the service until its response body is done (so a stream or a long
 //! poll is never idle); reading its body has a deadline of its own (`http::body`).
+//!
+//! Nothing here runs per request but a few atomic updates: the connection's task is not woken
+//! when a request starts or ends, and no timer is armed per request. One timer per connection
+//! checks the deadline when it would fall; while a request is in progress it looks again one
+//! deadline later.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
-
-#[derive(Debug, Clone, Copy)]
-struct State {
-    in_flight: usize,
-    /// When the connection last had no request in progress (accept, or the end of a response).
-    idle_since: Instant,
-    /// Whether any request has started on this connection.
-    served: bool,
-}
 
 /// The requests in progress on one connection.
 pub(super) struct Activity {
-    state: watch::Sender<State>,
+    /// When the connection was accepted (the origin of `idle_since_ns`).
+    born: Instant,
+    in_flight: AtomicUsize,
+    /// When the connection last had no request in progress, in nanoseconds after `born` (0: since
+    /// accept).
+    idle_since_ns: AtomicU64,
+    /// Whether any request has started on this connection.
+    served: AtomicBool,
 }
 
 /// One request in progress; dropped with its response body.
@@ -29,12 +32,12 @@ pub(super) struct InFlight(Arc<Activity>);
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        self.0.state.send_modify(|s| {
-            s.in_flight = s.in_flight.saturating_sub(1);
-            if s.in_flight == 0 {
-                s.idle_since = Instant::now();
-            }
-        });
+        let a = &self.0;
+        // Written before the count goes down, so a check that sees no request in progress sees
+        // when the last one ended (the latest end, when several end together).
+        let now = u64::try_from(a.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        a.idle_since_ns.fetch_max(now, Ordering::Release);
+        a.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -58,48 +61,43 @@ impl Idle {
 
 impl Activity {
     pub(super) fn new() -> Arc<Activity> {
-        let (state, _) = watch::channel(State {
-            in_flight: 0,
-            idle_since: Instant::now(),
-            served: false,
-        });
-        Arc::new(Activity { state })
+        Arc::new(Activity {
+            born: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            idle_since_ns: AtomicU64::new(0),
+            served: AtomicBool::new(false),
+        })
     }
 
+    /// A request starts: the connection is not idle until it is dropped.
     pub(super) fn begin(self: &Arc<Activity>) -> InFlight {
-        self.state.send_modify(|s| {
-            s.in_flight += 1;
-            s.served = true;
-        });
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+        self.served.store(true, Ordering::Release);
         InFlight(self.clone())
     }
 
-    /// Resolves when the connection has had no request in progress for its deadline:
-    /// `first_request` before any request started, `idle` after.
+    /// Resolves when the connection has done nothing for its deadline: `first_request` after
+    /// accept if no request has started, else `idle` after the last one ended.
     pub(super) async fn expired(&self, first_request: Duration, idle: Duration) -> Idle {
-        let mut rx = self.state.subscribe();
         loop {
-            let s = *rx.borrow_and_update();
-            if s.in_flight > 0 {
-                // The sender lives in `self`: `changed` fails only if it is gone.
-                if rx.changed().await.is_err() {
-                    return std::future::pending().await;
-                }
-                continue;
-            }
-            let (limit, why) = if s.served {
+            let (limit, why) = if self.served.load(Ordering::Acquire) {
                 (idle, Idle::BetweenRequests)
             } else {
                 (first_request, Idle::NoRequest)
             };
-            tokio::select! {
-                _ = tokio::time::sleep_until(s.idle_since + limit) => return why,
-                changed = rx.changed() => {
-                    if changed.is_err() {
-                        return std::future::pending().await;
-                    }
+            let now = Instant::now();
+            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
+                // Busy: nothing can expire before a request ends and `limit` passes after it.
+                now + limit
+            } else {
+                let since = self.idle_since_ns.load(Ordering::Acquire);
+                let deadline = self.born + Duration::from_nanos(since) + limit;
+                if deadline <= now {
+                    return why;
                 }
-            }
+                deadline
+            };
+            tokio::time::sleep_until(deadline).await;
         }
     }
 }
