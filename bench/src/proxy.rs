@@ -132,32 +132,15 @@ impl UpstreamServer {
         let script = dir.join("proxy_upstream.py");
         std::fs::write(&script, UPSTREAM_PY)
             .map_err(|e| BenchError::io(format!("writing {}", script.display()), e))?;
-        let mut child = tokio::process::Command::new(python)
-            .arg(&script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .map_err(|e| BenchError::io(format!("starting {}", python.display()), e))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| BenchError::Failed("the upstream's stdout is not piped".into()))?;
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        let mut cmd = tokio::process::Command::new(python);
+        cmd.arg(&script);
+        let what = format!("the upstream MCP server ({})", python.display());
+        let (child, url) = spawn_announcing(cmd, &what, "url", Duration::from_secs(30))
             .await
-            .map_err(|_| BenchError::Timeout("the upstream MCP server to start".into()))?
-            .map_err(|e| BenchError::io("reading the upstream's stdout", e))?
-            .ok_or_else(|| {
-                BenchError::Missing(format!("the upstream MCP server exited. {PY_HOW}"))
+            .map_err(|e| match e {
+                BenchError::Failed(m) => BenchError::Missing(format!("{m}. {PY_HOW}")),
+                other => other,
             })?;
-        let v: Value = serde_json::from_str(&line)?;
-        let url = v
-            .get("url")
-            .and_then(Value::as_str)
-            .ok_or_else(|| BenchError::Protocol(format!("upstream printed {line}")))?
-            .to_string();
         let port = reqwest::Url::parse(&url)
             .ok()
             .and_then(|u| u.port())
@@ -237,34 +220,48 @@ impl Front {
 async fn start_floor(upstream: &str) -> Result<(tokio::process::Child, String)> {
     let exe = std::env::current_exe()
         .map_err(|e| BenchError::io("finding the bench's own executable", e))?;
-    let mut child = tokio::process::Command::new(exe)
-        .arg("hyper-floor")
-        .arg(upstream)
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.arg("hyper-floor").arg(upstream);
+    spawn_announcing(
+        cmd,
+        "the hyper-floor proxy",
+        "addr",
+        Duration::from_secs(10),
+    )
+    .await
+}
+
+/// Starts `cmd` (killed on drop) and waits up to `within` for the one JSON line it prints when it
+/// serves; `field` of that line. An exit before it is [`BenchError::Failed`].
+async fn spawn_announcing(
+    mut cmd: tokio::process::Command,
+    what: &str,
+    field: &str,
+    within: Duration,
+) -> Result<(tokio::process::Child, String)> {
+    let mut child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| BenchError::io("starting the hyper-floor proxy", e))?;
+        .map_err(|e| BenchError::io(format!("starting {what}"), e))?;
     let stdout = child
         .stdout
         .take()
-        .ok_or_else(|| BenchError::Failed("the floor proxy's stdout is not piped".into()))?;
-    let line = tokio::time::timeout(
-        Duration::from_secs(10),
-        BufReader::new(stdout).lines().next_line(),
-    )
-    .await
-    .map_err(|_| BenchError::Timeout("the hyper-floor proxy to start".into()))?
-    .map_err(|e| BenchError::io("reading the floor proxy's stdout", e))?
-    .ok_or_else(|| BenchError::Failed("the hyper-floor proxy exited".into()))?;
+        .ok_or_else(|| BenchError::Failed(format!("{what}: stdout is not piped")))?;
+    let line = tokio::time::timeout(within, BufReader::new(stdout).lines().next_line())
+        .await
+        .map_err(|_| BenchError::Timeout(format!("{what} to start")))?
+        .map_err(|e| BenchError::io(format!("reading {what}'s stdout"), e))?
+        .ok_or_else(|| BenchError::Failed(format!("{what} exited")))?;
     let v: Value = serde_json::from_str(&line)?;
-    let addr = v
-        .get("addr")
+    let value = v
+        .get(field)
         .and_then(Value::as_str)
-        .ok_or_else(|| BenchError::Protocol(format!("hyper-floor printed {line}")))?
+        .ok_or_else(|| BenchError::Protocol(format!("{what} printed {line}")))?
         .to_string();
-    Ok((child, addr))
+    Ok((child, value))
 }
 
 /// One `tools/call` as wrk sends it, checked: `200` and the tool's result (1 + 2).

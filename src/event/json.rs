@@ -36,13 +36,24 @@ pub enum JsonError {
 /// [`JsonError::DuplicateKey`] naming the key.
 pub fn parse_json(bytes: &[u8]) -> Result<Value, JsonError> {
     let duplicate = Cell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let parsed = Strict {
+    let seed = Strict {
         duplicate: &duplicate,
-    }
-    .deserialize(&mut de)
-    .and_then(|value| de.end().map(|()| value));
-    parsed.map_err(|e| match duplicate.take() {
+    };
+    read_whole(bytes, seed, &duplicate)
+}
+
+/// Reads `bytes` as one value through `seed`, nothing after it; an error after `seed` left a key
+/// in `duplicate` is [`JsonError::DuplicateKey`] naming it, at the error's position.
+fn read_whole<'de, S: DeserializeSeed<'de>>(
+    bytes: &'de [u8],
+    seed: S,
+    duplicate: &Cell<Option<String>>,
+) -> Result<S::Value, JsonError> {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let read = seed
+        .deserialize(&mut de)
+        .and_then(|value| de.end().map(|()| value));
+    read.map_err(|e| match duplicate.take() {
         Some(key) => JsonError::DuplicateKey {
             key,
             line: e.line(),
@@ -162,22 +173,12 @@ impl<'de> Visitor<'de> for Strict<'_> {
 /// are read (borrowed from the input unless escaped) and dropped with it.
 pub fn scan_method(bytes: &[u8]) -> Result<Option<String>, JsonError> {
     let duplicate = Cell::new(None);
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let scanned = Scan {
+    let seed = Scan {
         duplicate: &duplicate,
         top: true,
         capture: false,
-    }
-    .deserialize(&mut de)
-    .and_then(|method| de.end().map(|()| method));
-    scanned.map_err(|e| match duplicate.take() {
-        Some(key) => JsonError::DuplicateKey {
-            key,
-            line: e.line(),
-            column: e.column(),
-        },
-        None => JsonError::Syntax(e),
-    })
+    };
+    read_whole(bytes, seed, &duplicate)
 }
 
 /// Objects with more keys than this check for a repeated one in a hash set (SipHash: a body

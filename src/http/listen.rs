@@ -213,27 +213,13 @@ async fn handle(
         .await
         .map_err(|e| RpcError::from_app(e, &null))?;
     // An object naming a key twice is refused in both modes (the upstream could read the other
-    // value than the one the service acted on). Proxy mode only needs the verdict and the
-    // method (a scan, no `Value` built); a listen request is parsed whole below.
-    let (rpc_method, parsed) = if st.upstream.is_some() {
-        match scan_method(&bytes) {
-            Ok(method) => (method, None),
-            Err(e @ JsonError::DuplicateKey { .. }) => return Err(parse_error(&e)),
-            // Not JSON: the upstream's to answer (a listen request is refused below).
-            Err(_) => (None, None),
-        }
-    } else {
-        let parsed = parse_json(&bytes);
-        if let Err(e @ JsonError::DuplicateKey { .. }) = &parsed {
-            return Err(parse_error(e));
-        }
-        let method = parsed
-            .as_ref()
-            .ok()
-            .and_then(|m| m.get("method"))
-            .and_then(Value::as_str)
-            .map(str::to_owned);
-        (method, Some(parsed))
+    // value than the one the service acted on). The method is found by a scan (no `Value`
+    // built: a proxied body needs nothing more); a listen request is parsed whole below. A body
+    // that is not JSON is the upstream's to answer, or refused below as a listen request.
+    let rpc_method = match scan_method(&bytes) {
+        Ok(method) => method,
+        Err(e @ JsonError::DuplicateKey { .. }) => return Err(parse_error(&e)),
+        Err(_) => None,
     };
     // Proxy mode: everything but `subscriptions/listen` goes to the upstream, untouched.
     if let Some(up) = &st.upstream {
@@ -267,9 +253,7 @@ async fn handle(
         ));
     }
     require_json(&headers).map_err(|e| RpcError::from_app(e, &null))?;
-    let msg = parsed
-        .unwrap_or_else(|| parse_json(&bytes))
-        .map_err(|e| parse_error(&e))?;
+    let msg = parse_json(&bytes).map_err(|e| parse_error(&e))?;
     let request = listen::validate(
         &msg,
         headers.get(MCP_METHOD).map(|v| v.as_bytes()),

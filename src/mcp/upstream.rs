@@ -7,10 +7,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
-
-use super::forward_client::{self, ForwardClient};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
+
+use super::forward_client::{self, ForwardClient};
 
 pub struct Upstream {
     /// The era adapter's client (its own handshakes and session ends).
@@ -220,8 +220,8 @@ impl Upstream {
             url.set_path(PROXIED_PATH);
         }
         let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(5))
-            .pool_idle_timeout(Duration::from_secs(30))
+            .connect_timeout(forward_client::CONNECT_TIMEOUT)
+            .pool_idle_timeout(forward_client::POOL_IDLE_TIMEOUT)
             // A redirect is relayed to the client, never followed here: a re-sent POST could
             // repeat a call, and would carry the client's credentials to another origin.
             .redirect(reqwest::redirect::Policy::none())
