@@ -10,6 +10,7 @@
 pub mod handoff;
 mod idle;
 mod parse_errors;
+mod self_wake;
 mod stall;
 pub mod stream_watch;
 
@@ -40,6 +41,7 @@ use crate::socket::{SocketState, StreamCut};
 use handoff::HandOff;
 use idle::Activity;
 use parse_errors::Exchanges;
+use self_wake::SelfWake;
 use stall::StallGuard;
 use stream_watch::{StreamExec, StreamWatch};
 
@@ -232,7 +234,9 @@ pub async fn serve(
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
-        tokio::spawn(async move {
+        // The connection's wakes during its own poll (hyper's body channel, each request) are
+        // answered in place, not by a trip through the other worker (see `self_wake`).
+        tokio::spawn(SelfWake::new(async move {
             tokio::select! {
                 ended = conn => {
                     if let Err(error) = ended {
@@ -246,7 +250,7 @@ pub async fn serve(
                     tracing::debug!(%peer, reason = why.as_str(), "closing a connection that does nothing");
                 }
             }
-        });
+        }));
     }
     drop(listener);
     graceful.shutdown().await;
