@@ -34,20 +34,21 @@ async fn proxy_for(up: &BadUpstream, label: &str) -> Replica {
     .await
 }
 
-fn initialize() -> RawRequest {
+/// A JSON-RPC request `POST /mcp` with an SDK client's `Accept`, on a kept-alive connection.
+fn rpc(id: i64, method: &str, params: Value) -> RawRequest {
     RawRequest::new("POST", "/mcp")
         .header("Accept", "application/json, text/event-stream")
         .header("Connection", "keep-alive")
-        .json(&json!({
-            "jsonrpc": "2.0",
-            "id": 7,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": "2025-06-18",
-                "capabilities": {},
-                "clientInfo": { "name": "hostile-test", "version": "1" }
-            }
-        }))
+        .json(&json!({ "jsonrpc": "2.0", "id": id, "method": method, "params": params }))
+}
+
+fn initialize() -> RawRequest {
+    let params = json!({
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": { "name": "hostile-test", "version": "1" }
+    });
+    rpc(7, "initialize", params)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -56,21 +57,77 @@ async fn a_silent_upstream_gets_a_json_rpc_error_after_the_timeout() {
         .await
         .expect("upstream");
     let r = proxy_for(&up, "silent-upstream").await;
-    let resp = initialize()
+    gets_a_timeout_error(&up, &r, initialize(), 7).await;
+}
+
+/// Sends `req` (JSON-RPC id `id`) through `r`: the client gets a `504` JSON-RPC error answering
+/// it, and the proxy closes its upstream connection (it gave up on that request).
+async fn gets_a_timeout_error(up: &BadUpstream, r: &Replica, req: RawRequest, id: i64) {
+    let resp = req
         .send(r.public_addr(), SOON)
         .await
-        .expect("the client is answered though the upstream says nothing");
+        .expect("the client is answered though the upstream does not finish");
     assert_eq!(resp.status(), 504, "{}", resp.text());
     let body: Value = resp.json().expect("json");
     assert_eq!(body["jsonrpc"], "2.0", "{body}");
-    assert_eq!(body["id"], 7, "the error answers the request: {body}");
+    assert_eq!(body["id"], id, "the error answers the request: {body}");
     assert!(body["error"]["code"].is_i64(), "{body}");
-    // The proxy gave up on the upstream request: its connection is closed.
     wait_until("the upstream connection to close", SOON, || async {
         up.ended() >= 1
     })
     .await
-    .expect("the proxy closes the silent upstream's connection");
+    .expect("the proxy closes the upstream's connection");
+}
+
+fn tools_call() -> RawRequest {
+    rpc(
+        9,
+        "tools/call",
+        json!({ "name": "add", "arguments": { "a": 1, "b": 2 } }),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_answer_whose_body_stalls_gets_a_json_rpc_error_after_the_timeout() {
+    // A small answer of known length is held whole before it is relayed (head and body in one
+    // write): a body that never completes is the upstream not answering in time, like a silent
+    // upstream, and not a `200` the client would wait on for ever.
+    let up = BadUpstream::start(Misbehaviour::StalledBody {
+        length: 200,
+        sent: 20,
+    })
+    .await
+    .expect("upstream");
+    let r = proxy_for(&up, "stalled-small-body").await;
+    gets_a_timeout_error(&up, &r, tools_call(), 9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_answer_is_relayed_as_it_arrives() {
+    // Over the hold bound (16 KiB) the answer streams: the client has the head and the part the
+    // upstream sent although the rest never comes, and no timeout cuts a started answer.
+    const LENGTH: u64 = 1024 * 1024;
+    const SENT: u64 = 64 * 1024;
+    let up = BadUpstream::start(Misbehaviour::StalledBody {
+        length: LENGTH,
+        sent: SENT,
+    })
+    .await
+    .expect("upstream");
+    let r = proxy_for(&up, "stalled-large-body").await;
+    let mut conn = send_head_and_part(r.public_addr(), &tools_call(), b"")
+        .await
+        .expect("send");
+    let drained = drain_response(&mut conn, "POST", SENT, SOON)
+        .await
+        .expect("the head and the part sent are relayed before the rest comes");
+    assert_eq!(drained.head.status, 200);
+    assert_eq!(
+        drained.head.header("content-length"),
+        Some(LENGTH.to_string().as_str())
+    );
+    assert_eq!(drained.body_bytes, SENT);
+    assert!(!drained.ended, "the rest never came");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,7 +1,7 @@
 //! Proxy mode (`FANOUT_UPSTREAM`): the service stands in front of an MCP server. `GET /mcp` and
 //! `subscriptions/listen` are served from the fan-out; every other `POST` and `DELETE` is
 //! forwarded with method, headers, status and body intact, the response streamed back frame by
-//! frame. Sessions are recorded from `initialize` responses before they are relayed, so a client's
+//! frame (a small one of known length is read whole first and written in one piece). Sessions are recorded from `initialize` responses before they are relayed, so a client's
 //! immediate GET on another replica finds its session.
 
 use std::fmt::Write as _;
@@ -168,6 +168,13 @@ async fn record_session(
     }
 }
 
+/// Largest answer of known length (`Content-Length`) held whole before it is relayed, so its
+/// head and body reach the client in one write: an upstream often sends the two in separate
+/// segments, and relaying the head alone costs a second write, a second segment to the client and
+/// another wake-up for both (nginx's `postpone_output` does the same for the same reason). An
+/// event stream, or an answer without a length or larger than this, is relayed as it arrives.
+const HOLD_WHOLE_MAX_BYTES: u64 = 16 * 1024;
+
 /// Why an upstream answer's body could not be relayed.
 enum BodyFailed {
     Cut,
@@ -176,7 +183,8 @@ enum BodyFailed {
 
 /// The body relayed to the client: the upstream's, or (`rewrite`) with `listChanged` advertised,
 /// held whole up to `rewrite_max_bytes` within the response timeout (an event stream is rewritten
-/// as it goes).
+/// as it goes). A small answer of known length is held whole within the response timeout
+/// ([`HOLD_WHOLE_MAX_BYTES`]); anything else streams.
 async fn relay_body(
     up: &Upstream,
     resp: axum::http::Response<hyper::body::Incoming>,
@@ -217,9 +225,29 @@ async fn relay_body(
             advertise_list_changed,
             up.rewrite_max_bytes,
         ))
+    } else if !is_sse && small_known_length(headers) {
+        let whole =
+            tokio::time::timeout_at(started + up.response_timeout, resp.into_body().collect());
+        match whole.await {
+            Ok(Ok(collected)) => Body::from(collected.to_bytes()),
+            Ok(Err(error)) => {
+                tracing::warn!(%error, "upstream body failed");
+                return Err(BodyFailed::Cut);
+            }
+            Err(_) => return Err(BodyFailed::Timeout),
+        }
     } else {
         Body::new(resp.into_body())
     })
+}
+
+/// True when the answer says its length and it is at most [`HOLD_WHOLE_MAX_BYTES`].
+fn small_known_length(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|n| n <= HOLD_WHOLE_MAX_BYTES)
 }
 
 /// `headers` without the hop-by-hop ones, those their `Connection` names, and `also`.

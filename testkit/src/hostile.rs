@@ -209,6 +209,9 @@ pub enum Misbehaviour {
     /// A `200` event stream whose first event never ends: `data: xxx…` without a line end,
     /// written until the connection fails.
     EndlessEvent,
+    /// A `200` JSON answer announcing `length` bytes (`Content-Length`) of which only the first
+    /// `sent` are written; the rest never comes.
+    StalledBody { length: u64, sent: u64 },
 }
 
 /// An upstream MCP server (HTTP/1.1 on loopback) that misbehaves; counts the connections that
@@ -350,6 +353,18 @@ async fn serve_one(mut conn: TcpStream, how: Misbehaviour, written: &AtomicU64) 
                 }
                 written.fetch_add(part.len() as u64, Ordering::SeqCst);
             }
+        }
+        Misbehaviour::StalledBody { length, sent } => {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
+            );
+            let part = vec![b' '; usize::try_from(sent.min(length)).unwrap_or(0)];
+            if conn.write_all(head.as_bytes()).await.is_err()
+                || conn.write_all(&part).await.is_err()
+            {
+                return;
+            }
+            written.fetch_add(part.len() as u64, Ordering::SeqCst);
         }
     }
     // Hold the connection until the proxy closes it.
