@@ -83,6 +83,8 @@ pub struct Clients {
     workers: Vec<Worker>,
     /// Subscribers opened.
     pub subscribers: usize,
+    /// Subscribers opened from now on resume after a clean end (see [`Clients::resuming`]).
+    resume: bool,
 }
 
 impl Clients {
@@ -124,12 +126,22 @@ impl Clients {
         Ok(Clients {
             workers,
             subscribers: 0,
+            resume: false,
         })
     }
 
     /// Enough workers for `subscribers` connections (at least `min`).
     pub async fn for_subscribers(subscribers: usize, min: usize) -> Result<Clients> {
         Clients::spawn(subscribers.div_ceil(PER_WORKER).max(min).max(1)).await
+    }
+
+    /// Subscribers opened after this behave as an SSE client does when the server ends its stream
+    /// cleanly: they reconnect after the server's `retry:` with `Last-Event-ID` and go on
+    /// counting (each reconnect is counted in the phase's `resumed`). Without it a clean end is a
+    /// disconnect, and what was not received before it is missing.
+    pub fn resuming(mut self) -> Clients {
+        self.resume = true;
+        self
     }
 
     /// Opens `total` subscribers spread evenly over `targets` and over the workers; each worker
@@ -165,6 +177,7 @@ impl Clients {
                     src_ips,
                     parallel: 200,
                     timeout_ms: 60_000,
+                    resume: self.resume,
                 })
                 .await?;
         }
@@ -314,6 +327,7 @@ fn merge(into: &mut PhaseReport, r: PhaseReport) {
     into.wrong_set += r.wrong_set;
     into.order_violations += r.order_violations;
     into.closed += r.closed;
+    into.resumed += r.resumed;
     if r.first_recv_ns != 0 && (into.first_recv_ns == 0 || r.first_recv_ns < into.first_recv_ns) {
         into.first_recv_ns = r.first_recv_ns;
     }

@@ -40,6 +40,12 @@ pub struct SseParser {
     cut: bool,
     id_key: Option<u64>,
     data: Option<(Option<u64>, Option<u64>)>,
+    /// The `id:` of the frame being read (the SSE "last event ID buffer").
+    id_buf: Vec<u8>,
+    /// The last event id as of the last complete frame: what a client resumes from.
+    resume_id: Vec<u8>,
+    /// The server's `retry:` (milliseconds), when it sent one.
+    retry_ms: Option<u64>,
 }
 
 impl SseParser {
@@ -52,7 +58,29 @@ impl SseParser {
             cut: false,
             id_key: None,
             data: None,
+            id_buf: Vec::with_capacity(64),
+            resume_id: Vec::with_capacity(64),
+            retry_ms: None,
         }
+    }
+
+    /// The id to send as `Last-Event-ID` on a reconnect: the last one set as of the last complete
+    /// frame (as an `EventSource` keeps it), `None` before any.
+    pub fn resume_id(&self) -> Option<&[u8]> {
+        (!self.resume_id.is_empty()).then_some(self.resume_id.as_slice())
+    }
+
+    /// Takes over what an SSE client keeps across a reconnect from the stream it replaces: the
+    /// last event id and the reconnection delay (a fresh parser, nothing fed yet).
+    pub fn keep_across_reconnect(&mut self, old: &SseParser) {
+        self.id_buf.clone_from(&old.resume_id);
+        self.resume_id.clone_from(&old.resume_id);
+        self.retry_ms = self.retry_ms.or(old.retry_ms);
+    }
+
+    /// The reconnection delay the server asked for with `retry:`.
+    pub fn retry_ms(&self) -> Option<u64> {
+        self.retry_ms
     }
 
     /// True once the terminating chunk was read.
@@ -141,6 +169,11 @@ impl SseParser {
             line = stripped;
         }
         if line.is_empty() {
+            // A frame ends: the id buffer becomes the stream's last event id, data or not.
+            if self.resume_id != self.id_buf {
+                self.resume_id.clear();
+                self.resume_id.extend_from_slice(&self.id_buf);
+            }
             if let Some((n, t)) = self.data.take() {
                 on_frame(FrameInfo {
                     key: self.id_key,
@@ -151,6 +184,10 @@ impl SseParser {
             self.id_key = None;
         } else if let Some(v) = field(line, b"id") {
             self.id_key = order_key(v);
+            self.id_buf.clear();
+            self.id_buf.extend_from_slice(v);
+        } else if let Some(v) = field(line, b"retry") {
+            self.retry_ms = digits(v);
         } else if let Some(v) = field(line, b"data") {
             if !v.is_empty() {
                 let (n, t) = self.data.unwrap_or((None, None));
@@ -285,6 +322,30 @@ mod tests {
         let mut p = SseParser::new(true);
         p.feed(&body, &mut |_| {});
         assert!(p.done());
+    }
+
+    #[test]
+    fn resume_id_is_the_last_complete_frames() {
+        let mut p = SseParser::new(false);
+        assert_eq!(p.resume_id(), None);
+        p.feed(b"id: e-0\nretry: 2000\ndata: \n\n", &mut |_| {});
+        assert_eq!(p.resume_id(), Some(&b"e-0"[..]), "a priming frame sets it");
+        assert_eq!(p.retry_ms(), Some(2000));
+        p.feed(
+            b"id: e-1\ndata: {\"n\":1}\n\nid: e-2\ndata: {\"n\"",
+            &mut |_| {},
+        );
+        assert_eq!(
+            p.resume_id(),
+            Some(&b"e-1"[..]),
+            "not the frame still being read"
+        );
+        p.feed(b":2}\n\ndata: {\"n\":3}\n\n", &mut |_| {});
+        assert_eq!(
+            p.resume_id(),
+            Some(&b"e-2"[..]),
+            "a frame without id keeps the last"
+        );
     }
 
     #[test]

@@ -36,6 +36,10 @@ pub enum Command {
         src_ips: Vec<Ipv4Addr>,
         parallel: usize,
         timeout_ms: u64,
+        /// After the server ends a stream cleanly (its last chunk), reconnect as an SSE client
+        /// does: after the server's `retry:`, with `Last-Event-ID` of the last complete frame.
+        #[serde(default)]
+        resume: bool,
     },
     /// Start a phase: every subscriber should now receive `count` frames. With `last` (coalesced
     /// list_changed), at most `count`, the last of them event `last`: a subscriber is complete
@@ -97,6 +101,9 @@ pub struct PhaseReport {
     pub order_violations: u64,
     /// Subscribers whose connection ended (server close or error) during the run.
     pub closed: usize,
+    /// Reconnections with `Last-Event-ID` after the server ended a stream cleanly (`resume`).
+    #[serde(default)]
+    pub resumed: u64,
     /// Earliest receive time (unix nanos) of a frame in the phase.
     pub first_recv_ns: u64,
     /// Latest receive time of a frame in the phase.
@@ -137,6 +144,8 @@ struct Slot {
     last_key: Option<u64>,
     /// The publish index of the last frame received.
     last_n: Option<u64>,
+    /// Reconnections after a clean end, this phase.
+    resumes: u64,
     closed: bool,
     error: Option<String>,
 }
@@ -199,8 +208,14 @@ async fn serve() -> Result<()> {
                 src_ips,
                 parallel,
                 timeout_ms,
+                resume,
             } => {
-                let reply = connect_all(&state, targets, src_ips, parallel, timeout_ms).await;
+                let how = Opening {
+                    parallel,
+                    timeout_ms,
+                    resume,
+                };
+                let reply = connect_all(&state, targets, src_ips, how).await;
                 send(&mut out, &reply).await?;
             }
             Command::Expect { count, last } => {
@@ -238,14 +253,29 @@ async fn send(out: &mut tokio::io::Stdout, reply: &Reply) -> Result<()> {
         .map_err(|e| BenchError::io("flushing a reply", e))
 }
 
+/// How a worker opens its connections.
+#[derive(Debug, Clone, Copy)]
+struct Opening {
+    /// Connections being opened at once.
+    parallel: usize,
+    /// Deadline for a connection and its response head.
+    timeout_ms: u64,
+    /// Reconnect after a clean end (see [`Command::Connect`]).
+    resume: bool,
+}
+
+/// Why `read_loop` returns when the server ends a stream with its last chunk.
+const CLEAN_END: &str = "stream ended by server (last chunk)";
+/// Reconnection delay when the server sent no `retry:`.
+const DEFAULT_RETRY_MS: u64 = 1000;
+
 async fn connect_all(
     state: &Shared,
     targets: Vec<ConnTarget>,
     src_ips: Vec<Ipv4Addr>,
-    parallel: usize,
-    timeout_ms: u64,
+    how: Opening,
 ) -> Reply {
-    let sem = Rc::new(tokio::sync::Semaphore::new(parallel.max(1)));
+    let sem = Rc::new(tokio::sync::Semaphore::new(how.parallel.max(1)));
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::result::Result<(), String>>();
     let mut total = 0usize;
     let ips = if src_ips.is_empty() {
@@ -269,33 +299,30 @@ async fn connect_all(
             let sem = Rc::clone(&sem);
             tokio::task::spawn_local(async move {
                 let permit = sem.acquire().await;
-                let opened = tokio::time::timeout(
-                    Duration::from_millis(timeout_ms),
-                    open(addr, src, &request),
-                )
-                .await;
+                let opened = open_within(addr, src, &request, how.timeout_ms).await;
                 drop(permit);
-                let opened = match opened {
-                    Ok(r) => r,
-                    Err(_) => Err(format!("connect/head timed out after {timeout_ms} ms")),
-                };
-                match opened {
+                let why = match opened {
                     Ok((stream, parser, rest)) => {
                         let _ = tx.send(Ok(()));
-                        let why = read_loop(stream, parser, rest, &state, idx).await;
-                        let mut st = state.borrow_mut();
-                        st.slots[idx].closed = true;
-                        st.slots[idx].error = Some(why);
+                        follow(
+                            stream,
+                            parser,
+                            rest,
+                            &state,
+                            idx,
+                            (addr, src, &request),
+                            how,
+                        )
+                        .await
                     }
                     Err(e) => {
-                        {
-                            let mut st = state.borrow_mut();
-                            st.slots[idx].closed = true;
-                            st.slots[idx].error = Some(e.clone());
-                        }
-                        let _ = tx.send(Err(e));
+                        let _ = tx.send(Err(e.clone()));
+                        e
                     }
-                }
+                };
+                let mut st = state.borrow_mut();
+                st.slots[idx].closed = true;
+                st.slots[idx].error = Some(why);
             });
         }
     }
@@ -316,6 +343,70 @@ async fn connect_all(
         failed,
         first_error,
     }
+}
+
+/// [`open`] within `timeout_ms`.
+async fn open_within(
+    addr: SocketAddr,
+    src: Ipv4Addr,
+    request: &str,
+    timeout_ms: u64,
+) -> std::result::Result<(TcpStream, SseParser, Vec<u8>), String> {
+    tokio::time::timeout(Duration::from_millis(timeout_ms), open(addr, src, request))
+        .await
+        .unwrap_or_else(|_| Err(format!("connect/head timed out after {timeout_ms} ms")))
+}
+
+/// Reads one subscriber's stream until it ends; with `how.resume`, a clean end is followed by a
+/// reconnect with `Last-Event-ID` (counted in the slot) and reading goes on. Why it ended.
+async fn follow(
+    mut stream: TcpStream,
+    mut parser: SseParser,
+    mut first: Vec<u8>,
+    state: &Shared,
+    idx: usize,
+    (addr, src, request): (SocketAddr, Ipv4Addr, &str),
+    how: Opening,
+) -> String {
+    loop {
+        let why = read_loop(stream, &mut parser, first, state, idx).await;
+        if !how.resume || why != CLEAN_END {
+            return why;
+        }
+        let Some(id) = parser
+            .resume_id()
+            .map(|id| String::from_utf8_lossy(id).into_owned())
+        else {
+            return why;
+        };
+        let retry = parser.retry_ms().unwrap_or(DEFAULT_RETRY_MS);
+        tokio::time::sleep(Duration::from_millis(retry)).await;
+        let again = with_last_event_id(request, &id);
+        match open_within(addr, src, &again, how.timeout_ms).await {
+            Ok((s, mut p, rest)) => {
+                state.borrow_mut().slots[idx].resumes += 1;
+                // The new stream's parser, keeping what a client keeps across reconnects.
+                p.keep_across_reconnect(&parser);
+                (stream, parser, first) = (s, p, rest);
+            }
+            Err(e) => return format!("resuming after a clean end: {e}"),
+        }
+    }
+}
+
+/// `request` (a head ending in a blank line) with `Last-Event-ID: id` in place of any it had.
+fn with_last_event_id(request: &str, id: &str) -> String {
+    let mut out = String::with_capacity(request.len() + id.len() + 17);
+    for line in request.trim_end_matches("\r\n").split("\r\n") {
+        if !line.to_ascii_lowercase().starts_with("last-event-id:") {
+            out.push_str(line);
+            out.push_str("\r\n");
+        }
+    }
+    out.push_str("Last-Event-ID: ");
+    out.push_str(id);
+    out.push_str("\r\n\r\n");
+    out
 }
 
 async fn open(
@@ -369,7 +460,7 @@ async fn open(
 
 async fn read_loop(
     mut stream: TcpStream,
-    mut parser: SseParser,
+    parser: &mut SseParser,
     first: Vec<u8>,
     state: &Shared,
     idx: usize,
@@ -379,15 +470,15 @@ async fn read_loop(
     let mut lat: Vec<u64> = Vec::new();
     loop {
         if !pending.is_empty() {
-            absorb(&mut parser, &pending, state, idx, &mut lat);
+            absorb(parser, &pending, state, idx, &mut lat);
             pending = Vec::new();
         }
         if parser.done() {
-            return "stream ended by server (last chunk)".to_string();
+            return CLEAN_END.to_string();
         }
         match stream.read(&mut buf).await {
             Ok(0) => return "connection closed by server".to_string(),
-            Ok(n) => absorb(&mut parser, &buf[..n], state, idx, &mut lat),
+            Ok(n) => absorb(parser, &buf[..n], state, idx, &mut lat),
             Err(e) => return format!("read: {e}"),
         }
     }
@@ -491,6 +582,7 @@ async fn collect(
     for s in &mut st.slots {
         r.frames += s.count;
         r.order_violations += s.order_violations;
+        r.resumed += s.resumes;
         if s.closed {
             r.closed += 1;
             if r.close_error.is_none() {
@@ -521,6 +613,7 @@ async fn collect(
         s.hash = 0;
         s.order_violations = 0;
         s.last_n = None;
+        s.resumes = 0;
     }
     r.latency_us = st
         .hist
@@ -531,4 +624,23 @@ async fn collect(
     st.first_recv_ns = 0;
     st.last_recv_ns = 0;
     Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_request_carries_one_last_event_id() {
+        let head = "GET /mcp HTTP/1.1\r\nHost: x\r\nLast-Event-ID: e-1\r\nAccept: text/event-stream\r\n\r\n";
+        assert_eq!(
+            with_last_event_id(head, "e-9"),
+            "GET /mcp HTTP/1.1\r\nHost: x\r\nAccept: text/event-stream\r\nLast-Event-ID: e-9\r\n\r\n"
+        );
+        let plain = "GET /mcp HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_eq!(
+            with_last_event_id(plain, "e-2"),
+            "GET /mcp HTTP/1.1\r\nHost: x\r\nLast-Event-ID: e-2\r\n\r\n"
+        );
+    }
 }
