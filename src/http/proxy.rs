@@ -1,8 +1,9 @@
 //! Proxy mode (`FANOUT_UPSTREAM`): the service stands in front of an MCP server. `GET /mcp` and
 //! `subscriptions/listen` are served from the fan-out; every other `POST` and `DELETE` is
 //! forwarded with method, headers, status and body intact, the response streamed back frame by
-//! frame (a small one of known length is read whole first and written in one piece). Sessions are recorded from `initialize` responses before they are relayed, so a client's
-//! immediate GET on another replica finds its session.
+//! frame (a small one of known length is read whole first and written in one piece). Sessions are
+//! recorded from `initialize` responses before they are relayed, so a client's immediate GET on
+//! another replica finds its session.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
