@@ -213,7 +213,10 @@ enum Cmd {
         duration_secs: u64,
     },
     /// Single events from 32 concurrent HTTP publishers, then batches of 1000 × 200-byte params,
-    /// to 100 subscribers; and `pgbench -c 4` running the plain INSERT + pg_notify outbox.
+    /// to 100 subscribers; and `pgbench -c 4` running the plain INSERT + pg_notify outbox. The
+    /// subscribers resume as SSE clients do (after `retry:`, with `Last-Event-ID`) when the server
+    /// ends a lagging stream; every event is still counted at every subscriber (`resumed`: how
+    /// many times).
     PublishThroughput {
         #[command(flatten)]
         common: Common,
