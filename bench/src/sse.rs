@@ -170,10 +170,7 @@ impl SseParser {
         }
         if line.is_empty() {
             // A frame ends: the id buffer becomes the stream's last event id, data or not.
-            if self.resume_id != self.id_buf {
-                self.resume_id.clear();
-                self.resume_id.extend_from_slice(&self.id_buf);
-            }
+            self.resume_id.clone_from(&self.id_buf);
             if let Some((n, t)) = self.data.take() {
                 on_frame(FrameInfo {
                     key: self.id_key,

@@ -197,15 +197,15 @@ async fn relay_body(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    let deadline = started + up.response_timeout;
+    // The length hyper read from `Content-Length` (exact only when the answer stated one).
+    let known_len = hyper::body::Body::size_hint(resp.body()).exact();
     Ok(if rewrite && !is_sse {
         headers.remove(header::CONTENT_LENGTH);
-        let held = tokio::time::timeout_at(
-            started + up.response_timeout,
-            hold(resp.into_body().into_data_stream(), up.rewrite_max_bytes),
-        );
-        match held.await {
-            Ok(Ok(Held::Whole(b))) => Body::from(rewrite_json(&b, advertise_list_changed)),
-            Ok(Ok(Held::Over(head, rest))) => {
+        let body = resp.into_body().into_data_stream();
+        match within(deadline, hold(body, up.rewrite_max_bytes)).await? {
+            Held::Whole(b) => Body::from(rewrite_json(&b, advertise_list_changed)),
+            Held::Over(head, rest) => {
                 tracing::warn!(
                     upstream = %up.url,
                     max_bytes = up.rewrite_max_bytes,
@@ -213,11 +213,6 @@ async fn relay_body(
                 );
                 Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest))
             }
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "upstream body failed");
-                return Err(BodyFailed::Cut);
-            }
-            Err(_) => return Err(BodyFailed::Timeout),
         }
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
@@ -226,29 +221,31 @@ async fn relay_body(
             advertise_list_changed,
             up.rewrite_max_bytes,
         ))
-    } else if !is_sse && small_known_length(headers) {
-        let whole =
-            tokio::time::timeout_at(started + up.response_timeout, resp.into_body().collect());
-        match whole.await {
-            Ok(Ok(collected)) => Body::from(collected.to_bytes()),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "upstream body failed");
-                return Err(BodyFailed::Cut);
-            }
-            Err(_) => return Err(BodyFailed::Timeout),
-        }
+    } else if !is_sse && known_len.is_some_and(|n| n <= HOLD_WHOLE_MAX_BYTES) {
+        Body::from(
+            within(deadline, resp.into_body().collect())
+                .await?
+                .to_bytes(),
+        )
     } else {
         Body::new(resp.into_body())
     })
 }
 
-/// True when the answer says its length and it is at most [`HOLD_WHOLE_MAX_BYTES`].
-fn small_known_length(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .is_some_and(|n| n <= HOLD_WHOLE_MAX_BYTES)
+/// Reads an upstream body (`read`) by `deadline`: a read error is a cut answer, the deadline a
+/// timeout.
+async fn within<T, E: std::fmt::Display>(
+    deadline: tokio::time::Instant,
+    read: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, BodyFailed> {
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "upstream body failed");
+            Err(BodyFailed::Cut)
+        }
+        Err(_) => Err(BodyFailed::Timeout),
+    }
 }
 
 /// `headers` without the hop-by-hop ones, those their `Connection` names, and `also`.
