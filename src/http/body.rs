@@ -7,6 +7,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{header, HeaderMap};
 use bytes::Bytes;
+use futures::FutureExt;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 
 use super::error::AppError;
@@ -52,8 +53,15 @@ pub async fn read_body(
     limit: BodyLimit,
 ) -> Result<Bytes, AppError> {
     check_declared(headers, limit.max_bytes)?;
-    let read = tokio::time::timeout(limit.within, Limited::new(body, limit.max_bytes).collect());
-    match read.await {
+    let read = Limited::new(body, limit.max_bytes).collect();
+    tokio::pin!(read);
+    // A body that came with its head (the usual small request) is taken without arming the
+    // deadline's timer; anything else is read against it.
+    let read = match (&mut read).now_or_never() {
+        Some(done) => Ok(done),
+        None => tokio::time::timeout(limit.within, read).await,
+    };
+    match read {
         Ok(Ok(collected)) => Ok(collected.to_bytes()),
         Ok(Err(e)) if e.is::<LengthLimitError>() => Err(AppError::PayloadTooLarge(limit.max_bytes)),
         Ok(Err(e)) => {

@@ -67,8 +67,8 @@ pub fn is_modern_request(headers: &HeaderMap) -> bool {
 
 /// Forwards a 2026-07-28 request (not `subscriptions/listen`) to the upstream, bridging it when
 /// the upstream is of the 2025 era.
-pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
-    let credentials = up.adapter_sessions().credentials(f.headers);
+pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
+    let credentials = up.adapter_sessions().credentials(&f.headers);
     match era(up, &credentials).await {
         Ok(Era::Legacy) => {}
         Ok(Era::Modern) => return proxy::forward(st, up, f).await,
@@ -90,13 +90,12 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
     // At most one renewal: the second answer is returned whatever it is.
     let mut renewed = false;
     loop {
-        let headers = adapted_headers(f.headers, &hs);
         let resp = proxy::forward(
             st,
             up,
             Forward {
                 method: f.method.clone(),
-                headers: &headers,
+                headers: adapted_headers(&f.headers, &hs),
                 body: f.body.clone(),
                 rpc_method: f.rpc_method.clone(),
                 owner: f.owner.clone(),

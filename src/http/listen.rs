@@ -113,14 +113,15 @@ impl IntoResponse for RpcError {
     }
 }
 
-pub async fn post_mcp(
-    State(st): State<AppState>,
-    Extension(conn): Extension<ConnInfo>,
-    http_version: Version,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    match handle(st, &conn, http_version, headers, body).await {
+/// `POST /mcp`. Takes the request whole: its headers move on to the upstream (proxy mode) as
+/// they are, and the connection's details are read in place (extractors would copy both).
+pub async fn post_mcp(State(st): State<AppState>, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let Some(conn) = parts.extensions.get::<ConnInfo>() else {
+        tracing::error!("a request without its connection's details");
+        return AppError::Internal.into_response();
+    };
+    match handle(st, conn, parts.version, parts.headers, body).await {
         Ok(r) => r,
         Err(e) => e.into_response(),
     }
@@ -147,7 +148,7 @@ pub async fn delete_mcp(
     };
     let forward = Forward {
         method: axum::http::Method::DELETE,
-        headers: &headers,
+        headers,
         body: bytes,
         rpc_method: None,
         owner,
@@ -233,7 +234,7 @@ async fn handle(
                 .then(|| identity.session_owner().unwrap_or_else(|_| Owner::nobody()));
             let forward = Forward {
                 method: axum::http::Method::POST,
-                headers: &headers,
+                headers,
                 body: bytes,
                 rpc_method,
                 owner,

@@ -5,6 +5,7 @@ pub mod admin;
 pub mod admin_auth;
 pub mod body;
 pub mod console;
+pub mod edge;
 pub mod era_adapter;
 pub mod error;
 pub mod headers;
@@ -16,18 +17,14 @@ pub mod proxy;
 pub mod sse;
 pub mod subscription;
 
-use std::any::Any;
-
-use axum::extract::{Request, State};
 use axum::http::{Method, Uri};
-use axum::middleware::{self, Next};
-use axum::response::{IntoResponse, Response};
+use axum::middleware;
+use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
 
-use self::error::{AppError, ErrorCode};
-use crate::metrics::CodeLabel;
+use self::error::AppError;
 use crate::state::AppState;
 
 /// The routers: `(public, Some(admin))` when admin has its own listener, else `(all, None)`.
@@ -66,7 +63,7 @@ pub fn starting(retry_ms: u64) -> Router {
         .route("/healthz", get(ops::healthz))
         .route("/mcp", get(shed))
         .fallback(|| async { AppError::DatabaseUnavailable })
-        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(CatchPanicLayer::custom(edge::panic_response))
 }
 
 fn public_routes() -> Router<AppState> {
@@ -97,17 +94,12 @@ fn admin_routes(st: AppState) -> Router<AppState> {
         .route("/metrics", get(ops::metrics))
 }
 
-/// JSON 404/405, origin checks, error counting and panic recovery for every route.
+/// JSON 404/405, and origin checks, error counting and panic recovery ([`edge`]) for every route.
 fn finish(router: Router<AppState>, st: AppState) -> Router {
     router
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(middleware::from_fn_with_state(
-            st.clone(),
-            origin::check_origin,
-        ))
-        .layer(middleware::from_fn_with_state(st.clone(), count_errors))
-        .layer(CatchPanicLayer::custom(panic_response))
+        .layer(edge::EdgeLayer { st: st.clone() })
         .with_state(st)
 }
 
@@ -117,20 +109,4 @@ async fn not_found(uri: Uri) -> AppError {
 
 async fn method_not_allowed(method: Method) -> AppError {
     AppError::MethodNotAllowed(method.to_string())
-}
-
-async fn count_errors(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
-    if let Some(ErrorCode(code)) = resp.extensions().get::<ErrorCode>() {
-        st.metrics
-            .http_errors
-            .get_or_create(&CodeLabel { code })
-            .inc();
-    }
-    resp
-}
-
-fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
-    tracing::error!("a request handler panicked");
-    AppError::Internal.into_response()
 }

@@ -1,59 +1,13 @@
 //! Browser origin checks (contract §2 `FANOUT_ALLOWED_ORIGINS`, §4.1): a request whose `Origin` is
 //! not allowed gets `403` on every endpoint. Allowed cross-origin requests get CORS headers, and
-//! their preflights are answered here.
+//! their preflights are answered, by the edge layer ([`edge`](super::edge)) with these rules.
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{header, HeaderMap};
 
-use super::error::AppError;
-use crate::state::AppState;
-
-const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
-const ALLOW_HEADERS: &str =
+pub const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
+pub const ALLOW_HEADERS: &str =
     "authorization, content-type, accept, last-event-id, mcp-session-id, mcp-protocol-version, mcp-method, idempotency-key";
-const EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version";
-
-pub async fn check_origin(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if !origin_allowed(req.headers(), &st.allowed_origins) {
-        return AppError::Forbidden("the request's Origin is not allowed").into_response();
-    }
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let preflight = req.method() == Method::OPTIONS
-        && req
-            .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    let mut resp = if preflight {
-        let mut r = StatusCode::NO_CONTENT.into_response();
-        let h = r.headers_mut();
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_METHODS,
-            HeaderValue::from_static(ALLOW_METHODS),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_ALLOW_HEADERS,
-            HeaderValue::from_static(ALLOW_HEADERS),
-        );
-        h.insert(
-            header::ACCESS_CONTROL_MAX_AGE,
-            HeaderValue::from_static("600"),
-        );
-        r
-    } else {
-        next.run(req).await
-    };
-    if let Some(origin) = origin {
-        let h = resp.headers_mut();
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-        h.insert(
-            header::ACCESS_CONTROL_EXPOSE_HEADERS,
-            HeaderValue::from_static(EXPOSE_HEADERS),
-        );
-        h.append(header::VARY, HeaderValue::from_static("origin"));
-    }
-    resp
-}
+pub const EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version";
 
 /// No `Origin`: allowed. Otherwise it must be listed, or same-origin: the same scheme, host and
 /// port as the request (see [`request_scheme`]; a missing port is the scheme's default).

@@ -48,9 +48,10 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 const SESSION_ID: HeaderName = HeaderName::from_static(MCP_SESSION_ID);
 
 /// What the proxy knows about a forwarded request.
-pub struct Forward<'a> {
+pub struct Forward {
     pub method: Method,
-    pub headers: &'a HeaderMap,
+    /// The request's headers as received; what is forwarded is made from them in place.
+    pub headers: HeaderMap,
     pub body: Bytes,
     /// The JSON-RPC method, when the body is one.
     pub rpc_method: Option<String>,
@@ -61,50 +62,63 @@ pub struct Forward<'a> {
 }
 
 /// Forwards one request upstream and relays the answer.
-pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
-    let minted_session = f
-        .headers
-        .get(&SESSION_ID)
-        .filter(|v| up.mint_session_ids && minted::is_minted(v.as_bytes()))
-        .and_then(|v| v.to_str().ok());
-    if let (Some(s), true) = (minted_session, f.method == Method::DELETE) {
+pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
+    let Forward {
+        method,
+        mut headers,
+        body: request_body,
+        rpc_method,
+        owner,
+        peer,
+    } = f;
+    let session = headers.get(&SESSION_ID).and_then(|v| v.to_str().ok());
+    let minted_session = session.filter(|s| up.mint_session_ids && minted::is_minted(s.as_bytes()));
+    if let (Some(s), true) = (minted_session, method == Method::DELETE) {
         // The upstream never saw this session: ending it is ours to do.
         end_session(st, s).await;
         return StatusCode::OK.into_response();
     }
+    let minted = minted_session.is_some();
+    // The session a successful DELETE ends here too.
+    let deleted = session
+        .filter(|_| method == Method::DELETE)
+        .map(str::to_owned);
+    if up.forwarded_headers {
+        add_forwarded(&mut headers, peer);
+    }
     // `Host` is the upstream's and `Content-Length` the body's as sent. A minted session id stays
     // here; one the upstream issued goes back to it (a stateful upstream refuses a request
     // without its session id).
-    let also: &[&str] = if minted_session.is_some() {
-        &["host", "content-length", MCP_SESSION_ID]
-    } else {
-        &["host", "content-length"]
-    };
-    let mut headers = end_to_end(f.headers, also);
-    if up.forwarded_headers {
-        add_forwarded(&mut headers, f.headers, f.peer);
+    strip_hop_by_hop(&mut headers);
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    if minted {
+        headers.remove(&SESSION_ID);
     }
-    let mut req = axum::http::Request::new(http_body_util::Full::new(f.body.clone()));
-    *req.method_mut() = f.method.clone();
+    let mut req = axum::http::Request::new(http_body_util::Full::new(request_body.clone()));
+    *req.method_mut() = method.clone();
     *req.uri_mut() = up.uri.clone();
     *req.headers_mut() = headers;
-    let started = tokio::time::Instant::now();
-    let sent = tokio::time::timeout(up.response_timeout, up.forward.request(req)).await;
+    // One timer for the answer's head and a held body: both are due by the same deadline.
+    let timer = tokio::time::sleep(up.response_timeout);
+    tokio::pin!(timer);
+    let sent = before(timer.as_mut(), up.forward.request(req)).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(error)) => {
             tracing::warn!(%error, upstream = %up.url, "upstream unreachable");
             return upstream_error(
                 StatusCode::BAD_GATEWAY,
-                &f.body,
+                &request_body,
                 "the upstream MCP server is unreachable",
             );
         }
-        Err(_) => return upstream_timeout(up, &f.body),
+        Err(_) => return upstream_timeout(up, &request_body),
     };
     let status = resp.status();
-    let mut headers = into_end_to_end(std::mem::take(resp.headers_mut()));
-    let rpc = f.rpc_method.as_deref();
+    let mut headers = std::mem::take(resp.headers_mut());
+    strip_hop_by_hop(&mut headers);
+    let rpc = rpc_method.as_deref();
     if rpc == Some("initialize") && status == StatusCode::NOT_FOUND {
         // An initialize carries no session, so this 404 is not "session not found": the URL is
         // not the MCP endpoint. The client only says "Session terminated".
@@ -114,25 +128,23 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward<'_>) -> Response {
         );
     }
     if rpc == Some("initialize") && status.is_success() {
-        record_session(st, up, &mut headers, f.owner.as_ref()).await;
+        record_session(st, up, &mut headers, owner.as_ref()).await;
     }
-    if f.method == Method::DELETE && status.is_success() {
-        if let Some(s) = f.headers.get(&SESSION_ID).and_then(|v| v.to_str().ok()) {
-            end_session(st, s).await;
-        }
+    if let (Some(s), true) = (&deleted, status.is_success()) {
+        end_session(st, s).await;
     }
     let rewrite =
         up.advertise_list_changed && matches!(rpc, Some("initialize" | "server/discover"));
-    let body = match relay_body(up, resp, &mut headers, rewrite, started).await {
+    let body = match relay_body(up, resp, &mut headers, rewrite, timer).await {
         Ok(body) => body,
         Err(BodyFailed::Cut) => {
             return upstream_error(
                 StatusCode::BAD_GATEWAY,
-                &f.body,
+                &request_body,
                 "the upstream answer was cut",
             )
         }
-        Err(BodyFailed::Timeout) => return upstream_timeout(up, &f.body),
+        Err(BodyFailed::Timeout) => return upstream_timeout(up, &request_body),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -191,19 +203,18 @@ async fn relay_body(
     resp: axum::http::Response<hyper::body::Incoming>,
     headers: &mut HeaderMap,
     rewrite: bool,
-    started: tokio::time::Instant,
+    mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
 ) -> Result<Body, BodyFailed> {
     let is_sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    let deadline = started + up.response_timeout;
     // The length hyper read from `Content-Length` (exact only when the answer stated one).
     let known_len = hyper::body::Body::size_hint(resp.body()).exact();
     Ok(if rewrite && !is_sse {
         headers.remove(header::CONTENT_LENGTH);
         let body = resp.into_body().into_data_stream();
-        match within(deadline, hold(body, up.rewrite_max_bytes)).await? {
+        match within(timer.as_mut(), hold(body, up.rewrite_max_bytes)).await? {
             Held::Whole(b) => Body::from(rewrite_json(&b, advertise_list_changed)),
             Held::Over(head, rest) => {
                 tracing::warn!(
@@ -223,7 +234,7 @@ async fn relay_body(
         ))
     } else if !is_sse && known_len.is_some_and(|n| n <= HOLD_WHOLE_MAX_BYTES) {
         Body::from(
-            within(deadline, resp.into_body().collect())
+            within(timer.as_mut(), resp.into_body().collect())
                 .await?
                 .to_bytes(),
         )
@@ -232,50 +243,58 @@ async fn relay_body(
     })
 }
 
-/// Reads an upstream body (`read`) by `deadline`: a read error is a cut answer, the deadline a
-/// timeout.
+/// Reads an upstream body (`read`) before `timer` fires: a read error is a cut answer, the timer
+/// a timeout.
 async fn within<T, E: std::fmt::Display>(
-    deadline: tokio::time::Instant,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
     read: impl std::future::Future<Output = Result<T, E>>,
 ) -> Result<T, BodyFailed> {
-    match tokio::time::timeout_at(deadline, read).await {
+    match before(timer, read).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(error)) => {
             tracing::warn!(%error, "upstream body failed");
             Err(BodyFailed::Cut)
         }
-        Err(_) => Err(BodyFailed::Timeout),
+        Err(Elapsed) => Err(BodyFailed::Timeout),
     }
 }
 
-/// `headers` without the hop-by-hop ones, those their `Connection` names, and `also`.
-fn end_to_end(headers: &HeaderMap, also: &[&str]) -> HeaderMap {
-    let named: Vec<String> = headers
+/// The timer fired first.
+struct Elapsed;
+
+/// `work`'s output, unless `timer` fires first. The same timer can bound several steps: it is
+/// registered once, where a `timeout` per step would register (and remove) one each.
+async fn before<F: std::future::Future>(
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    work: F,
+) -> Result<F::Output, Elapsed> {
+    tokio::select! {
+        biased;
+        out = work => Ok(out),
+        () = timer => Err(Elapsed),
+    }
+}
+
+/// Removes the hop-by-hop headers and those their `Connection` names. A message without any
+/// (the usual one) is only looked at.
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .map(|t| t.trim().to_ascii_lowercase())
-        .filter(|t| !t.is_empty())
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    let mut out = HeaderMap::with_capacity(headers.len());
-    for (name, value) in headers {
-        let n = name.as_str();
-        if is_hop_by_hop(name) || also.contains(&n) || named.iter().any(|t| t == n) {
-            continue;
-        }
-        out.append(name.clone(), value.clone());
-    }
-    out
-}
-
-/// An answer's `headers` without the hop-by-hop ones: the map itself when it has none (the usual
-/// answer, so nothing is copied), else what [`end_to_end`] keeps, in the same order.
-fn into_end_to_end(headers: HeaderMap) -> HeaderMap {
-    if headers.keys().any(is_hop_by_hop) {
-        end_to_end(&headers, &[])
-    } else {
-        headers
+    let hop: Vec<HeaderName> = headers
+        .keys()
+        .filter(|n| is_hop_by_hop(n))
+        .cloned()
+        .collect();
+    for name in named.into_iter().chain(hop) {
+        headers.remove(name);
     }
 }
 
@@ -300,43 +319,75 @@ fn joined(received: &HeaderMap, name: &HeaderName) -> Option<String> {
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` set to this hop's (`http`, the request's `Host`)
 /// unless a proxy in front already set them. Existing values are kept as received: an upstream
 /// believes only the entries its own trusted proxies appended (here, the last).
-fn add_forwarded(out: &mut HeaderMap, received: &HeaderMap, peer: SocketAddr) {
+fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip();
-    let host = received
+    let host = headers
         .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.contains(['"', '\\']));
+        .filter(|h| h.to_str().is_ok_and(|h| !h.contains(['"', '\\'])));
     // Each value written once into its string (writing to a `String` cannot fail).
-    let mut xff = joined(received, &X_FORWARDED_FOR).unwrap_or_default();
+    let mut xff = joined(headers, &X_FORWARDED_FOR).unwrap_or_default();
     if !xff.is_empty() {
         xff.push_str(", ");
     }
-    let _ = write!(xff, "{ip}");
-    let mut forwarded = joined(received, &header::FORWARDED).unwrap_or_default();
+    push_ip(&mut xff, ip);
+    let mut forwarded = joined(headers, &header::FORWARDED).unwrap_or_default();
     if !forwarded.is_empty() {
         forwarded.push_str(", ");
     }
-    let _ = match ip {
-        IpAddr::V4(v4) => write!(forwarded, "for={v4}"),
-        IpAddr::V6(v6) => write!(forwarded, "for=\"[{v6}]\""),
-    };
-    if let Some(h) = host {
-        let _ = write!(forwarded, ";host=\"{h}\"");
-    }
-    forwarded.push_str(";proto=http");
-    // The strings become the values' bytes (checked, not copied).
-    fn set(out: &mut HeaderMap, name: HeaderName, value: String) {
-        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
-            out.insert(name, v);
+    forwarded.push_str("for=");
+    match ip {
+        IpAddr::V4(_) => push_ip(&mut forwarded, ip),
+        IpAddr::V6(v6) => {
+            let _ = write!(forwarded, "\"[{v6}]\"");
         }
     }
-    set(out, X_FORWARDED_FOR, xff);
-    set(out, header::FORWARDED, forwarded);
-    if !received.contains_key(&X_FORWARDED_PROTO) {
-        out.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    if let Some(h) = host.and_then(|h| h.to_str().ok()) {
+        forwarded.push_str(";host=\"");
+        forwarded.push_str(h);
+        forwarded.push('"');
     }
-    if let (false, Some(h)) = (received.contains_key(&X_FORWARDED_HOST), host) {
-        set(out, X_FORWARDED_HOST, h.to_owned());
+    forwarded.push_str(";proto=http");
+    let proto_set = headers.contains_key(&X_FORWARDED_PROTO);
+    let forwarded_host = host
+        .filter(|_| !headers.contains_key(&X_FORWARDED_HOST))
+        .cloned();
+    // The strings become the values' bytes (checked, not copied).
+    fn set(headers: &mut HeaderMap, name: HeaderName, value: String) {
+        if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            headers.insert(name, v);
+        }
+    }
+    set(headers, X_FORWARDED_FOR, xff);
+    set(headers, header::FORWARDED, forwarded);
+    if !proto_set {
+        headers.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+    }
+    if let Some(h) = forwarded_host {
+        headers.insert(X_FORWARDED_HOST, h);
+    }
+}
+
+/// Writes an address as `Display` does (an IPv4 one digit by digit: the formatter's machinery
+/// costs more than the rest of the header).
+fn push_ip(out: &mut String, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push('.');
+                }
+                if octet >= 100 {
+                    out.push(char::from(b'0' + octet / 100));
+                }
+                if octet >= 10 {
+                    out.push(char::from(b'0' + octet / 10 % 10));
+                }
+                out.push(char::from(b'0' + octet % 10));
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
     }
 }
 
@@ -600,7 +651,7 @@ mod tests {
 
     #[test]
     fn hop_by_hop_headers_and_those_connection_names_are_dropped() {
-        let h = map(&[
+        let mut h = map(&[
             ("connection", "close, X-Secret-Hop"),
             ("connection", "x-other-hop"),
             ("x-secret-hop", "s"),
@@ -611,31 +662,36 @@ mod tests {
             ("te", "trailers"),
             ("trailer", "x-sum"),
             ("upgrade", "websocket"),
-            ("host", "svc"),
             ("authorization", "Bearer t"),
             ("cookie", "a=1"),
             ("cookie", "b=2"),
         ]);
-        let out = end_to_end(&h, &["host"]);
-        let names: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        strip_hop_by_hop(&mut h);
+        let mut names: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        names.sort_unstable();
         assert_eq!(names, ["authorization", "cookie"]);
-        assert_eq!(out.get_all("cookie").iter().count(), 2);
+        let cookies: Vec<&[u8]> = h.get_all("cookie").iter().map(|v| v.as_bytes()).collect();
+        assert_eq!(cookies, [&b"a=1"[..], b"b=2"]);
+        // Nothing to drop: the map is left as it was.
+        let mut plain = map(&[("content-type", "application/json"), ("accept", "*/*")]);
+        strip_hop_by_hop(&mut plain);
+        assert_eq!(plain.len(), 2);
     }
 
     #[test]
     fn forwarded_headers_append_this_hop() {
-        let peer: SocketAddr = "10.1.2.3:5555".parse().expect("addr");
-        let mut out = HeaderMap::new();
-        add_forwarded(&mut out, &map(&[("host", "svc:8080")]), peer);
-        assert_eq!(out["x-forwarded-for"], "10.1.2.3");
+        let peer: SocketAddr = "10.1.200.3:5555".parse().expect("addr");
+        let mut h = map(&[("host", "svc:8080")]);
+        add_forwarded(&mut h, peer);
+        assert_eq!(h["x-forwarded-for"], "10.1.200.3");
         assert_eq!(
-            out["forwarded"],
-            r#"for=10.1.2.3;host="svc:8080";proto=http"#
+            h["forwarded"],
+            r#"for=10.1.200.3;host="svc:8080";proto=http"#
         );
-        assert_eq!(out["x-forwarded-proto"], "http");
-        assert_eq!(out["x-forwarded-host"], "svc:8080");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "svc:8080");
 
-        let received = map(&[
+        let mut h = map(&[
             ("host", "svc"),
             ("x-forwarded-for", "203.0.113.7"),
             ("x-forwarded-for", "198.51.100.1"),
@@ -643,17 +699,39 @@ mod tests {
             ("x-forwarded-proto", "https"),
             ("x-forwarded-host", "mcp.example"),
         ]);
-        let mut out = end_to_end(&received, &["host"]);
         let v6: SocketAddr = "[::1]:5555".parse().expect("addr");
-        add_forwarded(&mut out, &received, v6);
-        assert_eq!(out["x-forwarded-for"], "203.0.113.7, 198.51.100.1, ::1");
+        add_forwarded(&mut h, v6);
+        assert_eq!(h["x-forwarded-for"], "203.0.113.7, 198.51.100.1, ::1");
         assert_eq!(
-            out["forwarded"],
+            h["forwarded"],
             r#"for=203.0.113.7;proto=https, for="[::1]";host="svc";proto=http"#
         );
-        assert_eq!(out["x-forwarded-proto"], "https");
-        assert_eq!(out["x-forwarded-host"], "mcp.example");
-        assert_eq!(out.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(h["x-forwarded-proto"], "https");
+        assert_eq!(h["x-forwarded-host"], "mcp.example");
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+
+        // A host that cannot be quoted is left out of `Forwarded` and not echoed.
+        let mut h = map(&[("host", "a\"b")]);
+        add_forwarded(&mut h, peer);
+        assert_eq!(h["forwarded"], "for=10.1.200.3;proto=http");
+        assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "9.10.99.100",
+            "255.255.255.255",
+            "127.0.0.1",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            let mut out = String::new();
+            push_ip(&mut out, ip);
+            assert_eq!(out, ip.to_string());
+        }
     }
 
     #[test]

@@ -64,7 +64,7 @@ pub async fn get_mcp(
         if matches!(cursor, Cursor::Foreign(_)) {
             let forward = Forward {
                 method: Method::GET,
-                headers: &headers,
+                headers,
                 body: Bytes::new(),
                 rpc_method: None,
                 owner: None,
