@@ -17,17 +17,6 @@ use mcp_fanout::{cli, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// Connection workers: as many as the runtime's worker threads (`TOKIO_WORKER_THREADS`, else one
-/// per core).
-fn connection_workers() -> usize {
-    std::env::var("TOKIO_WORKER_THREADS")
-        .ok()
-        .and_then(|v| v.trim().parse::<usize>().ok())
-        .filter(|n| *n > 0)
-        .or_else(|| std::thread::available_parallelism().ok().map(|n| n.get()))
-        .unwrap_or(1)
-}
-
 #[derive(Debug, thiserror::Error)]
 enum StartError {
     #[error(transparent)]
@@ -38,8 +27,6 @@ enum StartError {
     Cli(#[from] cli::CliError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
-    #[error(transparent)]
-    Workers(#[from] mcp_fanout::server::workers::WorkersError),
 }
 
 fn main() -> ExitCode {
@@ -60,7 +47,6 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
             Command::Serve(config) => {
                 telemetry::init(config.log_format);
-                mcp_fanout::server::workers::start(connection_workers())?;
                 Ok(replica::serve(*config).await?)
             }
             Command::Migrate(args) => run_migrate(args).await,

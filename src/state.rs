@@ -134,7 +134,6 @@ impl State {
                     bridge_max_sessions: to_usize(config.bridge_max_sessions),
                     bridge_identity_headers: bridge_identity_headers(&config),
                     forwarded_headers: config.proxy_forwarded_headers,
-                    pools: crate::server::workers::pools(),
                 },
             )?),
             None => None,

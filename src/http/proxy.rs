@@ -102,13 +102,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     // One timer for the answer's head and a held body: both are due by the same deadline.
     let timer = tokio::time::sleep(up.response_timeout);
     tokio::pin!(timer);
-    let sent = before(
-        timer.as_mut(),
-        up.forward
-            .pool(crate::server::workers::pool_index())
-            .request(req),
-    )
-    .await;
+    let sent = before(timer.as_mut(), up.forward.request(req)).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(error)) => {

@@ -23,27 +23,7 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// The pooled client; cheap to clone (one pool).
 pub type ForwardClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
-/// Pools of their own for the connection workers (`server::workers`): a pooled upstream
-/// connection is driven by the runtime that opened it, so a request that takes one opened on its
-/// own worker's thread never crosses to another thread for its exchange.
-pub struct ForwardClients(Vec<ForwardClient>);
-
-impl ForwardClients {
-    /// `pools` pools (at least one; no I/O: connections are made on first use).
-    pub fn build(pools: usize) -> Result<ForwardClients, rustls::Error> {
-        let pools = (0..pools.max(1))
-            .map(|_| build())
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(ForwardClients(pools))
-    }
-
-    /// Pool `i` (the last one for any `i` past it).
-    pub fn pool(&self, i: usize) -> &ForwardClient {
-        &self.0[i.min(self.0.len() - 1)]
-    }
-}
-
-/// Builds one pooled client (no I/O: connections are made on first use).
+/// Builds the client (no I/O: connections are made on first use).
 pub fn build() -> Result<ForwardClient, rustls::Error> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);

@@ -10,13 +10,13 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::forward_client::{self, ForwardClients};
+use super::forward_client::{self, ForwardClient};
 
 pub struct Upstream {
     /// The era adapter's client (its own handshakes and session ends).
     pub(crate) client: reqwest::Client,
     /// Proxied requests' client (`forward_client`).
-    pub(crate) forward: ForwardClients,
+    pub(crate) forward: ForwardClient,
     pub(crate) url: reqwest::Url,
     /// `url` as the forwarding client takes it (parsed once).
     pub(crate) uri: axum::http::Uri,
@@ -55,9 +55,6 @@ pub struct UpstreamOptions {
     pub forwarded_headers: bool,
     pub response_timeout: Duration,
     pub rewrite_max_bytes: usize,
-    /// Upstream connection pools: one per connection worker (`server::workers`), and one for
-    /// any other thread.
-    pub pools: usize,
 }
 
 /// One upstream session of the era adapter with a 2025-era upstream (made by `http::era_adapter`).
@@ -235,8 +232,8 @@ impl Upstream {
             .no_proxy()
             .build()
             .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
-        let forward = ForwardClients::build(options.pools)
-            .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
+        let forward =
+            forward_client::build().map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
         let uri = url
             .as_str()
             .parse()

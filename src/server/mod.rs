@@ -13,7 +13,6 @@ mod parse_errors;
 mod self_wake;
 mod stall;
 pub mod stream_watch;
-pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -30,7 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -198,64 +197,6 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
-        let conn = Connection {
-            peer,
-            slot: slot.clone(),
-            slot_permit,
-            builder: builder.clone(),
-            graceful: graceful.watcher(),
-            writers: writers.clone(),
-            refused: refused.clone(),
-            opts,
-        };
-        if workers::started() {
-            // Moved to a worker's reactor: the socket leaves this runtime's first.
-            match stream.into_std() {
-                Ok(std) => workers::spawn(async move {
-                    match TcpStream::from_std(std) {
-                        Ok(stream) => conn.serve(stream).await,
-                        Err(error) => {
-                            tracing::warn!(%error, %peer, "cannot hand a connection to its worker")
-                        }
-                    }
-                }),
-                Err(error) => tracing::warn!(%error, %peer, "cannot hand a connection to a worker"),
-            }
-        } else {
-            tokio::spawn(conn.serve(stream));
-        }
-    }
-    drop(listener);
-    graceful.shutdown().await;
-    writers.close();
-    writers.wait().await;
-}
-
-/// An accepted connection and what serving it needs.
-struct Connection {
-    peer: SocketAddr,
-    slot: RouterSlot,
-    slot_permit: OwnedSemaphorePermit,
-    builder: auto::Builder<StreamExec>,
-    graceful: hyper_util::server::graceful::Watcher,
-    writers: TaskTracker,
-    refused: ParseErrorCounts,
-    opts: ConnOptions,
-}
-
-impl Connection {
-    /// Serves the connection until it ends, is closed for doing nothing, or is drained.
-    async fn serve(self, stream: TcpStream) {
-        let Connection {
-            peer,
-            slot,
-            slot_permit,
-            builder,
-            graceful,
-            writers,
-            refused,
-            opts,
-        } = self;
         let info = ConnInfo {
             peer,
             socket: SocketState::default(),
@@ -267,10 +208,11 @@ impl Connection {
             stream,
             opts.write_stall,
             info.clone(),
-            writers,
-            refused,
+            writers.clone(),
+            refused.clone(),
         ));
         let handoff = info.handoff.clone();
+        let slot = slot.clone();
         let activity = Activity::new();
         let watched = activity.clone();
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -293,8 +235,8 @@ impl Connection {
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
         // The connection's wakes during its own poll (hyper's body channel, each request) are
-        // answered in place, not by a trip through the scheduler (see `self_wake`).
-        SelfWake::new(async move {
+        // answered in place, not by a trip through the other worker (see `self_wake`).
+        tokio::spawn(SelfWake::new(async move {
             tokio::select! {
                 ended = conn => {
                     if let Err(error) = ended {
@@ -308,9 +250,12 @@ impl Connection {
                     tracing::debug!(%peer, reason = why.as_str(), "closing a connection that does nothing");
                 }
             }
-        })
-        .await;
+        }));
     }
+    drop(listener);
+    graceful.shutdown().await;
+    writers.close();
+    writers.wait().await;
 }
 
 /// hyper's HTTP/1.1 and HTTP/2 settings: header limits and timeouts, h2's send buffer.
