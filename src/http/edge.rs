@@ -138,3 +138,87 @@ pub fn panic_response(_: Box<dyn Any + Send + 'static>) -> Response {
     tracing::error!("a request handler panicked");
     AppError::Internal.into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::SubscriberAuth;
+    use crate::config::Cli;
+    use crate::state::State;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use clap::Parser;
+    use http_body_util::BodyExt;
+    use tower::ServiceExt;
+
+    fn app() -> (Router, AppState) {
+        let cli = Cli::try_parse_from(["mcp-fanout"]).expect("defaults parse");
+        let st = State::memory(cli.serve, SubscriberAuth::None, 20_000).expect("state");
+        let router = Router::new()
+            .route("/ok", get(|| async { "fine" }))
+            .route(
+                "/boom",
+                get(|| async {
+                    if std::hint::black_box(true) {
+                        panic!("a handler bug");
+                    }
+                    "unreachable"
+                }),
+            )
+            .layer(EdgeLayer { st: st.clone() })
+            .with_state(st.clone());
+        (router, st)
+    }
+
+    fn counted(st: &AppState, code: &'static str) -> u64 {
+        st.metrics
+            .http_errors
+            .get_or_create(&CodeLabel { code })
+            .get()
+    }
+
+    async fn call(router: &Router, path: &str, origin: Option<&str>) -> Response {
+        let mut req = axum::http::Request::get(path).header(header::HOST, "svc:8080");
+        if let Some(o) = origin {
+            req = req.header(header::ORIGIN, o);
+        }
+        router
+            .clone()
+            .oneshot(req.body(Body::empty()).expect("request"))
+            .await
+            .expect("infallible")
+    }
+
+    #[tokio::test]
+    async fn a_panic_is_a_counted_json_500_and_the_service_keeps_serving() {
+        let (router, st) = app();
+        let resp = call(&router, "/boom", None).await;
+        assert_eq!(resp.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = resp.into_body().collect().await.expect("body").to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).expect("a JSON error");
+        assert_eq!(v["error"]["code"], "internal_error", "{v}");
+        assert_eq!(counted(&st, "internal_error"), 1);
+        let resp = call(&router, "/ok", None).await;
+        assert_eq!(resp.status(), StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn origins_are_checked_and_an_allowed_one_gets_cors_headers() {
+        let (router, st) = app();
+        let refused = call(&router, "/ok", Some("https://evil.example")).await;
+        assert_eq!(refused.status(), StatusCode::FORBIDDEN);
+        assert_eq!(counted(&st, "forbidden"), 1);
+        let same = call(&router, "/ok", Some("http://svc:8080")).await;
+        assert_eq!(same.status(), StatusCode::OK);
+        assert_eq!(
+            same.headers()[header::ACCESS_CONTROL_ALLOW_ORIGIN],
+            "http://svc:8080"
+        );
+        assert_eq!(same.headers()[header::VARY], "origin");
+        let plain = call(&router, "/ok", None).await;
+        assert!(!plain
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN));
+    }
+}
