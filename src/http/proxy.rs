@@ -83,18 +83,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     let deleted = session
         .filter(|_| method == Method::DELETE)
         .map(str::to_owned);
-    if up.forwarded_headers {
-        add_forwarded(&mut headers, peer);
-    }
-    // `Host` is the upstream's and `Content-Length` the body's as sent. A minted session id stays
-    // here; one the upstream issued goes back to it (a stateful upstream refuses a request
-    // without its session id).
-    strip_hop_by_hop(&mut headers);
-    headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
-    if minted {
-        headers.remove(&SESSION_ID);
-    }
+    to_upstream(&mut headers, up.forwarded_headers.then_some(peer), minted);
     let mut req = axum::http::Request::new(http_body_util::Full::new(request_body.clone()));
     *req.method_mut() = method.clone();
     *req.uri_mut() = up.uri.clone();
@@ -272,6 +261,24 @@ async fn before<F: std::future::Future>(
         biased;
         out = work => Ok(out),
         () = timer => Err(Elapsed),
+    }
+}
+
+/// The received headers made into the forwarded request's, in place: the hop-by-hop ones (and
+/// those their `Connection` names) dropped first, so a client cannot name this hop's own
+/// forwarded headers away; then who the client is added (`client`: `None` when
+/// `FANOUT_PROXY_FORWARDED_HEADERS` is off). `Host` is the upstream's and `Content-Length` the
+/// body's as sent. A minted session id stays here; one the upstream issued goes back to it (a
+/// stateful upstream refuses a request without its session id).
+fn to_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>, minted_session: bool) {
+    strip_hop_by_hop(headers);
+    if let Some(peer) = client {
+        add_forwarded(headers, peer);
+    }
+    headers.remove(header::HOST);
+    headers.remove(header::CONTENT_LENGTH);
+    if minted_session {
+        headers.remove(&SESSION_ID);
     }
 }
 
@@ -715,6 +722,38 @@ mod tests {
         add_forwarded(&mut h, peer);
         assert_eq!(h["forwarded"], "for=10.1.200.3;proto=http");
         assert!(!h.contains_key("x-forwarded-host"));
+    }
+
+    #[test]
+    fn the_forwarded_request_keeps_this_hops_entries_whatever_connection_names() {
+        let peer: SocketAddr = "10.1.2.3:5555".parse().expect("addr");
+        let mut h = map(&[
+            ("host", "svc:8080"),
+            ("content-length", "12"),
+            (
+                "connection",
+                "x-forwarded-for, forwarded, x-forwarded-proto",
+            ),
+            ("x-forwarded-for", "203.0.113.7"),
+            ("mcp-session-id", "minted"),
+            ("accept", "*/*"),
+        ]);
+        to_upstream(&mut h, Some(peer), true);
+        // The client's own entry named in `Connection` is dropped; this hop's is there.
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3");
+        assert_eq!(h["forwarded"], r#"for=10.1.2.3;host="svc:8080";proto=http"#);
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "svc:8080");
+        for gone in ["host", "content-length", "connection", "mcp-session-id"] {
+            assert!(!h.contains_key(gone), "{gone} forwarded");
+        }
+        assert_eq!(h["accept"], "*/*");
+
+        // Off, and an upstream's session: only the hop's own headers go.
+        let mut h = map(&[("host", "svc"), ("mcp-session-id", "theirs")]);
+        to_upstream(&mut h, None, false);
+        assert!(!h.contains_key("x-forwarded-for") && !h.contains_key("forwarded"));
+        assert_eq!(h["mcp-session-id"], "theirs");
     }
 
     #[test]
