@@ -27,3 +27,4 @@ pub mod state;
 pub mod stats;
 pub mod supervise;
 pub mod telemetry;
+pub mod tls;

@@ -16,79 +16,11 @@ use std::time::Duration;
 
 use mcp_fanout_testkit::postgres::{self, PgCluster};
 use mcp_fanout_testkit::{
-    body, open_stream_with, openssl::openssl, start_owned, wait_for, wait_until, Replica,
-    SseRequest, ADMIN_TOKEN,
+    body, open_stream_with, openssl::ca_and_server_cert, start_owned, wait_for, wait_until,
+    Replica, SseRequest, ADMIN_TOKEN,
 };
 
 const T: Duration = Duration::from_secs(20);
-
-/// A CA, and a server certificate for `localhost` and `127.0.0.1` issued by it, in `dir`:
-/// `ca.pem`, `server.crt`, `server.key`.
-fn make_certs(dir: &Path) {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
-    let mut ca = vec!["req", "-x509"];
-    ca.extend(ec);
-    ca.extend([
-        "-keyout",
-        "ca.key",
-        "-out",
-        "ca.pem",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=mcp-fanout test CA",
-        "-addext",
-        "basicConstraints=critical,CA:TRUE",
-        "-addext",
-        "keyUsage=critical,keyCertSign,cRLSign",
-    ]);
-    openssl(dir, &ca);
-    let mut csr = vec!["req", "-new"];
-    csr.extend(ec);
-    csr.extend([
-        "-keyout",
-        "server.key",
-        "-out",
-        "server.csr",
-        "-subj",
-        "/CN=localhost",
-    ]);
-    openssl(dir, &csr);
-    std::fs::write(
-        dir.join("server.ext"),
-        "subjectAltName=DNS:localhost,IP:127.0.0.1\n\
-         basicConstraints=critical,CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\n\
-         extendedKeyUsage=serverAuth\n",
-    )
-    .expect("write the extensions file");
-    openssl(
-        dir,
-        &[
-            "x509",
-            "-req",
-            "-in",
-            "server.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "server.crt",
-            "-days",
-            "2",
-            "-extfile",
-            "server.ext",
-        ],
-    );
-}
 
 /// Copies the server certificate and key into the cluster's data directory (owned by the server
 /// user, key `0600`) and turns TLS on with a configuration reload.
@@ -173,7 +105,7 @@ async fn expect_stays_unready(r: &Replica) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_to_postgres_is_verified_against_the_configured_ca() {
     let certs = mcp_fanout_testkit::tempfile::tempdir().expect("tempdir");
-    make_certs(certs.path());
+    ca_and_server_cert(certs.path());
     let cluster = PgCluster::start().await.expect("a Postgres cluster");
     enable_tls(&cluster, certs.path()).await;
     let db = cluster.fresh_database().await.expect("a database");

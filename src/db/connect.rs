@@ -1,71 +1,20 @@
 //! Connection settings for the pool and for the dedicated LISTEN connection.
 
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use rustls::RootCertStore;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::DbError;
-
-/// Why the TLS connector could not be built.
-#[derive(Debug, thiserror::Error)]
-pub enum TlsError {
-    #[error("cannot read {}: {source}", .path.display())]
-    ReadCaFile {
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{}: {source}", .path.display())]
-    CaFile {
-        path: PathBuf,
-        #[source]
-        source: rustls_pki_types::pem::Error,
-    },
-    #[error("{}: {source}", .path.display())]
-    CaRejected {
-        path: PathBuf,
-        #[source]
-        source: rustls::Error,
-    },
-    #[error("{0}")]
-    Config(#[source] rustls::Error),
-}
+use crate::tls::TrustedCas;
 
 /// The TLS connector for every Postgres connection. The URL's `sslmode` decides whether TLS is
 /// used (`disable`, `prefer` — the default —, `require`); whenever it is, the server certificate
-/// is verified (chain and host name) against the Mozilla roots plus `ca_file` (PEM), so a
-/// private CA works and nothing is trusted silently.
+/// is verified (chain and host name) against the Mozilla roots plus `ca_file` (PEM,
+/// `FANOUT_DB_CA_FILE`; [`crate::tls`]), so a private CA works and nothing is trusted silently.
 pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, DbError> {
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let certs = CertificateDer::pem_file_iter(path).map_err(|source| TlsError::ReadCaFile {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        for cert in certs {
-            let cert = cert.map_err(|source| TlsError::CaFile {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            roots.add(cert).map_err(|source| TlsError::CaRejected {
-                path: path.to_path_buf(),
-                source,
-            })?;
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(TlsError::Config)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = TrustedCas::load(ca_file)?.client_config()?;
     Ok(MakeRustlsConnect::new(config))
 }
 
@@ -123,6 +72,7 @@ mod tests {
     use std::error::Error as _;
 
     use super::*;
+    use crate::tls::TlsError;
 
     #[test]
     fn an_unreadable_ca_file_is_named_and_its_cause_kept() {

@@ -31,7 +31,7 @@ pub enum DbError {
     #[error("migrations {0:?} are not applied and FANOUT_MIGRATE=skip (run `mcp-fanout migrate`)")]
     NotMigrated(Vec<i32>),
     #[error("TLS setup: {0}")]
-    Tls(#[from] connect::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     #[error("the database did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the event log's head row is missing (the schema was changed outside mcp-fanout)")]
