@@ -272,6 +272,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_UPSTREAM")]
     pub upstream: Option<String>,
 
+    /// Proxy mode, for an `https://` upstream: PEM CA certificates trusted for its certificate,
+    /// besides the Mozilla roots (a private CA, a mesh's own). Read once, at start.
+    #[arg(long, env = "FANOUT_UPSTREAM_CA_FILE")]
+    pub upstream_ca_file: Option<PathBuf>,
+
     /// Proxy mode, for stateless upstreams: mint an `Mcp-Session-Id` on `initialize` when the
     /// upstream gives none (and strip it from forwarded requests).
     #[arg(long, env = "FANOUT_MINT_SESSION_IDS", default_value_t = false, action = clap::ArgAction::Set)]

@@ -134,6 +134,7 @@ impl State {
                     bridge_max_sessions: to_usize(config.bridge_max_sessions),
                     bridge_identity_headers: bridge_identity_headers(&config),
                     forwarded_headers: config.proxy_forwarded_headers,
+                    ca_file: config.upstream_ca_file.clone(),
                 },
             )?),
             None => None,

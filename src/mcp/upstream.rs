@@ -11,6 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::forward_client::{self, ForwardClient};
+use crate::tls::TrustedCas;
 
 pub struct Upstream {
     /// The era adapter's client (its own handshakes and session ends).
@@ -55,6 +56,9 @@ pub struct UpstreamOptions {
     pub forwarded_headers: bool,
     pub response_timeout: Duration,
     pub rewrite_max_bytes: usize,
+    /// CA certificates trusted for an `https://` upstream besides the Mozilla roots
+    /// (`FANOUT_UPSTREAM_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// One upstream session of the era adapter with a 2025-era upstream (made by `http::era_adapter`).
@@ -192,6 +196,8 @@ pub enum UpstreamConfigError {
     Url(String),
     #[error("cannot build the upstream client: {0}")]
     Client(String),
+    #[error("FANOUT_UPSTREAM_CA_FILE: {0}")]
+    Ca(#[from] crate::tls::TlsError),
 }
 
 /// The one path the proxy serves and forwards (`/mcp`): where a request goes upstream when
@@ -219,7 +225,15 @@ impl Upstream {
             // The proxy forwards only requests to `PROXIED_PATH`, so their own path is that one.
             url.set_path(PROXIED_PATH);
         }
-        let client = reqwest::Client::builder()
+        // Both clients trust the same roots: the Mozilla ones plus the operator's CA file.
+        let cas = TrustedCas::load(options.ca_file.as_deref())?;
+        let mut client = reqwest::Client::builder();
+        for cert in cas.extra() {
+            let cert = reqwest::Certificate::from_der(cert)
+                .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
+            client = client.add_root_certificate(cert);
+        }
+        let client = client
             .connect_timeout(forward_client::CONNECT_TIMEOUT)
             .pool_idle_timeout(forward_client::POOL_IDLE_TIMEOUT)
             // A redirect is relayed to the client, never followed here: a re-sent POST could
@@ -232,8 +246,7 @@ impl Upstream {
             .no_proxy()
             .build()
             .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
-        let forward =
-            forward_client::build().map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
+        let forward = forward_client::build(cas.client_config()?);
         let uri = url
             .as_str()
             .parse()

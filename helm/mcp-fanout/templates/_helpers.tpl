@@ -334,6 +334,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_UPSTREAM
   value: {{ . | quote }}
 {{- end }}
+{{- with $v.proxy.upstreamCaFile }}
+- name: FANOUT_UPSTREAM_CA_FILE
+  value: {{ . | quote }}
+{{- end }}
 - name: FANOUT_MINT_SESSION_IDS
   value: {{ $v.proxy.mintSessionIds | quote }}
 - name: FANOUT_ADVERTISE_LIST_CHANGED
