@@ -1,19 +1,21 @@
 //! Proxy mode in front of an `https://` upstream whose certificate comes from a private CA
 //! (docs/configuration.md `FANOUT_UPSTREAM_CA_FILE`; docs/proxy.md "An HTTPS upstream").
 //!
-//! The upstream is the Python SDK 1.x FastMCP server (stateless, JSON answers) behind a real nginx
+//! The upstream is the Python SDK 1.x FastMCP server (stateless with JSON answers; and stateful
+//! with SSE answers, whose streamed bodies the proxy relays frame by frame) behind a real nginx
 //! that terminates TLS with a certificate for `localhost` issued by a CA made here with the
 //! `openssl` CLI, and logs the protocol each request arrived in. Replicas in memory mode proxy to
 //! `https://localhost:PORT/mcp` with `FANOUT_MINT_SESSION_IDS=true` and
 //! `FANOUT_BRIDGE_2026_CLIENTS=true`.
 //!
 //! - With the CA file, in front of nginx offering HTTP/2 and HTTP/1.1 by ALPN, and in front of
-//!   nginx offering HTTP/1.1 only: the official Python SDK 1.x client initializes through the
-//!   replica, gets the upstream tool's `42`, opens its GET stream and receives the one published
-//!   `notifications/tools/list_changed` exactly once; the Python SDK 2.3 client does the same at
-//!   2026-07-28 through the era adapter (whose own client opens the upstream session over TLS). The
-//!   forwarded requests reach nginx as `HTTP/2.0` when it offers it and as `HTTP/1.1` when it does
-//!   not: the proxy speaks what the upstream offers.
+//!   nginx offering HTTP/1.1 only (the stateful SSE upstream: behind nginx offering HTTP/2): the
+//!   official Python SDK 1.x client initializes through the replica, gets the upstream tool's
+//!   `42`, opens its GET stream and receives the one published `notifications/tools/list_changed`
+//!   exactly once; the Python SDK 2.3 client does the same at 2026-07-28 through the era adapter
+//!   (whose own client opens the upstream session over TLS). The forwarded requests reach nginx as
+//!   `HTTP/2.0` when it offers it and as `HTTP/1.1` when it does not: the proxy speaks what the
+//!   upstream offers.
 //! - Without the CA file the certificate is not trusted (the Mozilla roots only): a forwarded
 //!   request is answered with the JSON-RPC error `502` "unreachable", carrying the request's id;
 //!   no request reaches nginx's upstream; the replica keeps serving.
@@ -163,25 +165,35 @@ async fn a_private_ca_upstream_is_reached_over_http2_or_http1_as_it_offers() {
     let certs = mcp_fanout_testkit::tempfile::tempdir().expect("temp dir");
     ca_and_server_cert(certs.path());
     let ca = certs.path().join("ca.pem");
-    let upstream = Upstream::py1("tls-upstream", &["--stateless", "--json-response"]).await;
-    let up_port = port_of(&upstream.url);
-    let (h2_log, h1_log) = (certs.path().join("h2.log"), certs.path().join("h1.log"));
-    let (h2_front, h1_front) = tokio::join!(
-        tls_front(certs.path(), up_port, true, &h2_log),
-        tls_front(certs.path(), up_port, false, &h1_log),
+    let (upstream, stateful) = tokio::join!(
+        Upstream::py1("tls-upstream", &["--stateless", "--json-response"]),
+        Upstream::py1("tls-upstream-sse", &[]),
+    );
+    let dir = certs.path();
+    let (h2_log, h1_log, sse_log) = (dir.join("h2.log"), dir.join("h1.log"), dir.join("sse.log"));
+    let (h2_front, h1_front, sse_front) = tokio::join!(
+        tls_front(dir, port_of(&upstream.url), true, &h2_log),
+        tls_front(dir, port_of(&upstream.url), false, &h1_log),
+        tls_front(dir, port_of(&stateful.url), true, &sse_log),
     );
     let https = |n: &Nginx| format!("https://localhost:{}/mcp", n.addr.port());
-    let (h2_url, h1_url) = (https(&h2_front), https(&h1_front));
-    let (h2_replica, h1_replica) = tokio::join!(
-        proxy("tls-h2", &h2_url, Some(&ca)),
-        proxy("tls-h1", &h1_url, Some(&ca)),
+    let urls = [https(&h2_front), https(&h1_front), https(&sse_front)];
+    let (h2_replica, h1_replica, sse_replica) = tokio::join!(
+        proxy("tls-h2", &urls[0], Some(&ca)),
+        proxy("tls-h1", &urls[1], Some(&ca)),
+        proxy("tls-h2-sse", &urls[2], Some(&ca)),
     );
     tokio::join!(
         clients_work_through("h2 upstream", &h2_replica),
         clients_work_through("http/1.1 upstream", &h1_replica),
+        clients_work_through("h2 upstream, stateful, SSE answers", &sse_replica),
     );
 
-    for (log, want) in [(&h2_log, "HTTP/2.0"), (&h1_log, "HTTP/1.1")] {
+    for (log, want) in [
+        (&h2_log, "HTTP/2.0"),
+        (&h1_log, "HTTP/1.1"),
+        (&sse_log, "HTTP/2.0"),
+    ] {
         let lines = access_log(log);
         let posts: Vec<&String> = lines.iter().filter(|l| l.contains(" POST ")).collect();
         assert!(
