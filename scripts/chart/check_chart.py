@@ -187,6 +187,7 @@ SCENARIOS = {
         "existingSecret": "fanout-credentials",
         "existingSecretKeys": {"migrationDatabaseUrl": "MIGRATION_DATABASE_URL"},
         "database": {"caConfigMap": "pg-ca"},
+        "proxy": {"upstream": "https://mcp-server.tools.svc/mcp", "caConfigMap": "mesh-ca", "caConfigMapKey": "bundle.pem"},
         "subscriberAuth": {"mode": "header"},
         "preStop": {"enabled": False},
         "networkPolicy": {"enabled": True},
@@ -618,6 +619,27 @@ def assert_existing_secret() -> str:
     return "pods and the migration hook read the existing Secret; no chart Secret"
 
 
+def assert_upstream_ca() -> str:
+    """proxy.caCert (all-on) and proxy.caConfigMap (existing-secret): the PEM is mounted read-only
+    and FANOUT_UPSTREAM_CA_FILE names the mounted file."""
+    seen = []
+    for name, cm, key in [("all-on", f"{RELEASE}-mcp-fanout", "upstream-ca.crt"), ("existing-secret", "mesh-ca", "bundle.pem")]:
+        dep = one(RENDERED[name], "Deployment")
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        path = env_value(c, "FANOUT_UPSTREAM_CA_FILE")
+        expect(path == f"/etc/mcp-fanout/upstream-ca/{key}", f"{name}: FANOUT_UPSTREAM_CA_FILE={path}")
+        mounts = [m for m in c.get("volumeMounts", []) if m["name"] == "upstream-ca"]
+        expect(len(mounts) == 1 and mounts[0]["mountPath"] == "/etc/mcp-fanout/upstream-ca" and mounts[0].get("readOnly"), f"{name}: mount {mounts}")
+        vols = [v for v in pod.get("volumes", []) if v["name"] == "upstream-ca"]
+        expect(len(vols) == 1 and vols[0]["configMap"]["name"] == cm, f"{name}: volume {vols}")
+        expect([i["key"] for i in vols[0]["configMap"]["items"]] == [key], f"{name}: items {vols[0]['configMap']['items']}")
+        seen.append(f"{name}: {cm}/{key}")
+    _, _, c = server(d())
+    expect("FANOUT_UPSTREAM_CA_FILE" not in env_of(c), "defaults: no upstream CA")
+    return "mounted and named: " + ", ".join(seen)
+
+
 def assert_in_memory() -> str:
     docs = RENDERED["in-memory"]
     _, _, c = server(docs)
@@ -646,6 +668,7 @@ for name, fn in [
     ("all-on: Ingress / HTTPRoute are SSE-friendly", assert_sse_routes),
     ("existingSecret: everything reads it", assert_existing_secret),
     ("in-memory: single replica", assert_in_memory),
+    ("proxy.caCert / caConfigMap: mounted, FANOUT_UPSTREAM_CA_FILE names it", assert_upstream_ca),
 ]:
     check(name, fn)
 
@@ -756,6 +779,10 @@ GUARD_REJECTS = [
     ("existingSecret together with database.url", merge(base, {"existingSecret": "x"}), r"with existingSecret"),
     ("httpRoute without parentRefs", merge(base, {"httpRoute": {"enabled": True}}), r"parentRefs"),
     ("same port for public and admin", merge(base, {"containerPorts": {"admin": 8080}}), r"must differ"),
+    ("proxy.caCert together with proxy.caConfigMap",
+     merge(base, {"proxy": {"upstream": "https://u/mcp", "caCert": "x", "caConfigMap": "y"}}), r"not both"),
+    ("proxy.upstreamCaFile together with proxy.caCert",
+     merge(base, {"proxy": {"upstream": "https://u/mcp", "caCert": "x", "upstreamCaFile": "/x.pem"}}), r"leave it empty"),
 ]
 for label, bad, pattern in GUARD_REJECTS:
     check(f"chart rejects {label}", lambda bad=bad, pattern=pattern: must_fail(bad, pattern))

@@ -105,6 +105,18 @@ after SIGTERM the process exits within config.shutdownGraceSecs (which covers th
 {{- if and (not .Values.database.inMemory) (or .Values.database.caCert .Values.database.caConfigMap) }}true{{ end }}
 {{- end }}
 
+{{- define "mcp-fanout.upstreamCaMounted" -}}
+{{- if and .Values.proxy.upstream (or .Values.proxy.caCert .Values.proxy.caConfigMap) }}true{{ end }}
+{{- end }}
+
+{{- define "mcp-fanout.upstreamCaFile" -}}
+{{- if include "mcp-fanout.upstreamCaMounted" . }}
+{{- printf "/etc/mcp-fanout/upstream-ca/%s" (ternary "upstream-ca.crt" .Values.proxy.caConfigMapKey (not (empty .Values.proxy.caCert))) }}
+{{- else }}
+{{- .Values.proxy.upstreamCaFile }}
+{{- end }}
+{{- end }}
+
 {{- define "mcp-fanout.dbCaFile" -}}
 {{- if include "mcp-fanout.dbCaMounted" . }}
 {{- printf "/etc/mcp-fanout/db-ca/%s" (ternary "ca.crt" .Values.database.caConfigMapKey (not (empty .Values.database.caCert))) }}
@@ -152,6 +164,12 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 {{- end }}
 {{- if and (include "mcp-fanout.dbCaMounted" .) $v.config.dbCaFile }}
   {{- fail "mcp-fanout: config.dbCaFile is set by database.caCert / database.caConfigMap; leave it empty" }}
+{{- end }}
+{{- if and (include "mcp-fanout.upstreamCaMounted" .) $v.proxy.upstreamCaFile }}
+  {{- fail "mcp-fanout: proxy.upstreamCaFile is set by proxy.caCert / proxy.caConfigMap; leave it empty" }}
+{{- end }}
+{{- if and $v.proxy.caCert $v.proxy.caConfigMap }}
+  {{- fail "mcp-fanout: give the upstream's CA as proxy.caCert or proxy.caConfigMap, not both" }}
 {{- end }}
 {{- if and $v.subscriberAuth.jwt.publicKey $v.subscriberAuth.jwt.publicKeyFile }}
   {{- fail "mcp-fanout: set subscriberAuth.jwt.publicKey or subscriberAuth.jwt.publicKeyFile, not both" }}
@@ -334,7 +352,7 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_UPSTREAM
   value: {{ . | quote }}
 {{- end }}
-{{- with $v.proxy.upstreamCaFile }}
+{{- with include "mcp-fanout.upstreamCaFile" . }}
 - name: FANOUT_UPSTREAM_CA_FILE
   value: {{ . | quote }}
 {{- end }}
