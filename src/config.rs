@@ -277,6 +277,13 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_UPSTREAM_CA_FILE")]
     pub upstream_ca_file: Option<PathBuf>,
 
+    /// Proxy mode, for an `https://` upstream: offer HTTP/2 (ALPN `h2`) as well as HTTP/1.1.
+    /// Off (the default), requests go over HTTP/1.1, one connection per request in flight, as
+    /// nginx's `proxy_pass` does; on, they share one HTTP/2 connection and at most the upstream's
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS` run at once — more wait for a stream, behind long calls.
+    #[arg(long, env = "FANOUT_UPSTREAM_HTTP2", default_value_t = false, action = clap::ArgAction::Set)]
+    pub upstream_http2: bool,
+
     /// Proxy mode, for stateless upstreams: mint an `Mcp-Session-Id` on `initialize` when the
     /// upstream gives none (and strip it from forwarded requests).
     #[arg(long, env = "FANOUT_MINT_SESSION_IDS", default_value_t = false, action = clap::ArgAction::Set)]

@@ -135,6 +135,7 @@ impl State {
                     bridge_identity_headers: bridge_identity_headers(&config),
                     forwarded_headers: config.proxy_forwarded_headers,
                     ca_file: config.upstream_ca_file.clone(),
+                    http2: config.upstream_http2,
                 },
             )?),
             None => None,

@@ -8,14 +8,19 @@
 //! `https://localhost:PORT/mcp` with `FANOUT_MINT_SESSION_IDS=true` and
 //! `FANOUT_BRIDGE_2026_CLIENTS=true`.
 //!
-//! - With the CA file, in front of nginx offering HTTP/2 and HTTP/1.1 by ALPN, and in front of
-//!   nginx offering HTTP/1.1 only (the stateful SSE upstream: behind nginx offering HTTP/2): the
-//!   official Python SDK 1.x client initializes through the replica, gets the upstream tool's
-//!   `42`, opens its GET stream and receives the one published `notifications/tools/list_changed`
-//!   exactly once; the Python SDK 2.3 client does the same at 2026-07-28 through the era adapter
-//!   (whose own client opens the upstream session over TLS). The forwarded requests reach nginx as
-//!   `HTTP/2.0` when it offers it and as `HTTP/1.1` when it does not: the proxy speaks what the
-//!   upstream offers.
+//! - With the CA file and `FANOUT_UPSTREAM_HTTP2=true`, in front of nginx offering HTTP/2 and
+//!   HTTP/1.1 by ALPN, and in front of nginx offering HTTP/1.1 only (the stateful SSE upstream:
+//!   behind nginx offering HTTP/2); and with the default (`false`) in front of nginx offering
+//!   HTTP/2: the official Python SDK 1.x client initializes through the replica, gets the upstream
+//!   tool's `42`, opens its GET stream and receives the one published
+//!   `notifications/tools/list_changed` exactly once; the Python SDK 2.3 client does the same at
+//!   2026-07-28 through the era adapter (whose own client opens the upstream session over TLS).
+//!   The forwarded requests reach nginx as `HTTP/2.0` when it offers it and the setting is on,
+//!   and as `HTTP/1.1` otherwise.
+//! - By default a quick call is not held behind a long one: with nginx allowing one HTTP/2 stream
+//!   per connection, a `tools/call` answered while a gated call is in flight upstream (its log
+//!   message relayed, its result held until released); both reached nginx over HTTP/1.1. (With
+//!   `FANOUT_UPSTREAM_HTTP2=true` the quick call waits for the stream: the documented limit.)
 //! - Without the CA file the certificate is not trusted (the Mozilla roots only): a forwarded
 //!   request is answered with the JSON-RPC error `502` "unreachable", carrying the request's id;
 //!   no request reaches nginx's upstream; the replica keeps serving.
@@ -30,6 +35,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use e2e::{is_kind, is_notification, py1_client_with, py2_client, wire_event_ids, Upstream};
+use futures::StreamExt;
 use mcp_fanout_testkit::nginx::Nginx;
 use mcp_fanout_testkit::openssl::ca_and_server_cert;
 use mcp_fanout_testkit::{bin, start_memory, Replica};
@@ -42,6 +48,17 @@ const TOOLS: &str = "notifications/tools/list_changed";
 /// nginx terminating TLS in front of `upstream_port`, HTTP/2 offered by ALPN or not, logging
 /// `PROTOCOL METHOD STATUS` per request to `log`.
 async fn tls_front(certs: &Path, upstream_port: u16, http2: bool, log: &Path) -> Nginx {
+    tls_front_with(certs, upstream_port, http2, log, "").await
+}
+
+/// [`tls_front`] with `extra` directives in its `server` block.
+async fn tls_front_with(
+    certs: &Path,
+    upstream_port: u16,
+    http2: bool,
+    log: &Path,
+    extra: &str,
+) -> Nginx {
     let (crt, key, log) = (
         certs.join("server.crt"),
         certs.join("server.key"),
@@ -53,7 +70,7 @@ async fn tls_front(certs: &Path, upstream_port: u16, http2: bool, log: &Path) ->
             "log_format proto '$server_protocol $request_method $status';\n\
              server {{\n listen {listen} ssl{h2};\n\
              ssl_certificate {crt};\n ssl_certificate_key {key};\n\
-             access_log {log} proto;\n\
+             access_log {log} proto;\n {extra}\n\
              location / {{\n proxy_pass http://127.0.0.1:{upstream_port};\n\
              proxy_http_version 1.1;\n proxy_set_header Connection \"\";\n\
              proxy_set_header Host 127.0.0.1:{upstream_port};\n proxy_buffering off;\n }}\n }}\n",
@@ -88,13 +105,18 @@ fn call_text(result: &Value) -> Option<&str> {
     result.pointer("/content/0/text").and_then(Value::as_str)
 }
 
-/// A proxy replica in front of `upstream` (an https URL), trusting `ca` when given.
-async fn proxy(label: &str, upstream: &str, ca: Option<&Path>) -> Replica {
+/// A proxy replica in front of `upstream` (an https URL), trusting `ca` when given, offering it
+/// HTTP/2 when `http2` (`FANOUT_UPSTREAM_HTTP2`).
+async fn proxy(label: &str, upstream: &str, ca: Option<&Path>, http2: bool) -> Replica {
     let ca = ca.map(|p| p.display().to_string());
     let mut env = vec![
         ("FANOUT_UPSTREAM", upstream),
         ("FANOUT_MINT_SESSION_IDS", "true"),
         ("FANOUT_BRIDGE_2026_CLIENTS", "true"),
+        (
+            "FANOUT_UPSTREAM_HTTP2",
+            if http2 { "true" } else { "false" },
+        ),
     ];
     if let Some(ca) = &ca {
         env.push(("FANOUT_UPSTREAM_CA_FILE", ca));
@@ -170,29 +192,42 @@ async fn a_private_ca_upstream_is_reached_over_http2_or_http1_as_it_offers() {
         Upstream::py1("tls-upstream-sse", &[]),
     );
     let dir = certs.path();
-    let (h2_log, h1_log, sse_log) = (dir.join("h2.log"), dir.join("h1.log"), dir.join("sse.log"));
-    let (h2_front, h1_front, sse_front) = tokio::join!(
+    let log = |name: &str| dir.join(format!("{name}.log"));
+    let (h2_log, h1_log, sse_log, default_log) = (log("h2"), log("h1"), log("sse"), log("default"));
+    let (h2_front, h1_front, sse_front, default_front) = tokio::join!(
         tls_front(dir, port_of(&upstream.url), true, &h2_log),
         tls_front(dir, port_of(&upstream.url), false, &h1_log),
         tls_front(dir, port_of(&stateful.url), true, &sse_log),
+        tls_front(dir, port_of(&upstream.url), true, &default_log),
     );
     let https = |n: &Nginx| format!("https://localhost:{}/mcp", n.addr.port());
-    let urls = [https(&h2_front), https(&h1_front), https(&sse_front)];
-    let (h2_replica, h1_replica, sse_replica) = tokio::join!(
-        proxy("tls-h2", &urls[0], Some(&ca)),
-        proxy("tls-h1", &urls[1], Some(&ca)),
-        proxy("tls-h2-sse", &urls[2], Some(&ca)),
+    let urls = [
+        https(&h2_front),
+        https(&h1_front),
+        https(&sse_front),
+        https(&default_front),
+    ];
+    let (h2_replica, h1_replica, sse_replica, default_replica) = tokio::join!(
+        proxy("tls-h2", &urls[0], Some(&ca), true),
+        proxy("tls-h1", &urls[1], Some(&ca), true),
+        proxy("tls-h2-sse", &urls[2], Some(&ca), true),
+        proxy("tls-default", &urls[3], Some(&ca), false),
     );
     tokio::join!(
-        clients_work_through("h2 upstream", &h2_replica),
-        clients_work_through("http/1.1 upstream", &h1_replica),
-        clients_work_through("h2 upstream, stateful, SSE answers", &sse_replica),
+        clients_work_through("h2 offered and enabled", &h2_replica),
+        clients_work_through("enabled, http/1.1 only offered", &h1_replica),
+        clients_work_through(
+            "h2 offered and enabled, stateful, SSE answers",
+            &sse_replica
+        ),
+        clients_work_through("h2 offered, not enabled (the default)", &default_replica),
     );
 
     for (log, want) in [
         (&h2_log, "HTTP/2.0"),
         (&h1_log, "HTTP/1.1"),
         (&sse_log, "HTTP/2.0"),
+        (&default_log, "HTTP/1.1"),
     ] {
         let lines = access_log(log);
         let posts: Vec<&String> = lines.iter().filter(|l| l.contains(" POST ")).collect();
@@ -207,6 +242,97 @@ async fn a_private_ca_upstream_is_reached_over_http2_or_http1_as_it_offers() {
     }
 }
 
+/// `tools/call` of `tool` with `arguments` to `url`, as an SDK client sends it.
+fn tool_call(url: &str, id: u64, tool: &str, arguments: Value) -> reqwest::RequestBuilder {
+    reqwest::Client::new()
+        .post(url)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn by_default_a_quick_call_is_not_held_behind_a_long_one() {
+    e2e::ensure_setup();
+    let certs = mcp_fanout_testkit::tempfile::tempdir().expect("temp dir");
+    ca_and_server_cert(certs.path());
+    // Stateless with SSE answers: the gated call's log message streams before its result.
+    let upstream = Upstream::py1("gated-upstream", &["--stateless"]).await;
+    let log = certs.path().join("access.log");
+    // One stream at a time on an HTTP/2 connection: a multiplexing client would queue behind it.
+    let front = tls_front_with(
+        certs.path(),
+        port_of(&upstream.url),
+        true,
+        &log,
+        "http2_max_concurrent_streams 1;",
+    )
+    .await;
+    let url = format!("https://localhost:{}/mcp", front.addr.port());
+    let ca = certs.path().join("ca.pem");
+    let r = start_memory(
+        "tls-gated",
+        &[
+            ("FANOUT_UPSTREAM", url.as_str()),
+            ("FANOUT_UPSTREAM_CA_FILE", ca.to_str().expect("utf-8 path")),
+            // Far beyond STEP: a held request is not freed by the timeout within the test.
+            ("FANOUT_UPSTREAM_TIMEOUT_SECS", "600"),
+        ],
+    )
+    .await;
+    let endpoint = r.public_url("/mcp");
+
+    // The long call: in flight upstream once its log message has come through.
+    let gated = tool_call(&endpoint, 1, "gated", json!({"key": "long"}))
+        .send()
+        .await
+        .expect("the gated call's head");
+    assert_eq!(gated.status(), 200);
+    let mut stream = gated.bytes_stream();
+    let mut seen = Vec::new();
+    tokio::time::timeout(STEP, async {
+        while !String::from_utf8_lossy(&seen).contains("notifications/message") {
+            let chunk = stream.next().await.expect("more of the answer");
+            seen.extend_from_slice(&chunk.expect("a chunk"));
+        }
+    })
+    .await
+    .expect("the gated call's log message");
+
+    // A quick call while the long one holds its upstream request: answered, not queued.
+    let quick = tokio::time::timeout(STEP, async {
+        let resp = tool_call(&endpoint, 2, "add", json!({"a": 2, "b": 40}))
+            .send()
+            .await
+            .expect("the quick call");
+        (resp.status(), resp.text().await.expect("its body"))
+    })
+    .await
+    .expect("the quick call is answered while the long one is in flight");
+    assert_eq!(quick.0, 200, "{}", quick.1);
+    assert!(quick.1.contains("42"), "{}", quick.1);
+
+    upstream.release("long").await;
+    tokio::time::timeout(STEP, async {
+        while let Some(chunk) = stream.next().await {
+            seen.extend_from_slice(&chunk.expect("a chunk"));
+        }
+    })
+    .await
+    .expect("the long call ends once released");
+    assert!(
+        String::from_utf8_lossy(&seen).contains("released long"),
+        "{}",
+        String::from_utf8_lossy(&seen)
+    );
+    let lines = access_log(&log);
+    assert!(
+        lines.len() == 2 && lines.iter().all(|l| l.starts_with("HTTP/1.1 POST 200")),
+        "both calls went upstream over HTTP/1.1: {lines:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_the_ca_the_upstream_is_not_trusted_and_the_replica_keeps_serving() {
     e2e::ensure_setup();
@@ -219,6 +345,7 @@ async fn without_the_ca_the_upstream_is_not_trusted_and_the_replica_keeps_servin
         "tls-untrusted",
         &format!("https://localhost:{}/mcp", front.addr.port()),
         None,
+        true,
     )
     .await;
     let client = reqwest::Client::new();

@@ -1,5 +1,5 @@
 //! The HTTP client that carries proxied requests upstream: hyper-util's pooled client over
-//! hyper's HTTP/1.1 connections (HTTP/2 when a TLS upstream offers it by ALPN), TLS by rustls with
+//! hyper's HTTP/1.1 connections (HTTP/2 by ALPN with `FANOUT_UPSTREAM_HTTP2`), TLS by rustls with
 //! the Mozilla roots plus `FANOUT_UPSTREAM_CA_FILE` (`crate::tls`) — the HTTP stack and nothing
 //! on top. What a general-purpose client adds per request and a proxy must not do anyway is left
 //! out: no redirect handling (a 3xx is relayed, never followed: a re-sent `POST` could repeat a
@@ -25,9 +25,13 @@ pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 pub type ForwardClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
 /// Builds the client (no I/O: connections are made on first use). `tls` says whom an `https://`
-/// upstream's certificate may come from (`crate::tls`); its ALPN list is set here (`h2`, then
-/// `http/1.1`).
-pub fn build(tls: rustls::ClientConfig) -> ForwardClient {
+/// upstream's certificate may come from (`crate::tls`); its ALPN list is set here: `http/1.1`
+/// only, or with `http2` also `h2` first (`FANOUT_UPSTREAM_HTTP2`). Over HTTP/1.1 each request in
+/// flight has a connection of its own (the pool opens one when none is idle); over HTTP/2 all of
+/// them share one connection, so at most the upstream's `SETTINGS_MAX_CONCURRENT_STREAMS` run at
+/// once and the rest wait for a stream — a quick call behind long ones — which is why it is
+/// opt-in.
+pub fn build(tls: rustls::ClientConfig, http2: bool) -> ForwardClient {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -36,9 +40,12 @@ pub fn build(tls: rustls::ClientConfig) -> ForwardClient {
     let https = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http);
+        .enable_http1();
+    let https = if http2 {
+        https.enable_http2().wrap_connector(http)
+    } else {
+        https.wrap_connector(http)
+    };
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())

@@ -59,6 +59,8 @@ pub struct UpstreamOptions {
     /// CA certificates trusted for an `https://` upstream besides the Mozilla roots
     /// (`FANOUT_UPSTREAM_CA_FILE`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Offer HTTP/2 to an `https://` upstream (`FANOUT_UPSTREAM_HTTP2`); else HTTP/1.1 only.
+    pub http2: bool,
 }
 
 /// One upstream session of the era adapter with a 2025-era upstream (made by `http::era_adapter`).
@@ -233,6 +235,9 @@ impl Upstream {
                 .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
             client = client.add_root_certificate(cert);
         }
+        if !options.http2 {
+            client = client.http1_only();
+        }
         let client = client
             .connect_timeout(forward_client::CONNECT_TIMEOUT)
             .pool_idle_timeout(forward_client::POOL_IDLE_TIMEOUT)
@@ -246,7 +251,7 @@ impl Upstream {
             .no_proxy()
             .build()
             .map_err(|e| UpstreamConfigError::Client(e.to_string()))?;
-        let forward = forward_client::build(cas.client_config()?);
+        let forward = forward_client::build(cas.client_config()?, options.http2);
         let uri = url
             .as_str()
             .parse()

@@ -356,6 +356,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_UPSTREAM_CA_FILE
   value: {{ . | quote }}
 {{- end }}
+- name: FANOUT_UPSTREAM_HTTP2
+  value: {{ $v.proxy.http2 | quote }}
 - name: FANOUT_MINT_SESSION_IDS
   value: {{ $v.proxy.mintSessionIds | quote }}
 - name: FANOUT_ADVERTISE_LIST_CHANGED
