@@ -284,6 +284,13 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_UPSTREAM_HTTP2", default_value_t = false, action = clap::ArgAction::Set)]
     pub upstream_http2: bool,
 
+    /// Proxy mode: most requests forwarded upstream at once (each holds an upstream connection
+    /// until its answer is relayed); past it a request is answered `503` with a JSON-RPC error at
+    /// once. Default: the public connection cap, whose share of the open-file limit is kept for
+    /// upstream connections — one HTTP/2 client connection may otherwise carry up to 200.
+    #[arg(long, env = "FANOUT_UPSTREAM_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub upstream_max_connections: Option<u64>,
+
     /// Proxy mode, for stateless upstreams: mint an `Mcp-Session-Id` on `initialize` when the
     /// upstream gives none (and strip it from forwarded requests).
     #[arg(long, env = "FANOUT_MINT_SESSION_IDS", default_value_t = false, action = clap::ArgAction::Set)]
@@ -442,6 +449,14 @@ impl ServeConfig {
         let public = self.max_connections.unwrap_or(derived.max(16));
         (to_usize(public), to_usize(admin))
     }
+    /// Proxy mode's bound on requests forwarded at once: explicit, or the public connection cap
+    /// (the open files [`Self::connection_caps`] keeps for upstream connections).
+    pub fn upstream_connection_cap(&self, open_file_limit: u64) -> usize {
+        match self.upstream_max_connections {
+            Some(n) => to_usize(n),
+            None => self.connection_caps(open_file_limit).0,
+        }
+    }
     /// The subscriber cap: explicit, or the open-file limit minus a reserve.
     pub fn subscriber_cap(&self, open_file_limit: u64) -> usize {
         to_usize(
@@ -481,6 +496,26 @@ mod tests {
         assert!(parse_schema("").is_err());
         assert!(parse_schema(&"a".repeat(41)).is_err());
         assert!(parse_schema(&"a".repeat(40)).is_ok());
+    }
+
+    #[test]
+    fn upstream_connections_default_to_the_public_cap_their_files_are_kept_for() {
+        let cli = Cli::try_parse_from(["mcp-fanout", "--upstream", "http://127.0.0.1:1/mcp"])
+            .expect("parse");
+        let (public, _) = cli.serve.connection_caps(20_000);
+        assert_eq!(public, (20_000 - RESERVED_CONN_FILES as usize) / 2);
+        // Public connections plus as many upstream ones stay under the limit.
+        assert_eq!(cli.serve.upstream_connection_cap(20_000), public);
+        let cli = Cli::try_parse_from([
+            "mcp-fanout",
+            "--upstream",
+            "http://127.0.0.1:1/mcp",
+            "--upstream-max-connections",
+            "7",
+        ])
+        .expect("parse");
+        assert_eq!(cli.serve.upstream_connection_cap(20_000), 7);
+        assert!(Cli::try_parse_from(["mcp-fanout", "--upstream-max-connections", "0"]).is_err());
     }
 
     #[test]

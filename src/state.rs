@@ -78,7 +78,16 @@ impl State {
         let sessions = Arc::new(MemorySessions::new(std::time::Duration::from_secs(
             config.retention_secs,
         )));
-        Self::assemble(config, auth, log, sessions, None, broadcaster, metrics)
+        Self::assemble(
+            config,
+            auth,
+            open_file_limit,
+            log,
+            sessions,
+            None,
+            broadcaster,
+            metrics,
+        )
     }
 
     /// The Postgres mode: the ring starts at the log's head; the bridge feeds it.
@@ -104,6 +113,7 @@ impl State {
         Self::assemble(
             config,
             auth,
+            open_file_limit,
             log,
             sessions,
             Some(cluster),
@@ -116,6 +126,7 @@ impl State {
     fn assemble(
         config: ServeConfig,
         subscriber_auth: SubscriberAuth,
+        open_file_limit: u64,
         log: Arc<dyn EventLog>,
         sessions: Arc<dyn SessionStore>,
         cluster: Option<PgCluster>,
@@ -136,6 +147,7 @@ impl State {
                     forwarded_headers: config.proxy_forwarded_headers,
                     ca_file: config.upstream_ca_file.clone(),
                     http2: config.upstream_http2,
+                    max_connections: config.upstream_connection_cap(open_file_limit),
                 },
             )?),
             None => None,

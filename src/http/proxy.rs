@@ -16,6 +16,9 @@ use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
 
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::error::ErrorCode;
 use super::headers::MCP_SESSION_ID;
 use crate::mcp::upstream::Upstream;
 use crate::session::{minted, Owner};
@@ -78,6 +81,11 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         end_session(st, s).await;
         return StatusCode::OK.into_response();
     }
+    // Each request forwarded holds an upstream connection until its answer is relayed: bounded,
+    // or one HTTP/2 client connection could open 200 of them and the replica run out of files.
+    let Ok(permit) = up.in_flight.clone().try_acquire_owned() else {
+        return upstream_busy(up, &request_body);
+    };
     let minted = minted_session.is_some();
     // The session a successful DELETE ends here too.
     let deleted = session
@@ -124,7 +132,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     }
     let rewrite =
         up.advertise_list_changed && matches!(rpc, Some("initialize" | "server/discover"));
-    let body = match relay_body(up, resp, &mut headers, rewrite, timer).await {
+    let body = match relay_body(up, resp, &mut headers, rewrite, timer, permit).await {
         Ok(body) => body,
         Err(BodyFailed::Cut) => {
             return upstream_error(
@@ -193,7 +201,16 @@ async fn relay_body(
     headers: &mut HeaderMap,
     rewrite: bool,
     mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    permit: OwnedSemaphorePermit,
 ) -> Result<Body, BodyFailed> {
+    // A streamed answer keeps its upstream connection (and the permit) until it ends or the
+    // client goes; a held one has given it back by the time it is relayed.
+    let holding = |body: Body| {
+        Body::new(body.map_frame(move |frame| {
+            let _holds = &permit;
+            frame
+        }))
+    };
     let is_sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -211,16 +228,18 @@ async fn relay_body(
                     max_bytes = up.rewrite_max_bytes,
                     "upstream answer too large to rewrite; relayed unmodified"
                 );
-                Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest))
+                holding(Body::from_stream(
+                    futures::stream::iter([Ok(head)]).chain(rest),
+                ))
             }
         }
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
-        Body::from_stream(rewrite_sse(
+        holding(Body::from_stream(rewrite_sse(
             resp.into_body().into_data_stream(),
             advertise_list_changed,
             up.rewrite_max_bytes,
-        ))
+        )))
     } else if !is_sse && known_len.is_some_and(|n| n <= HOLD_WHOLE_MAX_BYTES) {
         Body::from(
             within(timer.as_mut(), resp.into_body().collect())
@@ -228,7 +247,7 @@ async fn relay_body(
                 .to_bytes(),
         )
     } else {
-        Body::new(resp.into_body())
+        holding(Body::new(resp.into_body()))
     })
 }
 
@@ -419,6 +438,24 @@ fn upstream_error(status: StatusCode, request_body: &[u8], message: &str) -> Res
         ),
     )
         .into_response()
+}
+
+/// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
+/// `503` at once, with `Retry-After`, counted as `upstream_busy`.
+fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
+    tracing::debug!(upstream = %up.url, max = up.max_in_flight, "every upstream connection in use");
+    let mut resp = upstream_error(
+        StatusCode::SERVICE_UNAVAILABLE,
+        request_body,
+        &format!(
+            "every upstream connection of this replica is in use (FANOUT_UPSTREAM_MAX_CONNECTIONS = {}); retry",
+            up.max_in_flight
+        ),
+    );
+    resp.headers_mut()
+        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    resp.extensions_mut().insert(ErrorCode("upstream_busy"));
+    resp
 }
 
 fn upstream_timeout(up: &Upstream, request_body: &[u8]) -> Response {

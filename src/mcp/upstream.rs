@@ -38,6 +38,11 @@ pub struct Upstream {
     pub(crate) response_timeout: Duration,
     /// Most bytes of one answer (a JSON body, one event of a stream) held to rewrite it.
     pub(crate) rewrite_max_bytes: usize,
+    /// One permit per request forwarded and not yet relayed whole: each holds an upstream
+    /// connection (an idle pooled one is reused by the next), so this bounds them.
+    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
+    /// The bound `in_flight` started with.
+    pub(crate) max_in_flight: usize,
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
@@ -61,6 +66,8 @@ pub struct UpstreamOptions {
     pub ca_file: Option<std::path::PathBuf>,
     /// Offer HTTP/2 to an `https://` upstream (`FANOUT_UPSTREAM_HTTP2`); else HTTP/1.1 only.
     pub http2: bool,
+    /// Most requests forwarded at once (`FANOUT_UPSTREAM_MAX_CONNECTIONS`; at least one).
+    pub max_connections: usize,
 }
 
 /// One upstream session of the era adapter with a 2025-era upstream (made by `http::era_adapter`).
@@ -272,6 +279,8 @@ impl Upstream {
             ),
             response_timeout: options.response_timeout,
             rewrite_max_bytes: options.rewrite_max_bytes,
+            in_flight: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))),
+            max_in_flight: options.max_connections.max(1),
         })
     }
 

@@ -358,6 +358,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 {{- end }}
 - name: FANOUT_UPSTREAM_HTTP2
   value: {{ $v.proxy.http2 | quote }}
+{{- if not (kindIs "invalid" $v.proxy.maxConnections) }}
+- name: FANOUT_UPSTREAM_MAX_CONNECTIONS
+  value: {{ $v.proxy.maxConnections | int64 | quote }}
+{{- end }}
 - name: FANOUT_MINT_SESSION_IDS
   value: {{ $v.proxy.mintSessionIds | quote }}
 - name: FANOUT_ADVERTISE_LIST_CHANGED

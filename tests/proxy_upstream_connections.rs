@@ -1,0 +1,162 @@
+//! Proxy mode bounds the upstream connections a replica holds (docs/configuration.md
+//! `FANOUT_UPSTREAM_MAX_CONNECTIONS`; docs/proxy.md): each forwarded request holds one until its
+//! answer is relayed, and one HTTP/2 client connection may carry 200 requests at once, so without
+//! a bound a single client could make the replica open upstream connections until it runs out of
+//! files. The upstream is the Python SDK 1.x FastMCP server (stateless, SSE answers) with a
+//! `gated` tool that streams a log message and then holds its result until released.
+//!
+//! With `FANOUT_UPSTREAM_MAX_CONNECTIONS=2` and one HTTP/2 (h2c) client connection: two gated calls
+//! in flight (each one's log message relayed); a third request on the same connection is answered
+//! `503` at once, a JSON-RPC error carrying its id and `Retry-After`, counted as
+//! `http_errors{code="upstream_busy"}`; the replica keeps serving (`/healthz`). Once one gated call
+//! is released and its answer has ended, the next call is forwarded and answered; the other gated
+//! call, released, ends with its own result.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
+mod e2e;
+
+use std::time::Duration;
+
+use e2e::Upstream;
+use futures::StreamExt;
+use mcp_fanout_testkit::h2c::reqwest_h2c;
+use mcp_fanout_testkit::start_memory;
+use serde_json::{json, Value};
+
+const STEP: Duration = Duration::from_secs(60);
+
+/// `tools/call` of `tool` with `arguments` to `url`, as an SDK client sends it.
+fn tool_call(
+    client: &reqwest::Client,
+    url: &str,
+    id: u64,
+    tool: &str,
+    arguments: Value,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}))
+}
+
+/// A gated call whose log message has come through: in flight upstream, holding its connection.
+struct Gated {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    seen: Vec<u8>,
+}
+
+impl Gated {
+    async fn start(client: &reqwest::Client, url: &str, id: u64, key: &str) -> Gated {
+        let resp = tool_call(client, url, id, "gated", json!({ "key": key }))
+            .send()
+            .await
+            .expect("the gated call's head");
+        assert_eq!(resp.status(), 200, "gated call {key}");
+        let mut g = Gated {
+            stream: resp.bytes_stream().boxed(),
+            seen: Vec::new(),
+        };
+        tokio::time::timeout(STEP, async {
+            while !String::from_utf8_lossy(&g.seen).contains("notifications/message") {
+                let chunk = g.stream.next().await.expect("more of the answer");
+                g.seen.extend_from_slice(&chunk.expect("a chunk"));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("gated call {key}: its log message"));
+        g
+    }
+
+    /// Reads the answer to its end; returns all of it.
+    async fn finish(mut self) -> String {
+        tokio::time::timeout(STEP, async {
+            while let Some(chunk) = self.stream.next().await {
+                self.seen.extend_from_slice(&chunk.expect("a chunk"));
+            }
+        })
+        .await
+        .expect("the gated call ends once released");
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connections_are_bounded_and_a_request_past_the_bound_is_refused_at_once() {
+    e2e::ensure_setup();
+    let upstream = Upstream::py1("bounded-upstream", &["--stateless"]).await;
+    let r = start_memory(
+        "proxy-bounded",
+        &[
+            ("FANOUT_UPSTREAM", upstream.url.as_str()),
+            ("FANOUT_UPSTREAM_MAX_CONNECTIONS", "2"),
+        ],
+    )
+    .await;
+    let url = r.public_url("/mcp");
+    // One HTTP/2 connection carries every request below.
+    let h2 = reqwest_h2c(STEP).expect("an h2c client");
+
+    let first = Gated::start(&h2, &url, 1, "first").await;
+    let second = Gated::start(&h2, &url, 2, "second").await;
+
+    let refused = tool_call(&h2, &url, 3, "add", json!({"a": 2, "b": 40}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused
+            .headers()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
+        Some("1")
+    );
+    let body: Value = refused.json().await.expect("a JSON-RPC error");
+    assert_eq!(body["jsonrpc"], "2.0");
+    assert_eq!(body["id"], 3);
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("FANOUT_UPSTREAM_MAX_CONNECTIONS = 2"),
+        "{body}"
+    );
+    let health = reqwest::get(r.admin_url("/healthz"))
+        .await
+        .expect("healthz");
+    assert_eq!(health.status(), 200);
+    let metrics = reqwest::get(r.admin_url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("mcp_fanout_http_errors_total{code=\"upstream_busy\"} 1")),
+        "counted once as upstream_busy:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("http_errors"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+
+    // A released call's answer ends; its connection is free for the next request.
+    upstream.release("first").await;
+    let first = first.finish().await;
+    assert!(first.contains("released first"), "{first}");
+    let answered = tool_call(&h2, &url, 4, "add", json!({"a": 2, "b": 40}))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(answered.status(), 200);
+    let text = answered.text().await.expect("its body");
+    assert!(text.contains("42") && text.contains("\"id\":4"), "{text}");
+
+    upstream.release("second").await;
+    let second = second.finish().await;
+    assert!(second.contains("released second"), "{second}");
+}
