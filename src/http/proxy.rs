@@ -15,7 +15,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::error::ErrorCode;
@@ -203,14 +202,6 @@ async fn relay_body(
     mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
     permit: OwnedSemaphorePermit,
 ) -> Result<Body, BodyFailed> {
-    // A streamed answer keeps its upstream connection (and the permit) until it ends or the
-    // client goes; a held one has given it back by the time it is relayed.
-    let holding = |body: Body| {
-        Body::new(body.map_frame(move |frame| {
-            let _holds = &permit;
-            frame
-        }))
-    };
     let is_sse = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -228,18 +219,22 @@ async fn relay_body(
                     max_bytes = up.rewrite_max_bytes,
                     "upstream answer too large to rewrite; relayed unmodified"
                 );
-                holding(Body::from_stream(
-                    futures::stream::iter([Ok(head)]).chain(rest),
-                ))
+                holding(
+                    Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest)),
+                    permit,
+                )
             }
         }
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
-        holding(Body::from_stream(rewrite_sse(
-            resp.into_body().into_data_stream(),
-            advertise_list_changed,
-            up.rewrite_max_bytes,
-        )))
+        holding(
+            Body::from_stream(rewrite_sse(
+                resp.into_body().into_data_stream(),
+                advertise_list_changed,
+                up.rewrite_max_bytes,
+            )),
+            permit,
+        )
     } else if !is_sse && known_len.is_some_and(|n| n <= HOLD_WHOLE_MAX_BYTES) {
         Body::from(
             within(timer.as_mut(), resp.into_body().collect())
@@ -247,8 +242,21 @@ async fn relay_body(
                 .to_bytes(),
         )
     } else {
-        holding(Body::new(resp.into_body()))
+        holding(resp.into_body(), permit)
     })
+}
+
+/// A streamed answer keeps its upstream connection, and so the permit, until it ends or the
+/// client goes (a held one has given it back by the time it is relayed).
+fn holding<B>(body: B, permit: OwnedSemaphorePermit) -> Body
+where
+    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    Body::new(body.map_frame(move |frame| {
+        let _holds = &permit;
+        frame
+    }))
 }
 
 /// Reads an upstream body (`read`) before `timer` fires: a read error is a cut answer, the timer
