@@ -34,8 +34,10 @@ mod e2e;
 use std::path::Path;
 use std::time::Duration;
 
-use e2e::{is_kind, is_notification, py1_client_with, py2_client, wire_event_ids, Upstream};
-use futures::StreamExt;
+use e2e::{
+    call_text, is_kind, is_notification, py1_client_with, py2_client, tool_call, wire_event_ids,
+    Gated, Upstream,
+};
 use mcp_fanout_testkit::nginx::Nginx;
 use mcp_fanout_testkit::openssl::ca_and_server_cert;
 use mcp_fanout_testkit::{bin, start_memory, Replica};
@@ -99,10 +101,6 @@ fn access_log(path: &Path) -> Vec<String> {
         .lines()
         .map(str::to_owned)
         .collect()
-}
-
-fn call_text(result: &Value) -> Option<&str> {
-    result.pointer("/content/0/text").and_then(Value::as_str)
 }
 
 /// A proxy replica in front of `upstream` (an https URL), trusting `ca` when given, offering it
@@ -242,16 +240,6 @@ async fn a_private_ca_upstream_is_reached_over_http2_or_http1_as_it_offers() {
     }
 }
 
-/// `tools/call` of `tool` with `arguments` to `url`, as an SDK client sends it.
-fn tool_call(url: &str, id: u64, tool: &str, arguments: Value) -> reqwest::RequestBuilder {
-    reqwest::Client::new()
-        .post(url)
-        .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2025-06-18")
-        .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn by_default_a_quick_call_is_not_held_behind_a_long_one() {
     e2e::ensure_setup();
@@ -283,26 +271,12 @@ async fn by_default_a_quick_call_is_not_held_behind_a_long_one() {
     .await;
     let endpoint = r.public_url("/mcp");
 
-    // The long call: in flight upstream once its log message has come through.
-    let gated = tool_call(&endpoint, 1, "gated", json!({"key": "long"}))
-        .send()
-        .await
-        .expect("the gated call's head");
-    assert_eq!(gated.status(), 200);
-    let mut stream = gated.bytes_stream();
-    let mut seen = Vec::new();
-    tokio::time::timeout(STEP, async {
-        while !String::from_utf8_lossy(&seen).contains("notifications/message") {
-            let chunk = stream.next().await.expect("more of the answer");
-            seen.extend_from_slice(&chunk.expect("a chunk"));
-        }
-    })
-    .await
-    .expect("the gated call's log message");
+    let client = reqwest::Client::new();
 
+    let long = Gated::start(&client, &endpoint, 1, "long").await;
     // A quick call while the long one holds its upstream request: answered, not queued.
     let quick = tokio::time::timeout(STEP, async {
-        let resp = tool_call(&endpoint, 2, "add", json!({"a": 2, "b": 40}))
+        let resp = tool_call(&client, &endpoint, 2, "add", json!({"a": 2, "b": 40}))
             .send()
             .await
             .expect("the quick call");
@@ -314,18 +288,8 @@ async fn by_default_a_quick_call_is_not_held_behind_a_long_one() {
     assert!(quick.1.contains("42"), "{}", quick.1);
 
     upstream.release("long").await;
-    tokio::time::timeout(STEP, async {
-        while let Some(chunk) = stream.next().await {
-            seen.extend_from_slice(&chunk.expect("a chunk"));
-        }
-    })
-    .await
-    .expect("the long call ends once released");
-    assert!(
-        String::from_utf8_lossy(&seen).contains("released long"),
-        "{}",
-        String::from_utf8_lossy(&seen)
-    );
+    let long = long.finish().await;
+    assert!(long.contains("released long"), "{long}");
     let lines = access_log(&log);
     assert!(
         lines.len() == 2 && lines.iter().all(|l| l.starts_with("HTTP/1.1 POST 200")),

@@ -18,70 +18,12 @@ mod e2e;
 
 use std::time::Duration;
 
-use e2e::Upstream;
-use futures::StreamExt;
+use e2e::{tool_call, Gated, Upstream};
 use mcp_fanout_testkit::h2c::reqwest_h2c;
 use mcp_fanout_testkit::start_memory;
 use serde_json::{json, Value};
 
 const STEP: Duration = Duration::from_secs(60);
-
-/// `tools/call` of `tool` with `arguments` to `url`, as an SDK client sends it.
-fn tool_call(
-    client: &reqwest::Client,
-    url: &str,
-    id: u64,
-    tool: &str,
-    arguments: Value,
-) -> reqwest::RequestBuilder {
-    client
-        .post(url)
-        .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2025-06-18")
-        .json(&json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
-            "params": {"name": tool, "arguments": arguments}}))
-}
-
-/// A gated call whose log message has come through: in flight upstream, holding its connection.
-struct Gated {
-    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
-    seen: Vec<u8>,
-}
-
-impl Gated {
-    async fn start(client: &reqwest::Client, url: &str, id: u64, key: &str) -> Gated {
-        let resp = tool_call(client, url, id, "gated", json!({ "key": key }))
-            .send()
-            .await
-            .expect("the gated call's head");
-        assert_eq!(resp.status(), 200, "gated call {key}");
-        let mut g = Gated {
-            stream: resp.bytes_stream().boxed(),
-            seen: Vec::new(),
-        };
-        tokio::time::timeout(STEP, async {
-            while !String::from_utf8_lossy(&g.seen).contains("notifications/message") {
-                let chunk = g.stream.next().await.expect("more of the answer");
-                g.seen.extend_from_slice(&chunk.expect("a chunk"));
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("gated call {key}: its log message"));
-        g
-    }
-
-    /// Reads the answer to its end; returns all of it.
-    async fn finish(mut self) -> String {
-        tokio::time::timeout(STEP, async {
-            while let Some(chunk) = self.stream.next().await {
-                self.seen.extend_from_slice(&chunk.expect("a chunk"));
-            }
-        })
-        .await
-        .expect("the gated call ends once released");
-        String::from_utf8_lossy(&self.seen).into_owned()
-    }
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connections_are_bounded_and_a_request_past_the_bound_is_refused_at_once() {

@@ -37,7 +37,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use e2e::{
-    get_streams, is_kind, is_notification, py1_client_with, py2_client, ts_client_with,
+    call_text, get_streams, is_kind, is_notification, py1_client_with, py2_client, ts_client_with,
     wire_event_ids, Proc, Upstream,
 };
 use futures::future::join_all;
@@ -143,10 +143,6 @@ async fn replica(label: &str, env: &[(&str, &str)]) -> Replica {
 }
 
 /// The text of the first content item of a `tools/call` result.
-fn call_text(result: &Value) -> Option<&str> {
-    result.pointer("/content/0/text").and_then(Value::as_str)
-}
-
 /// One upstream mode: its upstream, its proxy replica, the clients on it.
 struct Cell {
     mode: Mode,

@@ -842,3 +842,71 @@ pub fn tool_names(v: &Value) -> Vec<String> {
         })
         .unwrap_or_default()
 }
+
+/// The text of a `tools/call` result's first content item (`add` answers its sum as text).
+pub fn call_text(result: &Value) -> Option<&str> {
+    result.pointer("/content/0/text").and_then(Value::as_str)
+}
+
+/// `tools/call` of `tool` with `arguments` to `url` over `client`, as an SDK client sends it
+/// (2025-06-18, without a session: for stateless upstreams).
+pub fn tool_call(
+    client: &reqwest::Client,
+    url: &str,
+    id: u64,
+    tool: &str,
+    arguments: Value,
+) -> reqwest::RequestBuilder {
+    client
+        .post(url)
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2025-06-18")
+        .json(
+            &serde_json::json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+            "params": {"name": tool, "arguments": arguments}}),
+        )
+}
+
+/// A `gated(key)` call to a py1 server with SSE answers, read until its log message has come
+/// through: in flight upstream, its result held until `Upstream::release(key)`.
+pub struct Gated {
+    stream: futures::stream::BoxStream<'static, reqwest::Result<bytes::Bytes>>,
+    seen: Vec<u8>,
+}
+
+impl Gated {
+    pub async fn start(client: &reqwest::Client, url: &str, id: u64, key: &str) -> Gated {
+        use futures::StreamExt;
+        let resp = tool_call(client, url, id, "gated", serde_json::json!({ "key": key }))
+            .send()
+            .await
+            .expect("the gated call's head");
+        assert_eq!(resp.status(), 200, "gated call {key}");
+        let mut g = Gated {
+            stream: resp.bytes_stream().boxed(),
+            seen: Vec::new(),
+        };
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while !String::from_utf8_lossy(&g.seen).contains("notifications/message") {
+                let chunk = g.stream.next().await.expect("more of the answer");
+                g.seen.extend_from_slice(&chunk.expect("a chunk"));
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("gated call {key}: its log message"));
+        g
+    }
+
+    /// Reads the answer to its end (once released); returns all of it.
+    pub async fn finish(mut self) -> String {
+        use futures::StreamExt;
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(chunk) = self.stream.next().await {
+                self.seen.extend_from_slice(&chunk.expect("a chunk"));
+            }
+        })
+        .await
+        .expect("the gated call ends once released");
+        String::from_utf8_lossy(&self.seen).into_owned()
+    }
+}
