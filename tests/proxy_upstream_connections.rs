@@ -8,7 +8,7 @@
 //! With `FANOUT_UPSTREAM_MAX_CONNECTIONS=2` and one HTTP/2 (h2c) client connection: two gated calls
 //! in flight (each one's log message relayed); a third request on the same connection is answered
 //! `503` at once, a JSON-RPC error carrying its id and `Retry-After`, counted as
-//! `http_errors{code="upstream_busy"}`; the replica keeps serving (`/healthz`). Once one gated call
+//! `http_errors{code="upstream_busy"}` and said at warn; the replica keeps serving (`/healthz`). Once one gated call
 //! is released and its answer has ended, the next call is forwarded and answered; the other gated
 //! call, released, ends with its own result.
 
@@ -64,6 +64,17 @@ async fn upstream_connections_are_bounded_and_a_request_past_the_bound_is_refuse
         message.contains("FANOUT_UPSTREAM_MAX_CONNECTIONS = 2"),
         "{body}"
     );
+    // Said in the log, at warn, with the bound and how many were refused since the last line.
+    r.wait_for_log("the refusal, said at warn", STEP, |v| {
+        v["level"] == "WARN"
+            && v.pointer("/fields/message")
+                .and_then(Value::as_str)
+                .is_some_and(|m| m.contains("requests refused as upstream_busy"))
+            && v.pointer("/fields/max_connections") == Some(&json!(2))
+            && v.pointer("/fields/refused") == Some(&json!(1))
+    })
+    .await
+    .expect("the replica says it refused a request");
     let health = reqwest::get(r.admin_url("/healthz"))
         .await
         .expect("healthz");

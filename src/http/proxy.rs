@@ -82,7 +82,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     }
     // Each request forwarded holds an upstream connection until its answer is relayed: bounded,
     // or one HTTP/2 client connection could open 200 of them and the replica run out of files.
-    let Ok(permit) = up.in_flight.clone().try_acquire_owned() else {
+    let Some(permit) = up.in_flight.try_acquire(up.url.as_str()) else {
         return upstream_busy(up, &request_body);
     };
     let minted = minted_session.is_some();
@@ -451,13 +451,12 @@ fn upstream_error(status: StatusCode, request_body: &[u8], message: &str) -> Res
 /// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
 /// `503` at once, with `Retry-After`, counted as `upstream_busy`.
 fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
-    tracing::debug!(upstream = %up.url, max = up.max_in_flight, "every upstream connection in use");
     let mut resp = upstream_error(
         StatusCode::SERVICE_UNAVAILABLE,
         request_body,
         &format!(
             "every upstream connection of this replica is in use (FANOUT_UPSTREAM_MAX_CONNECTIONS = {}); retry",
-            up.max_in_flight
+            up.in_flight.max()
         ),
     );
     resp.headers_mut()

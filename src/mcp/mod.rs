@@ -1,8 +1,9 @@
 //! MCP protocol specifics: protocol versions, resync notifications, priming and control frames;
 //! `subscriptions/listen` (2026-07-28) in [`listen`]; the proxy mode's upstream server in [`upstream`], the client that reaches it in
-//! [`forward_client`].
+//! [`forward_client`], the bound on its connections in [`in_flight`].
 
 pub mod forward_client;
+pub mod in_flight;
 pub mod listen;
 pub mod upstream;
 

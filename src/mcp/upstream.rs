@@ -11,6 +11,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::forward_client::{self, ForwardClient};
+use super::in_flight::InFlight;
 use crate::tls::TrustedCas;
 
 pub struct Upstream {
@@ -38,11 +39,8 @@ pub struct Upstream {
     pub(crate) response_timeout: Duration,
     /// Most bytes of one answer (a JSON body, one event of a stream) held to rewrite it.
     pub(crate) rewrite_max_bytes: usize,
-    /// One permit per request forwarded and not yet relayed whole: each holds an upstream
-    /// connection (an idle pooled one is reused by the next), so this bounds them.
-    pub(crate) in_flight: Arc<tokio::sync::Semaphore>,
-    /// The bound `in_flight` started with.
-    pub(crate) max_in_flight: usize,
+    /// The bound on the upstream connections held (`in_flight`).
+    pub(crate) in_flight: InFlight,
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
@@ -279,8 +277,7 @@ impl Upstream {
             ),
             response_timeout: options.response_timeout,
             rewrite_max_bytes: options.rewrite_max_bytes,
-            in_flight: Arc::new(tokio::sync::Semaphore::new(options.max_connections.max(1))),
-            max_in_flight: options.max_connections.max(1),
+            in_flight: InFlight::new(options.max_connections),
         })
     }
 
