@@ -46,6 +46,14 @@ pub enum StateError {
     Tokens(#[from] TokenError),
 }
 
+/// What differs between the two modes: the event log, the session store and, in Postgres mode,
+/// the database-backed cluster view.
+struct Stores {
+    log: Arc<dyn EventLog>,
+    sessions: Arc<dyn SessionStore>,
+    cluster: Option<PgCluster>,
+}
+
 impl State {
     /// The embedded single-replica mode: an in-memory log bounded by the memory settings, whose
     /// commits feed the broadcaster directly.
@@ -54,40 +62,26 @@ impl State {
         auth: SubscriberAuth,
         open_file_limit: u64,
     ) -> Result<AppState, StateError> {
-        let metrics = Arc::new(Metrics::new());
-        let max_events = to_usize(config.memory_events.min(config.retention_max_events.max(1)));
-        let max_bytes = to_usize(config.memory_bytes);
-        let broadcaster = Broadcaster::new(
-            0,
-            RingLimits {
-                max_events,
-                max_bytes,
-            },
-            config.subscriber_cap(open_file_limit),
-            metrics.clone(),
-        );
-        let sink = broadcaster.clone();
-        let log = Arc::new(MemoryLog::new(
-            random_epoch(),
-            MemoryLimits {
-                max_events,
-                max_bytes,
-            },
-            Box::new(move |events| sink.push(events)),
-        ));
-        let sessions = Arc::new(MemorySessions::new(std::time::Duration::from_secs(
-            config.retention_secs,
-        )));
-        Self::assemble(
-            config,
-            auth,
-            open_file_limit,
-            log,
-            sessions,
-            None,
-            broadcaster,
-            metrics,
-        )
+        let limits = RingLimits {
+            max_events: to_usize(config.memory_events.min(config.retention_max_events.max(1))),
+            max_bytes: to_usize(config.memory_bytes),
+        };
+        let retention = std::time::Duration::from_secs(config.retention_secs);
+        Self::assemble(config, auth, open_file_limit, 0, limits, |broadcaster| {
+            let sink = broadcaster.clone();
+            Stores {
+                log: Arc::new(MemoryLog::new(
+                    random_epoch(),
+                    MemoryLimits {
+                        max_events: limits.max_events,
+                        max_bytes: limits.max_bytes,
+                    },
+                    Box::new(move |events| sink.push(events)),
+                )),
+                sessions: Arc::new(MemorySessions::new(retention)),
+                cluster: None,
+            }
+        })
     }
 
     /// The Postgres mode: the ring starts at the log's head; the bridge feeds it.
@@ -100,39 +94,39 @@ impl State {
         cluster: PgCluster,
         head: u64,
     ) -> Result<AppState, StateError> {
-        let metrics = Arc::new(Metrics::new());
-        let broadcaster = Broadcaster::new(
-            head,
-            RingLimits {
-                max_events: to_usize(config.memory_events),
-                max_bytes: to_usize(config.memory_bytes),
-            },
-            config.subscriber_cap(open_file_limit),
-            metrics.clone(),
-        );
-        Self::assemble(
-            config,
-            auth,
-            open_file_limit,
+        let limits = RingLimits {
+            max_events: to_usize(config.memory_events),
+            max_bytes: to_usize(config.memory_bytes),
+        };
+        Self::assemble(config, auth, open_file_limit, head, limits, |_| Stores {
             log,
             sessions,
-            Some(cluster),
-            broadcaster,
-            metrics,
-        )
+            cluster: Some(cluster),
+        })
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// The state around a broadcaster whose ring starts at `head`; `stores` gets the broadcaster
+    /// (the memory log feeds it directly).
     fn assemble(
         config: ServeConfig,
         subscriber_auth: SubscriberAuth,
         open_file_limit: u64,
-        log: Arc<dyn EventLog>,
-        sessions: Arc<dyn SessionStore>,
-        cluster: Option<PgCluster>,
-        broadcaster: Broadcaster,
-        metrics: Arc<Metrics>,
+        head: u64,
+        limits: RingLimits,
+        stores: impl FnOnce(&Broadcaster) -> Stores,
     ) -> Result<AppState, StateError> {
+        let metrics = Arc::new(Metrics::new());
+        let broadcaster = Broadcaster::new(
+            head,
+            limits,
+            config.subscriber_cap(open_file_limit),
+            metrics.clone(),
+        );
+        let Stores {
+            log,
+            sessions,
+            cluster,
+        } = stores(&broadcaster);
         let upstream = match &config.upstream {
             Some(url) => Some(crate::mcp::upstream::Upstream::new(
                 url,
