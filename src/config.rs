@@ -206,6 +206,13 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_BODY_TIMEOUT_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub body_timeout_secs: u64,
 
+    /// Most streams (requests in progress) one HTTP/2 connection may have open at once, as
+    /// advertised in its `SETTINGS_MAX_CONCURRENT_STREAMS`; a stream past it is refused
+    /// (`REFUSED_STREAM`, which clients retry). Each stream is bounded by the caps of what it
+    /// does (subscribers, upstream connections); this bounds what one connection holds.
+    #[arg(long, env = "FANOUT_HTTP2_MAX_STREAMS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub http2_max_streams: u32,
+
     /// Most open connections on the public listener; past it, new ones wait in the kernel's
     /// listen backlog. Default: derived from the open-file limit (see docs/configuration.md).
     #[arg(long, env = "FANOUT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]

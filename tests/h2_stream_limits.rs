@@ -2,7 +2,8 @@
 //! while events are published are each reset after the write-stall deadline, the drop counted as a
 //! write stall; while they last they hold little (the replica's RSS stays bounded); a healthy
 //! HTTP/2 stream on the same connection and a healthy HTTP/1.1 subscriber receive every event, in
-//! order, without a break.
+//! order, without a break. An HTTP/2 connection may have `FANOUT_HTTP2_MAX_STREAMS` streams open,
+//! as the server's SETTINGS say, and opens another when one ends.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -12,7 +13,7 @@ use mcp_fanout_testkit::h2c::{H2Conn, H2End, H2Stream, Reason};
 use mcp_fanout_testkit::{start_memory, EventId, Follower, Replica, SseRequest, Tally, SOON};
 use serde_json::{json, Value};
 
-/// Streams per connection (hyper's default limit of concurrent streams is 200).
+/// Streams per connection (`FANOUT_HTTP2_MAX_STREAMS` defaults to 200).
 const PER_CONN: usize = 100;
 /// The write-stall deadline the replica runs with.
 const STALL_SECS: u64 = 3;
@@ -91,6 +92,8 @@ async fn stuck_http2_streams_are_reset_after_the_deadline_and_the_healthy_ones_g
         .expect("HTTP/2 connection b");
     let healthy = a.get_mcp().await.expect("the healthy HTTP/2 stream");
     assert_eq!(healthy.status(), 200);
+    // `FANOUT_HTTP2_MAX_STREAMS`'s default, advertised in the server's SETTINGS.
+    assert_eq!(a.max_send_streams(), 200);
     let mut stuck = open_streams(&mut a, PER_CONN - 1).await;
     stuck.extend(open_streams(&mut b, PER_CONN).await);
     let subscribers = 2 + stuck.len() as u64;
@@ -181,4 +184,40 @@ async fn stuck_http2_streams_are_reset_after_the_deadline_and_the_healthy_ones_g
             .unwrap_or(0.0),
         0.0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_connection_may_open_the_streams_the_setting_allows_and_no_more() {
+    let r = start_memory("h2-max-streams", &[("FANOUT_HTTP2_MAX_STREAMS", "3")]).await;
+    let mut conn = H2Conn::connect(r.public_addr(), STREAM_WINDOW)
+        .await
+        .expect("an HTTP/2 connection");
+    let mut open = open_streams(&mut conn, 3).await;
+    // The server says so in its SETTINGS (h2 refuses a stream past it with REFUSED_STREAM; a
+    // client waits for one of its streams to end instead of opening another).
+    assert_eq!(conn.max_send_streams(), 3);
+    r.wait_subscribers(3, SOON)
+        .await
+        .expect("three streams subscribed");
+    // One ends; the next stream opens in its place and is served.
+    drop(open.pop());
+    r.wait_subscribers(2, SOON)
+        .await
+        .expect("the ended stream unsubscribed");
+    let next = tokio::time::timeout(SOON, conn.get_mcp())
+        .await
+        .expect("a stream opens once one has ended")
+        .expect("the next stream");
+    assert_eq!(next.status(), 200);
+    r.wait_subscribers(3, SOON)
+        .await
+        .expect("the next stream subscribed");
+    // Another connection has streams of its own.
+    let mut other = H2Conn::connect(r.public_addr(), STREAM_WINDOW)
+        .await
+        .expect("another HTTP/2 connection");
+    let _more = open_streams(&mut other, 3).await;
+    r.wait_subscribers(6, SOON)
+        .await
+        .expect("the other connection's streams subscribed");
 }

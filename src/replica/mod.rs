@@ -124,6 +124,7 @@ fn conn_options(config: &ServeConfig, open_files: u64) -> (ConnOptions, ConnOpti
         first_request: Duration::from_secs(config.first_request_secs),
         idle: Duration::from_secs(config.idle_secs),
         max_connections: public_cap,
+        http2_max_streams: config.http2_max_streams,
     };
     let admin = ConnOptions {
         max_connections: admin_cap,

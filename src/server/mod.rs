@@ -87,6 +87,8 @@ pub struct ConnOptions {
     pub idle: Duration,
     /// Most open connections on the listener.
     pub max_connections: usize,
+    /// Most streams open at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
+    pub http2_max_streams: u32,
 }
 
 /// The listen backlog asked for (the kernel bounds it by `net.core.somaxconn`): connections past
@@ -172,7 +174,7 @@ pub async fn serve(
     stop: CancellationToken,
     refused: ParseErrorCounts,
 ) {
-    let builder = http_builder(opts.write_stall);
+    let builder = http_builder(opts.write_stall, opts.http2_max_streams);
     let graceful = GracefulShutdown::new();
     let writers = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
@@ -258,8 +260,9 @@ pub async fn serve(
     writers.wait().await;
 }
 
-/// hyper's HTTP/1.1 and HTTP/2 settings: header limits and timeouts, h2's send buffer.
-fn http_builder(write_stall: Duration) -> auto::Builder<StreamExec> {
+/// hyper's HTTP/1.1 and HTTP/2 settings: header limits and timeouts, h2's stream limit and send
+/// buffer.
+fn http_builder(write_stall: Duration, http2_max_streams: u32) -> auto::Builder<StreamExec> {
     // HTTP/2 streams run as tasks of their own, each under the write-stall deadline.
     let mut builder = auto::Builder::new(StreamExec { write_stall });
     builder
@@ -271,6 +274,8 @@ fn http_builder(write_stall: Duration) -> auto::Builder<StreamExec> {
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(MAX_HEADER_BYTES as u32)
+        // Set here, not left to hyper, whose default (200) is not part of its stable API.
+        .max_concurrent_streams(http2_max_streams)
         // What h2 buffers per stream beyond what its flow-control window lets out.
         .max_send_buf_size(H2_MAX_SEND_BUF);
     builder

@@ -87,6 +87,13 @@ impl H2Conn {
         })
     }
 
+    /// The most streams the server lets this connection open at once (its
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`, once its SETTINGS frame has been read: after the first
+    /// response, certainly).
+    pub fn max_send_streams(&self) -> usize {
+        self.send.current_max_send_streams()
+    }
+
     /// `GET /mcp` for an event stream.
     pub async fn get_mcp(&mut self) -> Result<H2Stream> {
         self.get("/mcp", &[("accept", "text/event-stream")]).await
