@@ -11,6 +11,12 @@
 //! `http_errors{code="upstream_busy"}` and said at warn; the replica keeps serving (`/healthz`). Once one gated call
 //! is released and its answer has ended, the next call is forwarded and answered; the other gated
 //! call, released, ends with its own result.
+//!
+//! The era adapter's own upstream requests (its probe of the upstream's era, its handshakes, the
+//! `DELETE` of an evicted session) hold connections too and count toward the same bound: with
+//! every connection held by calls a silent upstream never answers, 2026-07-28 requests from
+//! callers with new credentials are refused as `upstream_busy` at once, and no connection is
+//! opened for them.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -20,6 +26,7 @@ use std::time::Duration;
 
 use e2e::{tool_call, Gated, Upstream};
 use mcp_fanout_testkit::h2c::reqwest_h2c;
+use mcp_fanout_testkit::hostile::{BadUpstream, Misbehaviour};
 use mcp_fanout_testkit::start_memory;
 use serde_json::{json, Value};
 
@@ -112,4 +119,83 @@ async fn upstream_connections_are_bounded_and_a_request_past_the_bound_is_refuse
     upstream.release("second").await;
     let second = second.finish().await;
     assert!(second.contains("released second"), "{second}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_era_adapters_own_upstream_requests_count_toward_the_bound() {
+    let upstream = BadUpstream::start(Misbehaviour::Silent)
+        .await
+        .expect("a silent upstream");
+    let upstream_url = upstream.url();
+    let r = start_memory(
+        "proxy-bounded-adapter",
+        &[
+            ("FANOUT_UPSTREAM", upstream_url.as_str()),
+            ("FANOUT_UPSTREAM_MAX_CONNECTIONS", "2"),
+            ("FANOUT_UPSTREAM_TIMEOUT_SECS", "120"),
+            ("FANOUT_BRIDGE_2026_CLIENTS", "true"),
+        ],
+    )
+    .await;
+    let url = r.public_url("/mcp");
+    let h2 = reqwest_h2c(STEP).expect("an h2c client");
+    // Two calls the upstream never answers hold both connections.
+    let held: Vec<_> = (1..=2)
+        .map(|id| tokio::spawn(tool_call(&h2, &url, id, "add", json!({"a": 1, "b": 2})).send()))
+        .collect();
+    mcp_fanout_testkit::wait_until("both calls reached the upstream", STEP, || async {
+        upstream.accepted() == 2
+    })
+    .await
+    .expect("two upstream connections");
+
+    // Callers cycling credentials: each would need the era probe (the era is not known yet) and a
+    // handshake of its own.
+    for n in 0..3u64 {
+        let body = json!({"jsonrpc": "2.0", "id": 10 + n, "method": "tools/call", "params": {
+            "name": "add", "arguments": {"a": 1, "b": 2},
+            "_meta": {
+                "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+                "io.modelcontextprotocol/clientCapabilities": {}
+            }
+        }});
+        let answer = h2
+            .post(&url)
+            .header("Accept", "application/json, text/event-stream")
+            .header("MCP-Protocol-Version", "2026-07-28")
+            .header("Mcp-Method", "tools/call")
+            .header("Authorization", format!("Bearer cycling-{n}"))
+            .json(&body)
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(answer.status(), 503, "caller {n}");
+        assert_eq!(
+            answer.headers().get("retry-after").map(|v| v.as_bytes()),
+            Some(&b"1"[..])
+        );
+        let answer: Value = answer.json().await.expect("a JSON-RPC error");
+        assert_eq!(answer["id"], 10 + n, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("FANOUT_UPSTREAM_MAX_CONNECTIONS = 2")),
+            "{answer}"
+        );
+    }
+    // Every refusal came before any upstream connection was opened for it.
+    assert_eq!(
+        upstream.accepted(),
+        2,
+        "no upstream connection past the bound"
+    );
+    assert_eq!(
+        r.metric("mcp_fanout_http_errors_total{code=\"upstream_busy\"}")
+            .await
+            .expect("metrics"),
+        Some(3.0)
+    );
+    for call in held {
+        call.abort();
+    }
 }

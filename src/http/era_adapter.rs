@@ -20,6 +20,7 @@ use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{json, Value};
+use tokio::sync::OwnedSemaphorePermit;
 
 use super::headers::{MCP_PROTOCOL_VERSION, MCP_SESSION_ID};
 use super::proxy::{self, Forward};
@@ -56,6 +57,10 @@ pub enum AdapterError {
     Probe(StatusCode),
     #[error("the upstream's initialize answer has no result: {0}")]
     NoResult(String),
+    /// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
+    /// the adapter's own requests count toward the bound like forwarded ones.
+    #[error("every upstream connection of this replica is in use")]
+    Busy,
 }
 
 /// Whether a request speaks 2026-07-28.
@@ -72,6 +77,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     match era(up, &credentials).await {
         Ok(Era::Legacy) => {}
         Ok(Era::Modern) => return proxy::forward(st, up, f).await,
+        Err(AdapterError::Busy) => return proxy::upstream_busy(up, &f.body),
         Err(error) => {
             tracing::warn!(%error, upstream = %up.url(), "cannot learn the upstream's protocol era; forwarding as is");
             return proxy::forward(st, up, f).await;
@@ -79,6 +85,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     }
     let mut hs = match session(up, &credentials, None).await {
         Ok(hs) => hs,
+        Err(AdapterError::Busy) => return proxy::upstream_busy(up, &f.body),
         Err(error) => {
             tracing::warn!(%error, upstream = %up.url(), "cannot open the caller's bridge session; forwarding as is");
             return proxy::forward(st, up, f).await;
@@ -130,6 +137,11 @@ async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, AdapterErr
     if let Some(era) = *cache {
         return Ok(era);
     }
+    // The probe holds an upstream connection: within the bound, as every upstream request.
+    let _permit = up
+        .in_flight
+        .try_acquire(up.url().as_str())
+        .ok_or(AdapterError::Busy)?;
     // Bounded: every 2026 request of this replica waits for it.
     let era = tokio::time::timeout(LEARN_TIMEOUT, probe_is_modern(up, credentials))
         .await
@@ -149,7 +161,17 @@ async fn session(
 ) -> Result<Arc<Handshake>, AdapterError> {
     let (slot, evicted) = up.adapter_sessions().slot(credentials);
     for old in evicted {
-        tokio::spawn(close(up.client().clone(), up.url().clone(), old));
+        // Closing it upstream holds a connection too. At the bound it is left to expire there
+        // (as with an upstream that does not support DELETE): callers cycling credentials cannot
+        // make the replica open connections past the bound.
+        match up.in_flight.permit() {
+            Some(permit) => {
+                tokio::spawn(close(up.client().clone(), up.url().clone(), old, permit));
+            }
+            None => {
+                tracing::debug!(upstream = %up.url(), "every upstream connection in use: an evicted bridge session is left to expire upstream");
+            }
+        }
     }
     // Only this caller's requests wait for its handshake.
     let mut current = slot.handshake.lock().await;
@@ -158,6 +180,10 @@ async fn session(
             return Ok(hs.clone());
         }
     }
+    let _permit = up
+        .in_flight
+        .try_acquire(up.url().as_str())
+        .ok_or(AdapterError::Busy)?;
     let hs = tokio::time::timeout(LEARN_TIMEOUT, handshake(up, credentials))
         .await
         .map_err(|_| AdapterError::Timeout)??;
@@ -174,7 +200,12 @@ async fn session(
 
 /// Closes an evicted adapter session upstream (`DELETE` with its credentials; an upstream that
 /// does not support it answers `405`, and its session expires there on its own).
-async fn close(client: reqwest::Client, url: reqwest::Url, slot: Arc<AdapterSlot>) {
+async fn close(
+    client: reqwest::Client,
+    url: reqwest::Url,
+    slot: Arc<AdapterSlot>,
+    _permit: OwnedSemaphorePermit,
+) {
     let Some(hs) = slot.handshake.lock().await.take() else {
         return;
     };

@@ -450,7 +450,7 @@ fn upstream_error(status: StatusCode, request_body: &[u8], message: &str) -> Res
 
 /// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
 /// `503` at once, with `Retry-After`, counted as `upstream_busy`.
-fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
+pub(crate) fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
     let mut resp = upstream_error(
         StatusCode::SERVICE_UNAVAILABLE,
         request_body,

@@ -1,5 +1,6 @@
 //! The bound on the upstream connections a replica holds (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
-//! one permit per request forwarded and not yet relayed whole. Each such request holds an
+//! one permit per upstream request in flight — each request forwarded and not yet relayed whole,
+//! and each of the era adapter's own (its probe, handshakes and session closes). Each holds an
 //! upstream connection (an idle pooled one is reused by the next), so the permits bound them.
 //!
 //! A request past the bound is refused at once (the HTTP edge answers `upstream_busy`). The
@@ -54,6 +55,12 @@ impl InFlight {
                 None
             }
         }
+    }
+
+    /// A permit if one is free, for work that is skipped at the bound rather than refused to a
+    /// caller (not counted as a refusal).
+    pub fn permit(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
     }
 
     /// Says the refusals since the last line, if the last line is `REFUSALS_LOG_EVERY` old.
