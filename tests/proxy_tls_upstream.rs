@@ -329,6 +329,13 @@ async fn without_the_ca_the_upstream_is_not_trusted_and_the_replica_keeps_servin
             "the upstream MCP server is unreachable"
         );
     }
+    assert_eq!(
+        r.metric("mcp_fanout_http_errors_total{code=\"upstream_unreachable\"}")
+            .await
+            .expect("metrics"),
+        Some(2.0),
+        "counted as upstream_unreachable"
+    );
     assert!(
         access_log(&log).is_empty(),
         "no request reached the upstream over an untrusted connection: {:?}",

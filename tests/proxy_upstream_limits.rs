@@ -1,5 +1,6 @@
 //! Proxy mode in front of a misbehaving upstream MCP server: a silent upstream gets a JSON-RPC
-//! error after `FANOUT_UPSTREAM_TIMEOUT_SECS`; with `FANOUT_ADVERTISE_LIST_CHANGED=true` an
+//! error after `FANOUT_UPSTREAM_TIMEOUT_SECS` (counted as `http_errors{code="upstream_timeout"}`),
+//! an answer cut short a `502` (`upstream_cut`); with `FANOUT_ADVERTISE_LIST_CHANGED=true` an
 //! `initialize` answer too large to rewrite (a huge JSON body, an event that never ends) is
 //! relayed unmodified with the replica's memory bounded; when the client leaves, the upstream
 //! connection is closed.
@@ -72,6 +73,13 @@ async fn gets_a_timeout_error(up: &BadUpstream, r: &Replica, req: RawRequest, id
     assert_eq!(body["jsonrpc"], "2.0", "{body}");
     assert_eq!(body["id"], id, "the error answers the request: {body}");
     assert!(body["error"]["code"].is_i64(), "{body}");
+    assert_eq!(
+        r.metric("mcp_fanout_http_errors_total{code=\"upstream_timeout\"}")
+            .await
+            .expect("metrics"),
+        Some(1.0),
+        "counted as upstream_timeout"
+    );
     wait_until("the upstream connection to close", SOON, || async {
         up.ended() >= 1
     })
@@ -100,6 +108,35 @@ async fn a_small_answer_whose_body_stalls_gets_a_json_rpc_error_after_the_timeou
     .expect("upstream");
     let r = proxy_for(&up, "stalled-small-body").await;
     gets_a_timeout_error(&up, &r, tools_call(), 9).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_cut_short_gets_a_json_rpc_error_counted_as_upstream_cut() {
+    let up = BadUpstream::start(Misbehaviour::CutBody {
+        length: 200,
+        sent: 20,
+    })
+    .await
+    .expect("upstream");
+    let r = proxy_for(&up, "cut-body").await;
+    let resp = tools_call()
+        .send(r.public_addr(), SOON)
+        .await
+        .expect("the client is answered");
+    assert_eq!(resp.status(), 502, "{}", resp.text());
+    let body: Value = resp.json().expect("json");
+    assert_eq!(body["id"], 9, "the error answers the request: {body}");
+    assert_eq!(
+        body["error"]["message"], "the upstream answer was cut",
+        "{body}"
+    );
+    assert_eq!(
+        r.metric("mcp_fanout_http_errors_total{code=\"upstream_cut\"}")
+            .await
+            .expect("metrics"),
+        Some(1.0),
+        "counted as upstream_cut"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

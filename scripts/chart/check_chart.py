@@ -585,10 +585,12 @@ def assert_alerts() -> str:
         ("McpFanoutDbPoolExhausted", "mcp_fanout_db_pool_waiting"),
         ("McpFanoutTaskRestarts", "mcp_fanout_task_restarts_total"),
         ("McpFanoutUpstreamBusy", 'mcp_fanout_http_errors_total'),
+        ("McpFanoutUpstreamFailing", 'mcp_fanout_http_errors_total'),
     ]:
         expect(needle in rules.get(alert, ""), f"{alert}: {rules.get(alert)}")
     expect('reason=~"lagging|write_stall"' in rules["McpFanoutSlowSubscriberDrops"], "drop reasons")
     expect('code="upstream_busy"' in rules["McpFanoutUpstreamBusy"], "upstream_busy code")
+    expect('code=~"upstream_unreachable|upstream_timeout|upstream_cut"' in rules["McpFanoutUpstreamFailing"], "upstream failure codes")
     for alert, expr in rules.items():
         expect(expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), f"{alert}: unbalanced {expr}")
     return f"{len(rules)} alerts, each on its metric"

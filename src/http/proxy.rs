@@ -105,6 +105,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
             tracing::warn!(%error, upstream = %up.url, "upstream unreachable");
             return upstream_error(
                 StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
                 &request_body,
                 "the upstream MCP server is unreachable",
             );
@@ -136,6 +137,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         Err(BodyFailed::Cut) => {
             return upstream_error(
                 StatusCode::BAD_GATEWAY,
+                "upstream_cut",
                 &request_body,
                 "the upstream answer was cut",
             )
@@ -433,14 +435,21 @@ async fn end_session(st: &AppState, session: &str) {
     }
 }
 
-/// A JSON-RPC error answering the request in `request_body` (its id, when it has one).
-fn upstream_error(status: StatusCode, request_body: &[u8], message: &str) -> Response {
+/// A JSON-RPC error answering the request in `request_body` (its id, when it has one), counted
+/// in `http_errors` as `code`.
+fn upstream_error(
+    status: StatusCode,
+    code: &'static str,
+    request_body: &[u8],
+    message: &str,
+) -> Response {
     let id = serde_json::from_slice::<Value>(request_body)
         .ok()
         .and_then(|v| v.get("id").cloned())
         .unwrap_or(Value::Null);
     (
         status,
+        axum::Extension(ErrorCode(code)),
         axum::Json(
             json!({ "jsonrpc": "2.0", "id": id, "error": { "code": -32000, "message": message } }),
         ),
@@ -453,6 +462,7 @@ fn upstream_error(status: StatusCode, request_body: &[u8], message: &str) -> Res
 pub(crate) fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
     let mut resp = upstream_error(
         StatusCode::SERVICE_UNAVAILABLE,
+        "upstream_busy",
         request_body,
         &format!(
             "every upstream connection of this replica is in use (FANOUT_UPSTREAM_MAX_CONNECTIONS = {}); retry",
@@ -461,7 +471,6 @@ pub(crate) fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
     );
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    resp.extensions_mut().insert(ErrorCode("upstream_busy"));
     resp
 }
 
@@ -470,6 +479,7 @@ fn upstream_timeout(up: &Upstream, request_body: &[u8]) -> Response {
     tracing::warn!(upstream = %up.url, timeout_secs = secs, "the upstream did not answer in time");
     upstream_error(
         StatusCode::GATEWAY_TIMEOUT,
+        "upstream_timeout",
         request_body,
         &format!("the upstream MCP server did not answer within {secs} s"),
     )
@@ -541,7 +551,12 @@ pub async fn patch_response(resp: Response, patch: Patch, max_bytes: usize) -> R
             }
             Err(error) => {
                 tracing::warn!(%error, "upstream body failed");
-                return upstream_error(StatusCode::BAD_GATEWAY, &[], "the upstream answer was cut");
+                return upstream_error(
+                    StatusCode::BAD_GATEWAY,
+                    "upstream_cut",
+                    &[],
+                    "the upstream answer was cut",
+                );
             }
         }
     };

@@ -212,6 +212,8 @@ pub enum Misbehaviour {
     /// A `200` JSON answer announcing `length` bytes (`Content-Length`) of which only the first
     /// `sent` are written; the rest never comes.
     StalledBody { length: u64, sent: u64 },
+    /// As `StalledBody`, but the connection is then closed: the answer is cut short.
+    CutBody { length: u64, sent: u64 },
 }
 
 /// An upstream MCP server (HTTP/1.1 on loopback) that misbehaves; counts the connections that
@@ -354,7 +356,7 @@ async fn serve_one(mut conn: TcpStream, how: Misbehaviour, written: &AtomicU64) 
                 written.fetch_add(part.len() as u64, Ordering::SeqCst);
             }
         }
-        Misbehaviour::StalledBody { length, sent } => {
+        Misbehaviour::StalledBody { length, sent } | Misbehaviour::CutBody { length, sent } => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n\r\n"
             );
@@ -365,6 +367,9 @@ async fn serve_one(mut conn: TcpStream, how: Misbehaviour, written: &AtomicU64) 
                 return;
             }
             written.fetch_add(part.len() as u64, Ordering::SeqCst);
+            if matches!(how, Misbehaviour::CutBody { .. }) {
+                return;
+            }
         }
     }
     // Hold the connection until the proxy closes it.
