@@ -126,8 +126,9 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_WRITE_STALL_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub write_stall_secs: u64,
 
-    /// A subscriber with more unsent bytes than this (written, not acknowledged by the client) is
-    /// ended cleanly (it resumes from the log).
+    /// Pacing, not a cut: the kernel queues at most about this many bytes a subscriber has not
+    /// been sent yet; past it the server waits for the client to read (the write-stall deadline
+    /// and `FANOUT_MAX_LAG_SECS` decide who is too slow).
     #[arg(long, env = "FANOUT_MAX_LAG_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_lag_bytes: u64,
 
@@ -365,6 +366,9 @@ pub struct MigrateArgs {
     /// PEM file of CA certificates trusted for Postgres TLS (besides the Mozilla roots).
     #[arg(long, env = "FANOUT_DB_CA_FILE")]
     pub db_ca_file: Option<PathBuf>,
+    /// Log format; `RUST_LOG` filters.
+    #[arg(long, env = "FANOUT_LOG_FORMAT", value_enum, default_value = "text")]
+    pub log_format: LogFormat,
 }
 
 fn parse_schema(s: &str) -> Result<String, String> {

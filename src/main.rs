@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use mcp_fanout::config::{self, Cli, Command, MigrateArgs};
+use mcp_fanout::config::{Cli, Command, MigrateArgs};
 use mcp_fanout::db::{connect, Db, DbError};
 use mcp_fanout::log::postgres::migrate;
 use mcp_fanout::replica::{self, ServeError};
@@ -69,7 +69,7 @@ async fn run_migrate(args: MigrateArgs) -> Result<(), StartError> {
         print!("{}", migrate::print_sql(&args.schema));
         return Ok(());
     }
-    telemetry::init(config::LogFormat::Text);
+    telemetry::init(args.log_format);
     let url = args.database_url.as_deref().unwrap_or_default();
     let timeout = Duration::from_millis(args.db_timeout_ms.max(1));
     let pool = connect::pool(url, timeout, 1, connect::tls(args.db_ca_file.as_deref())?)?;
