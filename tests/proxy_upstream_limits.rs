@@ -1,6 +1,8 @@
 //! Proxy mode in front of a misbehaving upstream MCP server: a silent upstream gets a JSON-RPC
 //! error after `FANOUT_UPSTREAM_TIMEOUT_SECS` (counted as `http_errors{code="upstream_timeout"}`),
-//! an answer cut short a `502` (`upstream_cut`); with `FANOUT_ADVERTISE_LIST_CHANGED=true` an
+//! an answer cut short a `502` (`upstream_cut`); a large answer relayed on an HTTP/2 stream whose
+//! client never opens its window is reset after `FANOUT_WRITE_STALL_SECS` and its upstream
+//! connection let go, so such streams cannot keep others' calls out; with `FANOUT_ADVERTISE_LIST_CHANGED=true` an
 //! `initialize` answer too large to rewrite (a huge JSON body, an event that never ends) is
 //! relayed unmodified with the replica's memory bounded; when the client leaves, the upstream
 //! connection is closed.
@@ -9,6 +11,7 @@
 
 use std::time::Duration;
 
+use mcp_fanout_testkit::h2c::{H2Conn, H2End, Reason};
 use mcp_fanout_testkit::hostile::{
     drain_response, response_on, send_head_and_part, with_peak_rss, BadUpstream, Drained,
     Misbehaviour,
@@ -19,6 +22,8 @@ use tokio::net::TcpStream;
 
 /// What the replica may hold, beyond its memory before, while relaying an answer of any size.
 const RSS_SLACK: u64 = 64 * 1024 * 1024;
+/// Long enough for anything that should happen here.
+const PATIENCE: Duration = Duration::from_secs(60);
 /// The rewrite bound the tests run with.
 const REWRITE_MAX: &str = "262144";
 
@@ -303,4 +308,67 @@ async fn an_event_that_never_ends_is_relayed_and_the_upstream_closed_when_the_cl
     .expect("the proxy closes the upstream connection after the client left");
     let written = up.written();
     assert!(written >= READ);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_proxied_answer_an_http2_client_never_takes_is_reset_and_lets_its_upstream_connection_go()
+{
+    const ANSWER: u64 = 1 << 20;
+    let up = BadUpstream::start(Misbehaviour::HugeJson { bytes: ANSWER })
+        .await
+        .expect("upstream");
+    let url = up.url();
+    let r = start_memory(
+        "h2-stuck-proxied",
+        &[
+            ("FANOUT_UPSTREAM", url.as_str()),
+            ("FANOUT_UPSTREAM_MAX_CONNECTIONS", "2"),
+            ("FANOUT_WRITE_STALL_SECS", "2"),
+        ],
+    )
+    .await;
+    // Every stream of this connection starts with a window of 0 bytes, and none is ever opened.
+    let mut conn = H2Conn::connect(r.public_addr(), 0)
+        .await
+        .expect("an HTTP/2 connection");
+    let body = bytes::Bytes::from(
+        json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": { "name": "add", "arguments": { "a": 1, "b": 2 } } })
+        .to_string(),
+    );
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let mut stuck = Vec::new();
+    for _ in 0..2 {
+        let s = conn
+            .post("/mcp", &headers, body.clone())
+            .await
+            .expect("a proxied call's answer head");
+        assert_eq!(s.status(), 200);
+        stuck.push(s);
+    }
+    // Each holds one of the two upstream connections the replica may have.
+    assert_eq!(up.accepted(), 2);
+
+    // Reset after the deadline, as a stuck event stream is; the upstream connections closed.
+    for s in &mut stuck {
+        let end = s.ended(PATIENCE).await.expect("the stream ends");
+        assert_eq!(end, H2End::Reset(Reason::CANCEL));
+    }
+    wait_until("the upstream connections let go", PATIENCE, || async {
+        up.ended() >= 2
+    })
+    .await
+    .expect("the proxy closes the stuck answers' upstream connections");
+
+    // Another client's call gets the whole answer.
+    let resp = tools_call()
+        .send(r.public_addr(), PATIENCE)
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.body.len() as u64, ANSWER);
 }

@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use axum::body::Body;
 use axum::Router;
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -43,7 +42,7 @@ use idle::Activity;
 use parse_errors::Exchanges;
 use self_wake::SelfWake;
 use stall::StallGuard;
-use stream_watch::{StreamExec, StreamWatch};
+use stream_watch::{StreamExec, StreamWatch, Watching};
 
 /// Largest request head (request line + headers) accepted.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
@@ -225,13 +224,12 @@ pub async fn serve(
             let answered = slot.current().oneshot(req);
             async move {
                 let resp = exchange.carried_by(answered.await?);
-                // The request is in progress until its response body is done.
-                Ok::<_, Infallible>(resp.map(|body| {
-                    Body::new(body.map_frame(move |frame| {
-                        let _ = &in_flight;
-                        frame
-                    }))
-                }))
+                // The request is in progress until its response body is done; on HTTP/2 the
+                // body is under its stream's write-stall deadline, whatever it carries.
+                let watch = StreamWatch::current();
+                Ok::<_, Infallible>(
+                    resp.map(|body| Body::new(Watching::new(body, watch, in_flight))),
+                )
             }
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));

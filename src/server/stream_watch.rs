@@ -16,6 +16,11 @@
 //! A watched body hands hyper frames of at most [`MAX_FRAME`] bytes (slices of the stored frames,
 //! not copies), so a stuck stream holds about two of them (one in h2's buffer, one in hyper's hand),
 //! not a whole write.
+//!
+//! Every other response on an HTTP/2 stream (a proxied answer relayed as it arrives, a long-poll,
+//! anything) is a [`Watching`] body: the same reports and the same frame size, so the deadline
+//! holds for every stream whatever it carries — a proxied answer whose client never opens its
+//! window is reset like a stuck event stream, and the upstream connection it held is let go.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -212,6 +217,86 @@ impl hyper::body::Body for WatchedBody {
 
     fn is_end_stream(&self) -> bool {
         false
+    }
+}
+
+/// Any response body, with its hand-overs reported to the HTTP/2 stream's watch (when it runs in
+/// one) and its data frames cut to at most [`MAX_FRAME`] bytes there (slices, not copies), so "a
+/// frame not taken within the deadline" means the same for every body. On HTTP/1.1 (no watch) the
+/// body passes through untouched. `hold` lives as long as the body.
+pub(super) struct Watching<B, H> {
+    inner: B,
+    watch: Option<StreamWatch>,
+    /// The part of a data frame not handed over yet.
+    rest: Option<Bytes>,
+    _hold: H,
+}
+
+impl<B, H> Watching<B, H> {
+    pub(super) fn new(inner: B, watch: Option<StreamWatch>, hold: H) -> Watching<B, H> {
+        Watching {
+            inner,
+            watch,
+            rest: None,
+            _hold: hold,
+        }
+    }
+
+    /// The next frame to hand over from `data` (the rest kept), reported to the watch.
+    fn hand_over(&mut self, mut data: Bytes) -> Bytes {
+        if let Some(watch) = &self.watch {
+            if data.len() > MAX_FRAME {
+                self.rest = Some(data.split_off(MAX_FRAME));
+            }
+            watch.handed_over();
+        }
+        data
+    }
+}
+
+impl<B, H> hyper::body::Body for Watching<B, H>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    H: Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = self.get_mut();
+        if let Some(watch) = &this.watch {
+            watch.asked();
+        }
+        if let Some(rest) = this.rest.take() {
+            return Poll::Ready(Some(Ok(Frame::data(this.hand_over(rest)))));
+        }
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => Poll::Ready(Some(Ok(Frame::data(this.hand_over(data))))),
+                // Trailers.
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_none() && self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let mut hint = self.inner.size_hint();
+        if let Some(rest) = &self.rest {
+            let more = rest.len() as u64;
+            hint.set_lower(hint.lower() + more);
+            if let Some(upper) = hint.upper() {
+                hint.set_upper(upper + more);
+            }
+        }
+        hint
     }
 }
 

@@ -59,7 +59,30 @@ impl H2Conn {
 
     /// `GET path` with `headers`; resolves with the response head.
     pub async fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Result<H2Stream> {
-        let mut req = http::Request::get(format!("http://{}{path}", self.addr));
+        self.request(http::Method::GET, path, headers, None).await
+    }
+
+    /// `POST path` with `headers` and `body`; resolves with the response head.
+    pub async fn post(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<H2Stream> {
+        self.request(http::Method::POST, path, headers, Some(body))
+            .await
+    }
+
+    async fn request(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<H2Stream> {
+        let mut req = http::Request::builder()
+            .method(method.clone())
+            .uri(format!("http://{}{path}", self.addr));
         for (n, v) in headers {
             req = req.header(*n, *v);
         }
@@ -73,13 +96,18 @@ impl H2Conn {
             .await
             .map_err(|e| Error::Protocol(format!("HTTP/2 connection not ready: {e}")))?;
         self.send = ready;
-        let (response, _) = self
+        let (response, mut send) = self
             .send
-            .send_request(req, true)
-            .map_err(|e| Error::Protocol(format!("sending GET {path}: {e}")))?;
+            .send_request(req, body.is_none())
+            .map_err(|e| Error::Protocol(format!("sending {method} {path}: {e}")))?;
+        if let Some(body) = body {
+            // The connection's window is large: the body goes out whatever the server's streams do.
+            send.send_data(body, true)
+                .map_err(|e| Error::Protocol(format!("sending {method} {path}'s body: {e}")))?;
+        }
         let response = response
             .await
-            .map_err(|e| Error::Protocol(format!("response to GET {path}: {e}")))?;
+            .map_err(|e| Error::Protocol(format!("response to {method} {path}: {e}")))?;
         Ok(H2Stream {
             status: response.status().as_u16(),
             body: response.into_body(),
