@@ -193,6 +193,12 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_MAX_PROXY_REQUEST_BYTES", default_value_t = 16 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_proxy_request_bytes: u64,
 
+    /// Most bytes of `POST`/`DELETE /mcp` bodies the replica holds at once, over every request
+    /// being read or handled (at least one body of the largest allowed size); past it a request
+    /// is refused at once with `503` and `Retry-After` before its body is read.
+    #[arg(long, env = "FANOUT_BODY_MEMORY_BYTES", default_value_t = 64 * 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
+    pub body_memory_bytes: u64,
+
     /// A new connection that has not started a request within this many seconds is closed.
     #[arg(long, env = "FANOUT_FIRST_REQUEST_SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     pub first_request_secs: u64,
@@ -420,6 +426,10 @@ impl ServeConfig {
         } else {
             to_usize(self.max_request_bytes)
         }
+    }
+    /// `FANOUT_BODY_MEMORY_BYTES`, raised to one body of the largest allowed size.
+    pub fn body_memory_bytes(&self) -> usize {
+        to_usize(self.body_memory_bytes).max(self.mcp_body_limit())
     }
     pub fn request_limit(&self) -> usize {
         to_usize(self.max_request_bytes)

@@ -2,7 +2,10 @@
 //! valid credentials is refused (`401`, JSON) before its body is read; a declared length over
 //! the limit is refused (`413`, JSON) before reading; a chunked body is cut at the limit; the
 //! limit of `POST /mcp` fits JSON-RPC requests (`FANOUT_MAX_REQUEST_BYTES`, 1 MiB). The replica's
-//! memory stays where it was. The admin publish checks its token before reading, too.
+//! memory stays where it was. The admin publish checks its token before reading, too. Bodies in
+//! progress share one memory budget (`FANOUT_BODY_MEMORY_BYTES`): past it a request is refused at
+//! once (`503`, `request_bodies_busy`, `Retry-After`) before its body is read, and served again once
+//! a held body is let go.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -210,4 +213,83 @@ async fn authenticated_bodies_are_held_to_the_json_rpc_limit() {
         .await
         .expect("healthz");
     assert_eq!(ok.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodies_in_progress_share_one_memory_budget() {
+    const MAX: usize = 64 * 1024;
+    let max = MAX.to_string();
+    let budget = (2 * MAX).to_string();
+    let r = start_memory(
+        "body-memory",
+        &[
+            ("FANOUT_MAX_REQUEST_BYTES", max.as_str()),
+            ("FANOUT_BODY_MEMORY_BYTES", budget.as_str()),
+        ],
+    )
+    .await;
+    let addr = r.public_addr();
+    // A one-byte body: refused while the budget is full, else answered as the bad request it is.
+    let probe = || async move {
+        RawRequest::new("POST", "/mcp")
+            .header("Content-Type", "application/json")
+            .header("Accept", "application/json, text/event-stream")
+            .body("{")
+            .send(addr, SOON)
+            .await
+            .expect("the probe is answered")
+    };
+    assert_eq!(probe().await.status(), 400, "nothing held yet");
+
+    // Two requests declare the largest body each and send all but its last byte: they hold the
+    // whole budget until the body deadline.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        held.push(
+            send_head_and_part(addr, &listen_head(Some(MAX as u64)), &vec![b' '; MAX - 1])
+                .await
+                .expect("send"),
+        );
+    }
+    wait_until("the held bodies fill the budget", SOON, || async {
+        probe().await.status() == 503
+    })
+    .await
+    .expect("a request past the budget is refused");
+    let mut third = send_head_and_part(addr, &listen_head(Some(MAX as u64)), b"")
+        .await
+        .expect("send");
+    let resp = response_on(&mut third, "POST", SOON)
+        .await
+        .expect("refused at once, nothing of its body read");
+    assert_eq!(resp.status(), 503, "{}", resp.text());
+    assert_eq!(resp.header("retry-after"), Some("1"), "{}", resp.text());
+    let body = rpc_error(&resp);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("FANOUT_BODY_MEMORY_BYTES")),
+        "{body}"
+    );
+    closed_by_peer(&mut third, SOON)
+        .await
+        .expect("its connection closes (its body was not read)");
+    assert!(
+        r.metric("mcp_fanout_http_errors_total{code=\"request_bodies_busy\"}")
+            .await
+            .expect("metrics")
+            .unwrap_or(0.0)
+            >= 2.0,
+        "counted"
+    );
+
+    // A held body's client goes away: its share is let go and requests are served again.
+    drop(held.pop());
+    wait_until("a request is served again", SOON, || async {
+        probe().await.status() == 400
+    })
+    .await
+    .expect("the budget is given back");
+    let health = r.admin_get("/healthz").await.expect("healthz");
+    assert_eq!(health.status.as_u16(), 200);
 }

@@ -40,6 +40,8 @@ pub enum AppError {
     PayloadTooLarge(usize),
     #[error("the request body did not arrive within {} s", .0.as_secs())]
     BodyTimeout(std::time::Duration),
+    #[error("this replica holds as many bytes of request bodies as it may (FANOUT_BODY_MEMORY_BYTES = {0}); retry")]
+    BodiesBusy(usize),
     #[error("Content-Type must be application/json")]
     UnsupportedMediaType,
     #[error("this idempotency key was used before with a different body")]
@@ -79,9 +81,10 @@ impl AppError {
             AppError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
-            AppError::DatabaseUnavailable | AppError::ShuttingDown | AppError::BridgeFailed => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            AppError::DatabaseUnavailable
+            | AppError::ShuttingDown
+            | AppError::BridgeFailed
+            | AppError::BodiesBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -111,6 +114,7 @@ impl AppError {
             AppError::NotAcceptable => "not_acceptable",
             AppError::PayloadTooLarge(_) => "payload_too_large",
             AppError::BodyTimeout(_) => "request_timeout",
+            AppError::BodiesBusy(_) => "request_bodies_busy",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::IdempotencyConflict { .. } => "idempotency_conflict",
             AppError::DatabaseUnavailable => "database_unavailable",
@@ -125,7 +129,7 @@ impl AppError {
     pub fn leaves_body_unread(&self) -> bool {
         matches!(
             self,
-            AppError::PayloadTooLarge(_) | AppError::BodyTimeout(_)
+            AppError::PayloadTooLarge(_) | AppError::BodyTimeout(_) | AppError::BodiesBusy(_)
         )
     }
 

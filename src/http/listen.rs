@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Extension;
 use serde_json::{json, Value};
 
-use super::body::{read_body, require_json, BodyLimit};
+use super::body::{read_body, require_json, BodyLimit, HeldBody};
 use super::era_adapter;
 use super::error::{AppError, ErrorCode};
 use super::headers::{self, MCP_PROTOCOL_VERSION};
@@ -109,6 +109,10 @@ impl IntoResponse for RpcError {
             resp.headers_mut()
                 .insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         resp
     }
 }
@@ -142,8 +146,9 @@ pub async fn delete_mcp(
         Ok(owner) => owner,
         Err(e) => return e.into_response(),
     };
-    let bytes = match read_body(&headers, body, mcp_body_limit(&st)).await {
-        Ok(b) => b,
+    // Its share of the body memory is held until the answer's head is back.
+    let (bytes, _held) = match read_body(&headers, body, mcp_body_limit(&st)).await {
+        Ok(b) => (b.bytes, b.held),
         Err(e) => return e.into_response(),
     };
     let forward = Forward {
@@ -210,7 +215,8 @@ async fn handle(
         .identify(&headers)
         .await
         .map_err(|e| RpcError::from_app(e.into(), &null))?;
-    let bytes = read_body(&headers, body, mcp_body_limit(&st))
+    // The body's share of the body memory is held until this request is handled.
+    let HeldBody { bytes, held: _held } = read_body(&headers, body, mcp_body_limit(&st))
         .await
         .map_err(|e| RpcError::from_app(e, &null))?;
     // An object naming a key twice is refused in both modes (the upstream could read the other
@@ -342,5 +348,6 @@ fn mcp_body_limit(st: &AppState) -> BodyLimit {
     BodyLimit {
         max_bytes: st.config.mcp_body_limit(),
         within: st.config.body_timeout(),
+        memory: Some((st.body_memory.clone(), st.config.body_memory_bytes())),
     }
 }
