@@ -132,6 +132,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_MAX_LAG_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_lag_bytes: u64,
 
+    /// Memory mode: most sessions remembered; past it the least recently used tenth is forgotten.
+    #[arg(long, env = "FANOUT_MAX_SESSIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_sessions: u64,
+
     /// Most concurrent subscribers on this replica. Default: the open-file limit minus 512.
     #[arg(long, env = "FANOUT_MAX_SUBSCRIBERS")]
     pub max_subscribers: Option<u64>,

@@ -69,6 +69,7 @@ impl State {
             max_bytes: to_usize(config.memory_bytes),
         };
         let retention = std::time::Duration::from_secs(config.retention_secs);
+        let max_sessions = to_usize(config.max_sessions);
         Self::assemble(config, auth, open_file_limit, 0, limits, |broadcaster| {
             let sink = broadcaster.clone();
             Stores {
@@ -80,7 +81,7 @@ impl State {
                     },
                     Box::new(move |events| sink.push(events)),
                 )),
-                sessions: Arc::new(MemorySessions::new(retention)),
+                sessions: Arc::new(MemorySessions::new(retention, max_sessions)),
                 cluster: None,
             }
         })

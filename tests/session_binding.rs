@@ -8,7 +8,9 @@
 //! its tenant's. One stream per
 //! session, newest wins, across replicas: a second stream for the session on another replica ends
 //! the first cleanly (`retry:` then the end, counted as `taken_over`), and the new stream carries
-//! the session's events from then on.
+//! the session's events from then on. In memory mode at most `FANOUT_MAX_SESSIONS` are remembered:
+//! past it the least recently used are forgotten (and may be bound again by whoever presents them
+//! next), the recently used keep their owner.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -19,7 +21,7 @@ use mcp_fanout_testkit::{
     error_shape::{expect_http_error, expect_sse_error},
     identity::{open_stream, poll_ok, publish_to, Target, Who},
     jwt::{hs256, now_secs},
-    poll_with, Deployment, Replica, SseConn,
+    poll_with, start_memory, Deployment, Replica, SseConn,
 };
 use serde_json::json;
 
@@ -462,4 +464,51 @@ async fn a_session_belongs_to_the_whole_principal_not_to_the_subject_alone() {
     )
     .await;
     expect_event(&mut owner, "alice at the end", &e4.id).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_memory_mode_past_the_session_bound_the_least_recently_used_are_forgotten() {
+    let r = start_memory(
+        "session-bound",
+        &[
+            ("FANOUT_SUBSCRIBER_AUTH", "header"),
+            ("FANOUT_MAX_SESSIONS", "20"),
+        ],
+    )
+    .await;
+    let poll = |tenant: &'static str, session: String| {
+        let r = &r;
+        async move {
+            let headers = [
+                ("x-fanout-tenant".to_string(), tenant.to_string()),
+                ("mcp-session-id".to_string(), session),
+            ];
+            poll_with(r, "timeout=0", &headers).await.status.as_u16()
+        }
+    };
+    assert_eq!(poll("alpha", "first".into()).await, 200);
+    assert_eq!(poll("beta", "first".into()).await, 403, "alpha's");
+    // Alpha binds 25 more: the table reaches its bound and the least recently used go.
+    for i in 0..25 {
+        assert_eq!(poll("alpha", format!("s{i}")).await, 200);
+    }
+    assert_eq!(
+        poll("beta", "s24".into()).await,
+        403,
+        "a recently used session keeps its owner"
+    );
+    assert_eq!(
+        poll("beta", "first".into()).await,
+        200,
+        "the least recently used was forgotten: whoever presents it next binds it"
+    );
+    assert_eq!(poll("alpha", "first".into()).await, 403, "now beta's");
+    r.wait_for_log("the bound, said", T, |v| {
+        v.pointer("/fields/message")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|m| m.contains("session table full"))
+            && v.pointer("/fields/max_sessions") == Some(&json!(20))
+    })
+    .await
+    .expect("the replica says it forgot sessions");
 }

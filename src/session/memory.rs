@@ -1,4 +1,10 @@
-//! Sessions of the single in-memory replica.
+//! Sessions of the single in-memory replica: at most `FANOUT_MAX_SESSIONS` remembered.
+//!
+//! Room is made only when a new session is added and the table has reached its next mark: the
+//! sessions idle for the retention are forgotten, and if the table is still at the bound, the
+//! least recently used tenth with it. The next mark is then twice what is left (at least
+//! [`GC_AT_LEN`]), capped by the bound, so each pass over the table pays for as many additions as
+//! it leaves room for: a stream of new session ids costs O(1) each, not a scan each.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -8,11 +14,13 @@ use async_trait::async_trait;
 
 use super::{Owner, Ownership, SessionError, SessionStore};
 
-/// Sessions idle this long are forgotten once the table is large.
+/// Below this many sessions nothing is ever scanned.
 const GC_AT_LEN: usize = 100_000;
 
 pub struct MemorySessions {
     idle: Duration,
+    /// Most sessions remembered.
+    max: usize,
     inner: Mutex<Inner>,
 }
 
@@ -21,22 +29,65 @@ struct Inner {
     generation: u64,
     /// session → (its owner's key, last use)
     sessions: HashMap<String, (String, Instant)>,
+    /// The table's size at which the next addition makes room first.
+    next_room: usize,
+    /// Passes made over the table (for tests).
+    passes: u64,
 }
 
 impl MemorySessions {
-    pub fn new(idle: Duration) -> MemorySessions {
+    /// Sessions idle for `idle` are forgotten; at most `max` are remembered (at least one).
+    pub fn new(idle: Duration, max: usize) -> MemorySessions {
+        let max = max.max(1);
         MemorySessions {
             idle,
-            inner: Mutex::default(),
+            max,
+            inner: Mutex::new(Inner {
+                next_room: GC_AT_LEN.min(max),
+                ..Inner::default()
+            }),
         }
+    }
+
+    /// Before adding `session`: forgets idle sessions, then the least recently used ones while the
+    /// table is at the bound, when it has reached its mark.
+    fn make_room(&self, inner: &mut Inner, session: &str) {
+        if inner.sessions.len() < inner.next_room || inner.sessions.contains_key(session) {
+            return;
+        }
+        inner.passes += 1;
+        let idle = self.idle;
+        inner.sessions.retain(|_, (_, seen)| seen.elapsed() < idle);
+        if inner.sessions.len() >= self.max {
+            // Keep the most recently used nine tenths of the bound.
+            let keep = self.max - self.max.div_ceil(10);
+            let before = inner.sessions.len();
+            if keep == 0 {
+                inner.sessions.clear();
+            } else {
+                // The keep-th most recent use: it and every later one stay.
+                let mut seen: Vec<Instant> = inner.sessions.values().map(|(_, s)| *s).collect();
+                let (_, oldest_kept, _) = seen.select_nth_unstable_by(keep - 1, |a, b| b.cmp(a));
+                let oldest_kept = *oldest_kept;
+                inner.sessions.retain(|_, (_, s)| *s >= oldest_kept);
+            }
+            tracing::warn!(
+                max_sessions = self.max,
+                forgotten = before - inner.sessions.len(),
+                "session table full: the least recently used sessions are forgotten"
+            );
+        }
+        inner.next_room = inner
+            .sessions
+            .len()
+            .saturating_mul(2)
+            .max(GC_AT_LEN)
+            .min(self.max);
     }
 
     fn bind(&self, session: &str, owner: &Owner) -> Result<u64, SessionError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        if inner.sessions.len() >= GC_AT_LEN {
-            let idle = self.idle;
-            inner.sessions.retain(|_, (_, seen)| seen.elapsed() < idle);
-        }
+        self.make_room(&mut inner, session);
         let entry = inner
             .sessions
             .entry(session.to_owned())
@@ -62,6 +113,7 @@ impl SessionStore for MemorySessions {
 
     async fn register(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        self.make_room(&mut inner, session);
         inner
             .sessions
             .entry(session.to_owned())
@@ -111,7 +163,7 @@ mod tests {
 
     #[tokio::test]
     async fn first_principal_owns_the_session() {
-        let s = MemorySessions::new(Duration::from_secs(60));
+        let s = MemorySessions::new(Duration::from_secs(60), 1000);
         let g1 = s.claim("s1", &alice()).await.expect("bind");
         let g2 = s.claim("s1", &alice()).await.expect("reclaim");
         assert!(g2 > g1);
@@ -159,7 +211,7 @@ mod tests {
 
     #[tokio::test]
     async fn touched_sessions_survive_cleanup() {
-        let s = MemorySessions::new(Duration::from_millis(50));
+        let s = MemorySessions::new(Duration::from_millis(50), 1000);
         s.claim("held", &alice()).await.expect("bind");
         s.claim("idle", &Owner::tenant("bob")).await.expect("bind");
         tokio::time::sleep(Duration::from_millis(80)).await;
@@ -176,5 +228,63 @@ mod tests {
             s.claim("held", &Owner::tenant("mallory")).await,
             Err(SessionError::Forbidden)
         ));
+    }
+
+    #[tokio::test]
+    async fn past_the_bound_the_least_recently_used_are_forgotten_a_tenth_at_a_time() {
+        let s = MemorySessions::new(Duration::from_secs(3600), 100);
+        let tenant = |i: usize| Owner::tenant(&format!("t{i}"));
+        s.claim("kept", &tenant(0)).await.expect("bind");
+        for i in 1..100 {
+            s.claim(&format!("s{i}"), &tenant(i)).await.expect("bind");
+            if i % 10 == 0 {
+                // Used again and again: never among the least recently used.
+                s.touch(&["kept".to_owned()]).await.expect("touch");
+            }
+        }
+        assert_eq!(s.inner.lock().expect("lock").passes, 0);
+        // The 101st makes room: the ten least recently used go, in one pass.
+        s.claim("new", &tenant(1000)).await.expect("bind");
+        {
+            let inner = s.inner.lock().expect("lock");
+            assert_eq!(inner.passes, 1);
+            assert_eq!(inner.sessions.len(), 91);
+        }
+        assert!(s.known("kept").await.expect("known"), "recently used: kept");
+        assert!(
+            !s.known("s1").await.expect("known"),
+            "least recently used: forgotten"
+        );
+        assert!(s.known("s99").await.expect("known"));
+        // A forgotten session is unknown: the next principal to present it binds it.
+        assert!(s.claim("s1", &tenant(7)).await.is_ok());
+        // The kept one is still its owner's.
+        assert!(matches!(
+            s.claim("kept", &tenant(1)).await,
+            Err(SessionError::Forbidden)
+        ));
+        // 92 now (s1 is back): eight more additions need no pass; the ninth does.
+        for i in 0..8 {
+            s.claim(&format!("n{i}"), &tenant(2000 + i))
+                .await
+                .expect("bind");
+        }
+        assert_eq!(s.inner.lock().expect("lock").passes, 1);
+        s.claim("n8", &tenant(3000)).await.expect("bind");
+        assert_eq!(s.inner.lock().expect("lock").passes, 2);
+    }
+
+    #[tokio::test]
+    async fn below_the_bound_a_pass_pays_for_as_many_additions_as_it_leaves_room_for() {
+        // Nothing idle: every session stays; passes happen at 100k, 200k (twice what was left).
+        let s = MemorySessions::new(Duration::from_secs(3600), 1_000_000);
+        for i in 0..250_000 {
+            s.claim(&format!("s{i}"), &Owner::anonymous())
+                .await
+                .expect("bind");
+        }
+        let inner = s.inner.lock().expect("lock");
+        assert_eq!(inner.sessions.len(), 250_000);
+        assert_eq!(inner.passes, 2);
     }
 }

@@ -304,6 +304,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   value: {{ $c.idleSecs | int64 | quote }}
 - name: FANOUT_BODY_TIMEOUT_SECS
   value: {{ $c.bodyTimeoutSecs | int64 | quote }}
+- name: FANOUT_MAX_SESSIONS
+  value: {{ $c.maxSessions | int64 | quote }}
 - name: FANOUT_BODY_MEMORY_BYTES
   value: {{ $c.bodyMemoryBytes | int64 | quote }}
 - name: FANOUT_HTTP2_MAX_STREAMS
