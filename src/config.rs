@@ -275,6 +275,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_JWT_LEEWAY_SECS", default_value_t = 30)]
     pub jwt_leeway_secs: u64,
 
+    /// With a JWKS URL or file: least time between two refetches a token with an unknown `kid`
+    /// may trigger.
+    #[arg(long, env = "FANOUT_JWKS_REFETCH_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    pub jwks_refetch_secs: u64,
+
     /// Address other replicas and operators should use for this one (shown by /admin/cluster).
     /// Default: the bound public address. In Kubernetes: `$(POD_IP):8080`.
     #[arg(long, env = "FANOUT_ADVERTISE_ADDR")]

@@ -750,6 +750,14 @@ async fn a_token_naming_a_claim_twice_is_refused() {
     );
     let bearer = format!("Bearer {header_twice}");
     problems.extend(refusal_problems(&r, "the header's `alg` twice", Some(&bearer)).await);
+    // RFC 7515 §4.1.11: a `crit` extension the recipient does not understand refuses the token.
+    let critical = hs256_raw_parts(
+        SECRET,
+        r#"{"alg":"HS256","typ":"JWT","crit":["x-unknown"],"x-unknown":1}"#,
+        &format!(r#"{{"sub":"alice","exp":{exp}}}"#),
+    );
+    let bearer = format!("Bearer {critical}");
+    problems.extend(refusal_problems(&r, "a `crit` extension", Some(&bearer)).await);
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 
     let once = hs256_raw(

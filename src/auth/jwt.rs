@@ -1,10 +1,13 @@
 //! JWT verification for subscribers: HS256 (`FANOUT_JWT_SECRET`), RS256/ES256 (a PEM public key),
-//! or a JWKS (file or URL, refreshed when a token names an unknown `kid`). `exp` is required, and
+//! or a JWKS (file or URL, refetched when a token names an unknown `kid`, at most once per
+//! `FANOUT_JWKS_REFETCH_SECS`; tokens with known keys never wait for a refetch). A header with a
+//! `crit` member is refused: no extension is understood here (RFC 7515 §4.1.11). `exp` is required, and
 //! `nbf` checked when present, both with the configured leeway; issuer and audience are checked when
 //! configured. The time claims (`exp`, `nbf`, `iat`) must be numbers of seconds (fractions allowed)
 //! from 1970 to the end of year 9999; a token with one out of that range is refused.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::http::{header, HeaderMap};
@@ -21,9 +24,6 @@ use crate::event::json::{parse_json, JsonError, StrictObject};
 
 /// The latest time a token's time claims may name: 9999-12-31T23:59:59Z (RFC 3339's last second).
 const MAX_NUMERIC_DATE: f64 = 253_402_300_799.0;
-
-/// Least time between two JWKS refetches triggered by unknown key ids.
-const JWKS_REFRESH_MIN: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum JwtConfigError {
@@ -48,10 +48,16 @@ enum Keys {
     },
     Jwks {
         source: JwksSource,
-        set: RwLock<(JwkSet, Instant)>,
+        /// The keys, and when they were last fetched (or a fetch last tried).
+        set: Arc<RwLock<(JwkSet, Instant)>>,
+        /// Held by the one refetch in flight; tokens with unknown key ids wait for it.
+        refetch: tokio::sync::Mutex<()>,
+        /// Least time between two refetches.
+        every: Duration,
     },
 }
 
+#[derive(Clone)]
 enum JwksSource {
     File(PathBuf),
     Url(String),
@@ -107,7 +113,9 @@ impl JwtVerifier {
             let set = fetch_jwks(&source).await?;
             Keys::Jwks {
                 source,
-                set: RwLock::new((set, Instant::now())),
+                set: Arc::new(RwLock::new((set, Instant::now()))),
+                refetch: tokio::sync::Mutex::new(()),
+                every: Duration::from_secs(c.jwks_refetch_secs.max(1)),
             }
         };
         let mut validation = Validation::new(Algorithm::HS256);
@@ -148,7 +156,7 @@ impl JwtVerifier {
             .and_then(super::bearer)
             .ok_or_else(|| AuthError::Unauthenticated("a bearer token is required".into()))?;
         let token = token.trim();
-        refuse_repeated_header_members(token)?;
+        check_header(token)?;
         let claims = self.decode(token).await?;
         let exp = numeric_date(&claims, "exp")?.ok_or_else(|| {
             AuthError::Unauthenticated("the token is not valid: the `exp` claim is missing".into())
@@ -193,20 +201,37 @@ impl JwtVerifier {
             Keys::Static { key, .. } => decode::<StrictObject>(token, key, &self.validation)
                 .map(|d| d.claims.0)
                 .map_err(invalid),
-            Keys::Jwks { source, set } => {
+            Keys::Jwks {
+                source,
+                set,
+                refetch,
+                every,
+            } => {
                 let head = decode_header(token).map_err(invalid)?;
                 let kid = head.kid.unwrap_or_default();
                 let mut key = find_key(&set.read().await.0, &kid);
                 if key.is_none() {
-                    // An unknown key id: the issuer may have rotated keys. Refetch, rate-limited.
-                    let mut guard = set.write().await;
-                    if guard.1.elapsed() >= JWKS_REFRESH_MIN {
-                        match fetch_jwks(source).await {
-                            Ok(fresh) => *guard = (fresh, Instant::now()),
-                            Err(error) => tracing::warn!(%error, "cannot refresh the JWKS"),
-                        }
+                    // An unknown key id: the issuer may have rotated keys. One refetch at a time,
+                    // rate-limited; the set's lock is never held across it, so tokens with known
+                    // keys are verified meanwhile. Unknown ones wait for it (it may bring theirs).
+                    let _flight = refetch.lock().await;
+                    key = find_key(&set.read().await.0, &kid);
+                    let due = set.read().await.1.elapsed() >= *every;
+                    if key.is_none() && due {
+                        // Counted from the attempt: an issuer that fails is not asked again and
+                        // again.
+                        set.write().await.1 = Instant::now();
+                        // A task of its own: the keys land even if this request goes away.
+                        let (into, source) = (set.clone(), source.clone());
+                        let fetch = tokio::spawn(async move {
+                            match fetch_jwks(&source).await {
+                                Ok(fresh) => *into.write().await = (fresh, Instant::now()),
+                                Err(error) => tracing::warn!(%error, "cannot refresh the JWKS"),
+                            }
+                        });
+                        let _ = fetch.await;
+                        key = find_key(&set.read().await.0, &kid);
                     }
-                    key = find_key(&guard.0, &kid);
                 }
                 let key = key.ok_or_else(|| {
                     AuthError::Unauthenticated("the token's key is unknown".into())
@@ -232,8 +257,10 @@ impl JwtVerifier {
 /// [`StrictObject`] as the decoder deserializes them): a decoder keeps the last of them, a verifier
 /// in front of or behind the service may keep the first, and the same token would carry two
 /// algorithms or keys, subjects or tenants (a publish body naming a key twice is refused too,
-/// `event::json`). The header is a few dozen bytes; the claims are parsed once.
-fn refuse_repeated_header_members(token: &str) -> Result<(), AuthError> {
+/// `event::json`). So is one with a `crit` member: it names extensions the recipient must
+/// understand or refuse the token (RFC 7515 §4.1.11), and none is understood here. The header is a
+/// few dozen bytes; the claims are parsed once.
+fn check_header(token: &str) -> Result<(), AuthError> {
     let invalid =
         |why: String| AuthError::Unauthenticated(format!("the token is not valid: {why}"));
     let segment = token.split('.').next().unwrap_or_default();
@@ -244,6 +271,9 @@ fn refuse_repeated_header_members(token: &str) -> Result<(), AuthError> {
         Err(JsonError::DuplicateKey { key, .. }) => {
             Err(invalid(format!("its header names {key:?} twice")))
         }
+        Ok(Value::Object(header)) if header.contains_key("crit") => Err(invalid(
+            "its header's `crit` names extensions this service does not understand".into(),
+        )),
         // Anything else wrong with it is the decoder's to say.
         _ => Ok(()),
     }

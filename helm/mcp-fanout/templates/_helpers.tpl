@@ -354,6 +354,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   value: {{ $sa.jwt.tenantClaim | quote }}
 - name: FANOUT_JWT_LEEWAY_SECS
   value: {{ $sa.jwt.leewaySecs | int64 | quote }}
+- name: FANOUT_JWKS_REFETCH_SECS
+  value: {{ $sa.jwt.jwksRefetchSecs | int64 | quote }}
 {{- with $v.proxy.upstream }}
 - name: FANOUT_UPSTREAM
   value: {{ . | quote }}
