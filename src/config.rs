@@ -234,6 +234,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_ALLOWED_ORIGINS")]
     pub allowed_origins: Option<String>,
 
+    /// Comma-separated `Host` names the public endpoints (`/mcp`, `/poll`) answer besides IP
+    /// addresses (`name` for any port, or `name:port`; `*` or unset: any). Against DNS rebinding.
+    #[arg(long, env = "FANOUT_ALLOWED_HOSTS")]
+    pub allowed_hosts: Option<String>,
+
     /// How subscribers are identified: `none`, `header` (trusted gateway) or `jwt`.
     #[arg(
         long,
@@ -499,6 +504,22 @@ impl ServeConfig {
             .map(|o| o.trim_end_matches('/').to_ascii_lowercase())
             .collect()
     }
+
+    /// The `Host` names the public endpoints answer; `None`: any.
+    pub fn allowed_hosts(&self) -> Option<AllowedHosts> {
+        let names: Vec<String> = split_list(self.allowed_hosts.as_deref())
+            .map(str::to_ascii_lowercase)
+            .collect();
+        (!names.is_empty() && !names.iter().any(|h| h == "*")).then_some(AllowedHosts { names })
+    }
+}
+
+/// The `Host` names the public endpoints answer (`FANOUT_ALLOWED_HOSTS`), besides IP addresses
+/// (no DNS name can be rebound to an address written as such).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedHosts {
+    /// Lower-cased `name` (any port) or `name:port` entries.
+    pub names: Vec<String>,
 }
 
 /// Splits a comma-separated setting, dropping blanks.

@@ -35,6 +35,8 @@ pub struct State {
     pub admin_tokens: Arc<AdminTokens>,
     pub lifecycle: Arc<Lifecycle>,
     pub allowed_origins: Vec<String>,
+    /// The `Host` names the public endpoints answer (`None`: any).
+    pub allowed_hosts: Option<crate::config::AllowedHosts>,
     /// One permit per byte of `POST`/`DELETE /mcp` bodies held (`FANOUT_BODY_MEMORY_BYTES`).
     pub body_memory: Arc<tokio::sync::Semaphore>,
     pub started_at: SystemTime,
@@ -164,6 +166,7 @@ impl State {
         });
         Ok(Arc::new(State {
             allowed_origins: config.allowed_origins(),
+            allowed_hosts: config.allowed_hosts(),
             body_memory: Arc::new(tokio::sync::Semaphore::new(config.body_memory_bytes())),
             config,
             subscriber_auth,

@@ -61,6 +61,18 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let st = self.st.clone();
+        if let Some(hosts) = &st.allowed_hosts {
+            // The public endpoints only: the admin listener has its own rules (tokens, or a
+            // loopback Host).
+            let public = matches!(req.uri().path(), "/mcp" | "/poll");
+            if public && !origin::host_allowed(req.headers(), hosts) {
+                let resp = AppError::Forbidden(
+                    "the request's Host is not one this service answers (FANOUT_ALLOWED_HOSTS)",
+                )
+                .into_response();
+                return std::future::ready(Ok(counted(&st, resp))).boxed();
+            }
+        }
         if !origin::origin_allowed(req.headers(), &st.allowed_origins) {
             let resp = AppError::Forbidden("the request's Origin is not allowed").into_response();
             return std::future::ready(Ok(counted(&st, resp))).boxed();

@@ -4,6 +4,8 @@
 
 use axum::http::{header, HeaderMap};
 
+use crate::config::AllowedHosts;
+
 pub const ALLOW_METHODS: &str = "GET, POST, DELETE, OPTIONS";
 pub const ALLOW_HEADERS: &str =
     "authorization, content-type, accept, last-event-id, mcp-session-id, mcp-protocol-version, mcp-method, idempotency-key";
@@ -33,6 +35,30 @@ pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
         (Some(o), Some(r)) => o == r,
         _ => false,
     }
+}
+
+/// Whether the request's `Host` (HTTP/2: its `:authority`, copied into `Host` by the server) is one
+/// `allowed` lists — an entry without a port matches the name on any port, `name:port` that port
+/// only — or an IP address (which no page's name can be rebound to). A request without a `Host` is
+/// refused. Names are compared without regard to case.
+pub fn host_allowed(headers: &HeaderMap, allowed: &AllowedHosts) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return false;
+    };
+    let host = host.trim();
+    let name = match host.rsplit_once(':') {
+        // A colon inside brackets belongs to an IPv6 address, not to a port.
+        Some((name, port)) if !port.contains(']') => name,
+        _ => host,
+    };
+    let bare = name.trim_start_matches('[').trim_end_matches(']');
+    if bare.parse::<std::net::IpAddr>().is_ok() {
+        return true;
+    }
+    allowed
+        .names
+        .iter()
+        .any(|a| a.eq_ignore_ascii_case(host) || a.eq_ignore_ascii_case(name))
 }
 
 /// The scheme the client used: `https` when the nearest proxy says so in `X-Forwarded-Proto`
@@ -165,5 +191,32 @@ mod tests {
         assert!(!ok("http://user@svc:8080", "svc:8080", None));
         assert!(!ok("http://svc:8080/x", "svc:8080", None));
         assert!(!ok("http://svc:x", "svc:x", None));
+    }
+
+    #[test]
+    fn a_host_is_allowed_by_name_on_any_port_or_by_name_and_port() {
+        let allowed = AllowedHosts {
+            names: ["fanout.example", "api.example:8443"]
+                .map(String::from)
+                .to_vec(),
+        };
+        let ok = |host: &'static str| host_allowed(&h(None, host), &allowed);
+        assert!(ok("fanout.example"));
+        assert!(ok("FANOUT.example:8080"));
+        assert!(ok("api.example:8443"));
+        assert!(!ok("api.example:443"));
+        assert!(!ok("api.example"));
+        assert!(ok("[::1]:9000"));
+        assert!(ok("[::1]"));
+        assert!(!ok("evil.example"));
+        assert!(!ok("fanout.example.evil.example"));
+        assert!(!host_allowed(&HeaderMap::new(), &allowed), "no Host");
+        // IP addresses, whatever the list: no name can be rebound to one.
+        for host in ["127.0.0.1", "127.0.0.2:80", "10.1.2.3", "[fe80::1]"] {
+            assert!(ok(host), "{host}");
+        }
+        for host in ["localhost", "localhost.evil.example", "127.0.0.1.nip.io"] {
+            assert!(!ok(host), "{host}");
+        }
     }
 }

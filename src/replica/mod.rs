@@ -76,6 +76,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             "no admin tokens configured: /admin/* answers only loopback requests to localhost"
         );
     }
+    if st.allowed_hosts.is_none() && public_addr.ip().is_loopback() {
+        // Where DNS rebinding is the usual attack: a browser on this machine.
+        tracing::warn!(
+            addr = %public_addr,
+            "FANOUT_ALLOWED_HOSTS is not set: /mcp and /poll answer any Host name, so a page whose name is pointed at this address can read them (DNS rebinding); set FANOUT_ALLOWED_HOSTS=localhost (IP addresses are always answered)"
+        );
+    }
     let stop_tasks = CancellationToken::new();
     let sup = Supervisor::new(st.metrics.clone(), stop_tasks.clone());
     let heartbeat = tasks::start(&sup, &st, &config, db);

@@ -318,6 +318,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_ALLOWED_ORIGINS
   value: {{ join "," . | quote }}
 {{- end }}
+{{- with $c.allowedHosts }}
+- name: FANOUT_ALLOWED_HOSTS
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- $sa := $v.subscriberAuth }}
 - name: FANOUT_SUBSCRIBER_AUTH
   value: {{ $sa.mode | quote }}
