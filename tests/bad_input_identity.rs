@@ -5,7 +5,8 @@
 //! characters, in a batch with its `index`), `Idempotency-Key` (alone and together with per-event
 //! keys), and the SQL `publish(…)` arguments. Each gets its status and JSON error code in the one
 //! error shape, nothing is published by a refused request, the boundaries are accepted, request
-//! headers beyond the 64 KiB bound get `431`, and the service keeps serving.
+//! headers beyond the 64 KiB bound get `431`, a request naming `Authorization` or `Origin` twice is
+//! refused (`401`, `403`), and the service keeps serving.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -529,6 +530,39 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
         )
         .with_header("www-authenticate"),
     );
+    // Two Authorization headers are no credential, even when one is valid (a proxy in front may
+    // have checked the other); two Origins are no origin.
+    for (what, req) in [("/mcp", sse("/mcp")), ("/poll", poll())] {
+        cases.push(
+            case(
+                format!("a valid token and a second Authorization on {what}"),
+                req.header("Authorization", &format!("Bearer {valid}"))
+                    .header("Authorization", "Bearer junk"),
+                401,
+                "unauthorized",
+            )
+            .with_header("www-authenticate"),
+        );
+    }
+    cases.push(case(
+        "the admin token and a second Authorization on /admin/publish",
+        RawRequest::new("POST", "/admin/publish")
+            .header("Authorization", &format!("Bearer {ADMIN_TOKEN}"))
+            .header("Authorization", "Bearer junk")
+            .json(&body("x", 0)),
+        401,
+        "unauthorized",
+    ));
+    cases.push(case(
+        "two Origin headers on /poll",
+        poll()
+            .header("Authorization", &format!("Bearer {valid}"))
+            // The first alone is same-origin, and would be served.
+            .header("Origin", &format!("http://{addr}"))
+            .header("Origin", "http://evil.example"),
+        403,
+        "forbidden",
+    ));
     run_cases("identity bad-input", addr, cases, T).await;
     r.wait_subscribers(0, T)
         .await

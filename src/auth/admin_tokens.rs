@@ -101,9 +101,10 @@ impl AdminTokens {
                 Err(AdminDenied::LoopbackOnly)
             };
         }
-        let presented = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        // More than one Authorization header is no credential.
+        let presented = super::authorization(headers)
+            .ok()
+            .flatten()
             .and_then(super::bearer)
             .map(str::as_bytes)
             .ok_or(AdminDenied::Unauthorized)?;

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use axum::http::{header, HeaderMap};
+use axum::http::HeaderMap;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::jwk::JwkSet;
@@ -150,9 +150,10 @@ impl JwtVerifier {
     }
 
     pub async fn verify(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
+        let token = super::authorization(headers)
+            .map_err(|super::RepeatedAuthorization| {
+                AuthError::Unauthenticated("the request names Authorization more than once".into())
+            })?
             .and_then(super::bearer)
             .ok_or_else(|| AuthError::Unauthenticated("a bearer token is required".into()))?;
         let token = token.trim();

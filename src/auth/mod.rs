@@ -142,6 +142,21 @@ impl SubscriberAuth {
 }
 
 /// The credentials of an `Authorization: Bearer …` value (the scheme is case-insensitive).
+/// A request naming `Authorization` more than once.
+#[derive(Debug, Clone, Copy)]
+pub struct RepeatedAuthorization;
+
+/// The request's one `Authorization` header; an error when it has more than one — a proxy in
+/// front may have read the other, so one request would carry two credentials.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&str>, RepeatedAuthorization> {
+    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+    let first = all.next();
+    if all.next().is_some() {
+        return Err(RepeatedAuthorization);
+    }
+    Ok(first.and_then(|v| v.to_str().ok()))
+}
+
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
