@@ -6,7 +6,8 @@
 //! keys), and the SQL `publish(…)` arguments. Each gets its status and JSON error code in the one
 //! error shape, nothing is published by a refused request, the boundaries are accepted, request
 //! headers beyond the 64 KiB bound get `431`, a request naming `Authorization` or `Origin` twice is
-//! refused (`401`, `403`), and the service keeps serving.
+//! refused (`401`, `403`), the tenant header or `Mcp-Session-Id` twice too (`400`), and the
+//! service keeps serving.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -94,6 +95,18 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
             );
         }
     }
+    // ---- named twice: the tenant header (each value valid), on both endpoints ----
+    for (what, req) in [("/mcp", sse("/mcp")), ("/poll", poll())] {
+        cases.push(
+            case(
+                format!("the tenant header twice on {what}"),
+                req.header(TENANT_HEADER, "A").header(TENANT_HEADER, "B"),
+                400,
+                "invalid_field",
+            )
+            .field("tenant header"),
+        );
+    }
     // ---- Mcp-Session-Id on /poll (the stream's cases are in bad_input.rs) ----
     for (name, value) in [
         ("over 128 bytes", long_session.as_bytes().to_vec()),
@@ -108,6 +121,15 @@ async fn bad_tenant_headers_sessions_and_publish_fields_get_json_errors() {
             "invalid_session_id",
         ));
     }
+    cases.push(case(
+        "Mcp-Session-Id twice on /poll (its owner's and another)",
+        poll()
+            .header(TENANT_HEADER, "A")
+            .header("Mcp-Session-Id", "owned-by-a")
+            .header("Mcp-Session-Id", "another"),
+        400,
+        "invalid_session_id",
+    ));
     // ---- a session owned by another principal ----
     for (what, req) in [("/mcp", sse("/mcp")), ("/poll", poll())] {
         cases.push(case(

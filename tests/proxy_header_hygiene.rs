@@ -4,8 +4,8 @@
 //! client's identity headers (`Authorization`, `Cookie`) reach the upstream, and so does who the
 //! client is: its address appended to `X-Forwarded-For`, a `Forwarded` element for this hop,
 //! `X-Forwarded-Proto` / `X-Forwarded-Host` (off with `FANOUT_PROXY_FORWARDED_HEADERS=false`).
-//! The upstream is a real server recording what it received and answering with its own hop
-//! headers.
+//! A request naming `Mcp-Session-Id` twice is refused (`400`) and nothing is forwarded. The
+//! upstream is a real server recording what it received and answering with its own hop headers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -257,5 +257,34 @@ async fn an_upstream_redirect_is_relayed_not_followed() {
         elsewhere.received().is_empty(),
         "the proxy followed the redirect: {:?}",
         elsewhere.received()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_naming_its_session_twice_is_refused_and_not_forwarded() {
+    let up = RecordingUpstream::start(answer()).await.expect("upstream");
+    let upstream = up.url("/mcp");
+    let r = start_memory(
+        "proxy-two-sessions",
+        &[("FANOUT_UPSTREAM", upstream.as_str())],
+    )
+    .await;
+    let resp = RawRequest::new("POST", "/mcp")
+        .header("Accept", "application/json, text/event-stream")
+        .header("Mcp-Session-Id", "session-one")
+        .header("Mcp-Session-Id", "session-two")
+        .json(&json!({"jsonrpc": "2.0", "id": 5, "method": "tools/list"}))
+        .send(r.public_addr(), T)
+        .await
+        .expect("answered");
+    assert_eq!(resp.status(), 400, "{}", resp.text());
+    let body = resp.json().expect("a JSON-RPC error");
+    assert_eq!(body["id"], 5, "{body}");
+    assert!(up.received().is_empty(), "nothing forwarded");
+    assert_eq!(
+        r.metric("mcp_fanout_http_errors_total{code=\"invalid_session_id\"}")
+            .await
+            .expect("metrics"),
+        Some(1.0)
     );
 }

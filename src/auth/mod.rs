@@ -112,6 +112,10 @@ impl SubscriberAuth {
         match self {
             SubscriberAuth::None => Ok(Identity::default()),
             SubscriberAuth::Header(name) => {
+                // Named twice: which one the gateway set is anyone's guess.
+                if headers.get_all(name).iter().nth(1).is_some() {
+                    return Err(invalid_tenant(name));
+                }
                 let tenant = match headers.get(name) {
                     None => None,
                     Some(v) => {
@@ -141,7 +145,6 @@ impl SubscriberAuth {
     }
 }
 
-/// The credentials of an `Authorization: Bearer …` value (the scheme is case-insensitive).
 /// A request naming `Authorization` more than once.
 #[derive(Debug, Clone, Copy)]
 pub struct RepeatedAuthorization;
@@ -157,6 +160,7 @@ pub fn authorization(headers: &HeaderMap) -> Result<Option<&str>, RepeatedAuthor
     Ok(first.and_then(|v| v.to_str().ok()))
 }
 
+/// The credentials of an `Authorization: Bearer …` value (the scheme is case-insensitive).
 pub fn bearer(value: &str) -> Option<&str> {
     let (scheme, rest) = value.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())

@@ -73,6 +73,15 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         owner,
         peer,
     } = f;
+    // Named twice, the upstream may act on the other one than this service does.
+    if headers.get_all(&SESSION_ID).iter().nth(1).is_some() {
+        return upstream_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_session_id",
+            &request_body,
+            "Mcp-Session-Id is named more than once",
+        );
+    }
     let session = headers.get(&SESSION_ID).and_then(|v| v.to_str().ok());
     let minted_session = session.filter(|s| up.mint_session_ids && minted::is_minted(s.as_bytes()));
     if let (Some(s), true) = (minted_session, method == Method::DELETE) {
