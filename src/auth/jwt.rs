@@ -151,7 +151,7 @@ impl JwtVerifier {
 
     pub async fn verify(&self, headers: &HeaderMap) -> Result<Identity, AuthError> {
         let token = super::authorization(headers)
-            .map_err(|super::RepeatedAuthorization| {
+            .map_err(|super::RepeatedHeader| {
                 AuthError::Unauthenticated("the request names Authorization more than once".into())
             })?
             .and_then(super::bearer)
@@ -216,8 +216,11 @@ impl JwtVerifier {
                     // rate-limited; the set's lock is never held across it, so tokens with known
                     // keys are verified meanwhile. Unknown ones wait for it (it may bring theirs).
                     let _flight = refetch.lock().await;
-                    key = find_key(&set.read().await.0, &kid);
-                    let due = set.read().await.1.elapsed() >= *every;
+                    let due = {
+                        let current = set.read().await;
+                        key = find_key(&current.0, &kid);
+                        current.1.elapsed() >= *every
+                    };
                     if key.is_none() && due {
                         // Counted from the attempt: an issuer that fails is not asked again and
                         // again.

@@ -113,10 +113,7 @@ impl SubscriberAuth {
             SubscriberAuth::None => Ok(Identity::default()),
             SubscriberAuth::Header(name) => {
                 // Named twice: which one the gateway set is anyone's guess.
-                if headers.get_all(name).iter().nth(1).is_some() {
-                    return Err(invalid_tenant(name));
-                }
-                let tenant = match headers.get(name) {
+                let tenant = match one_header(headers, name).map_err(|_| invalid_tenant(name))? {
                     None => None,
                     Some(v) => {
                         let t =
@@ -145,19 +142,28 @@ impl SubscriberAuth {
     }
 }
 
-/// A request naming `Authorization` more than once.
+/// A request naming an identity header (credentials, tenant, session, origin) more than once.
 #[derive(Debug, Clone, Copy)]
-pub struct RepeatedAuthorization;
+pub struct RepeatedHeader;
 
-/// The request's one `Authorization` header; an error when it has more than one — a proxy in
-/// front may have read the other, so one request would carry two credentials.
-pub fn authorization(headers: &HeaderMap) -> Result<Option<&str>, RepeatedAuthorization> {
-    let mut all = headers.get_all(axum::http::header::AUTHORIZATION).iter();
+/// The request's one `name` header, if any; an error when it has more than one — a proxy in
+/// front, or the upstream, may act on the other one, so one request would say two things about
+/// who it is.
+pub fn one_header(
+    headers: &HeaderMap,
+    name: impl axum::http::header::AsHeaderName,
+) -> Result<Option<&axum::http::HeaderValue>, RepeatedHeader> {
+    let mut all = headers.get_all(name).iter();
     let first = all.next();
     if all.next().is_some() {
-        return Err(RepeatedAuthorization);
+        return Err(RepeatedHeader);
     }
-    Ok(first.and_then(|v| v.to_str().ok()))
+    Ok(first)
+}
+
+/// The request's one `Authorization` header, as text.
+pub fn authorization(headers: &HeaderMap) -> Result<Option<&str>, RepeatedHeader> {
+    Ok(one_header(headers, axum::http::header::AUTHORIZATION)?.and_then(|v| v.to_str().ok()))
 }
 
 /// The credentials of an `Authorization: Bearer …` value (the scheme is case-insensitive).

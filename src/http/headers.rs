@@ -36,13 +36,11 @@ pub fn protocol_version(headers: &HeaderMap) -> Result<ProtocolVersion, AppError
 
 /// `Mcp-Session-Id`: visible ASCII, at most 128 bytes.
 pub fn session_id(headers: &HeaderMap) -> Result<Option<String>, AppError> {
-    let mut all = headers.get_all(MCP_SESSION_ID).iter();
-    let Some(v) = all.next() else {
+    let Some(v) = crate::auth::one_header(headers, MCP_SESSION_ID)
+        .map_err(|_| AppError::InvalidSessionId("is named more than once".into()))?
+    else {
         return Ok(None);
     };
-    if all.next().is_some() {
-        return Err(AppError::InvalidSessionId("is named more than once".into()));
-    }
     let s = std::str::from_utf8(v.as_bytes())
         .map_err(|_| AppError::InvalidSessionId("must be visible ASCII".into()))?;
     validate_visible_ascii(s, MAX_SESSION_BYTES).map_err(AppError::InvalidSessionId)?;

@@ -14,14 +14,13 @@ pub const EXPOSE_HEADERS: &str = "mcp-session-id, mcp-protocol-version";
 /// No `Origin`: allowed. Otherwise it must be listed, or same-origin: the same scheme, host and
 /// port as the request (see [`request_scheme`]; a missing port is the scheme's default).
 pub fn origin_allowed(headers: &HeaderMap, allowed: &[String]) -> bool {
-    let mut origins = headers.get_all(header::ORIGIN).iter();
-    let Some(origin) = origins.next() else {
+    // Two: which one a proxy in front checked is anyone's guess.
+    let Ok(origin) = crate::auth::one_header(headers, header::ORIGIN) else {
+        return false;
+    };
+    let Some(origin) = origin else {
         return true;
     };
-    // Two: which one a proxy in front checked is anyone's guess.
-    if origins.next().is_some() {
-        return false;
-    }
     let Ok(origin) = origin.to_str() else {
         return false;
     };

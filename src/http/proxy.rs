@@ -74,7 +74,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         peer,
     } = f;
     // Named twice, the upstream may act on the other one than this service does.
-    if headers.get_all(&SESSION_ID).iter().nth(1).is_some() {
+    if crate::auth::one_header(&headers, &SESSION_ID).is_err() {
         return upstream_error(
             StatusCode::BAD_REQUEST,
             "invalid_session_id",
