@@ -4,7 +4,9 @@
 //! transaction while LISTEN is up (one wake-up, 500 events to read), then 600 events committed
 //! during a real LISTEN outage (the LISTEN role is made `NOLOGIN` and its backends terminated, so
 //! the bridge cannot reconnect until it is allowed again) and read by the catch-up after the
-//! reconnect. Runs on a cluster of its own (it changes a role's login right).
+//! reconnect. The LISTEN role has no privilege on the schema (enough for `LISTEN`), so the bridge
+//! cannot prepare its read there: it says so and reads the log through the pool, on every
+//! connection. Runs on a cluster of its own (it changes a role's login right).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -69,6 +71,17 @@ async fn bursts_of_ten_rings_reach_every_subscriber_without_a_disconnect() {
         )
         .await;
     let refs: Vec<&Replica> = replicas.iter().collect();
+    for r in &refs {
+        r.wait_for_log("the bridge reads through the pool", SOON, |v| {
+            v.pointer("/fields/message")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|m| m.contains("the bridge reads it through the pool"))
+        })
+        .await
+        .expect(
+            "a LISTEN role that cannot read the log: the replica says it reads through the pool",
+        );
+    }
     let followers = follow_all(&refs, PER_REPLICA).await;
 
     // Burst 1: 10× the ring in one transaction, LISTEN up.

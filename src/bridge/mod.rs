@@ -18,7 +18,7 @@ pub use self::control::{control_channel, ControlMessage};
 use self::listener::{Control, Listener};
 use crate::broadcast::Broadcaster;
 use crate::db::{column, describe, timed, DbError};
-use crate::log::postgres::PgLog;
+use crate::log::postgres::{PageReader, PgLog};
 use crate::log::LogError;
 use crate::metrics::Metrics;
 use crate::shutdown::Lifecycle;
@@ -115,8 +115,10 @@ impl Bridge {
             self.timeout,
         )
         .await?;
+        // Every read of the log below runs on this connection, planned once.
+        let reader = self.log.page_reader(&listener.client).await?;
         // LISTEN is active: everything committed from now on wakes us; this read covers the rest.
-        let caught_up = self.catch_up().await?;
+        let caught_up = self.catch_up(&listener, &reader).await?;
         self.metrics.catch_up_events.inc_by(caught_up);
         self.metrics.listen_connected.set(1);
         if self.lifecycle.is_bridge_failed() {
@@ -142,7 +144,7 @@ impl Bridge {
             tokio::select! {
                 _ = stop.cancelled() => return Ok(()),
                 _ = listener.events.notified() => {
-                    self.catch_up().await?;
+                    self.catch_up(&listener, &reader).await?;
                 }
                 msg = listener.control.recv() => match msg {
                     Some(Control::Message(payload)) => {
@@ -171,7 +173,7 @@ impl Bridge {
                         awaiting = Some((payload, Instant::now()));
                     }
                     // The safety net: a missed wake-up costs at most one tick.
-                    self.catch_up().await?;
+                    self.catch_up(&listener, &reader).await?;
                     self.sample_pool();
                 }
             }
@@ -204,12 +206,14 @@ impl Bridge {
         Ok(())
     }
 
-    /// Reads the log after the broadcaster's head and pushes it, page by page. Returns the count.
-    async fn catch_up(&self) -> Result<u64, BridgeError> {
+    /// Reads the log after the broadcaster's head and pushes it, page by page, on the LISTEN
+    /// connection (no pool checkout, the statement prepared once: it is a direct session).
+    /// Returns the count.
+    async fn catch_up(&self, listener: &Listener, reader: &PageReader) -> Result<u64, BridgeError> {
         let mut total = 0u64;
         loop {
             let cursor = self.broadcaster.head();
-            let page = self.log.fetch_after(cursor, PAGE).await?;
+            let page = reader.fetch_after(&listener.client, cursor, PAGE).await?;
             let n = page.len();
             if n == 0 {
                 return Ok(total);

@@ -2,7 +2,8 @@
 //!
 //! Appends go through one group-commit [`writer`] per replica; reads (`read_after`, `bounds`) use
 //! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
-//! same page (many lagging cursors at one position) share one query.
+//! same page (many lagging cursors at one position) share one query. The bridge reads on its own
+//! LISTEN connection, a direct session, with the page read prepared there ([`PageReader`]).
 
 pub mod migrate;
 pub mod retention;
@@ -18,7 +19,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio_postgres::types::Type;
 
 use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
-use crate::db::{column, Db, DbError};
+use crate::db::{column, timed, Db, DbError};
 use crate::event::{StoredEvent, Target};
 
 impl From<DbError> for LogError {
@@ -173,15 +174,6 @@ impl PgLog {
         let _ = self.commits.set(sink);
     }
 
-    /// Reads a page directly (the bridge's catch-up), not shared with subscribers.
-    pub async fn fetch_after(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
-        self.inner.fetch_after(after, limit).await
-    }
-
     /// The task that commits publishes (run it, and run it again if it fails).
     pub fn writer_task(&self) -> writer::WriterTask {
         self.writer_task.clone()
@@ -202,8 +194,7 @@ impl Inner {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
-        let after_i = i64::try_from(after).unwrap_or(i64::MAX);
-        let limit_i = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (after_i, limit_i) = page_params(after, limit);
         let rows = self
             .db
             .query(
@@ -211,6 +202,15 @@ impl Inner {
                 &[(&after_i, Type::INT8), (&limit_i, Type::INT8)],
             )
             .await?;
+        self.decode_page(after, &rows)
+    }
+
+    /// A page's rows as events; refused when the cursor is below the pruned watermark.
+    fn decode_page(
+        &self,
+        after: u64,
+        rows: &[tokio_postgres::Row],
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
         let pruned = match rows.first() {
             Some(r) => column::<i64>(r, 0)? as u64,
             None => 0,
@@ -219,7 +219,7 @@ impl Inner {
             return Err(LogError::CursorPruned { after, pruned });
         }
         let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
+        for r in rows {
             let Some(seq) = column::<Option<i64>>(r, 1)? else {
                 continue;
             };
@@ -239,6 +239,80 @@ impl Inner {
             )));
         }
         Ok(out)
+    }
+}
+
+fn page_params(after: u64, limit: usize) -> (i64, i64) {
+    (
+        i64::try_from(after).unwrap_or(i64::MAX),
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )
+}
+
+/// The bridge's page read, prepared on a connection of its own (the LISTEN connection, always a
+/// direct session: `FANOUT_LISTEN_DATABASE_URL`), so the server plans it once per connection
+/// rather than on every wake-up — a named statement, which the pool's connections cannot use
+/// (PgBouncer's transaction mode). Valid for that connection's life only. When that connection's
+/// role cannot read the log (a role granted only `CONNECT`, enough for `LISTEN`), the reads go
+/// through the pool as before.
+pub struct PageReader {
+    log: Arc<Inner>,
+    statement: Option<tokio_postgres::Statement>,
+}
+
+impl PageReader {
+    /// Reads the page after `after` on `client`, the connection this reader was prepared on (or
+    /// through the pool).
+    pub async fn fetch_after(
+        &self,
+        client: &tokio_postgres::Client,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
+        let Some(statement) = &self.statement else {
+            return self.log.fetch_after(after, limit).await;
+        };
+        let (after_i, limit_i) = page_params(after, limit);
+        let rows = timed(self.log.db.timeout(), async {
+            client
+                .query(statement, &[&after_i, &limit_i])
+                .await
+                .map_err(DbError::Query)
+        })
+        .await?;
+        self.log.decode_page(after, &rows)
+    }
+}
+
+impl PgLog {
+    /// Prepares the page read on `client` (see [`PageReader`]); a connection problem is an error,
+    /// a statement the server refuses there (the role's privileges) falls back to the pool.
+    pub async fn page_reader(
+        &self,
+        client: &tokio_postgres::Client,
+    ) -> Result<PageReader, LogError> {
+        let prepared = timed(self.inner.db.timeout(), async {
+            client
+                .prepare_typed(&self.inner.sql.page_after, &[Type::INT8, Type::INT8])
+                .await
+                .map_err(DbError::Query)
+        })
+        .await;
+        let statement = match prepared {
+            Ok(statement) => Some(statement),
+            Err(error) if error.is_transient() => return Err(error.into()),
+            Err(error) => {
+                tracing::warn!(
+                    %error,
+                    "the LISTEN connection cannot read the log (its role's privileges?): the bridge reads it through the pool"
+                );
+                None
+            }
+        };
+        Ok(PageReader {
+            log: self.inner.clone(),
+            statement,
+        })
     }
 }
 
