@@ -8,9 +8,10 @@
 //! its tenant's. One stream per
 //! session, newest wins, across replicas: a second stream for the session on another replica ends
 //! the first cleanly (`retry:` then the end, counted as `taken_over`), and the new stream carries
-//! the session's events from then on. In memory mode at most `FANOUT_MAX_SESSIONS` are remembered:
-//! past it the least recently used are forgotten (and may be bound again by whoever presents them
-//! next), the recently used keep their owner.
+//! the session's events from then on. At most `FANOUT_MAX_SESSIONS` are remembered (memory mode:
+//! at once; Postgres mode: trimmed by each retention pass): past it the least recently used are
+//! forgotten (and may be bound again by whoever presents them next), the recently used keep their
+//! owner.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -21,7 +22,7 @@ use mcp_fanout_testkit::{
     error_shape::{expect_http_error, expect_sse_error},
     identity::{open_stream, poll_ok, publish_to, Target, Who},
     jwt::{hs256, now_secs},
-    poll_with, start_memory, Deployment, Replica, SseConn,
+    poll_with, start_memory, wait_until, Deployment, Replica, SseConn,
 };
 use serde_json::json;
 
@@ -466,6 +467,51 @@ async fn a_session_belongs_to_the_whole_principal_not_to_the_subject_alone() {
     expect_event(&mut owner, "alice at the end", &e4.id).await;
 }
 
+/// A header-mode poll as `tenant` naming `session`: its status.
+async fn poll_as(r: &Replica, tenant: &str, session: String) -> u16 {
+    let headers = [
+        ("x-fanout-tenant".to_string(), tenant.to_string()),
+        ("mcp-session-id".to_string(), session),
+    ];
+    poll_with(r, "timeout=0", &headers).await.status.as_u16()
+}
+
+/// Alpha binds `first`, then 25 more ids: past a bound of 20.
+async fn alpha_binds_past_the_bound(r: &Replica) {
+    assert_eq!(poll_as(r, "alpha", "first".into()).await, 200);
+    assert_eq!(poll_as(r, "beta", "first".into()).await, 403, "alpha's");
+    for i in 0..25 {
+        assert_eq!(poll_as(r, "alpha", format!("s{i}")).await, 200);
+    }
+}
+
+/// Once the bound of 20 took effect: a recently used session keeps its owner, `first` (the least
+/// recently used) was forgotten and is bound by whoever presents it next, and the replica said so.
+async fn expect_the_least_recently_used_forgotten(r: &Replica) {
+    assert_eq!(
+        poll_as(r, "beta", "s24".into()).await,
+        403,
+        "a recently used session keeps its owner"
+    );
+    assert_eq!(
+        poll_as(r, "beta", "first".into()).await,
+        200,
+        "the least recently used was forgotten: whoever presents it next binds it"
+    );
+    assert_eq!(poll_as(r, "alpha", "first".into()).await, 403, "now beta's");
+    r.wait_for_log("the bound, said", T, |v| {
+        v.pointer("/fields/message")
+            .and_then(serde_json::Value::as_str)
+            .is_some_and(|m| m.contains("session table full"))
+            && v.pointer("/fields/max_sessions") == Some(&json!(20))
+            && v.pointer("/fields/forgotten")
+                .and_then(serde_json::Value::as_i64)
+                .is_some_and(|n| n >= 1)
+    })
+    .await
+    .expect("the replica says it forgot sessions");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn in_memory_mode_past_the_session_bound_the_least_recently_used_are_forgotten() {
     let r = start_memory(
@@ -476,39 +522,41 @@ async fn in_memory_mode_past_the_session_bound_the_least_recently_used_are_forgo
         ],
     )
     .await;
-    let poll = |tenant: &'static str, session: String| {
-        let r = &r;
-        async move {
-            let headers = [
-                ("x-fanout-tenant".to_string(), tenant.to_string()),
-                ("mcp-session-id".to_string(), session),
-            ];
-            poll_with(r, "timeout=0", &headers).await.status.as_u16()
-        }
-    };
-    assert_eq!(poll("alpha", "first".into()).await, 200);
-    assert_eq!(poll("beta", "first".into()).await, 403, "alpha's");
-    // Alpha binds 25 more: the table reaches its bound and the least recently used go.
-    for i in 0..25 {
-        assert_eq!(poll("alpha", format!("s{i}")).await, 200);
-    }
-    assert_eq!(
-        poll("beta", "s24".into()).await,
-        403,
-        "a recently used session keeps its owner"
-    );
-    assert_eq!(
-        poll("beta", "first".into()).await,
-        200,
-        "the least recently used was forgotten: whoever presents it next binds it"
-    );
-    assert_eq!(poll("alpha", "first".into()).await, 403, "now beta's");
-    r.wait_for_log("the bound, said", T, |v| {
-        v.pointer("/fields/message")
-            .and_then(serde_json::Value::as_str)
-            .is_some_and(|m| m.contains("session table full"))
-            && v.pointer("/fields/max_sessions") == Some(&json!(20))
+    // The table reaches its bound while alpha binds: the least recently used go at once.
+    alpha_binds_past_the_bound(&r).await;
+    expect_the_least_recently_used_forgotten(&r).await;
+}
+
+/// Postgres mode: the same bound across the deployment. Each retention pass forgets the least
+/// recently used rows past `FANOUT_MAX_SESSIONS` (a flood of new session ids grew the table for
+/// the whole retention before), and says so; the recently used keep their owner.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_postgres_mode_retention_trims_sessions_past_the_bound_least_recently_used_first() {
+    let pg = Deployment::fresh("sbound").await.with_admin();
+    let r = pg
+        .replica(
+            "sbound",
+            &[
+                ("FANOUT_SUBSCRIBER_AUTH", "header"),
+                ("FANOUT_MAX_SESSIONS", "20"),
+                ("FANOUT_RETENTION_INTERVAL_SECS", "1"),
+            ],
+        )
+        .await;
+    alpha_binds_past_the_bound(&r).await;
+    let client = pg.client().await;
+    let count = format!("SELECT count(*) FROM {}.sessions", pg.schema);
+    wait_until("the table trimmed to its bound", T, || async {
+        let n: i64 = client.query_one(&count, &[]).await.unwrap().get(0);
+        n <= 20
     })
     .await
-    .expect("the replica says it forgot sessions");
+    .expect("retention trims the sessions table to FANOUT_MAX_SESSIONS");
+    let first = format!(
+        "SELECT count(*) FROM {}.sessions WHERE session = 'first'",
+        pg.schema
+    );
+    let kept: i64 = client.query_one(&first, &[]).await.unwrap().get(0);
+    assert_eq!(kept, 0, "the least recently used row is the one forgotten");
+    expect_the_least_recently_used_forgotten(&r).await;
 }

@@ -100,6 +100,7 @@ pub async fn build_state(
             max_age: Duration::from_secs(config.retention_secs),
             max_events: config.retention_max_events,
             every: Duration::from_secs(config.retention_interval_secs),
+            max_sessions: config.max_sessions,
         },
     };
     Ok((st, Some(tasks)))

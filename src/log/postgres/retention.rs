@@ -1,5 +1,8 @@
 //! Retention: prunes the log by age and count, oldest first, in batches, one replica at a time
 //! (a transaction-scoped advisory try-lock; PgBouncer-safe), and advances the pruned watermark.
+//! Each pass also forgets sessions idle longer than the log's age, and past
+//! `FANOUT_MAX_SESSIONS` rows the least recently used beyond it (any client can present new
+//! session ids: without a bound a flood of them grows the table for the whole retention).
 
 use std::time::Duration;
 
@@ -16,11 +19,15 @@ pub struct Retention {
     pub max_age: Duration,
     pub max_events: u64,
     pub every: Duration,
+    /// Most session rows kept across the deployment (trimmed each pass).
+    pub max_sessions: u64,
 }
 
 /// Retention's statements, schema-qualified once.
 pub struct RetentionSql {
     forget_sessions: String,
+    sessions_lock: String,
+    trim_sessions: String,
     bound: String,
     lock: String,
     cut: String,
@@ -36,6 +43,15 @@ impl RetentionSql {
             forget_sessions: format!(
                 "DELETE FROM {s}.sessions WHERE session IN (SELECT session FROM {s}.sessions \
                  WHERE last_seen < clock_timestamp() - make_interval(secs => $1) LIMIT 10000)"
+            ),
+            sessions_lock: format!(
+                "SELECT pg_try_advisory_xact_lock(hashtext('mcp-fanout sessions {s}'))"
+            ),
+            // The least recently used rows past the bound (the index on last_seen, newest first).
+            trim_sessions: format!(
+                "WITH d AS (DELETE FROM {s}.sessions WHERE session IN (SELECT session FROM \
+                 {s}.sessions ORDER BY last_seen DESC OFFSET $1 LIMIT $2) RETURNING 1) \
+                 SELECT count(*) FROM d"
             ),
             bound: format!("SET LOCAL statement_timeout = {}", timeout.as_millis()),
             lock: format!("SELECT pg_try_advisory_xact_lock(hashtext('mcp-fanout retention {s}'))"),
@@ -66,6 +82,7 @@ pub async fn run(db: Db, schema: String, policy: Retention, stop: CancellationTo
         if let Err(error) = gc {
             tracing::warn!(%error, "session cleanup failed");
         }
+        trim_sessions(&db, &sql, policy.max_sessions).await;
         // Prune in batches until nothing is left to prune (or another replica holds the lock).
         loop {
             match prune_batch(&db, &sql, policy).await {
@@ -78,6 +95,80 @@ pub async fn run(db: Db, schema: String, policy: Retention, stop: CancellationTo
             }
         }
     }
+}
+
+/// Forgets the least recently used sessions past `max`, a batch per transaction, one replica at a
+/// time; says how many at `warn` (the memory store says the same when it reaches its bound).
+async fn trim_sessions(db: &Db, sql: &RetentionSql, max: u64) {
+    let max_i = i64::try_from(max).unwrap_or(i64::MAX);
+    let mut forgotten = 0i64;
+    loop {
+        let batch = db
+            .within(db.timeout().saturating_mul(2))
+            .with_client(|client| trim_sessions_on(client, sql, max_i))
+            .await;
+        match batch {
+            Ok(n) => {
+                forgotten += n;
+                if n < BATCH {
+                    break;
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "session trim failed");
+                break;
+            }
+        }
+    }
+    if forgotten > 0 {
+        tracing::warn!(
+            max_sessions = max,
+            forgotten,
+            "session table full: the least recently used sessions are forgotten"
+        );
+    }
+}
+
+/// Bounds each statement of `tx` by the timeout and takes the transaction-scoped try-lock `lock`:
+/// whether this replica holds it (another replica is at the same work otherwise).
+async fn bound_and_locked(
+    tx: &tokio_postgres::Transaction<'_>,
+    sql: &RetentionSql,
+    lock: &str,
+) -> Result<bool, DbError> {
+    tx.batch_execute(&sql.bound).await.map_err(DbError::Query)?;
+    Ok(tx
+        .query_typed(lock, &[])
+        .await
+        .map_err(DbError::Query)?
+        .first()
+        .map(|r| column(r, 0))
+        .transpose()?
+        .unwrap_or(false))
+}
+
+async fn trim_sessions_on(
+    mut client: deadpool_postgres::Client,
+    sql: &RetentionSql,
+    max: i64,
+) -> Result<i64, DbError> {
+    let tx = client.transaction().await.map_err(DbError::Query)?;
+    if !bound_and_locked(&tx, sql, &sql.sessions_lock).await? {
+        return Ok(0);
+    }
+    let n: i64 = tx
+        .query_typed(
+            &sql.trim_sessions,
+            &[(&max, Type::INT8), (&BATCH, Type::INT8)],
+        )
+        .await
+        .map_err(DbError::Query)?
+        .first()
+        .map(|r| column(r, 0))
+        .transpose()?
+        .unwrap_or(0);
+    tx.commit().await.map_err(DbError::Query)?;
+    Ok(n)
 }
 
 /// Deletes one batch of the oldest events beyond the policy; returns the new watermark, or `None`
@@ -99,16 +190,7 @@ async fn prune_batch_on(
     policy: Retention,
 ) -> Result<Option<i64>, DbError> {
     let tx = client.transaction().await.map_err(DbError::Query)?;
-    tx.batch_execute(&sql.bound).await.map_err(DbError::Query)?;
-    let locked: bool = tx
-        .query_typed(&sql.lock, &[])
-        .await
-        .map_err(DbError::Query)?
-        .first()
-        .map(|r| column(r, 0))
-        .transpose()?
-        .unwrap_or(false);
-    if !locked {
+    if !bound_and_locked(&tx, sql, &sql.lock).await? {
         return Ok(None);
     }
     let max_events = i64::try_from(policy.max_events).unwrap_or(i64::MAX);
