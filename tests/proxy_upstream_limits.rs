@@ -144,6 +144,49 @@ async fn an_answer_cut_short_gets_a_json_rpc_error_counted_as_upstream_cut() {
     );
 }
 
+/// An upstream that answers with something that is not an HTTP answer gets the caller a `502`
+/// JSON-RPC error counted as `upstream_invalid`, not `upstream_unreachable` (it was: an alert on
+/// unreachable upstreams fired for one that answers badly); the replica keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_is_not_http_is_counted_as_upstream_invalid() {
+    for (how, label) in [
+        (Misbehaviour::HugeHead { bytes: 1024 * 1024 }, "huge-head"),
+        (Misbehaviour::NotHttp, "not-http"),
+    ] {
+        let up = BadUpstream::start(how).await.expect("upstream");
+        let r = proxy_for(&up, label).await;
+        let resp = tools_call()
+            .send(r.public_addr(), SOON)
+            .await
+            .expect("the client is answered");
+        assert_eq!(resp.status(), 502, "{label}: {}", resp.text());
+        let body: Value = resp.json().expect("json");
+        assert_eq!(
+            body["id"], 9,
+            "{label}: the error answers the request: {body}"
+        );
+        assert!(
+            body["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("not valid HTTP")),
+            "{label}: {body}"
+        );
+        for (code, want) in [
+            ("upstream_invalid", Some(1.0)),
+            ("upstream_unreachable", None),
+        ] {
+            assert_eq!(
+                r.metric(&format!("mcp_fanout_http_errors_total{{code=\"{code}\"}}"))
+                    .await
+                    .expect("metrics"),
+                want,
+                "{label}: {code}"
+            );
+        }
+        r.wait_ready(SOON).await.expect("the replica keeps serving");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_large_answer_is_relayed_as_it_arrives() {
     // Over the hold bound (16 KiB) the answer streams: the client has the head and the part the

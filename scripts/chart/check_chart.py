@@ -590,7 +590,7 @@ def assert_alerts() -> str:
         expect(needle in rules.get(alert, ""), f"{alert}: {rules.get(alert)}")
     expect('reason=~"lagging|write_stall"' in rules["McpFanoutSlowSubscriberDrops"], "drop reasons")
     expect('code="upstream_busy"' in rules["McpFanoutUpstreamBusy"], "upstream_busy code")
-    expect('code=~"upstream_unreachable|upstream_timeout|upstream_cut"' in rules["McpFanoutUpstreamFailing"], "upstream failure codes")
+    expect('code=~"upstream_unreachable|upstream_invalid|upstream_timeout|upstream_cut"' in rules["McpFanoutUpstreamFailing"], "upstream failure codes")
     for alert, expr in rules.items():
         expect(expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), f"{alert}: unbalanced {expr}")
     return f"{len(rules)} alerts, each on its metric"

@@ -110,15 +110,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     let sent = before(timer.as_mut(), up.forward.request(req)).await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
-        Ok(Err(error)) => {
-            tracing::warn!(%error, upstream = %up.url, "upstream unreachable");
-            return upstream_error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_unreachable",
-                &request_body,
-                "the upstream MCP server is unreachable",
-            );
-        }
+        Ok(Err(error)) => return no_answer(up, &error, &request_body),
         Err(_) => return upstream_timeout(up, &request_body),
     };
     let status = resp.status();
@@ -464,6 +456,48 @@ fn upstream_error(
         ),
     )
         .into_response()
+}
+
+/// A forwarded request that got no answer head: `502`, counted as `upstream_invalid` when the
+/// upstream sent something that is not an HTTP answer (a head over hyper's bound, a malformed
+/// status line or header), as `upstream_unreachable` otherwise (no connection, or closed before
+/// answering) — so an alert on unreachable upstreams is not set off by one that answers badly.
+fn no_answer(
+    up: &Upstream,
+    error: &hyper_util::client::legacy::Error,
+    request_body: &[u8],
+) -> Response {
+    if answered_badly(error) {
+        tracing::warn!(%error, upstream = %up.url, "the upstream's answer is not valid HTTP");
+        return upstream_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_invalid",
+            request_body,
+            "the upstream MCP server's answer is not valid HTTP (or its head is too large)",
+        );
+    }
+    tracing::warn!(%error, upstream = %up.url, "upstream unreachable");
+    upstream_error(
+        StatusCode::BAD_GATEWAY,
+        "upstream_unreachable",
+        request_body,
+        "the upstream MCP server is unreachable",
+    )
+}
+
+/// Whether the client failed parsing what the upstream sent (not connecting, not a close).
+fn answered_badly(error: &hyper_util::client::legacy::Error) -> bool {
+    if error.is_connect() {
+        return false;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h) = e.downcast_ref::<hyper::Error>() {
+            return h.is_parse() || h.is_parse_too_large() || h.is_parse_status();
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):

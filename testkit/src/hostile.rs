@@ -214,6 +214,10 @@ pub enum Misbehaviour {
     StalledBody { length: u64, sent: u64 },
     /// As `StalledBody`, but the connection is then closed: the answer is cut short.
     CutBody { length: u64, sent: u64 },
+    /// A `200` whose head carries one header of `bytes` bytes (past any client's head bound).
+    HugeHead { bytes: usize },
+    /// Something that is not HTTP at all (another protocol's greeting) in place of an answer.
+    NotHttp,
 }
 
 /// An upstream MCP server (HTTP/1.1 on loopback) that misbehaves; counts the connections that
@@ -325,6 +329,23 @@ async fn serve_one(mut conn: TcpStream, how: Misbehaviour, written: &AtomicU64) 
     }
     match how {
         Misbehaviour::Silent => {}
+        Misbehaviour::HugeHead { bytes } => {
+            let mut head =
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nx-fill: ".to_vec();
+            head.resize(head.len() + bytes, b'x');
+            head.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n{}");
+            if conn.write_all(&head).await.is_err() {
+                return;
+            }
+            written.fetch_add(head.len() as u64, Ordering::SeqCst);
+        }
+        Misbehaviour::NotHttp => {
+            let greeting = b"SSH-2.0-OpenSSH_9.2\r\n";
+            if conn.write_all(greeting).await.is_err() {
+                return;
+            }
+            written.fetch_add(greeting.len() as u64, Ordering::SeqCst);
+        }
         Misbehaviour::HugeJson { bytes } => {
             let head = format!(
                 "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {bytes}\r\n\r\n"
