@@ -2,20 +2,19 @@
 //!
 //! Appends go through one group-commit [`writer`] per replica; reads (`read_after`, `bounds`) use
 //! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
-//! same page (many lagging cursors at one position) share one query. The bridge reads on its own
+//! same page (many lagging cursors at one position) share one query ([`shared_reads`]). The bridge reads on its own
 //! LISTEN connection, a direct session, with the page read prepared there ([`PageReader`]).
 
 pub mod migrate;
 pub mod retention;
+mod shared_reads;
 pub mod writer;
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
-use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio_postgres::types::Type;
 
 use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
@@ -38,7 +37,7 @@ pub struct PgLog {
     commits: writer::SinkSlot,
     writer: writer::Writer,
     writer_task: writer::WriterTask,
-    reads: Mutex<HashMap<(u64, usize), SharedRead>>,
+    reads: shared_reads::SharedReads,
 }
 
 struct Inner {
@@ -74,7 +73,6 @@ impl LogSql {
 }
 
 type Page = Arc<Vec<Arc<StoredEvent>>>;
-type SharedRead = Shared<BoxFuture<'static, Result<Page, ReadError>>>;
 
 /// A clonable read error, so one failed shared read answers every waiter.
 #[derive(Debug, Clone)]
@@ -160,7 +158,7 @@ impl PgLog {
             writer,
             writer_task,
             inner,
-            reads: Mutex::new(HashMap::new()),
+            reads: shared_reads::SharedReads::default(),
         })
     }
 
@@ -331,33 +329,20 @@ impl EventLog for PgLog {
         after: u64,
         limit: usize,
     ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
-        let key = (after, limit);
-        let read = {
-            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-            reads
-                .entry(key)
-                .or_insert_with(|| {
-                    let inner = self.inner.clone();
-                    async move {
-                        inner
-                            .fetch_after(after, limit)
-                            .await
-                            .map(Arc::new)
-                            .map_err(ReadError::from)
-                    }
-                    .boxed()
-                    .shared()
-                })
-                .clone()
+        let inner = self.inner.clone();
+        let fetch = async move {
+            inner
+                .fetch_after(after, limit)
+                .await
+                .map(Arc::new)
+                .map_err(ReadError::from)
         };
-        let result = read.clone().await;
-        {
-            let mut reads = self.reads.lock().unwrap_or_else(|p| p.into_inner());
-            if reads.get(&key).is_some_and(|r| r.ptr_eq(&read)) {
-                reads.remove(&key);
-            }
-        }
-        Ok(result?.as_ref().clone())
+        Ok(self
+            .reads
+            .read((after, limit), fetch)
+            .await?
+            .as_ref()
+            .clone())
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
