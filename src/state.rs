@@ -83,7 +83,11 @@ impl State {
                     },
                     Box::new(move |events| sink.push(events)),
                 )),
-                sessions: Arc::new(MemorySessions::new(retention, max_sessions)),
+                sessions: Arc::new({
+                    let streams = broadcaster.clone();
+                    MemorySessions::new(retention, max_sessions)
+                        .sparing(move || streams.held_sessions())
+                }),
                 cluster: None,
             }
         })

@@ -4,9 +4,15 @@
 //! works under that role: the keyless group commit (`append_events`, which keeps `EXECUTE` for
 //! `PUBLIC` because it grants nothing), publishes with idempotency keys (a retry answered with the
 //! original ids), SQL publishes beside them; every subscriber on both replicas gets exactly the log.
+//! Sessions too: a stream's claim and a poll's bind draw their generation from the schema's
+//! sequence (`USAGE` for `PUBLIC`, as `append_events`' `EXECUTE`), and a claim on the other replica
+//! ends the first stream.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
+use std::time::Duration;
+
+use mcp_fanout_testkit::identity::{open_stream, poll_ok, Who};
 use mcp_fanout_testkit::{flow::multi_replica_flow, Deployment, PublishOptions};
 use serde_json::json;
 
@@ -55,6 +61,26 @@ async fn replicas_run_as_a_role_granted_the_tables_of_a_schema_another_role_made
         retry["id"], first["id"],
         "the retry answers the original id"
     );
+    // Sessions: a claim on each replica (the second ends the first stream), a poll's bind.
+    let who = Who::header_mode("a session's client", None, Some("svc-session"));
+    let mut first = open_stream(&replicas[0], &who).await;
+    let second = open_stream(&replicas[1], &who).await;
+    first
+        .read_to_end(Duration::from_secs(15))
+        .await
+        .expect("the claim on the other replica ends the first stream");
+    drop(second);
+    poll_ok(
+        &replicas[1],
+        &Who::header_mode("a poll", None, Some("svc-polled")),
+        "timeout=0",
+    )
+    .await;
+    for r in &replicas {
+        r.wait_subscribers(0, Duration::from_secs(15))
+            .await
+            .expect("no stream left for the flow");
+    }
     // The flow starts from an empty log: take the keyed event out again (as the owner).
     pg.client()
         .await

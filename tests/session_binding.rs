@@ -476,18 +476,33 @@ async fn poll_as(r: &Replica, tenant: &str, session: String) -> u16 {
     poll_with(r, "timeout=0", &headers).await.status.as_u16()
 }
 
-/// Alpha binds `first`, then 25 more ids: past a bound of 20.
-async fn alpha_binds_past_the_bound(r: &Replica) {
+/// Alpha opens a stream for `live` (the oldest use of all), binds `first`, then 25 more ids: past
+/// a bound of 20. The stream is returned, open.
+async fn alpha_binds_past_the_bound(r: &Replica) -> SseConn {
+    let live = open_stream(r, &Who::header_mode("alpha", Some("alpha"), Some("live"))).await;
+    r.wait_subscribers(1, T)
+        .await
+        .expect("alpha's stream registered");
     assert_eq!(poll_as(r, "alpha", "first".into()).await, 200);
     assert_eq!(poll_as(r, "beta", "first".into()).await, 403, "alpha's");
     for i in 0..25 {
         assert_eq!(poll_as(r, "alpha", format!("s{i}")).await, 200);
     }
+    live
 }
 
 /// Once the bound of 20 took effect: a recently used session keeps its owner, `first` (the least
-/// recently used) was forgotten and is bound by whoever presents it next, and the replica said so.
-async fn expect_the_least_recently_used_forgotten(r: &Replica) {
+/// recently used) was forgotten and is bound by whoever presents it next, and the replica said so;
+/// `live`, older than all of them, was spared: its stream holds it, still alpha's, and gets the
+/// session's events.
+async fn expect_the_least_recently_used_forgotten(r: &Replica, mut live: SseConn) {
+    assert_eq!(
+        poll_as(r, "beta", "live".into()).await,
+        403,
+        "a session an open stream holds is never forgotten to make room"
+    );
+    let e = publish_to(r, body("to-live", 1), &Target::new(None, Some("live"))).await;
+    expect_event(&mut live, "alpha's live stream", &e.id).await;
     assert_eq!(
         poll_as(r, "beta", "s24".into()).await,
         403,
@@ -523,8 +538,8 @@ async fn in_memory_mode_past_the_session_bound_the_least_recently_used_are_forgo
     )
     .await;
     // The table reaches its bound while alpha binds: the least recently used go at once.
-    alpha_binds_past_the_bound(&r).await;
-    expect_the_least_recently_used_forgotten(&r).await;
+    let live = alpha_binds_past_the_bound(&r).await;
+    expect_the_least_recently_used_forgotten(&r, live).await;
 }
 
 /// Postgres mode: the same bound across the deployment. Each retention pass forgets the least
@@ -543,9 +558,13 @@ async fn in_postgres_mode_retention_trims_sessions_past_the_bound_least_recently
             ],
         )
         .await;
-    alpha_binds_past_the_bound(&r).await;
+    let live = alpha_binds_past_the_bound(&r).await;
     let client = pg.client().await;
-    let count = format!("SELECT count(*) FROM {}.sessions", pg.schema);
+    // Not counting `live`: its stream's lease keeps it past the bound.
+    let count = format!(
+        "SELECT count(*) FROM {}.sessions WHERE session <> 'live'",
+        pg.schema
+    );
     wait_until("the table trimmed to its bound", T, || async {
         let n: i64 = client.query_one(&count, &[]).await.unwrap().get(0);
         n <= 20
@@ -558,5 +577,36 @@ async fn in_postgres_mode_retention_trims_sessions_past_the_bound_least_recently
     );
     let kept: i64 = client.query_one(&first, &[]).await.unwrap().get(0);
     assert_eq!(kept, 0, "the least recently used row is the one forgotten");
-    expect_the_least_recently_used_forgotten(&r).await;
+    expect_the_least_recently_used_forgotten(&r, live).await;
+}
+
+/// A session forgotten and bound again (by another principal) draws a generation above every one
+/// it had: the new claim ends the old owner's stream, on another replica too. With a per-row count
+/// the new row restarted at 1 — the old stream's own — and both streams stayed open, two
+/// principals receiving one session's events (found probing the release binary).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_bound_again_after_it_was_forgotten_ends_the_older_stream() {
+    let pg = Deployment::fresh("regen").await.with_admin();
+    let replicas = pg
+        .replicas("regen-", 2, &[("FANOUT_SUBSCRIBER_AUTH", "header")])
+        .await;
+    let (r0, r1) = (&replicas[0], &replicas[1]);
+    let session = "forgotten-then-bound";
+    let mut alpha = open_stream(r0, &Who::header_mode("alpha", Some("alpha"), Some(session))).await;
+    r0.wait_subscribers(1, T)
+        .await
+        .expect("alpha's stream registered");
+    // The row is forgotten (as retention or a trim would).
+    pg.client()
+        .await
+        .execute(
+            &format!("DELETE FROM {}.sessions WHERE session = $1", pg.schema),
+            &[&session],
+        )
+        .await
+        .expect("forget the row");
+    let mut beta = open_stream(r1, &Who::header_mode("beta", Some("beta"), Some(session))).await;
+    expect_clean_end(&mut alpha, "alpha's stream, its session claimed anew").await;
+    let e = publish_to(r1, body("after", 1), &Target::new(None, Some(session))).await;
+    expect_event(&mut beta, "beta's stream", &e.id).await;
 }

@@ -101,6 +101,7 @@ pub async fn build_state(
             max_events: config.retention_max_events,
             every: Duration::from_secs(config.retention_interval_secs),
             max_sessions: config.max_sessions,
+            session_lease: crate::session::STREAM_LEASE,
         },
     };
     Ok((st, Some(tasks)))

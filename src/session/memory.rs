@@ -4,9 +4,11 @@
 //! sessions idle for the retention are forgotten, and if the table is still at the bound, the
 //! least recently used tenth with it. The next mark is then twice what is left (at least
 //! [`GC_AT_LEN`]), capped by the bound, so each pass over the table pays for as many additions as
-//! it leaves room for: a stream of new session ids costs O(1) each, not a scan each.
+//! it leaves room for: a stream of new session ids costs O(1) each, not a scan each. A session
+//! with an open stream on this replica is never forgotten to make room: a flood of new ids would
+//! otherwise push it out, and whoever presented it next would bind it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,8 @@ pub struct MemorySessions {
     idle: Duration,
     /// Most sessions remembered.
     max: usize,
+    /// The sessions this replica's open streams hold (spared when room is made).
+    live: Box<dyn Fn() -> Vec<String> + Send + Sync>,
     inner: Mutex<Inner>,
 }
 
@@ -42,6 +46,7 @@ impl MemorySessions {
         MemorySessions {
             idle,
             max,
+            live: Box::new(Vec::new),
             inner: Mutex::new(Inner {
                 next_room: GC_AT_LEN.min(max),
                 ..Inner::default()
@@ -49,8 +54,15 @@ impl MemorySessions {
         }
     }
 
-    /// Before adding `session`: forgets idle sessions, then the least recently used ones while the
-    /// table is at the bound, when it has reached its mark.
+    /// `live` names the sessions held by open streams (the broadcaster's): they are never
+    /// forgotten to make room.
+    pub fn sparing(mut self, live: impl Fn() -> Vec<String> + Send + Sync + 'static) -> Self {
+        self.live = Box::new(live);
+        self
+    }
+
+    /// Before adding `session`: forgets idle sessions, then the least recently used ones without
+    /// an open stream while the table is at the bound, when it has reached its mark.
     fn make_room(&self, inner: &mut Inner, session: &str) {
         if inner.sessions.len() < inner.next_room || inner.sessions.contains_key(session) {
             return;
@@ -59,17 +71,27 @@ impl MemorySessions {
         let idle = self.idle;
         inner.sessions.retain(|_, (_, seen)| seen.elapsed() < idle);
         if inner.sessions.len() >= self.max {
-            // Keep the most recently used nine tenths of the bound.
+            // Keep the most recently used nine tenths of the bound, and every live session.
+            let live: HashSet<String> = (self.live)().into_iter().collect();
             let keep = self.max - self.max.div_ceil(10);
             let before = inner.sessions.len();
-            if keep == 0 {
-                inner.sessions.clear();
-            } else {
-                // The keep-th most recent use: it and every later one stay.
-                let mut seen: Vec<Instant> = inner.sessions.values().map(|(_, s)| *s).collect();
-                let (_, oldest_kept, _) = seen.select_nth_unstable_by(keep - 1, |a, b| b.cmp(a));
+            let mut seen: Vec<Instant> = inner
+                .sessions
+                .iter()
+                .filter(|(k, _)| !live.contains(*k))
+                .map(|(_, (_, s))| *s)
+                .collect();
+            let keep_idle = keep.saturating_sub(before - seen.len());
+            if keep_idle == 0 {
+                inner.sessions.retain(|k, _| live.contains(k));
+            } else if seen.len() > keep_idle {
+                // The keep_idle-th most recent use: it and every later one stay.
+                let (_, oldest_kept, _) =
+                    seen.select_nth_unstable_by(keep_idle - 1, |a, b| b.cmp(a));
                 let oldest_kept = *oldest_kept;
-                inner.sessions.retain(|_, (_, s)| *s >= oldest_kept);
+                inner
+                    .sessions
+                    .retain(|k, (_, s)| *s >= oldest_kept || live.contains(k));
             }
             tracing::warn!(
                 max_sessions = self.max,
@@ -272,6 +294,36 @@ mod tests {
         assert_eq!(s.inner.lock().expect("lock").passes, 1);
         s.claim("n8", &tenant(3000)).await.expect("bind");
         assert_eq!(s.inner.lock().expect("lock").passes, 2);
+    }
+
+    /// A flood of new ids past the bound never forgets a session an open stream holds, however
+    /// long ago it was used: whoever presented it next would bind it.
+    #[tokio::test]
+    async fn a_session_with_an_open_stream_is_never_forgotten_to_make_room() {
+        let s =
+            MemorySessions::new(Duration::from_secs(3600), 100).sparing(|| vec!["live".to_owned()]);
+        s.claim("live", &alice()).await.expect("bind");
+        for i in 0..1000 {
+            s.check(&format!("s{i}"), &Owner::tenant("mallory"))
+                .await
+                .expect("bind");
+        }
+        assert!(
+            s.inner.lock().expect("lock").sessions.len() <= 100,
+            "bounded"
+        );
+        assert!(
+            s.known("live").await.expect("known"),
+            "the live session stays"
+        );
+        assert!(matches!(
+            s.claim("live", &Owner::tenant("mallory")).await,
+            Err(SessionError::Forbidden)
+        ));
+        assert!(
+            !s.known("s0").await.expect("known"),
+            "the least recently used go"
+        );
     }
 
     #[tokio::test]

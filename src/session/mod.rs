@@ -139,6 +139,11 @@ pub trait SessionStore: Send + Sync + 'static {
 /// How often a replica touches the sessions its open streams hold.
 pub const TOUCH_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// A session marked by a stream (its claim, each touch) this recently holds an open stream: the
+/// trim past `FANOUT_MAX_SESSIONS` spares it. Two and a half touches, so one late or failed touch
+/// does not lose it.
+pub const STREAM_LEASE: std::time::Duration = std::time::Duration::from_secs(150);
+
 /// Touches the sessions held by this replica's open streams, every [`TOUCH_EVERY`], until `stop`.
 pub async fn keep_alive(
     broadcaster: Broadcaster,

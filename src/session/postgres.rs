@@ -35,21 +35,31 @@ struct SessionSql {
 
 impl SessionSql {
     fn new(schema: &str) -> SessionSql {
-        let upsert = |bump: &str| {
+        let upsert = |columns: &str, values: &str, bump: &str| {
             format!(
-                "INSERT INTO {schema}.sessions AS t (session, principal, owner) VALUES ($1, $2, $3) \
+                "INSERT INTO {schema}.sessions AS t (session, principal, owner{columns}) \
+                 VALUES ($1, $2, $3{values}) \
                  ON CONFLICT (session) DO UPDATE SET {bump}last_seen = clock_timestamp() \
                  WHERE {OWNED} RETURNING t.generation"
             )
         };
         SessionSql {
             // The claim and its takeover message are one statement: no claim without a message.
+            // A new row's generation is the sequence's (the column's default); a claim of a known
+            // row draws from it too, and leases the row (`streamed_at`).
             claim: format!(
                 "WITH c AS ({}) SELECT generation, pg_notify($5, {}) FROM c",
-                upsert("generation = t.generation + 1, "),
+                upsert(
+                    ", streamed_at",
+                    ", clock_timestamp()",
+                    &format!(
+                        "generation = greatest(nextval('{schema}.session_generation'), \
+                         t.generation + 1), streamed_at = clock_timestamp(), "
+                    ),
+                ),
                 ControlMessage::takeover_sql("generation", "$1"),
             ),
-            check: upsert(""),
+            check: upsert("", "", ""),
             register: format!(
                 "INSERT INTO {schema}.sessions (session, principal, owner) VALUES ($1, $2, $3) \
                  ON CONFLICT (session) DO NOTHING"
@@ -66,7 +76,8 @@ impl SessionSql {
                 ControlMessage::end_sql("$1"),
             ),
             touch: format!(
-                "UPDATE {schema}.sessions SET last_seen = clock_timestamp() WHERE session = ANY($1)"
+                "UPDATE {schema}.sessions SET last_seen = clock_timestamp(), \
+                 streamed_at = clock_timestamp() WHERE session = ANY($1)"
             ),
         }
     }

@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i32, &str, &str)] = &[
         "append_events",
         include_str!("../../../sql/007_append_events.sql"),
     ),
+    (
+        8,
+        "session_leases",
+        include_str!("../../../sql/008_session_leases.sql"),
+    ),
 ];
 
 pub struct Migration {

@@ -21,6 +21,8 @@ pub struct Retention {
     pub every: Duration,
     /// Most session rows kept across the deployment (trimmed each pass).
     pub max_sessions: u64,
+    /// Rows a stream marked this recently are never trimmed (they hold an open stream).
+    pub session_lease: Duration,
 }
 
 /// Retention's statements, schema-qualified once.
@@ -47,10 +49,13 @@ impl RetentionSql {
             sessions_lock: format!(
                 "SELECT pg_try_advisory_xact_lock(hashtext('mcp-fanout sessions {s}'))"
             ),
-            // The least recently used rows past the bound (the index on last_seen, newest first).
+            // The least recently used rows past the bound (the index on last_seen, newest first),
+            // but not those an open stream holds (marked within the lease).
             trim_sessions: format!(
-                "WITH d AS (DELETE FROM {s}.sessions WHERE session IN (SELECT session FROM \
-                 {s}.sessions ORDER BY last_seen DESC OFFSET $1 LIMIT $2) RETURNING 1) \
+                "WITH d AS (DELETE FROM {s}.sessions WHERE session IN (SELECT p.session FROM \
+                 (SELECT session, streamed_at FROM {s}.sessions ORDER BY last_seen DESC \
+                 OFFSET $1 LIMIT $2) p WHERE p.streamed_at IS NULL \
+                 OR p.streamed_at < clock_timestamp() - make_interval(secs => $3)) RETURNING 1) \
                  SELECT count(*) FROM d"
             ),
             bound: format!("SET LOCAL statement_timeout = {}", timeout.as_millis()),
@@ -82,7 +87,7 @@ pub async fn run(db: Db, schema: String, policy: Retention, stop: CancellationTo
         if let Err(error) = gc {
             tracing::warn!(%error, "session cleanup failed");
         }
-        trim_sessions(&db, &sql, policy.max_sessions).await;
+        trim_sessions(&db, &sql, policy.max_sessions, policy.session_lease).await;
         // Prune in batches until nothing is left to prune (or another replica holds the lock).
         loop {
             match prune_batch(&db, &sql, policy).await {
@@ -97,15 +102,16 @@ pub async fn run(db: Db, schema: String, policy: Retention, stop: CancellationTo
     }
 }
 
-/// Forgets the least recently used sessions past `max`, a batch per transaction, one replica at a
-/// time; says how many at `warn` (the memory store says the same when it reaches its bound).
-async fn trim_sessions(db: &Db, sql: &RetentionSql, max: u64) {
+/// Forgets the least recently used sessions past `max` that no open stream holds (none marked
+/// within `lease`), a batch per transaction, one replica at a time; says how many at `warn` (the memory store says the same when it reaches its bound).
+async fn trim_sessions(db: &Db, sql: &RetentionSql, max: u64, lease: Duration) {
     let max_i = i64::try_from(max).unwrap_or(i64::MAX);
+    let lease_secs = lease.as_secs_f64();
     let mut forgotten = 0i64;
     loop {
         let batch = db
             .within(db.timeout().saturating_mul(2))
-            .with_client(|client| trim_sessions_on(client, sql, max_i))
+            .with_client(|client| trim_sessions_on(client, sql, max_i, lease_secs))
             .await;
         match batch {
             Ok(n) => {
@@ -151,6 +157,7 @@ async fn trim_sessions_on(
     mut client: deadpool_postgres::Client,
     sql: &RetentionSql,
     max: i64,
+    lease_secs: f64,
 ) -> Result<i64, DbError> {
     let tx = client.transaction().await.map_err(DbError::Query)?;
     if !bound_and_locked(&tx, sql, &sql.sessions_lock).await? {
@@ -159,7 +166,11 @@ async fn trim_sessions_on(
     let n: i64 = tx
         .query_typed(
             &sql.trim_sessions,
-            &[(&max, Type::INT8), (&BATCH, Type::INT8)],
+            &[
+                (&max, Type::INT8),
+                (&BATCH, Type::INT8),
+                (&lease_secs, Type::FLOAT8),
+            ],
         )
         .await
         .map_err(DbError::Query)?
