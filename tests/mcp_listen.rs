@@ -466,6 +466,31 @@ fn listen_cases() -> Vec<Case> {
             -32022,
             json!(1),
         ),
+        // A filter lives as long as its stream: at most 256 URIs, 16 KiB of them together.
+        case(
+            "257 resource subscriptions",
+            listen_headers(),
+            listen_body(
+                json!(1),
+                Some(json!({ "resourceSubscriptions": (0..257).map(|i| format!("file:///{i}")).collect::<Vec<_>>() })),
+            )
+            .to_string(),
+            400,
+            -32602,
+            json!(1),
+        ),
+        case(
+            "resource subscriptions of more than 16 KiB",
+            listen_headers(),
+            listen_body(
+                json!(1),
+                Some(json!({ "resourceSubscriptions": [format!("file:///{}", "x".repeat(16 * 1024))] })),
+            )
+            .to_string(),
+            400,
+            -32602,
+            json!(1),
+        ),
     ]
 }
 

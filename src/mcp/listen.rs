@@ -21,6 +21,7 @@ pub mod codes {
     pub const PARSE_ERROR: i64 = -32700;
     pub const INVALID_REQUEST: i64 = -32600;
     pub const METHOD_NOT_FOUND: i64 = -32601;
+    pub const INVALID_PARAMS: i64 = -32602;
     pub const INTERNAL: i64 = -32603;
     pub const SERVER_ERROR: i64 = -32000;
     pub const HEADER_MISMATCH: i64 = -32020;
@@ -32,6 +33,7 @@ pub mod codes {
             PARSE_ERROR => "parse_error",
             INVALID_REQUEST => "invalid_request",
             METHOD_NOT_FOUND => "method_not_found",
+            INVALID_PARAMS => "invalid_params",
             INTERNAL => "internal_error",
             SERVER_ERROR => "server_error",
             HEADER_MISMATCH => "header_mismatch",
@@ -126,9 +128,17 @@ pub fn validate(
         e.data = Some(json!({ "supported": [LISTEN_PROTOCOL_VERSION], "requested": version }));
         return Err(e);
     }
+    let filter = Filter::from_params(msg.get("params")).map_err(|reason| {
+        Refusal::new(
+            StatusCode::BAD_REQUEST,
+            id,
+            codes::INVALID_PARAMS,
+            format!("Invalid params: {reason}"),
+        )
+    })?;
     Ok(Request::Listen {
         id: id.clone(),
-        filter: Filter::from_params(msg.get("params")),
+        filter,
     })
 }
 
@@ -174,41 +184,62 @@ fn matching_headers(
     Ok(version)
 }
 
+/// Most URIs one listen stream's `resourceSubscriptions` may name.
+pub const MAX_RESOURCE_SUBSCRIPTIONS: usize = 256;
+
+/// Most bytes of URIs one listen stream's `resourceSubscriptions` may hold, all together: a
+/// filter lives as long as its stream, so its size is a subscriber's memory (a 1 MiB body of
+/// URIs was ~3 MiB per stream; 300 of them took a replica from 21 to 891 MiB).
+pub const MAX_RESOURCE_SUBSCRIPTION_BYTES: usize = 16 * 1024;
+
 /// What a listen stream delivers: the honoured subset of the client's filter.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
     pub tools: bool,
     pub prompts: bool,
     pub resources: bool,
+    /// Each URI once, in the client's order.
     pub resource_uris: Vec<String>,
 }
 
 impl Filter {
     /// Reads `params.notifications`. Unknown keys are ignored; only `true` opts into a list kind;
-    /// `resourceSubscriptions` keeps its string entries.
-    pub fn from_params(params: Option<&Value>) -> Filter {
+    /// `resourceSubscriptions` keeps its string entries, each once, within
+    /// [`MAX_RESOURCE_SUBSCRIPTIONS`] and [`MAX_RESOURCE_SUBSCRIPTION_BYTES`] (else the reason).
+    pub fn from_params(params: Option<&Value>) -> Result<Filter, String> {
         let n = params.and_then(|p| p.get("notifications"));
         let flag = |k: &str| {
             n.and_then(|n| n.get(k))
                 .and_then(Value::as_bool)
                 .unwrap_or(false)
         };
-        let resource_uris = n
+        let mut resource_uris: Vec<String> = Vec::new();
+        let mut bytes = 0usize;
+        let uris = n
             .and_then(|n| n.get("resourceSubscriptions"))
-            .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        Filter {
+            .and_then(Value::as_array);
+        for uri in uris.into_iter().flatten().filter_map(Value::as_str) {
+            if resource_uris.iter().any(|u| u == uri) {
+                continue;
+            }
+            bytes += uri.len();
+            if resource_uris.len() == MAX_RESOURCE_SUBSCRIPTIONS
+                || bytes > MAX_RESOURCE_SUBSCRIPTION_BYTES
+            {
+                return Err(format!(
+                    "notifications.resourceSubscriptions names at most {MAX_RESOURCE_SUBSCRIPTIONS} \
+                     URIs of at most {MAX_RESOURCE_SUBSCRIPTION_BYTES} bytes together; open more \
+                     listen streams for more"
+                ));
+            }
+            resource_uris.push(uri.to_owned());
+        }
+        Ok(Filter {
             tools: flag("toolsListChanged"),
             prompts: flag("promptsListChanged"),
             resources: flag("resourcesListChanged"),
             resource_uris,
-        }
+        })
     }
 
     /// The acknowledged subset, as sent back: only what is honoured, no unknown keys.
@@ -339,7 +370,7 @@ mod tests {
     fn filter_honours_known_keys_only() {
         let p = json!({"notifications": {"toolsListChanged": true, "promptsListChanged": false,
             "resourceSubscriptions": ["file:///a", 3], "bogus": true}});
-        let f = Filter::from_params(Some(&p));
+        let f = Filter::from_params(Some(&p)).expect("a filter");
         assert_eq!(
             f.acknowledged(),
             json!({"toolsListChanged": true, "resourceSubscriptions": ["file:///a"]})
@@ -355,7 +386,35 @@ mod tests {
             Some(r#"{"uri":"file:///b"}"#)
         )));
         assert!(!f.wants(&ev("notifications/custom", None)));
-        assert_eq!(Filter::from_params(None).acknowledged(), json!({}));
+        assert_eq!(
+            Filter::from_params(None).expect("no filter").acknowledged(),
+            json!({})
+        );
+    }
+
+    #[test]
+    fn resource_subscriptions_are_bounded() {
+        let filter = |uris: Vec<String>| {
+            Filter::from_params(Some(
+                &json!({"notifications": {"resourceSubscriptions": uris}}),
+            ))
+        };
+        let many = |n: usize, len: usize| -> Vec<String> {
+            (0..n).map(|i| format!("{i:0>len$}")).collect()
+        };
+        let at = filter(many(MAX_RESOURCE_SUBSCRIPTIONS, 64)).expect("at the bounds");
+        assert_eq!(at.resource_uris.len(), MAX_RESOURCE_SUBSCRIPTIONS);
+        assert!(
+            filter(many(MAX_RESOURCE_SUBSCRIPTIONS + 1, 8)).is_err(),
+            "one URI too many"
+        );
+        assert!(
+            filter(many(1, MAX_RESOURCE_SUBSCRIPTION_BYTES + 1)).is_err(),
+            "too many bytes"
+        );
+        // The same URI named again counts once.
+        let same = filter(vec!["file:///a".to_owned(); 10_000]).expect("one URI");
+        assert_eq!(same.resource_uris, vec!["file:///a".to_owned()]);
     }
 
     #[test]
