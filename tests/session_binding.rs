@@ -610,3 +610,51 @@ async fn a_session_bound_again_after_it_was_forgotten_ends_the_older_stream() {
     let e = publish_to(r1, body("after", 1), &Target::new(None, Some(session))).await;
     expect_event(&mut beta, "beta's stream", &e.id).await;
 }
+
+/// A poll naming a session its owner used within the last minute reads it and writes nothing (each
+/// such poll was a durable write, a WAL flush each: one client's polls drove thousands of commits
+/// a second); one not used for longer marks it again; another principal is still refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poll_of_a_freshly_used_session_writes_nothing() {
+    let pg = Deployment::fresh("freshpoll").await.with_admin();
+    let r = pg
+        .replica("freshpoll", &[("FANOUT_SUBSCRIBER_AUTH", "header")])
+        .await;
+    let client = pg.client().await;
+    let seen = format!(
+        "SELECT last_seen::text FROM {}.sessions WHERE session = 'polled'",
+        pg.schema
+    );
+    let last_seen = || async {
+        client
+            .query_one(&seen, &[])
+            .await
+            .unwrap()
+            .get::<_, String>(0)
+    };
+    assert_eq!(poll_as(&r, "alpha", "polled".into()).await, 200, "binds it");
+    let bound = last_seen().await;
+    for _ in 0..5 {
+        assert_eq!(poll_as(&r, "alpha", "polled".into()).await, 200);
+    }
+    assert_eq!(last_seen().await, bound, "fresh: read, not written");
+    assert_eq!(poll_as(&r, "beta", "polled".into()).await, 403, "alpha's");
+    client
+        .execute(
+            &format!(
+                "UPDATE {}.sessions SET last_seen = last_seen - interval '2 minutes' \
+                 WHERE session = 'polled'",
+                pg.schema
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    let stale = last_seen().await;
+    assert_eq!(poll_as(&r, "alpha", "polled".into()).await, 200);
+    assert_ne!(
+        last_seen().await,
+        stale,
+        "not used for a while: marked again"
+    );
+}

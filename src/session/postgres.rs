@@ -16,6 +16,10 @@ use crate::db::{column, Db, Params};
 const OWNED: &str =
     "(t.owner = $3 OR (t.owner IS NULL AND $4 AND t.principal IS NOT DISTINCT FROM $2))";
 
+/// A poll's check of a session its owner used this recently is a read: no write, no commit to
+/// wait for (every poll naming a session was a durable write, a WAL flush each).
+const CHECK_FRESH: std::time::Duration = std::time::Duration::from_secs(60);
+
 pub struct PgSessions {
     db: Db,
     sql: SessionSql,
@@ -25,6 +29,7 @@ pub struct PgSessions {
 /// The session store's statements, schema-qualified once.
 struct SessionSql {
     claim: String,
+    fresh: String,
     check: String,
     register: String,
     known: String,
@@ -58,6 +63,13 @@ impl SessionSql {
                     ),
                 ),
                 ControlMessage::takeover_sql("generation", "$1"),
+            ),
+            // 2: the owner's, used within CHECK_FRESH; 1: the owner's; 0: another's.
+            fresh: format!(
+                "SELECT CASE WHEN {OWNED} THEN CASE WHEN t.last_seen > clock_timestamp() - \
+                 make_interval(secs => {}) THEN 2 ELSE 1 END ELSE 0 END::bigint \
+                 FROM {schema}.sessions AS t WHERE t.session = $1",
+                CHECK_FRESH.as_secs()
             ),
             check: upsert("", "", ""),
             register: format!(
@@ -142,6 +154,15 @@ impl SessionStore for PgSessions {
     }
 
     async fn check(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
+        match self
+            .run_owned(&self.sql.fresh, session, owner, false)
+            .await?
+        {
+            Some(2) => return Ok(()),
+            Some(0) => return Err(SessionError::Forbidden),
+            // Unknown (bind it) or the owner's but not used lately (mark it).
+            _ => {}
+        }
         match self
             .run_owned(&self.sql.check, session, owner, false)
             .await?
