@@ -21,6 +21,10 @@ use crate::session::SessionError;
 use crate::state::AppState;
 
 pub const MAX_EVENTS: usize = 1000;
+/// Most log positions one answer passes over, visible to the caller or not: a cursor behind many
+/// events it may not see (another tenant's) costs one bounded read per poll, not a scan of the
+/// whole log (a single poll read ~200 pages, ~200 MB, for an empty answer).
+pub const MAX_SCAN: u64 = 16 * 1024;
 const DEFAULT_TIMEOUT_SECS: u64 = 30;
 const MAX_TIMEOUT_SECS: u64 = 60;
 
@@ -76,8 +80,8 @@ pub async fn poll(
     };
     let mut feed =
         Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after).with_log_head(bounds.head);
-    let (mut events, mut more) = collect(&mut feed).await?;
-    if events.is_empty() && timeout > 0 && !st.lifecycle.is_draining() {
+    let (mut events, mut more, mut cut) = collect(&mut feed).await?;
+    if events.is_empty() && !cut && timeout > 0 && !st.lifecycle.is_draining() {
         let Ok(_slot) = subscription::slot(&st, SubscriberKind::Poll, session) else {
             return Ok(answer(&[], &id(after), false));
         };
@@ -86,17 +90,18 @@ pub async fn poll(
         let until = subscription::expiry(identity.expires_at).map_or(wait, |e| e.min(wait));
         let wait = tokio::time::sleep_until(until);
         tokio::pin!(wait);
-        while events.is_empty() {
+        while events.is_empty() && !cut {
             tokio::select! {
                 _ = &mut wait => break,
                 _ = st.broadcaster.closed() => break,
                 _ = st.lifecycle.draining() => break,
-                _ = feed.changed() => (events, more) = collect(&mut feed).await?,
+                _ = feed.changed() => (events, more, cut) = collect(&mut feed).await?,
             }
         }
     }
-    // Same rule as a stream's write (no gathering: a poll answers as soon as it has an event).
-    let more = more && events.len() >= MAX_EVENTS;
+    // Same rule as a stream's write (no gathering: a poll answers as soon as it has an event),
+    // and after a scan cut short: the client asks again from where it got.
+    let more = more && (events.len() >= MAX_EVENTS || cut);
     let left_out = coalesce(&mut events, st.config.coalesce_window());
     st.metrics.events_coalesced.inc_by(left_out as u64);
     let cursor = events
@@ -115,15 +120,21 @@ pub async fn poll(
 }
 
 /// Reads visible events after the feed's cursor, up to the answer's limit.
-async fn collect(feed: &mut Feed) -> Result<(Vec<std::sync::Arc<StoredEvent>>, bool), AppError> {
+/// Also whether it stopped at [`MAX_SCAN`] positions with more to read (then the answer says
+/// `more`, and its cursor is where the scan got).
+async fn collect(
+    feed: &mut Feed,
+) -> Result<(Vec<std::sync::Arc<StoredEvent>>, bool, bool), AppError> {
+    let start = feed.cursor();
     let mut events = Vec::new();
     loop {
         let batch = feed
             .next_batch(MAX_EVENTS - events.len(), usize::MAX)
             .await?;
         events.extend(batch.events);
-        if !batch.more || events.len() >= MAX_EVENTS {
-            return Ok((events, batch.more));
+        let cut = feed.cursor().saturating_sub(start) >= MAX_SCAN;
+        if !batch.more || events.len() >= MAX_EVENTS || cut {
+            return Ok((events, batch.more, cut && batch.more));
         }
     }
 }
