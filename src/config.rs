@@ -470,7 +470,7 @@ impl ServeConfig {
             0
         };
         let postgres = if self.database_url.is_some() {
-            self.db_pool_size.saturating_add(2)
+            self.db_pool_size.saturating_add(3)
         } else {
             0
         };
@@ -597,7 +597,8 @@ mod tests {
         .expect("parse");
         assert_eq!(
             cli.serve.connection_caps(1024),
-            ((1024 - 128 - 10 - 64) / 2, 64)
+            // Postgres: the pool (8) + 3 (the writer's and the LISTEN connections among them).
+            ((1024 - 128 - 11 - 64) / 2, 64)
         );
         assert_eq!(cli.serve.mcp_body_limit(), 16 * 1024 * 1024);
     }

@@ -72,7 +72,13 @@ async fn run_migrate(args: MigrateArgs) -> Result<(), StartError> {
     telemetry::init(args.log_format);
     let url = args.database_url.as_deref().unwrap_or_default();
     let timeout = Duration::from_millis(args.db_timeout_ms.max(1));
-    let pool = connect::pool(url, timeout, 1, connect::tls(args.db_ca_file.as_deref())?)?;
+    let pool = connect::pool(
+        url,
+        connect::POOL_APP_NAME,
+        timeout,
+        1,
+        connect::tls(args.db_ca_file.as_deref())?,
+    )?;
     let schema = &args.schema;
     let applied = Db::new(pool, timeout.saturating_mul(4))
         .with_client(|mut client| async move { migrate::apply(&mut client, schema).await })

@@ -11,7 +11,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
 use mcp_fanout_testkit::postgres::sql_publish;
-use mcp_fanout_testkit::{body, wait_until, Deployment, SOON};
+use mcp_fanout_testkit::{body, wait_until, Deployment, Replica, SOON};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
@@ -22,6 +22,45 @@ fn open_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(Iterator::count)
         .unwrap_or(usize::MAX)
+}
+
+/// Holds `table` of the deployment's schema in ACCESS EXCLUSIVE mode until the transaction ends.
+async fn hold<'a>(
+    locker: &'a mut tokio_postgres::Client,
+    pg: &Deployment,
+    table: &str,
+) -> tokio_postgres::Transaction<'a> {
+    let held = locker.transaction().await.expect("begin");
+    let lock = format!("LOCK TABLE {}.{table} IN ACCESS EXCLUSIVE MODE", pg.schema);
+    held.batch_execute(&lock).await.expect("lock");
+    held
+}
+
+/// `CLIENTS` connections, each sending `GET /poll?<query(i)>` and reading nothing.
+async fn pollers(r: &Replica, query: impl Fn(usize) -> String) -> Vec<TcpStream> {
+    let mut clients = Vec::new();
+    for i in 0..CLIENTS {
+        let mut s = TcpStream::connect(r.public_addr()).await.expect("connect");
+        let request = format!("GET /poll?{} HTTP/1.1\r\nHost: replica\r\n\r\n", query(i));
+        s.write_all(request.as_bytes()).await.expect("send");
+        clients.push(s);
+    }
+    clients
+}
+
+/// Waits until both connections of the pool (size 2) wait on a lock.
+async fn pool_waits_on_the_lock(client: &tokio_postgres::Client, pg: &Deployment) {
+    let waiting = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
+         AND application_name = 'mcp-fanout' AND wait_event_type = 'Lock'",
+        pg.db
+    );
+    wait_until("both pooled connections wait on the lock", SOON, || async {
+        let n: i64 = client.query_one(&waiting, &[]).await.unwrap().get(0);
+        n == 2
+    })
+    .await
+    .expect("the polls take the pool's two connections");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -35,55 +74,19 @@ async fn reads_whose_clients_left_give_their_pooled_connections_back() {
         .await;
     let client = pg.client().await;
     for _ in 0..100 {
-        sql_publish(
-            &client,
-            &pg.schema,
-            "notifications/tools/list_changed",
-            None,
-            None,
-            None,
-        )
-        .await
-        .expect("publish in SQL");
+        let method = "notifications/tools/list_changed";
+        sql_publish(&client, &pg.schema, method, None, None, None)
+            .await
+            .expect("publish in SQL");
     }
     let epoch = pg.server.epoch(&pg.db, &pg.schema).await.expect("epoch");
 
-    // Hold the log: every read of it waits on the lock.
+    // Hold the log: every read of it waits on the lock. Clients at cursors below the ring, each
+    // its own page.
     let mut locker = pg.client().await;
-    let held = locker.transaction().await.expect("begin");
-    held.batch_execute(&format!(
-        "LOCK TABLE {}.events IN ACCESS EXCLUSIVE MODE",
-        pg.schema
-    ))
-    .await
-    .expect("lock the log");
-
-    // Clients at cursors below the ring, each its own page.
-    let mut clients = Vec::new();
-    for i in 0..CLIENTS {
-        let mut s = TcpStream::connect(r.public_addr()).await.expect("connect");
-        let request = format!(
-            "GET /poll?timeout=0&after={epoch}-{} HTTP/1.1\r\nHost: replica\r\n\r\n",
-            i * 4
-        );
-        s.write_all(request.as_bytes()).await.expect("send");
-        clients.push(s);
-    }
-    let waiting = format!(
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '{}' \
-         AND application_name = 'mcp-fanout' AND wait_event_type = 'Lock'",
-        pg.db
-    );
-    wait_until(
-        "both pooled connections wait on the held log",
-        SOON,
-        || async {
-            let n: i64 = client.query_one(&waiting, &[]).await.unwrap().get(0);
-            n == 2
-        },
-    )
-    .await
-    .expect("the pool's two connections read the log for the clients");
+    let held = hold(&mut locker, &pg, "events").await;
+    let clients = pollers(&r, |i| format!("timeout=0&after={epoch}-{}", i * 4)).await;
+    pool_waits_on_the_lock(&client, &pg).await;
 
     // Every client goes away at once, with a reset.
     let with_clients = open_fds(r.pid());
@@ -112,4 +115,26 @@ async fn reads_whose_clients_left_give_their_pooled_connections_back() {
         "the log's events come back: {}",
         resp.text()
     );
+}
+
+/// Publishes commit on a connection of their own: reads that fill the pool (here held by a lock
+/// on the log's `meta` row, which every poll's bounds read and no publish touches) never make a
+/// publish wait. It shared the pool with them: a flood of reads put publishes behind up to 185
+/// queued reads (p50 130–245 ms), or past the pool's timeout (503).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_never_waits_behind_reads_that_fill_the_pool() {
+    let pg = Deployment::fresh("writerconn").await.with_admin();
+    let r = pg
+        .replica("writerconn", &[("FANOUT_DB_POOL_SIZE", "2")])
+        .await;
+    let client = pg.client().await;
+    let mut locker = pg.client().await;
+    let held = hold(&mut locker, &pg, "meta").await;
+    let clients = pollers(&r, |_| "timeout=0".to_owned()).await;
+    pool_waits_on_the_lock(&client, &pg).await;
+    r.publish_ok(&body("while-the-pool-is-full", 1))
+        .await
+        .expect("a publish is answered while every pooled connection is taken");
+    held.rollback().await.expect("release");
+    drop(clients);
 }

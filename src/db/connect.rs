@@ -20,6 +20,8 @@ pub fn tls(ca_file: Option<&Path>) -> Result<MakeRustlsConnect, DbError> {
 
 pub const POOL_APP_NAME: &str = "mcp-fanout";
 pub const LISTEN_APP_NAME: &str = "mcp-fanout-listen";
+/// The group-commit writer's own connection (publishes never wait behind the pool's readers).
+pub const WRITER_APP_NAME: &str = "mcp-fanout-writer";
 
 /// A Postgres config from a URL, with our application name, connect timeout and TCP keepalives
 /// (so a dead peer is noticed within seconds, not hours).
@@ -40,16 +42,17 @@ pub fn pg_config(
     Ok(cfg)
 }
 
-/// The publish/read pool. Every wait is bounded by `timeout`, so database trouble becomes a fast
-/// `503` instead of a hang. Statements are unnamed (`query_typed`), so PgBouncer's transaction
-/// mode works.
+/// A pool of `size` connections named `app` (`application_name`): the read pool, or the writer's
+/// own. Every wait is bounded by `timeout`, so database trouble becomes a fast `503` instead of a
+/// hang. Statements are unnamed (`query_typed`), so PgBouncer's transaction mode works.
 pub fn pool(
     url: &str,
+    app: &str,
     timeout: Duration,
     size: usize,
     tls: MakeRustlsConnect,
 ) -> Result<Pool, DbError> {
-    let cfg = pg_config(url, POOL_APP_NAME, timeout)?;
+    let cfg = pg_config(url, app, timeout)?;
     let manager = Manager::from_config(
         cfg,
         tls,

@@ -49,16 +49,23 @@ pub async fn build_state(
     let tls = connect::tls(config.db_ca_file.as_deref())?;
     let pool = connect::pool(
         url,
+        connect::POOL_APP_NAME,
         timeout,
         config::to_usize(config.db_pool_size),
         tls.clone(),
     )?;
     let db = Db::new(pool, timeout);
+    // Publishes commit on a connection of their own: a flood of reads (polls, resumes, session
+    // checks) waits for the pool, never in front of a publish.
+    let writer_db = Db::new(
+        connect::pool(url, connect::WRITER_APP_NAME, timeout, 1, tls.clone())?,
+        timeout,
+    );
     let listen_url = config.listen_database_url.as_deref().unwrap_or(url);
     let listen_config = connect::pg_config(listen_url, connect::LISTEN_APP_NAME, timeout)?;
     let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
     let (log, head) = loop {
-        match open_log(&db, config).await {
+        match open_log(&db, &writer_db, config).await {
             Ok(ready) => break ready,
             Err(error) => {
                 tracing::warn!(%error, "the database is not ready; retrying");
@@ -116,7 +123,11 @@ enum OpenError {
     Head(#[source] LogError),
 }
 
-async fn open_log(db: &Db, config: &ServeConfig) -> Result<(Arc<PgLog>, u64), OpenError> {
+async fn open_log(
+    db: &Db,
+    writer_db: &Db,
+    config: &ServeConfig,
+) -> Result<(Arc<PgLog>, u64), OpenError> {
     let schema = &config.schema;
     db.within(db.timeout().saturating_mul(4))
         .with_client(|mut client| async move {
@@ -137,7 +148,13 @@ async fn open_log(db: &Db, config: &ServeConfig) -> Result<(Arc<PgLog>, u64), Op
             Ok(())
         })
         .await?;
-    let log = PgLog::open(db.clone(), schema, config.max_payload_bytes).await?;
+    let log = PgLog::open(
+        db.clone(),
+        writer_db.clone(),
+        schema,
+        config.max_payload_bytes,
+    )
+    .await?;
     let head = log.bounds().await.map_err(OpenError::Head)?.head;
     tracing::info!(schema, epoch = log.epoch(), head, "event log open");
     Ok((Arc::new(log), head))

@@ -121,9 +121,15 @@ impl From<LogError> for ReadError {
 }
 
 impl PgLog {
-    /// Opens the log in `schema` (migrations must be applied). Publishes complete once its writer
-    /// runs ([`PgLog::writer_task`]).
-    pub async fn open(db: Db, schema: &str, max_payload_bytes: u64) -> Result<PgLog, DbError> {
+    /// Opens the log in `schema` (migrations must be applied): reads on `db`, publishes on
+    /// `writer_db` (a pool of its own, so no read waits in front of a publish). Publishes complete
+    /// once its writer runs ([`PgLog::writer_task`]).
+    pub async fn open(
+        db: Db,
+        writer_db: Db,
+        schema: &str,
+        max_payload_bytes: u64,
+    ) -> Result<PgLog, DbError> {
         let sql = LogSql::new(schema);
         let q = &sql;
         let epoch = db
@@ -151,8 +157,12 @@ impl PgLog {
             sql,
         });
         let commits = Arc::new(OnceLock::new());
-        let (writer, writer_task) =
-            writer::Writer::new(db, schema.to_owned(), inner.epoch.clone(), commits.clone());
+        let (writer, writer_task) = writer::Writer::new(
+            writer_db,
+            schema.to_owned(),
+            inner.epoch.clone(),
+            commits.clone(),
+        );
         Ok(PgLog {
             commits,
             writer,
