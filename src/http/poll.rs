@@ -21,7 +21,8 @@ use crate::session::SessionError;
 use crate::state::AppState;
 
 pub const MAX_EVENTS: usize = 1000;
-/// Most log positions one answer passes over, visible to the caller or not: a cursor behind many
+/// Log positions after which one answer stops, visible to the caller or not (checked after each
+/// page of the feed's reads, so at most one page more): a cursor behind many
 /// events it may not see (another tenant's) costs one bounded read per poll, not a scan of the
 /// whole log (a single poll read ~200 pages, ~200 MB, for an empty answer).
 pub const MAX_SCAN: u64 = 16 * 1024;
