@@ -120,7 +120,28 @@ async fn a_postgres_restart_fails_fast_keeps_streams_and_loses_or_doubles_nothin
             "{}: the 503 took {took:?}, more than {FAIL_FAST:?} (FANOUT_DB_TIMEOUT_MS={DB_TIMEOUT_MS})",
             r.label()
         );
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("nothing was published")),
+            "{}: a refused publish says nothing was published (a retry is safe): {v}",
+            r.label()
+        );
     }
+    // A poll is refused alike, without claiming a publish it never attempted.
+    let poll = r0.poll("timeout=0").await.expect("poll while down");
+    let v: Value = serde_json::from_slice(&poll.body).unwrap_or(Value::Null);
+    assert_eq!(
+        (poll.status.as_u16(), error_code(&v)),
+        (503, Some("database_unavailable")),
+        "a poll while Postgres is down: {v}"
+    );
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("unavailable") && !m.contains("published")),
+        "a poll's refusal speaks of the database, not of a publish: {v}"
+    );
     for r in &replicas {
         assert_eq!(
             r.readyz().await.expect("/readyz"),

@@ -47,7 +47,11 @@ pub async fn publish(
             events: req.events,
             request_key,
         })
-        .await?;
+        .await
+        .map_err(|e| match AppError::from(e) {
+            AppError::DatabaseUnavailable => AppError::PublishUnavailable,
+            other => other,
+        })?;
     st.metrics
         .events_published
         .inc_by(appended.new_events as u64);

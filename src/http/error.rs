@@ -46,8 +46,11 @@ pub enum AppError {
     UnsupportedMediaType,
     #[error("this idempotency key was used before with a different body")]
     IdempotencyConflict { index: Option<usize> },
-    #[error("the database is unavailable; nothing was published, retry later")]
+    #[error("the database is unavailable; retry later")]
     DatabaseUnavailable,
+    /// A publish the database could not take: said so, since a retry is then safe.
+    #[error("the database is unavailable; nothing was published, retry later")]
+    PublishUnavailable,
     #[error("this replica is shutting down; retry on another")]
     ShuttingDown,
     #[error(
@@ -82,6 +85,7 @@ impl AppError {
             AppError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::IdempotencyConflict { .. } => StatusCode::CONFLICT,
             AppError::DatabaseUnavailable
+            | AppError::PublishUnavailable
             | AppError::ShuttingDown
             | AppError::BridgeFailed
             | AppError::BodiesBusy(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -117,7 +121,7 @@ impl AppError {
             AppError::BodiesBusy(_) => "request_bodies_busy",
             AppError::UnsupportedMediaType => "unsupported_media_type",
             AppError::IdempotencyConflict { .. } => "idempotency_conflict",
-            AppError::DatabaseUnavailable => "database_unavailable",
+            AppError::DatabaseUnavailable | AppError::PublishUnavailable => "database_unavailable",
             AppError::ShuttingDown => "shutting_down",
             AppError::BridgeFailed => "bridge_failed",
             AppError::Internal => "internal_error",
