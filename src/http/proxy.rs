@@ -74,15 +74,15 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         peer,
     } = f;
     // Named twice, the upstream may act on the other one than this service does.
-    if crate::auth::one_header(&headers, &SESSION_ID).is_err() {
+    let Ok(session) = crate::auth::one_header(&headers, &SESSION_ID) else {
         return upstream_error(
             StatusCode::BAD_REQUEST,
             "invalid_session_id",
             &request_body,
             "Mcp-Session-Id is named more than once",
         );
-    }
-    let session = headers.get(&SESSION_ID).and_then(|v| v.to_str().ok());
+    };
+    let session = session.and_then(|v| v.to_str().ok());
     let minted_session = session.filter(|s| up.mint_session_ids && minted::is_minted(s.as_bytes()));
     if let (Some(s), true) = (minted_session, method == Method::DELETE) {
         // The upstream never saw this session: ending it is ours to do.

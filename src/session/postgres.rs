@@ -29,11 +29,10 @@ pub struct PgSessions {
 /// The session store's statements, schema-qualified once.
 struct SessionSql {
     claim: String,
-    fresh: String,
+    ownership: String,
     check: String,
     register: String,
     known: String,
-    ownership: String,
     forget: String,
     touch: String,
 }
@@ -64,8 +63,9 @@ impl SessionSql {
                 ),
                 ControlMessage::takeover_sql("generation", "$1"),
             ),
-            // 2: the owner's, used within CHECK_FRESH; 1: the owner's; 0: another's.
-            fresh: format!(
+            // Whose the row is: 2: the owner's, used within CHECK_FRESH; 1: the owner's; 0:
+            // another's (no row: unknown).
+            ownership: format!(
                 "SELECT CASE WHEN {OWNED} THEN CASE WHEN t.last_seen > clock_timestamp() - \
                  make_interval(secs => {}) THEN 2 ELSE 1 END ELSE 0 END::bigint \
                  FROM {schema}.sessions AS t WHERE t.session = $1",
@@ -77,10 +77,6 @@ impl SessionSql {
                  ON CONFLICT (session) DO NOTHING"
             ),
             known: format!("SELECT 1::bigint FROM {schema}.sessions WHERE session = $1"),
-            ownership: format!(
-                "SELECT CASE WHEN {OWNED} THEN 1 ELSE 0 END::bigint FROM {schema}.sessions AS t \
-                 WHERE t.session = $1"
-            ),
             // The end message is sent in the same statement: every replica ends the session's streams.
             forget: format!(
                 "WITH d AS (DELETE FROM {schema}.sessions WHERE session = $1 RETURNING 1) \
@@ -155,7 +151,7 @@ impl SessionStore for PgSessions {
 
     async fn check(&self, session: &str, owner: &Owner) -> Result<(), SessionError> {
         match self
-            .run_owned(&self.sql.fresh, session, owner, false)
+            .run_owned(&self.sql.ownership, session, owner, false)
             .await?
         {
             Some(2) => return Ok(()),
@@ -201,8 +197,8 @@ impl SessionStore for PgSessions {
                 .await?
             {
                 None => Ownership::Unknown,
-                Some(1) => Ownership::Mine,
-                Some(_) => Ownership::Other,
+                Some(0) => Ownership::Other,
+                Some(_) => Ownership::Mine,
             },
         )
     }

@@ -2,8 +2,9 @@
 //!
 //! Appends go through one group-commit [`writer`] per replica; reads (`read_after`, `bounds`) use
 //! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
-//! same page (many lagging cursors at one position) share one query ([`shared_reads`]). The bridge reads on its own
-//! LISTEN connection, a direct session, with the page read prepared there ([`PageReader`]).
+//! same page (many lagging cursors at one position) share one query (`shared_reads`). The bridge
+//! reads on its own LISTEN connection, a direct session, with the page read prepared there
+//! ([`PageReader`]).
 
 pub mod migrate;
 pub mod retention;

@@ -103,7 +103,8 @@ pub async fn run(db: Db, schema: String, policy: Retention, stop: CancellationTo
 }
 
 /// Forgets the least recently used sessions past `max` that no open stream holds (none marked
-/// within `lease`), a batch per transaction, one replica at a time; says how many at `warn` (the memory store says the same when it reaches its bound).
+/// within `lease`), a batch per transaction, one replica at a time; says how many at `warn` (the
+/// memory store says the same when it reaches its bound).
 async fn trim_sessions(db: &Db, sql: &RetentionSql, max: u64, lease: Duration) {
     let max_i = i64::try_from(max).unwrap_or(i64::MAX);
     let lease_secs = lease.as_secs_f64();
