@@ -17,6 +17,10 @@ const RING_SCAN: usize = 1024;
 const LOG_PAGE: usize = 1000;
 /// Most events scanned (visible or not) in one call, so one call stays bounded.
 const MAX_SCAN_PER_CALL: usize = 16 * 1024;
+/// A log page of at least this many events, of which fewer than one in [`SPARSE_RATIO`] was
+/// visible, turns the feed's log reads into filtered ones.
+const SPARSE_MIN_PAGE: usize = 64;
+const SPARSE_RATIO: usize = 4;
 
 pub struct Feed {
     bc: Broadcaster,
@@ -28,6 +32,10 @@ pub struct Feed {
     /// The log's head when the subscriber's cursor was checked: events up to it exist even if
     /// this replica's bridge has not pushed them yet, so they are read from the log.
     log_head: u64,
+    /// The log holds mostly events this viewer may not see: its log reads ask the log for the
+    /// visible ones only ([`EventLog::read_visible_after`]), instead of sharing whole pages with
+    /// other cursors at the same position and filtering them here.
+    sparse: bool,
 }
 
 /// What one read produced.
@@ -50,6 +58,7 @@ impl Feed {
             head_rx,
             behind_since: None,
             log_head: 0,
+            sparse: false,
         }
     }
 
@@ -85,20 +94,48 @@ impl Feed {
         let mut bytes = 0usize;
         let mut scanned = 0usize;
         let mut page = Vec::new();
-        'read: while scanned < MAX_SCAN_PER_CALL {
+        'read: while scanned < MAX_SCAN_PER_CALL && out.len() < max_events && bytes < max_bytes {
             page.clear();
             let read = self
                 .bc
                 .read_ring()
                 .read_after(self.cursor, RING_SCAN, &mut page);
             let ring_short = page.is_empty() && self.cursor < self.log_head;
-            if read == RingRead::Behind || ring_short {
+            let from_log = read == RingRead::Behind || ring_short;
+            if from_log && self.sparse {
+                let from = self.cursor;
+                let want = max_events.saturating_sub(out.len()).clamp(1, LOG_PAGE);
+                let visible = self
+                    .log
+                    .read_visible_after(from, MAX_SCAN_PER_CALL - scanned, want, &self.viewer)
+                    .await?;
+                self.bc
+                    .metrics()
+                    .log_reads_events
+                    .inc_by(visible.events.len() as u64);
+                for ev in visible.events {
+                    if out.len() >= max_events || bytes >= max_bytes {
+                        break 'read;
+                    }
+                    self.cursor = ev.seq;
+                    bytes += ev.frame().len();
+                    out.push(ev);
+                }
+                if visible.scanned_to <= from {
+                    break;
+                }
+                self.cursor = visible.scanned_to;
+                scanned += usize::try_from(visible.scanned_to - from).unwrap_or(usize::MAX);
+                continue;
+            }
+            if from_log {
                 page = self.log.read_after(self.cursor, LOG_PAGE).await?;
                 self.bc.metrics().log_reads_events.inc_by(page.len() as u64);
             }
             if page.is_empty() {
                 break;
             }
+            let (page_len, seen_before) = (page.len(), out.len());
             for ev in page.drain(..) {
                 if out.len() >= max_events || bytes >= max_bytes {
                     break 'read;
@@ -109,6 +146,12 @@ impl Feed {
                     bytes += ev.frame().len();
                     out.push(ev);
                 }
+            }
+            if from_log
+                && page_len >= SPARSE_MIN_PAGE
+                && (out.len() - seen_before) * SPARSE_RATIO < page_len
+            {
+                self.sparse = true;
             }
         }
         let head = observed.max(self.bc.head()).max(self.log_head);
@@ -259,6 +302,42 @@ mod tests {
         publish(&log, 1, None).await;
         assert_eq!(drain(&mut feed).await, vec![4, 5, 6]);
         assert_eq!(feed.cursor(), 6);
+    }
+
+    /// Behind the ring, a log mostly of others' events: after one shared page the feed asks the
+    /// log for what it may see only, and still gets each of its events once, in order, across
+    /// batches smaller than a page.
+    #[tokio::test]
+    async fn a_log_of_mostly_others_events_is_read_filtered() {
+        let (bc, log) = setup(8);
+        let viewer = Viewer {
+            tenant: None,
+            session: Some("mine".into()),
+        };
+        let mut feed = Feed::new(bc.clone(), log.clone(), viewer, 0);
+        for _ in 0..10 {
+            publish(&log, 499, Some("other")).await;
+            publish(&log, 1, Some("mine")).await;
+        }
+        publish(&log, 2, None).await;
+        let mut seen = vec![];
+        loop {
+            let b = feed.next_batch(3, usize::MAX).await.expect("read");
+            assert!(b.events.len() <= 3);
+            seen.extend(b.events.iter().map(|e| e.seq));
+            if !b.more {
+                break;
+            }
+        }
+        let mut want: Vec<u64> = (1..=10).map(|i| i * 500).collect();
+        want.extend([5001, 5002]);
+        assert_eq!(seen, want);
+        assert_eq!(feed.cursor(), 5002);
+        let fetched = bc.metrics().log_reads_events.get();
+        assert!(
+            fetched <= LOG_PAGE as u64 + want.len() as u64,
+            "one shared page, then only visible events: {fetched}"
+        );
     }
 
     #[tokio::test]

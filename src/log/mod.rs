@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 
-use crate::event::{Cursor, NewEvent, StoredEvent};
+use crate::event::{Cursor, NewEvent, StoredEvent, Viewer};
 
 /// What a log knows about its extent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +81,17 @@ pub struct Appended {
     pub new_events: usize,
 }
 
+/// What one viewer may see of a stretch of the log ([`EventLog::read_visible_after`]).
+#[derive(Debug, Clone, Default)]
+pub struct VisiblePage {
+    /// The viewer's events, in seq order.
+    pub events: Vec<Arc<StoredEvent>>,
+    /// Every event up to this seq was looked at: the last one returned when the limit was
+    /// reached, else the end of the stretch looked at (never past the head). Equal to the cursor
+    /// read after when there was nothing after it.
+    pub scanned_to: u64,
+}
+
 /// The ordered event log.
 #[async_trait]
 pub trait EventLog: Send + Sync + 'static {
@@ -95,6 +106,36 @@ pub trait EventLog: Send + Sync + 'static {
     /// some of them are gone.
     async fn read_after(&self, after: u64, limit: usize)
         -> Result<Vec<Arc<StoredEvent>>, LogError>;
+
+    /// Up to `limit` events after `after` that `viewer` may see ([`Target::visible_to`]), looking
+    /// at no more than the next `scan` positions: a cursor behind many events it may not see
+    /// (another tenant's) costs what it is sent, not what it passes over. [`LogError::CursorPruned`]
+    /// as [`EventLog::read_after`]. The default reads `scan` events and keeps the visible ones
+    /// (a log in memory); the Postgres log filters in the database.
+    ///
+    /// [`Target::visible_to`]: crate::event::Target::visible_to
+    async fn read_visible_after(
+        &self,
+        after: u64,
+        scan: usize,
+        limit: usize,
+        viewer: &Viewer,
+    ) -> Result<VisiblePage, LogError> {
+        let mut page = VisiblePage {
+            events: Vec::new(),
+            scanned_to: after,
+        };
+        for ev in self.read_after(after, scan).await? {
+            if page.events.len() >= limit {
+                break;
+            }
+            page.scanned_to = ev.seq;
+            if ev.target.visible_to(viewer) {
+                page.events.push(ev);
+            }
+        }
+        Ok(page)
+    }
 
     /// The head and the pruned watermark, read from the log itself.
     async fn bounds(&self) -> Result<Bounds, LogError>;

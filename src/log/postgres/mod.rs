@@ -2,7 +2,8 @@
 //!
 //! Appends go through one group-commit [`writer`] per replica; reads (`read_after`, `bounds`) use
 //! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
-//! same page (many lagging cursors at one position) share one query (`shared_reads`). The bridge
+//! same page (many lagging cursors at one position) share one query (`shared_reads`); a viewer's
+//! read of what it may see is filtered in the database (`read_visible_after`). The bridge
 //! reads on its own LISTEN connection, a direct session, with the page read prepared there
 //! ([`PageReader`]).
 
@@ -18,9 +19,10 @@ use async_trait::async_trait;
 use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 
-use super::{AppendRequest, Appended, Bounds, EventLog, LogError};
+use super::{AppendRequest, Appended, Bounds, EventLog, LogError, VisiblePage};
 use crate::db::{column, timed, Db, DbError};
-use crate::event::{StoredEvent, Target};
+use crate::event::{StoredEvent, Target, Viewer};
+use shared_reads::{Key, View};
 
 impl From<DbError> for LogError {
     fn from(e: DbError) -> LogError {
@@ -53,6 +55,7 @@ struct LogSql {
     set_payload_limit: String,
     epoch: String,
     page_after: String,
+    visible_after: String,
     bounds: String,
 }
 
@@ -68,12 +71,21 @@ impl LogSql {
                  FROM {schema}.meta m LEFT JOIN LATERAL ( \
                      SELECT * FROM {schema}.events WHERE seq > $1 ORDER BY seq LIMIT $2) e ON true"
             ),
+            // The same columns, then the head, all in one snapshot: every event up to the head
+            // is committed and visible in it (seqs are given under the head row's lock).
+            visible_after: format!(
+                "SELECT m.pruned, e.seq, e.method, e.params, e.tenant, e.session, e.committed_at, \
+                 h.seq FROM {schema}.meta m CROSS JOIN {schema}.head h LEFT JOIN LATERAL ( \
+                     SELECT * FROM {schema}.events WHERE seq > $1 AND seq <= $2 \
+                     AND (tenant IS NULL OR tenant = $3) AND (session IS NULL OR session = $4) \
+                     ORDER BY seq LIMIT $5) e ON true"
+            ),
             bounds: format!("SELECT h.seq, m.pruned FROM {schema}.head h, {schema}.meta m"),
         }
     }
 }
 
-type Page = Arc<Vec<Arc<StoredEvent>>>;
+type Page = Arc<VisiblePage>;
 
 /// A clonable read error, so one failed shared read answers every waiter.
 #[derive(Debug, Clone)]
@@ -214,6 +226,42 @@ impl Inner {
         self.decode_page(after, &rows)
     }
 
+    /// What `view` may see after `after` up to `view.upto`, at most `limit` events.
+    async fn fetch_visible(
+        &self,
+        after: u64,
+        limit: usize,
+        view: &View,
+    ) -> Result<VisiblePage, LogError> {
+        let (after_i, limit_i) = page_params(after, limit);
+        let upto_i = i64::try_from(view.upto).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .query(
+                &self.sql.visible_after,
+                &[
+                    (&after_i, Type::INT8),
+                    (&upto_i, Type::INT8),
+                    (&view.tenant, Type::TEXT),
+                    (&view.session, Type::TEXT),
+                    (&limit_i, Type::INT8),
+                ],
+            )
+            .await?;
+        let events = self.decode_page(after, &rows)?;
+        let scanned_to = match events.last() {
+            Some(last) if events.len() >= limit => last.seq,
+            _ => {
+                let head = match rows.first() {
+                    Some(r) => column::<i64>(r, 7)? as u64,
+                    None => after,
+                };
+                view.upto.min(head).max(after)
+            }
+        };
+        Ok(VisiblePage { events, scanned_to })
+    }
+
     /// A page's rows as events; refused when the cursor is below the pruned watermark.
     fn decode_page(
         &self,
@@ -342,18 +390,41 @@ impl EventLog for PgLog {
     ) -> Result<Vec<Arc<StoredEvent>>, LogError> {
         let inner = self.inner.clone();
         let fetch = async move {
-            inner
-                .fetch_after(after, limit)
-                .await
-                .map(Arc::new)
-                .map_err(ReadError::from)
+            let events = inner.fetch_after(after, limit).await?;
+            let scanned_to = events.last().map_or(after, |e| e.seq);
+            Ok(Arc::new(VisiblePage { events, scanned_to }))
         };
         Ok(self
             .reads
-            .read((after, limit), fetch)
+            .read(Key::page(after, limit), fetch)
             .await?
-            .as_ref()
+            .events
             .clone())
+    }
+
+    async fn read_visible_after(
+        &self,
+        after: u64,
+        scan: usize,
+        limit: usize,
+        viewer: &Viewer,
+    ) -> Result<VisiblePage, LogError> {
+        let view = View {
+            upto: after.saturating_add(u64::try_from(scan).unwrap_or(u64::MAX)),
+            tenant: viewer.tenant.clone(),
+            session: viewer.session.clone(),
+        };
+        let key = Key {
+            after,
+            limit,
+            view: Some(view.clone()),
+        };
+        let inner = self.inner.clone();
+        let fetch = async move {
+            let page = inner.fetch_visible(after, limit, &view).await?;
+            Ok(Arc::new(page))
+        };
+        Ok(self.reads.read(key, fetch).await?.as_ref().clone())
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {

@@ -14,8 +14,33 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 
 use super::{Page, ReadError, SharedError};
 
-/// A read's key: the cursor it reads after and its page size.
-pub(super) type Key = (u64, usize);
+/// A read's key: the cursor it reads after, its page size and, for one viewer's read, how far it
+/// looks and whose view it is.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct Key {
+    pub after: u64,
+    pub limit: usize,
+    pub view: Option<View>,
+}
+
+/// A viewer's filtered read: positions up to `upto`, what `tenant` and `session` may see.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub(super) struct View {
+    pub upto: u64,
+    pub tenant: Option<String>,
+    pub session: Option<String>,
+}
+
+impl Key {
+    /// Everything after `after`, `limit` events.
+    pub(super) fn page(after: u64, limit: usize) -> Key {
+        Key {
+            after,
+            limit,
+            view: None,
+        }
+    }
+}
 
 type SharedRead = Shared<BoxFuture<'static, Result<Page, ReadError>>>;
 
@@ -45,12 +70,13 @@ impl SharedReads {
                 table.next += 1;
                 let id = table.next;
                 let own = self.table.clone();
+                let key_done = key.clone();
                 // Spawned while the table is locked: it cannot remove its entry before it is in.
                 let task = tokio::spawn(async move {
                     let result = fetch.await;
                     let mut table = lock(&own);
-                    if table.reads.get(&key).is_some_and(|(i, _)| *i == id) {
-                        table.reads.remove(&key);
+                    if table.reads.get(&key_done).is_some_and(|(i, _)| *i == id) {
+                        table.reads.remove(&key_done);
                     }
                     result
                 });
@@ -92,7 +118,7 @@ mod tests {
     async fn held_fetch(go: Arc<Notify>, done: Arc<AtomicUsize>) -> Result<Page, ReadError> {
         go.notified().await;
         done.fetch_add(1, Ordering::SeqCst);
-        Ok(Arc::new(Vec::new()))
+        Ok(Arc::default())
     }
 
     async fn until(what: &str, mut cond: impl FnMut() -> bool) {
@@ -113,7 +139,7 @@ mod tests {
         let (go, done) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
         let waiter = {
             let (reads, fetch) = (reads.clone(), held_fetch(go.clone(), done.clone()));
-            tokio::spawn(async move { reads.read((7, 10), fetch).await })
+            tokio::spawn(async move { reads.read(Key::page(7, 10), fetch).await })
         };
         until("the read starts", || reads.running() == 1).await;
         waiter.abort();
@@ -131,8 +157,8 @@ mod tests {
     async fn concurrent_reads_of_one_key_share_one_query() {
         let reads = SharedReads::default();
         let (go, done) = (Arc::new(Notify::new()), Arc::new(AtomicUsize::new(0)));
-        let first = reads.read((1, 10), held_fetch(go.clone(), done.clone()));
-        let second = reads.read((1, 10), held_fetch(go.clone(), done.clone()));
+        let first = reads.read(Key::page(1, 10), held_fetch(go.clone(), done.clone()));
+        let second = reads.read(Key::page(1, 10), held_fetch(go.clone(), done.clone()));
         futures::pin_mut!(first, second);
         assert!(futures::poll!(&mut first).is_pending());
         assert!(futures::poll!(&mut second).is_pending(), "both waiting");
@@ -143,7 +169,7 @@ mod tests {
         until("the table is empty", || reads.running() == 0).await;
         go.notify_one();
         assert!(reads
-            .read((1, 10), held_fetch(go.clone(), done.clone()))
+            .read(Key::page(1, 10), held_fetch(go.clone(), done.clone()))
             .await
             .is_ok());
         assert_eq!(done.load(Ordering::SeqCst), 2, "a later read queries again");
