@@ -2,11 +2,13 @@
 //!
 //! Appends go through one group-commit [`writer`] per replica; reads (`read_after`, `bounds`) use
 //! the pool with unnamed statements (PgBouncer transaction mode works). Concurrent reads of the
-//! same page (many lagging cursors at one position) share one query (`shared_reads`); a viewer's
+//! same page (many lagging cursors at one position) share one query (`shared_reads`), concurrent
+//! reads of the bounds share the next query to start (`fresh_reads`); a viewer's
 //! read of what it may see is filtered in the database (`read_visible_after`). The bridge
 //! reads on its own LISTEN connection, a direct session, with the page read prepared there
 //! ([`PageReader`]).
 
+mod fresh_reads;
 pub mod migrate;
 pub mod retention;
 mod shared_reads;
@@ -41,6 +43,7 @@ pub struct PgLog {
     writer: writer::Writer,
     writer_task: writer::WriterTask,
     reads: shared_reads::SharedReads,
+    bounds_reads: fresh_reads::FreshReads<Bounds>,
 }
 
 struct Inner {
@@ -182,6 +185,7 @@ impl PgLog {
             writer_task,
             inner,
             reads: shared_reads::SharedReads::default(),
+            bounds_reads: fresh_reads::FreshReads::default(),
         })
     }
 
@@ -224,6 +228,17 @@ impl Inner {
             )
             .await?;
         self.decode_page(after, &rows)
+    }
+
+    async fn fetch_bounds(&self) -> Result<Bounds, LogError> {
+        let row = self.db.query(&self.sql.bounds, &[]).await?;
+        let r = row
+            .first()
+            .ok_or_else(|| LogError::Internal(Box::new(DbError::MissingHead)))?;
+        Ok(Bounds {
+            head: column::<i64>(r, 0)? as u64,
+            pruned: column::<i64>(r, 1)? as u64,
+        })
     }
 
     /// What `view` may see after `after` up to `view.upto`, at most `limit` events.
@@ -428,20 +443,28 @@ impl EventLog for PgLog {
     }
 
     async fn bounds(&self) -> Result<Bounds, LogError> {
-        let row = self.inner.db.query(&self.inner.sql.bounds, &[]).await?;
-        let r = row
-            .first()
-            .ok_or_else(|| LogError::Internal(Box::new(DbError::MissingHead)))?;
-        Ok(Bounds {
-            head: column::<i64>(r, 0)? as u64,
-            pruned: column::<i64>(r, 1)? as u64,
-        })
+        let inner = self.inner.clone();
+        let fetch = move || async move { inner.fetch_bounds().await.map_err(ReadError::from) };
+        Ok(self.bounds_reads.read(fetch).await?)
     }
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    /// Waits (yielding, up to 5 s) until `cond` holds; panics naming `what` if it never does.
+    pub(in crate::log::postgres) async fn until(what: &str, mut cond: impl FnMut() -> bool) {
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !cond() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{what}"));
+    }
 
     /// A shared read's failure answers each waiter with the error itself: its text and its causes.
     #[test]

@@ -108,10 +108,10 @@ fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::time::Duration;
 
     use tokio::sync::Notify;
 
+    use super::super::tests::until;
     use super::*;
 
     /// A fetch that waits for `go`, then counts its end in `done`.
@@ -119,16 +119,6 @@ mod tests {
         go.notified().await;
         done.fetch_add(1, Ordering::SeqCst);
         Ok(Arc::default())
-    }
-
-    async fn until(what: &str, mut cond: impl FnMut() -> bool) {
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while !cond() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("{what}"));
     }
 
     /// Every waiter gone before the query ends: it still runs to its end (its connection goes
