@@ -5,7 +5,9 @@
 //! trip, not one per request, and a lone caller waits no longer than before.
 //!
 //! Like the shared page reads, each query runs to its end in a task of its own, so a query whose
-//! callers all left still gives its pooled connection back.
+//! callers all left still gives its pooled connection back. The price: while the database does
+//! not answer, a caller queued behind a hanging query waits for it and then for its own, up to
+//! twice the database timeout (`FANOUT_DB_TIMEOUT_MS`) before its `503`.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
