@@ -466,6 +466,15 @@ fn listen_cases() -> Vec<Case> {
             -32022,
             json!(1),
         ),
+        // The id is the subscription id, kept as long as the stream: at most 256 bytes.
+        case(
+            "an id of 257 bytes",
+            listen_headers(),
+            listen_body(json!("i".repeat(257)), None).to_string(),
+            400,
+            -32600,
+            Value::Null,
+        ),
         // A filter lives as long as its stream: at most 256 URIs, 16 KiB of them together.
         case(
             "257 resource subscriptions",

@@ -118,6 +118,12 @@ pub fn validate(
             format!("Method not found: {method} (this service answers only {LISTEN_METHOD})"),
         ));
     }
+    if id_bytes(id) > MAX_SUBSCRIPTION_ID_BYTES {
+        return Err(Refusal::invalid(
+            "Invalid Request: a subscriptions/listen id must be at most 256 bytes (it is the \
+             subscription id, kept for the stream's life and sent in each of its messages)",
+        ));
+    }
     if version != LISTEN_PROTOCOL_VERSION {
         let mut e = Refusal::new(
             StatusCode::BAD_REQUEST,
@@ -182,6 +188,18 @@ fn matching_headers(
         }
     }
     Ok(version)
+}
+
+/// Most bytes of a listen request's id (a string's UTF-8, a number as written): it is the
+/// subscription id, kept as long as the stream and copied into each message (a 1 MB id was
+/// ~1.1 MB per stream, and each event ~1 GB of framing at 1,000 such streams).
+pub const MAX_SUBSCRIPTION_ID_BYTES: usize = 256;
+
+fn id_bytes(id: &Value) -> usize {
+    match id {
+        Value::String(s) => s.len(),
+        other => other.to_string().len(),
+    }
 }
 
 /// Most URIs one listen stream's `resourceSubscriptions` may name.
@@ -498,6 +516,18 @@ mod tests {
         assert_eq!(
             refused(&old, m, Some(b"2025-11-25")),
             Some((StatusCode::BAD_REQUEST, codes::UNSUPPORTED_PROTOCOL_VERSION))
+        );
+        // The subscription id: at most 256 bytes (UTF-8), kept for the stream's life.
+        let with_id = |id: Value| {
+            let mut l = listen.clone();
+            l["id"] = id;
+            l
+        };
+        assert!(validate(&with_id(json!("é".repeat(128))), m, v).is_ok());
+        assert!(validate(&with_id(json!(u64::MAX)), m, v).is_ok());
+        assert_eq!(
+            refused(&with_id(json!(format!("{}x", "é".repeat(128)))), m, v),
+            Some((StatusCode::BAD_REQUEST, codes::INVALID_REQUEST))
         );
     }
 
