@@ -599,9 +599,11 @@ async fn the_era_bridge_renews_its_session_when_the_upstream_forgets_it() {
     assert_eq!(after["initialized"], 2, "one new handshake: {after}");
 }
 
-/// In proxy + JWT mode a session's `DELETE` is its owner's, as its GET is: without a credential it
-/// gets `401`, from another principal (the same `sub` of another tenant, a token without `sub`)
-/// `403`, and her stream goes on; her own `DELETE` ends it on every replica. A minted id that was
+/// In proxy + JWT mode a session's `DELETE` is its owner's, as its GET is, and so are the POSTs
+/// and the resuming GETs (a cursor of the upstream's) the proxy forwards in it: without a
+/// credential they get `401`, from another principal (the same `sub` of another tenant, a token
+/// without `sub`) `403`, and her stream goes on; her own call goes through, her own `DELETE` ends
+/// the session on every replica. A minted id that was
 /// never recorded is `404`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_its_owner_deletes_a_session_in_jwt_mode() {
@@ -636,18 +638,19 @@ async fn only_its_owner_deletes_a_session_in_jwt_mode() {
     let (session, stream_req, mut stream) =
         open_minted_session(a, &[("authorization", alice.as_str())]).await;
 
-    let delete = |session: String, authorization: Option<String>| async move {
-        let mut req = e2e::http()
-            .delete(b.public_url("/mcp"))
+    // A request through B in `session`, with `authorization` if any.
+    let send = |req: reqwest::RequestBuilder, session: String, authorization: Option<String>| async move {
+        let mut req = req
             .header("mcp-session-id", &session)
             .header("mcp-protocol-version", "2025-11-25");
         if let Some(auth) = authorization {
             req = req.header("authorization", auth);
         }
-        HttpResponse::read(req.send().await.expect("DELETE through B"))
+        HttpResponse::read(req.send().await.expect("a request through B"))
             .await
-            .expect("the DELETE's answer")
+            .expect("its answer")
     };
+    let delete = |session, auth| send(e2e::http().delete(b.public_url("/mcp")), session, auth);
     let refused = [
         ("no credential", None, 401, "unauthorized"),
         (
@@ -663,15 +666,56 @@ async fn only_its_owner_deletes_a_session_in_jwt_mode() {
             "forbidden",
         ),
     ];
+    // Her session named in a forwarded POST or in a GET resuming an upstream stream (a cursor
+    // that is not ours): refused alike, before anything reaches the upstream.
+    let post = |session, auth| {
+        let call = json!({"jsonrpc": "2.0", "id": 9, "method": "tools/call",
+            "params": {"name": "add", "arguments": {"a": 1, "b": 2}}});
+        let req = e2e::http()
+            .post(b.public_url("/mcp"))
+            .header("content-type", "application/json")
+            .header("accept", "application/json, text/event-stream")
+            .body(call.to_string());
+        send(req, session, auth)
+    };
+    let resume = |session, auth| {
+        let req = e2e::http()
+            .get(b.public_url("/mcp"))
+            .header("accept", "text/event-stream")
+            .header("last-event-id", "an-upstream-event-7");
+        send(req, session, auth)
+    };
     for (what, auth, status, code) in refused {
-        let resp = delete(session.clone(), auth).await;
+        let resp = delete(session.clone(), auth.clone()).await;
         expect_http_error(
             &format!("DELETE of alice's session by {what}"),
             &resp,
             status,
             code,
         );
+        let resp = resume(session.clone(), auth.clone()).await;
+        expect_http_error(
+            &format!("a resuming GET of alice's session by {what}"),
+            &resp,
+            status,
+            code,
+        );
+        let resp = post(session.clone(), auth).await;
+        assert_eq!(
+            resp.status.as_u16(),
+            status,
+            "tools/call in alice's session by {what}: {}",
+            resp.text()
+        );
+        let answer: Value = serde_json::from_slice(&resp.body).expect("a JSON-RPC answer");
+        assert!(
+            answer["error"]["message"].is_string() && answer.get("result").is_none(),
+            "tools/call in alice's session by {what}: {answer}"
+        );
     }
+    // Her own call in her session is forwarded.
+    let hers = post(session.clone(), Some(alice.clone())).await;
+    assert_eq!(hers.status.as_u16(), 200, "her own call: {}", hers.text());
     // Her stream goes on: her session's next event is the next thing on it.
     let id = b
         .publish_ok(&json!({

@@ -172,18 +172,40 @@ async fn authorize_delete(st: &AppState, headers: &HeaderMap) -> Result<Option<O
         return Ok(None);
     };
     let owner = identity.session_owner()?;
-    match st.sessions.ownership(&session, &owner).await {
-        Ok(Ownership::Mine) => Ok(Some(owner)),
-        Ok(Ownership::Other) => Err(AppError::Forbidden(
-            "this session belongs to another principal",
-        )),
-        Ok(Ownership::Unknown) if minted::is_minted(session.as_bytes()) => {
+    match callers_session(st, &session, &owner).await? {
+        Ownership::Unknown if minted::is_minted(session.as_bytes()) => {
             Err(AppError::SessionNotFound)
         }
-        Ok(Ownership::Unknown) => Ok(Some(owner)),
-        Err(SessionError::Forbidden) => Err(AppError::Forbidden(
+        _ => Ok(Some(owner)),
+    }
+}
+
+/// A forwarded request's session, if it names one, must be the caller's (a token without `sub`
+/// can use none), as for its GET and its DELETE.
+async fn forwardable_session(
+    st: &AppState,
+    headers: &HeaderMap,
+    identity: &Identity,
+) -> Result<(), AppError> {
+    if let Some(session) = headers::session_id(headers)? {
+        callers_session(st, &session, &identity.session_owner()?).await?;
+    }
+    Ok(())
+}
+
+/// Whether `owner` may name `session` in a request the proxy forwards: `403` when a session
+/// recorded here is another principal's; a session not recorded here is the upstream's to answer
+/// (`Unknown`).
+pub(super) async fn callers_session(
+    st: &AppState,
+    session: &str,
+    owner: &Owner,
+) -> Result<Ownership, AppError> {
+    match st.sessions.ownership(session, owner).await {
+        Ok(Ownership::Other) | Err(SessionError::Forbidden) => Err(AppError::Forbidden(
             "this session belongs to another principal",
         )),
+        Ok(mine_or_unknown) => Ok(mine_or_unknown),
         Err(SessionError::Unavailable(error)) => {
             tracing::warn!(%error, "cannot check the session's owner");
             Err(AppError::DatabaseUnavailable)
@@ -232,6 +254,11 @@ async fn handle(
     if let Some(up) = &st.upstream {
         if rpc_method.as_deref() != Some(LISTEN_METHOD) {
             let adapted = up.bridges_2026_clients() && era_adapter::is_modern_request(&headers);
+            if !adapted {
+                if let Err(e) = forwardable_session(&st, &headers, &identity).await {
+                    return Err(RpcError::from_app(e, &proxy::request_id(&bytes)));
+                }
+            }
             // The owner of a session this request creates upstream; a request that names no
             // one (a token without `sub`) creates a session nobody can use here. Only an
             // `initialize` (or an adapted request, which may open one) records a session, so

@@ -438,16 +438,21 @@ async fn end_session(st: &AppState, session: &str) {
 
 /// A JSON-RPC error answering the request in `request_body` (its id, when it has one), counted
 /// in `http_errors` as `code`.
+/// The id of a request answered by the proxy itself (`null` when it has none).
+pub(super) fn request_id(body: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|v| v.get("id").cloned())
+        .unwrap_or(Value::Null)
+}
+
 fn upstream_error(
     status: StatusCode,
     code: &'static str,
     request_body: &[u8],
     message: &str,
 ) -> Response {
-    let id = serde_json::from_slice::<Value>(request_body)
-        .ok()
-        .and_then(|v| v.get("id").cloned())
-        .unwrap_or(Value::Null);
+    let id = request_id(request_body);
     (
         status,
         axum::Extension(ErrorCode(code)),

@@ -62,6 +62,9 @@ pub async fn get_mcp(
     if let Some(up) = &st.upstream {
         // A cursor that is not ours resumes one of the upstream's POST streams: forward it.
         if matches!(cursor, Cursor::Foreign(_)) {
+            if let (Some(session), Some(owner)) = (&session, &owner) {
+                super::listen::callers_session(&st, session, owner).await?;
+            }
             let forward = Forward {
                 method: Method::GET,
                 headers,
