@@ -770,3 +770,56 @@ async fn a_token_naming_a_claim_twice_is_refused() {
         .await
         .expect("the same claims named once open a stream");
 }
+
+/// `exp` is kept with its fraction (identity.md): a token whose `exp` + leeway passed a fraction
+/// of a second ago is refused, on every path. The decoder compares whole seconds, so such a token
+/// was accepted for up to a second past its expiry (the third hostile probe: 16 of 20 at 0.7 s).
+/// Each round waits for the middle of a wall-clock second and signs `exp` 0.2 s after that
+/// second began — already past (leeway 0), and not past in whole seconds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exp_a_fraction_of_a_second_past_is_refused() {
+    let r = start_memory(
+        "jwt-exp-fraction",
+        &[
+            ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_SECRET", SECRET),
+            ("FANOUT_JWT_LEEWAY_SECS", "0"),
+        ],
+    )
+    .await;
+    let now = || {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("the clock is after 1970")
+    };
+    let token = |exp: f64| {
+        format!(
+            "Bearer {}",
+            hs256(SECRET, &json!({ "sub": "alice", "exp": exp }))
+        )
+    };
+    let live = token(now().as_secs_f64() + 60.5);
+    let ok = poll_with(&r, "timeout=0", &[("authorization".into(), live)]).await;
+    assert_eq!(ok.status, 200, "a live token: {}", ok.text());
+    for round in 0..3 {
+        // The middle of a second: the request is answered before the next one begins.
+        while !(400..600).contains(&now().subsec_millis()) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let exp = now().as_secs() as f64 + 0.2;
+        let auth = token(exp);
+        let resp = poll_with(&r, "timeout=0", &[("authorization".into(), auth.clone())]).await;
+        expect_http_error(&format!("round {round}: /poll"), &resp, 401, "unauthorized");
+        let conn = r
+            .subscribe(&SseRequest::mcp().header("authorization", &auth))
+            .await
+            .expect("GET /mcp");
+        expect_sse_error(
+            &format!("round {round}: GET /mcp"),
+            conn,
+            401,
+            "unauthorized",
+        )
+        .await;
+    }
+}

@@ -162,6 +162,14 @@ impl JwtVerifier {
         let exp = numeric_date(&claims, "exp")?.ok_or_else(|| {
             AuthError::Unauthenticated("the token is not valid: the `exp` claim is missing".into())
         })?;
+        // (Checked by the decoder too, on whole seconds: up to a second late; here with the
+        // fraction.)
+        let expires_at = exp.checked_add(self.leeway).unwrap_or(exp);
+        if expires_at <= SystemTime::now() {
+            return Err(AuthError::Unauthenticated(
+                "the token is not valid: it has expired (`exp` is past)".into(),
+            ));
+        }
         if let Some(nbf) = numeric_date(&claims, "nbf")? {
             // (Checked by the decoder too, on whole seconds; here with the fraction.)
             let latest = SystemTime::now().checked_add(self.leeway);
@@ -190,7 +198,7 @@ impl JwtVerifier {
         Ok(Identity {
             tenant,
             principal,
-            expires_at: Some(exp.checked_add(self.leeway).unwrap_or(exp)),
+            expires_at: Some(expires_at),
         })
     }
 
