@@ -244,6 +244,15 @@ async fn only_valid_tokens_are_accepted_and_the_tenant_claim_decides_visibility(
             "a tenant claim that is an object",
             Some(bearer(&good("alice", &json!({ "org": { "id": "A" } })))),
         ),
+        // The tenants a publish can target: 1 to 256 bytes without control characters.
+        (
+            "a tenant claim of 257 bytes",
+            Some(bearer(&good("alice", &json!({ "org": "a".repeat(257) })))),
+        ),
+        (
+            "a tenant claim with a control character",
+            Some(bearer(&good("alice", &json!({ "org": "A\u{1}" })))),
+        ),
     ];
     // (Checked at the end, so one wrongly accepted form does not hide the rest of the test.)
     let mut refusals = Vec::new();

@@ -20,6 +20,7 @@ use tokio::sync::RwLock;
 
 use super::{AuthError, Identity, Principal};
 use crate::config::ServeConfig;
+use crate::event::input::validate_tenant;
 use crate::event::json::{parse_json, JsonError, StrictObject};
 
 /// The latest time a token's time claims may name: 9999-12-31T23:59:59Z (RFC 3339's last second).
@@ -191,6 +192,13 @@ impl JwtVerifier {
                 )))
             }
         };
+        // The same tenants as a publish can target (a longer one could never match, and each
+        // stream keeps it).
+        if let Some(t) = &tenant {
+            validate_tenant(t).map_err(|reason| {
+                AuthError::Unauthenticated(format!("the `{}` claim {reason}", self.tenant_claim))
+            })?;
+        }
         let principal = Principal::Token {
             issuer: string_claim(&claims, "iss")?,
             subject: string_claim(&claims, "sub")?,

@@ -16,7 +16,7 @@ use std::time::SystemTime;
 use axum::http::{HeaderMap, HeaderName};
 
 use crate::config::{ServeConfig, SubscriberAuthMode};
-use crate::event::input::MAX_TENANT_BYTES;
+use crate::event::input::{validate_tenant, MAX_TENANT_BYTES};
 use crate::session::Owner;
 
 /// A verified subscriber.
@@ -118,12 +118,7 @@ impl SubscriberAuth {
                     Some(v) => {
                         let t =
                             std::str::from_utf8(v.as_bytes()).map_err(|_| invalid_tenant(name))?;
-                        if t.is_empty()
-                            || t.len() > MAX_TENANT_BYTES
-                            || t.chars().any(char::is_control)
-                        {
-                            return Err(invalid_tenant(name));
-                        }
+                        validate_tenant(t).map_err(|_| invalid_tenant(name))?;
                         Some(t.to_owned())
                     }
                 };

@@ -259,7 +259,9 @@ pub fn validate_visible_ascii(s: &str, max: usize) -> Result<(), String> {
     Ok(())
 }
 
-fn validate_tenant(s: &str) -> Result<(), String> {
+/// A tenant, wherever it comes from (a publish, the gateway's header, a token's claim): 1 to
+/// [`MAX_TENANT_BYTES`] bytes without control characters.
+pub fn validate_tenant(s: &str) -> Result<(), String> {
     if s.is_empty() || s.len() > MAX_TENANT_BYTES {
         return Err(format!("must be 1 to {MAX_TENANT_BYTES} bytes"));
     }
