@@ -22,6 +22,7 @@ pub struct StoredEvent {
     frame: Bytes,
     id: Range<usize>,
     message: Range<usize>,
+    params: Option<Range<usize>>,
 }
 
 impl StoredEvent {
@@ -46,10 +47,12 @@ impl StoredEvent {
         let msg_start = out.len();
         out.push_str(r#"{"jsonrpc":"2.0","method":"#);
         out.push_str(&method_json);
-        if let Some(params) = params {
+        let params = params.map(|params| {
             out.push_str(r#","params":"#);
+            let start = out.len();
             out.push_str(params);
-        }
+            start..out.len()
+        });
         out.push('}');
         let msg_end = out.len();
         out.push_str("\n\n");
@@ -61,6 +64,7 @@ impl StoredEvent {
             frame: Bytes::from(out),
             id: id_start..id_end,
             message: msg_start..msg_end,
+            params,
         }
     }
 
@@ -72,6 +76,12 @@ impl StoredEvent {
     /// The JSON-RPC notification: exactly the frame's `data:` line.
     pub fn message(&self) -> Bytes {
         self.frame.slice(self.message.clone())
+    }
+
+    /// The `params` member's JSON text as stored, if the event has one: the message ends with it
+    /// and the message's closing brace.
+    pub fn params(&self) -> Option<Bytes> {
+        self.params.clone().map(|r| self.frame.slice(r))
     }
 
     /// The event id, `<epoch>-<seq>`.

@@ -342,7 +342,7 @@ async fn open_stream(
     };
     let stream = Stream::from(Parts {
         preamble: Some(listen::acknowledgement(&id, &filter)),
-        framing: ListenFraming { filter, id },
+        framing: ListenFraming::new(filter, id),
         feed: Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, head),
         coalescer: Coalescer::new(st.config.coalesce_window()),
         ends,

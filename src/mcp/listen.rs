@@ -320,8 +320,46 @@ pub fn acknowledgement(subscription_id: &Value, filter: &Filter) -> Bytes {
 }
 
 /// An event as this stream sends it: its message with the subscription id in `params._meta`
-/// (no `id:` line: listen streams are not resumable).
-pub fn event_frame(ev: &StoredEvent, subscription_id: &Value) -> Bytes {
+/// (no `id:` line: listen streams are not resumable). `meta` is the stream's
+/// [`meta_member`]: the message's bytes are copied with it spliced in as the last member of
+/// `params` — nothing parsed or encoded per stream and event — unless `params` is not an object
+/// or may name `_meta` already, which takes the parse.
+pub fn event_frame(ev: &StoredEvent, meta: &str, subscription_id: &Value) -> Bytes {
+    let message = ev.message();
+    let (head, tail): (&[u8], &str) = match ev.params() {
+        // `{"jsonrpc":"2.0","method":…}` → `…,"params":{<meta>}}`
+        None => (&message[..message.len() - 1], ",\"params\":{"),
+        Some(p) if p.starts_with(b"{") && p.ends_with(b"}") && !contains(&p, b"\"_meta\"") => {
+            // `…,"params":{…}}` → `…,"params":{…,<meta>}}`
+            let head = &message[..message.len() - 2];
+            (head, if p.len() == 2 { "" } else { "," })
+        }
+        Some(_) => return event_frame_parsed(ev, subscription_id),
+    };
+    let mut out = BytesMut::with_capacity(head.len() + meta.len() + 16);
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(head);
+    out.extend_from_slice(tail.as_bytes());
+    out.extend_from_slice(meta.as_bytes());
+    out.extend_from_slice(b"}}\n\n");
+    out.freeze()
+}
+
+/// `"_meta":{"io.modelcontextprotocol/subscriptionId":<id>}`: what each of a stream's messages
+/// gets in `params`, encoded once per stream.
+pub fn meta_member(subscription_id: &Value) -> String {
+    format!(
+        "\"_meta\":{}",
+        json!({ SUBSCRIPTION_ID_KEY: subscription_id })
+    )
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// [`event_frame`] by parsing the message and adding the id to its `params._meta`.
+fn event_frame_parsed(ev: &StoredEvent, subscription_id: &Value) -> Bytes {
     let mut message: Value = serde_json::from_slice(&ev.message()).unwrap_or(Value::Null);
     if let Some(obj) = message.as_object_mut() {
         let params = obj.entry("params").or_insert_with(|| json!({}));
@@ -347,9 +385,18 @@ pub fn complete(subscription_id: &Value) -> Bytes {
 /// A listen stream's framing: the events the client opted into, each carrying the subscription
 /// id; the `subscriptions/listen` result ends it.
 pub struct ListenFraming {
-    pub filter: Filter,
+    filter: Filter,
     /// The subscription id: the listen request's JSON-RPC id.
-    pub id: Value,
+    id: Value,
+    /// [`meta_member`] of the id.
+    meta: String,
+}
+
+impl ListenFraming {
+    pub fn new(filter: Filter, id: Value) -> ListenFraming {
+        let meta = meta_member(&id);
+        ListenFraming { filter, id, meta }
+    }
 }
 
 impl Framing for ListenFraming {
@@ -358,7 +405,7 @@ impl Framing for ListenFraming {
         let mut out = BytesMut::new();
         let mut sent = 0u64;
         for ev in events.iter().filter(|e| self.filter.wants(e)) {
-            out.extend_from_slice(&event_frame(ev, &self.id));
+            out.extend_from_slice(&event_frame(ev, &self.meta, &self.id));
             sent += 1;
         }
         (sent > 0).then(|| (Chunk::Bytes(out.freeze()), sent))
@@ -435,10 +482,40 @@ mod tests {
         assert_eq!(same.resource_uris, vec!["file:///a".to_owned()]);
     }
 
+    /// The splice gives the bytes the parse gives (for params stored compact, as the log stores
+    /// them), and leaves to the parse what it cannot splice.
+    #[test]
+    fn spliced_frames_are_the_parsed_ones() {
+        let ids = [json!(7), json!("sub-1"), json!("q\"uote\\é"), json!(-2.5)];
+        let params = [
+            None,
+            Some("{}"),
+            Some(r#"{"uri":"file:///a"}"#),
+            Some(r#"{"b":[1,{"c":null}],"a":"x\ny","z":{"_metaX":1}}"#),
+            Some(r#"{"uri":"u","_meta":{"x":1}}"#),
+            Some(r#"{"nested":{"_meta":{"x":1}}}"#),
+            Some(r#"[1,2]"#),
+        ];
+        for id in &ids {
+            for p in params {
+                let e = ev("notifications/resources/updated", p);
+                assert_eq!(
+                    event_frame(&e, &meta_member(id), id),
+                    event_frame_parsed(&e, id),
+                    "params {p:?}, id {id}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn frames_carry_the_subscription_id() {
         let id = json!(7);
-        let f = event_frame(&ev("notifications/tools/list_changed", None), &id);
+        let f = event_frame(
+            &ev("notifications/tools/list_changed", None),
+            &meta_member(&id),
+            &id,
+        );
         let text = std::str::from_utf8(&f).expect("utf8");
         assert!(text.starts_with("data: ") && text.ends_with("\n\n") && !text.contains("\nid:"));
         let msg: Value =
@@ -449,10 +526,14 @@ mod tests {
             Some(r#"{"uri":"u","_meta":{"x":1}}"#),
         );
         let msg: Value = serde_json::from_str(
-            std::str::from_utf8(&event_frame(&with_meta, &json!("s")))
-                .expect("utf8")
-                .trim_start_matches("data: ")
-                .trim(),
+            std::str::from_utf8(&event_frame(
+                &with_meta,
+                &meta_member(&json!("s")),
+                &json!("s"),
+            ))
+            .expect("utf8")
+            .trim_start_matches("data: ")
+            .trim(),
         )
         .expect("json");
         assert_eq!(
@@ -533,13 +614,13 @@ mod tests {
 
     #[test]
     fn the_listen_framing_writes_only_what_the_filter_wants() {
-        let mut framing = ListenFraming {
-            filter: Filter {
+        let mut framing = ListenFraming::new(
+            Filter {
                 tools: true,
                 ..Filter::default()
             },
-            id: json!(3),
-        };
+            json!(3),
+        );
         let unwanted = vec![Arc::new(ev("notifications/prompts/list_changed", None))];
         assert!(
             framing.events(unwanted).is_none(),
@@ -553,7 +634,7 @@ mod tests {
         assert_eq!(delivered, 1);
         assert_eq!(
             chunk.into_bytes(),
-            event_frame(&ev("notifications/tools/list_changed", None), &json!(3))
+            event_frame_parsed(&ev("notifications/tools/list_changed", None), &json!(3))
         );
         assert_eq!(framing.end(0), complete(&json!(3)));
     }
