@@ -97,6 +97,8 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     // At most one renewal: the second answer is returned whatever it is.
     let mut renewed = false;
     loop {
+        // The forward's deadline: the rewritten answer is due whole by then too.
+        let deadline = tokio::time::Instant::now() + up.response_timeout();
         let resp = proxy::forward(
             st,
             up,
@@ -117,7 +119,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
             } else {
                 complete_result
             };
-            return proxy::patch_response(resp, patch, up.rewrite_max_bytes()).await;
+            return proxy::patch_response(up, resp, patch, deadline, &f.body).await;
         }
         // The upstream forgot the caller's session (restart, idle expiry): a new handshake.
         match session(up, &credentials, Some(&hs)).await {

@@ -135,15 +135,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         up.advertise_list_changed && matches!(rpc, Some("initialize" | "server/discover"));
     let body = match relay_body(up, resp, &mut headers, rewrite, timer, permit).await {
         Ok(body) => body,
-        Err(BodyFailed::Cut) => {
-            return upstream_error(
-                StatusCode::BAD_GATEWAY,
-                "upstream_cut",
-                &request_body,
-                "the upstream answer was cut",
-            )
-        }
-        Err(BodyFailed::Timeout) => return upstream_timeout(up, &request_body),
+        Err(failed) => return body_failed(up, failed, &request_body),
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -214,20 +206,7 @@ async fn relay_body(
     Ok(if rewrite && !is_sse {
         headers.remove(header::CONTENT_LENGTH);
         let body = resp.into_body().into_data_stream();
-        match within(timer.as_mut(), hold(body, up.rewrite_max_bytes)).await? {
-            Held::Whole(b) => Body::from(rewrite_json(&b, advertise_list_changed)),
-            Held::Over(head, rest) => {
-                tracing::warn!(
-                    upstream = %up.url,
-                    max_bytes = up.rewrite_max_bytes,
-                    "upstream answer too large to rewrite; relayed unmodified"
-                );
-                holding(
-                    Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest)),
-                    permit,
-                )
-            }
-        }
+        rewritten(up, body, advertise_list_changed, timer, permit).await?
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
         holding(
@@ -251,15 +230,63 @@ async fn relay_body(
 
 /// A streamed answer keeps its upstream connection, and so the permit, until it ends or the
 /// client goes (a held one has given it back by the time it is relayed).
-fn holding<B>(body: B, permit: OwnedSemaphorePermit) -> Body
+fn holding<B, G>(body: B, permit: G) -> Body
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<axum::BoxError>,
+    G: Send + 'static,
 {
     Body::new(body.map_frame(move |frame| {
         let _holds = &permit;
         frame
     }))
+}
+
+/// An answer to rewrite with `patch`, read whole before `timer` fires: the rewritten body. One
+/// over `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` is relayed unmodified as it arrives, holding `guard`
+/// (its upstream connection's permit) until it ends.
+async fn rewritten<S, E, G>(
+    up: &Upstream,
+    body: S,
+    patch: Patch,
+    timer: std::pin::Pin<&mut tokio::time::Sleep>,
+    guard: G,
+) -> Result<Body, BodyFailed>
+where
+    S: futures::Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
+    E: std::fmt::Display + Into<axum::BoxError> + Send + 'static,
+    G: Send + 'static,
+{
+    Ok(
+        match within(timer, hold(body, up.rewrite_max_bytes)).await? {
+            Held::Whole(b) => Body::from(rewrite_json(&b, patch)),
+            Held::Over(head, rest) => {
+                tracing::warn!(
+                    upstream = %up.url,
+                    max_bytes = up.rewrite_max_bytes,
+                    "upstream answer too large to rewrite; relayed unmodified"
+                );
+                holding(
+                    Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest)),
+                    guard,
+                )
+            }
+        },
+    )
+}
+
+/// The client's answer when the upstream answer's body could not be relayed: `502`
+/// `upstream_cut`, or `504` `upstream_timeout`, with the request's id.
+fn body_failed(up: &Upstream, failed: BodyFailed, request_body: &[u8]) -> Response {
+    match failed {
+        BodyFailed::Cut => upstream_error(
+            StatusCode::BAD_GATEWAY,
+            "upstream_cut",
+            request_body,
+            "the upstream answer was cut",
+        ),
+        BodyFailed::Timeout => upstream_timeout(up, request_body),
+    }
 }
 
 /// Reads an upstream body (`read`) before `timer` fires: a read error is a cut answer, the timer
@@ -576,8 +603,17 @@ pub fn advertise_list_changed(msg: &mut Value) -> bool {
 /// What a rewrite does to one JSON-RPC message; `false` = leave it as it was.
 pub type Patch = fn(&mut Value) -> bool;
 
-/// Applies `patch` to a relayed answer (its JSON body, or each SSE `data:` as it arrives).
-pub async fn patch_response(resp: Response, patch: Patch, max_bytes: usize) -> Response {
+/// Applies `patch` to a relayed answer (its JSON body, or each SSE `data:` as it arrives), the
+/// answer to `request_body`. A JSON body is read whole by `deadline`, the forward's (the upstream
+/// has `FANOUT_UPSTREAM_TIMEOUT_SECS` for its head and a rewritten answer whole), else the client
+/// gets `504`; one cut short, `502`.
+pub async fn patch_response(
+    up: &Upstream,
+    resp: Response,
+    patch: Patch,
+    deadline: tokio::time::Instant,
+    request_body: &[u8],
+) -> Response {
     let (mut parts, body) = resp.into_parts();
     let is_sse = parts
         .headers
@@ -586,26 +622,17 @@ pub async fn patch_response(resp: Response, patch: Patch, max_bytes: usize) -> R
         .is_some_and(|v| v.starts_with("text/event-stream"));
     parts.headers.remove(header::CONTENT_LENGTH);
     let body = if is_sse {
-        Body::from_stream(rewrite_sse(body.into_data_stream(), patch, max_bytes))
+        Body::from_stream(rewrite_sse(
+            body.into_data_stream(),
+            patch,
+            up.rewrite_max_bytes,
+        ))
     } else {
-        match hold(body.into_data_stream(), max_bytes).await {
-            Ok(Held::Whole(b)) => Body::from(rewrite_json(&b, patch)),
-            Ok(Held::Over(head, rest)) => {
-                tracing::warn!(
-                    max_bytes,
-                    "upstream answer too large to rewrite; relayed unmodified"
-                );
-                Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest))
-            }
-            Err(error) => {
-                tracing::warn!(%error, "upstream body failed");
-                return upstream_error(
-                    StatusCode::BAD_GATEWAY,
-                    "upstream_cut",
-                    &[],
-                    "the upstream answer was cut",
-                );
-            }
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        match rewritten(up, body.into_data_stream(), patch, timer, ()).await {
+            Ok(body) => body,
+            Err(failed) => return body_failed(up, failed, request_body),
         }
     };
     Response::from_parts(parts, body)

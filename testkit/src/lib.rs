@@ -29,7 +29,8 @@
 //! - [`h2c`]: HTTP/2 over cleartext with the `h2` crate, each stream's flow-control window in the
 //!   test's hands (streams that never open it, streams read as fast as they come).
 //! - [`nginx`], [`haproxy`]: real load balancers and gateways in front of replicas.
-//! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer).
+//! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer,
+//!   or one scripted per request, a 2025-era handshake among them).
 
 pub mod bodies;
 pub mod cases;

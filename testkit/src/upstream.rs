@@ -1,6 +1,8 @@
 //! A recording HTTP/1.1 upstream for proxy mode: a real server on a loopback port that keeps every
 //! request it receives (method, target, headers as sent, body, the peer) and answers each with one
-//! canned response written byte for byte, whatever headers that holds (hop-by-hop ones included).
+//! canned response written byte for byte, whatever headers that holds (hop-by-hop ones included) —
+//! or, scripted, with the answer a function picks for each request (one that stops partway and
+//! holds the connection open, too).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -39,7 +41,8 @@ impl Canned {
         self
     }
 
-    fn to_bytes(&self) -> Vec<u8> {
+    /// The answer as written: status line, headers, `Content-Length`, body.
+    pub fn to_bytes(&self) -> Vec<u8> {
         let mut out = format!("HTTP/1.1 {} {}\r\n", self.status, self.reason).into_bytes();
         for (n, v) in &self.headers {
             out.extend_from_slice(format!("{n}: {v}\r\n").as_bytes());
@@ -49,6 +52,25 @@ impl Canned {
         out
     }
 }
+
+/// What a scripted upstream answers one request with.
+#[derive(Debug, Clone)]
+pub enum Reply {
+    /// These bytes; the connection then serves its next request.
+    Answer(Vec<u8>),
+    /// These bytes (a head and part of a body, say), then nothing more: the connection is held
+    /// open until the peer closes it.
+    Stall(Vec<u8>),
+}
+
+impl From<Canned> for Reply {
+    fn from(c: Canned) -> Reply {
+        Reply::Answer(c.to_bytes())
+    }
+}
+
+/// Picks the answer to each request (it sees every request received so far, this one last).
+type Script = dyn Fn(&[Recorded]) -> Reply + Send + Sync;
 
 /// One request the upstream received.
 #[derive(Debug, Clone)]
@@ -71,6 +93,53 @@ impl Recorded {
     pub fn header_all(&self, name: &str) -> Vec<&str> {
         header_values(&self.headers, name)
     }
+
+    /// The body as JSON (`Null` when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    /// The JSON-RPC method of the body, if it names one.
+    pub fn rpc_method(&self) -> Option<String> {
+        self.json()
+            .get("method")
+            .and_then(serde_json::Value::as_str)
+            .map(str::to_owned)
+    }
+}
+
+/// The session id [`legacy_handshake`] issues.
+pub const LEGACY_SESSION: &str = "legacy-session-1";
+
+/// What a 2025-era MCP server (the Python SDK 1.x FastMCP, stateful) answers to the era adapter's
+/// requests before any call: `server/discover` (a request without its session) is refused with
+/// `400` and a JSON-RPC `-32600` error; `initialize` opens [`LEGACY_SESSION`]; a notification is
+/// `202`. `None` for any other request.
+pub fn legacy_handshake(req: &Recorded) -> Option<Reply> {
+    let msg = req.json();
+    let reply = match msg.get("method").and_then(serde_json::Value::as_str)? {
+        "server/discover" => Canned {
+            status: 400,
+            reason: "Bad Request".into(),
+            headers: vec![("Content-Type".into(), "application/json".into())],
+            body: serde_json::json!({"jsonrpc": "2.0", "id": "server-error",
+                "error": {"code": -32600, "message": "Bad Request: Missing session ID"}})
+            .to_string()
+            .into_bytes(),
+        },
+        "initialize" => Canned::json(&serde_json::json!({"jsonrpc": "2.0", "id": msg["id"],
+            "result": {"protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                       "serverInfo": {"name": "legacy", "version": "1"}}}))
+        .header("Mcp-Session-Id", LEGACY_SESSION),
+        m if m.starts_with("notifications/") => Canned {
+            status: 202,
+            reason: "Accepted".into(),
+            headers: Vec::new(),
+            body: Vec::new(),
+        },
+        _ => return None,
+    };
+    Some(reply.into())
 }
 
 /// The running upstream; stops when dropped.
@@ -83,6 +152,14 @@ pub struct RecordingUpstream {
 impl RecordingUpstream {
     /// Listens on a free loopback port and answers every request with `canned`.
     pub async fn start(canned: Canned) -> Result<RecordingUpstream> {
+        let answer = canned.to_bytes();
+        RecordingUpstream::scripted(move |_| Reply::Answer(answer.clone())).await
+    }
+
+    /// Listens on a free loopback port and answers each request with what `script` picks.
+    pub async fn scripted(
+        script: impl Fn(&[Recorded]) -> Reply + Send + Sync + 'static,
+    ) -> Result<RecordingUpstream> {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .map_err(|e| Error::io("binding the recording upstream", e))?;
@@ -90,11 +167,11 @@ impl RecordingUpstream {
             .local_addr()
             .map_err(|e| Error::io("the recording upstream's address", e))?;
         let received = Arc::new(Mutex::new(Vec::new()));
-        let answer = Arc::new(canned.to_bytes());
+        let script: Arc<Script> = Arc::new(script);
         let log = received.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, peer)) = listener.accept().await {
-                tokio::spawn(serve(tcp, peer, answer.clone(), log.clone()));
+                tokio::spawn(serve(tcp, peer, script.clone(), log.clone()));
             }
         });
         Ok(RecordingUpstream {
@@ -129,7 +206,7 @@ impl Drop for RecordingUpstream {
 async fn serve(
     mut tcp: TcpStream,
     peer: SocketAddr,
-    answer: Arc<Vec<u8>>,
+    script: Arc<Script>,
     log: Arc<Mutex<Vec<Recorded>>>,
 ) {
     let mut buf = Vec::with_capacity(8192);
@@ -168,17 +245,31 @@ async fn serve(
         }
         let body = buf[body_start..body_start + len].to_vec();
         buf.drain(..body_start + len);
-        log.lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(Recorded {
+        let reply = {
+            let mut log = log.lock().unwrap_or_else(|p| p.into_inner());
+            log.push(Recorded {
                 method,
                 target,
                 headers,
                 body,
                 peer,
             });
-        if tcp.write_all(&answer).await.is_err() {
-            return;
+            script(&log)
+        };
+        match reply {
+            Reply::Answer(bytes) => {
+                if tcp.write_all(&bytes).await.is_err() {
+                    return;
+                }
+            }
+            Reply::Stall(bytes) => {
+                if tcp.write_all(&bytes).await.is_ok() {
+                    // Nothing more: wait for the peer to close.
+                    let mut chunk = [0u8; 8192];
+                    while matches!(tcp.read(&mut chunk).await, Ok(n) if n > 0) {}
+                }
+                return;
+            }
         }
     }
 }
