@@ -5,15 +5,22 @@
 //!   2026 client gets a `504` JSON-RPC error answering its request after
 //!   `FANOUT_UPSTREAM_TIMEOUT_SECS` (docs/proxy.md: the upstream has that long for its head and a
 //!   rewritten answer whole), counted as `upstream_timeout`, not the upstream's stall.
+//! - Answers held for a rewrite take their bytes from the replica's body memory budget
+//!   (`FANOUT_BODY_MEMORY_BYTES`) until they have been written out or dropped: with answers an
+//!   HTTP/2 client never takes (its streams' windows are 0) holding the budget, the next call is
+//!   refused at once with `503`, a JSON-RPC error carrying its id and `Retry-After: 1`, counted as
+//!   `answer_bodies_busy`; once that client is gone, calls are answered again.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
 use std::time::{Duration, Instant};
 
-use mcp_fanout_testkit::start_memory;
+use mcp_fanout_testkit::h2c::H2Conn;
+use mcp_fanout_testkit::upstream::Canned;
 use mcp_fanout_testkit::upstream::{
     legacy_handshake, Recorded, RecordingUpstream, Reply, LEGACY_SESSION,
 };
+use mcp_fanout_testkit::{start_memory, wait_until, Replica};
 use serde_json::{json, Value};
 
 /// Long enough for anything that should happen here.
@@ -43,6 +50,28 @@ fn send_modern(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Re
         .json(body)
 }
 
+/// A replica in front of `upstream` with the era adapter on (and `extra`), its `/mcp` URL and a
+/// client.
+async fn bridging(
+    label: &str,
+    upstream: &RecordingUpstream,
+    extra: &[(&str, &str)],
+) -> (Replica, String, reqwest::Client) {
+    let upstream_url = upstream.url("/mcp");
+    let mut env = vec![
+        ("FANOUT_UPSTREAM", upstream_url.as_str()),
+        ("FANOUT_BRIDGE_2026_CLIENTS", "true"),
+    ];
+    env.extend_from_slice(extra);
+    let r = start_memory(label, &env).await;
+    let url = r.public_url("/mcp");
+    let client = reqwest::Client::builder()
+        .timeout(PATIENCE)
+        .build()
+        .expect("a client");
+    (r, url, client)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rewritten_answer_whose_body_stalls_gets_a_timeout_error() {
     // A chunked answer (no length: relayed as it arrives, then held whole for the rewrite) of
@@ -60,20 +89,12 @@ async fn a_rewritten_answer_whose_body_stalls_gets_a_timeout_error() {
     })
     .await
     .expect("an upstream");
-    let r = start_memory(
+    let (r, url, client) = bridging(
         "adapter-stalled-rewrite",
-        &[
-            ("FANOUT_UPSTREAM", upstream.url("/mcp").as_str()),
-            ("FANOUT_BRIDGE_2026_CLIENTS", "true"),
-            ("FANOUT_UPSTREAM_TIMEOUT_SECS", "2"),
-        ],
+        &upstream,
+        &[("FANOUT_UPSTREAM_TIMEOUT_SECS", "2")],
     )
     .await;
-    let url = r.public_url("/mcp");
-    let client = reqwest::Client::builder()
-        .timeout(PATIENCE)
-        .build()
-        .expect("a client");
 
     let started = Instant::now();
     let resp = send_modern(&client, &url, &modern_call(5))
@@ -102,4 +123,111 @@ async fn a_rewritten_answer_whose_body_stalls_gets_a_timeout_error() {
         .find(|q| q.rpc_method().as_deref() == Some("tools/call"))
         .expect("the call was forwarded");
     assert_eq!(call.header("mcp-session-id"), Some(LEGACY_SESSION));
+}
+
+/// Bytes of each call's answer in the budget test; three fit in the budget, four do not.
+const ANSWER_BYTES: usize = 300_000;
+const BODY_MEMORY: &str = "1000000";
+
+/// A 2025-era upstream that answers every call with [`ANSWER_BYTES`] of JSON (its length stated).
+async fn large_answers() -> RecordingUpstream {
+    RecordingUpstream::scripted(|received: &[Recorded]| {
+        let req = received.last().expect("this request");
+        legacy_handshake(req).unwrap_or_else(|| {
+            let text = "x".repeat(ANSWER_BYTES);
+            Canned::json(&json!({"jsonrpc": "2.0", "id": req.json()["id"],
+                "result": {"content": [{"type": "text", "text": text}]}}))
+            .into()
+        })
+    })
+    .await
+    .expect("an upstream")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_held_for_a_rewrite_count_against_the_body_memory_budget() {
+    let upstream = large_answers().await;
+    let (r, url, client) = bridging(
+        "adapter-answer-memory",
+        &upstream,
+        &[
+            ("FANOUT_MAX_PROXY_REQUEST_BYTES", "65536"),
+            ("FANOUT_BODY_MEMORY_BYTES", BODY_MEMORY),
+        ],
+    )
+    .await;
+
+    // A client whose streams never open their window: each answer's head comes, its body stays
+    // with the replica.
+    let mut stuck = H2Conn::connect(r.public_addr(), 0)
+        .await
+        .expect("an HTTP/2 connection");
+    let mut held = Vec::new();
+    for id in 1..=4u64 {
+        let body = modern_call(id).to_string();
+        let stream = stuck
+            .post(
+                "/mcp",
+                &[
+                    ("content-type", "application/json"),
+                    ("accept", "application/json, text/event-stream"),
+                    ("mcp-protocol-version", "2026-07-28"),
+                    ("mcp-method", "tools/call"),
+                ],
+                body.into(),
+            )
+            .await
+            .expect("a response head");
+        // Three answers fit in the budget; the fourth does not.
+        let expected = if id <= 3 { 200 } else { 503 };
+        assert_eq!(stream.status(), expected, "call {id}");
+        held.push(stream);
+    }
+
+    // Another client's call is refused at once while those answers are held.
+    let refused = send_modern(&client, &url, &modern_call(5))
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(refused.status(), 503);
+    assert_eq!(
+        refused.headers().get("retry-after").map(|v| v.as_bytes()),
+        Some(&b"1"[..])
+    );
+    let refused: Value = refused.json().await.expect("a JSON-RPC error");
+    assert_eq!(refused["jsonrpc"], "2.0", "{refused}");
+    assert_eq!(refused["id"], 5, "{refused}");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&format!("FANOUT_BODY_MEMORY_BYTES = {BODY_MEMORY}"))),
+        "{refused}"
+    );
+    let busy = r.metric("mcp_fanout_http_errors_total{code=\"answer_bodies_busy\"}");
+    assert_eq!(busy.await.expect("metrics"), Some(2.0));
+
+    // The client goes: its answers are dropped, and their bytes given back.
+    drop(held);
+    drop(stuck);
+    wait_until("a call is answered again", PATIENCE, || async {
+        let answer = send_modern(&client, &url, &modern_call(6)).send().await;
+        answer.is_ok_and(|a| a.status() == 200)
+    })
+    .await
+    .expect("the budget is free again");
+    let answered: Value = send_modern(&client, &url, &modern_call(7))
+        .send()
+        .await
+        .expect("answered")
+        .json()
+        .await
+        .expect("a JSON-RPC answer");
+    assert_eq!(answered["id"], 7);
+    assert_eq!(answered["result"]["resultType"], "complete", "rewritten");
+    assert_eq!(
+        answered["result"]["content"][0]["text"]
+            .as_str()
+            .map(str::len),
+        Some(ANSWER_BYTES)
+    );
 }

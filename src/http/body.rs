@@ -64,8 +64,9 @@ fn check_declared(headers: &HeaderMap, limit: usize) -> Result<Option<usize>, Ap
     }
 }
 
-/// Takes `n` more bytes of the budget into `held`; `503` when they are not free.
-fn take(
+/// Takes `n` more bytes of the budget into `held`; `503` when they are not free. (The proxy takes
+/// the bytes of answers it holds for a rewrite from the same budget.)
+pub(crate) fn take(
     memory: Option<&(Arc<Semaphore>, usize)>,
     held: &mut Option<OwnedSemaphorePermit>,
     n: usize,
@@ -79,7 +80,8 @@ fn take(
     let busy = || {
         tracing::debug!(
             bytes = n,
-            "request bodies hold the whole body memory budget"
+            max_bytes = *max,
+            "the bodies held hold the whole body memory budget"
         );
         AppError::BodiesBusy(*max)
     };

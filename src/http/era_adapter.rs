@@ -119,7 +119,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
             } else {
                 complete_result
             };
-            return proxy::patch_response(up, resp, patch, deadline, &f.body).await;
+            return proxy::patch_response(st, up, resp, patch, deadline, &f.body).await;
         }
         // The upstream forgot the caller's session (restart, idle expiry): a new handshake.
         match session(up, &credentials, Some(&hs)).await {

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
-use tokio::sync::OwnedSemaphorePermit;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ErrorCode;
 use super::headers::MCP_SESSION_ID;
@@ -133,7 +133,8 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     }
     let rewrite =
         up.advertise_list_changed && matches!(rpc, Some("initialize" | "server/discover"));
-    let body = match relay_body(up, resp, &mut headers, rewrite, timer, permit).await {
+    let memory = body_memory(st);
+    let body = match relay_body(up, &memory, resp, &mut headers, rewrite, timer, permit).await {
         Ok(body) => body,
         Err(failed) => return body_failed(up, failed, &request_body),
     };
@@ -183,6 +184,17 @@ const HOLD_WHOLE_MAX_BYTES: u64 = 16 * 1024;
 enum BodyFailed {
     Cut,
     Timeout,
+    /// An answer held for a rewrite found the body memory budget (`FANOUT_BODY_MEMORY_BYTES`, its
+    /// size here) full.
+    Busy(usize),
+}
+
+/// The replica's budget for the bytes of bodies it holds (`FANOUT_BODY_MEMORY_BYTES`): request
+/// bodies, and answers held for a rewrite. One permit per byte, and how many there are.
+type BodyMemory = (std::sync::Arc<Semaphore>, usize);
+
+fn body_memory(st: &AppState) -> BodyMemory {
+    (st.body_memory.clone(), st.config.body_memory_bytes())
 }
 
 /// The body relayed to the client: the upstream's, or (`rewrite`) with `listChanged` advertised,
@@ -191,6 +203,7 @@ enum BodyFailed {
 /// ([`HOLD_WHOLE_MAX_BYTES`]); anything else streams.
 async fn relay_body(
     up: &Upstream,
+    memory: &BodyMemory,
     resp: axum::http::Response<hyper::body::Incoming>,
     headers: &mut HeaderMap,
     rewrite: bool,
@@ -206,7 +219,7 @@ async fn relay_body(
     Ok(if rewrite && !is_sse {
         headers.remove(header::CONTENT_LENGTH);
         let body = resp.into_body().into_data_stream();
-        rewritten(up, body, advertise_list_changed, timer, permit).await?
+        rewritten(up, memory, body, advertise_list_changed, timer, permit).await?
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
         holding(
@@ -244,9 +257,13 @@ where
 
 /// An answer to rewrite with `patch`, read whole before `timer` fires: the rewritten body. One
 /// over `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` is relayed unmodified as it arrives, holding `guard`
-/// (its upstream connection's permit) until it ends.
+/// (its upstream connection's permit) until it ends. The bytes read are taken from the body
+/// memory budget as they arrive (none left: [`BodyFailed::Busy`]) and held by the body relayed
+/// until it has been written out or dropped: a client that does not read its answers cannot make
+/// the replica hold more than the budget.
 async fn rewritten<S, E, G>(
     up: &Upstream,
+    memory: &BodyMemory,
     body: S,
     patch: Patch,
     timer: std::pin::Pin<&mut tokio::time::Sleep>,
@@ -257,28 +274,38 @@ where
     E: std::fmt::Display + Into<axum::BoxError> + Send + 'static,
     G: Send + 'static,
 {
-    Ok(
-        match within(timer, hold(body, up.rewrite_max_bytes)).await? {
-            Held::Whole(b) => Body::from(rewrite_json(&b, patch)),
-            Held::Over(head, rest) => {
-                tracing::warn!(
-                    upstream = %up.url,
-                    max_bytes = up.rewrite_max_bytes,
-                    "upstream answer too large to rewrite; relayed unmodified"
-                );
-                holding(
-                    Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest)),
-                    guard,
-                )
-            }
-        },
-    )
+    let mut held = None;
+    let read = before(timer, hold(body, up.rewrite_max_bytes, memory, &mut held))
+        .await
+        .map_err(|Elapsed| BodyFailed::Timeout)??;
+    Ok(match read {
+        Held::Whole(b) => holding(Body::from(rewrite_json(&b, patch)), held),
+        Held::Over(head, rest) => {
+            tracing::warn!(
+                upstream = %up.url,
+                max_bytes = up.rewrite_max_bytes,
+                "upstream answer too large to rewrite; relayed unmodified"
+            );
+            holding(
+                Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest)),
+                (guard, held),
+            )
+        }
+    })
 }
 
 /// The client's answer when the upstream answer's body could not be relayed: `502`
-/// `upstream_cut`, or `504` `upstream_timeout`, with the request's id.
+/// `upstream_cut`, `504` `upstream_timeout`, or `503` `answer_bodies_busy`, with the request's id.
 fn body_failed(up: &Upstream, failed: BodyFailed, request_body: &[u8]) -> Response {
     match failed {
+        BodyFailed::Busy(max) => retry_later(upstream_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "answer_bodies_busy",
+            request_body,
+            &format!(
+                "this replica holds as many bytes of bodies as it may (FANOUT_BODY_MEMORY_BYTES = {max}); retry"
+            ),
+        )),
         BodyFailed::Cut => upstream_error(
             StatusCode::BAD_GATEWAY,
             "upstream_cut",
@@ -535,7 +562,7 @@ fn answered_badly(error: &hyper_util::client::legacy::Error) -> bool {
 /// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
 /// `503` at once, with `Retry-After`, counted as `upstream_busy`.
 pub(crate) fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
-    let mut resp = upstream_error(
+    retry_later(upstream_error(
         StatusCode::SERVICE_UNAVAILABLE,
         "upstream_busy",
         request_body,
@@ -543,7 +570,11 @@ pub(crate) fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
             "every upstream connection of this replica is in use (FANOUT_UPSTREAM_MAX_CONNECTIONS = {}); retry",
             up.in_flight.max()
         ),
-    );
+    ))
+}
+
+/// A refusal the client may retry in a second (`Retry-After: 1`).
+fn retry_later(mut resp: Response) -> Response {
     resp.headers_mut()
         .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
     resp
@@ -567,14 +598,27 @@ enum Held<S> {
 }
 
 /// Reads `body` whole if it is at most `max` bytes; past that, stops and gives back what was
-/// read and the rest of the stream.
-async fn hold<S, E>(mut body: S, max: usize) -> Result<Held<S>, E>
+/// read and the rest of the stream. Each piece's bytes are taken from `memory` into `held` as it
+/// arrives.
+async fn hold<S, E>(
+    mut body: S,
+    max: usize,
+    memory: &BodyMemory,
+    held: &mut Option<OwnedSemaphorePermit>,
+) -> Result<Held<S>, BodyFailed>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
+    E: std::fmt::Display,
 {
     let mut buf = bytes::BytesMut::new();
     while let Some(chunk) = body.next().await {
-        buf.extend_from_slice(&chunk?);
+        let chunk = chunk.map_err(|error| {
+            tracing::warn!(%error, "upstream body failed");
+            BodyFailed::Cut
+        })?;
+        super::body::take(Some(memory), held, chunk.len())
+            .map_err(|_| BodyFailed::Busy(memory.1))?;
+        buf.extend_from_slice(&chunk);
         if buf.len() > max {
             return Ok(Held::Over(buf.freeze(), body));
         }
@@ -608,6 +652,7 @@ pub type Patch = fn(&mut Value) -> bool;
 /// has `FANOUT_UPSTREAM_TIMEOUT_SECS` for its head and a rewritten answer whole), else the client
 /// gets `504`; one cut short, `502`.
 pub async fn patch_response(
+    st: &AppState,
     up: &Upstream,
     resp: Response,
     patch: Patch,
@@ -630,7 +675,8 @@ pub async fn patch_response(
     } else {
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
-        match rewritten(up, body.into_data_stream(), patch, timer, ()).await {
+        let memory = body_memory(st);
+        match rewritten(up, &memory, body.into_data_stream(), patch, timer, ()).await {
             Ok(body) => body,
             Err(failed) => return body_failed(up, failed, request_body),
         }
