@@ -10,6 +10,10 @@
 //!   HTTP/2 client never takes (its streams' windows are 0) holding the budget, the next call is
 //!   refused at once with `503`, a JSON-RPC error carrying its id and `Retry-After: 1`, counted as
 //!   `answer_bodies_busy`; once that client is gone, calls are answered again.
+//! - The upstream's era is learnt only from an answer that says it: a 2026-07-28 upstream that
+//!   refuses the first probe with `400` (it carried a caller's malformed `Authorization`, RFC 6750)
+//!   or `429` is not taken for a 2025-era one — the next caller gets the upstream's own
+//!   `server/discover` answer, and its calls go upstream as sent, with no bridge handshake.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -48,6 +52,12 @@ fn send_modern(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::Re
             body["method"].as_str().unwrap_or_default().to_string(),
         )
         .json(body)
+}
+
+/// The JSON answer to `request`.
+async fn json_answer(request: reqwest::RequestBuilder) -> Value {
+    let answer = request.send().await.expect("answered");
+    answer.json().await.expect("a JSON answer")
 }
 
 /// A replica in front of `upstream` with the era adapter on (and `extra`), its `/mcp` URL and a
@@ -215,13 +225,7 @@ async fn answers_held_for_a_rewrite_count_against_the_body_memory_budget() {
     })
     .await
     .expect("the budget is free again");
-    let answered: Value = send_modern(&client, &url, &modern_call(7))
-        .send()
-        .await
-        .expect("answered")
-        .json()
-        .await
-        .expect("a JSON-RPC answer");
+    let answered = json_answer(send_modern(&client, &url, &modern_call(7))).await;
     assert_eq!(answered["id"], 7);
     assert_eq!(answered["result"]["resultType"], "complete", "rewritten");
     assert_eq!(
@@ -230,4 +234,122 @@ async fn answers_held_for_a_rewrite_count_against_the_body_memory_budget() {
             .map(str::len),
         Some(ANSWER_BYTES)
     );
+}
+
+/// A 2026-07-28 upstream whose front refuses what `refuse` picks; it answers `initialize` too
+/// (as a 2025-era server would), so a bridge handshake would be seen.
+async fn modern_behind(
+    refuse: impl Fn(&[Recorded]) -> Option<Canned> + Send + Sync + 'static,
+) -> RecordingUpstream {
+    RecordingUpstream::scripted(move |received: &[Recorded]| {
+        let req = received.last().expect("this request");
+        if let Some(refusal) = refuse(received) {
+            return refusal.into();
+        }
+        let id = req.json()["id"].clone();
+        match req.rpc_method().as_deref() {
+            Some("server/discover") => Canned::json(&json!({"jsonrpc": "2.0", "id": id, "result": {
+                "supportedVersions": ["2026-07-28"], "capabilities": {"tools": {}},
+                "resultType": "complete", "ttlMs": 0, "cacheScope": "private",
+                "_meta": {"io.modelcontextprotocol/serverInfo": {"name": "modern", "version": "1"}}
+            }}))
+            .into(),
+            Some("tools/call") => Canned::json(&json!({"jsonrpc": "2.0", "id": id,
+                "result": {"content": [], "resultType": "complete"}}))
+            .into(),
+            _ => legacy_handshake(req).expect("only discover, initialize and calls"),
+        }
+    })
+    .await
+    .expect("an upstream")
+}
+
+/// A refusal with `status`, a JSON body that is no JSON-RPC message, and `header`.
+fn refusal(status: u16, reason: &str, header: (&str, &str)) -> Canned {
+    Canned {
+        status,
+        reason: reason.into(),
+        headers: vec![("Content-Type".into(), "application/json".into())],
+        body: br#"{"error":"invalid_request"}"#.to_vec(),
+    }
+    .header(header.0, header.1)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_refused_for_a_malformed_credential_does_not_make_the_upstream_2025_era() {
+    // An authorization layer refuses a malformed `Authorization` (`Bearer` and two words) with
+    // `400`, as RFC 6750 says.
+    let upstream = modern_behind(|received| {
+        let req = received.last()?;
+        (req.header("authorization") == Some("Bearer a b")).then(|| {
+            refusal(
+                400,
+                "Bad Request",
+                ("WWW-Authenticate", r#"Bearer error="invalid_request""#),
+            )
+        })
+    })
+    .await;
+    not_taken_for_2025_era("adapter-era-malformed", &upstream, 400).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_probe_rate_limited_does_not_make_the_upstream_2025_era() {
+    // The first two requests (the probe and the request then relayed as is) are rate limited.
+    let upstream = modern_behind(|received| {
+        (received.len() <= 2).then(|| refusal(429, "Too Many Requests", ("Retry-After", "1")))
+    })
+    .await;
+    not_taken_for_2025_era("adapter-era-limited", &upstream, 429).await;
+}
+
+/// The first 2026 caller (credential `Bearer a b`) is refused by `upstream` with `first_status`;
+/// the next caller's `server/discover` gets the upstream's own answer, and its call goes upstream
+/// as sent (no bridge handshake, no session).
+async fn not_taken_for_2025_era(label: &str, upstream: &RecordingUpstream, first_status: u16) {
+    let (_r, url, client) = bridging(label, upstream, &[]).await;
+    let discover = json!({"jsonrpc": "2.0", "id": 1, "method": "server/discover", "params": {
+        "_meta": {
+            "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+            "io.modelcontextprotocol/clientCapabilities": {}
+        }
+    }});
+
+    // The probe carrying the first caller's credential is refused, and so is its request,
+    // relayed as is.
+    let first = send_modern(&client, &url, &discover)
+        .header("Authorization", "Bearer a b")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(first.status(), first_status);
+
+    // The next caller gets the upstream's own answer, and its calls go as sent.
+    let answer =
+        json_answer(send_modern(&client, &url, &discover).header("Authorization", "Bearer good"))
+            .await;
+    assert_eq!(answer["id"], 1, "{answer}");
+    assert_eq!(
+        answer["result"]["_meta"]["io.modelcontextprotocol/serverInfo"]["name"], "modern",
+        "the upstream's own discover answer: {answer}"
+    );
+    let call = send_modern(&client, &url, &modern_call(2))
+        .header("Authorization", "Bearer good")
+        .send()
+        .await
+        .expect("answered");
+    assert_eq!(call.status(), 200);
+    let received = upstream.received();
+    assert!(
+        received
+            .iter()
+            .all(|q| q.rpc_method().as_deref() != Some("initialize")),
+        "no bridge handshake"
+    );
+    let forwarded = received
+        .iter()
+        .find(|q| q.rpc_method().as_deref() == Some("tools/call"))
+        .expect("the call was forwarded");
+    assert_eq!(forwarded.header("mcp-protocol-version"), Some("2026-07-28"));
+    assert_eq!(forwarded.header("mcp-session-id"), None);
 }

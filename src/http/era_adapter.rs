@@ -55,6 +55,10 @@ pub enum AdapterError {
     Timeout,
     #[error("the upstream answered the server/discover probe with {0}")]
     Probe(StatusCode),
+    /// An answer that is neither a 2026-07-28 discover result nor a 2025-era refusal of one (an
+    /// error of the upstream's HTTP stack, a proxy in front of it, a rate limit).
+    #[error("the upstream's answer to the server/discover probe ({0}) does not say its era")]
+    NoEra(StatusCode),
     #[error("the upstream's initialize answer has no result: {0}")]
     NoResult(String),
     /// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
@@ -145,10 +149,9 @@ async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, AdapterErr
         .try_acquire(up.url().as_str())
         .ok_or(AdapterError::Busy)?;
     // Bounded: every 2026 request of this replica waits for it.
-    let era = tokio::time::timeout(LEARN_TIMEOUT, probe_is_modern(up, credentials))
+    let era = tokio::time::timeout(LEARN_TIMEOUT, probe(up, credentials))
         .await
         .map_err(|_| AdapterError::Timeout)??;
-    let era = if era { Era::Modern } else { Era::Legacy };
     tracing::info!(upstream = %up.url(), modern = era == Era::Modern, "learnt the upstream's protocol era");
     *cache = Some(era);
     Ok(era)
@@ -255,8 +258,9 @@ fn request(
     req
 }
 
-/// Whether the upstream answers a 2026-07-28 `server/discover` with that version supported.
-async fn probe_is_modern(up: &Upstream, credentials: &Credentials) -> Result<bool, AdapterError> {
+/// The upstream's era, from its answer to a 2026-07-28 `server/discover`: an error when the
+/// answer does not say (see [`era_of`]), so that the era is learnt on a later request.
+async fn probe(up: &Upstream, credentials: &Credentials) -> Result<Era, AdapterError> {
     let body = json!({
         "jsonrpc": "2.0", "id": "mcp-fanout-probe", "method": DISCOVER,
         "params": { "_meta": {
@@ -269,22 +273,52 @@ async fn probe_is_modern(up: &Upstream, credentials: &Credentials) -> Result<boo
         .send()
         .await?;
     let status = resp.status();
-    if status.is_server_error()
-        || status == StatusCode::UNAUTHORIZED
-        || status == StatusCode::FORBIDDEN
-    {
-        // Not an answer about the era (a failure, or this caller's credentials refused): learn
-        // it on a later request.
+    if !(status.is_success() || status == StatusCode::BAD_REQUEST) {
+        // Not an answer about the era (a failure, this caller's credentials refused, a rate
+        // limit): learn it on a later request.
         return Err(AdapterError::Probe(status));
     }
-    if !status.is_success() {
-        return Ok(false);
-    }
     let msg = first_message(resp).await?;
-    Ok(msg
-        .pointer("/result/supportedVersions")
-        .and_then(Value::as_array)
-        .is_some_and(|v| v.iter().any(|v| v.as_str() == Some(MODERN))))
+    era_of(status, &msg).ok_or(AdapterError::NoEra(status))
+}
+
+/// What a `server/discover` answer (`2xx` or `400`, its first JSON-RPC message) says of the
+/// upstream's era: `Modern` for a result listing 2026-07-28; `Legacy` only on a positive
+/// 2025-era sign — a result listing other versions, or a JSON-RPC error refusing the method or
+/// the 2026 request: `-32601` (method not found), `-32600` / `-32602` (the Python SDK 1.x:
+/// "Missing session ID", "Unsupported protocol version", a validation error), or `-32000` saying
+/// so (the TypeScript SDK 1.x: "Unsupported protocol version", "Mcp-Session-Id header is
+/// required", "Server not initialized"). Anything else (a `400` from an authorization layer for a
+/// malformed credential, say) is `None`: not cached, so that one caller's request cannot make a
+/// 2026 upstream 2025-era for the replica's life.
+fn era_of(status: StatusCode, msg: &Value) -> Option<Era> {
+    if status.is_success() {
+        if let Some(versions) = msg
+            .pointer("/result/supportedVersions")
+            .and_then(Value::as_array)
+        {
+            let modern = versions.iter().any(|v| v.as_str() == Some(MODERN));
+            return Some(if modern { Era::Modern } else { Era::Legacy });
+        }
+    }
+    if msg.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return None;
+    }
+    let error = msg.get("error")?;
+    let message = error
+        .get("message")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    let legacy = match error.get("code").and_then(Value::as_i64)? {
+        // -32602 invalid params, -32601 method not found, -32600 invalid request.
+        -32602..=-32600 => true,
+        -32000 => ["protocol version", "session", "not initialized"]
+            .iter()
+            .any(|sign| message.contains(sign)),
+        _ => false,
+    };
+    legacy.then_some(Era::Legacy)
 }
 
 /// The adapter's `initialize` + `notifications/initialized` with the upstream, with the caller's
@@ -422,6 +456,43 @@ fn complete_cacheable_result(msg: &mut Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_a_2025_era_refusal_of_discover_makes_an_upstream_legacy() {
+        let ok = StatusCode::OK;
+        let bad = StatusCode::BAD_REQUEST;
+        let error = |code: i64, message: &str| json!({"jsonrpc": "2.0", "id": "server-error", "error": {"code": code, "message": message}});
+        let result = |versions: Value| json!({"jsonrpc": "2.0", "id": 1, "result": {"supportedVersions": versions}});
+        assert_eq!(era_of(ok, &result(json!([MODERN]))), Some(Era::Modern));
+        assert_eq!(
+            era_of(ok, &result(json!(["2025-11-25"]))),
+            Some(Era::Legacy)
+        );
+        // The Python SDK 1.x (stateful, stateless), the TypeScript SDK 1.x, a plain JSON-RPC server.
+        for (status, msg) in [
+            (bad, error(-32600, "Bad Request: Missing session ID")),
+            (bad, error(-32600, "Bad Request: Unsupported protocol version: 2026-07-28. Supported versions: 2025-11-25")),
+            (bad, error(-32000, "Bad Request: Unsupported protocol version: 2026-07-28 (supported versions: 2025-11-25)")),
+            (bad, error(-32000, "Bad Request: Mcp-Session-Id header is required")),
+            (bad, error(-32000, "Bad Request: Server not initialized")),
+            (ok, error(-32601, "Method not found")),
+        ] {
+            assert_eq!(era_of(status, &msg), Some(Era::Legacy), "{msg}");
+        }
+        // Not a sign of the era: learnt later.
+        for (status, msg) in [
+            (
+                bad,
+                json!({"error": "invalid_request", "error_description": "malformed Authorization"}),
+            ),
+            (bad, Value::Null),
+            (bad, error(-32000, "rate limited")),
+            (ok, Value::Null),
+            (ok, json!({"jsonrpc": "2.0", "id": 1, "result": {}})),
+        ] {
+            assert_eq!(era_of(status, &msg), None, "{status} {msg}");
+        }
+    }
 
     #[test]
     fn results_get_the_fields_the_2026_wire_requires() {
