@@ -133,8 +133,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     }
     let rewrite =
         up.advertise_list_changed && matches!(rpc, Some("initialize" | "server/discover"));
-    let memory = body_memory(st);
-    let body = match relay_body(up, &memory, resp, &mut headers, rewrite, timer, permit).await {
+    let body = match relay_body(st, up, resp, &mut headers, rewrite, timer, permit).await {
         Ok(body) => body,
         Err(failed) => return body_failed(up, failed, &request_body),
     };
@@ -193,17 +192,13 @@ enum BodyFailed {
 /// bodies, and answers held for a rewrite. One permit per byte, and how many there are.
 type BodyMemory = (std::sync::Arc<Semaphore>, usize);
 
-fn body_memory(st: &AppState) -> BodyMemory {
-    (st.body_memory.clone(), st.config.body_memory_bytes())
-}
-
 /// The body relayed to the client: the upstream's, or (`rewrite`) with `listChanged` advertised,
 /// held whole up to `rewrite_max_bytes` within the response timeout (an event stream is rewritten
 /// as it goes). A small answer of known length is held whole within the response timeout
 /// ([`HOLD_WHOLE_MAX_BYTES`]); anything else streams.
 async fn relay_body(
+    st: &AppState,
     up: &Upstream,
-    memory: &BodyMemory,
     resp: axum::http::Response<hyper::body::Incoming>,
     headers: &mut HeaderMap,
     rewrite: bool,
@@ -219,7 +214,7 @@ async fn relay_body(
     Ok(if rewrite && !is_sse {
         headers.remove(header::CONTENT_LENGTH);
         let body = resp.into_body().into_data_stream();
-        rewritten(up, memory, body, advertise_list_changed, timer, permit).await?
+        rewritten(st, up, body, advertise_list_changed, timer, permit).await?
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
         holding(
@@ -262,8 +257,8 @@ where
 /// until it has been written out or dropped: a client that does not read its answers cannot make
 /// the replica hold more than the budget.
 async fn rewritten<S, E, G>(
+    st: &AppState,
     up: &Upstream,
-    memory: &BodyMemory,
     body: S,
     patch: Patch,
     timer: std::pin::Pin<&mut tokio::time::Sleep>,
@@ -274,8 +269,9 @@ where
     E: std::fmt::Display + Into<axum::BoxError> + Send + 'static,
     G: Send + 'static,
 {
+    let memory: BodyMemory = (st.body_memory.clone(), st.config.body_memory_bytes());
     let mut held = None;
-    let read = before(timer, hold(body, up.rewrite_max_bytes, memory, &mut held))
+    let read = before(timer, hold(body, up.rewrite_max_bytes, &memory, &mut held))
         .await
         .map_err(|Elapsed| BodyFailed::Timeout)??;
     Ok(match read {
@@ -675,8 +671,7 @@ pub async fn patch_response(
     } else {
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
-        let memory = body_memory(st);
-        match rewritten(up, &memory, body.into_data_stream(), patch, timer, ()).await {
+        match rewritten(st, up, body.into_data_stream(), patch, timer, ()).await {
             Ok(body) => body,
             Err(failed) => return body_failed(up, failed, request_body),
         }
