@@ -892,3 +892,81 @@ async fn the_era_bridge_keeps_an_upstream_session_per_principal() {
         panic!("{e}: the upstream's sessions: {}", sessions().await);
     }
 }
+
+/// A session used only through the proxy (no GET stream holds it) is in use: each request
+/// forwarded in it marks it, so a flood of new session ids past `FANOUT_MAX_SESSIONS` (another
+/// principal's polls, each binding one) pushes the flood's own oldest ids out, not hers — and the
+/// flooder cannot then have her session forwarded, or bind it and lock her out (the probe's
+/// re-check found both when only streams and polls marked a session). Memory mode, bound 50.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_used_only_through_the_proxy_is_not_pushed_out() {
+    use mcp_fanout_testkit::jwt::{hs256, now_secs};
+    use mcp_fanout_testkit::{poll_with, start_memory};
+
+    const SECRET: &str = "in-use-secret";
+    e2e::ensure_setup();
+    let up = Upstream::py1("upstream-in-use", &["--stateless"]).await;
+    let r = start_memory(
+        "in-use",
+        &[
+            ("FANOUT_UPSTREAM", up.url.as_str()),
+            ("FANOUT_MINT_SESSION_IDS", "true"),
+            ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_SECRET", SECRET),
+            ("FANOUT_MAX_SESSIONS", "50"),
+        ],
+    )
+    .await;
+    let bearer = |sub: &str| {
+        let claims = json!({ "sub": sub, "exp": now_secs() + 600 });
+        format!("Bearer {}", hs256(SECRET, &claims))
+    };
+    let (alice, bob) = (bearer("alice"), bearer("bob"));
+    let init = e2e::post_rpc(
+        &r.public_url("/mcp"),
+        &e2e::initialize_request(1),
+        &[("authorization", alice.as_str())],
+    )
+    .await;
+    assert_eq!(init.status, 200, "initialize");
+    let session = init
+        .header("mcp-session-id")
+        .expect("a minted session id")
+        .to_string();
+    let call = |auth: String| {
+        let (url, session) = (r.public_url("/mcp"), session.clone());
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                "params": {"name": "add", "arguments": {"a": 1, "b": 2}}});
+            let headers = [
+                ("authorization", auth.as_str()),
+                ("mcp-session-id", session.as_str()),
+                ("mcp-protocol-version", "2025-11-25"),
+            ];
+            e2e::post_rpc(&url, &body, &headers).await.status
+        }
+    };
+    // Bob's poll naming `session`: binds it to him if it is free.
+    let bind = |session: String| {
+        let headers = [
+            ("authorization".to_string(), bob.clone()),
+            ("mcp-session-id".to_string(), session),
+        ];
+        let r = &r;
+        async move { poll_with(r, "timeout=0", &headers).await.status.as_u16() }
+    };
+    for n in 0..40 {
+        assert_eq!(bind(format!("bob-{n}")).await, 200, "bob binds {n}");
+    }
+    assert_eq!(call(alice.clone()).await, 200, "her call in her session");
+    for n in 40..80 {
+        assert_eq!(bind(format!("bob-{n}")).await, 200, "bob binds {n}");
+    }
+    assert_eq!(call(bob.clone()).await, 403, "bob's call in her session");
+    assert_eq!(
+        bind(session.clone()).await,
+        403,
+        "bob's poll in her session"
+    );
+    assert_eq!(call(alice).await, 200, "she still has it");
+}

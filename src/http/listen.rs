@@ -195,13 +195,14 @@ async fn forwardable_session(
 
 /// Whether `owner` may name `session` in a request the proxy forwards: `403` when a session
 /// recorded here is another principal's; a session not recorded here is the upstream's to answer
-/// (`Unknown`).
+/// (`Unknown`). The owner's session is marked used: one used only through the proxy (no stream)
+/// must not age out of the table while its requests come, and be bound by someone else.
 pub(super) async fn callers_session(
     st: &AppState,
     session: &str,
     owner: &Owner,
 ) -> Result<Ownership, AppError> {
-    match st.sessions.ownership(session, owner).await {
+    match st.sessions.use_if_owned(session, owner).await {
         Ok(Ownership::Other) | Err(SessionError::Forbidden) => Err(AppError::Forbidden(
             "this session belongs to another principal",
         )),

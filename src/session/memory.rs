@@ -152,6 +152,18 @@ impl SessionStore for MemorySessions {
         })
     }
 
+    async fn use_if_owned(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
+        let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(match inner.sessions.get_mut(session) {
+            None => Ownership::Unknown,
+            Some((key, seen)) if key == owner.key() => {
+                *seen = Instant::now();
+                Ownership::Mine
+            }
+            Some(_) => Ownership::Other,
+        })
+    }
+
     async fn known(&self, session: &str) -> Result<bool, SessionError> {
         let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         Ok(inner.sessions.contains_key(session))

@@ -203,6 +203,26 @@ impl SessionStore for PgSessions {
         )
     }
 
+    async fn use_if_owned(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
+        match self
+            .run_owned(&self.sql.ownership, session, owner, false)
+            .await?
+        {
+            None => Ok(Ownership::Unknown),
+            Some(0) => Ok(Ownership::Other),
+            // The owner's, used within CHECK_FRESH: a read only.
+            Some(2) => Ok(Ownership::Mine),
+            // The owner's, not used lately: marked (the upsert only bumps its owner's row).
+            Some(_) => match self
+                .run_owned(&self.sql.check, session, owner, false)
+                .await?
+            {
+                Some(_) => Ok(Ownership::Mine),
+                None => Ok(Ownership::Other),
+            },
+        }
+    }
+
     async fn forget(&self, session: &str) -> Result<(), SessionError> {
         self.run(
             &self.sql.forget,
