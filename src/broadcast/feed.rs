@@ -118,8 +118,11 @@ impl Feed {
                         break 'read;
                     }
                     self.cursor = ev.seq;
-                    bytes += ev.frame().len();
-                    out.push(ev);
+                    // The log filtered them; the one rule still decides.
+                    if ev.target.visible_to(&self.viewer) {
+                        bytes += ev.frame().len();
+                        out.push(ev);
+                    }
                 }
                 if visible.scanned_to <= from {
                     break;

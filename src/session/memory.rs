@@ -143,15 +143,6 @@ impl SessionStore for MemorySessions {
         Ok(())
     }
 
-    async fn ownership(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
-        let inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
-        Ok(match inner.sessions.get(session) {
-            None => Ownership::Unknown,
-            Some((key, _)) if key == owner.key() => Ownership::Mine,
-            Some(_) => Ownership::Other,
-        })
-    }
-
     async fn use_if_owned(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
         let mut inner = self.inner.lock().unwrap_or_else(|p| p.into_inner());
         Ok(match inner.sessions.get_mut(session) {
@@ -222,16 +213,16 @@ mod tests {
                 Err(SessionError::Forbidden)
             ));
             assert_eq!(
-                s.ownership("s1", other).await.expect("ownership"),
+                s.use_if_owned("s1", other).await.expect("ownership"),
                 Ownership::Other
             );
         }
         assert_eq!(
-            s.ownership("s1", &alice()).await.expect("ownership"),
+            s.use_if_owned("s1", &alice()).await.expect("ownership"),
             Ownership::Mine
         );
         assert_eq!(
-            s.ownership("s9", &alice()).await.expect("ownership"),
+            s.use_if_owned("s9", &alice()).await.expect("ownership"),
             Ownership::Unknown
         );
         assert!(s.claim("s2", &Owner::anonymous()).await.is_ok());

@@ -126,11 +126,9 @@ pub trait SessionStore: Send + Sync + 'static {
     /// Whether the session was recorded (proxy mode: an unknown session's GET is `404`).
     async fn known(&self, session: &str) -> Result<bool, SessionError>;
 
-    /// Whose the session is, seen by `owner`, without binding it.
-    async fn ownership(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError>;
-
-    /// [`SessionStore::ownership`], and when the session is `owner`'s, marks it used as a poll
-    /// does (proxy mode: a request forwarded in it). An unknown session stays unknown. A session
+    /// Whose the session is, seen by `owner`, without binding it; when it is `owner`'s, marks it
+    /// used as a poll does (proxy mode: a request forwarded in it, its `DELETE`). An unknown
+    /// session stays unknown. A session
     /// used only through the proxy is in use: the trim past `FANOUT_MAX_SESSIONS` and idle
     /// cleanup must not take it from its owner while requests come.
     async fn use_if_owned(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError>;

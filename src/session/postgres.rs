@@ -190,19 +190,6 @@ impl SessionStore for PgSessions {
             .is_some())
     }
 
-    async fn ownership(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
-        Ok(
-            match self
-                .run_owned(&self.sql.ownership, session, owner, false)
-                .await?
-            {
-                None => Ownership::Unknown,
-                Some(0) => Ownership::Other,
-                Some(_) => Ownership::Mine,
-            },
-        )
-    }
-
     async fn use_if_owned(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError> {
         match self
             .run_owned(&self.sql.ownership, session, owner, false)

@@ -12,11 +12,7 @@
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
-
-use super::{ReadError, SharedError};
-
-type SharedRead<T> = Shared<BoxFuture<'static, Result<T, ReadError>>>;
+use super::{lock, spawn_shared, ReadError, SharedRead};
 
 pub(super) struct FreshReads<T: Clone> {
     waiting: Arc<Mutex<Waiting<T>>>,
@@ -59,7 +55,7 @@ impl<T: Clone + Send + Sync + 'static> FreshReads<T> {
                     let id = waiting.next;
                     let (slot, running) = (self.waiting.clone(), self.running.clone());
                     // Spawned while `waiting` is locked: it cannot leave the slot before it is in.
-                    let task = tokio::spawn(async move {
+                    let read = spawn_shared(async move {
                         let _running = running.lock_owned().await;
                         // Started: who asks from now on waits for the next query.
                         {
@@ -70,13 +66,6 @@ impl<T: Clone + Send + Sync + 'static> FreshReads<T> {
                         }
                         fetch().await
                     });
-                    let read = async move {
-                        task.await.unwrap_or_else(|failed| {
-                            Err(ReadError::Internal(SharedError(Arc::new(failed))))
-                        })
-                    }
-                    .boxed()
-                    .shared();
                     waiting.read = Some((id, read.clone()));
                     read
                 }
@@ -86,14 +75,11 @@ impl<T: Clone + Send + Sync + 'static> FreshReads<T> {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    use futures::future::{BoxFuture, FutureExt};
     use tokio::sync::Semaphore;
 
     use super::super::tests::until;

@@ -19,6 +19,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use deadpool_postgres::Pool;
+use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio_postgres::types::Type;
 
 use super::{AppendRequest, Appended, Bounds, EventLog, LogError, VisiblePage};
@@ -75,7 +76,8 @@ impl LogSql {
                      SELECT * FROM {schema}.events WHERE seq > $1 ORDER BY seq LIMIT $2) e ON true"
             ),
             // The same columns, then the head, all in one snapshot: every event up to the head
-            // is committed and visible in it (seqs are given under the head row's lock).
+            // is committed and visible in it (seqs are given under the head row's lock). The
+            // filter is `Target::visible_to` in SQL, a prefilter: the feed applies the rule too.
             visible_after: format!(
                 "SELECT m.pruned, e.seq, e.method, e.params, e.tenant, e.session, e.committed_at, \
                  h.seq FROM {schema}.meta m CROSS JOIN {schema}.head h LEFT JOIN LATERAL ( \
@@ -89,6 +91,30 @@ impl LogSql {
 }
 
 type Page = Arc<VisiblePage>;
+
+/// A read every waiter shares (`shared_reads`, `fresh_reads`).
+type SharedRead<T> = Shared<BoxFuture<'static, Result<T, ReadError>>>;
+
+/// Runs `read` to its end in a task of its own, whoever still waits for it (a future nobody
+/// polls would keep its pooled connection checked out for ever), and shares its result.
+fn spawn_shared<T, F>(read: F) -> SharedRead<T>
+where
+    T: Clone + Send + Sync + 'static,
+    F: std::future::Future<Output = Result<T, ReadError>> + Send + 'static,
+{
+    let task = tokio::spawn(read);
+    async move {
+        task.await
+            .unwrap_or_else(|failed| Err(ReadError::Internal(SharedError(Arc::new(failed)))))
+    }
+    .boxed()
+    .shared()
+}
+
+/// The reads' tables are left consistent by every holder: a poisoned lock is still usable.
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// A clonable read error, so one failed shared read answers every waiter.
 #[derive(Debug, Clone)]

@@ -10,9 +10,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
-use futures::future::{BoxFuture, FutureExt, Shared};
-
-use super::{Page, ReadError, SharedError};
+use super::{lock, spawn_shared, Page, ReadError, SharedRead};
 
 /// A read's key: the cursor it reads after, its page size and, for one viewer's read, how far it
 /// looks and whose view it is.
@@ -42,8 +40,6 @@ impl Key {
     }
 }
 
-type SharedRead = Shared<BoxFuture<'static, Result<Page, ReadError>>>;
-
 #[derive(Default)]
 pub(super) struct SharedReads {
     table: Arc<Mutex<Table>>,
@@ -53,7 +49,7 @@ pub(super) struct SharedReads {
 struct Table {
     /// Names each read, so a finished one removes itself and not a newer read of the same key.
     next: u64,
-    reads: HashMap<Key, (u64, SharedRead)>,
+    reads: HashMap<Key, (u64, SharedRead<Page>)>,
 }
 
 impl SharedReads {
@@ -72,7 +68,7 @@ impl SharedReads {
                 let own = self.table.clone();
                 let key_done = key.clone();
                 // Spawned while the table is locked: it cannot remove its entry before it is in.
-                let task = tokio::spawn(async move {
+                let read = spawn_shared(async move {
                     let result = fetch.await;
                     let mut table = lock(&own);
                     if table.reads.get(&key_done).is_some_and(|(i, _)| *i == id) {
@@ -80,13 +76,6 @@ impl SharedReads {
                     }
                     result
                 });
-                let read = async move {
-                    task.await.unwrap_or_else(|failed| {
-                        Err(ReadError::Internal(SharedError(Arc::new(failed))))
-                    })
-                }
-                .boxed()
-                .shared();
                 table.reads.insert(key, (id, read.clone()));
                 read
             }
@@ -99,10 +88,6 @@ impl SharedReads {
     fn running(&self) -> usize {
         lock(&self.table).reads.len()
     }
-}
-
-fn lock(table: &Mutex<Table>) -> std::sync::MutexGuard<'_, Table> {
-    table.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
