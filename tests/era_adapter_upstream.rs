@@ -219,6 +219,9 @@ async fn answers_held_for_a_rewrite_count_against_the_body_memory_budget() {
     // The client goes: its answers are dropped, and their bytes given back.
     drop(held);
     drop(stuck);
+    r.wait_metric("mcp_fanout_body_memory_held_bytes", PATIENCE, |v| v == 0.0)
+        .await
+        .expect("the held answers' bytes are given back");
     wait_until("a call is answered again", PATIENCE, || async {
         let answer = send_modern(&client, &url, &modern_call(6)).send().await;
         answer.is_ok_and(|a| a.status() == 200)

@@ -215,6 +215,9 @@ async fn authenticated_bodies_are_held_to_the_json_rpc_limit() {
     assert_eq!(ok.status(), 200);
 }
 
+/// The bytes the replica holds of its body memory budget.
+const HELD: &str = "mcp_fanout_body_memory_held_bytes";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bodies_in_progress_share_one_memory_budget() {
     const MAX: usize = 64 * 1024;
@@ -251,11 +254,16 @@ async fn bodies_in_progress_share_one_memory_budget() {
                 .expect("send"),
         );
     }
-    wait_until("the held bodies fill the budget", SOON, || async {
-        probe().await.status() == 503
-    })
-    .await
-    .expect("a request past the budget is refused");
+    // Both are being read once the replica says it holds the whole budget (a probe sent before
+    // the second is taken would take its byte first and leave the second refused).
+    r.wait_metric(HELD, SOON, |v| v == (2 * MAX) as f64)
+        .await
+        .expect("both bodies are held");
+    assert_eq!(
+        probe().await.status(),
+        503,
+        "a request past the budget is refused"
+    );
     let mut third = send_head_and_part(addr, &listen_head(Some(MAX as u64)), b"")
         .await
         .expect("send");
@@ -285,6 +293,9 @@ async fn bodies_in_progress_share_one_memory_budget() {
 
     // A held body's client goes away: its share is let go and requests are served again.
     drop(held.pop());
+    r.wait_metric(HELD, SOON, |v| v == MAX as f64)
+        .await
+        .expect("the gauge falls by the body let go");
     wait_until("a request is served again", SOON, || async {
         probe().await.status() == 400
     })

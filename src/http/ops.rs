@@ -30,6 +30,11 @@ pub async fn readyz(State(st): State<AppState>) -> Result<Json<serde_json::Value
 }
 
 pub async fn metrics(State(st): State<AppState>) -> Result<Response, AppError> {
+    let budget = st.config.body_memory_bytes();
+    let held = budget.saturating_sub(st.body_memory.available_permits());
+    st.metrics
+        .body_memory_held
+        .set(i64::try_from(held).unwrap_or(i64::MAX));
     let text = st.metrics.encode().map_err(|_| AppError::Internal)?;
     Ok((
         [(

@@ -71,6 +71,9 @@ pub struct Metrics {
     pub pool_waiting: Gauge,
     /// Background tasks restarted after a failure, a panic or an unexpected exit, by task.
     pub task_restarts: Family<TaskLabel, Counter>,
+    /// Bytes of request bodies and held answers taken from `FANOUT_BODY_MEMORY_BYTES`, set on
+    /// each scrape.
+    pub body_memory_held: Gauge,
 }
 
 impl Default for Metrics {
@@ -100,6 +103,7 @@ impl Metrics {
         let pool_available = Gauge::default();
         let pool_waiting = Gauge::default();
         let task_restarts = Family::<TaskLabel, Counter>::default();
+        let body_memory_held = Gauge::default();
         // Known label values exist from the start, so rate() and alerts see zeros, not gaps.
         for reason in DropReason::ALL {
             let _ = subscribers_dropped.get_or_create(&ReasonLabel {
@@ -143,6 +147,7 @@ impl Metrics {
             pool_available,
             pool_waiting,
             task_restarts,
+            body_memory_held,
         };
         metrics.register();
         metrics
@@ -245,6 +250,11 @@ impl Metrics {
             "task_restarts",
             "Background tasks restarted after a failure, a panic or an unexpected exit, by task",
             self.task_restarts.clone(),
+        );
+        registry.register(
+            "body_memory_held_bytes",
+            "Bytes of request bodies and of answers held for a rewrite, of FANOUT_BODY_MEMORY_BYTES",
+            self.body_memory_held.clone(),
         );
     }
 
