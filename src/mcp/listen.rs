@@ -104,9 +104,9 @@ pub fn validate(
     let Some(id) = id else {
         return Ok(Request::Notification);
     };
-    if !(id.is_string() || id.is_number()) {
+    if !(id.is_string() || exact_integer(id)) {
         return Err(Refusal::invalid(
-            "Invalid Request: id must be a string or a number",
+            "Invalid Request: id must be a string or an integer (within 64 bits, echoed exactly)",
         ));
     }
     let version = matching_headers(msg, method, id, mcp_method, protocol_version)?;
@@ -194,6 +194,21 @@ fn matching_headers(
 /// subscription id, kept as long as the stream and copied into each message (a 1 MB id was
 /// ~1.1 MB per stream, and each event ~1 GB of framing at 1,000 such streams).
 pub const MAX_SUBSCRIPTION_ID_BYTES: usize = 256;
+
+/// An id MCP allows as a number (an integer) that is echoed as the number it is: one held exactly
+/// in 64 bits, or written with a zero fraction and within 2^53 (`1.0`). A larger integer or a
+/// fraction would come back as a different number (`12345678901234567890123` as
+/// `1.2345678901234568e22`), and a client could not match the answer to its request.
+fn exact_integer(id: &Value) -> bool {
+    const EXACT_IN_F64: f64 = 9_007_199_254_740_992.0; // 2^53
+    let Value::Number(n) = id else {
+        return false;
+    };
+    n.is_i64()
+        || n.is_u64()
+        || n.as_f64()
+            .is_some_and(|f| f.fract() == 0.0 && f.abs() <= EXACT_IN_F64)
+}
 
 fn id_bytes(id: &Value) -> usize {
     match id {
@@ -606,6 +621,20 @@ mod tests {
         };
         assert!(validate(&with_id(json!("é".repeat(128))), m, v).is_ok());
         assert!(validate(&with_id(json!(u64::MAX)), m, v).is_ok());
+        assert!(validate(&with_id(json!(i64::MIN)), m, v).is_ok());
+        // Numbers only as integers it echoes exactly (MCP ids are strings or integers).
+        let parsed = |text: &str| -> Value {
+            let written = with_id(json!("ID")).to_string();
+            serde_json::from_str(&written.replacen(r#""ID""#, text, 1)).expect("JSON")
+        };
+        assert!(validate(&parsed("1.0"), m, v).is_ok());
+        for inexact in ["12345678901234567890123", "1.5", "-0.25", "1e300"] {
+            assert_eq!(
+                refused(&parsed(inexact), m, v),
+                Some((StatusCode::BAD_REQUEST, codes::INVALID_REQUEST)),
+                "{inexact}"
+            );
+        }
         assert_eq!(
             refused(&with_id(json!(format!("{}x", "é".repeat(128)))), m, v),
             Some((StatusCode::BAD_REQUEST, codes::INVALID_REQUEST))
