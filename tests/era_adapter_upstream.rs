@@ -10,6 +10,9 @@
 //!   HTTP/2 client never takes (its streams' windows are 0) holding the budget, the next call is
 //!   refused at once with `503`, a JSON-RPC error carrying its id and `Retry-After: 1`, counted as
 //!   `answer_bodies_busy`; once that client is gone, calls are answered again.
+//! - The adapter's own requests read at most `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` of their answers:
+//!   an `initialize` answer over it (with its length stated, or an SSE block that runs past it) is
+//!   not read whole, and the caller's request goes upstream as sent, unbridged.
 //! - The upstream's era is learnt only from an answer that says it: a 2026-07-28 upstream that
 //!   refuses the first probe with `400` (it carried a caller's malformed `Authorization`, RFC 6750)
 //!   or `429` is not taken for a 2025-era one — the next caller gets the upstream's own
@@ -355,4 +358,89 @@ async fn not_taken_for_2025_era(label: &str, upstream: &RecordingUpstream, first
         .expect("the call was forwarded");
     assert_eq!(forwarded.header("mcp-protocol-version"), Some("2026-07-28"));
     assert_eq!(forwarded.header("mcp-session-id"), None);
+}
+
+/// Bytes of the oversized `initialize` answers: far over the limit the test sets.
+const HUGE: usize = 3 * 1024 * 1024;
+
+/// A 2025-era upstream whose `initialize` answer is [`HUGE`]: JSON with its length stated, or
+/// (`sse`) one event-stream block of that size, no length, the stream then held open.
+async fn huge_initialize(sse: bool) -> RecordingUpstream {
+    RecordingUpstream::scripted(move |received: &[Recorded]| {
+        let req = received.last().expect("this request");
+        let id = req.json()["id"].clone();
+        match req.rpc_method().as_deref() {
+            Some("initialize") => {
+                let answer = json!({"jsonrpc": "2.0", "id": id, "result": {
+                    "protocolVersion": "2025-11-25", "capabilities": {"tools": {}},
+                    "serverInfo": {"name": "legacy", "version": "1"},
+                    "instructions": "x".repeat(HUGE)}});
+                if sse {
+                    let mut bytes = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nMcp-Session-Id: {LEGACY_SESSION}\r\n\r\n"
+                    )
+                    .into_bytes();
+                    bytes.extend_from_slice(format!("data: {answer}\n\n").as_bytes());
+                    Reply::Stall(bytes)
+                } else {
+                    Canned::json(&answer)
+                        .header("Mcp-Session-Id", LEGACY_SESSION)
+                        .into()
+                }
+            }
+            Some("tools/call") => Canned::json(&json!({"jsonrpc": "2.0", "id": id,
+                "result": {"content": []}}))
+            .into(),
+            _ => legacy_handshake(req).expect("only discover, initialize and calls"),
+        }
+    })
+    .await
+    .expect("an upstream")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_handshake_answer_is_not_read_whole() {
+    for sse in [false, true] {
+        let upstream = huge_initialize(sse).await;
+        let label = if sse {
+            "adapter-huge-sse"
+        } else {
+            "adapter-huge-json"
+        };
+        let (r, url, client) = bridging(
+            label,
+            &upstream,
+            &[("FANOUT_UPSTREAM_REWRITE_MAX_BYTES", "65536")],
+        )
+        .await;
+        let answer = send_modern(&client, &url, &modern_call(9))
+            .send()
+            .await
+            .expect("answered");
+        assert_eq!(answer.status(), 200, "sse: {sse}");
+        // The handshake was tried and given up: the call went upstream as sent, with no session.
+        let received = upstream.received();
+        assert!(
+            received
+                .iter()
+                .any(|q| q.rpc_method().as_deref() == Some("initialize")),
+            "sse: {sse}"
+        );
+        let call = received
+            .iter()
+            .find(|q| q.rpc_method().as_deref() == Some("tools/call"))
+            .expect("the call was forwarded");
+        assert_eq!(
+            call.header("mcp-session-id"),
+            None,
+            "unbridged (sse: {sse})"
+        );
+        assert_eq!(
+            call.header("mcp-protocol-version"),
+            Some("2026-07-28"),
+            "as sent (sse: {sse})"
+        );
+        let health = r.admin_get("/healthz").await.expect("healthz");
+        assert_eq!(health.status.as_u16(), 200);
+    }
 }

@@ -14,11 +14,13 @@
 //! `ttlMs` and `cacheScope` on cacheable results), with the defaults a 2026 server SDK uses
 //! (`complete`, `0`, `private`).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
+use futures::{StreamExt, TryStreamExt};
 use serde_json::{json, Value};
 use tokio::sync::OwnedSemaphorePermit;
 
@@ -61,6 +63,10 @@ pub enum AdapterError {
     NoEra(StatusCode),
     #[error("the upstream's initialize answer has no result: {0}")]
     NoResult(String),
+    /// The probe's or the handshake's answer ran past `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` before
+    /// its first JSON-RPC message ended: it is not read further.
+    #[error("the upstream's answer to the adapter is over {0} bytes (FANOUT_UPSTREAM_REWRITE_MAX_BYTES)")]
+    TooLarge(usize),
     /// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
     /// the adapter's own requests count toward the bound like forwarded ones.
     #[error("every upstream connection of this replica is in use")]
@@ -278,7 +284,7 @@ async fn probe(up: &Upstream, credentials: &Credentials) -> Result<Era, AdapterE
         // limit): learn it on a later request.
         return Err(AdapterError::Probe(status));
     }
-    let msg = first_message(resp).await?;
+    let msg = first_message(resp, up.rewrite_max_bytes).await?;
     era_of(status, &msg).ok_or(AdapterError::NoEra(status))
 }
 
@@ -341,7 +347,7 @@ async fn handshake(up: &Upstream, credentials: &Credentials) -> Result<Handshake
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let status = resp.status();
-    let msg = first_message(resp).await?;
+    let msg = first_message(resp, up.rewrite_max_bytes).await?;
     let Some(result) = msg.get("result").filter(|_| status.is_success()) else {
         return Err(AdapterError::NoResult(format!("{status}: {msg}")));
     };
@@ -362,22 +368,42 @@ async fn handshake(up: &Upstream, credentials: &Credentials) -> Result<Handshake
 }
 
 /// The first JSON-RPC message of an answer: its JSON body, or the first `data:` of its SSE
-/// body that is an answer (read only until then: an SSE answer may stay open).
-async fn first_message(resp: reqwest::Response) -> Result<Value, AdapterError> {
+/// body that is an answer (read only until then: an SSE answer may stay open). At most `max`
+/// bytes are read ([`AdapterError::TooLarge`] past them): the upstream's answer is held in memory.
+async fn first_message(resp: reqwest::Response, max: usize) -> Result<Value, AdapterError> {
     let sse = resp
         .headers()
         .get("content-type")
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    if !sse {
-        let body = resp.bytes().await?;
-        return Ok(serde_json::from_slice(&body).unwrap_or(Value::Null));
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(AdapterError::TooLarge(max));
     }
-    let mut messages = mcp_fanout_client::sse::messages(resp.bytes_stream());
-    while let Some(msg) = futures::StreamExt::next(&mut messages).await {
+    // Whether the limit ended the body (the SSE decoder reports it as any other body error).
+    let over = Arc::new(AtomicBool::new(false));
+    let mut read = 0usize;
+    let chunks = resp.bytes_stream().map({
+        let over = over.clone();
+        move |chunk| {
+            let chunk = chunk.map_err(AdapterError::Unreachable)?;
+            read = read.saturating_add(chunk.len());
+            if read > max {
+                over.store(true, Ordering::Relaxed);
+                return Err(AdapterError::TooLarge(max));
+            }
+            Ok(chunk)
+        }
+    });
+    if !sse {
+        let body: Vec<bytes::Bytes> = chunks.try_collect().await?;
+        return Ok(serde_json::from_slice(&body.concat()).unwrap_or(Value::Null));
+    }
+    let mut messages = mcp_fanout_client::sse::messages(Box::pin(chunks));
+    while let Some(msg) = messages.next().await {
         match msg {
             Ok(v) if v.get("result").is_some() || v.get("error").is_some() => return Ok(v),
             Ok(_) => {}
+            Err(_) if over.load(Ordering::Relaxed) => return Err(AdapterError::TooLarge(max)),
             Err(e) => return Err(AdapterError::NoResult(format!("its stream failed: {e}"))),
         }
     }
