@@ -13,6 +13,9 @@
 //! - The adapter's own requests read at most `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` of their answers:
 //!   an `initialize` answer over it (with its length stated, or an SSE block that runs past it) is
 //!   not read whole, and the caller's request goes upstream as sent, unbridged.
+//! - An era probe the upstream does not answer (within `FANOUT_UPSTREAM_TIMEOUT_SECS`) is not
+//!   repeated by each request that queued behind it: they go upstream as sent, and the next probe
+//!   comes after a backoff, which then learns the era.
 //! - The upstream's era is learnt only from an answer that says it: a 2026-07-28 upstream that
 //!   refuses the first probe with `400` (it carried a caller's malformed `Authorization`, RFC 6750)
 //!   or `429` is not taken for a 2025-era one — the next caller gets the upstream's own
@@ -443,4 +446,79 @@ async fn an_oversized_handshake_answer_is_not_read_whole() {
         let health = r.admin_get("/healthz").await.expect("healthz");
         assert_eq!(health.status.as_u16(), 200);
     }
+}
+
+/// How many `server/discover` probes `upstream` received.
+fn probes(upstream: &RecordingUpstream) -> usize {
+    probes_in(&upstream.received())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_queued_behind_an_unanswered_probe_do_not_each_probe_again() {
+    // A 2025-era upstream that never answers its first probe (accepted, then silence).
+    let upstream = RecordingUpstream::scripted(|received: &[Recorded]| {
+        let req = received.last().expect("this request");
+        let first_probe =
+            req.rpc_method().as_deref() == Some("server/discover") && probes_in(received) == 1;
+        if first_probe {
+            return Reply::Stall(Vec::new());
+        }
+        legacy_handshake(req).unwrap_or_else(|| {
+            Canned::json(&json!({"jsonrpc": "2.0", "id": req.json()["id"],
+                "result": {"content": []}}))
+            .into()
+        })
+    })
+    .await
+    .expect("an upstream");
+    let (_r, url, client) = bridging(
+        "adapter-probe-backoff",
+        &upstream,
+        &[("FANOUT_UPSTREAM_TIMEOUT_SECS", "2")],
+    )
+    .await;
+
+    // Four callers at once: one probes, the others wait for it; when it times out, all four go
+    // upstream as sent.
+    let wave = (1..=4u64).map(|id| {
+        let request = send_modern(&client, &url, &modern_call(id));
+        async move { request.send().await.expect("answered").status() }
+    });
+    for status in futures::future::join_all(wave).await {
+        assert_eq!(status, 200);
+    }
+    assert_eq!(probes(&upstream), 1, "one probe for the four");
+    let calls: Vec<Recorded> = upstream
+        .received()
+        .into_iter()
+        .filter(|q| q.rpc_method().as_deref() == Some("tools/call"))
+        .collect();
+    assert_eq!(calls.len(), 4);
+    assert!(calls.iter().all(|c| c.header("mcp-session-id").is_none()));
+
+    // After the backoff, a request probes again, learns the era and is bridged.
+    let mut id = 10;
+    wait_until("a call is bridged", PATIENCE, || {
+        id += 1;
+        let request = send_modern(&client, &url, &modern_call(id));
+        let upstream = &upstream;
+        async move {
+            request.send().await.expect("answered");
+            upstream.received().iter().any(|q| {
+                q.rpc_method().as_deref() == Some("tools/call")
+                    && q.header("mcp-session-id") == Some(LEGACY_SESSION)
+            })
+        }
+    })
+    .await
+    .expect("the era is learnt after the backoff");
+    assert_eq!(probes(&upstream), 2, "one more probe, after the backoff");
+}
+
+/// How many of `received` are `server/discover` probes.
+fn probes_in(received: &[Recorded]) -> usize {
+    received
+        .iter()
+        .filter(|q| q.rpc_method().as_deref() == Some("server/discover"))
+        .count()
 }

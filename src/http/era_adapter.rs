@@ -39,6 +39,10 @@ const DISCOVER: &str = "server/discover";
 
 /// Longest the probe and the handshake may take together.
 const LEARN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+/// The wait after a first era probe the upstream did not answer; it doubles with each such probe
+/// in a row, up to [`PROBE_BACKOFF_MAX`].
+const PROBE_BACKOFF_MIN: std::time::Duration = std::time::Duration::from_secs(1);
+const PROBE_BACKOFF_MAX: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Methods whose 2026-07-28 results are cacheable (`ttlMs`, `cacheScope` required).
 const CACHEABLE: [&str; 5] = [
@@ -53,8 +57,12 @@ const CACHEABLE: [&str; 5] = [
 pub enum AdapterError {
     #[error("the upstream is unreachable: {0}")]
     Unreachable(#[from] reqwest::Error),
-    #[error("the upstream did not answer the probe and handshake within {LEARN_TIMEOUT:?}")]
+    #[error("the upstream did not answer the probe or handshake within {LEARN_TIMEOUT:?} (or FANOUT_UPSTREAM_TIMEOUT_SECS, if shorter)")]
     Timeout,
+    /// A recent probe found the upstream down (it timed out or could not connect): no new one
+    /// until its backoff has passed.
+    #[error("a recent era probe found the upstream down; the next one is due later")]
+    Down,
     #[error("the upstream answered the server/discover probe with {0}")]
     Probe(StatusCode),
     /// An answer that is neither a 2026-07-28 discover result nor a 2025-era refusal of one (an
@@ -88,6 +96,10 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         Ok(Era::Legacy) => {}
         Ok(Era::Modern) => return proxy::forward(st, up, f).await,
         Err(AdapterError::Busy) => return proxy::upstream_busy(up, &f.body),
+        Err(AdapterError::Down) => {
+            tracing::debug!(upstream = %up.url(), "the upstream's era is unknown and it was down at the last probe; forwarding as is");
+            return proxy::forward(st, up, f).await;
+        }
         Err(error) => {
             tracing::warn!(%error, upstream = %up.url(), "cannot learn the upstream's protocol era; forwarding as is");
             return proxy::forward(st, up, f).await;
@@ -143,11 +155,22 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     }
 }
 
-/// The cached era, learnt now if unknown (the probe carries the caller's credentials).
+/// The cached era, learnt now if unknown (the probe carries the caller's credentials). A probe
+/// that times out or cannot connect (the upstream is down, whoever asks) is not repeated for a
+/// while ([`PROBE_BACKOFF_MIN`], doubling to [`PROBE_BACKOFF_MAX`]): the requests that queued
+/// behind it, and those that come meanwhile, go upstream as sent instead of each waiting out a
+/// probe of its own in turn. A refusal that may depend on the caller (its credentials, a rate
+/// limit) is not: the next caller probes with its own.
 async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, AdapterError> {
-    let mut cache = up.era_cache().0.lock().await;
-    if let Some(era) = *cache {
+    let mut known = up.era_cache().0.lock().await;
+    if let Some(era) = known.era {
         return Ok(era);
+    }
+    if known
+        .quiet_until
+        .is_some_and(|until| tokio::time::Instant::now() < until)
+    {
+        return Err(AdapterError::Down);
     }
     // The probe holds an upstream connection: within the bound, as every upstream request.
     let _permit = up
@@ -155,12 +178,29 @@ async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, AdapterErr
         .try_acquire(up.url().as_str())
         .ok_or(AdapterError::Busy)?;
     // Bounded: every 2026 request of this replica waits for it.
-    let era = tokio::time::timeout(LEARN_TIMEOUT, probe(up, credentials))
-        .await
-        .map_err(|_| AdapterError::Timeout)??;
-    tracing::info!(upstream = %up.url(), modern = era == Era::Modern, "learnt the upstream's protocol era");
-    *cache = Some(era);
-    Ok(era)
+    let within = LEARN_TIMEOUT.min(up.response_timeout());
+    let probed = match tokio::time::timeout(within, probe(up, credentials)).await {
+        Ok(probed) => probed,
+        Err(_) => Err(AdapterError::Timeout),
+    };
+    match probed {
+        Ok(era) => {
+            tracing::info!(upstream = %up.url(), modern = era == Era::Modern, "learnt the upstream's protocol era");
+            known.era = Some(era);
+            Ok(era)
+        }
+        Err(e @ (AdapterError::Timeout | AdapterError::Unreachable(_))) => {
+            let backoff = known
+                .backoff
+                .saturating_mul(2)
+                .clamp(PROBE_BACKOFF_MIN, PROBE_BACKOFF_MAX);
+            known.backoff = backoff;
+            known.quiet_until = Some(tokio::time::Instant::now() + backoff);
+            tracing::warn!(error = %e, upstream = %up.url(), retry_in_ms = backoff.as_millis() as u64, "the upstream did not answer the era probe: requests go as sent until the next probe");
+            Err(e)
+        }
+        Err(e) => Err(e),
+    }
 }
 
 /// The caller's adapter session: the one its credentials have, made now if none — or, with
@@ -195,9 +235,12 @@ async fn session(
         .in_flight
         .try_acquire(up.url().as_str())
         .ok_or(AdapterError::Busy)?;
-    let hs = tokio::time::timeout(LEARN_TIMEOUT, handshake(up, credentials))
-        .await
-        .map_err(|_| AdapterError::Timeout)??;
+    let hs = tokio::time::timeout(
+        LEARN_TIMEOUT.min(up.response_timeout()),
+        handshake(up, credentials),
+    )
+    .await
+    .map_err(|_| AdapterError::Timeout)??;
     let hs = Arc::new(hs);
     tracing::debug!(
         upstream = %up.url(),

@@ -86,7 +86,17 @@ pub enum Era {
 
 /// What the proxy knows of its upstream's era (per replica; learnt on the first 2026 request).
 #[derive(Debug, Default)]
-pub struct EraCache(pub tokio::sync::Mutex<Option<Era>>);
+pub struct EraCache(pub tokio::sync::Mutex<EraKnowledge>);
+
+/// The era once learnt; until then, whether the last probes found the upstream down.
+#[derive(Debug, Default)]
+pub struct EraKnowledge {
+    pub era: Option<Era>,
+    /// After a probe that timed out or could not connect: no probe before this instant (the
+    /// requests meanwhile go upstream as sent), and the wait after the next such failure.
+    pub quiet_until: Option<tokio::time::Instant>,
+    pub backoff: std::time::Duration,
+}
 
 /// The identity headers of one adapted caller, as it sent them.
 pub type Credentials = Vec<(HeaderName, HeaderValue)>;
