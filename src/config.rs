@@ -132,9 +132,9 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_MAX_LAG_BYTES", default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_lag_bytes: u64,
 
-    /// Most sessions remembered. Memory mode: past it the least recently used tenth is forgotten
-    /// at once. Postgres mode (across the deployment): each retention pass forgets the least
-    /// recently used rows past it.
+    /// Most sessions remembered. Memory mode: past it a tenth is forgotten at once. Postgres mode
+    /// (across the deployment): each retention pass forgets the rows past it. Fair share: the
+    /// sessions of the principal holding the most go first, least recently used first.
     #[arg(long, env = "FANOUT_MAX_SESSIONS", default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_sessions: u64,
 

@@ -476,8 +476,8 @@ async fn poll_as(r: &Replica, tenant: &str, session: String) -> u16 {
     poll_with(r, "timeout=0", &headers).await.status.as_u16()
 }
 
-/// Alpha opens a stream for `live` (the oldest use of all), binds `first`, then 25 more ids: past
-/// a bound of 20. The stream is returned, open.
+/// Alpha opens a stream for `live` (the oldest use of all), binds `first`; beta binds `hers`;
+/// then alpha binds 25 more ids: past a bound of 20. The stream is returned, open.
 async fn alpha_binds_past_the_bound(r: &Replica) -> SseConn {
     let live = open_stream(r, &Who::header_mode("alpha", Some("alpha"), Some("live"))).await;
     r.wait_subscribers(1, T)
@@ -485,17 +485,24 @@ async fn alpha_binds_past_the_bound(r: &Replica) -> SseConn {
         .expect("alpha's stream registered");
     assert_eq!(poll_as(r, "alpha", "first".into()).await, 200);
     assert_eq!(poll_as(r, "beta", "first".into()).await, 403, "alpha's");
+    assert_eq!(poll_as(r, "beta", "hers".into()).await, 200);
     for i in 0..25 {
         assert_eq!(poll_as(r, "alpha", format!("s{i}")).await, 200);
     }
     live
 }
 
-/// Once the bound of 20 took effect: a recently used session keeps its owner, `first` (the least
-/// recently used) was forgotten and is bound by whoever presents it next, and the replica said so;
-/// `live`, older than all of them, was spared: its stream holds it, still alpha's, and gets the
-/// session's events.
+/// Once the bound of 20 took effect: a recently used session keeps its owner, `first` (alpha's
+/// least recently used) was forgotten and is bound by whoever presents it next, and the replica
+/// said so; `live`, older than all of them, was spared: its stream holds it, still alpha's, and
+/// gets the session's events. Beta's one session, used before alpha's 25, was kept: alpha's ids
+/// pushed out alpha's own (on a least-recently-used trim alone, alpha could then bind beta's).
 async fn expect_the_least_recently_used_forgotten(r: &Replica, mut live: SseConn) {
+    assert_eq!(
+        poll_as(r, "alpha", "hers".into()).await,
+        403,
+        "the sessions of whoever holds the most are forgotten first: beta's stays beta's"
+    );
     assert_eq!(
         poll_as(r, "beta", "live".into()).await,
         403,

@@ -1,13 +1,15 @@
 //! Sessions of the single in-memory replica: at most `FANOUT_MAX_SESSIONS` remembered.
 //!
 //! Room is made only when a new session is added and the table has reached its next mark: the
-//! sessions idle for the retention are forgotten, and if the table is still at the bound, the
-//! least recently used tenth with it. The next mark is then twice what is left (at least
+//! sessions idle for the retention are forgotten, and if the table is still at the bound, a
+//! tenth with it: of the principal holding the most first, least recently used first (see
+//! [`fair_share_order`]). The next mark is then twice what is left (at least
 //! [`GC_AT_LEN`]), capped by the bound, so each pass over the table pays for as many additions as
 //! it leaves room for: a stream of new session ids costs O(1) each, not a scan each. A session
 //! with an open stream on this replica is never forgotten to make room: a flood of new ids would
 //! otherwise push it out, and whoever presented it next would bind it.
 
+use std::cmp::Reverse;
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -37,6 +39,35 @@ struct Inner {
     next_room: usize,
     /// Passes made over the table (for tests).
     passes: u64,
+}
+
+/// The sessions without an open stream in the order they are kept: each owner's most recently
+/// used first, then each owner's second, and so on (most recent first within a rank). Trimming
+/// from the end forgets the sessions of whoever holds the most before anyone else's: a principal
+/// flooding new session ids pushes out its own, not another's session, which whoever presented it
+/// next would bind.
+fn fair_share_order<'a>(
+    sessions: &'a HashMap<String, (String, Instant)>,
+    live: &HashSet<String>,
+) -> Vec<(usize, Reverse<Instant>, &'a str)> {
+    let mut by_owner: HashMap<&str, Vec<(Instant, &str)>> = HashMap::new();
+    for (session, (owner, seen)) in sessions {
+        if !live.contains(session) {
+            by_owner
+                .entry(owner.as_str())
+                .or_default()
+                .push((*seen, session.as_str()));
+        }
+    }
+    by_owner
+        .into_values()
+        .flat_map(|mut own| {
+            own.sort_unstable_by_key(|(seen, _)| Reverse(*seen));
+            own.into_iter()
+                .enumerate()
+                .map(|(rank, (seen, session))| (rank, Reverse(seen), session))
+        })
+        .collect()
 }
 
 impl MemorySessions {
@@ -71,27 +102,21 @@ impl MemorySessions {
         let idle = self.idle;
         inner.sessions.retain(|_, (_, seen)| seen.elapsed() < idle);
         if inner.sessions.len() >= self.max {
-            // Keep the most recently used nine tenths of the bound, and every live session.
+            // Keep nine tenths of the bound, and every live session.
             let live: HashSet<String> = (self.live)().into_iter().collect();
             let keep = self.max - self.max.div_ceil(10);
             let before = inner.sessions.len();
-            let mut seen: Vec<Instant> = inner
-                .sessions
-                .iter()
-                .filter(|(k, _)| !live.contains(*k))
-                .map(|(_, (_, s))| *s)
-                .collect();
-            let keep_idle = keep.saturating_sub(before - seen.len());
+            let mut ranked = fair_share_order(&inner.sessions, &live);
+            let keep_idle = keep.saturating_sub(before - ranked.len());
             if keep_idle == 0 {
                 inner.sessions.retain(|k, _| live.contains(k));
-            } else if seen.len() > keep_idle {
-                // The keep_idle-th most recent use: it and every later one stay.
-                let (_, oldest_kept, _) =
-                    seen.select_nth_unstable_by(keep_idle - 1, |a, b| b.cmp(a));
-                let oldest_kept = *oldest_kept;
-                inner
-                    .sessions
-                    .retain(|k, (_, s)| *s >= oldest_kept || live.contains(k));
+            } else if ranked.len() > keep_idle {
+                ranked.select_nth_unstable(keep_idle);
+                let forget: HashSet<String> = ranked[keep_idle..]
+                    .iter()
+                    .map(|(_, _, k)| (*k).to_owned())
+                    .collect();
+                inner.sessions.retain(|k, _| !forget.contains(k));
             }
             tracing::warn!(
                 max_sessions = self.max,

@@ -49,11 +49,17 @@ impl RetentionSql {
             sessions_lock: format!(
                 "SELECT pg_try_advisory_xact_lock(hashtext('mcp-fanout sessions {s}'))"
             ),
-            // The least recently used rows past the bound (the index on last_seen, newest first),
-            // but not those an open stream holds (marked within the lease).
+            // The rows past the bound in fair-share order — each owner's most recently used
+            // first, then each owner's second, and so on — but not those an open stream holds
+            // (marked within the lease): a principal flooding new session ids pushes out its
+            // own, not another's session, which whoever presented it next would bind. Only when
+            // the table is past the bound (the index on last_seen says) is it ranked.
             trim_sessions: format!(
                 "WITH d AS (DELETE FROM {s}.sessions WHERE session IN (SELECT p.session FROM \
-                 (SELECT session, streamed_at FROM {s}.sessions ORDER BY last_seen DESC \
+                 (SELECT session, streamed_at FROM {s}.sessions \
+                 WHERE EXISTS (SELECT 1 FROM {s}.sessions ORDER BY last_seen DESC OFFSET $1 LIMIT 1) \
+                 ORDER BY row_number() OVER (PARTITION BY coalesce(owner, principal) \
+                 ORDER BY last_seen DESC), last_seen DESC \
                  OFFSET $1 LIMIT $2) p WHERE p.streamed_at IS NULL \
                  OR p.streamed_at < clock_timestamp() - make_interval(secs => $3)) RETURNING 1) \
                  SELECT count(*) FROM d"
