@@ -24,6 +24,10 @@ pub fn reqwest_h2c(timeout: Duration) -> Result<reqwest::Client> {
         .build()?)
 }
 
+/// A request sent, its response head still to come ([`H2Conn::post_pending`]).
+pub type PendingResponse =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<H2Stream>> + Send + 'static>>;
+
 /// Why a stream was reset.
 pub use h2::Reason;
 
@@ -73,6 +77,19 @@ impl H2Conn {
             .await
     }
 
+    /// `POST path` with `headers` and `body` sent now (the stream opened, its body written);
+    /// the returned future resolves with the response head. Many can be in flight at once on one
+    /// connection, up to the server's stream limit.
+    pub async fn post_pending(
+        &mut self,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<PendingResponse> {
+        self.start(http::Method::POST, path, headers, Some(body))
+            .await
+    }
+
     async fn request(
         &mut self,
         method: http::Method,
@@ -80,6 +97,16 @@ impl H2Conn {
         headers: &[(&str, &str)],
         body: Option<Bytes>,
     ) -> Result<H2Stream> {
+        self.start(method, path, headers, body).await?.await
+    }
+
+    async fn start(
+        &mut self,
+        method: http::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<Bytes>,
+    ) -> Result<PendingResponse> {
         let mut req = http::Request::builder()
             .method(method.clone())
             .uri(format!("http://{}{path}", self.addr));
@@ -105,14 +132,17 @@ impl H2Conn {
             send.send_data(body, true)
                 .map_err(|e| Error::Protocol(format!("sending {method} {path}'s body: {e}")))?;
         }
-        let response = response
-            .await
-            .map_err(|e| Error::Protocol(format!("response to {method} {path}: {e}")))?;
-        Ok(H2Stream {
-            status: response.status().as_u16(),
-            body: response.into_body(),
-            buf: BytesMut::new(),
-        })
+        let what = format!("{method} {path}");
+        Ok(Box::pin(async move {
+            let response = response
+                .await
+                .map_err(|e| Error::Protocol(format!("response to {what}: {e}")))?;
+            Ok(H2Stream {
+                status: response.status().as_u16(),
+                body: response.into_body(),
+                buf: BytesMut::new(),
+            })
+        }))
     }
 
     /// The most streams the server lets this connection open at once (its
