@@ -20,6 +20,13 @@ use hyper_util::rt::{TokioExecutor, TokioTimer};
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long an idle pooled upstream connection is kept.
 pub const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most bytes an upstream HTTP/1.1 connection's read buffer grows to, and so the largest answer
+/// head accepted. hyper's default (~400 KiB) is kept by every connection once one large answer has
+/// grown it — pooled idle ones too (the keep-alive read allocates it whole) — outside the body
+/// memory budget: with 1,000 upstream answers in flight that was ~400 MB. Bounded here, each
+/// connection holds at most this much beyond what the budget counts (the request heads the
+/// replica accepts are bounded the same, `server::MAX_HEADER_BYTES`).
+pub const READ_BUF_MAX_BYTES: usize = 64 * 1024;
 
 /// The pooled client; cheap to clone (one pool).
 pub type ForwardClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
@@ -49,5 +56,6 @@ pub fn build(tls: rustls::ClientConfig, http2: bool) -> ForwardClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
+        .http1_max_buf_size(READ_BUF_MAX_BYTES)
         .build(https)
 }
