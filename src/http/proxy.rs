@@ -214,7 +214,16 @@ async fn relay_body(
     Ok(if rewrite && !is_sse {
         headers.remove(header::CONTENT_LENGTH);
         let body = resp.into_body().into_data_stream();
-        rewritten(st, up, body, advertise_list_changed, timer, permit).await?
+        rewritten(
+            st,
+            up,
+            body,
+            known_len,
+            advertise_list_changed,
+            timer,
+            permit,
+        )
+        .await?
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
         holding(
@@ -237,29 +246,64 @@ async fn relay_body(
 }
 
 /// A streamed answer keeps its upstream connection, and so the permit, until it ends or the
-/// client goes (a held one has given it back by the time it is relayed).
+/// client goes (a held one has given it back by the time it is relayed). The body's length, when
+/// stated, is still told ([`Holding`]): the era adapter holds an answer in a buffer of that size.
 fn holding<B, G>(body: B, permit: G) -> Body
 where
-    B: hyper::body::Body<Data = Bytes> + Send + 'static,
+    B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
     B::Error: Into<axum::BoxError>,
     G: Send + 'static,
 {
-    Body::new(body.map_frame(move |frame| {
-        let _holds = &permit;
-        frame
-    }))
+    Body::new(Holding {
+        body,
+        _permit: permit,
+    })
+}
+
+/// A body and what it holds until it is dropped; its frames, end and size hint are the body's.
+struct Holding<B, G> {
+    body: B,
+    _permit: G,
+}
+
+// What is held is never pinned: only the body is polled.
+impl<B: Unpin, G> Unpin for Holding<B, G> {}
+
+impl<B, G> hyper::body::Body for Holding<B, G>
+where
+    B: hyper::body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// An answer to rewrite with `patch`, read whole before `timer` fires: the rewritten body. One
 /// over `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` is relayed unmodified as it arrives, holding `guard`
-/// (its upstream connection's permit) until it ends. The bytes read are taken from the body
-/// memory budget as they arrive (none left: [`BodyFailed::Busy`]) and held by the body relayed
-/// until it has been written out or dropped: a client that does not read its answers cannot make
-/// the replica hold more than the budget.
+/// (its upstream connection's permit) until it ends. The memory the answer is held in is taken
+/// from the body memory budget — its stated length (`known_len`) before a byte is read, else
+/// as the buffer grows (none left: [`BodyFailed::Busy`]) — and held by the body relayed until it
+/// has been written out or dropped: a client that does not read its answers cannot make the
+/// replica hold more than the budget.
 async fn rewritten<S, E, G>(
     st: &AppState,
     up: &Upstream,
     body: S,
+    known_len: Option<u64>,
     patch: Patch,
     timer: std::pin::Pin<&mut tokio::time::Sleep>,
     guard: G,
@@ -271,11 +315,14 @@ where
 {
     let memory: BodyMemory = (st.body_memory.clone(), st.config.body_memory_bytes());
     let mut held = None;
-    let read = before(timer, hold(body, up.rewrite_max_bytes, &memory, &mut held))
-        .await
-        .map_err(|Elapsed| BodyFailed::Timeout)??;
+    let read = before(
+        timer,
+        hold(body, known_len, up.rewrite_max_bytes, &memory, &mut held),
+    )
+    .await
+    .map_err(|Elapsed| BodyFailed::Timeout)??;
     Ok(match read {
-        Held::Whole(b) => holding(Body::from(rewrite_json(&b, patch)), held),
+        Held::Whole(b) => holding(Body::from(rewrite_json(b, patch)), held),
         Held::Over(head, rest) => {
             tracing::warn!(
                 upstream = %up.url,
@@ -594,10 +641,13 @@ enum Held<S> {
 }
 
 /// Reads `body` whole if it is at most `max` bytes; past that, stops and gives back what was
-/// read and the rest of the stream. Each piece's bytes are taken from `memory` into `held` as it
-/// arrives.
+/// read and the rest of the stream. The buffer's memory is taken from `memory` into `held` before
+/// it is allocated: a stated length (`known_len`, at most `max`) whole before a byte is read, in
+/// a buffer of exactly that size; otherwise each time the buffer grows, by what it grows (its
+/// capacity, not only the bytes in it: a buffer that doubles holds up to twice what it was sent).
 async fn hold<S, E>(
     mut body: S,
+    known_len: Option<u64>,
     max: usize,
     memory: &BodyMemory,
     held: &mut Option<OwnedSemaphorePermit>,
@@ -606,14 +656,30 @@ where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin,
     E: std::fmt::Display,
 {
-    let mut buf = bytes::BytesMut::new();
+    let busy = |_| BodyFailed::Busy(memory.1);
+    let stated = known_len
+        .and_then(|n| usize::try_from(n).ok())
+        .filter(|&n| n <= max);
+    let mut accounted = stated.unwrap_or(0);
+    super::body::take(Some(memory), held, accounted).map_err(busy)?;
+    let mut buf = bytes::BytesMut::with_capacity(accounted);
     while let Some(chunk) = body.next().await {
         let chunk = chunk.map_err(|error| {
             tracing::warn!(%error, "upstream body failed");
             BodyFailed::Cut
         })?;
-        super::body::take(Some(memory), held, chunk.len())
-            .map_err(|_| BodyFailed::Busy(memory.1))?;
+        let needed = buf.len() + chunk.len();
+        if needed > buf.capacity() {
+            // Grown as a vector grows (doubling), never to more than the bound and a piece.
+            let target = needed.max(buf.capacity().saturating_mul(2).min(max.saturating_add(1)));
+            super::body::take(Some(memory), held, target.saturating_sub(accounted))
+                .map_err(busy)?;
+            accounted = accounted.max(target);
+            // A new buffer of exactly that size (`reserve` would double past the bound).
+            let mut grown = bytes::BytesMut::with_capacity(target);
+            grown.extend_from_slice(&buf);
+            buf = grown;
+        }
         buf.extend_from_slice(&chunk);
         if buf.len() > max {
             return Ok(Held::Over(buf.freeze(), body));
@@ -671,7 +737,8 @@ pub async fn patch_response(
     } else {
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
-        match rewritten(st, up, body.into_data_stream(), patch, timer, ()).await {
+        let known_len = hyper::body::Body::size_hint(&body).exact();
+        match rewritten(st, up, body.into_data_stream(), known_len, patch, timer, ()).await {
             Ok(body) => body,
             Err(failed) => return body_failed(up, failed, request_body),
         }
@@ -679,17 +746,29 @@ pub async fn patch_response(
     Response::from_parts(parts, body)
 }
 
-fn rewrite_json(body: &[u8], patch: Patch) -> Bytes {
-    match serde_json::from_slice::<Value>(body) {
-        Ok(mut v) => {
-            if patch(&mut v) {
-                Bytes::from(v.to_string())
-            } else {
-                Bytes::copy_from_slice(body)
-            }
-        }
-        Err(_) => Bytes::copy_from_slice(body),
+/// `body` with `patch` applied, or as it was (not JSON, or nothing to patch). The rewritten copy
+/// is held in about the memory the original took from the budget, which is given back: it is
+/// written into a buffer of the original's size plus some room for the fields a patch adds, and
+/// trimmed if it outgrew that (a growing vector doubles: `to_string` held up to twice the answer).
+fn rewrite_json(body: Bytes, patch: Patch) -> Bytes {
+    /// Room for what a patch adds (a few fields) before the buffer has to grow.
+    const PATCH_ROOM: usize = 1024;
+    let Ok(mut v) = serde_json::from_slice::<Value>(&body) else {
+        return body;
+    };
+    if !patch(&mut v) {
+        return body;
     }
+    let mut out = Vec::with_capacity(body.len() + PATCH_ROOM);
+    drop(body);
+    if let Err(error) = serde_json::to_writer(&mut out, &v) {
+        // Writing a `Value` to a vector cannot fail; if it did, the answer would be cut.
+        tracing::error!(%error, "re-serializing a rewritten answer failed");
+    }
+    if out.capacity() - out.len() > PATCH_ROOM {
+        out.shrink_to_fit();
+    }
+    Bytes::from(out)
 }
 
 /// Where the SSE rewrite is in its upstream stream.
@@ -951,8 +1030,11 @@ mod tests {
     #[test]
     fn advertises_list_changed_in_json_and_sse() {
         let body = br#"{"jsonrpc":"2.0","id":1,"result":{"capabilities":{"tools":{"listChanged":false},"logging":{}},"serverInfo":{"name":"x"}}}"#;
-        let v: Value =
-            serde_json::from_slice(&rewrite_json(body, advertise_list_changed)).expect("json");
+        let v: Value = serde_json::from_slice(&rewrite_json(
+            Bytes::from_static(body),
+            advertise_list_changed,
+        ))
+        .expect("json");
         assert_eq!(v["result"]["capabilities"]["tools"]["listChanged"], true);
         assert_eq!(v["result"]["capabilities"]["prompts"]["listChanged"], true);
         assert_eq!(v["result"]["serverInfo"]["name"], "x");
