@@ -53,6 +53,14 @@ fn modern_call(id: u64) -> Value {
     }})
 }
 
+/// The headers of a 2026-07-28 `tools/call` sent over raw HTTP/2.
+const MODERN_CALL_HEADERS: &[(&str, &str)] = &[
+    ("content-type", "application/json"),
+    ("accept", "application/json, text/event-stream"),
+    ("mcp-protocol-version", "2026-07-28"),
+    ("mcp-method", "tools/call"),
+];
+
 /// Sends `body` as a 2026-07-28 request.
 fn send_modern(client: &reqwest::Client, url: &str, body: &Value) -> reqwest::RequestBuilder {
     client
@@ -188,16 +196,7 @@ async fn answers_held_for_a_rewrite_count_against_the_body_memory_budget() {
     for id in 1..=4u64 {
         let body = modern_call(id).to_string();
         let stream = stuck
-            .post(
-                "/mcp",
-                &[
-                    ("content-type", "application/json"),
-                    ("accept", "application/json, text/event-stream"),
-                    ("mcp-protocol-version", "2026-07-28"),
-                    ("mcp-method", "tools/call"),
-                ],
-                body.into(),
-            )
+            .post("/mcp", MODERN_CALL_HEADERS, body.into())
             .await
             .expect("a response head");
         // Three answers fit in the budget; the fourth does not.
@@ -301,16 +300,7 @@ async fn held_answers_cost_the_replica_what_the_budget_counts_however_many_are_i
         let conn = conns.last_mut().expect("a connection");
         let body = modern_call(id + 10).to_string();
         let call = conn
-            .post_pending(
-                "/mcp",
-                &[
-                    ("content-type", "application/json"),
-                    ("accept", "application/json, text/event-stream"),
-                    ("mcp-protocol-version", "2026-07-28"),
-                    ("mcp-method", "tools/call"),
-                ],
-                body.into(),
-            )
+            .post_pending("/mcp", MODERN_CALL_HEADERS, body.into())
             .await
             .expect("a call sent");
         pending.push(tokio::spawn(call));

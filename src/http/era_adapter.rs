@@ -155,6 +155,11 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     }
 }
 
+/// How long the probe or a handshake has: `FANOUT_UPSTREAM_TIMEOUT_SECS`, at most [`LEARN_TIMEOUT`].
+fn learn_timeout(up: &Upstream) -> std::time::Duration {
+    LEARN_TIMEOUT.min(up.response_timeout())
+}
+
 /// The cached era, learnt now if unknown (the probe carries the caller's credentials). A probe
 /// that times out or cannot connect (the upstream is down, whoever asks) is not repeated for a
 /// while ([`PROBE_BACKOFF_MIN`], doubling to [`PROBE_BACKOFF_MAX`]): the requests that queued
@@ -178,8 +183,7 @@ async fn era(up: &Upstream, credentials: &Credentials) -> Result<Era, AdapterErr
         .try_acquire(up.url().as_str())
         .ok_or(AdapterError::Busy)?;
     // Bounded: every 2026 request of this replica waits for it.
-    let within = LEARN_TIMEOUT.min(up.response_timeout());
-    let probed = match tokio::time::timeout(within, probe(up, credentials)).await {
+    let probed = match tokio::time::timeout(learn_timeout(up), probe(up, credentials)).await {
         Ok(probed) => probed,
         Err(_) => Err(AdapterError::Timeout),
     };
@@ -235,12 +239,9 @@ async fn session(
         .in_flight
         .try_acquire(up.url().as_str())
         .ok_or(AdapterError::Busy)?;
-    let hs = tokio::time::timeout(
-        LEARN_TIMEOUT.min(up.response_timeout()),
-        handshake(up, credentials),
-    )
-    .await
-    .map_err(|_| AdapterError::Timeout)??;
+    let hs = tokio::time::timeout(learn_timeout(up), handshake(up, credentials))
+        .await
+        .map_err(|_| AdapterError::Timeout)??;
     let hs = Arc::new(hs);
     tracing::debug!(
         upstream = %up.url(),
