@@ -40,6 +40,7 @@ use e2e::{
 };
 use mcp_fanout_testkit::nginx::Nginx;
 use mcp_fanout_testkit::openssl::ca_and_server_cert;
+use mcp_fanout_testkit::wait::wait_until;
 use mcp_fanout_testkit::{bin, start_memory, Replica};
 use serde_json::{json, Value};
 
@@ -290,6 +291,13 @@ async fn by_default_a_quick_call_is_not_held_behind_a_long_one() {
     upstream.release("long").await;
     let long = long.finish().await;
     assert!(long.contains("released long"), "{long}");
+    // nginx writes a request's line after the response has left, so the long call's may come
+    // a moment after its client has read the end.
+    wait_until("both calls in nginx's access log", STEP, || async {
+        access_log(&log).len() >= 2
+    })
+    .await
+    .expect("both calls logged");
     let lines = access_log(&log);
     assert!(
         lines.len() == 2 && lines.iter().all(|l| l.starts_with("HTTP/1.1 POST 200")),
