@@ -25,7 +25,7 @@
 //! the TypeScript and 2.3 clients list the tool added upstream just before the publish.
 //!
 //! Also here: deleting a minted session ends its stream on every replica, and in JWT mode only its
-//! owner may delete it; the era bridge renews its session when the upstream forgets it, and keeps
+//! owner may delete it; a session its owner used lately is not read again for each forwarded request; the era bridge renews its session when the upstream forgets it, and keeps
 //! one upstream session per caller's credentials, opened with them, closing the least recently used
 //! upstream beyond `FANOUT_BRIDGE_MAX_SESSIONS`.
 
@@ -751,6 +751,98 @@ async fn only_its_owner_deletes_a_session_in_jwt_mode() {
         deleted.text()
     );
     expect_ended(a, &stream_req, &mut stream).await;
+}
+
+/// In Postgres mode a request forwarded in a session its owner used lately does not read the
+/// session's owner again (one read stands for 30 s, `session::recent_owners`): with the sessions
+/// table locked, so that every read of it waits out `FANOUT_DB_TIMEOUT_MS`, alpha's call in her
+/// session is still forwarded and answered, while beta naming it (never remembered: another's
+/// is asked each time) gets `503`; once the lock is gone, beta is refused with `403` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_its_owner_used_lately_is_not_read_again_for_each_request() {
+    e2e::ensure_setup();
+    let pg = Deployment::fresh("recent_owner").await;
+    let up = Upstream::py1("upstream-recent-owner", &["--stateless", "--json-response"]).await;
+    let r = pg
+        .replica(
+            "recent-owner",
+            &[
+                ("FANOUT_UPSTREAM", up.url.as_str()),
+                ("FANOUT_MINT_SESSION_IDS", "true"),
+                ("FANOUT_SUBSCRIBER_AUTH", "header"),
+                ("FANOUT_DB_TIMEOUT_MS", "1000"),
+            ],
+        )
+        .await;
+    let url = r.public_url("/mcp");
+    let alpha = [("x-fanout-tenant", "alpha")];
+    let init = e2e::post_rpc(&url, &e2e::initialize_request(1), &alpha).await;
+    assert_eq!(init.status, 200, "initialize");
+    let session = init
+        .header("mcp-session-id")
+        .expect("a minted session id")
+        .to_string();
+    let call = |id: u64, tenant: &'static str| {
+        let (url, session) = (url.clone(), session.clone());
+        async move {
+            let body = json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": "add", "arguments": {"a": 2, "b": 40}}});
+            let headers = [
+                ("x-fanout-tenant", tenant),
+                ("mcp-session-id", session.as_str()),
+                ("mcp-protocol-version", "2025-11-25"),
+            ];
+            e2e::post_rpc(&url, &body, &headers).await
+        }
+    };
+    let answered = |a: &e2e::Answer, what: &str| {
+        assert_eq!(
+            a.status,
+            200,
+            "{what}: {}",
+            String::from_utf8_lossy(&a.body)
+        );
+        let messages = a.messages();
+        assert_eq!(
+            messages.first().and_then(|m| call_text(&m["result"])),
+            Some("42"),
+            "{what}: {messages:?}"
+        );
+    };
+    answered(&call(2, "alpha").await, "alpha's call in her session");
+    assert_eq!(
+        call(3, "beta").await.status,
+        403,
+        "beta naming alpha's session"
+    );
+
+    // Every read of the sessions table now waits for this lock, and times out.
+    let mut holder = pg.client().await;
+    let lock = holder.transaction().await.expect("begin");
+    lock.batch_execute(&format!(
+        "LOCK TABLE {}.sessions IN ACCESS EXCLUSIVE MODE",
+        pg.schema
+    ))
+    .await
+    .expect("lock the sessions table");
+    answered(
+        &call(4, "alpha").await,
+        "alpha's call while the sessions table is locked",
+    );
+    let beta = call(5, "beta").await;
+    assert_eq!(
+        beta.status,
+        503,
+        "beta's call waits for the table: {}",
+        String::from_utf8_lossy(&beta.body)
+    );
+    lock.rollback().await.expect("release the lock");
+    assert_eq!(
+        call(6, "beta").await.status,
+        403,
+        "beta, the table readable again"
+    );
+    answered(&call(7, "alpha").await, "alpha's call after the lock");
 }
 
 /// The era bridge gives each caller's credentials an upstream session of its own, opened with

@@ -172,7 +172,7 @@ async fn authorize_delete(st: &AppState, headers: &HeaderMap) -> Result<Option<O
         return Ok(None);
     };
     let owner = identity.session_owner()?;
-    match callers_session(st, &session, &owner).await? {
+    match callers_session(st, &session, &owner, SessionUse::Delete).await? {
         Ownership::Unknown if minted::is_minted(session.as_bytes()) => {
             Err(AppError::SessionNotFound)
         }
@@ -188,7 +188,13 @@ async fn forwardable_session(
     identity: &Identity,
 ) -> Result<(), AppError> {
     if let Some(session) = headers::session_id(headers)? {
-        callers_session(st, &session, &identity.session_owner()?).await?;
+        callers_session(
+            st,
+            &session,
+            &identity.session_owner()?,
+            SessionUse::Forward,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -201,8 +207,13 @@ pub(super) async fn callers_session(
     st: &AppState,
     session: &str,
     owner: &Owner,
+    why: SessionUse,
 ) -> Result<Ownership, AppError> {
-    match st.sessions.use_if_owned(session, owner).await {
+    let ownership = match why {
+        SessionUse::Forward => st.sessions.use_to_forward(session, owner).await,
+        SessionUse::Delete => st.sessions.use_if_owned(session, owner).await,
+    };
+    match ownership {
         Ok(Ownership::Other) | Err(SessionError::Forbidden) => Err(AppError::Forbidden(
             "this session belongs to another principal",
         )),
@@ -212,6 +223,14 @@ pub(super) async fn callers_session(
             Err(AppError::DatabaseUnavailable)
         }
     }
+}
+
+/// What a caller names a session for.
+pub(super) enum SessionUse {
+    /// A request forwarded in it: "the owner's" may come from what the store read lately.
+    Forward,
+    /// Its `DELETE`: an unknown minted session is `404`, so the store is asked each time.
+    Delete,
 }
 
 /// A body that is not one JSON value (or names a key twice): JSON-RPC's parse error, `400`.

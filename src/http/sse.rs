@@ -16,6 +16,7 @@ use tokio::time::Instant;
 
 use super::error::AppError;
 use super::headers::{self, MCP_SESSION_ID};
+use super::listen::SessionUse;
 use super::proxy::{self, Forward};
 use super::subscription::{self, Open, Opened, Request};
 use crate::broadcast::pump::Ends;
@@ -63,7 +64,7 @@ pub async fn get_mcp(
         // A cursor that is not ours resumes one of the upstream's POST streams: forward it.
         if matches!(cursor, Cursor::Foreign(_)) {
             if let (Some(session), Some(owner)) = (&session, &owner) {
-                super::listen::callers_session(&st, session, owner).await?;
+                super::listen::callers_session(&st, session, owner, SessionUse::Forward).await?;
             }
             let forward = Forward {
                 method: Method::GET,

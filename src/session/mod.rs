@@ -8,6 +8,7 @@
 pub mod memory;
 pub mod minted;
 pub mod postgres;
+pub mod recent_owners;
 
 use std::sync::Arc;
 
@@ -132,6 +133,18 @@ pub trait SessionStore: Send + Sync + 'static {
     /// used only through the proxy is in use: the trim past `FANOUT_MAX_SESSIONS` and idle
     /// cleanup must not take it from its owner while requests come.
     async fn use_if_owned(&self, session: &str, owner: &Owner) -> Result<Ownership, SessionError>;
+
+    /// [`SessionStore::use_if_owned`] for a request the proxy forwards in the session, where
+    /// "the owner's" and "unknown" lead to the same thing (it goes upstream): it may answer "the
+    /// owner's" from what the store read lately, without asking again (Postgres mode:
+    /// [`recent_owners`]). Never "another's" from memory.
+    async fn use_to_forward(
+        &self,
+        session: &str,
+        owner: &Owner,
+    ) -> Result<Ownership, SessionError> {
+        self.use_if_owned(session, owner).await
+    }
 
     /// Forgets a session (proxy mode: after the client's `DELETE`).
     async fn forget(&self, session: &str) -> Result<(), SessionError>;

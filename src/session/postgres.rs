@@ -7,6 +7,7 @@
 use async_trait::async_trait;
 use tokio_postgres::types::{ToSql, Type};
 
+use super::recent_owners::RecentOwners;
 use super::{Owner, Ownership, SessionError, SessionStore};
 use crate::bridge::{control_channel, ControlMessage};
 use crate::db::{column, Db, Params};
@@ -24,6 +25,8 @@ pub struct PgSessions {
     db: Db,
     sql: SessionSql,
     channel: String,
+    /// Sessions whose owners this replica saw use them lately (forwarded requests).
+    recent: RecentOwners,
 }
 
 /// The session store's statements, schema-qualified once.
@@ -97,6 +100,7 @@ impl PgSessions {
             db,
             sql: SessionSql::new(schema),
             channel: control_channel(schema),
+            recent: RecentOwners::new(),
         }
     }
 
@@ -210,7 +214,23 @@ impl SessionStore for PgSessions {
         }
     }
 
+    async fn use_to_forward(
+        &self,
+        session: &str,
+        owner: &Owner,
+    ) -> Result<Ownership, SessionError> {
+        if self.recent.is_theirs(session, owner.key()) {
+            return Ok(Ownership::Mine);
+        }
+        let ownership = self.use_if_owned(session, owner).await?;
+        if ownership == Ownership::Mine {
+            self.recent.remember(session, owner.key());
+        }
+        Ok(ownership)
+    }
+
     async fn forget(&self, session: &str) -> Result<(), SessionError> {
+        self.recent.forget(session);
         self.run(
             &self.sql.forget,
             &[(&session, Type::TEXT), (&self.channel, Type::TEXT)],
