@@ -278,7 +278,7 @@ enum Cmd {
         #[arg(
             long,
             value_delimiter = ',',
-            default_value = "direct,mcp-fanout,nginx,hyper-floor"
+            default_value = "direct,mcp-fanout,nginx,hyper-floor,mcp-fanout-session"
         )]
         systems: Vec<String>,
         /// Times the whole set is measured (one row each).

@@ -4,6 +4,10 @@
 //! `FANOUT_UPSTREAM`), and through nginx `proxy_pass` with keepalive upstream connections
 //! (`bench/proxy/nginx.conf`): requests/s, p50/p99, the latency each proxy adds to the direct
 //! figures, and the proxy's CPU per request (`/proc`, nginx: master + workers).
+//!
+//! `mcp-fanout-session` is mcp-fanout as a deployment runs it: Postgres mode (the bench's own
+//! cluster), `FANOUT_MINT_SESSION_IDS=true`, and every call in the session an `initialize`
+//! through it opened, so the proxy checks the session's owner for each forwarded request.
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -37,7 +41,16 @@ const PY_HOW: &str = "`proxy-overhead` needs the Python SDK 1.x venv: ./scripts/
 const NGINX_HOW: &str = "`proxy-overhead` compares with nginx: apt-get install -y nginx";
 
 /// The systems a run measures, in order (direct first: the others are compared with it).
-pub const SYSTEMS: [&str; 4] = ["direct", "mcp-fanout", "nginx", "hyper-floor"];
+pub const SYSTEMS: [&str; 5] = [
+    "direct",
+    "mcp-fanout",
+    "nginx",
+    "hyper-floor",
+    SESSION_SYSTEM,
+];
+
+/// mcp-fanout in Postgres mode, every call in a session (see the module's docs).
+const SESSION_SYSTEM: &str = "mcp-fanout-session";
 
 /// One wrk load: connections, threads, seconds.
 #[derive(Debug, Clone, Copy)]
@@ -163,7 +176,8 @@ impl UpstreamServer {
 /// A system under load: where wrk points, and the proxy's processes (none for `direct`).
 enum Front {
     Direct,
-    Fanout(Box<Fanout>),
+    /// mcp-fanout, and the session its calls are made in (if any).
+    Fanout(Box<Fanout>, Option<String>),
     Nginx(Nchan),
     /// A bare hyper proxy (`hyper_floor`): this process run as `hyper-floor UPSTREAM`.
     Floor {
@@ -177,14 +191,25 @@ impl Front {
         progress(&format!("starting {system} in front of {}", up.url));
         Ok(match system {
             "direct" => Front::Direct,
-            "mcp-fanout" => {
+            "mcp-fanout" | SESSION_SYSTEM => {
+                let in_session = system == SESSION_SYSTEM;
                 let mut opts = FanoutOpts {
-                    memory: true,
+                    memory: !in_session,
                     ..fanout.clone()
                 };
                 let base = format!("http://127.0.0.1:{}", up.port);
                 opts.env.push(("FANOUT_UPSTREAM".into(), base));
-                Front::Fanout(Box::new(Fanout::start(&opts, 1).await?))
+                if in_session {
+                    opts.env
+                        .push(("FANOUT_MINT_SESSION_IDS".into(), "true".into()));
+                }
+                let f = Fanout::start(&opts, 1).await?;
+                let session = if in_session {
+                    Some(open_session(&format!("http://{}/mcp", f.public[0])).await?)
+                } else {
+                    None
+                };
+                Front::Fanout(Box::new(f), session)
             }
             "hyper-floor" => {
                 let (child, addr) = start_floor(&up.url).await?;
@@ -200,16 +225,24 @@ impl Front {
     fn url(&self, up: &UpstreamServer) -> String {
         match self {
             Front::Direct => up.url.clone(),
-            Front::Fanout(f) => format!("http://{}/mcp", f.public[0]),
+            Front::Fanout(f, _) => format!("http://{}/mcp", f.public[0]),
             Front::Nginx(n) => n.url("/mcp"),
             Front::Floor { addr, .. } => format!("http://{addr}/mcp"),
+        }
+    }
+
+    /// The session the calls are made in, if any.
+    fn session(&self) -> Option<&str> {
+        match self {
+            Front::Fanout(_, session) => session.as_deref(),
+            _ => None,
         }
     }
 
     fn pids(&self) -> Vec<u32> {
         match self {
             Front::Direct => Vec::new(),
-            Front::Fanout(f) => f.pids(),
+            Front::Fanout(f, _) => f.pids(),
             Front::Nginx(n) => n.pids(),
             Front::Floor { child, .. } => child.id().into_iter().collect(),
         }
@@ -264,21 +297,52 @@ async fn spawn_announcing(
     Ok((child, value))
 }
 
-/// One `tools/call` as wrk sends it, checked: `200` and the tool's result (1 + 2).
-async fn check_answer(url: &str) -> Result<()> {
+/// An `initialize` through the proxy at `url`: the session id it answers with.
+async fn open_session(url: &str) -> Result<String> {
+    let body = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "fanout-bench", "version": "1.0.0"}
+    }});
+    let resp = crate::sut::http_client()?
+        .post(url)
+        .header("Content-Type", "application/json")
+        .header("Accept", "application/json, text/event-stream")
+        .body(body.to_string())
+        .send()
+        .await?;
+    let status = resp.status();
+    let session = resp
+        .headers()
+        .get("mcp-session-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    match session {
+        Some(s) if status == reqwest::StatusCode::OK => Ok(s),
+        _ => Err(BenchError::Protocol(format!(
+            "initialize through {url} answered {status} without a session: {}",
+            resp.text().await.unwrap_or_default()
+        ))),
+    }
+}
+
+/// One `tools/call` as wrk sends it (in `session`, if any), checked: `200` and the tool's result
+/// (1 + 2).
+async fn check_answer(url: &str, session: Option<&str>) -> Result<()> {
     let body = LUA
         .lines()
         .find_map(|l| l.strip_prefix("wrk.body = '"))
         .and_then(|l| l.strip_suffix('\''))
         .ok_or_else(|| BenchError::Failed("no wrk.body in tools_call.lua".into()))?;
-    let resp = crate::sut::http_client()?
+    let mut req = crate::sut::http_client()?
         .post(url)
         .header("Content-Type", "application/json")
         .header("Accept", "application/json, text/event-stream")
-        .header("MCP-Protocol-Version", "2025-06-18")
-        .body(body.to_string())
-        .send()
-        .await?;
+        .header("MCP-Protocol-Version", "2025-06-18");
+    if let Some(s) = session {
+        req = req.header("Mcp-Session-Id", s);
+    }
+    let resp = req.body(body.to_string()).send().await?;
     let status = resp.status();
     let text = resp.text().await?;
     let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
@@ -333,8 +397,15 @@ fn parse_wrk(out: &str) -> Result<WrkResult> {
     Ok(r)
 }
 
-async fn run_wrk(wrk: &Path, script: &Path, url: &str, load: Load) -> Result<WrkResult> {
+async fn run_wrk(
+    wrk: &Path,
+    script: &Path,
+    url: &str,
+    session: Option<&str>,
+    load: Load,
+) -> Result<WrkResult> {
     let out = tokio::process::Command::new(wrk)
+        .env("MCP_SESSION_ID", session.unwrap_or_default())
         .arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
         .arg(format!("-d{}s", load.duration.as_secs().max(1)))
@@ -395,24 +466,25 @@ pub async fn proxy_overhead(ctx: &mut Ctx, run: &ProxyRun) -> Result<()> {
     std::fs::write(&script, LUA)
         .map_err(|e| BenchError::io(format!("writing {}", script.display()), e))?;
     let up = UpstreamServer::start(run.upstream, run.python.as_deref(), dir.path()).await?;
-    check_answer(&up.url).await?;
+    check_answer(&up.url, None).await?;
     for round in 1..=run.rounds.max(1) {
         // Per load, the direct figures of this round (the baseline of the added latency).
         let mut direct: Vec<Option<WrkResult>> = vec![None; run.loads.len()];
         for system in &run.systems {
             let front = Front::start(system, &ctx.fanout, &up).await?;
             let url = front.url(&up);
-            check_answer(&url).await?;
+            let session = front.session();
+            check_answer(&url, session).await?;
             let warm = Load {
                 connections: 8,
                 threads: 2,
                 duration: Duration::from_secs(2),
             };
-            run_wrk(&wrk, &script, &url, warm).await?;
+            run_wrk(&wrk, &script, &url, session, warm).await?;
             for (i, load) in run.loads.iter().enumerate() {
                 let pids = front.pids();
                 let (before, up_before) = (sample_all(&pids)?, sample_all(&up.pid())?);
-                let r = run_wrk(&wrk, &script, &url, *load).await?;
+                let r = run_wrk(&wrk, &script, &url, session, *load).await?;
                 let (after, up_after) = (sample_all(&pids)?, sample_all(&up.pid())?);
                 if system == "direct" {
                     direct[i] = Some(r.clone());

@@ -596,7 +596,7 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
          $B publish-latency                                  # a lone publish at 10/s: HTTP, Postgres, pgbench\n\
          $B publish-throughput                               # 32 publishers; batches of 1000; pgbench -c 4\n\
          $B catch-up                                         # 10k → 3 × 1k, 100k → 3 × 10\n\
-         $B proxy-overhead                                   # tools/call direct / mcp-fanout / nginx / hyper-floor (wrk, py1 venv)\n\
+         $B proxy-overhead                                   # tools/call direct / mcp-fanout / nginx / hyper-floor / mcp-fanout-session (wrk, py1 venv)\n\
          $B proxy-overhead --upstream static --systems mcp-fanout,hyper-floor,nginx  # the proxies' CPU per request, proxy-bound\n\
          $B smoke                                            # seconds; asserts no loss (scripts/bench-smoke)\n\
          $B report --out BENCHMARKS.md                       # all of the above, this file\n```\n\
