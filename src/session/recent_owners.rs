@@ -15,10 +15,15 @@ use std::time::{Duration, Instant};
 /// How long one read of a session's owner stands for the requests after it.
 pub const REMEMBER_FOR: Duration = Duration::from_secs(30);
 
-/// Most sessions remembered at once: ~200 B each, so about 2 MB. Past it, new sessions are read
-/// from the database each time until expired ones are swept (at most once per [`REMEMBER_FOR`]),
-/// so a client holding many sessions costs bounded memory and O(1) per request.
+/// Most sessions remembered at once: ~200 B each, so about 2 MB (at most ~7 MB with the longest
+/// owner keys remembered). Past it, new sessions are read from the database each time until
+/// expired ones are swept (at most once per [`REMEMBER_FOR`]), so a client holding many sessions
+/// costs bounded memory and O(1) per request.
 pub const MOST_REMEMBERED: usize = 10_000;
+
+/// Owner keys longer than this (a token's issuer and subject are not bounded here) are not
+/// remembered: their requests read the database each time.
+pub const LONGEST_OWNER_KEY: usize = 512;
 
 pub struct RecentOwners {
     inner: Mutex<Inner>,
@@ -54,6 +59,9 @@ impl RecentOwners {
 
     /// The database has just said `session` is `owner_key`'s.
     pub fn remember(&self, session: &str, owner_key: &str) {
+        if owner_key.len() > LONGEST_OWNER_KEY {
+            return;
+        }
         let Ok(mut inner) = self.inner.lock() else {
             return;
         };
@@ -115,6 +123,9 @@ mod tests {
         assert!(!r.is_theirs("t", "alpha"), "another session too");
         r.forget("s");
         assert!(!r.is_theirs("s", "alpha"), "forgotten with its DELETE");
+        let long = "k".repeat(LONGEST_OWNER_KEY + 1);
+        r.remember("s", &long);
+        assert!(!r.is_theirs("s", &long), "a key past the bound is not kept");
     }
 
     #[test]
