@@ -3,7 +3,8 @@
 //! that keeps the file's modification time is picked up on `SIGHUP`. After each rotation the new
 //! token works on `/admin/publish` and `/admin/cluster`, the removed one gets `401` with
 //! `WWW-Authenticate`, inline `FANOUT_ADMIN_TOKENS` keep working, and an open stream keeps flowing
-//! throughout, never ended. A token file that cannot be read keeps the current tokens.
+//! throughout, never ended. A token file that cannot be read keeps the current tokens. A token
+//! shorter than 16 bytes works and is named in a warning.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -241,4 +242,47 @@ async fn rotating_the_token_file_swaps_tokens_without_a_restart_and_keeps_stream
         "no stream was dropped"
     );
     let _ = file;
+}
+
+/// A token shorter than 16 bytes is accepted (refusing one at a rotation would lock the operator
+/// out) and counted in a warning at start (and at each reload): failed attempts are not
+/// throttled. Long tokens alone get no such warning.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_admin_tokens_work_and_are_warned_about() {
+    const LONG: &str = "a-long-random-admin-token-5f0c9e2b";
+    let is_warning = |v: &serde_json::Value| {
+        v["fields"]["message"]
+            .as_str()
+            .is_some_and(|m| m.starts_with("admin tokens shorter than advised"))
+    };
+    let tokens = format!("admin,{LONG}");
+    let r =
+        mcp_fanout_testkit::start_memory("short-tokens", &[("FANOUT_ADMIN_TOKENS", &tokens)]).await;
+    let warning = r
+        .wait_for_log("the short-token warning", T, is_warning)
+        .await
+        .expect("a warning naming the short token");
+    assert_eq!(warning["level"], "WARN", "{warning}");
+    assert_eq!(warning["fields"]["short_tokens"], 1, "{warning}");
+    assert_eq!(
+        publish_with(&r, "admin", 1).await.0,
+        200,
+        "the short token works"
+    );
+    assert_eq!(publish_with(&r, LONG, 2).await.0, 200, "the long one too");
+
+    let quiet =
+        mcp_fanout_testkit::start_memory("long-tokens", &[("FANOUT_ADMIN_TOKENS", LONG)]).await;
+    assert_eq!(publish_with(&quiet, LONG, 1).await.0, 200);
+    // The tokens are read before the replica says it serves.
+    quiet
+        .wait_for_log("serving", T, |v| v["fields"]["message"] == "serving")
+        .await
+        .expect("the replica serves");
+    let warned = quiet
+        .logs()
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .any(|v| is_warning(&v));
+    assert!(!warned, "long tokens alone: no warning");
 }

@@ -13,6 +13,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::split_list;
 
+/// The shortest admin token not warned about: 16 bytes of a random alphabet are out of reach of
+/// guessing, which nothing here throttles.
+pub const ADVISED_TOKEN_BYTES: usize = 16;
+
 /// Why the admin rule refused a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum AdminDenied {
@@ -51,7 +55,9 @@ impl AdminTokens {
         Ok(tokens)
     }
 
-    /// Reads the tokens again (inline + file). On error the current tokens stay.
+    /// Reads the tokens again (inline + file). On error the current tokens stay. Tokens shorter
+    /// than [`ADVISED_TOKEN_BYTES`] are accepted (refusing one at a rotation would lock the
+    /// operator out) and counted in a warning.
     pub fn reload(&self) -> Result<usize, TokenError> {
         let mut tokens: Vec<String> = split_list(self.inline.as_deref())
             .map(str::to_owned)
@@ -62,6 +68,18 @@ impl AdminTokens {
                 source,
             })?;
             tokens.extend(split_list(Some(&text)).map(str::to_owned));
+        }
+        let short = tokens
+            .iter()
+            .filter(|t| t.len() < ADVISED_TOKEN_BYTES)
+            .count();
+        if short > 0 {
+            tracing::warn!(
+                short_tokens = short,
+                advised_bytes = ADVISED_TOKEN_BYTES,
+                "admin tokens shorter than advised: failed attempts are not throttled, so a short \
+                 token can be guessed; use long random ones (e.g. `openssl rand -hex 32`)"
+            );
         }
         let digests: Vec<[u8; 32]> = tokens.iter().map(|t| digest(t.as_bytes())).collect();
         let n = digests.len();
