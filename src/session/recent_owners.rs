@@ -5,7 +5,9 @@
 //! exists (a session's owner never changes), and once the row is gone (its `DELETE` through
 //! another replica, a trim, idle cleanup) a forwarded request in it is the upstream's to answer,
 //! as it would be for an unknown session: the remembered answer leads to what the true one
-//! would. A remembered answer is used for [`REMEMBER_FOR`], half of the store's mark interval, so
+//! would. (One case differs: a row forgotten and then bound by another principal, which needs the
+//! session id, say by a poll; for what is left of the 30 s its former owner's requests in it are
+//! still forwarded by the replicas that remember it.) A remembered answer is used for [`REMEMBER_FOR`], half of the store's mark interval, so
 //! a session in use is still read (and marked) at least every half a minute.
 
 use std::collections::HashMap;
