@@ -148,6 +148,7 @@ impl State {
                     bridge_max_sessions: to_usize(config.bridge_max_sessions),
                     bridge_identity_headers: bridge_identity_headers(&config),
                     forwarded_headers: config.proxy_forwarded_headers,
+                    stalled_relays: (config.body_memory_bytes(), metrics.proxy_relays_cut.clone()),
                     ca_file: config.upstream_ca_file.clone(),
                     http2: config.upstream_http2,
                     max_connections: config.upstream_connection_cap(open_file_limit),

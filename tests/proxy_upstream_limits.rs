@@ -5,17 +5,19 @@
 //! connection let go, so such streams cannot keep others' calls out; with `FANOUT_ADVERTISE_LIST_CHANGED=true` an
 //! `initialize` answer too large to rewrite (a huge JSON body, an event that never ends) is
 //! relayed unmodified with the replica's memory bounded; when the client leaves, the upstream
-//! connection is closed.
+//! connection is closed. Answers whose clients stop reading are held to a budget: past it the
+//! stalled ones are cut, their upstream connections closed, long before the write stall.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
 use std::time::Duration;
 
-use mcp_fanout_testkit::h2c::{H2Conn, H2End, Reason};
+use mcp_fanout_testkit::h2c::{H2Conn, H2End, H2Stream, Reason};
 use mcp_fanout_testkit::hostile::{
     drain_response, response_on, send_head_and_part, with_peak_rss, BadUpstream, Drained,
     Misbehaviour,
 };
+use mcp_fanout_testkit::upstream::{Canned, Recorded, RecordingUpstream};
 use mcp_fanout_testkit::{start_memory, wait_until, RawRequest, Replica, SOON};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -370,29 +372,7 @@ async fn a_proxied_answer_an_http2_client_never_takes_is_reset_and_lets_its_upst
         ],
     )
     .await;
-    // Every stream of this connection starts with a window of 0 bytes, and none is ever opened.
-    let mut conn = H2Conn::connect(r.public_addr(), 0)
-        .await
-        .expect("an HTTP/2 connection");
-    let body = bytes::Bytes::from(
-        json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call",
-                "params": { "name": "add", "arguments": { "a": 1, "b": 2 } } })
-        .to_string(),
-    );
-    let headers = [
-        ("content-type", "application/json"),
-        ("accept", "application/json, text/event-stream"),
-        ("mcp-protocol-version", "2025-06-18"),
-    ];
-    let mut stuck = Vec::new();
-    for _ in 0..2 {
-        let s = conn
-            .post("/mcp", &headers, body.clone())
-            .await
-            .expect("a proxied call's answer head");
-        assert_eq!(s.status(), 200);
-        stuck.push(s);
-    }
+    let (_conn, mut stuck) = calls_never_taken(&r, 2).await;
     // Each holds one of the two upstream connections the replica may have.
     assert_eq!(up.accepted(), 2);
 
@@ -414,4 +394,131 @@ async fn a_proxied_answer_an_http2_client_never_takes_is_reset_and_lets_its_upst
         .expect("answered");
     assert_eq!(resp.status(), 200);
     assert_eq!(resp.body.len() as u64, ANSWER);
+}
+
+/// Answers relayed to clients that stop reading them are held to a budget (`mcp::relay_watch`):
+/// past `FANOUT_BODY_MEMORY_BYTES` / 192 KiB stalled answers (here 4), the stalled ones are cut —
+/// their upstream connections closed, counted as `mcp_fanout_proxy_relays_cut_total` — long before
+/// the write stall (here 120 s) would end them, while other clients' calls are answered whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_whose_clients_stop_reading_are_cut_past_their_budget() {
+    const ANSWER: u64 = 1 << 20;
+    const STUCK: u64 = 20;
+    const KEPT: u64 = 4;
+    const CUT: &str = "mcp_fanout_proxy_relays_cut_total";
+    let text = "x".repeat(ANSWER as usize);
+    let answer = Canned::json(
+        &json!({"jsonrpc": "2.0", "id": 9, "result": {"content": [{"type": "text", "text": text}]}}),
+    );
+    let up = RecordingUpstream::scripted(move |_: &[Recorded]| answer.clone().into())
+        .await
+        .expect("upstream");
+    let url = up.url("/mcp");
+    let budget = (KEPT * 192 * 1024).to_string();
+    let r = start_memory(
+        "stalled-relays",
+        &[
+            ("FANOUT_UPSTREAM", url.as_str()),
+            ("FANOUT_WRITE_STALL_SECS", "120"),
+            ("FANOUT_MAX_PROXY_REQUEST_BYTES", "65536"),
+            ("FANOUT_BODY_MEMORY_BYTES", budget.as_str()),
+        ],
+    )
+    .await;
+    let (_conn, stuck) = calls_never_taken(&r, STUCK).await;
+
+    // Other clients' calls come (each new relay has the replica look at the stalled ones) and are
+    // answered whole, until the stalled answers past the budget are cut.
+    wait_until(
+        "the stalled answers past the budget cut",
+        PATIENCE,
+        || async {
+            let resp = tools_call()
+                .send(r.public_addr(), PATIENCE)
+                .await
+                .expect("answered");
+            assert_eq!(
+                resp.status(),
+                200,
+                "{}",
+                String::from_utf8_lossy(&resp.body)
+            );
+            let answer: Value = serde_json::from_slice(&resp.body).expect("a whole JSON answer");
+            assert_eq!(
+                answer["result"]["content"][0]["text"]
+                    .as_str()
+                    .map(str::len),
+                Some(text.len())
+            );
+            r.metric(CUT).await.ok().flatten().unwrap_or(0.0) >= (STUCK - KEPT) as f64
+        },
+    )
+    .await
+    .expect("stalled answers cut");
+    assert_eq!(
+        r.metric(CUT).await.ok().flatten(),
+        Some((STUCK - KEPT) as f64),
+        "the ones within the budget are kept"
+    );
+    // Their upstream connections are closed: the replica's open ones to the upstream are the
+    // ones kept and those the other clients' calls left in the pool.
+    let port: u16 = url
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.split('/').next())
+        .and_then(|p| p.parse().ok())
+        .expect("the upstream's port");
+    wait_until(
+        "the cut answers' upstream connections closed",
+        PATIENCE,
+        || async { connections_to(port) <= (KEPT + 2) as usize },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}: {} connections open", connections_to(port)));
+    drop(stuck);
+}
+
+/// `n` `tools/call` requests on one HTTP/2 connection whose streams start with a window of 0
+/// bytes, never opened: each answered `200`, its answer never taken.
+async fn calls_never_taken(r: &Replica, n: u64) -> (H2Conn, Vec<H2Stream>) {
+    let mut conn = H2Conn::connect(r.public_addr(), 0)
+        .await
+        .expect("an HTTP/2 connection");
+    let body = bytes::Bytes::from(
+        json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call",
+                "params": { "name": "add", "arguments": { "a": 1, "b": 2 } } })
+        .to_string(),
+    );
+    let headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2025-06-18"),
+    ];
+    let mut stuck = Vec::new();
+    for _ in 0..n {
+        let s = conn
+            .post("/mcp", &headers, body.clone())
+            .await
+            .expect("a proxied call's answer head");
+        assert_eq!(s.status(), 200);
+        stuck.push(s);
+    }
+    (conn, stuck)
+}
+
+/// Established TCP connections to `127.0.0.1:port` (the connecting side), from `/proc/net/tcp`.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields
+                .get(2)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
 }

@@ -226,7 +226,7 @@ async fn relay_body(
         .await?
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
-        holding(
+        up.relays.relay(
             Body::from_stream(rewrite_sse(
                 resp.into_body().into_data_stream(),
                 advertise_list_changed,
@@ -241,7 +241,8 @@ async fn relay_body(
                 .to_bytes(),
         )
     } else {
-        holding(resp.into_body(), permit)
+        // Relayed as it arrives; held to the stalled relays' budget if its client stops reading.
+        up.relays.relay(resp.into_body(), permit)
     })
 }
 

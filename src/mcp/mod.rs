@@ -5,6 +5,7 @@
 pub mod forward_client;
 pub mod in_flight;
 pub mod listen;
+pub mod relay_watch;
 pub mod upstream;
 
 use bytes::Bytes;

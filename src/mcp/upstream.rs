@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use super::forward_client::{self, ForwardClient};
 use super::in_flight::InFlight;
+use super::relay_watch::RelayWatch;
 use crate::tls::TrustedCas;
 
 pub struct Upstream {
@@ -41,6 +42,8 @@ pub struct Upstream {
     pub(crate) rewrite_max_bytes: usize,
     /// The bound on the upstream connections held (`in_flight`).
     pub(crate) in_flight: InFlight,
+    /// The answers relayed as they arrive, held to a budget when their clients stop reading.
+    pub(crate) relays: RelayWatch,
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
@@ -66,6 +69,9 @@ pub struct UpstreamOptions {
     pub http2: bool,
     /// Most requests forwarded at once (`FANOUT_UPSTREAM_MAX_CONNECTIONS`; at least one).
     pub max_connections: usize,
+    /// Bytes the relays whose clients stopped reading may hold between them
+    /// (`FANOUT_BODY_MEMORY_BYTES`; `relay_watch`), and the counter of those cut.
+    pub stalled_relays: (usize, prometheus_client::metrics::counter::Counter),
 }
 
 /// One upstream session of the era adapter with a 2025-era upstream (made by `http::era_adapter`).
@@ -288,6 +294,7 @@ impl Upstream {
             response_timeout: options.response_timeout,
             rewrite_max_bytes: options.rewrite_max_bytes,
             in_flight: InFlight::new(options.max_connections),
+            relays: RelayWatch::new(options.stalled_relays.0, options.stalled_relays.1),
         })
     }
 

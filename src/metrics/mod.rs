@@ -74,6 +74,9 @@ pub struct Metrics {
     /// Bytes of request bodies and held answers taken from `FANOUT_BODY_MEMORY_BYTES`, set on
     /// each scrape.
     pub body_memory_held: Gauge,
+    /// Answers relayed as they arrived, cut because their clients stopped reading them while
+    /// the stalled ones had taken their whole budget (`mcp::relay_watch`).
+    pub proxy_relays_cut: Counter,
 }
 
 impl Default for Metrics {
@@ -104,6 +107,7 @@ impl Metrics {
         let pool_waiting = Gauge::default();
         let task_restarts = Family::<TaskLabel, Counter>::default();
         let body_memory_held = Gauge::default();
+        let proxy_relays_cut = Counter::default();
         // Known label values exist from the start, so rate() and alerts see zeros, not gaps.
         for reason in DropReason::ALL {
             let _ = subscribers_dropped.get_or_create(&ReasonLabel {
@@ -148,6 +152,7 @@ impl Metrics {
             pool_waiting,
             task_restarts,
             body_memory_held,
+            proxy_relays_cut,
         };
         metrics.register();
         metrics
@@ -255,6 +260,11 @@ impl Metrics {
             "body_memory_held_bytes",
             "Bytes of request bodies and of answers held for a rewrite, of FANOUT_BODY_MEMORY_BYTES",
             self.body_memory_held.clone(),
+        );
+        registry.register(
+            "proxy_relays_cut",
+            "Relayed answers cut because their clients stopped reading while stalled answers held their whole budget",
+            self.proxy_relays_cut.clone(),
         );
     }
 
