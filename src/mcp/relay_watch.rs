@@ -65,6 +65,11 @@ struct Cell {
     share: Mutex<Option<OwnedSemaphorePermit>>,
 }
 
+/// Milliseconds since `start`: the clock of `Cell::handed_out_at`.
+fn ms_since(start: Instant) -> u64 {
+    u64::try_from(start.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
@@ -82,10 +87,6 @@ impl RelayWatch {
             start: now,
             cut,
         }
-    }
-
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX)
     }
 
     /// The body relaying `answer`, holding `permit` (its upstream connection's) until it ends or
@@ -107,13 +108,12 @@ impl RelayWatch {
             if relays.swept.elapsed() >= SWEEP_EVERY {
                 relays.swept = Instant::now();
                 relays.cells.retain(|c| c.strong_count() > 0);
-                let now = self.now_ms();
-                let grace = u64::try_from(STALL_GRACE.as_millis()).unwrap_or(u64::MAX);
+                let now = ms_since(self.start);
                 relays
                     .cells
                     .iter()
                     .filter_map(Weak::upgrade)
-                    .filter(|c| c.stalled_since(now, grace))
+                    .filter(|c| c.stalled_at(now))
                     .collect()
             } else {
                 Vec::new()
@@ -151,9 +151,10 @@ impl RelayWatch {
 }
 
 impl Cell {
-    fn stalled_since(&self, now: u64, grace: u64) -> bool {
+    /// Whether, at `now` (ms), its last frame has waited [`STALL_GRACE`] to be taken.
+    fn stalled_at(&self, now: u64) -> bool {
         let at = self.handed_out_at.load(Ordering::Acquire);
-        at != 0 && now.saturating_sub(at) >= grace
+        at != 0 && u128::from(now.saturating_sub(at)) >= STALL_GRACE.as_millis()
     }
 }
 
@@ -186,8 +187,8 @@ impl hyper::body::Body for Relayed {
         let polled = answer.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) if frame.is_data() => {
-                let ms = u64::try_from(this.start.elapsed().as_millis()).unwrap_or(u64::MAX);
-                cell.handed_out_at.store(ms.max(1), Ordering::Release);
+                let at = ms_since(this.start);
+                cell.handed_out_at.store(at.max(1), Ordering::Release);
             }
             // Ended: the upstream connection goes back now.
             Poll::Ready(None) | Poll::Ready(Some(Err(_))) => {

@@ -70,8 +70,10 @@ pub struct UpstreamOptions {
     /// Most requests forwarded at once (`FANOUT_UPSTREAM_MAX_CONNECTIONS`; at least one).
     pub max_connections: usize,
     /// Bytes the relays whose clients stopped reading may hold between them
-    /// (`FANOUT_BODY_MEMORY_BYTES`; `relay_watch`), and the counter of those cut.
-    pub stalled_relays: (usize, prometheus_client::metrics::counter::Counter),
+    /// (`FANOUT_BODY_MEMORY_BYTES`; `relay_watch`).
+    pub stalled_relays_budget: usize,
+    /// Counts the stalled relays cut (`mcp_fanout_proxy_relays_cut_total`).
+    pub relays_cut: prometheus_client::metrics::counter::Counter,
 }
 
 /// One upstream session of the era adapter with a 2025-era upstream (made by `http::era_adapter`).
@@ -294,7 +296,7 @@ impl Upstream {
             response_timeout: options.response_timeout,
             rewrite_max_bytes: options.rewrite_max_bytes,
             in_flight: InFlight::new(options.max_connections),
-            relays: RelayWatch::new(options.stalled_relays.0, options.stalled_relays.1),
+            relays: RelayWatch::new(options.stalled_relays_budget, options.relays_cut),
         })
     }
 
