@@ -372,7 +372,7 @@ async fn a_proxied_answer_an_http2_client_never_takes_is_reset_and_lets_its_upst
         ],
     )
     .await;
-    let (_conn, mut stuck) = calls_never_taken(&r, 2).await;
+    let (_conn, mut stuck) = calls_never_taken(&r, 2, "tools/call").await;
     // Each holds one of the two upstream connections the replica may have.
     assert_eq!(up.accepted(), 2);
 
@@ -402,6 +402,30 @@ async fn a_proxied_answer_an_http2_client_never_takes_is_reset_and_lets_its_upst
 /// the write stall (here 120 s) would end them, while other clients' calls are answered whole.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_whose_clients_stop_reading_are_cut_past_their_budget() {
+    stalled_answers_past_the_budget_are_cut("stalled-relays", "tools/call", &[]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn initialize_answers_too_large_to_rewrite_are_held_to_the_same_budget() {
+    // An `initialize` answer is held for the `listChanged` rewrite; one over the rewrite bound is
+    // relayed unmodified as it arrives, and a client that stops reading it is cut like any other.
+    // The bound is small so that the parts held before the answer went over it (one upstream read
+    // each, from the body memory budget until the stream ends) leave that budget room for all 20.
+    stalled_answers_past_the_budget_are_cut(
+        "stalled-initialize",
+        "initialize",
+        &[
+            ("FANOUT_ADVERTISE_LIST_CHANGED", "true"),
+            ("FANOUT_UPSTREAM_REWRITE_MAX_BYTES", "1024"),
+        ],
+    )
+    .await;
+}
+
+/// 20 `method` calls whose 1 MB answers are never taken, with a stalled relays' budget of 4
+/// shares: 16 are cut and their upstream connections closed, while other clients' calls are
+/// answered whole.
+async fn stalled_answers_past_the_budget_are_cut(label: &str, method: &str, env: &[(&str, &str)]) {
     const ANSWER: u64 = 1 << 20;
     const STUCK: u64 = 20;
     const KEPT: u64 = 4;
@@ -415,17 +439,15 @@ async fn answers_whose_clients_stop_reading_are_cut_past_their_budget() {
         .expect("upstream");
     let url = up.url("/mcp");
     let budget = (KEPT * 192 * 1024).to_string();
-    let r = start_memory(
-        "stalled-relays",
-        &[
-            ("FANOUT_UPSTREAM", url.as_str()),
-            ("FANOUT_WRITE_STALL_SECS", "120"),
-            ("FANOUT_MAX_PROXY_REQUEST_BYTES", "65536"),
-            ("FANOUT_BODY_MEMORY_BYTES", budget.as_str()),
-        ],
-    )
-    .await;
-    let (_conn, stuck) = calls_never_taken(&r, STUCK).await;
+    let mut settings = vec![
+        ("FANOUT_UPSTREAM", url.as_str()),
+        ("FANOUT_WRITE_STALL_SECS", "120"),
+        ("FANOUT_MAX_PROXY_REQUEST_BYTES", "65536"),
+        ("FANOUT_BODY_MEMORY_BYTES", budget.as_str()),
+    ];
+    settings.extend_from_slice(env);
+    let r = start_memory(label, &settings).await;
+    let (_conn, stuck) = calls_never_taken(&r, STUCK, method).await;
 
     // Other clients' calls come (each new relay has the replica look at the stalled ones) and are
     // answered whole, until the stalled answers past the budget are cut.
@@ -478,16 +500,20 @@ async fn answers_whose_clients_stop_reading_are_cut_past_their_budget() {
     drop(stuck);
 }
 
-/// `n` `tools/call` requests on one HTTP/2 connection whose streams start with a window of 0
-/// bytes, never opened: each answered `200`, its answer never taken.
-async fn calls_never_taken(r: &Replica, n: u64) -> (H2Conn, Vec<H2Stream>) {
+/// `n` `method` requests (`tools/call` or `initialize`) on one HTTP/2 connection whose streams
+/// start with a window of 0 bytes, never opened: each answered `200`, its answer never taken.
+async fn calls_never_taken(r: &Replica, n: u64, method: &str) -> (H2Conn, Vec<H2Stream>) {
     let mut conn = H2Conn::connect(r.public_addr(), 0)
         .await
         .expect("an HTTP/2 connection");
+    let params = if method == "initialize" {
+        json!({ "protocolVersion": "2025-06-18", "capabilities": {},
+                "clientInfo": { "name": "stalled", "version": "0" } })
+    } else {
+        json!({ "name": "add", "arguments": { "a": 1, "b": 2 } })
+    };
     let body = bytes::Bytes::from(
-        json!({ "jsonrpc": "2.0", "id": 9, "method": "tools/call",
-                "params": { "name": "add", "arguments": { "a": 1, "b": 2 } } })
-        .to_string(),
+        json!({ "jsonrpc": "2.0", "id": 9, "method": method, "params": params }).to_string(),
     );
     let headers = [
         ("content-type", "application/json"),

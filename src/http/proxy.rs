@@ -213,17 +213,10 @@ async fn relay_body(
     let known_len = hyper::body::Body::size_hint(resp.body()).exact();
     Ok(if rewrite && !is_sse {
         headers.remove(header::CONTENT_LENGTH);
-        let body = resp.into_body().into_data_stream();
-        rewritten(
-            st,
-            up,
-            body,
-            known_len,
-            advertise_list_changed,
-            timer,
-            permit,
-        )
-        .await?
+        // Watched from the start: an answer over the rewrite bound is relayed as it arrives, and
+        // the relay (holding the permit) is then held to the stalled relays' budget like any other.
+        let body = up.relays.relay(resp.into_body(), permit).into_data_stream();
+        rewritten(st, up, body, known_len, advertise_list_changed, timer).await?
     } else if rewrite {
         headers.remove(header::CONTENT_LENGTH);
         up.relays.relay(
@@ -294,25 +287,23 @@ where
 }
 
 /// An answer to rewrite with `patch`, read whole before `timer` fires: the rewritten body. One
-/// over `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` is relayed unmodified as it arrives, holding `guard`
-/// (its upstream connection's permit) until it ends. The memory the answer is held in is taken
+/// over `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` is relayed unmodified as it arrives (`body` is a watched
+/// relay, [`crate::mcp::relay_watch`], which holds its upstream connection's permit). The memory the answer is held in is taken
 /// from the body memory budget — its stated length (`known_len`) before a byte is read, else
 /// as the buffer grows (none left: [`BodyFailed::Busy`]) — and held by the body relayed until it
 /// has been written out or dropped: a client that does not read its answers cannot make the
 /// replica hold more than the budget.
-async fn rewritten<S, E, G>(
+async fn rewritten<S, E>(
     st: &AppState,
     up: &Upstream,
     body: S,
     known_len: Option<u64>,
     patch: Patch,
     timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    guard: G,
 ) -> Result<Body, BodyFailed>
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
     E: std::fmt::Display + Into<axum::BoxError> + Send + 'static,
-    G: Send + 'static,
 {
     let memory: BodyMemory = (st.body_memory.clone(), st.config.body_memory_bytes());
     let mut held = None;
@@ -332,7 +323,7 @@ where
             );
             holding(
                 Body::from_stream(futures::stream::iter([Ok(head)]).chain(rest)),
-                (guard, held),
+                held,
             )
         }
     })
@@ -739,7 +730,7 @@ pub async fn patch_response(
         let timer = tokio::time::sleep_until(deadline);
         tokio::pin!(timer);
         let known_len = hyper::body::Body::size_hint(&body).exact();
-        match rewritten(st, up, body.into_data_stream(), known_len, patch, timer, ()).await {
+        match rewritten(st, up, body.into_data_stream(), known_len, patch, timer).await {
             Ok(body) => body,
             Err(failed) => return body_failed(up, failed, request_body),
         }
