@@ -586,6 +586,7 @@ def assert_alerts() -> str:
         ("McpFanoutTaskRestarts", "mcp_fanout_task_restarts_total"),
         ("McpFanoutUpstreamBusy", 'mcp_fanout_http_errors_total'),
         ("McpFanoutUpstreamFailing", 'mcp_fanout_http_errors_total'),
+        ("McpFanoutProxyRelaysCut", 'mcp_fanout_proxy_relays_cut_total'),
     ]:
         expect(needle in rules.get(alert, ""), f"{alert}: {rules.get(alert)}")
     expect('reason=~"lagging|write_stall"' in rules["McpFanoutSlowSubscriberDrops"], "drop reasons")
