@@ -6,7 +6,8 @@
 //! `initialize` answer too large to rewrite (a huge JSON body, an event that never ends) is
 //! relayed unmodified with the replica's memory bounded; when the client leaves, the upstream
 //! connection is closed. Answers whose clients stop reading are held to a budget: past it the
-//! stalled ones are cut, their upstream connections closed, long before the write stall.
+//! stalled ones are cut, their upstream connections closed, long before the write stall. Event
+//! streams gathered block by block for a rewrite hold their blocks within the body memory budget.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -547,4 +548,111 @@ fn connections_to(port: u16) -> usize {
             remote_port == Some(port) && fields.get(3) == Some(&"01")
         })
         .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_streams_gathered_for_a_rewrite_hold_no_more_than_the_body_memory_budget() {
+    // An `initialize` answered as an event stream is rewritten block by block; a block is gathered
+    // whole first. 20 streams whose first block stops 200 KB in and never ends, with a body memory
+    // budget of 1 MiB: the blocks gathered hold at most the budget, and the streams past it are
+    // relayed unmodified as they arrive (the old code gathered every one, outside the budget, and
+    // relayed none).
+    const STREAMS: usize = 20;
+    const PARTIAL: usize = 200_000;
+    const BUDGET: u64 = 1 << 20;
+    let mut stalled =
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n\r\n"
+            .to_vec();
+    stalled.extend_from_slice(br#"data: {"jsonrpc":"2.0","id":1,"result":{"instructions":""#);
+    stalled.extend(std::iter::repeat_n(b'x', PARTIAL));
+    let up = RecordingUpstream::scripted(move |_: &[Recorded]| {
+        mcp_fanout_testkit::upstream::Reply::Stall(stalled.clone())
+    })
+    .await
+    .expect("upstream");
+    let url = up.url("/mcp");
+    let budget = BUDGET.to_string();
+    let r = start_memory(
+        "sse-rewrite-budget",
+        &[
+            ("FANOUT_UPSTREAM", url.as_str()),
+            ("FANOUT_ADVERTISE_LIST_CHANGED", "true"),
+            ("FANOUT_BODY_MEMORY_BYTES", budget.as_str()),
+            // The budget is at least one request body of the largest size.
+            ("FANOUT_MAX_PROXY_REQUEST_BYTES", "65536"),
+        ],
+    )
+    .await;
+    let body = json!({ "jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": { "protocolVersion": "2025-06-18", "capabilities": {},
+                    "clientInfo": { "name": "gathered", "version": "0" } } })
+    .to_string();
+    let request = format!(
+        "POST /mcp HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Accept: application/json, text/event-stream\r\nMCP-Protocol-Version: 2025-06-18\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    // Each client reads what comes; a stream relayed unmodified brings the 200 KB.
+    let received: Vec<_> = (0..STREAMS)
+        .map(|_| {
+            let (addr, request) = (r.public_addr(), request.clone());
+            let got = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let counter = got.clone();
+            let task = tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut s = TcpStream::connect(addr).await.expect("connect");
+                s.write_all(request.as_bytes()).await.expect("request");
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+            (got, task)
+        })
+        .collect();
+    let relayed = || {
+        received
+            .iter()
+            .filter(|(got, _)| got.load(std::sync::atomic::Ordering::Relaxed) >= PARTIAL)
+            .count()
+    };
+    wait_until("the streams past the budget relayed", PATIENCE, || async {
+        relayed() >= STREAMS - 5
+    })
+    .await
+    .unwrap_or_else(|e| {
+        let got: Vec<usize> = received
+            .iter()
+            .map(|(g, _)| g.load(std::sync::atomic::Ordering::Relaxed))
+            .collect();
+        panic!(
+            "{e}: {} of {STREAMS} relayed; bytes received: {got:?}",
+            relayed()
+        )
+    });
+    // Those still gathered hold their blocks within the budget: each holds more than the part
+    // it was sent, so at most 5 fit.
+    let held = r
+        .metric("mcp_fanout_body_memory_held_bytes")
+        .await
+        .expect("/metrics")
+        .unwrap_or(0.0);
+    assert!(
+        (PARTIAL as f64..=BUDGET as f64).contains(&held),
+        "{held} bytes held, budget {BUDGET}: the blocks still gathered are counted in it"
+    );
+    assert_eq!(
+        up.received().len(),
+        STREAMS,
+        "every initialize was forwarded"
+    );
+    for (_, task) in received {
+        task.abort();
+    }
 }

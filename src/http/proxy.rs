@@ -192,6 +192,10 @@ enum BodyFailed {
 /// bodies, and answers held for a rewrite. One permit per byte, and how many there are.
 type BodyMemory = (std::sync::Arc<Semaphore>, usize);
 
+fn body_memory(st: &AppState) -> BodyMemory {
+    (st.body_memory.clone(), st.config.body_memory_bytes())
+}
+
 /// The body relayed to the client: the upstream's, or (`rewrite`) with `listChanged` advertised,
 /// held whole up to `rewrite_max_bytes` within the response timeout (an event stream is rewritten
 /// as it goes). A small answer of known length is held whole within the response timeout
@@ -224,6 +228,7 @@ async fn relay_body(
                 resp.into_body().into_data_stream(),
                 advertise_list_changed,
                 up.rewrite_max_bytes,
+                body_memory(st),
             )),
             permit,
         )
@@ -305,7 +310,7 @@ where
     S: futures::Stream<Item = Result<Bytes, E>> + Unpin + Send + 'static,
     E: std::fmt::Display + Into<axum::BoxError> + Send + 'static,
 {
-    let memory: BodyMemory = (st.body_memory.clone(), st.config.body_memory_bytes());
+    let memory = body_memory(st);
     let mut held = None;
     let read = before(
         timer,
@@ -725,6 +730,7 @@ pub async fn patch_response(
             body.into_data_stream(),
             patch,
             up.rewrite_max_bytes,
+            body_memory(st),
         ))
     } else {
         let timer = tokio::time::sleep_until(deadline);
@@ -770,13 +776,66 @@ struct SseRewrite<S> {
     /// How much of `buf` is known to hold no block end (the next search starts just before).
     scanned: usize,
     eof: bool,
-    /// A block outgrew the bound: everything from there on is relayed as it arrives.
+    /// A block outgrew the bound, or the budget: everything from there on is relayed as it
+    /// arrives.
     relaying: bool,
+    /// The body memory budget and what `buf` holds of it (its capacity).
+    memory: BodyMemory,
+    held: Option<OwnedSemaphorePermit>,
+    accounted: usize,
+}
+
+/// A rewrite buffer that empties with at most this much room keeps it (and its share of the
+/// budget) for the next block; a larger one is given back.
+const SSE_BUFFER_KEPT_BYTES: usize = 16 * 1024;
+
+impl<S> SseRewrite<S> {
+    /// Makes room in `buf` for `more` bytes, taken from the body memory budget first (grown as a
+    /// vector grows, never past the bound and a piece); `false` when the budget has not that much
+    /// left.
+    fn room_for(&mut self, more: usize, max_bytes: usize) -> bool {
+        let needed = self.buf.len().saturating_add(more);
+        if needed <= self.accounted {
+            return true;
+        }
+        let target = needed.max(
+            self.accounted
+                .saturating_mul(2)
+                .min(max_bytes.saturating_add(1)),
+        );
+        if super::body::take(Some(&self.memory), &mut self.held, target - self.accounted).is_err() {
+            return false;
+        }
+        self.accounted = target;
+        self.buf.reserve_exact(target - self.buf.len());
+        true
+    }
+
+    /// After a block went out: an empty buffer larger than [`SSE_BUFFER_KEPT_BYTES`] is freed
+    /// and its share of the budget given back.
+    fn shrink(&mut self) {
+        if self.buf.is_empty() && self.accounted > SSE_BUFFER_KEPT_BYTES {
+            self.buf = Vec::new();
+            self.held = None;
+            self.accounted = 0;
+        }
+    }
+
+    /// Stops rewriting: what the buffer holds and all that follows is relayed as it is, and the
+    /// buffer's share of the budget is given back (the bytes leave with the next frame).
+    fn relay_from_here(&mut self) {
+        self.relaying = true;
+        self.held = None;
+        self.accounted = 0;
+    }
 }
 
 /// Rewrites the `data:` of SSE blocks carrying the result, relaying every block as it completes.
 /// A block that grows past `max_bytes` without ending is relayed unmodified, and so is the rest
-/// of the stream after it.
+/// of the stream after it. The buffer a block is gathered in is taken from the body memory budget
+/// (`memory`) as it grows; when the budget has no more room, the stream is relayed unmodified from
+/// there on, as for a block over the bound: the blocks held for a rewrite, in every stream
+/// together, never hold more than the budget.
 ///
 /// The one SSE code in `src/` that does not use the shared parser (`mcp_fanout_client::sse`, the
 /// `sse-stream` crate): a relay must pass the upstream's bytes through unchanged — its `event:`
@@ -787,6 +846,7 @@ fn rewrite_sse<E: std::error::Error + Send + Sync + 'static, S>(
     upstream: S,
     patch: Patch,
     max_bytes: usize,
+    memory: BodyMemory,
 ) -> impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static
 where
     S: futures::Stream<Item = Result<Bytes, E>> + Send + 'static,
@@ -797,6 +857,9 @@ where
         scanned: 0,
         eof: false,
         relaying: false,
+        memory,
+        held: None,
+        accounted: 0,
     };
     futures::stream::unfold(state, move |mut s| async move {
         loop {
@@ -808,6 +871,7 @@ where
                 if let Some(end) = block_end(&s.buf, s.scanned) {
                     let block: Vec<u8> = s.buf.drain(..end).collect();
                     s.scanned = 0;
+                    s.shrink();
                     return Some((Ok(rewrite_block(&block, patch)), s));
                 }
                 s.scanned = s.buf.len();
@@ -816,7 +880,7 @@ where
                         max_bytes,
                         "an upstream event too large to rewrite; the stream is relayed unmodified"
                     );
-                    s.relaying = true;
+                    s.relay_from_here();
                     continue;
                 }
             }
@@ -829,7 +893,16 @@ where
             }
             match s.upstream.next().await {
                 Some(Ok(chunk)) if s.relaying => return Some((Ok(chunk), s)),
-                Some(Ok(chunk)) => s.buf.extend_from_slice(&chunk),
+                Some(Ok(chunk)) => {
+                    if !s.room_for(chunk.len(), max_bytes) {
+                        tracing::warn!(
+                            budget_bytes = s.memory.1,
+                            "the body memory budget is full (FANOUT_BODY_MEMORY_BYTES): an upstream event stream is relayed unmodified"
+                        );
+                        s.relay_from_here();
+                    }
+                    s.buf.extend_from_slice(&chunk);
+                }
                 Some(Err(e)) => {
                     s.eof = true;
                     return Some((Err(std::io::Error::other(e)), s));
@@ -1055,12 +1128,27 @@ mod tests {
         )
     }
 
+    /// A body memory budget of `bytes`.
+    fn budget(bytes: usize) -> BodyMemory {
+        (std::sync::Arc::new(Semaphore::new(bytes)), bytes)
+    }
+
     async fn relayed(
         s: impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
         max: usize,
     ) -> Vec<u8> {
+        relayed_within(s, max, budget(1 << 20)).await
+    }
+
+    async fn relayed_within(
+        s: impl futures::Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+        max: usize,
+        memory: BodyMemory,
+    ) -> Vec<u8> {
         let out: Vec<Result<Bytes, std::io::Error>> =
-            rewrite_sse(s, advertise_list_changed, max).collect().await;
+            rewrite_sse(s, advertise_list_changed, max, memory)
+                .collect()
+                .await;
         out.into_iter()
             .flat_map(|c| c.expect("no error").to_vec())
             .collect()
@@ -1087,5 +1175,43 @@ mod tests {
         let input: Vec<u8> = parts.concat();
         let got = relayed(chunks(&parts), 1024).await;
         assert_eq!(got, input);
+    }
+
+    #[tokio::test]
+    async fn sse_blocks_are_gathered_within_the_body_memory_budget() {
+        let init = b"data: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{\"capabilities\":{}}}\n\n";
+        // Room for the small block: rewritten, and its buffer's share kept for the next one.
+        let memory = budget(4096);
+        let got = relayed_within(chunks(&[init]), 1 << 20, memory.clone()).await;
+        assert!(String::from_utf8_lossy(&got).contains(r#""listChanged":true"#));
+        assert_eq!(
+            memory.0.available_permits(),
+            4096,
+            "all given back at the end"
+        );
+
+        // A block larger than what is left of the budget (but within the bound) is relayed
+        // unmodified, whole, and so is what follows; nothing stays taken.
+        let memory = budget(4096);
+        let big = vec![b'x'; 3000];
+        let parts: Vec<&[u8]> = vec![b"data: ", &big, &big, b"\n\n", init];
+        let input: Vec<u8> = parts.concat();
+        let got = relayed_within(chunks(&parts), 1 << 20, memory.clone()).await;
+        assert_eq!(got, input);
+        assert_eq!(memory.0.available_permits(), 4096);
+
+        // The budget held while a block is gathered, given back once a large one has gone out.
+        let memory = budget(1 << 20);
+        let mut stream = Box::pin(rewrite_sse(
+            chunks(&[b"data: ", &big, b"\n\n"]),
+            advertise_list_changed,
+            1 << 20,
+            memory.clone(),
+        ));
+        let first = stream.next().await.expect("a block").expect("no error");
+        assert_eq!(first.len(), 6 + 3000 + 2);
+        assert!(stream.next().await.is_none());
+        drop(stream);
+        assert_eq!(memory.0.available_permits(), 1 << 20);
     }
 }
