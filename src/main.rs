@@ -17,6 +17,23 @@ use mcp_fanout::{cli, telemetry};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How often freed memory is looked for to give back.
+const GIVE_BACK_EVERY: Duration = Duration::from_secs(5);
+
+/// Gives the memory freed since the last look back to the system, every [`GIVE_BACK_EVERY`].
+/// mimalloc gives back (decommits) free memory a while after it was freed, but only when the
+/// allocator is next used: a replica gone quiet after a peak (thousands of connections closed, an
+/// attack over) kept it resident, ~20 MB after 3,000 subscribers had come and gone.
+async fn give_back_freed_memory() {
+    let mut every = tokio::time::interval(GIVE_BACK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
+        unsafe { libmimalloc_sys::mi_collect(false) };
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 enum StartError {
     #[error(transparent)]
@@ -47,6 +64,7 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
             Command::Serve(config) => {
                 telemetry::init(config.log_format);
+                tokio::spawn(give_back_freed_memory());
                 Ok(replica::serve(*config).await?)
             }
             Command::Migrate(args) => run_migrate(args).await,
