@@ -192,6 +192,7 @@ enum BodyFailed {
 /// bodies, and answers held for a rewrite. One permit per byte, and how many there are.
 type BodyMemory = (std::sync::Arc<Semaphore>, usize);
 
+/// The replica's body memory budget.
 fn body_memory(st: &AppState) -> BodyMemory {
     (st.body_memory.clone(), st.config.body_memory_bytes())
 }
@@ -292,9 +293,9 @@ where
 }
 
 /// An answer to rewrite with `patch`, read whole before `timer` fires: the rewritten body. One
-/// over `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` is relayed unmodified as it arrives (`body` is a watched
-/// relay, [`crate::mcp::relay_watch`], which holds its upstream connection's permit). The memory the answer is held in is taken
-/// from the body memory budget — its stated length (`known_len`) before a byte is read, else
+/// over `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` is relayed unmodified as it arrives (`body` is a
+/// watched relay, [`crate::mcp::relay_watch`], which holds its upstream connection's permit). The
+/// memory the answer is held in is taken from the body memory budget — its stated length (`known_len`) before a byte is read, else
 /// as the buffer grows (none left: [`BodyFailed::Busy`]) — and held by the body relayed until it
 /// has been written out or dropped: a client that does not read its answers cannot make the
 /// replica hold more than the budget.
@@ -895,7 +896,8 @@ where
                 Some(Ok(chunk)) if s.relaying => return Some((Ok(chunk), s)),
                 Some(Ok(chunk)) => {
                     if !s.room_for(chunk.len(), max_bytes) {
-                        tracing::warn!(
+                        // Not a warning: clients can cause it at will (the budget's gauge shows it).
+                        tracing::debug!(
                             budget_bytes = s.memory.1,
                             "the body memory budget is full (FANOUT_BODY_MEMORY_BYTES): an upstream event stream is relayed unmodified"
                         );
