@@ -197,6 +197,12 @@ fn body_memory(st: &AppState) -> BodyMemory {
     (st.body_memory.clone(), st.config.body_memory_bytes())
 }
 
+/// The size a held buffer of `size` bytes grows to when it must hold `needed`: doubled, as a
+/// vector grows, but never past the bound (`max`) and a piece.
+fn grown(size: usize, needed: usize, max: usize) -> usize {
+    needed.max(size.saturating_mul(2).min(max.saturating_add(1)))
+}
+
 /// The body relayed to the client: the upstream's, or (`rewrite`) with `listChanged` advertised,
 /// held whole up to `rewrite_max_bytes` within the response timeout (an event stream is rewritten
 /// as it goes). A small answer of known length is held whole within the response timeout
@@ -245,9 +251,9 @@ async fn relay_body(
     })
 }
 
-/// A streamed answer keeps its upstream connection, and so the permit, until it ends or the
-/// client goes (a held one has given it back by the time it is relayed). The body's length, when
-/// stated, is still told ([`Holding`]): the era adapter holds an answer in a buffer of that size.
+/// A body relayed with what it holds (its share of the body memory budget) until it has been
+/// written out or dropped. The body's length, when stated, is still told ([`Holding`]): the era
+/// adapter holds an answer in a buffer of that size.
 fn holding<B, G>(body: B, permit: G) -> Body
 where
     B: hyper::body::Body<Data = Bytes> + Unpin + Send + 'static,
@@ -295,10 +301,10 @@ where
 /// An answer to rewrite with `patch`, read whole before `timer` fires: the rewritten body. One
 /// over `FANOUT_UPSTREAM_REWRITE_MAX_BYTES` is relayed unmodified as it arrives (`body` is a
 /// watched relay, [`crate::mcp::relay_watch`], which holds its upstream connection's permit). The
-/// memory the answer is held in is taken from the body memory budget — its stated length (`known_len`) before a byte is read, else
-/// as the buffer grows (none left: [`BodyFailed::Busy`]) — and held by the body relayed until it
-/// has been written out or dropped: a client that does not read its answers cannot make the
-/// replica hold more than the budget.
+/// memory the answer is held in is taken from the body memory budget — its stated length
+/// (`known_len`) before a byte is read, else as the buffer grows (none left:
+/// [`BodyFailed::Busy`]) — and held by the body relayed until it has been written out or dropped:
+/// a client that does not read its answers cannot make the replica hold more than the budget.
 async fn rewritten<S, E>(
     st: &AppState,
     up: &Upstream,
@@ -668,8 +674,7 @@ where
         })?;
         let needed = buf.len() + chunk.len();
         if needed > buf.capacity() {
-            // Grown as a vector grows (doubling), never to more than the bound and a piece.
-            let target = needed.max(buf.capacity().saturating_mul(2).min(max.saturating_add(1)));
+            let target = grown(buf.capacity(), needed, max);
             super::body::take(Some(memory), held, target.saturating_sub(accounted))
                 .map_err(busy)?;
             accounted = accounted.max(target);
@@ -780,10 +785,9 @@ struct SseRewrite<S> {
     /// A block outgrew the bound, or the budget: everything from there on is relayed as it
     /// arrives.
     relaying: bool,
-    /// The body memory budget and what `buf` holds of it (its capacity).
+    /// The body memory budget, and what `buf` holds of it (its capacity).
     memory: BodyMemory,
     held: Option<OwnedSemaphorePermit>,
-    accounted: usize,
 }
 
 /// A rewrite buffer that empties with at most this much room keeps it (and its share of the
@@ -791,23 +795,25 @@ struct SseRewrite<S> {
 const SSE_BUFFER_KEPT_BYTES: usize = 16 * 1024;
 
 impl<S> SseRewrite<S> {
-    /// Makes room in `buf` for `more` bytes, taken from the body memory budget first (grown as a
-    /// vector grows, never past the bound and a piece); `false` when the budget has not that much
-    /// left.
+    /// Bytes of the budget `buf` holds.
+    fn accounted(&self) -> usize {
+        self.held
+            .as_ref()
+            .map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Makes room in `buf` for `more` bytes, taken from the body memory budget first ([`grown`]);
+    /// `false` when the budget has not that much left.
     fn room_for(&mut self, more: usize, max_bytes: usize) -> bool {
         let needed = self.buf.len().saturating_add(more);
-        if needed <= self.accounted {
+        let accounted = self.accounted();
+        if needed <= accounted {
             return true;
         }
-        let target = needed.max(
-            self.accounted
-                .saturating_mul(2)
-                .min(max_bytes.saturating_add(1)),
-        );
-        if super::body::take(Some(&self.memory), &mut self.held, target - self.accounted).is_err() {
+        let target = grown(accounted, needed, max_bytes);
+        if super::body::take(Some(&self.memory), &mut self.held, target - accounted).is_err() {
             return false;
         }
-        self.accounted = target;
         self.buf.reserve_exact(target - self.buf.len());
         true
     }
@@ -815,10 +821,9 @@ impl<S> SseRewrite<S> {
     /// After a block went out: an empty buffer larger than [`SSE_BUFFER_KEPT_BYTES`] is freed
     /// and its share of the budget given back.
     fn shrink(&mut self) {
-        if self.buf.is_empty() && self.accounted > SSE_BUFFER_KEPT_BYTES {
+        if self.buf.is_empty() && self.accounted() > SSE_BUFFER_KEPT_BYTES {
             self.buf = Vec::new();
             self.held = None;
-            self.accounted = 0;
         }
     }
 
@@ -827,7 +832,6 @@ impl<S> SseRewrite<S> {
     fn relay_from_here(&mut self) {
         self.relaying = true;
         self.held = None;
-        self.accounted = 0;
     }
 }
 
@@ -860,7 +864,6 @@ where
         relaying: false,
         memory,
         held: None,
-        accounted: 0,
     };
     futures::stream::unfold(state, move |mut s| async move {
         loop {

@@ -7,8 +7,9 @@
 //! as it would be for an unknown session: the remembered answer leads to what the true one
 //! would. (One case differs: a row forgotten and then bound by another principal, which needs the
 //! session id, say by a poll; for what is left of the 30 s its former owner's requests in it are
-//! still forwarded by the replicas that remember it.) A remembered answer is used for [`REMEMBER_FOR`], half of the store's mark interval, so
-//! a session in use is still read (and marked) at least every half a minute.
+//! still forwarded by the replicas that remember it.) A remembered answer is used for
+//! [`REMEMBER_FOR`], half of the store's mark interval, so a session in use is still read (and
+//! marked) at least every half a minute.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
