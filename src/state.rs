@@ -153,6 +153,8 @@ impl State {
                     ca_file: config.upstream_ca_file.clone(),
                     http2: config.upstream_http2,
                     max_connections: config.upstream_connection_cap(open_file_limit),
+                    keep_per_client_connection: config.upstream_connection_cap(open_file_limit)
+                        >= config.connection_caps(open_file_limit).0,
                 },
             )?),
             None => None,

@@ -18,7 +18,7 @@ use mcp_fanout_testkit::hostile::{
     drain_response, response_on, send_head_and_part, with_peak_rss, BadUpstream, Drained,
     Misbehaviour,
 };
-use mcp_fanout_testkit::upstream::{Canned, Recorded, RecordingUpstream};
+use mcp_fanout_testkit::upstream::{connections_to, Canned, Recorded, RecordingUpstream};
 use mcp_fanout_testkit::{start_memory, wait_until, RawRequest, Replica, SOON};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -531,23 +531,6 @@ async fn calls_never_taken(r: &Replica, n: u64, method: &str) -> (H2Conn, Vec<H2
         stuck.push(s);
     }
     (conn, stuck)
-}
-
-/// Established TCP connections to `127.0.0.1:port` (the connecting side), from `/proc/net/tcp`.
-fn connections_to(port: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let remote_port = fields
-                .get(2)
-                .and_then(|a| a.rsplit(':').next())
-                .and_then(|p| u16::from_str_radix(p, 16).ok());
-            remote_port == Some(port) && fields.get(3) == Some(&"01")
-        })
-        .count()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

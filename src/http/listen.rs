@@ -158,6 +158,7 @@ pub async fn delete_mcp(
         rpc_method: None,
         owner,
         peer: conn.peer,
+        own_task: conn.own_task.clone(),
     };
     proxy::forward(&st, up, forward).await
 }
@@ -292,6 +293,7 @@ async fn handle(
                 rpc_method,
                 owner,
                 peer: conn.peer,
+                own_task: conn.own_task.clone(),
             };
             if adapted {
                 return Ok(era_adapter::forward(&st, up, forward).await);

@@ -9,6 +9,7 @@ pub mod edge;
 pub mod era_adapter;
 pub mod error;
 pub mod headers;
+pub mod kept_upstream;
 pub mod listen;
 pub mod ops;
 pub mod origin;

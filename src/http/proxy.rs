@@ -19,7 +19,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::error::ErrorCode;
 use super::headers::MCP_SESSION_ID;
+use super::kept_upstream;
+use crate::mcp::forward_client::ForwardError;
+use crate::mcp::in_flight::Lease;
 use crate::mcp::upstream::Upstream;
+use crate::server::own_task::OwnTask;
 use crate::session::{minted, Owner};
 use crate::state::AppState;
 
@@ -61,6 +65,9 @@ pub struct Forward {
     pub owner: Option<Owner>,
     /// The client's address (the TCP peer), for `X-Forwarded-For` / `Forwarded`.
     pub peer: SocketAddr,
+    /// The client connection's own task, when the request came on HTTP/1.x: it goes upstream on
+    /// the connection kept there (`kept_upstream`).
+    pub own_task: Option<OwnTask>,
 }
 
 /// Forwards one request upstream and relays the answer.
@@ -72,6 +79,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         rpc_method,
         owner,
         peer,
+        own_task,
     } = f;
     // Named twice, the upstream may act on the other one than this service does.
     let Ok(session) = crate::auth::one_header(&headers, &SESSION_ID) else {
@@ -91,8 +99,15 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     }
     // Each request forwarded holds an upstream connection until its answer is relayed: bounded,
     // or one HTTP/2 client connection could open 200 of them and the replica run out of files.
-    let Some(permit) = up.in_flight.try_acquire(up.url.as_str()) else {
-        return upstream_busy(up, &request_body);
+    // A request on the upstream connection kept for its client connection shares that
+    // connection's permit (`kept_upstream`).
+    let kept = kept_upstream::take(up, own_task.as_ref());
+    let permit = match &kept {
+        Some(kept) => kept.lease(),
+        None => match up.in_flight.try_acquire(up.url.as_str()) {
+            Some(permit) => std::sync::Arc::new(permit),
+            None => return upstream_busy(up, &request_body),
+        },
     };
     let minted = minted_session.is_some();
     // The session a successful DELETE ends here too.
@@ -107,7 +122,11 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
     // One timer for the answer's head and a held body: both are due by the same deadline.
     let timer = tokio::time::sleep(up.response_timeout);
     tokio::pin!(timer);
-    let sent = before(timer.as_mut(), up.forward.request(req)).await;
+    let sent = before(
+        timer.as_mut(),
+        kept_upstream::send(up, own_task.as_ref(), kept, &permit, req),
+    )
+    .await;
     let mut resp = match sent {
         Ok(Ok(r)) => r,
         Ok(Err(error)) => return no_answer(up, &error, &request_body),
@@ -214,7 +233,7 @@ async fn relay_body(
     headers: &mut HeaderMap,
     rewrite: bool,
     mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    permit: OwnedSemaphorePermit,
+    permit: Lease,
 ) -> Result<Body, BodyFailed> {
     let is_sse = headers
         .get(header::CONTENT_TYPE)
@@ -568,11 +587,7 @@ fn upstream_error(
 /// upstream sent something that is not an HTTP answer (a head over hyper's bound, a malformed
 /// status line or header), as `upstream_unreachable` otherwise (no connection, or closed before
 /// answering) — so an alert on unreachable upstreams is not set off by one that answers badly.
-fn no_answer(
-    up: &Upstream,
-    error: &hyper_util::client::legacy::Error,
-    request_body: &[u8],
-) -> Response {
+fn no_answer(up: &Upstream, error: &ForwardError, request_body: &[u8]) -> Response {
     if answered_badly(error) {
         tracing::warn!(%error, upstream = %up.url, "the upstream's answer is not valid HTTP");
         return upstream_error(
@@ -592,14 +607,18 @@ fn no_answer(
 }
 
 /// Whether the client failed parsing what the upstream sent (not connecting, not a close).
-fn answered_badly(error: &hyper_util::client::legacy::Error) -> bool {
+fn answered_badly(error: &ForwardError) -> bool {
+    let parse = |h: &hyper::Error| h.is_parse() || h.is_parse_too_large() || h.is_parse_status();
     if error.is_connect() {
         return false;
+    }
+    if let ForwardError::Direct(h) = error {
+        return parse(h);
     }
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return h.is_parse() || h.is_parse_too_large() || h.is_parse_status();
+            return parse(h);
         }
         source = e.source();
     }

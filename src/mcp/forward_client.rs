@@ -6,15 +6,23 @@
 //! call and carry the client's credentials to another origin), no proxy from
 //! `HTTP_PROXY`/`ALL_PROXY` (the upstream is reached directly, as nginx's `proxy_pass` does), no
 //! URL parsing (the target URI is parsed once, at start).
+//!
+//! A plain `http://` upstream spoken to over HTTP/1.1 can also be reached on a connection of one's
+//! own ([`Direct`]): the edge keeps one for each HTTP/1.x client connection and drives it inside
+//! that connection's task (`http::kept_upstream`), which the pool's connections, each a task of
+//! its own, cannot be.
 
 use std::time::Duration;
 
+use axum::http::{HeaderValue, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
+use hyper::client::conn::http1;
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 
 /// How long connecting to the upstream may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -58,4 +66,118 @@ pub fn build(tls: rustls::ClientConfig, http2: bool) -> ForwardClient {
         .pool_timer(TokioTimer::new())
         .http1_max_buf_size(READ_BUF_MAX_BYTES)
         .build(https)
+}
+
+/// Sends requests on one upstream connection of [`Direct`]'s.
+pub type DirectSender = http1::SendRequest<Full<Bytes>>;
+/// One upstream connection of [`Direct`]'s: it does its reads and writes as it is polled.
+pub type DirectConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+
+/// How a plain `http://` upstream spoken to over HTTP/1.1 is reached on a connection of one's
+/// own, with what the pooled client would add to each request (the target in origin form and
+/// `Host`), worked out once.
+#[derive(Debug, Clone)]
+pub struct Direct {
+    host: String,
+    port: u16,
+    /// `Host`: the upstream's name, and its port unless it is 80 (as the pooled client writes it).
+    host_header: HeaderValue,
+    /// The path (and query) requests are sent to.
+    origin_form: Uri,
+}
+
+/// Why a request went unanswered on the pooled client or on a [`Direct`] connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ForwardError {
+    #[error(transparent)]
+    Pooled(#[from] hyper_util::client::legacy::Error),
+    #[error("connecting to the upstream: {0}")]
+    Connect(#[source] std::io::Error),
+    #[error("connecting to the upstream: timed out after {CONNECT_TIMEOUT:?}")]
+    ConnectTimedOut,
+    #[error(transparent)]
+    Direct(#[from] hyper::Error),
+}
+
+impl ForwardError {
+    /// The upstream could not be reached (as opposed to failing on the way, or answering badly).
+    pub fn is_connect(&self) -> bool {
+        match self {
+            ForwardError::Pooled(e) => e.is_connect(),
+            ForwardError::Connect(_) | ForwardError::ConnectTimedOut => true,
+            ForwardError::Direct(_) => false,
+        }
+    }
+}
+
+impl Direct {
+    /// For `uri` (the upstream's, absolute): `None` for an `https://` upstream, or with
+    /// `FANOUT_UPSTREAM_HTTP2` (those stay on the pooled client, which does TLS and ALPN).
+    pub fn new(uri: &Uri, http2: bool) -> Option<Direct> {
+        if http2 || uri.scheme_str() != Some("http") {
+            return None;
+        }
+        let name = uri.host()?;
+        let port = uri.port_u16().unwrap_or(80);
+        let host_header = match uri.port_u16().filter(|p| *p != 80) {
+            Some(p) => HeaderValue::from_str(&format!("{name}:{p}")).ok()?,
+            None => HeaderValue::from_str(name).ok()?,
+        };
+        let origin_form = uri.path_and_query()?.as_str().parse().ok()?;
+        // An IPv6 address is written in brackets in a URL, not in a socket address.
+        let host = name
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
+        Some(Direct {
+            host,
+            port,
+            host_header,
+            origin_form,
+        })
+    }
+
+    /// `req` as it goes on a connection of one's own: origin-form target, `Host` set.
+    pub fn address(&self, req: &mut axum::http::Request<Full<Bytes>>) {
+        *req.uri_mut() = self.origin_form.clone();
+        req.headers_mut()
+            .insert(axum::http::header::HOST, self.host_header.clone());
+    }
+
+    /// A new connection to the upstream (within [`CONNECT_TIMEOUT`], `TCP_NODELAY`, the read
+    /// buffer bounded as the pool's): its sender, and the connection, which must be polled.
+    pub async fn connect(&self) -> Result<(DirectSender, DirectConnection), ForwardError> {
+        let connecting = TcpStream::connect((self.host.as_str(), self.port));
+        let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| ForwardError::ConnectTimedOut)?
+            .map_err(ForwardError::Connect)?;
+        // Each request and answer is one write: no Nagle delay on it.
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "set_nodelay failed on an upstream connection");
+        }
+        let mut builder = http1::Builder::new();
+        builder.max_buf_size(READ_BUF_MAX_BYTES);
+        Ok(builder.handshake(TokioIo::new(tcp)).await?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
+
+    use super::*;
+
+    #[test]
+    fn a_direct_connection_is_for_plain_http_over_http1_only() {
+        let d = Direct::new(&"http://mcp.internal:8000/mcp?x=1".parse().unwrap(), false).unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("mcp.internal", 8000));
+        assert_eq!(d.host_header, "mcp.internal:8000");
+        assert_eq!(d.origin_form, "/mcp?x=1");
+        let d = Direct::new(&"http://[::1]/mcp".parse().unwrap(), false).unwrap();
+        assert_eq!((d.host.as_str(), d.port), ("::1", 80));
+        assert_eq!(d.host_header, "[::1]");
+        assert!(Direct::new(&"https://mcp.internal/mcp".parse().unwrap(), false).is_none());
+        assert!(Direct::new(&"http://mcp.internal/mcp".parse().unwrap(), true).is_none());
+    }
 }

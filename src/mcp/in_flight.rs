@@ -1,6 +1,8 @@
 //! The bound on the upstream connections a replica holds (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):
-//! one permit per upstream request in flight — each request forwarded and not yet relayed whole,
-//! and each of the era adapter's own (its probe, handshakes and session closes). Each holds an
+//! one permit per upstream request in flight on the pooled client — each request forwarded and
+//! not yet relayed whole, and each of the era adapter's own (its probe, handshakes and session
+//! closes) — and one per upstream connection kept for an HTTP/1.x client connection, for its life
+//! (`http::kept_upstream`; the requests on it share its permit, a [`Lease`]). Each holds an
 //! upstream connection (an idle pooled one is reused by the next), so the permits bound them.
 //!
 //! A request past the bound is refused at once (the HTTP edge answers `upstream_busy`). The
@@ -12,6 +14,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+/// A permit of the bound, shared by what holds its upstream connection: a request's answer being
+/// relayed, and a connection kept for a client connection (`http::kept_upstream`) for its life —
+/// the requests on a kept connection take none of their own. Given back when the last holder
+/// goes.
+pub type Lease = Arc<OwnedSemaphorePermit>;
 
 /// At most one `warn` line per this interval about refused requests.
 pub const REFUSALS_LOG_EVERY: Duration = Duration::from_secs(10);

@@ -30,6 +30,8 @@ use hyper::body::{Frame, SizeHint};
 use prometheus_client::metrics::counter::Counter;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use super::in_flight::Lease;
+
 /// How long a relay's last frame may wait to be taken before the relay counts as stalled.
 pub const STALL_GRACE: Duration = Duration::from_secs(1);
 
@@ -60,7 +62,7 @@ struct Cell {
     /// When the last frame was handed out and not taken since, in ms from `start` (0: taken).
     handed_out_at: AtomicU64,
     /// The upstream's answer and its connection's permit, until the end or a cut.
-    upstream: Mutex<Option<(Answer, OwnedSemaphorePermit)>>,
+    upstream: Mutex<Option<(Answer, Lease)>>,
     /// Its share of the stalled relays' budget, while stalled.
     share: Mutex<Option<OwnedSemaphorePermit>>,
 }
@@ -91,7 +93,7 @@ impl RelayWatch {
 
     /// The body relaying `answer`, holding `permit` (its upstream connection's) until it ends or
     /// is cut; looks at the relays first when [`SWEEP_EVERY`] has passed.
-    pub fn relay<B>(&self, answer: B, permit: OwnedSemaphorePermit) -> Body
+    pub fn relay<B>(&self, answer: B, permit: Lease) -> Body
     where
         B: hyper::body::Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -216,10 +218,12 @@ impl hyper::body::Body for Relayed {
 mod tests {
     use super::*;
 
-    fn permit() -> OwnedSemaphorePermit {
-        Arc::new(Semaphore::new(1))
-            .try_acquire_owned()
-            .expect("a permit")
+    fn permit() -> Lease {
+        Arc::new(
+            Arc::new(Semaphore::new(1))
+                .try_acquire_owned()
+                .expect("a permit"),
+        )
     }
 
     /// A body that yields `n` one-byte frames.

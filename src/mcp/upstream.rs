@@ -23,6 +23,9 @@ pub struct Upstream {
     pub(crate) url: reqwest::Url,
     /// `url` as the forwarding client takes it (parsed once).
     pub(crate) uri: axum::http::Uri,
+    /// How to reach the upstream on a connection of one's own (plain `http://` over HTTP/1.1
+    /// only; `forward_client::Direct`).
+    pub(crate) direct: Option<forward_client::Direct>,
     /// Mint an `Mcp-Session-Id` on `initialize` when the upstream issues none.
     pub(crate) mint_session_ids: bool,
     /// Rewrite `initialize` / `server/discover` results to advertise `listChanged`.
@@ -69,6 +72,10 @@ pub struct UpstreamOptions {
     pub http2: bool,
     /// Most requests forwarded at once (`FANOUT_UPSTREAM_MAX_CONNECTIONS`; at least one).
     pub max_connections: usize,
+    /// Keep an upstream connection for each HTTP/1.x client connection (`http::kept_upstream`):
+    /// only when the bound leaves one for every client connection (its default), since a kept
+    /// connection holds its permit while idle.
+    pub keep_per_client_connection: bool,
     /// Bytes the relays whose clients stopped reading may hold between them
     /// (`FANOUT_BODY_MEMORY_BYTES`; `relay_watch`).
     pub stalled_relays_budget: usize,
@@ -279,11 +286,14 @@ impl Upstream {
             .as_str()
             .parse()
             .map_err(|e: axum::http::uri::InvalidUri| UpstreamConfigError::Url(e.to_string()))?;
+        let direct = forward_client::Direct::new(&uri, options.http2)
+            .filter(|_| options.keep_per_client_connection);
         Ok(Upstream {
             client,
             forward,
             url,
             uri,
+            direct,
             mint_session_ids: options.mint_session_ids,
             advertise_list_changed: options.advertise_list_changed,
             bridge_2026_clients: options.bridge_2026_clients,

@@ -9,6 +9,7 @@
 
 pub mod handoff;
 mod idle;
+pub mod own_task;
 mod parse_errors;
 mod self_wake;
 mod stall;
@@ -39,6 +40,7 @@ use crate::metrics::CodeLabel;
 use crate::socket::{SocketState, StreamCut};
 use handoff::HandOff;
 use idle::Activity;
+use own_task::OwnTask;
 use parse_errors::Exchanges;
 use self_wake::SelfWake;
 use stall::StallGuard;
@@ -67,6 +69,9 @@ pub struct ConnInfo {
     /// The service's responses not yet all on the wire (tells hyper's own parse-error answers
     /// from them).
     pub exchanges: Exchanges,
+    /// The connection's own task, to drive work in beside hyper's side (`own_task`): on
+    /// HTTP/1.x requests only, whose handlers run inside that task.
+    pub own_task: Option<OwnTask>,
 }
 
 impl ConnInfo {
@@ -204,7 +209,9 @@ pub async fn serve(
             handoff: HandOff::default(),
             slot: Some(Arc::new(slot_permit)),
             exchanges: Exchanges::default(),
+            own_task: Some(OwnTask::default()),
         };
+        let own_task = info.own_task.clone().unwrap_or_default();
         let io = TokioIo::new(StallGuard::new(
             stream,
             opts.write_stall,
@@ -217,7 +224,12 @@ pub async fn serve(
         let activity = Activity::new();
         let watched = activity.clone();
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(info.clone());
+            let mut conn = info.clone();
+            if req.version() >= hyper::Version::HTTP_2 {
+                // Its handler runs as a task of its own, beside the connection's other streams.
+                conn.own_task = None;
+            }
+            req.extensions_mut().insert(conn);
             host_from_authority(&mut req);
             let in_flight = activity.begin();
             let exchange = info.exchanges.begin();
@@ -246,10 +258,12 @@ pub async fn serve(
                         }
                     }
                 }
+                never = own_task.run() => match never {},
                 why = watched.expired(opts.first_request, opts.idle) => {
                     tracing::debug!(%peer, reason = why.as_str(), "closing a connection that does nothing");
                 }
             }
+            own_task.end();
         }));
     }
     drop(listener);

@@ -225,6 +225,7 @@ mod tests {
             socket: SocketState::default(),
             slot: None,
             exchanges: Default::default(),
+            own_task: None,
         }
     }
 

@@ -61,6 +61,9 @@ pub enum Reply {
     /// These bytes (a head and part of a body, say), then nothing more: the connection is held
     /// open until the peer closes it.
     Stall(Vec<u8>),
+    /// These bytes, then the connection is closed (without `Connection: close`: as an upstream
+    /// whose keep-alive timeout ends an idle connection right after an answer).
+    AnswerAndClose(Vec<u8>),
 }
 
 impl From<Canned> for Reply {
@@ -262,6 +265,10 @@ async fn serve(
                     return;
                 }
             }
+            Reply::AnswerAndClose(bytes) => {
+                let _ = tcp.write_all(&bytes).await;
+                return;
+            }
             Reply::Stall(bytes) => {
                 if tcp.write_all(&bytes).await.is_ok() {
                     // Nothing more: wait for the peer to close.
@@ -272,4 +279,24 @@ async fn serve(
             }
         }
     }
+}
+
+/// Established TCP connections to `127.0.0.1:port` (their connecting side: a replica's to an
+/// upstream listening there), from `/proc/net/tcp`.
+pub fn connections_to(port: u16) -> usize {
+    let Ok(table) = std::fs::read_to_string("/proc/net/tcp") else {
+        return 0;
+    };
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = fields
+                .get(2)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
 }
