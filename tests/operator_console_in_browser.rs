@@ -118,17 +118,20 @@ async fn operator_console_in_headless_chromium() {
         .expect("subscribe on b");
     b.wait_subscribers(1, T).await.expect("b counts it");
     let follower = Follower::spawn("b-subscriber", conn);
-    // A's view lists both replicas, B's with its SSE subscriber (heartbeats every 2 s).
+    // A's view lists both replicas, B's with its SSE subscriber, and both rows with LISTEN
+    // connected (heartbeats every 2 s; a replica's first one can go out before its LISTEN
+    // connection is up, and says so until the next).
     let ids: BTreeSet<String> = wait_for(
-        "a's cluster view: both replicas, b's subscriber",
+        "a's cluster view: both replicas, b's subscriber, both LISTENing",
         T,
         || async {
             let rows = cluster(&a).await?;
             let with_sse = rows
                 .iter()
-                .filter(|r| r["subscribers_by_kind"]["sse"] == 1 && r["listen_connected"] == true)
+                .filter(|r| r["subscribers_by_kind"]["sse"] == 1)
                 .count();
-            (rows.len() == 2 && with_sse == 1)
+            let listening = rows.iter().all(|r| r["listen_connected"] == true);
+            (rows.len() == 2 && with_sse == 1 && listening)
                 .then(|| rows.iter().map(|r| str_of(r, "id").to_owned()).collect())
         },
     )
