@@ -12,7 +12,7 @@
 //!   bound when HTTP/2 clients' requests go on the pooled client beside them.
 //!
 //! The upstream is the test kit's recording server: each request it records carries the address
-//! of the upstream connection it came on.
+//! of the upstream connection it came on, and it counts the connections open to it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -25,7 +25,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 use mcp_fanout_testkit::h2c::reqwest_h2c;
-use mcp_fanout_testkit::upstream::{connections_to, Canned, Recorded, RecordingUpstream, Reply};
+use mcp_fanout_testkit::upstream::{Canned, Recorded, RecordingUpstream, Reply};
 use mcp_fanout_testkit::{start_memory, wait_until, Replica};
 use serde_json::{json, Value};
 use tokio::net::TcpStream;
@@ -101,8 +101,9 @@ fn connections_of(up: &RecordingUpstream, prefix: &str) -> BTreeSet<SocketAddr> 
         .collect()
 }
 
-async fn wait_for_connections(port: u16, n: usize, what: &str) {
-    wait_until(what, STEP, || async move { connections_to(port) == n })
+/// Waits until `n` connections are open to `up` (each closed by the replica counted at once).
+async fn wait_for_connections(up: &RecordingUpstream, n: usize, what: &str) {
+    wait_until(what, STEP, || async move { up.open_connections() == n })
         .await
         .unwrap();
 }
@@ -115,16 +116,11 @@ async fn proxy_for(label: &str, up: &RecordingUpstream, extra: &[(&str, &str)]) 
     start_memory(label, &env).await
 }
 
-fn port_of(up: &RecordingUpstream) -> u16 {
-    up.url("").rsplit(':').next().unwrap().parse().unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_connection_keeps_its_own_upstream_connection_and_closes_it_with_itself() {
     let up = RecordingUpstream::scripted(|log| Reply::Answer(echo(log)))
         .await
         .unwrap();
-    let port = port_of(&up);
     let r = proxy_for("kept-upstream", &up, &[]).await;
     let mut a = Client::connect(r.public_addr()).await;
     let mut b = Client::connect(r.public_addr()).await;
@@ -152,16 +148,16 @@ async fn each_client_connection_keeps_its_own_upstream_connection_and_closes_it_
         on_a, on_b,
         "a and b each have their own upstream connection"
     );
-    assert_eq!(connections_to(port), 2);
+    assert_eq!(up.open_connections(), 2);
 
     // Each upstream connection ends with its client connection (no idle pool keeps it).
     a.close();
-    wait_for_connections(port, 1, "a's upstream connection to close with a").await;
+    wait_for_connections(&up, 1, "a's upstream connection to close with a").await;
     let (status, _) = b.call("b-after").await;
     assert_eq!(status, 200, "b goes on on its own upstream connection");
     assert_eq!(connections_of(&up, "b-"), on_b);
     b.close();
-    wait_for_connections(port, 0, "b's upstream connection to close with b").await;
+    wait_for_connections(&up, 0, "b's upstream connection to close with b").await;
     assert_eq!(r.get("/healthz").await.unwrap().status, 200);
 }
 
@@ -170,7 +166,6 @@ async fn an_upstream_connection_the_upstream_closes_is_replaced_without_an_error
     let up = RecordingUpstream::scripted(|log| Reply::AnswerAndClose(echo(log)))
         .await
         .unwrap();
-    let port = port_of(&up);
     let r = proxy_for("kept-upstream-closed", &up, &[]).await;
     let mut c = Client::connect(r.public_addr()).await;
     for i in 0..10 {
@@ -180,7 +175,7 @@ async fn an_upstream_connection_the_upstream_closes_is_replaced_without_an_error
         assert_eq!(body["id"], id.as_str());
         // The upstream closed it after answering; the replica closes its side as it sees that.
         wait_for_connections(
-            port,
+            &up,
             0,
             "the upstream connection the upstream ended to close",
         )
@@ -199,12 +194,11 @@ async fn the_upstream_connection_closes_when_its_client_connection_hands_off_an_
     let up = RecordingUpstream::scripted(|log| Reply::Answer(echo(log)))
         .await
         .unwrap();
-    let port = port_of(&up);
     let r = proxy_for("kept-upstream-handoff", &up, &[]).await;
     let mut c = Client::connect(r.public_addr()).await;
     let (status, _) = c.call("h-0").await;
     assert_eq!(status, 200);
-    assert_eq!(connections_to(port), 1);
+    assert_eq!(up.open_connections(), 1);
     // The same connection opens the fan-out's event stream: hyper's side of it ends once the
     // head is out (the stream has a writer of its own), and the upstream connection with it.
     let get = hyper::Request::get("/mcp")
@@ -219,7 +213,7 @@ async fn the_upstream_connection_closes_when_its_client_connection_hands_off_an_
         .unwrap();
     assert_eq!(resp.status(), 200);
     let mut stream = resp.into_body();
-    wait_for_connections(port, 0, "the upstream connection to close at the hand-off").await;
+    wait_for_connections(&up, 0, "the upstream connection to close at the hand-off").await;
     // The stream itself goes on: an event published now reaches it.
     r.publish_ok(&json!({"method": "notifications/tools/list_changed"}))
         .await
@@ -257,7 +251,6 @@ async fn kept_upstream_connections_count_toward_the_bound_while_idle() {
     })
     .await
     .unwrap();
-    let port = port_of(&up);
     // Four client connections, and so (the default bound) four upstream connections.
     let r = proxy_for(
         "kept-upstream-bound",
@@ -291,7 +284,7 @@ async fn kept_upstream_connections_count_toward_the_bound_while_idle() {
     })
     .await
     .unwrap();
-    assert_eq!(connections_to(port), 4);
+    assert_eq!(up.open_connections(), 4);
     let refused = call("h2-1").await.unwrap();
     assert_eq!(
         refused.status(),
@@ -300,10 +293,10 @@ async fn kept_upstream_connections_count_toward_the_bound_while_idle() {
     );
     let body: Value = refused.json().await.unwrap();
     assert_eq!(body["id"], "h2-1", "{body}");
-    assert_eq!(connections_to(port), 4, "no fifth upstream connection");
+    assert_eq!(up.open_connections(), 4, "no fifth upstream connection");
     // a leaves: its connection and permit with it, and the next call is forwarded.
     a.close();
-    wait_for_connections(port, 3, "a's upstream connection to close with a").await;
+    wait_for_connections(&up, 3, "a's upstream connection to close with a").await;
     let answered = call("h2-2").await.unwrap();
     assert_eq!(answered.status(), 200);
     assert_eq!(b.call("b-1").await.0, 200, "b still has its own");

@@ -62,7 +62,8 @@ pub enum Reply {
     /// open until the peer closes it.
     Stall(Vec<u8>),
     /// These bytes, then the connection is closed (without `Connection: close`: as an upstream
-    /// whose keep-alive timeout ends an idle connection right after an answer).
+    /// whose keep-alive timeout ends an idle connection right after an answer): its write side at
+    /// once, then whole once the peer has closed its own.
     AnswerAndClose(Vec<u8>),
 }
 
@@ -149,6 +150,8 @@ pub fn legacy_handshake(req: &Recorded) -> Option<Reply> {
 pub struct RecordingUpstream {
     addr: SocketAddr,
     received: Arc<Mutex<Vec<Recorded>>>,
+    /// Connections accepted and not yet closed by the peer.
+    open: Arc<std::sync::atomic::AtomicUsize>,
     task: JoinHandle<()>,
 }
 
@@ -172,14 +175,22 @@ impl RecordingUpstream {
         let received = Arc::new(Mutex::new(Vec::new()));
         let script: Arc<Script> = Arc::new(script);
         let log = received.clone();
+        let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = open.clone();
         let task = tokio::spawn(async move {
             while let Ok((tcp, peer)) = listener.accept().await {
-                tokio::spawn(serve(tcp, peer, script.clone(), log.clone()));
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let (script, log, counted) = (script.clone(), log.clone(), counted.clone());
+                tokio::spawn(async move {
+                    serve(tcp, peer, script, log).await;
+                    counted.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+                });
             }
         });
         Ok(RecordingUpstream {
             addr,
             received,
+            open,
             task,
         })
     }
@@ -187,6 +198,14 @@ impl RecordingUpstream {
     /// `http://127.0.0.1:<port><path>`.
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// Connections open to it: accepted, and not yet closed by their peer (a connection it ends
+    /// itself after an answer, [`Reply::AnswerAndClose`], counts until the peer has closed its
+    /// side too). Exact, where a count read from `/proc/net/tcp` can miss a row while other
+    /// sockets come and go.
+    pub fn open_connections(&self) -> usize {
+        self.open.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every request received so far, in order.
@@ -266,7 +285,10 @@ async fn serve(
                 }
             }
             Reply::AnswerAndClose(bytes) => {
-                let _ = tcp.write_all(&bytes).await;
+                if tcp.write_all(&bytes).await.is_ok() && tcp.shutdown().await.is_ok() {
+                    let mut chunk = [0u8; 8192];
+                    while matches!(tcp.read(&mut chunk).await, Ok(n) if n > 0) {}
+                }
                 return;
             }
             Reply::Stall(bytes) => {
