@@ -93,6 +93,8 @@ async fn send_kept(
     // A new connection replaces the one kept before (if any), and takes over its permit.
     let (mut sender, connection) = direct.connect().await?;
     let answer = sender.send_request(req);
+    // The connection holds its permit for as long as it is open, its handle kept or not (a
+    // handle dropped as not ready leaves its connection open until a new one replaces it).
     let held = lease.clone();
     own.drive(
         async move {

@@ -608,17 +608,13 @@ fn no_answer(up: &Upstream, error: &ForwardError, request_body: &[u8]) -> Respon
 
 /// Whether the client failed parsing what the upstream sent (not connecting, not a close).
 fn answered_badly(error: &ForwardError) -> bool {
-    let parse = |h: &hyper::Error| h.is_parse() || h.is_parse_too_large() || h.is_parse_status();
     if error.is_connect() {
         return false;
-    }
-    if let ForwardError::Direct(h) = error {
-        return parse(h);
     }
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return parse(h);
+            return h.is_parse() || h.is_parse_too_large() || h.is_parse_status();
         }
         source = e.source();
     }

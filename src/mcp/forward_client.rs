@@ -95,7 +95,7 @@ pub enum ForwardError {
     Connect(#[source] std::io::Error),
     #[error("connecting to the upstream: timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimedOut,
-    #[error(transparent)]
+    #[error("on the upstream connection: {0}")]
     Direct(#[from] hyper::Error),
 }
 

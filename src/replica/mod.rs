@@ -132,9 +132,12 @@ fn conn_options(config: &ServeConfig, open_files: u64) -> (ConnOptions, ConnOpti
         idle: Duration::from_secs(config.idle_secs),
         max_connections: public_cap,
         http2_max_streams: config.http2_max_streams,
+        // Proxy mode keeps an upstream connection in an HTTP/1.x client connection's task.
+        own_tasks: config.upstream.is_some(),
     };
     let admin = ConnOptions {
         max_connections: admin_cap,
+        own_tasks: false,
         ..public
     };
     (public, admin)

@@ -93,6 +93,9 @@ pub struct ConnOptions {
     pub max_connections: usize,
     /// Most streams open at once on one HTTP/2 connection (`SETTINGS_MAX_CONCURRENT_STREAMS`).
     pub http2_max_streams: u32,
+    /// Give each connection an [`OwnTask`] (proxy mode's public listener: its handlers may keep
+    /// an upstream connection there). Off, a connection's task polls nothing beside hyper.
+    pub own_tasks: bool,
 }
 
 /// The listen backlog asked for (the kernel bounds it by `net.core.somaxconn`): connections past
@@ -209,9 +212,9 @@ pub async fn serve(
             handoff: HandOff::default(),
             slot: Some(Arc::new(slot_permit)),
             exchanges: Exchanges::default(),
-            own_task: Some(OwnTask::default()),
+            own_task: opts.own_tasks.then(OwnTask::default),
         };
-        let own_task = info.own_task.clone().unwrap_or_default();
+        let own_task = info.own_task.clone();
         let io = TokioIo::new(StallGuard::new(
             stream,
             opts.write_stall,
@@ -258,12 +261,14 @@ pub async fn serve(
                         }
                     }
                 }
-                never = own_task.run() => match never {},
+                never = OwnTask::run_if_any(own_task.as_ref()) => match never {},
                 why = watched.expired(opts.first_request, opts.idle) => {
                     tracing::debug!(%peer, reason = why.as_str(), "closing a connection that does nothing");
                 }
             }
-            own_task.end();
+            if let Some(own) = &own_task {
+                own.end();
+            }
         }));
     }
     drop(listener);

@@ -2,14 +2,16 @@
 //!
 //! A handler runs inside its connection's task on HTTP/1.x (hyper polls the service's future in
 //! the connection's dispatch loop). A future it hands to [`OwnTask::drive`] — proxy mode's
-//! upstream connection, see `mcp::kept_upstream` — is polled by that same task from then on: the
+//! upstream connection, see `http::kept_upstream` — is polled by that same task from then on: the
 //! wakes between the handler and that work (a request handed over, its answer handed back, each
 //! chunk of the answer's body) stay inside one task, answered in place by `self_wake`, instead
 //! of going through the scheduler to a task of their own, which may be on the other worker.
 //!
 //! One piece of work at a time: driving another drops the one before, with the handle kept with
 //! it. The work and its handle are dropped when the work ends, and with the connection. HTTP/2
-//! requests get no `OwnTask` (their handlers run as tasks of their own, concurrently).
+//! requests get no `OwnTask` (their handlers run as tasks of their own, concurrently), and
+//! neither does any connection of a listener that has no use for one (`ConnOptions::own_tasks`):
+//! there the connection's task polls nothing more than before.
 
 use std::any::Any;
 use std::convert::Infallible;
@@ -48,12 +50,12 @@ impl OwnTask {
     /// Drives `work` in the connection's task from now on, with `kept` as its handle; what was
     /// driven and kept before is dropped.
     pub fn drive<K: Any + Send>(&self, work: impl Future<Output = ()> + Send + 'static, kept: K) {
-        let old = {
-            let mut state = self.state();
-            let old = (state.work.replace(Box::pin(work)), state.kept.take());
-            state.kept = Some(Box::new(kept));
-            old
+        let new = State {
+            work: Some(Box::pin(work)),
+            kept: Some(Box::new(kept)),
         };
+        let old = std::mem::replace(&mut *self.state(), new);
+        // Dropped outside the lock: a drop may run arbitrary code.
         drop(old);
         // The task polls the new work at once (a wake during its own poll is answered in place).
         self.0.task.wake();
@@ -83,11 +85,16 @@ impl OwnTask {
     /// Drops the work and its handle: the connection has ended (what else holds this connection's
     /// state, a handed-off stream's writer, must not keep them).
     pub fn end(&self) {
-        let ended = {
-            let mut state = self.state();
-            (state.work.take(), state.kept.take())
-        };
+        let ended = std::mem::take(&mut *self.state());
         drop(ended);
+    }
+
+    /// [`run`](Self::run) for `own`, or nothing, for ever, without one.
+    pub async fn run_if_any(own: Option<&OwnTask>) -> Infallible {
+        match own {
+            Some(own) => own.run().await,
+            None => std::future::pending().await,
+        }
     }
 
     /// Drives the work handed over, for as long as the connection lives (never ends): the
@@ -98,7 +105,7 @@ impl OwnTask {
             let ended = {
                 let mut state = self.state();
                 match state.work.as_mut().map(|w| w.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Some((state.work.take(), state.kept.take())),
+                    Some(Poll::Ready(())) => Some(std::mem::take(&mut *state)),
                     _ => None,
                 }
             };
