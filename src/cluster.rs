@@ -12,27 +12,34 @@ use serde_json::{Map, Value};
 use tokio_postgres::types::Type;
 use tokio_util::sync::CancellationToken;
 
+use crate::bridge::ListenState;
 use crate::broadcast::Broadcaster;
 use crate::db::{column, Db, DbError};
 use crate::event::EventId;
 use crate::metrics::{Metrics, SubscriberKind};
-
-/// How often a replica heartbeats.
-pub const HEARTBEAT: Duration = Duration::from_secs(2);
 
 pub struct PgCluster {
     db: Db,
     sql: ClusterSql,
     /// A replica not heard from for this long is not listed.
     stale_after: Duration,
+    /// How often this replica writes its row (`FANOUT_HEARTBEAT_SECS`); a change of its LISTEN
+    /// state writes it at once.
+    heartbeat_every: Duration,
 }
 
 impl PgCluster {
-    pub fn new(db: Db, schema: &str, stale_after: Duration) -> PgCluster {
+    pub fn new(
+        db: Db,
+        schema: &str,
+        stale_after: Duration,
+        heartbeat_every: Duration,
+    ) -> PgCluster {
         PgCluster {
             db,
             sql: ClusterSql::new(schema),
             stale_after,
+            heartbeat_every,
         }
     }
 }
@@ -121,6 +128,8 @@ pub struct Cluster {
     pub epoch: String,
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
+    /// This replica's LISTEN state (set by the bridge; never up in memory mode).
+    pub listening: Arc<ListenState>,
     pub db: Option<PgCluster>,
 }
 
@@ -143,9 +152,7 @@ impl Cluster {
 
     /// This replica's LISTEN state: `None` in memory mode (there is no LISTEN connection).
     fn listen_state(&self) -> Option<bool> {
-        self.db
-            .as_ref()
-            .map(|_| self.metrics.listen_connected.get() == 1)
+        self.db.as_ref().map(|_| self.listening.is_connected())
     }
 
     fn advertised(&self) -> Option<String> {
@@ -197,14 +204,20 @@ pub async fn view(cluster: &Cluster) -> Result<ClusterView, DbError> {
     Ok(ClusterView { replicas })
 }
 
-/// Heartbeats until `stop`, then removes this replica's row.
+/// Heartbeats until `stop`, then removes this replica's row. A change of the LISTEN state is
+/// written at once, so the view does not show a replica's LISTEN down (or up) for a heartbeat
+/// after it came up (or went down): at start, the first heartbeat goes out before the LISTEN
+/// connection is up.
 pub async fn heartbeat(cluster: Arc<Cluster>, stop: CancellationToken) {
     let Some(c) = &cluster.db else { return };
-    let mut tick = tokio::time::interval(HEARTBEAT);
+    let mut tick = tokio::time::interval(c.heartbeat_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut listen_changes = cluster.listening.changes();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = tick.tick() => {}
+            Ok(()) = listen_changes.changed() => tick.reset(),
         }
         let address = cluster.advertised();
         let subscribers = i32::try_from(cluster.broadcaster.subscriber_count()).unwrap_or(i32::MAX);

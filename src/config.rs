@@ -296,6 +296,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_REPLICA_STALE_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(3..))]
     pub replica_stale_secs: u64,
 
+    /// How often a replica writes its row of /admin/cluster (its LISTEN state is written at once
+    /// when it changes). Must be less than `FANOUT_REPLICA_STALE_SECS`.
+    #[arg(long, env = "FANOUT_HEARTBEAT_SECS", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub heartbeat_secs: u64,
+
     /// Proxy mode: the upstream MCP server's endpoint URL (e.g. `http://127.0.0.1:3000/mcp`), or
     /// its base URL with no path (`http://127.0.0.1:3000`: requests keep their own path, `/mcp`).
     /// GET streams and `subscriptions/listen` are served here; everything else is forwarded.

@@ -5,6 +5,7 @@ use std::time::SystemTime;
 
 use crate::auth::admin_tokens::{AdminTokens, TokenError};
 use crate::auth::SubscriberAuth;
+use crate::bridge::ListenState;
 use crate::broadcast::{Broadcaster, RingLimits};
 use crate::cluster::{Cluster, PgCluster};
 use crate::config::{to_usize, ServeConfig, SubscriberAuthMode};
@@ -48,6 +49,8 @@ pub enum StateError {
     Upstream(#[from] crate::mcp::upstream::UpstreamConfigError),
     #[error("admin tokens: {0}")]
     Tokens(#[from] TokenError),
+    #[error("FANOUT_HEARTBEAT_SECS ({heartbeat}) must be less than FANOUT_REPLICA_STALE_SECS ({stale}), or replicas drop out of /admin/cluster between heartbeats")]
+    HeartbeatNotBelowStale { heartbeat: u64, stale: u64 },
 }
 
 /// What differs between the two modes: the event log, the session store and, in Postgres mode,
@@ -170,6 +173,7 @@ impl State {
             epoch: log.epoch().to_owned(),
             broadcaster: broadcaster.clone(),
             metrics: metrics.clone(),
+            listening: Arc::new(ListenState::new(metrics.listen_connected.clone())),
             db: cluster,
         });
         Ok(Arc::new(State {

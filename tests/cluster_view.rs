@@ -12,8 +12,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use mcp_fanout_testkit::{
-    body, jwt::now_secs, open_stream_with, start_owned, wait_for, Deployment, Replica, SseConn,
-    SseRequest, ADMIN_TOKEN,
+    body, jwt::now_secs, open_stream_with, start_fails, start_owned, wait_for, Deployment, Replica,
+    SseConn, SseRequest, ADMIN_TOKEN,
 };
 use serde_json::Value;
 
@@ -31,8 +31,8 @@ struct Row {
     last_heartbeat: f64,
 }
 
-/// `/admin/cluster` of `r`, keyed by address.
-async fn view(r: &Replica) -> Result<BTreeMap<String, Row>, String> {
+/// `/admin/cluster` of `r`, as sent.
+async fn view_json(r: &Replica) -> Result<Value, String> {
     let resp = r
         .http()
         .get(r.admin_url("/admin/cluster"))
@@ -45,6 +45,12 @@ async fn view(r: &Replica) -> Result<BTreeMap<String, Row>, String> {
     if status != 200 {
         return Err(format!("{status} {v}"));
     }
+    Ok(v)
+}
+
+/// `/admin/cluster` of `r`, keyed by address.
+async fn view(r: &Replica) -> Result<BTreeMap<String, Row>, String> {
+    let v = view_json(r).await?;
     let rows = v["replicas"]
         .as_array()
         .ok_or_else(|| format!("no `replicas` array: {v}"))?;
@@ -234,5 +240,96 @@ async fn every_replica_lists_all_live_replicas_and_a_killed_one_ages_out() {
         rows.keys().cloned().collect::<Vec<_>>(),
         vec![addr_of(&r0)],
         "a replica that shut down cleanly is removed at once: {rows:?}"
+    );
+}
+
+/// `listen_connected` of the one row of `r`'s view.
+async fn listen_connected(r: &Replica) -> Result<Option<bool>, String> {
+    let v = view_json(r).await?;
+    match v["replicas"].as_array().map(Vec::as_slice) {
+        Some([row]) => Ok(row["listen_connected"].as_bool()),
+        _ => Err(format!("not one row: {v}")),
+    }
+}
+
+async fn wait_listen_connected(r: &Replica, want: bool, what: &str) {
+    let seen = std::sync::Mutex::new(None);
+    let got = wait_for(what, Duration::from_secs(30), || {
+        let fut = listen_connected(r);
+        let seen = &seen;
+        async move {
+            let v = fut.await;
+            let ok = v == Ok(Some(want));
+            *seen
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(v);
+            ok.then_some(())
+        }
+    })
+    .await;
+    if let Err(e) = got {
+        panic!("{what}: {e}; last view: {seen:?}");
+    }
+}
+
+/// The view shows a replica's LISTEN state as it changes, not at its next heartbeat: with
+/// heartbeats an hour apart, the row says connected once the replica is up (its first heartbeat
+/// went out before the LISTEN connection was), down once that connection is lost and cannot come
+/// back (its role may no longer log in), and connected again once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_view_shows_a_listen_change_at_once_not_at_the_next_heartbeat() {
+    let pg = Deployment::fresh("clusterlisten").await.with_admin();
+    let role = pg
+        .server
+        .create_login_role("fanout_listen")
+        .await
+        .expect("a role for the LISTEN connection");
+    pg.psql(&format!("ALTER ROLE {role} SUPERUSER")).await;
+    let listen_url = pg.server.url_as(&role, &pg.db);
+    let r = pg
+        .replica(
+            "clusterlisten",
+            &[
+                ("FANOUT_LISTEN_DATABASE_URL", listen_url.as_str()),
+                ("FANOUT_HEARTBEAT_SECS", "3000"),
+                ("FANOUT_REPLICA_STALE_SECS", "3600"),
+            ],
+        )
+        .await;
+    wait_listen_connected(&r, true, "the row says LISTEN connected after the start").await;
+
+    pg.psql(&format!("ALTER ROLE {role} NOLOGIN")).await;
+    pg.psql(&format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}'"
+    ))
+    .await;
+    wait_listen_connected(&r, false, "the row says LISTEN down once it is lost").await;
+    assert_eq!(
+        r.metric("mcp_fanout_listen_connected")
+            .await
+            .expect("metrics"),
+        Some(0.0),
+        "the gauge agrees"
+    );
+
+    pg.psql(&format!("ALTER ROLE {role} LOGIN")).await;
+    wait_listen_connected(&r, true, "the row says LISTEN connected once it is back").await;
+}
+
+/// A heartbeat as long as the stale limit would drop live replicas from the view: the start fails
+/// and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_heartbeat_not_below_the_stale_limit_stops_the_start() {
+    let pg = Deployment::fresh("clusterbeat").await;
+    let env = pg.env(&[
+        ("FANOUT_HEARTBEAT_SECS", "10"),
+        ("FANOUT_REPLICA_STALE_SECS", "10"),
+    ]);
+    let text = start_fails(&env, T).await;
+    assert!(
+        text.contains(
+            "FANOUT_HEARTBEAT_SECS (10) must be less than FANOUT_REPLICA_STALE_SECS (10)"
+        ),
+        "the error names both settings: {text}"
     );
 }

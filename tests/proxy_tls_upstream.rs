@@ -41,7 +41,7 @@ use e2e::{
 use mcp_fanout_testkit::nginx::Nginx;
 use mcp_fanout_testkit::openssl::ca_and_server_cert;
 use mcp_fanout_testkit::wait::wait_until;
-use mcp_fanout_testkit::{bin, start_memory, Replica};
+use mcp_fanout_testkit::{start_fails, start_memory, Replica};
 use serde_json::{json, Value};
 
 /// Upper bound for one step (a client starting, a notification arriving).
@@ -367,23 +367,17 @@ async fn an_unusable_ca_file_stops_the_start_naming_it() {
         (&empty, "holds no PEM certificate"),
         (&missing, "cannot read"),
     ] {
-        let out = tokio::process::Command::new(bin())
-            .env_clear()
-            .env("FANOUT_ADDR", "127.0.0.1:0")
-            .env("FANOUT_ADMIN_ADDR", "127.0.0.1:0")
-            .env("FANOUT_UPSTREAM", "https://localhost:1/mcp")
-            .env("FANOUT_UPSTREAM_CA_FILE", file)
-            .output();
-        let out = tokio::time::timeout(STEP, out)
-            .await
-            .expect("it stops")
-            .expect("runs");
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(!out.status.success(), "{file:?}: {text}");
+        let env = [
+            (
+                "FANOUT_UPSTREAM".to_string(),
+                "https://localhost:1/mcp".to_string(),
+            ),
+            (
+                "FANOUT_UPSTREAM_CA_FILE".to_string(),
+                file.to_string_lossy().into_owned(),
+            ),
+        ];
+        let text = start_fails(&env, STEP).await;
         assert!(
             text.contains("FANOUT_UPSTREAM_CA_FILE") && text.contains(&*file.to_string_lossy()),
             "{file:?}: the error names the setting and the file: {text}"

@@ -784,6 +784,7 @@ GUARD_REJECTS = [
     ("existingSecret together with database.url", merge(base, {"existingSecret": "x"}), r"with existingSecret"),
     ("httpRoute without parentRefs", merge(base, {"httpRoute": {"enabled": True}}), r"parentRefs"),
     ("same port for public and admin", merge(base, {"containerPorts": {"admin": 8080}}), r"must differ"),
+    ("heartbeatSecs not below replicaStaleSecs", merge(base, {"config": {"heartbeatSecs": 10}}), r"heartbeatSecs must be less than"),
     ("proxy.caCert together with proxy.caConfigMap",
      merge(base, {"proxy": {"upstream": "https://u/mcp", "caCert": "x", "caConfigMap": "y"}}), r"not both"),
     ("proxy.upstreamCaFile together with proxy.caCert",

@@ -5,6 +5,7 @@
 
 pub mod backoff;
 pub mod control;
+pub mod listen_state;
 pub mod listener;
 
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use self::backoff::Backoff;
 pub use self::control::{control_channel, ControlMessage};
+pub use self::listen_state::ListenState;
 use self::listener::{Control, Listener};
 use crate::broadcast::Broadcaster;
 use crate::db::{column, describe, timed, DbError};
@@ -62,6 +64,8 @@ pub struct Bridge {
     pub broadcaster: Broadcaster,
     pub metrics: Arc<Metrics>,
     pub lifecycle: Arc<Lifecycle>,
+    /// Up once connected and caught up, down when the connection is lost.
+    pub listening: Arc<ListenState>,
     /// Names this replica's heartbeat NOTIFYs.
     pub replica_id: String,
     pub log: Arc<PgLog>,
@@ -80,7 +84,7 @@ impl Bridge {
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
             let result = self.session(&stop, &mut backoff).await;
-            self.metrics.listen_connected.set(0);
+            self.listening.set(false);
             match result {
                 Ok(()) => return Ok(()),
                 Err(error) if !error.is_transient() => {
@@ -120,7 +124,7 @@ impl Bridge {
         // LISTEN is active: everything committed from now on wakes us; this read covers the rest.
         let caught_up = self.catch_up(&listener, &reader).await?;
         self.metrics.catch_up_events.inc_by(caught_up);
-        self.metrics.listen_connected.set(1);
+        self.listening.set(true);
         if self.lifecycle.is_bridge_failed() {
             self.lifecycle.set_bridge_failed(false);
             tracing::info!(head = self.broadcaster.head(), "LISTEN bridge works again");

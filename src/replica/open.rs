@@ -19,7 +19,7 @@ use crate::log::postgres::writer::WriterTask;
 use crate::log::postgres::{migrate, PgLog};
 use crate::log::{EventLog, LogError};
 use crate::session::postgres::PgSessions;
-use crate::state::{AppState, State};
+use crate::state::{AppState, State, StateError};
 
 /// The Postgres-mode tasks, started (and supervised) once the state is built.
 pub struct DbTasks {
@@ -45,6 +45,13 @@ pub async fn build_state(
         st.lifecycle.set_ready();
         return Ok((st, None));
     };
+    if config.heartbeat_secs >= config.replica_stale_secs {
+        return Err(StateError::HeartbeatNotBelowStale {
+            heartbeat: config.heartbeat_secs,
+            stale: config.replica_stale_secs,
+        }
+        .into());
+    }
     let timeout = config.db_timeout();
     let tls = connect::tls(config.db_ca_file.as_deref())?;
     let pool = connect::pool(
@@ -83,6 +90,7 @@ pub async fn build_state(
             db.clone(),
             &config.schema,
             Duration::from_secs(config.replica_stale_secs),
+            Duration::from_secs(config.heartbeat_secs),
         ),
         head,
     )?;
@@ -91,6 +99,7 @@ pub async fn build_state(
         broadcaster: st.broadcaster.clone(),
         metrics: st.metrics.clone(),
         lifecycle: st.lifecycle.clone(),
+        listening: st.cluster.listening.clone(),
         replica_id: st.cluster.replica_id.clone(),
         log: log.clone(),
         listen_config,

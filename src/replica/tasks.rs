@@ -54,7 +54,7 @@ async fn until_stopped(task: impl std::future::Future<Output = ()>) -> Result<()
 /// The bridge (readiness and the LISTEN gauge go down whenever it fails), the publish writer and
 /// retention.
 fn start_db_tasks(sup: &Supervisor, st: &AppState, config: &ServeConfig, db: DbTasks) {
-    let (lifecycle, metrics) = (st.lifecycle.clone(), st.metrics.clone());
+    let (lifecycle, listening) = (st.lifecycle.clone(), st.cluster.listening.clone());
     let bridge = db.bridge;
     sup.spawn_with(
         Task::Bridge,
@@ -63,7 +63,7 @@ fn start_db_tasks(sup: &Supervisor, st: &AppState, config: &ServeConfig, db: DbT
             async move { b.run(stop).await.map_err(TaskError::from) }
         },
         move || {
-            metrics.listen_connected.set(0);
+            listening.set(false);
             lifecycle.set_bridge_failed(true);
         },
     );

@@ -110,3 +110,26 @@ mod tests {
         assert_eq!(admin, owned(&[("FANOUT_ADMIN_TOKENS", "other")]));
     }
 }
+
+/// Runs the binary with only `env` (and loopback port-0 listeners) and waits up to `within` for
+/// it to exit; panics unless it exits unsuccessfully. Returns what it wrote (stdout, then
+/// stderr), for the test to check that the start failed for the reason it names.
+pub async fn start_fails(env: &[(String, String)], within: std::time::Duration) -> String {
+    let mut cmd = tokio::process::Command::new(bin());
+    cmd.env_clear()
+        .env("FANOUT_ADDR", "127.0.0.1:0")
+        .env("FANOUT_ADMIN_ADDR", "127.0.0.1:0")
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .kill_on_drop(true);
+    let out = tokio::time::timeout(within, cmd.output())
+        .await
+        .unwrap_or_else(|_| panic!("the start did not stop within {within:?}: {env:?}"))
+        .expect("the binary runs");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "the start must fail: {text}");
+    text
+}

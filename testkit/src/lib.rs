@@ -70,7 +70,8 @@ pub use follow::{Followed, Follower, Received};
 pub use haproxy::HaProxy;
 pub use http::{error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, RawResponse};
 pub use launch::{
-    bin, start, start_memory, start_owned, start_with_open_files, with_admin, ADMIN_TOKEN,
+    bin, start, start_fails, start_memory, start_owned, start_with_open_files, with_admin,
+    ADMIN_TOKEN,
 };
 pub use nginx::Nginx;
 pub use poll::{PollAnswer, PollEvent};

@@ -182,6 +182,9 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 {{- if gt ($v.config.drainSecs | int) ($v.config.shutdownGraceSecs | int) }}
   {{- fail "mcp-fanout: config.drainSecs must not exceed config.shutdownGraceSecs (the drain happens inside the shutdown grace)" }}
 {{- end }}
+{{- if ge ($v.config.heartbeatSecs | int) ($v.config.replicaStaleSecs | int) }}
+  {{- fail "mcp-fanout: config.heartbeatSecs must be less than config.replicaStaleSecs (live replicas would drop out of /admin/cluster between heartbeats)" }}
+{{- end }}
 {{- if eq ($v.containerPorts.http | int) ($v.containerPorts.admin | int) }}
   {{- fail "mcp-fanout: containerPorts.http and containerPorts.admin must differ (admin, probes and metrics get their own listener)" }}
 {{- end }}
@@ -400,6 +403,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   {{- end }}
 - name: FANOUT_REPLICA_STALE_SECS
   value: {{ $c.replicaStaleSecs | int64 | quote }}
+- name: FANOUT_HEARTBEAT_SECS
+  value: {{ $c.heartbeatSecs | int64 | quote }}
 - name: RUST_LOG
   value: {{ $c.rustLog | quote }}
 {{- with $v.extraEnv }}

@@ -136,7 +136,9 @@
       cell(tr, k.listen, 'num');
       cell(tr, r.last_delivered_id);
       const age = r.heartbeat_age_secs;
-      cell(tr, age === undefined ? null : age.toFixed(1) + ' s', age > 6 ? 'num stale' : 'num');
+      // Late: three heartbeats missed.
+      const late = 3 * (s.heartbeat_secs || 2);
+      cell(tr, age === undefined ? null : age.toFixed(1) + ' s', age > late ? 'num stale' : 'num');
       const l = r.listen_connected;
       // null: memory mode, or a replica of an older release (it does not report it).
       const none = s.mode === 'memory' ? 'n/a (memory)' : 'unknown';

@@ -46,6 +46,7 @@ pub async fn view(st: &AppState) -> Value {
         "mode": if memory { "memory" } else { "postgres" },
         "database": database,
         "now": unix_now(),
+        "heartbeat_secs": (!memory).then_some(st.config.heartbeat_secs),
         "replicas": replicas,
         "log": {
             "epoch": epoch,
