@@ -114,6 +114,17 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_ADMIN_TOKEN_FILE")]
     pub admin_token_file: Option<PathBuf>,
 
+    /// Wrong admin tokens one address may present before it is limited to
+    /// `FANOUT_ADMIN_FAILED_ATTEMPTS_PER_MIN`; a limited address is refused (429) before its token
+    /// is compared, the right one included.
+    #[arg(long, env = "FANOUT_ADMIN_FAILED_ATTEMPTS", default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_failed_attempts: u32,
+
+    /// Wrong admin tokens a minute one address may present once its `FANOUT_ADMIN_FAILED_ATTEMPTS`
+    /// are used up (the allowance refills at this rate).
+    #[arg(long, env = "FANOUT_ADMIN_FAILED_ATTEMPTS_PER_MIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
+    pub admin_failed_attempts_per_min: u32,
+
     /// Recent events kept in memory per replica (in memory mode: the whole log).
     #[arg(long, env = "FANOUT_MEMORY_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_events: u64,

@@ -4,6 +4,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use crate::auth::admin_tokens::{AdminTokens, TokenError};
+use crate::auth::failed_attempts::FailedAttempts;
 use crate::auth::SubscriberAuth;
 use crate::bridge::ListenState;
 use crate::broadcast::{Broadcaster, RingLimits};
@@ -165,6 +166,10 @@ impl State {
         let admin_tokens = AdminTokens::load(
             config.admin_tokens.as_deref(),
             config.admin_token_file.as_deref(),
+            FailedAttempts::new(
+                config.admin_failed_attempts,
+                config.admin_failed_attempts_per_min,
+            ),
         )?;
         let cluster = Arc::new(Cluster {
             replica_id: random_epoch(),

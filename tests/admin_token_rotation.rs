@@ -111,6 +111,12 @@ async fn rotating_the_token_file_swaps_tokens_without_a_restart_and_keeps_stream
         &[
             ("FANOUT_ADMIN_TOKENS".to_string(), INLINE.to_string()),
             ("FANOUT_ADMIN_TOKEN_FILE".to_string(), file.clone()),
+            // The waits below poll with tokens not (or no longer) configured, many a second:
+            // without a large allowance the address would be refused (tests/admin_failed_attempts.rs).
+            (
+                "FANOUT_ADMIN_FAILED_ATTEMPTS".to_string(),
+                "1000000".to_string(),
+            ),
         ],
     )
     .await;

@@ -1,20 +1,24 @@
 //! Admin tokens (contract §4.1): bearer tokens compared in constant time (as digests); with no tokens
 //! configured, only a loopback peer whose `Host` is a loopback name. Tokens from the token file
-//! rotate without a restart: re-read on `SIGHUP` and when the file changes.
+//! rotate without a restart: re-read on `SIGHUP` and when the file changes. Wrong tokens are
+//! counted per source address ([`FailedAttempts`]): past the allowance, that address is refused
+//! before its token is compared.
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::http::{header, HeaderMap};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 use tokio_util::sync::CancellationToken;
 
+use super::failed_attempts::FailedAttempts;
 use crate::config::split_list;
 
 /// The shortest admin token not warned about: 16 bytes of a random alphabet are out of reach of
-/// guessing, which nothing here throttles.
+/// guessing even at the rate [`FailedAttempts`] lets through from many addresses.
 pub const ADVISED_TOKEN_BYTES: usize = 16;
 
 /// Why the admin rule refused a request.
@@ -24,6 +28,11 @@ pub enum AdminDenied {
     Unauthorized,
     #[error("no admin tokens are configured: admin answers only loopback requests to localhost")]
     LoopbackOnly,
+    /// This address used up its failed attempts: refused before its token is compared.
+    #[error(
+        "too many failed admin token attempts from this address; retry in {retry_after_secs} s"
+    )]
+    TooManyFailedAttempts { retry_after_secs: u64 },
 }
 
 /// Token digests (so comparison time does not depend on token length or content). Reloadable:
@@ -32,6 +41,7 @@ pub struct AdminTokens {
     inline: Option<String>,
     file: Option<std::path::PathBuf>,
     digests: std::sync::RwLock<Vec<[u8; 32]>>,
+    failed: FailedAttempts,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,11 +55,16 @@ pub enum TokenError {
 }
 
 impl AdminTokens {
-    pub fn load(inline: Option<&str>, file: Option<&Path>) -> Result<AdminTokens, TokenError> {
+    pub fn load(
+        inline: Option<&str>,
+        file: Option<&Path>,
+        failed: FailedAttempts,
+    ) -> Result<AdminTokens, TokenError> {
         let tokens = AdminTokens {
             inline: inline.map(str::to_owned),
             file: file.map(Path::to_path_buf),
             digests: std::sync::RwLock::default(),
+            failed,
         };
         tokens.reload()?;
         Ok(tokens)
@@ -77,8 +92,9 @@ impl AdminTokens {
             tracing::warn!(
                 short_tokens = short,
                 advised_bytes = ADVISED_TOKEN_BYTES,
-                "admin tokens shorter than advised: failed attempts are not throttled, so a short \
-                 token can be guessed; use long random ones (e.g. `openssl rand -hex 32`)"
+                "admin tokens shorter than advised: a short token can be guessed from many \
+                 addresses, even with failed attempts limited per address; use long random ones \
+                 (e.g. `openssl rand -hex 32`)"
             );
         }
         let digests: Vec<[u8; 32]> = tokens.iter().map(|t| digest(t.as_bytes())).collect();
@@ -110,7 +126,8 @@ impl AdminTokens {
             == 1
     }
 
-    /// The admin rule for one request.
+    /// The admin rule for one request. A request with no token is refused without counting as a
+    /// failed attempt (there is nothing to guess with); one with a wrong token counts.
     pub fn authorize(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), AdminDenied> {
         if self.is_empty() {
             return if peer.ip().is_loopback() && loopback_host(headers) {
@@ -119,6 +136,12 @@ impl AdminTokens {
                 Err(AdminDenied::LoopbackOnly)
             };
         }
+        let now = Instant::now();
+        self.failed
+            .check(peer.ip(), now)
+            .map_err(|wait| AdminDenied::TooManyFailedAttempts {
+                retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
+            })?;
         // More than one Authorization header is no credential.
         let presented = super::authorization(headers)
             .ok()
@@ -129,6 +152,7 @@ impl AdminTokens {
         if self.accepts(presented) {
             Ok(())
         } else {
+            self.failed.failed(peer.ip(), now);
             Err(AdminDenied::Unauthorized)
         }
     }
@@ -213,7 +237,8 @@ mod tests {
 
     #[test]
     fn tokens() {
-        let t = AdminTokens::load(Some("alpha, beta"), None).expect("load");
+        let t = AdminTokens::load(Some("alpha, beta"), None, FailedAttempts::new(20, 60))
+            .expect("load");
         let peer: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
         assert!(t
             .authorize(&headers("svc", Some("Bearer beta")), peer)
@@ -233,10 +258,40 @@ mod tests {
     }
 
     #[test]
+    fn wrong_tokens_use_up_an_address_then_even_the_right_one_is_refused() {
+        let t = AdminTokens::load(Some("alpha"), None, FailedAttempts::new(2, 1)).expect("load");
+        let peer: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
+        let other: SocketAddr = "10.0.0.2:5000".parse().expect("addr");
+        for _ in 0..3 {
+            // No token is not a guess: it does not count.
+            assert_eq!(
+                t.authorize(&headers("svc", None), peer),
+                Err(AdminDenied::Unauthorized)
+            );
+        }
+        for _ in 0..2 {
+            assert_eq!(
+                t.authorize(&headers("svc", Some("Bearer guess")), peer),
+                Err(AdminDenied::Unauthorized)
+            );
+        }
+        assert_eq!(
+            t.authorize(&headers("svc", Some("Bearer alpha")), peer),
+            Err(AdminDenied::TooManyFailedAttempts {
+                retry_after_secs: 60
+            })
+        );
+        assert!(t
+            .authorize(&headers("svc", Some("Bearer alpha")), other)
+            .is_ok());
+    }
+
+    #[test]
     fn tokens_rotate_by_reloading_the_file() {
         let path = std::env::temp_dir().join(format!("mcp-fanout-tokens-{}", std::process::id()));
         std::fs::write(&path, "old-token\n").expect("write");
-        let t = AdminTokens::load(Some("inline"), Some(&path)).expect("load");
+        let t = AdminTokens::load(Some("inline"), Some(&path), FailedAttempts::new(20, 60))
+            .expect("load");
         assert!(t.accepts(b"old-token") && t.accepts(b"inline"));
         std::fs::write(&path, "new-token\n").expect("rewrite");
         assert_eq!(t.reload().expect("reload"), 2);
@@ -248,7 +303,7 @@ mod tests {
 
     #[test]
     fn loopback_only_without_tokens() {
-        let t = AdminTokens::load(None, None).expect("load");
+        let t = AdminTokens::load(None, None, FailedAttempts::new(20, 60)).expect("load");
         let lo: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
         let remote: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
         assert!(t.authorize(&headers("127.0.0.1:8080", None), lo).is_ok());

@@ -9,6 +9,7 @@
 //!   `sub` names no one, so it cannot use a session.
 
 pub mod admin_tokens;
+pub mod failed_attempts;
 pub mod jwt;
 
 use std::time::SystemTime;

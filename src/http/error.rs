@@ -28,6 +28,8 @@ pub enum AppError {
     Unauthenticated(String),
     #[error("{0}")]
     Forbidden(&'static str),
+    #[error("too many failed admin token attempts from this address; retry in {0} s")]
+    TooManyFailedAttempts(u64),
     #[error("no route for {0}")]
     NotFound(String),
     #[error("this Mcp-Session-Id is unknown (initialize first)")]
@@ -78,6 +80,7 @@ impl AppError {
             | AppError::UnsupportedProtocolVersion(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized | AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::TooManyFailedAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
             AppError::NotFound(_) | AppError::SessionNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
@@ -112,6 +115,7 @@ impl AppError {
             AppError::UnsupportedProtocolVersion(_) => "unsupported_protocol_version",
             AppError::Unauthorized | AppError::Unauthenticated(_) => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
+            AppError::TooManyFailedAttempts(_) => "too_many_failed_attempts",
             AppError::NotFound(_) => "not_found",
             AppError::SessionNotFound => "session_not_found",
             AppError::MethodNotAllowed(_) => "method_not_allowed",
@@ -181,6 +185,9 @@ impl IntoResponse for AppError {
             }
             _ => {}
         }
+        if let AppError::TooManyFailedAttempts(secs) = self {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
         if self.leaves_body_unread() {
             headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
@@ -214,6 +221,9 @@ impl From<AdminDenied> for AppError {
             AdminDenied::LoopbackOnly => AppError::Forbidden(
                 "no admin tokens are configured: admin answers only loopback requests to localhost",
             ),
+            AdminDenied::TooManyFailedAttempts { retry_after_secs } => {
+                AppError::TooManyFailedAttempts(retry_after_secs)
+            }
         }
     }
 }

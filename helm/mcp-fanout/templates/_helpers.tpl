@@ -263,6 +263,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_ADMIN_TOKEN_FILE
   value: {{ . | quote }}
 {{- end }}
+- name: FANOUT_ADMIN_FAILED_ATTEMPTS
+  value: {{ $v.adminAuth.failedAttempts | int64 | quote }}
+- name: FANOUT_ADMIN_FAILED_ATTEMPTS_PER_MIN
+  value: {{ $v.adminAuth.failedAttemptsPerMin | int64 | quote }}
 - name: FANOUT_MEMORY_EVENTS
   value: {{ $c.memoryEvents | int64 | quote }}
 - name: FANOUT_MEMORY_BYTES

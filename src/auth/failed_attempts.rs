@@ -1,0 +1,242 @@
+//! Failed admin-token attempts, counted per source address, so a token cannot be guessed at the
+//! rate the replica answers.
+//!
+//! Each source has a bucket of `burst` attempts that refills at `per_min` a minute; a request
+//! whose token is wrong takes one. A source whose bucket is empty is refused (`429`,
+//! `Retry-After`) **before its token is compared**, whatever it presents: answering a right token
+//! there would tell a guesser it had found it. So a client with the right token behind the same
+//! address as a guesser (one NAT, one load balancer that hides client addresses) is refused with
+//! it until the guessing stops; each refusal says so in a `warn` line (at most one every 10 s).
+//!
+//! A source is an IPv4 address or an IPv6 /64 (one host's usual allocation; an IPv4-mapped
+//! address is its IPv4 address). At most [`MAX_SOURCES`] sources are remembered; a bucket that
+//! has refilled is forgotten. Past that many sources with failures, new ones share one bucket, so
+//! the table's memory is bounded whatever addresses the failures come from.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// Most sources remembered at once.
+pub const MAX_SOURCES: usize = 4096;
+
+/// Least time between two `warn` lines about refused attempts.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Source {
+    V4([u8; 4]),
+    /// The first 64 bits of an IPv6 address.
+    V6Net([u8; 8]),
+}
+
+impl Source {
+    fn of(ip: IpAddr) -> Source {
+        match ip {
+            IpAddr::V4(v4) => Source::V4(v4.octets()),
+            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                Some(v4) => Source::V4(v4.octets()),
+                None => {
+                    let o = v6.octets();
+                    Source::V6Net([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
+                }
+            },
+        }
+    }
+}
+
+/// Attempts left to a source. May go below zero (attempts that were compared while earlier ones
+/// were still in progress), which the refill then pays back.
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    left: f64,
+    at: Instant,
+}
+
+struct Table {
+    sources: HashMap<Source, Bucket>,
+    /// Shared by the sources that found the table full.
+    overflow: Option<Bucket>,
+    refused_since_log: u64,
+    logged_at: Option<Instant>,
+}
+
+pub struct FailedAttempts {
+    burst: f64,
+    per_sec: f64,
+    table: Mutex<Table>,
+}
+
+impl FailedAttempts {
+    /// `burst` failed attempts per source, then `per_min` a minute (both at least 1).
+    pub fn new(burst: u32, per_min: u32) -> FailedAttempts {
+        FailedAttempts {
+            burst: f64::from(burst.max(1)),
+            per_sec: f64::from(per_min.max(1)) / 60.0,
+            table: Mutex::new(Table {
+                sources: HashMap::new(),
+                overflow: None,
+                refused_since_log: 0,
+                logged_at: None,
+            }),
+        }
+    }
+
+    /// Whether `ip` may have its token compared now; `Err` says how long until it may.
+    pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
+        let mut t = self.lock();
+        let source = Source::of(ip);
+        let bucket = match t.sources.get(&source) {
+            Some(b) => Some(*b),
+            None if t.sources.len() >= MAX_SOURCES => t.overflow,
+            None => None,
+        };
+        let Some(bucket) = bucket else {
+            return Ok(());
+        };
+        let left = self.refilled(bucket, now);
+        if left >= 1.0 {
+            return Ok(());
+        }
+        let wait = Duration::from_secs_f64((1.0 - left) / self.per_sec);
+        t.refused_since_log += 1;
+        if t.logged_at
+            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
+        {
+            let refused = std::mem::take(&mut t.refused_since_log);
+            t.logged_at = Some(now);
+            tracing::warn!(
+                source = %ip,
+                refused,
+                retry_after_secs = wait.as_secs_f64().ceil(),
+                "admin requests refused: too many failed token attempts from this address (a \
+                 client with the right token at the same address is refused too until they stop)"
+            );
+        }
+        Err(wait)
+    }
+
+    /// Counts a failed attempt of `ip`.
+    pub fn failed(&self, ip: IpAddr, now: Instant) {
+        let mut guard = self.lock();
+        let t = &mut *guard;
+        let source = Source::of(ip);
+        if !t.sources.contains_key(&source) && t.sources.len() >= MAX_SOURCES {
+            let (burst, per_sec) = (self.burst, self.per_sec);
+            t.sources
+                .retain(|_, b| refill(*b, now, burst, per_sec) < burst);
+        }
+        let full = Bucket {
+            left: self.burst,
+            at: now,
+        };
+        let bucket = if t.sources.len() < MAX_SOURCES || t.sources.contains_key(&source) {
+            t.sources.entry(source).or_insert(full)
+        } else {
+            t.overflow.get_or_insert(full)
+        };
+        let left = refill(*bucket, now, self.burst, self.per_sec);
+        *bucket = Bucket {
+            left: left - 1.0,
+            at: now,
+        };
+    }
+
+    fn refilled(&self, b: Bucket, now: Instant) -> f64 {
+        refill(b, now, self.burst, self.per_sec)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    #[cfg(test)]
+    fn remembered(&self) -> usize {
+        self.lock().sources.len()
+    }
+}
+
+fn refill(b: Bucket, now: Instant, burst: f64, per_sec: f64) -> f64 {
+    let secs = now.saturating_duration_since(b.at).as_secs_f64();
+    (b.left + secs * per_sec).min(burst)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(s: &str) -> IpAddr {
+        s.parse().expect("address")
+    }
+
+    #[test]
+    fn a_source_gets_its_burst_then_one_attempt_per_refill() {
+        let f = FailedAttempts::new(3, 60);
+        let t0 = Instant::now();
+        let a = ip("10.0.0.1");
+        for _ in 0..3 {
+            assert_eq!(f.check(a, t0), Ok(()));
+            f.failed(a, t0);
+        }
+        let wait = f.check(a, t0).expect_err("the burst is used up");
+        assert_eq!(wait, Duration::from_secs(1));
+        assert_eq!(f.check(ip("10.0.0.2"), t0), Ok(()), "another source");
+        let t1 = t0 + Duration::from_millis(1000);
+        assert_eq!(f.check(a, t1), Ok(()), "one attempt a second");
+        f.failed(a, t1);
+        assert!(f.check(a, t1).is_err());
+        let later = t1 + Duration::from_secs(60);
+        assert_eq!(f.check(a, later), Ok(()));
+    }
+
+    #[test]
+    fn attempts_compared_at_once_are_paid_back_before_the_next() {
+        let f = FailedAttempts::new(2, 60);
+        let t0 = Instant::now();
+        let a = ip("10.0.0.1");
+        // Five attempts passed the check before any had failed.
+        for _ in 0..5 {
+            f.failed(a, t0);
+        }
+        let wait = f.check(a, t0).expect_err("in debt");
+        assert_eq!(wait, Duration::from_secs(4), "3 owed, then 1 to spend");
+    }
+
+    #[test]
+    fn an_ipv6_64_is_one_source_and_a_mapped_ipv4_is_its_address() {
+        let f = FailedAttempts::new(1, 60);
+        let t0 = Instant::now();
+        f.failed(ip("2001:db8:1:2::1"), t0);
+        assert!(f.check(ip("2001:db8:1:2::ffff"), t0).is_err());
+        assert_eq!(f.check(ip("2001:db8:1:3::1"), t0), Ok(()));
+        f.failed(ip("192.0.2.7"), t0);
+        assert!(f.check(ip("::ffff:192.0.2.7"), t0).is_err());
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_refilled_sources_are_forgotten() {
+        let f = FailedAttempts::new(1, 60);
+        let t0 = Instant::now();
+        let nth = |i: usize| IpAddr::from([10, (i >> 16) as u8, (i >> 8) as u8, i as u8]);
+        for i in 0..MAX_SOURCES {
+            f.failed(nth(i), t0);
+        }
+        assert_eq!(f.remembered(), MAX_SOURCES);
+        // A new source finds the table full: it shares the overflow bucket.
+        let extra = nth(MAX_SOURCES);
+        f.failed(extra, t0);
+        assert_eq!(f.remembered(), MAX_SOURCES);
+        assert!(f.check(extra, t0).is_err());
+        assert!(
+            f.check(nth(MAX_SOURCES + 1), t0).is_err(),
+            "the overflow is shared"
+        );
+        // Once the buckets have refilled, the next failure sweeps them out.
+        let later = t0 + Duration::from_secs(2);
+        f.failed(nth(MAX_SOURCES + 2), later);
+        assert_eq!(f.remembered(), 1);
+        assert!(f.check(nth(MAX_SOURCES + 2), later).is_err());
+        assert_eq!(f.check(nth(0), later), Ok(()));
+    }
+}
