@@ -98,19 +98,6 @@ pub fn dedup(env: Vec<(String, String)>) -> Vec<(String, String)> {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn later_entries_win() {
-        let env = dedup(owned(&[("A", "1"), ("B", "2"), ("A", "3")]));
-        assert_eq!(env, owned(&[("B", "2"), ("A", "3")]));
-        let admin = with_admin(&[("FANOUT_ADMIN_TOKENS", "other")]);
-        assert_eq!(admin, owned(&[("FANOUT_ADMIN_TOKENS", "other")]));
-    }
-}
-
 /// Runs the binary with only `env` (and loopback port-0 listeners) and waits up to `within` for
 /// it to exit; panics unless it exits unsuccessfully. Returns what it wrote (stdout, then
 /// stderr), for the test to check that the start failed for the reason it names.
@@ -132,4 +119,17 @@ pub async fn start_fails(env: &[(String, String)], within: std::time::Duration) 
     );
     assert!(!out.status.success(), "the start must fail: {text}");
     text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn later_entries_win() {
+        let env = dedup(owned(&[("A", "1"), ("B", "2"), ("A", "3")]));
+        assert_eq!(env, owned(&[("B", "2"), ("A", "3")]));
+        let admin = with_admin(&[("FANOUT_ADMIN_TOKENS", "other")]);
+        assert_eq!(admin, owned(&[("FANOUT_ADMIN_TOKENS", "other")]));
+    }
 }
