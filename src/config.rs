@@ -281,9 +281,14 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_JWT_ISSUER")]
     pub jwt_issuer: Option<String>,
 
-    /// Required `aud` of subscriber JWTs.
+    /// Required `aud` of subscriber JWTs (comma-separated: any of them). Required in `jwt` mode
+    /// unless `FANOUT_JWT_ANY_AUDIENCE=true`.
     #[arg(long, env = "FANOUT_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
+
+    /// Accept subscriber JWTs whatever their `aud` (instead of setting `FANOUT_JWT_AUDIENCE`).
+    #[arg(long, env = "FANOUT_JWT_ANY_AUDIENCE", default_value_t = false, action = clap::ArgAction::Set)]
+    pub jwt_any_audience: bool,
 
     /// Claim holding the subscriber's tenant.
     #[arg(long, env = "FANOUT_JWT_TENANT_CLAIM", default_value = "tenant")]

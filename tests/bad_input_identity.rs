@@ -385,6 +385,7 @@ async fn bad_bearer_tokens_of_every_form_get_401_with_www_authenticate() {
         "bad-identity-jwt",
         &[
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_SECRET", SECRET),
         ],
     )

@@ -119,6 +119,7 @@ async fn known_keys_are_verified_while_a_refetch_for_an_unknown_kid_is_in_flight
         "jwks-refetch",
         &[
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_JWKS", jwks.url.as_str()),
             ("FANOUT_JWKS_REFETCH_SECS", "1"),
         ],

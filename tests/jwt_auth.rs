@@ -18,7 +18,7 @@ use mcp_fanout_testkit::{
     error_shape::{expect_http_error, expect_sse_error},
     identity::{open_stream, poll_ok, publish_to, visible_ids, Published, Target, Who},
     jwt::{hs256, hs256_raw, hs256_raw_parts, now_secs, sign, unsigned_token},
-    poll_with, seq_of, start_memory, Deployment, Follower, Replica, SseRequest,
+    poll_with, seq_of, start_fails, start_memory, Deployment, Follower, Replica, SseRequest,
 };
 use serde_json::{json, Value};
 
@@ -417,6 +417,7 @@ async fn a_stream_ends_cleanly_when_its_token_expires_and_a_poll_does_not_outliv
     let jwt = |leeway: &'static str| {
         [
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_SECRET", SECRET),
             ("FANOUT_JWT_LEEWAY_SECS", leeway),
         ]
@@ -557,14 +558,17 @@ async fn rs256_es256_public_keys_and_a_jwks_verify_tokens() {
     let (rsa_pub, ec_pub, jwks_path) = (path("rsa.pub"), path("ec.pub"), path("jwks.json"));
     let env_rsa = [
         ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+        ("FANOUT_JWT_ANY_AUDIENCE", "true"),
         ("FANOUT_JWT_PUBLIC_KEY_FILE", rsa_pub.as_str()),
     ];
     let env_ec = [
         ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+        ("FANOUT_JWT_ANY_AUDIENCE", "true"),
         ("FANOUT_JWT_PUBLIC_KEY_FILE", ec_pub.as_str()),
     ];
     let env_jwks = [
         ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+        ("FANOUT_JWT_ANY_AUDIENCE", "true"),
         ("FANOUT_JWT_JWKS", jwks_path.as_str()),
     ];
     let (r_rsa, r_ec, r_jwks) = tokio::join!(
@@ -663,6 +667,7 @@ async fn a_fractional_or_far_exp_is_honoured_as_a_time() {
         "jwt-fraction",
         &[
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_SECRET", SECRET),
             ("FANOUT_JWT_LEEWAY_SECS", "0"),
         ],
@@ -728,6 +733,7 @@ async fn a_token_naming_a_claim_twice_is_refused() {
         "jwt-repeated-claims",
         &[
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_SECRET", SECRET),
         ],
     )
@@ -791,6 +797,7 @@ async fn an_exp_a_fraction_of_a_second_past_is_refused() {
         "jwt-exp-fraction",
         &[
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_SECRET", SECRET),
             ("FANOUT_JWT_LEEWAY_SECS", "0"),
         ],
@@ -830,5 +837,74 @@ async fn an_exp_a_fraction_of_a_second_past_is_refused() {
             "unauthorized",
         )
         .await;
+    }
+}
+
+/// `FANOUT_JWT_AUDIENCE` is required in `jwt` mode (MCP servers must refuse tokens made for
+/// another service of the same issuer): without it, or with it and `FANOUT_JWT_ANY_AUDIENCE=true`
+/// both, the start fails naming the settings. A comma-separated list accepts a token naming any of
+/// its entries (as a string or in an array) and refuses one naming none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audience_is_required_and_a_list_accepts_any_of_its_entries() {
+    let jwt = |extra: &[(&str, &str)]| {
+        let mut env = vec![
+            ("FANOUT_SUBSCRIBER_AUTH".to_string(), "jwt".to_string()),
+            ("FANOUT_JWT_SECRET".to_string(), SECRET.to_string()),
+        ];
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        env
+    };
+    let text = start_fails(&jwt(&[]), Duration::from_secs(30)).await;
+    assert!(
+        text.contains("needs FANOUT_JWT_AUDIENCE") && text.contains("FANOUT_JWT_ANY_AUDIENCE=true"),
+        "no audience: the error names both settings: {text}"
+    );
+    let text = start_fails(
+        &jwt(&[
+            ("FANOUT_JWT_AUDIENCE", AUDIENCE),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
+        ]),
+        Duration::from_secs(30),
+    )
+    .await;
+    assert!(
+        text.contains("contradict each other"),
+        "both: the error says so: {text}"
+    );
+
+    let r = start_memory(
+        "jwt-audiences",
+        &[
+            ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_SECRET", SECRET),
+            (
+                "FANOUT_JWT_AUDIENCE",
+                "https://mcp.example.com/mcp, mcp-fanout-tests",
+            ),
+        ],
+    )
+    .await;
+    let token = |aud: Value| {
+        format!(
+            "Bearer {}",
+            hs256(
+                SECRET,
+                &json!({ "sub": "u", "aud": aud, "exp": now_secs() + 600 })
+            )
+        )
+    };
+    for aud in [
+        json!("https://mcp.example.com/mcp"),
+        json!(AUDIENCE),
+        json!(["another-api", AUDIENCE]),
+    ] {
+        let conn = r
+            .subscribe(&SseRequest::mcp().header("Authorization", &token(aud.clone())))
+            .await
+            .expect("GET /mcp");
+        assert_eq!(conn.status(), 200, "aud {aud} is one of the list");
+    }
+    for aud in [json!("another-api"), json!(["another-api", "a-third"])] {
+        expect_401(&r, &format!("aud {aud}"), Some(&token(aud.clone()))).await;
     }
 }

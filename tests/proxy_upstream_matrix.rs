@@ -623,6 +623,7 @@ async fn only_its_owner_deletes_a_session_in_jwt_mode() {
                 ("FANOUT_UPSTREAM", up.url.as_str()),
                 ("FANOUT_MINT_SESSION_IDS", "true"),
                 ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+                ("FANOUT_JWT_ANY_AUDIENCE", "true"),
                 ("FANOUT_JWT_SECRET", SECRET),
             ],
         )
@@ -1004,6 +1005,7 @@ async fn a_session_used_only_through_the_proxy_is_not_pushed_out() {
             ("FANOUT_UPSTREAM", up.url.as_str()),
             ("FANOUT_MINT_SESSION_IDS", "true"),
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_SECRET", SECRET),
             ("FANOUT_MAX_SESSIONS", "50"),
         ],

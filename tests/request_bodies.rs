@@ -32,6 +32,7 @@ async fn jwt_replica(label: &str) -> Replica {
         label,
         &[
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_SECRET", SECRET),
         ],
     )

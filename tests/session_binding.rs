@@ -27,8 +27,9 @@ use mcp_fanout_testkit::{
 use serde_json::json;
 
 const SECRET: &str = "session-binding-secret-51d0";
-const JWT_ENV: [(&str, &str); 2] = [
+const JWT_ENV: [(&str, &str); 3] = [
     ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+    ("FANOUT_JWT_ANY_AUDIENCE", "true"),
     ("FANOUT_JWT_SECRET", SECRET),
 ];
 const T: Duration = Duration::from_secs(15);

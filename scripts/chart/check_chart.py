@@ -193,6 +193,11 @@ SCENARIOS = {
         "networkPolicy": {"enabled": True},
         "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
     },
+    # Settings all-on cannot hold at once (it sets the audience).
+    "jwt-any-audience": {
+        **load_values("default-values.yaml"),
+        "subscriberAuth": {"mode": "jwt", "jwt": {"jwks": "https://auth.example.com/jwks.json", "anyAudience": True}},
+    },
 }
 RENDERED: dict[str, list[tuple[str, dict]]] = {}
 
@@ -487,13 +492,16 @@ def assert_generated_token() -> str:
 
 
 def assert_all_settings_have_env() -> str:
-    """Every setting `mcp-fanout serve` reads from the environment is set by the all-on values."""
+    """Every setting `mcp-fanout serve` reads from the environment is set by the all-on values, or
+    (for one that excludes another all-on sets) by another scenario."""
     src = (ROOT / "src" / "config.rs").read_text()
     serve = src.split("pub struct MigrateArgs")[0]
     wanted = set(re.findall(r'env\s*=\s*"([A-Z0-9_]+)"', serve)) | {"RUST_LOG"}
     expect(len(wanted) > 20, f"found only {len(wanted)} env settings in src/config.rs")
-    _, _, c = server(RENDERED["all-on"])
-    have = set(env_of(c))
+    have: set[str] = set()
+    for docs in RENDERED.values():
+        _, _, c = server(docs)
+        have |= set(env_of(c))
     missing = sorted(wanted - have)
     expect(not missing, f"settings the chart cannot set: {missing}")
     binary = next((p for p in (ROOT / "target" / "debug" / "mcp-fanout", ROOT / "target" / "release" / "mcp-fanout") if p.exists()), None)
@@ -784,6 +792,10 @@ GUARD_REJECTS = [
     ("existingSecret together with database.url", merge(base, {"existingSecret": "x"}), r"with existingSecret"),
     ("httpRoute without parentRefs", merge(base, {"httpRoute": {"enabled": True}}), r"parentRefs"),
     ("same port for public and admin", merge(base, {"containerPorts": {"admin": 8080}}), r"must differ"),
+    ("jwt mode without an audience",
+     merge(base, {"subscriberAuth": {"mode": "jwt", "jwt": {"secret": "s"}}}), r"needs subscriberAuth\.jwt\.audience"),
+    ("jwt audience together with anyAudience",
+     merge(base, {"subscriberAuth": {"mode": "jwt", "jwt": {"secret": "s", "audience": "a", "anyAudience": True}}}), r"not both"),
     ("heartbeatSecs not below replicaStaleSecs", merge(base, {"config": {"heartbeatSecs": 10}}), r"heartbeatSecs must be less than"),
     ("proxy.caCert together with proxy.caConfigMap",
      merge(base, {"proxy": {"upstream": "https://u/mcp", "caCert": "x", "caConfigMap": "y"}}), r"not both"),

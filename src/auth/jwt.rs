@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 use tokio::sync::RwLock;
 
 use super::{AuthError, Identity, Principal};
-use crate::config::ServeConfig;
+use crate::config::{split_list, ServeConfig};
 use crate::event::input::validate_tenant;
 use crate::event::json::{parse_json, JsonError, StrictObject};
 
@@ -40,6 +40,10 @@ pub enum JwtConfigError {
     Key(String),
     #[error("the JWKS is invalid: {0}")]
     Jwks(String),
+    #[error("FANOUT_SUBSCRIBER_AUTH=jwt needs FANOUT_JWT_AUDIENCE: this service's own identifier (e.g. its public MCP URL), so that tokens the same issuer made for other services are refused; FANOUT_JWT_ANY_AUDIENCE=true accepts them")]
+    NoAudience,
+    #[error("FANOUT_JWT_AUDIENCE and FANOUT_JWT_ANY_AUDIENCE=true contradict each other; set one")]
+    AudienceAndAny,
 }
 
 enum Keys {
@@ -73,6 +77,16 @@ pub struct JwtVerifier {
 
 impl JwtVerifier {
     pub async fn from_config(c: &ServeConfig) -> Result<JwtVerifier, JwtConfigError> {
+        let audiences: Vec<&str> = split_list(c.jwt_audience.as_deref()).collect();
+        match (audiences.is_empty(), c.jwt_any_audience) {
+            (true, false) => return Err(JwtConfigError::NoAudience),
+            (false, true) => return Err(JwtConfigError::AudienceAndAny),
+            (true, true) => tracing::warn!(
+                "FANOUT_JWT_ANY_AUDIENCE=true: subscriber tokens are accepted whatever their `aud`, \
+                 so a token the same issuer made for another service opens streams here"
+            ),
+            (false, false) => {}
+        }
         let sources = [
             c.jwt_secret.is_some(),
             c.jwt_public_key_file.is_some(),
@@ -129,7 +143,7 @@ impl JwtVerifier {
         if c.jwt_issuer.is_some() {
             required.push("iss");
         }
-        if c.jwt_audience.is_some() {
+        if !audiences.is_empty() {
             required.push("aud");
         }
         validation.set_required_spec_claims(&required);
@@ -138,9 +152,10 @@ impl JwtVerifier {
         if let Some(iss) = &c.jwt_issuer {
             validation.set_issuer(&[iss]);
         }
-        match &c.jwt_audience {
-            Some(aud) => validation.set_audience(&[aud]),
-            None => validation.validate_aud = false,
+        if audiences.is_empty() {
+            validation.validate_aud = false;
+        } else {
+            validation.set_audience(&audiences);
         }
         Ok(JwtVerifier {
             keys,

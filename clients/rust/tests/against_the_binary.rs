@@ -407,6 +407,7 @@ async fn a_refused_stream_ends_the_follower_with_the_servers_error() {
         "client-refused",
         &[
             ("FANOUT_SUBSCRIBER_AUTH", "jwt"),
+            ("FANOUT_JWT_ANY_AUDIENCE", "true"),
             ("FANOUT_JWT_SECRET", "not-shared"),
         ],
     )

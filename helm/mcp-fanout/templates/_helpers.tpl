@@ -178,6 +178,12 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   {{- if not (or $v.subscriberAuth.jwt.secret $v.subscriberAuth.jwt.publicKey $v.subscriberAuth.jwt.publicKeyFile $v.subscriberAuth.jwt.jwks $v.existingSecret) }}
     {{- fail "mcp-fanout: subscriberAuth.mode=jwt needs subscriberAuth.jwt.secret, publicKey, publicKeyFile or jwks" }}
   {{- end }}
+  {{- if and $v.subscriberAuth.jwt.audience $v.subscriberAuth.jwt.anyAudience }}
+    {{- fail "mcp-fanout: set subscriberAuth.jwt.audience or subscriberAuth.jwt.anyAudience=true, not both" }}
+  {{- end }}
+  {{- if not (or $v.subscriberAuth.jwt.audience $v.subscriberAuth.jwt.anyAudience) }}
+    {{- fail "mcp-fanout: subscriberAuth.mode=jwt needs subscriberAuth.jwt.audience (this service's identifier, e.g. its public MCP URL, so tokens made for other services of the same issuer are refused), or subscriberAuth.jwt.anyAudience=true to accept any" }}
+  {{- end }}
 {{- end }}
 {{- if gt ($v.config.drainSecs | int) ($v.config.shutdownGraceSecs | int) }}
   {{- fail "mcp-fanout: config.drainSecs must not exceed config.shutdownGraceSecs (the drain happens inside the shutdown grace)" }}
@@ -360,6 +366,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 {{- with $sa.jwt.audience }}
 - name: FANOUT_JWT_AUDIENCE
   value: {{ . | quote }}
+{{- end }}
+{{- if $sa.jwt.anyAudience }}
+- name: FANOUT_JWT_ANY_AUDIENCE
+  value: "true"
 {{- end }}
 - name: FANOUT_JWT_TENANT_CLAIM
   value: {{ $sa.jwt.tenantClaim | quote }}
