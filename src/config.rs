@@ -252,6 +252,12 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_ALLOWED_HOSTS")]
     pub allowed_hosts: Option<String>,
 
+    /// Comma-separated addresses and networks (CIDR) of the proxies in front whose forwarded
+    /// headers are believed (`X-Forwarded-For`/`-Proto`/`-Host`, `Forwarded`), or `none`; any other
+    /// peer's are removed. Unset: every peer's are believed (see docs/configuration.md).
+    #[arg(long, env = "FANOUT_TRUSTED_PROXIES")]
+    pub trusted_proxies: Option<crate::trusted_proxies::TrustedProxies>,
+
     /// How subscribers are identified: `none`, `header` (trusted gateway) or `jwt`.
     #[arg(
         long,

@@ -28,3 +28,4 @@ pub mod stats;
 pub mod supervise;
 pub mod telemetry;
 pub mod tls;
+pub mod trusted_proxies;

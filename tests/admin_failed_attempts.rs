@@ -20,11 +20,7 @@ const T: Duration = Duration::from_secs(20);
 /// A client whose connections come from `source`.
 fn client_from(source: &str) -> reqwest::Client {
     let ip: IpAddr = source.parse().expect("a source address");
-    reqwest::Client::builder()
-        .local_address(ip)
-        .timeout(T)
-        .build()
-        .expect("a client")
+    mcp_fanout_testkit::client_from(ip, T).expect("a client")
 }
 
 async fn cluster(r: &Replica, client: &reqwest::Client, token: Option<&str>) -> HttpResponse {

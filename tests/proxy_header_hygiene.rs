@@ -130,6 +130,14 @@ async fn hop_by_hop_headers_stop_at_the_proxy_and_the_client_is_named() {
         got.header("x-forwarded-host"),
         Some(addr.to_string().as_str())
     );
+    // With no FANOUT_TRUSTED_PROXIES every client's such headers are believed: said at start.
+    let warned = r
+        .wait_for_log("the unset trusted proxies named", T, |line| {
+            line.to_string()
+                .contains("FANOUT_TRUSTED_PROXIES is not set")
+        })
+        .await;
+    assert!(warned.is_ok(), "{warned:?}");
 
     // Off: nothing added, the client's own X-Forwarded-For passes as sent; hop headers still stop.
     let up = RecordingUpstream::start(answer()).await.expect("upstream");

@@ -190,6 +190,7 @@ SCENARIOS = {
         "proxy": {"upstream": "https://mcp-server.tools.svc/mcp", "caConfigMap": "mesh-ca", "caConfigMapKey": "bundle.pem"},
         "subscriberAuth": {"mode": "header"},
         "preStop": {"enabled": False},
+        "config": {"trustedProxies": []},
         "networkPolicy": {"enabled": True},
         "metrics": {"serviceMonitor": {"enabled": True}, "prometheusRule": {"enabled": True}},
     },
@@ -655,6 +656,18 @@ def assert_upstream_ca() -> str:
     return "mounted and named: " + ", ".join(seen)
 
 
+def assert_trusted_proxies() -> str:
+    _, _, c = server(RENDERED["all-on"])
+    listed = env_value(c, "FANOUT_TRUSTED_PROXIES")
+    expect(listed == "10.0.0.0/8,fd00::/8,192.0.2.7", f"all-on: {listed}")
+    _, _, c = server(RENDERED["existing-secret"])
+    none = env_value(c, "FANOUT_TRUSTED_PROXIES")
+    expect(none == "none", f"[]: {none}")
+    _, _, c = server(d())
+    expect("FANOUT_TRUSTED_PROXIES" not in env_of(c), "defaults: unset")
+    return "a list joined, [] = none, null = unset"
+
+
 def assert_in_memory() -> str:
     docs = RENDERED["in-memory"]
     _, _, c = server(docs)
@@ -683,6 +696,7 @@ for name, fn in [
     ("all-on: Ingress / HTTPRoute are SSE-friendly", assert_sse_routes),
     ("existingSecret: everything reads it", assert_existing_secret),
     ("in-memory: single replica", assert_in_memory),
+    ("config.trustedProxies: list, none, unset", assert_trusted_proxies),
     ("proxy.caCert / caConfigMap: mounted, FANOUT_UPSTREAM_CA_FILE names it", assert_upstream_ca),
 ]:
     check(name, fn)
@@ -781,6 +795,7 @@ SCHEMA_REJECTS = [
     ('metrics.prometheusRule.listenDown.for: "2 minutes"', {"metrics": {"prometheusRule": {"listenDown": {"for": "2 minutes"}}}}, r"/metrics/prometheusRule/listenDown/for"),
     ('httpRoute.timeouts.request: "forever"', {"httpRoute": {"timeouts": {"request": "forever"}}}, r"/httpRoute/timeouts/request"),
     ("preStop.sleepSeconds: 0", {"preStop": {"sleepSeconds": 0}}, r"/preStop/sleepSeconds"),
+    ('config.trustedProxies: ["ingress.example"]', {"config": {"trustedProxies": ["ingress.example"]}}, r"/config/trustedProxies"),
     ("proxy.bridgeMaxSessions: 0", {"proxy": {"bridgeMaxSessions": 0}}, r"/proxy/bridgeMaxSessions.*minimum"),
 ]
 for label, bad, pattern in SCHEMA_REJECTS:

@@ -4,7 +4,7 @@
 //! counted per source address ([`FailedAttempts`]): past the allowance, that address is refused
 //! before its token is compared.
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -128,9 +128,11 @@ impl AdminTokens {
 
     /// The admin rule for one request. A request with no token is refused without counting as a
     /// failed attempt (there is nothing to guess with); one with a wrong token counts.
-    pub fn authorize(&self, headers: &HeaderMap, peer: SocketAddr) -> Result<(), AdminDenied> {
+    /// `client` is the request's address: the TCP peer's, or the one trusted proxies named
+    /// (`FANOUT_TRUSTED_PROXIES`).
+    pub fn authorize(&self, headers: &HeaderMap, client: IpAddr) -> Result<(), AdminDenied> {
         if self.is_empty() {
-            return if peer.ip().is_loopback() && loopback_host(headers) {
+            return if client.is_loopback() && loopback_host(headers) {
                 Ok(())
             } else {
                 Err(AdminDenied::LoopbackOnly)
@@ -138,7 +140,7 @@ impl AdminTokens {
         }
         let now = Instant::now();
         self.failed
-            .check(peer.ip(), now)
+            .check(client, now)
             .map_err(|wait| AdminDenied::TooManyFailedAttempts {
                 retry_after_secs: (wait.as_secs() + u64::from(wait.subsec_nanos() > 0)).max(1),
             })?;
@@ -152,7 +154,7 @@ impl AdminTokens {
         if self.accepts(presented) {
             Ok(())
         } else {
-            self.failed.failed(peer.ip(), now);
+            self.failed.failed(client, now);
             Err(AdminDenied::Unauthorized)
         }
     }
@@ -239,7 +241,7 @@ mod tests {
     fn tokens() {
         let t = AdminTokens::load(Some("alpha, beta"), None, FailedAttempts::new(20, 60))
             .expect("load");
-        let peer: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
+        let peer: IpAddr = "10.0.0.1".parse().expect("addr");
         assert!(t
             .authorize(&headers("svc", Some("Bearer beta")), peer)
             .is_ok());
@@ -260,8 +262,8 @@ mod tests {
     #[test]
     fn wrong_tokens_use_up_an_address_then_even_the_right_one_is_refused() {
         let t = AdminTokens::load(Some("alpha"), None, FailedAttempts::new(2, 1)).expect("load");
-        let peer: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
-        let other: SocketAddr = "10.0.0.2:5000".parse().expect("addr");
+        let peer: IpAddr = "10.0.0.1".parse().expect("addr");
+        let other: IpAddr = "10.0.0.2".parse().expect("addr");
         for _ in 0..3 {
             // No token is not a guess: it does not count.
             assert_eq!(
@@ -305,8 +307,8 @@ mod tests {
     #[test]
     fn loopback_only_without_tokens() {
         let t = AdminTokens::load(None, None, FailedAttempts::new(20, 60)).expect("load");
-        let lo: SocketAddr = "127.0.0.1:5000".parse().expect("addr");
-        let remote: SocketAddr = "10.0.0.1:5000".parse().expect("addr");
+        let lo: IpAddr = "127.0.0.1".parse().expect("addr");
+        let remote: IpAddr = "10.0.0.1".parse().expect("addr");
         assert!(t.authorize(&headers("127.0.0.1:8080", None), lo).is_ok());
         assert!(t.authorize(&headers("localhost", None), lo).is_ok());
         assert!(t.authorize(&headers("[::1]:8080", None), lo).is_ok());

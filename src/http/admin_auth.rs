@@ -8,13 +8,26 @@ use axum::response::{IntoResponse, Response};
 use super::error::AppError;
 use crate::server::ConnInfo;
 use crate::state::AppState;
+use crate::trusted_proxies::ClientAddr;
 
 pub async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(conn) = req.extensions().get::<ConnInfo>() else {
-        return AppError::Internal.into_response();
-    };
-    if let Err(e) = st.admin_tokens.authorize(req.headers(), conn.peer) {
-        return AppError::from(e).into_response();
+    if let Err(e) = authorize(&st, &req) {
+        return e.into_response();
     }
     next.run(req).await
+}
+
+/// The admin rule for `req`, applied to its client: the address trusted proxies named
+/// (`FANOUT_TRUSTED_PROXIES`, judged at the edge), else the TCP peer's.
+pub fn authorize(st: &AppState, req: &Request) -> Result<(), AppError> {
+    let Some(conn) = req.extensions().get::<ConnInfo>() else {
+        return Err(AppError::Internal);
+    };
+    let client = req
+        .extensions()
+        .get::<ClientAddr>()
+        .map_or(conn.peer.ip(), |c| c.0);
+    st.admin_tokens
+        .authorize(req.headers(), client)
+        .map_err(AppError::from)
 }

@@ -1,4 +1,5 @@
-//! The one layer every request passes through on its way in and its answer on its way out: the
+//! The one layer every request passes through on its way in and its answer on its way out: whose
+//! forwarded headers are believed ([`trusted_proxies`](crate::trusted_proxies)), the
 //! browser origin check and CORS ([`origin`](super::origin)), error counting (`http_errors`), and
 //! panic recovery (a handler that panics answers `500 internal` and the service keeps serving).
 //!
@@ -20,6 +21,7 @@ use tower::{Layer, Service};
 use super::error::{AppError, ErrorCode};
 use super::origin::{self, ALLOW_HEADERS, ALLOW_METHODS, EXPOSE_HEADERS};
 use crate::metrics::CodeLabel;
+use crate::server::ConnInfo;
 use crate::state::AppState;
 
 /// Wraps every route of a router in [`Edge`].
@@ -59,8 +61,15 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let st = self.st.clone();
+        // First, so nothing after reads a forwarded header a peer not trusted to send it sent.
+        if let Some(trusted) = &st.config.trusted_proxies {
+            if let Some(peer) = req.extensions().get::<ConnInfo>().map(|c| c.peer) {
+                let client = trusted.judge(peer, req.headers_mut());
+                req.extensions_mut().insert(client);
+            }
+        }
         if let Some(hosts) = &st.allowed_hosts {
             // The public endpoints only: the admin listener has its own rules (tokens, or a
             // loopback Host).

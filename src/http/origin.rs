@@ -66,9 +66,11 @@ pub fn host_allowed(headers: &HeaderMap, allowed: &AllowedHosts) -> bool {
 }
 
 /// The scheme the client used: `https` when the nearest proxy says so in `X-Forwarded-Proto`
-/// (its first value), else `http`, the only one this listener speaks. The header is believed from
-/// any peer: a browser cannot set it on a cross-origin request without a preflight, and the
-/// preflight, which carries no such header, is itself refused by the origin check.
+/// (its first value), else `http`, the only one this listener speaks. With
+/// `FANOUT_TRUSTED_PROXIES` set, only a listed proxy's header is left for this to read (the edge
+/// removes anyone else's); unset, it is believed from any peer: a browser cannot set it on a
+/// cross-origin request without a preflight, and the preflight, which carries no such header, is
+/// itself refused by the origin check.
 pub fn request_scheme(headers: &HeaderMap) -> &'static str {
     let forwarded = headers
         .get("x-forwarded-proto")

@@ -475,7 +475,9 @@ fn joined(received: &HeaderMap, name: &HeaderName) -> Option<String> {
 /// `Forwarded` element for this hop (`for`, `host`, `proto`) appended to any the request brought;
 /// `X-Forwarded-Proto` and `X-Forwarded-Host` set to this hop's (`http`, the request's `Host`)
 /// unless a proxy in front already set them. Existing values are kept as received: an upstream
-/// believes only the entries its own trusted proxies appended (here, the last).
+/// believes only the entries its own trusted proxies appended (here, the last). With
+/// `FANOUT_TRUSTED_PROXIES` set, a request from a peer not on it comes here without any (the edge
+/// removed them), so the upstream hears only what this replica saw.
 fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     let ip = peer.ip();
     let host = headers

@@ -83,6 +83,14 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             "FANOUT_ALLOWED_HOSTS is not set: /mcp and /poll answer any Host name, so a page whose name is pointed at this address can read them (DNS rebinding); set FANOUT_ALLOWED_HOSTS=localhost (IP addresses are always answered)"
         );
     }
+    if st.config.trusted_proxies.is_none()
+        && st.upstream.is_some()
+        && st.config.proxy_forwarded_headers
+    {
+        tracing::warn!(
+            "FANOUT_TRUSTED_PROXIES is not set: the X-Forwarded-Proto, X-Forwarded-Host and Forwarded headers any client sends reach the upstream as if a proxy in front had set them; list the proxies in front (or `none`)"
+        );
+    }
     let stop_tasks = CancellationToken::new();
     let sup = Supervisor::new(st.metrics.clone(), stop_tasks.clone());
     let heartbeat = tasks::start(&sup, &st, &config, db);

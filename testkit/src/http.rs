@@ -326,6 +326,17 @@ pub fn client(timeout: Duration) -> Result<reqwest::Client> {
         .build()?)
 }
 
+/// [`client`] whose connections come from `source` (a loopback address such as `127.0.0.2`: one
+/// machine playing several clients, or a proxy and a client).
+pub fn client_from(source: std::net::IpAddr, timeout: Duration) -> Result<reqwest::Client> {
+    Ok(reqwest::Client::builder()
+        .no_proxy()
+        .local_address(source)
+        .timeout(timeout)
+        .pool_max_idle_per_host(4)
+        .build()?)
+}
+
 /// Extracts `error.code` from a JSON error body of the contract §4.1 shape.
 pub fn error_code(body: &Value) -> Option<&str> {
     body.get("error")?.get("code")?.as_str()

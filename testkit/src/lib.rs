@@ -68,7 +68,9 @@ pub use deployment::Deployment;
 pub use error::{Error, Result};
 pub use follow::{Followed, Follower, Received};
 pub use haproxy::HaProxy;
-pub use http::{error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, RawResponse};
+pub use http::{
+    client_from, error_code, raw_pipeline, raw_request, HttpResponse, RawRequest, RawResponse,
+};
 pub use launch::{
     bin, start, start_fails, start_memory, start_owned, start_with_open_files, with_admin,
     ADMIN_TOKEN,

@@ -335,6 +335,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_ALLOWED_HOSTS
   value: {{ join "," . | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $c.trustedProxies) }}
+- name: FANOUT_TRUSTED_PROXIES
+  value: {{ if $c.trustedProxies }}{{ join "," $c.trustedProxies | quote }}{{ else }}"none"{{ end }}
+{{- end }}
 {{- $sa := $v.subscriberAuth }}
 - name: FANOUT_SUBSCRIBER_AUTH
   value: {{ $sa.mode | quote }}

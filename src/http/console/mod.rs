@@ -18,8 +18,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 
-use super::error::AppError;
-use crate::server::ConnInfo;
 use crate::state::AppState;
 
 const PAGE: &str = include_str!("console.html");
@@ -84,11 +82,8 @@ async fn asset(body: &'static str, content_type: &'static str) -> Response {
 /// carry the token); with none, it answers only where `/admin/*` would.
 async fn page_access(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if st.admin_tokens.is_empty() {
-        let Some(conn) = req.extensions().get::<ConnInfo>() else {
-            return AppError::Internal.into_response();
-        };
-        if let Err(e) = st.admin_tokens.authorize(req.headers(), conn.peer) {
-            return AppError::from(e).into_response();
+        if let Err(e) = super::admin_auth::authorize(&st, &req) {
+            return e.into_response();
         }
     }
     next.run(req).await
