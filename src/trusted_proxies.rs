@@ -12,8 +12,9 @@
 //!   to its left was written by the client itself). Admin authorization counts failed attempts
 //!   per client address and applies its loopback rule to it.
 //!
-//! Unset, every peer's headers are believed as they come and the client is the peer (the behaviour
-//! before the setting existed); `none` trusts no peer.
+//! The same list says whose tenant header `header` mode believes (the edge refuses it from any other
+//! peer). Unset, every peer's headers are believed as they come and the client is the peer (the
+//! behaviour before the setting existed); `none` trusts no peer.
 
 use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
@@ -37,6 +38,15 @@ pub const FORWARDED_HEADERS: [HeaderName; 7] = [
 /// when `FANOUT_TRUSTED_PROXIES` is given).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientAddr(pub IpAddr);
+
+/// What the edge made of a request's peer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Judged {
+    pub client: ClientAddr,
+    /// The peer is on the list: what it says for the client (forwarded headers, a gateway's tenant
+    /// header) is believed.
+    pub trusted_peer: bool,
+}
 
 /// The peers whose forwarded headers are believed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,15 +103,21 @@ impl TrustedProxies {
     /// What the edge does with a request from `peer`: for a peer on the list, the client's address
     /// as its `X-Forwarded-For` says (see the module's doc); for any other, the forwarded headers
     /// removed and the peer's address.
-    pub fn judge(&self, peer: SocketAddr, headers: &mut HeaderMap) -> ClientAddr {
+    pub fn judge(&self, peer: SocketAddr, headers: &mut HeaderMap) -> Judged {
         let peer = canonical(peer.ip());
         if !self.contains(peer) {
             for name in &FORWARDED_HEADERS {
                 headers.remove(name);
             }
-            return ClientAddr(peer);
+            return Judged {
+                client: ClientAddr(peer),
+                trusted_peer: false,
+            };
         }
-        ClientAddr(self.client_behind(peer, headers))
+        Judged {
+            client: ClientAddr(self.client_behind(peer, headers)),
+            trusted_peer: true,
+        }
     }
 
     /// Walks `X-Forwarded-For` from its last entry (the hop nearest this one) towards its first,
@@ -205,13 +221,16 @@ mod tests {
         h.insert("x-kept", HeaderValue::from_static("1"));
         assert_eq!(
             t.judge(sa("203.0.113.9:4000"), &mut h),
-            ClientAddr(ip("203.0.113.9"))
+            Judged {
+                client: ClientAddr(ip("203.0.113.9")),
+                trusted_peer: false
+            }
         );
         assert_eq!(h.len(), 1, "only the unrelated header is left: {h:?}");
         // With nothing trusted, every peer is judged so.
         let mut h = xff(&["198.51.100.1"]);
         assert_eq!(
-            list("none").judge(sa("10.0.0.1:4000"), &mut h),
+            list("none").judge(sa("10.0.0.1:4000"), &mut h).client,
             ClientAddr(ip("10.0.0.1"))
         );
         assert!(h.is_empty());
@@ -223,9 +242,10 @@ mod tests {
         let peer = sa("10.0.0.5:4000");
         let judge = |values: &[&'static str]| {
             let mut h = xff(values);
-            let client = t.judge(peer, &mut h);
+            let judged = t.judge(peer, &mut h);
+            assert!(judged.trusted_peer);
             assert_eq!(h.get_all("x-forwarded-for").iter().count(), values.len());
-            client.0
+            judged.client.0
         };
         assert_eq!(judge(&[]), ip("10.0.0.5"), "no header: the peer");
         assert_eq!(judge(&["198.51.100.1"]), ip("198.51.100.1"));

@@ -5,7 +5,8 @@
 //! the peer whatever address it claims. Behind a listed proxy the client is the last
 //! `X-Forwarded-For` entry not on the list: each client behind one load balancer has its own
 //! failed-attempt allowance, and the no-token loopback rule applies to that client, not to a
-//! loopback sidecar in front. A value that is not a list of addresses stops the start.
+//! loopback sidecar in front. In `header` mode the tenant header is accepted only from a listed
+//! gateway (`403` from anyone else). A value that is not a list of addresses stops the start.
 //!
 //! The replicas listen on 127.0.0.1; connections from 127.0.0.2 play the trusted proxy, from
 //! 127.0.0.1 a client that reaches the replica directly.
@@ -266,4 +267,44 @@ async fn a_list_that_is_not_addresses_stops_the_start() {
             "the error names the setting for {bad}: {out}"
         );
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn in_header_mode_only_a_listed_gateway_may_name_the_tenant() {
+    let r = start_memory(
+        "trusted-proxies-tenant",
+        &[
+            ("FANOUT_SUBSCRIBER_AUTH", "header"),
+            ("FANOUT_TRUSTED_PROXIES", PROXY),
+        ],
+    )
+    .await;
+    let poll = |source: &str, tenant: Option<&str>| {
+        let mut req = client_from(source).get(r.public_url("/poll?timeout=0"));
+        if let Some(t) = tenant {
+            req = req.header("X-Fanout-Tenant", t);
+        }
+        req.send()
+    };
+    let forged = HttpResponse::read(poll(DIRECT, Some("acme")).await.expect("direct"))
+        .await
+        .expect("read");
+    expect_http_error("a tenant named by a client", &forged, 403, "forbidden");
+    assert!(
+        forged.text().contains("FANOUT_TRUSTED_PROXIES"),
+        "the refusal names the setting: {}",
+        forged.text()
+    );
+    let untenanted = poll(DIRECT, None).await.expect("direct, no tenant");
+    assert_eq!(untenanted.status(), 200, "no tenant claimed");
+    let gateway = poll(PROXY, Some("acme"))
+        .await
+        .expect("through the gateway");
+    assert_eq!(gateway.status(), 200, "the gateway names the tenant");
+    assert_eq!(
+        r.metric("mcp_fanout_http_errors_total{code=\"forbidden\"}")
+            .await
+            .expect("metrics"),
+        Some(1.0)
+    );
 }

@@ -20,6 +20,7 @@ use tower::{Layer, Service};
 
 use super::error::{AppError, ErrorCode};
 use super::origin::{self, ALLOW_HEADERS, ALLOW_METHODS, EXPOSE_HEADERS};
+use crate::auth::SubscriberAuth;
 use crate::metrics::CodeLabel;
 use crate::server::ConnInfo;
 use crate::state::AppState;
@@ -66,8 +67,15 @@ where
         // First, so nothing after reads a forwarded header a peer not trusted to send it sent.
         if let Some(trusted) = &st.config.trusted_proxies {
             if let Some(peer) = req.extensions().get::<ConnInfo>().map(|c| c.peer) {
-                let client = trusted.judge(peer, req.headers_mut());
-                req.extensions_mut().insert(client);
+                let judged = trusted.judge(peer, req.headers_mut());
+                if !judged.trusted_peer && names_a_tenant(&st, &req) {
+                    let resp = AppError::Forbidden(
+                        "the tenant header is accepted only from the gateway (FANOUT_TRUSTED_PROXIES)",
+                    )
+                    .into_response();
+                    return std::future::ready(Ok(counted(&st, resp))).boxed();
+                }
+                req.extensions_mut().insert(judged.client);
             }
         }
         if let Some(hosts) = &st.allowed_hosts {
@@ -142,6 +150,15 @@ fn with_cors(mut resp: Response, origin: Option<HeaderValue>) -> Response {
         h.append(header::VARY, HeaderValue::from_static("origin"));
     }
     resp
+}
+
+/// `header` mode's tenant header on a public endpoint (`/mcp`, `/poll`): who the tenant is, which
+/// only the gateway may say.
+fn names_a_tenant(st: &AppState, req: &Request) -> bool {
+    let SubscriberAuth::Header(name) = &st.subscriber_auth else {
+        return false;
+    };
+    matches!(req.uri().path(), "/mcp" | "/poll") && req.headers().contains_key(name)
 }
 
 /// An error answer is counted under its code (`http_errors`).

@@ -91,6 +91,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             "FANOUT_TRUSTED_PROXIES is not set: the X-Forwarded-Proto, X-Forwarded-Host and Forwarded headers any client sends reach the upstream as if a proxy in front had set them; list the proxies in front (or `none`)"
         );
     }
+    if st.config.trusted_proxies.is_none()
+        && matches!(st.subscriber_auth, crate::auth::SubscriberAuth::Header(_))
+    {
+        tracing::warn!(
+            "FANOUT_SUBSCRIBER_AUTH=header and FANOUT_TRUSTED_PROXIES is not set: a client that reaches a replica without the gateway can name any tenant; list the gateway's addresses so the tenant header is accepted only from it"
+        );
+    }
     let stop_tasks = CancellationToken::new();
     let sup = Supervisor::new(st.metrics.clone(), stop_tasks.clone());
     let heartbeat = tasks::start(&sup, &st, &config, db);
