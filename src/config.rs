@@ -153,6 +153,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_MAX_SUBSCRIBERS")]
     pub max_subscribers: Option<u64>,
 
+    /// Most of this replica's subscribers one client may hold (its address: an IPv4 address or an
+    /// IPv6 /64; behind `FANOUT_TRUSTED_PROXIES`, the client they name). Unset: no bound per client.
+    #[arg(long, env = "FANOUT_MAX_SUBSCRIBERS_PER_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_subscribers_per_client: Option<u64>,
+
     /// A subscriber that stays behind the head this long is ended cleanly (it resumes from the log).
     #[arg(long, env = "FANOUT_MAX_LAG_SECS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_lag_secs: u64,

@@ -135,6 +135,9 @@ impl State {
             config.subscriber_cap(open_file_limit),
             metrics.clone(),
         );
+        if let Some(max) = config.max_subscribers_per_client {
+            broadcaster.limit_per_client(to_usize(max));
+        }
         let Stores {
             log,
             sessions,

@@ -6,7 +6,7 @@
 //! - a request from a peer **not** on the list has those headers removed at the edge, before
 //!   anything reads them: the origin check sees the scheme this listener speaks, proxy mode tells
 //!   the upstream only what the replica saw itself;
-//! - the client's address ([`ClientAddr`]) is the peer's, unless the peer is on the list: then it
+//! - the client's address (the request's `ConnInfo::client`) is the peer's, unless the peer is on the list: then it
 //!   is read from `X-Forwarded-For`, right to left, skipping the addresses on the list — the
 //!   first one that is not is the client (what the nearest untrusted hop connected from; anything
 //!   to its left was written by the client itself). Admin authorization counts failed attempts
@@ -34,15 +34,33 @@ pub const FORWARDED_HEADERS: [HeaderName; 7] = [
     header::FORWARDED,
 ];
 
-/// The address a request is from, as the edge judged it (a request extension, set on every request
-/// when `FANOUT_TRUSTED_PROXIES` is given).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ClientAddr(pub IpAddr);
+/// One client, as limits count clients: an IPv4 address, or an IPv6 /64 (one host's usual
+/// allocation, so a host cannot multiply itself by its addresses); an IPv4-mapped address is its
+/// IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    V4([u8; 4]),
+    /// The first 64 bits of an IPv6 address.
+    V6Net([u8; 8]),
+}
+
+impl ClientKey {
+    pub fn of(ip: IpAddr) -> ClientKey {
+        match canonical(ip) {
+            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                ClientKey::V6Net([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
+            }
+        }
+    }
+}
 
 /// What the edge made of a request's peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Judged {
-    pub client: ClientAddr,
+    /// The address the request is from (the edge puts it in the request's `ConnInfo::client`).
+    pub client: IpAddr,
     /// The peer is on the list: what it says for the client (forwarded headers, a gateway's tenant
     /// header) is believed.
     pub trusted_peer: bool,
@@ -110,12 +128,12 @@ impl TrustedProxies {
                 headers.remove(name);
             }
             return Judged {
-                client: ClientAddr(peer),
+                client: peer,
                 trusted_peer: false,
             };
         }
         Judged {
-            client: ClientAddr(self.client_behind(peer, headers)),
+            client: self.client_behind(peer, headers),
             trusted_peer: true,
         }
     }
@@ -222,7 +240,7 @@ mod tests {
         assert_eq!(
             t.judge(sa("203.0.113.9:4000"), &mut h),
             Judged {
-                client: ClientAddr(ip("203.0.113.9")),
+                client: ip("203.0.113.9"),
                 trusted_peer: false
             }
         );
@@ -231,7 +249,7 @@ mod tests {
         let mut h = xff(&["198.51.100.1"]);
         assert_eq!(
             list("none").judge(sa("10.0.0.1:4000"), &mut h).client,
-            ClientAddr(ip("10.0.0.1"))
+            ip("10.0.0.1")
         );
         assert!(h.is_empty());
     }
@@ -245,7 +263,7 @@ mod tests {
             let judged = t.judge(peer, &mut h);
             assert!(judged.trusted_peer);
             assert_eq!(h.get_all("x-forwarded-for").iter().count(), values.len());
-            judged.client.0
+            judged.client
         };
         assert_eq!(judge(&[]), ip("10.0.0.5"), "no header: the peer");
         assert_eq!(judge(&["198.51.100.1"]), ip("198.51.100.1"));

@@ -18,33 +18,13 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use crate::trusted_proxies::ClientKey;
+
 /// Most sources remembered at once.
 pub const MAX_SOURCES: usize = 4096;
 
 /// Least time between two `warn` lines about refused attempts.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Source {
-    V4([u8; 4]),
-    /// The first 64 bits of an IPv6 address.
-    V6Net([u8; 8]),
-}
-
-impl Source {
-    fn of(ip: IpAddr) -> Source {
-        match ip {
-            IpAddr::V4(v4) => Source::V4(v4.octets()),
-            IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
-                Some(v4) => Source::V4(v4.octets()),
-                None => {
-                    let o = v6.octets();
-                    Source::V6Net([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
-                }
-            },
-        }
-    }
-}
 
 /// Attempts left to a source. May go below zero (attempts that were compared while earlier ones
 /// were still in progress), which the refill then pays back.
@@ -55,7 +35,7 @@ struct Bucket {
 }
 
 struct Table {
-    sources: HashMap<Source, Bucket>,
+    sources: HashMap<ClientKey, Bucket>,
     /// Shared by the sources that found the table full.
     overflow: Option<Bucket>,
     refused_since_log: u64,
@@ -86,7 +66,7 @@ impl FailedAttempts {
     /// Whether `ip` may have its token compared now; `Err` says how long until it may.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let mut t = self.lock();
-        let source = Source::of(ip);
+        let source = ClientKey::of(ip);
         let bucket = match t.sources.get(&source) {
             Some(b) => Some(*b),
             None if t.sources.len() >= MAX_SOURCES => t.overflow,
@@ -121,7 +101,7 @@ impl FailedAttempts {
     pub fn failed(&self, ip: IpAddr, now: Instant) {
         let mut guard = self.lock();
         let t = &mut *guard;
-        let source = Source::of(ip);
+        let source = ClientKey::of(ip);
         if !t.sources.contains_key(&source) && t.sources.len() >= MAX_SOURCES {
             let (burst, per_sec) = (self.burst, self.per_sec);
             t.sources

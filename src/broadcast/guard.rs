@@ -7,6 +7,7 @@ use std::sync::Arc;
 use super::Shared;
 use crate::metrics::{DropReason, KindLabel, SubscriberKind};
 use crate::socket::{Cut, SocketState, StreamCut};
+use crate::trusted_proxies::ClientKey;
 
 pub struct SubscriberGuard {
     shared: Arc<Shared>,
@@ -18,6 +19,8 @@ pub struct SubscriberGuard {
     /// The subscriber's own stream, on a connection that carries others (HTTP/2): says when the
     /// server reset it.
     stream: Option<StreamCut>,
+    /// The client whose per-client place this slot also holds.
+    client: Option<ClientKey>,
 }
 
 impl SubscriberGuard {
@@ -40,7 +43,14 @@ impl SubscriberGuard {
             reason: None,
             socket: None,
             stream: None,
+            client: None,
         }
+    }
+
+    /// The slot also holds one of `client`'s places, given back with it.
+    pub(super) fn held_by(mut self, client: ClientKey) -> SubscriberGuard {
+        self.client = Some(client);
+        self
     }
 
     /// Records that the server ended this subscriber, and why.
@@ -62,6 +72,9 @@ impl SubscriberGuard {
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         self.shared.subscribers.fetch_sub(1, Ordering::AcqRel);
+        if let (Some(client), Some(limit)) = (self.client, self.shared.per_client.get()) {
+            limit.give_back(client);
+        }
         let metrics = &self.shared.metrics;
         metrics
             .subscribers

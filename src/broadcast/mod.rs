@@ -7,6 +7,7 @@ pub mod closing;
 pub mod coalesce;
 pub mod feed;
 pub mod guard;
+pub mod per_client;
 pub mod pump;
 pub mod ring;
 pub mod stream;
@@ -26,7 +27,8 @@ pub use ring::{Ring, RingLimits, RingRead};
 pub use stream_claims::{StreamClaim, StreamClaims};
 
 use crate::event::StoredEvent;
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ShedReason};
+use crate::trusted_proxies::ClientKey;
 
 #[derive(Clone)]
 pub struct Broadcaster {
@@ -42,6 +44,8 @@ pub(crate) struct Shared {
     listens_end: Closing,
     subscribers: AtomicUsize,
     cap: usize,
+    /// Slots per client, when `FANOUT_MAX_SUBSCRIBERS_PER_CLIENT` bounds them (set once, at start).
+    per_client: std::sync::OnceLock<per_client::PerClient>,
     claims: Arc<StreamClaims>,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -58,6 +62,7 @@ impl Broadcaster {
                 listens_end: Closing::default(),
                 subscribers: AtomicUsize::new(0),
                 cap,
+                per_client: std::sync::OnceLock::new(),
                 claims: Arc::default(),
                 metrics,
             }),
@@ -202,6 +207,35 @@ impl Broadcaster {
                 });
         taken.ok()?;
         Some(SubscriberGuard::new(self.shared.clone(), kind, session))
+    }
+
+    /// Bounds the slots one client may hold (`FANOUT_MAX_SUBSCRIBERS_PER_CLIENT`); at start, once.
+    pub fn limit_per_client(&self, max: usize) {
+        let _ = self.shared.per_client.set(per_client::PerClient::new(max));
+    }
+
+    /// [`try_register`](Self::try_register) for `client`: refused with `ClientLimit` when it
+    /// holds its share already (checked first, so a refused client takes no slot), `Capacity`
+    /// when every slot is taken.
+    pub fn try_register_for(
+        &self,
+        kind: SubscriberKind,
+        session: Option<String>,
+        client: ClientKey,
+    ) -> Result<SubscriberGuard, ShedReason> {
+        let Some(limit) = self.shared.per_client.get() else {
+            return self.try_register(kind, session).ok_or(ShedReason::Capacity);
+        };
+        if !limit.take(client) {
+            return Err(ShedReason::ClientLimit);
+        }
+        match self.try_register(kind, session) {
+            Some(guard) => Ok(guard.held_by(client)),
+            None => {
+                limit.give_back(client);
+                Err(ShedReason::Capacity)
+            }
+        }
     }
 
     /// Claims a session for a new stream; the local stream holding it is ended.

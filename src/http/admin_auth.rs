@@ -8,7 +8,6 @@ use axum::response::{IntoResponse, Response};
 use super::error::AppError;
 use crate::server::ConnInfo;
 use crate::state::AppState;
-use crate::trusted_proxies::ClientAddr;
 
 pub async fn require_admin(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Err(e) = authorize(&st, &req) {
@@ -23,11 +22,7 @@ pub fn authorize(st: &AppState, req: &Request) -> Result<(), AppError> {
     let Some(conn) = req.extensions().get::<ConnInfo>() else {
         return Err(AppError::Internal);
     };
-    let client = req
-        .extensions()
-        .get::<ClientAddr>()
-        .map_or(conn.peer.ip(), |c| c.0);
     st.admin_tokens
-        .authorize(req.headers(), client)
+        .authorize(req.headers(), conn.client)
         .map_err(AppError::from)
 }

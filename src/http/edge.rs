@@ -75,7 +75,9 @@ where
                     .into_response();
                     return std::future::ready(Ok(counted(&st, resp))).boxed();
                 }
-                req.extensions_mut().insert(judged.client);
+                if let Some(conn) = req.extensions_mut().get_mut::<ConnInfo>() {
+                    conn.client = judged.client;
+                }
             }
         }
         if let Some(hosts) = &st.allowed_hosts {

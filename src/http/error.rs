@@ -30,6 +30,8 @@ pub enum AppError {
     Forbidden(&'static str),
     #[error("too many failed admin token attempts from this address; retry in {0} s")]
     TooManyFailedAttempts(u64),
+    #[error("this client holds as many subscribers on this replica as it may (FANOUT_MAX_SUBSCRIBERS_PER_CLIENT); end one first")]
+    TooManySubscribers,
     #[error("no route for {0}")]
     NotFound(String),
     #[error("this Mcp-Session-Id is unknown (initialize first)")]
@@ -80,7 +82,9 @@ impl AppError {
             | AppError::UnsupportedProtocolVersion(_) => StatusCode::BAD_REQUEST,
             AppError::Unauthorized | AppError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             AppError::Forbidden(_) => StatusCode::FORBIDDEN,
-            AppError::TooManyFailedAttempts(_) => StatusCode::TOO_MANY_REQUESTS,
+            AppError::TooManyFailedAttempts(_) | AppError::TooManySubscribers => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
             AppError::NotFound(_) | AppError::SessionNotFound => StatusCode::NOT_FOUND,
             AppError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             AppError::NotAcceptable => StatusCode::NOT_ACCEPTABLE,
@@ -116,6 +120,7 @@ impl AppError {
             AppError::Unauthorized | AppError::Unauthenticated(_) => "unauthorized",
             AppError::Forbidden(_) => "forbidden",
             AppError::TooManyFailedAttempts(_) => "too_many_failed_attempts",
+            AppError::TooManySubscribers => "too_many_subscribers",
             AppError::NotFound(_) => "not_found",
             AppError::SessionNotFound => "session_not_found",
             AppError::MethodNotAllowed(_) => "method_not_allowed",

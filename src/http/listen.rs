@@ -377,19 +377,28 @@ async fn open_stream(
     Ok(event_stream(conn.handoff.offer(http_version, chunks)))
 }
 
-/// A listen request turned away: `503`, to listen on another replica or later.
+/// A listen request turned away: `503`, to listen on another replica or later; `429` for a client
+/// that holds its share of the streams already.
 fn shed_error(reason: ShedReason, id: &Value) -> RpcError {
-    let message = match reason {
-        ShedReason::Draining => "this replica is shutting down; listen on another",
-        ShedReason::Capacity => "this replica is at its subscriber limit; retry later",
-        ShedReason::Database => "the database is unavailable; retry later",
+    let (status, message) = match reason {
+        ShedReason::Draining => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is shutting down; listen on another",
+        ),
+        ShedReason::Capacity => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "this replica is at its subscriber limit; retry later",
+        ),
+        ShedReason::Database => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is unavailable; retry later",
+        ),
+        ShedReason::ClientLimit => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this client holds as many streams on this replica as it may (FANOUT_MAX_SUBSCRIBERS_PER_CLIENT); end one first",
+        ),
     };
-    RpcError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        id,
-        codes::SERVER_ERROR,
-        message,
-    )
+    RpcError::new(status, id, codes::SERVER_ERROR, message)
 }
 
 /// `POST`/`DELETE /mcp` bodies: the proxy's limit in proxy mode, else the JSON-RPC request one.

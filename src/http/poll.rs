@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use axum::Extension;
 
 use super::error::AppError;
 use super::headers;
@@ -17,6 +18,8 @@ use crate::broadcast::{Feed, SubscriberKind};
 use crate::event::{Cursor, EventId, StoredEvent, Viewer};
 use crate::log::Start;
 use crate::mcp::{notification_json, RESYNC_METHODS};
+use crate::metrics::ShedReason;
+use crate::server::ConnInfo;
 use crate::session::SessionError;
 use crate::state::AppState;
 
@@ -31,6 +34,7 @@ const MAX_TIMEOUT_SECS: u64 = 60;
 
 pub async fn poll(
     State(st): State<AppState>,
+    Extension(conn): Extension<ConnInfo>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> Result<Response, AppError> {
@@ -83,8 +87,11 @@ pub async fn poll(
         Feed::new(st.broadcaster.clone(), st.log.clone(), viewer, after).with_log_head(bounds.head);
     let (mut events, mut more, mut cut) = collect(&mut feed).await?;
     if events.is_empty() && !cut && timeout > 0 && !st.lifecycle.is_draining() {
-        let Ok(_slot) = subscription::slot(&st, SubscriberKind::Poll, session) else {
-            return Ok(answer(&[], &id(after), false));
+        let _slot = match subscription::slot(&st, SubscriberKind::Poll, session, conn.client) {
+            Ok(slot) => slot,
+            // A client past its share is told so (it would poll again at once otherwise).
+            Err(ShedReason::ClientLimit) => return Err(AppError::TooManySubscribers),
+            Err(_) => return Ok(answer(&[], &id(after), false)),
         };
         // Never wait past the credential's expiry.
         let wait = Instant::now() + Duration::from_secs(timeout);

@@ -4,6 +4,7 @@
 //! is tied to its socket (the write-stall cut, the backlog bound). What is left to each protocol is
 //! its answer and its framing.
 
+use std::net::IpAddr;
 use std::time::SystemTime;
 
 use tokio::time::Instant;
@@ -14,6 +15,7 @@ use crate::log::Bounds;
 use crate::server::ConnInfo;
 use crate::session::{Owner, SessionError};
 use crate::state::AppState;
+use crate::trusted_proxies::ClientKey;
 
 use crate::metrics::ShedReason;
 
@@ -54,7 +56,7 @@ pub(super) async fn open(
     conn: &ConnInfo,
     req: Request<'_>,
 ) -> Result<Open, AppError> {
-    let mut guard = match slot(st, req.kind, req.session.clone()) {
+    let mut guard = match slot(st, req.kind, req.session.clone(), conn.client) {
         Ok(g) => g,
         Err(shed) => return Ok(Open::Shed(shed)),
     };
@@ -95,18 +97,20 @@ pub(super) async fn open(
     }))
 }
 
-/// A subscriber slot, unless the replica drains or is full (the shed is counted).
+/// A subscriber slot for `client`, unless the replica drains or is full, or the client holds its
+/// share (`FANOUT_MAX_SUBSCRIBERS_PER_CLIENT`). The shed is counted.
 pub(super) fn slot(
     st: &AppState,
     kind: SubscriberKind,
     session: Option<String>,
+    client: IpAddr,
 ) -> Result<SubscriberGuard, ShedReason> {
     if st.lifecycle.is_draining() {
         return Err(counted(ShedReason::Draining, st));
     }
     st.broadcaster
-        .try_register(kind, session)
-        .ok_or_else(|| counted(ShedReason::Capacity, st))
+        .try_register_for(kind, session, ClientKey::of(client))
+        .map_err(|shed| counted(shed, st))
 }
 
 /// When a credential expiring at `at` ends a subscriber, on the runtime's clock.

@@ -85,13 +85,16 @@ pub enum ShedReason {
     Draining,
     /// The database could not be read.
     Database,
+    /// The client holds its share of the slots (`FANOUT_MAX_SUBSCRIBERS_PER_CLIENT`).
+    ClientLimit,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 3] = [
+    pub const ALL: [ShedReason; 4] = [
         ShedReason::Capacity,
         ShedReason::Draining,
         ShedReason::Database,
+        ShedReason::ClientLimit,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -99,6 +102,7 @@ impl ShedReason {
             ShedReason::Capacity => "capacity",
             ShedReason::Draining => "draining",
             ShedReason::Database => "database",
+            ShedReason::ClientLimit => "client_limit",
         }
     }
 }
@@ -173,6 +177,7 @@ mod tests {
                 ShedReason::Capacity => 0,
                 ShedReason::Draining => 1,
                 ShedReason::Database => 2,
+                ShedReason::ClientLimit => 3,
             };
             assert_eq!(i, at, "{r:?}");
         }
@@ -212,7 +217,7 @@ mod tests {
         );
         assert_eq!(
             ShedReason::ALL.map(ShedReason::as_str),
-            ["capacity", "draining", "database"]
+            ["capacity", "draining", "database", "client_limit"]
         );
         assert_eq!(
             Task::ALL.map(Task::as_str),

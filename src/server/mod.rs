@@ -16,7 +16,7 @@ mod stall;
 pub mod stream_watch;
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -58,6 +58,9 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct ConnInfo {
     pub peer: SocketAddr,
+    /// The address this request is from: the peer's, unless a proxy listed in
+    /// `FANOUT_TRUSTED_PROXIES` named another for it (set per request by the edge).
+    pub client: IpAddr,
     /// The socket's unsent backlog and its bound, and why the server cut it (a write stall, a
     /// backlog over the bound), if it did.
     pub socket: SocketState,
@@ -208,6 +211,7 @@ pub async fn serve(
         }
         let info = ConnInfo {
             peer,
+            client: peer.ip(),
             socket: SocketState::default(),
             handoff: HandOff::default(),
             slot: Some(Arc::new(slot_permit)),

@@ -222,6 +222,7 @@ mod tests {
         ConnInfo {
             handoff: Default::default(),
             peer,
+            client: peer.ip(),
             socket: SocketState::default(),
             slot: None,
             exchanges: Default::default(),

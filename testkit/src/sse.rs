@@ -141,6 +141,7 @@ pub struct SseRequest {
     accept: Option<String>,
     headers: Vec<(String, String)>,
     recv_buffer: Option<u32>,
+    source: Option<std::net::IpAddr>,
 }
 
 impl SseRequest {
@@ -151,6 +152,7 @@ impl SseRequest {
             accept: Some("text/event-stream".to_string()),
             headers: Vec::new(),
             recv_buffer: None,
+            source: None,
         }
     }
 
@@ -196,6 +198,13 @@ impl SseRequest {
     /// reading makes the server's writes block after little data.
     pub fn recv_buffer(mut self, bytes: u32) -> Self {
         self.recv_buffer = Some(bytes);
+        self
+    }
+
+    /// Connects from `source` (a loopback address such as `127.0.0.2`: one machine playing several
+    /// clients).
+    pub fn from_source(mut self, source: std::net::IpAddr) -> Self {
+        self.source = Some(source);
         self
     }
 
@@ -254,6 +263,11 @@ impl SseConn {
             socket
                 .set_recv_buffer_size(size)
                 .map_err(|e| Error::io(format!("setting SO_RCVBUF for {label}"), e))?;
+        }
+        if let Some(ip) = req.source {
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .map_err(|e| Error::io(format!("binding {ip} for {label}"), e))?;
         }
         let mut stream = tokio::time::timeout_at(deadline, socket.connect(addr))
             .await

@@ -285,6 +285,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_MAX_SUBSCRIBERS
   value: {{ $c.maxSubscribers | int64 | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $c.maxSubscribersPerClient) }}
+- name: FANOUT_MAX_SUBSCRIBERS_PER_CLIENT
+  value: {{ $c.maxSubscribersPerClient | int64 | quote }}
+{{- end }}
 - name: FANOUT_MAX_LAG_SECS
   value: {{ $c.maxLagSecs | int64 | quote }}
 - name: FANOUT_DRAIN_SECS
