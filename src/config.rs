@@ -247,6 +247,11 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 
+    /// Most connections one client (its address: an IPv4 address or an IPv6 /64) may hold open on
+    /// the public listener; peers in `FANOUT_TRUSTED_PROXIES` are not bounded. Unset: no bound.
+    #[arg(long, env = "FANOUT_MAX_CONNECTIONS_PER_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connections_per_client: Option<u64>,
+
     /// Comma-separated browser origins allowed (e.g. `https://app.example.com`). Unset: only
     /// requests with no `Origin`, or a same-origin one.
     #[arg(long, env = "FANOUT_ALLOWED_ORIGINS")]

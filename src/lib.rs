@@ -18,6 +18,7 @@ pub mod http;
 pub mod log;
 pub mod mcp;
 pub mod metrics;
+pub mod per_client;
 pub mod replica;
 pub mod server;
 pub mod session;

@@ -22,6 +22,8 @@ use std::str::FromStr;
 use axum::http::{header, HeaderMap, HeaderName};
 use ipnet::IpNet;
 
+use crate::per_client::canonical;
+
 /// The headers through which a proxy in front speaks for the client: removed from the requests of
 /// peers not on the list.
 pub const FORWARDED_HEADERS: [HeaderName; 7] = [
@@ -33,28 +35,6 @@ pub const FORWARDED_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("x-real-ip"),
     header::FORWARDED,
 ];
-
-/// One client, as limits count clients: an IPv4 address, or an IPv6 /64 (one host's usual
-/// allocation, so a host cannot multiply itself by its addresses); an IPv4-mapped address is its
-/// IPv4 address.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum ClientKey {
-    V4([u8; 4]),
-    /// The first 64 bits of an IPv6 address.
-    V6Net([u8; 8]),
-}
-
-impl ClientKey {
-    pub fn of(ip: IpAddr) -> ClientKey {
-        match canonical(ip) {
-            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
-            IpAddr::V6(v6) => {
-                let o = v6.octets();
-                ClientKey::V6Net([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
-            }
-        }
-    }
-}
 
 /// What the edge made of a request's peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -174,14 +154,6 @@ fn entry_address(entry: &str) -> Option<IpAddr> {
         .strip_prefix('[')
         .and_then(|e| e.strip_suffix(']'))
         .and_then(|e| e.parse().ok())
-}
-
-/// An IPv4-mapped IPv6 address (a dual-stack listener's IPv4 peer) as its IPv4 address.
-fn canonical(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
-        v4 => v4,
-    }
 }
 
 #[cfg(test)]

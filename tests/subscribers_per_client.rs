@@ -30,10 +30,8 @@ fn ip(s: &str) -> IpAddr {
 }
 
 async fn shed_count(r: &Replica) -> f64 {
-    r.metric(r#"mcp_fanout_subscribers_shed_total{reason="client_limit"}"#)
-        .await
-        .expect("metrics")
-        .unwrap_or(0.0)
+    let shed = r#"mcp_fanout_subscribers_shed_total{reason="client_limit"}"#;
+    r.count(shed).await.expect("metrics")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

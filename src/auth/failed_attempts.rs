@@ -18,7 +18,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::trusted_proxies::ClientKey;
+use crate::per_client::ClientKey;
 
 /// Most sources remembered at once.
 pub const MAX_SOURCES: usize = 4096;

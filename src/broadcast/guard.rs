@@ -6,8 +6,8 @@ use std::sync::Arc;
 
 use super::Shared;
 use crate::metrics::{DropReason, KindLabel, SubscriberKind};
+use crate::per_client::Place;
 use crate::socket::{Cut, SocketState, StreamCut};
-use crate::trusted_proxies::ClientKey;
 
 pub struct SubscriberGuard {
     shared: Arc<Shared>,
@@ -19,8 +19,9 @@ pub struct SubscriberGuard {
     /// The subscriber's own stream, on a connection that carries others (HTTP/2): says when the
     /// server reset it.
     stream: Option<StreamCut>,
-    /// The client whose per-client place this slot also holds.
-    client: Option<ClientKey>,
+    /// The client's place this slot also holds (`FANOUT_MAX_SUBSCRIBERS_PER_CLIENT`), given back
+    /// with it.
+    _place: Option<Place>,
 }
 
 impl SubscriberGuard {
@@ -43,13 +44,13 @@ impl SubscriberGuard {
             reason: None,
             socket: None,
             stream: None,
-            client: None,
+            _place: None,
         }
     }
 
-    /// The slot also holds one of `client`'s places, given back with it.
-    pub(super) fn held_by(mut self, client: ClientKey) -> SubscriberGuard {
-        self.client = Some(client);
+    /// The slot also holds one of its client's places, given back with it.
+    pub(super) fn held_by(mut self, place: Place) -> SubscriberGuard {
+        self._place = Some(place);
         self
     }
 
@@ -72,9 +73,6 @@ impl SubscriberGuard {
 impl Drop for SubscriberGuard {
     fn drop(&mut self) {
         self.shared.subscribers.fetch_sub(1, Ordering::AcqRel);
-        if let (Some(client), Some(limit)) = (self.client, self.shared.per_client.get()) {
-            limit.give_back(client);
-        }
         let metrics = &self.shared.metrics;
         metrics
             .subscribers

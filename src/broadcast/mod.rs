@@ -7,7 +7,6 @@ pub mod closing;
 pub mod coalesce;
 pub mod feed;
 pub mod guard;
-pub mod per_client;
 pub mod pump;
 pub mod ring;
 pub mod stream;
@@ -28,7 +27,7 @@ pub use stream_claims::{StreamClaim, StreamClaims};
 
 use crate::event::StoredEvent;
 use crate::metrics::{Metrics, ShedReason};
-use crate::trusted_proxies::ClientKey;
+use crate::per_client::{ClientKey, PerClient};
 
 #[derive(Clone)]
 pub struct Broadcaster {
@@ -45,7 +44,7 @@ pub(crate) struct Shared {
     subscribers: AtomicUsize,
     cap: usize,
     /// Slots per client, when `FANOUT_MAX_SUBSCRIBERS_PER_CLIENT` bounds them (set once, at start).
-    per_client: std::sync::OnceLock<per_client::PerClient>,
+    per_client: std::sync::OnceLock<Arc<PerClient>>,
     claims: Arc<StreamClaims>,
     pub(crate) metrics: Arc<Metrics>,
 }
@@ -211,7 +210,7 @@ impl Broadcaster {
 
     /// Bounds the slots one client may hold (`FANOUT_MAX_SUBSCRIBERS_PER_CLIENT`); at start, once.
     pub fn limit_per_client(&self, max: usize) {
-        let _ = self.shared.per_client.set(per_client::PerClient::new(max));
+        let _ = self.shared.per_client.set(PerClient::new(max));
     }
 
     /// [`try_register`](Self::try_register) for `client`: refused with `ClientLimit` when it
@@ -226,16 +225,12 @@ impl Broadcaster {
         let Some(limit) = self.shared.per_client.get() else {
             return self.try_register(kind, session).ok_or(ShedReason::Capacity);
         };
-        if !limit.take(client) {
-            return Err(ShedReason::ClientLimit);
-        }
-        match self.try_register(kind, session) {
-            Some(guard) => Ok(guard.held_by(client)),
-            None => {
-                limit.give_back(client);
-                Err(ShedReason::Capacity)
-            }
-        }
+        let place = limit.take(client).ok_or(ShedReason::ClientLimit)?;
+        // Without a slot the place is dropped, so given back.
+        let guard = self
+            .try_register(kind, session)
+            .ok_or(ShedReason::Capacity)?;
+        Ok(guard.held_by(place))
     }
 
     /// Claims a session for a new stream; the local stream holding it is ended.

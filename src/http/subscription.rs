@@ -12,10 +12,10 @@ use tokio::time::Instant;
 use super::error::AppError;
 use crate::broadcast::{StreamClaim, SubscriberGuard, SubscriberKind};
 use crate::log::Bounds;
+use crate::per_client::ClientKey;
 use crate::server::ConnInfo;
 use crate::session::{Owner, SessionError};
 use crate::state::AppState;
-use crate::trusted_proxies::ClientKey;
 
 use crate::metrics::ShedReason;
 

@@ -8,10 +8,12 @@ mod tasks;
 
 use std::time::Duration;
 
+use crate::config::to_usize;
 use crate::config::ServeConfig;
 use crate::db::DbError;
 use crate::http;
-use crate::server::{ConnOptions, ParseErrorCounts, RouterSlot};
+use crate::per_client::PerClient;
+use crate::server::{ConnOptions, ConnectionsPerClient, ParseErrorCounts, RouterSlot};
 use crate::shutdown::ShutdownSignal;
 use crate::supervise::Supervisor;
 use listeners::Listeners;
@@ -149,11 +151,18 @@ fn conn_options(config: &ServeConfig, open_files: u64) -> (ConnOptions, ConnOpti
         http2_max_streams: config.http2_max_streams,
         // Proxy mode keeps an upstream connection in an HTTP/1.x client connection's task.
         own_tasks: config.upstream.is_some(),
+        per_client: config
+            .max_connections_per_client
+            .map(|max| ConnectionsPerClient {
+                table: PerClient::new(to_usize(max)),
+                exempt: config.trusted_proxies.clone(),
+            }),
     };
     let admin = ConnOptions {
         max_connections: admin_cap,
         own_tasks: false,
-        ..public
+        per_client: None,
+        ..public.clone()
     };
     (public, admin)
 }

@@ -29,7 +29,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -37,11 +37,13 @@ use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
 use crate::metrics::CodeLabel;
+use crate::per_client::{ClientKey, PerClient, Place};
 use crate::socket::{SocketState, StreamCut};
+use crate::trusted_proxies::TrustedProxies;
 use handoff::HandOff;
 use idle::Activity;
 use own_task::OwnTask;
-use parse_errors::Exchanges;
+use parse_errors::{Exchanges, ParseError};
 use self_wake::SelfWake;
 use stall::StallGuard;
 use stream_watch::{StreamExec, StreamWatch, Watching};
@@ -66,9 +68,10 @@ pub struct ConnInfo {
     pub socket: SocketState,
     /// Where a stream response leaves hyper for its own writer (HTTP/1.1).
     pub handoff: HandOff,
-    /// The connection's place under the listener's cap, held by everything that holds its
-    /// socket (hyper's connection, a handed-off stream's writer).
-    pub slot: Option<Arc<OwnedSemaphorePermit>>,
+    /// The connection's place under the listener's cap (and its client's, under
+    /// `FANOUT_MAX_CONNECTIONS_PER_CLIENT`), held by everything that holds its socket (hyper's
+    /// connection, a handed-off stream's writer).
+    pub slot: Option<Arc<ConnSlot>>,
     /// The service's responses not yet all on the wire (tells hyper's own parse-error answers
     /// from them).
     pub exchanges: Exchanges,
@@ -85,7 +88,35 @@ impl ConnInfo {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+/// A connection's places: under the listener's cap, and under its client's.
+pub struct ConnSlot {
+    _listener: OwnedSemaphorePermit,
+    _client: Option<Place>,
+}
+
+/// Connections per client on a listener (`FANOUT_MAX_CONNECTIONS_PER_CLIENT`): the client is the
+/// TCP peer (an address, an IPv6 /64); peers in `FANOUT_TRUSTED_PROXIES` carry many clients' requests
+/// and are not bounded.
+#[derive(Clone)]
+pub struct ConnectionsPerClient {
+    pub table: Arc<PerClient>,
+    pub exempt: Option<TrustedProxies>,
+}
+
+impl ConnectionsPerClient {
+    /// `Ok(None)`: the peer is exempt; `Err(())`: it holds its share already.
+    fn admit(&self, peer: IpAddr) -> Result<Option<Place>, ()> {
+        if self.exempt.as_ref().is_some_and(|t| t.contains(peer)) {
+            return Ok(None);
+        }
+        self.table.take(ClientKey::of(peer)).map(Some).ok_or(())
+    }
+}
+
+/// Refused connections being answered at once, at most; past it one is closed unanswered.
+const MAX_REFUSALS_ANSWERING: usize = 64;
+
+#[derive(Clone)]
 pub struct ConnOptions {
     pub write_stall: Duration,
     /// A connection that has not started a request this long after accept is closed.
@@ -99,6 +130,8 @@ pub struct ConnOptions {
     /// Give each connection an [`OwnTask`] (proxy mode's public listener: its handlers may keep
     /// an upstream connection there). Off, a connection's task polls nothing beside hyper.
     pub own_tasks: bool,
+    /// Most connections one client may hold open (`None`: no bound per client).
+    pub per_client: Option<ConnectionsPerClient>,
 }
 
 /// The listen backlog asked for (the kernel bounds it by `net.core.somaxconn`): connections past
@@ -189,6 +222,9 @@ pub async fn serve(
     let writers = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
     let mut cap_logged: Option<Instant> = None;
+    let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_ANSWERING));
+    let mut refusal_logged: Option<Instant> = None;
+    let (first_request, idle) = (opts.first_request, opts.idle);
     loop {
         let Some(slot_permit) = connection_slot(&slots, &stop, &mut cap_logged, &opts).await else {
             break;
@@ -206,6 +242,19 @@ pub async fn serve(
                 }
             },
         };
+        let client_place = match opts.per_client.as_ref().map(|l| l.admit(peer.ip())) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(place))) => Some(place),
+            Some(Err(())) => {
+                drop(slot_permit);
+                refuse(stream, peer, &refusals, &refused, &opts);
+                if refusal_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+                    refusal_logged = Some(Instant::now());
+                    tracing::warn!(%peer, "a client holds as many connections as it may (FANOUT_MAX_CONNECTIONS_PER_CLIENT); refusing its next ones");
+                }
+                continue;
+            }
+        };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
@@ -214,7 +263,10 @@ pub async fn serve(
             client: peer.ip(),
             socket: SocketState::default(),
             handoff: HandOff::default(),
-            slot: Some(Arc::new(slot_permit)),
+            slot: Some(Arc::new(ConnSlot {
+                _listener: slot_permit,
+                _client: client_place,
+            })),
             exchanges: Exchanges::default(),
             own_task: opts.own_tasks.then(OwnTask::default),
         };
@@ -266,7 +318,7 @@ pub async fn serve(
                     }
                 }
                 never = OwnTask::run_if_any(own_task.as_ref()) => match never {},
-                why = watched.expired(opts.first_request, opts.idle) => {
+                why = watched.expired(first_request, idle) => {
                     tracing::debug!(%peer, reason = why.as_str(), "closing a connection that does nothing");
                 }
             }
@@ -279,6 +331,27 @@ pub async fn serve(
     graceful.shutdown().await;
     writers.close();
     writers.wait().await;
+}
+
+/// A connection over its client's bound: answered `429 too_many_connections` (counted) and closed,
+/// by a task of its own while fewer than [`MAX_REFUSALS_ANSWERING`] are being answered; else
+/// closed at once, so refusals never hold more than that many sockets.
+fn refuse(
+    stream: TcpStream,
+    peer: SocketAddr,
+    refusals: &Arc<Semaphore>,
+    refused: &ParseErrorCounts,
+    opts: &ConnOptions,
+) {
+    refused.count(ParseError::TooManyConnections.code());
+    let Ok(permit) = refusals.clone().try_acquire_owned() else {
+        return;
+    };
+    let limit = opts.write_stall;
+    tokio::spawn(async move {
+        parse_errors::answer(stream, ParseError::TooManyConnections, limit, peer).await;
+        drop(permit);
+    });
 }
 
 /// hyper's HTTP/1.1 and HTTP/2 settings: header limits and timeouts, h2's stream limit and send

@@ -10,6 +10,9 @@
 //! went out, and gives the socket to [`answer`], which writes the JSON error for the same status
 //! (`bad_request_syntax`, `uri_too_long`, `request_header_fields_too_large`) and closes.
 //!
+//! A connection refused at accept (`FANOUT_MAX_CONNECTIONS_PER_CLIENT`) is answered the same way:
+//! `429` `too_many_connections`, written before any request is read.
+//!
 //! HTTP/2 has no such answers: the h2 layer resets a malformed request's stream
 //! (`PROTOCOL_ERROR`) and refuses a header list over the limit itself, with no response to carry
 //! a body.
@@ -44,6 +47,9 @@ pub(super) enum ParseError {
     UriTooLong,
     /// `431`: the request head is over [`MAX_HEADER_BYTES`].
     HeadTooLarge,
+    /// `429`: not hyper's — a connection refused at accept because its client holds as many as
+    /// it may (`FANOUT_MAX_CONNECTIONS_PER_CLIENT`), answered the same way before any request is read.
+    TooManyConnections,
 }
 
 impl ParseError {
@@ -62,6 +68,7 @@ impl ParseError {
             ParseError::Syntax => "400 Bad Request",
             ParseError::UriTooLong => "414 URI Too Long",
             ParseError::HeadTooLarge => "431 Request Header Fields Too Large",
+            ParseError::TooManyConnections => "429 Too Many Requests",
         }
     }
 
@@ -70,6 +77,7 @@ impl ParseError {
             ParseError::Syntax => "bad_request_syntax",
             ParseError::UriTooLong => "uri_too_long",
             ParseError::HeadTooLarge => "request_header_fields_too_large",
+            ParseError::TooManyConnections => "too_many_connections",
         }
     }
 
@@ -84,6 +92,10 @@ impl ParseError {
             ParseError::HeadTooLarge => format!(
                 "the request head (request line and headers) is over {MAX_HEADER_BYTES} bytes"
             ),
+            ParseError::TooManyConnections => "this client has as many connections open to this \
+                                               replica as it may \
+                                               (FANOUT_MAX_CONNECTIONS_PER_CLIENT); reuse one"
+                .to_owned(),
         }
     }
 }
@@ -133,7 +145,7 @@ pub(super) async fn answer(
     limit: Duration,
     peer: SocketAddr,
 ) {
-    tracing::debug!(%peer, code = error.code(), "refused a request hyper could not parse");
+    tracing::debug!(%peer, code = error.code(), "answered a connection outside the service");
     let sent = tokio::time::timeout(limit, async {
         tcp.write_all(&response(error)).await?;
         tcp.shutdown().await

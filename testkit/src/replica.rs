@@ -521,11 +521,18 @@ impl Replica {
         metrics::value(&self.metrics_text().await?, selector)
     }
 
+    /// A counter's value, `0` before its first increment (a labelled counter appears then).
+    pub async fn count(&self, selector: &str) -> Result<f64> {
+        Ok(self.metric(selector).await?.unwrap_or(0.0))
+    }
+
     /// `mcp_fanout_subscribers_dropped_total{reason="…"}`: how many subscribers this replica
     /// dropped for `reason` (`0` before the first).
     pub async fn dropped(&self, reason: &str) -> Result<f64> {
-        let selector = format!(r#"mcp_fanout_subscribers_dropped_total{{reason="{reason}"}}"#);
-        Ok(self.metric(&selector).await?.unwrap_or(0.0))
+        self.count(&format!(
+            r#"mcp_fanout_subscribers_dropped_total{{reason="{reason}"}}"#
+        ))
+        .await
     }
 
     /// Waits until a series exists and `pred` accepts its value; returns the value.

@@ -331,6 +331,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_MAX_CONNECTIONS
   value: {{ $c.maxConnections | int64 | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $c.maxConnectionsPerClient) }}
+- name: FANOUT_MAX_CONNECTIONS_PER_CLIENT
+  value: {{ $c.maxConnectionsPerClient | int64 | quote }}
+{{- end }}
 {{- with $c.allowedOrigins }}
 - name: FANOUT_ALLOWED_ORIGINS
   value: {{ join "," . | quote }}

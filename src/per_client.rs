@@ -1,0 +1,132 @@
+//! Places per client: one client — a [`ClientKey`] — holds at most `max` of something at once
+//! (`FANOUT_MAX_SUBSCRIBERS_PER_CLIENT` of a replica's subscribers, `FANOUT_MAX_CONNECTIONS_PER_CLIENT`
+//! of its public connections), so it cannot take them all and leave everyone else without. A
+//! [`Place`] gives itself back when dropped; a client is remembered only while it holds one, so the
+//! table is never larger than what it bounds.
+
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+
+/// One client, as limits count clients: an IPv4 address, or an IPv6 /64 (one host's usual
+/// allocation, so a host cannot multiply itself by its addresses); an IPv4-mapped address is its
+/// IPv4 address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ClientKey {
+    V4([u8; 4]),
+    /// The first 64 bits of an IPv6 address.
+    V6Net([u8; 8]),
+}
+
+impl ClientKey {
+    pub fn of(ip: IpAddr) -> ClientKey {
+        match canonical(ip) {
+            IpAddr::V4(v4) => ClientKey::V4(v4.octets()),
+            IpAddr::V6(v6) => {
+                let o = v6.octets();
+                ClientKey::V6Net([o[0], o[1], o[2], o[3], o[4], o[5], o[6], o[7]])
+            }
+        }
+    }
+}
+
+/// An IPv4-mapped IPv6 address (a dual-stack listener's IPv4 peer) as its IPv4 address.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+pub struct PerClient {
+    max: usize,
+    held: Mutex<HashMap<ClientKey, usize>>,
+}
+
+/// One of a client's places, given back when dropped.
+pub struct Place {
+    table: Arc<PerClient>,
+    client: ClientKey,
+}
+
+impl PerClient {
+    /// `max` ≥ 1 (a client entry never stays at zero).
+    pub fn new(max: usize) -> Arc<PerClient> {
+        Arc::new(PerClient {
+            max: max.max(1),
+            held: Mutex::default(),
+        })
+    }
+
+    /// One of `client`'s places, unless it holds `max` already.
+    pub fn take(self: &Arc<Self>, client: ClientKey) -> Option<Place> {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        let n = held.entry(client).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(Place {
+            table: self.clone(),
+            client,
+        })
+    }
+
+    fn give_back(&self, client: ClientKey) {
+        let mut held = self.held.lock().unwrap_or_else(|p| p.into_inner());
+        if let Entry::Occupied(mut e) = held.entry(client) {
+            *e.get_mut() = e.get().saturating_sub(1);
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+
+    /// Clients holding a place now.
+    #[cfg(test)]
+    fn clients(&self) -> usize {
+        self.held.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.table.give_back(self.client);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> ClientKey {
+        ClientKey::of(s.parse().expect("an address"))
+    }
+
+    #[test]
+    fn a_client_holds_at_most_max_and_is_forgotten_at_zero() {
+        let t = PerClient::new(2);
+        let (a, b) = (key("192.0.2.1"), key("192.0.2.2"));
+        let a1 = t.take(a).expect("a's first");
+        let a2 = t.take(a).expect("a's second");
+        assert!(t.take(a).is_none(), "the third");
+        let b1 = t.take(b).expect("another client");
+        assert_eq!(t.clients(), 2);
+        drop(a1);
+        let a3 = t.take(a).expect("a place given back is free again");
+        drop((a2, a3, b1));
+        assert_eq!(t.clients(), 0, "nobody holding a place is remembered");
+        // One IPv6 /64 is one client; a mapped IPv4 address is its IPv4 address.
+        let v6 = [
+            t.take(key("2001:db8::1")).expect("1"),
+            t.take(key("2001:db8::2")).expect("2"),
+        ];
+        assert!(t.take(key("2001:db8::ffff")).is_none());
+        assert!(t.take(key("2001:db8:0:1::1")).is_some());
+        let _mapped = t.take(key("::ffff:192.0.2.1")).expect("mapped");
+        let _plain = t.take(key("192.0.2.1")).expect("the same client's second");
+        assert!(t.take(key("192.0.2.1")).is_none());
+        drop(v6);
+    }
+}
