@@ -9,7 +9,7 @@
 //! gateway (`403` from anyone else). A value that is not a list of addresses stops the start.
 //!
 //! The replicas listen on 127.0.0.1; connections from 127.0.0.2 play the trusted proxy, from
-//! 127.0.0.1 a client that reaches the replica directly.
+//! 127.0.0.1 a client that reaches the replica directly; one test puts a real nginx in front.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use mcp_fanout_testkit::error_shape::expect_http_error;
 use mcp_fanout_testkit::{
-    start, start_fails, start_memory, Canned, HttpResponse, RecordingUpstream,
+    start, start_fails, start_memory, Canned, HttpResponse, Nginx, RecordingUpstream,
 };
 use serde_json::json;
 
@@ -307,4 +307,59 @@ async fn in_header_mode_only_a_listed_gateway_may_name_the_tenant() {
             .expect("metrics"),
         Some(1.0)
     );
+}
+
+/// Behind a real nginx that appends the client's address (`$proxy_add_x_forwarded_for`, as
+/// deployments configure it) and connects from an address of its own, listed: each client is
+/// itself, and one that writes its own `X-Forwarded-For` is still itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_real_nginx_each_client_is_counted_as_itself() {
+    let r = start_memory(
+        "trusted-proxies-nginx",
+        &[
+            ("FANOUT_ADMIN_TOKENS", TOKEN),
+            ("FANOUT_ADMIN_FAILED_ATTEMPTS", "2"),
+            ("FANOUT_ADMIN_FAILED_ATTEMPTS_PER_MIN", "1"),
+            ("FANOUT_TRUSTED_PROXIES", "127.0.0.9"),
+        ],
+    )
+    .await;
+    let admin = r.admin_addr();
+    let nginx = Nginx::start(|listen| {
+        format!(
+            "server {{\n listen {listen};\n location / {{\n proxy_pass http://{admin};\n\
+             proxy_bind 127.0.0.9;\n proxy_http_version 1.1;\n\
+             proxy_set_header Connection \"\";\n\
+             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n }}\n }}\n"
+        )
+    })
+    .await;
+    let url = format!("http://{}/admin/cluster", nginx.addr);
+    let (guesser, neighbour) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+
+    for i in 0..2 {
+        let resp = cluster_view(&guesser, &url, "198.51.100.7", "guess").await;
+        expect_http_error(&format!("wrong token #{i}"), &resp, 401, "unauthorized");
+    }
+    // What it writes itself is kept by nginx, left of the address nginx saw: not believed.
+    let refused = cluster_view(&guesser, &url, "198.51.100.8", TOKEN).await;
+    expect_http_error(
+        "the guesser through nginx",
+        &refused,
+        429,
+        "too_many_failed_attempts",
+    );
+    let served = cluster_view(&neighbour, &url, "198.51.100.7", TOKEN).await;
+    assert_eq!(
+        served.status,
+        200,
+        "another client through the same nginx: {}",
+        served.text()
+    );
+    r.wait_for_log("the refusal names the guesser", T, |line| {
+        let line = line.to_string();
+        line.contains("too many failed token attempts") && line.contains("127.0.0.2")
+    })
+    .await
+    .expect("the guesser named in the log");
 }
