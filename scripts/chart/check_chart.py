@@ -668,6 +668,19 @@ def assert_trusted_proxies() -> str:
     return "a list joined, [] = none, null = unset"
 
 
+def assert_trusted_proxies_note() -> str:
+    def notes(values: dict[str, Any]) -> str:
+        return next(t for src, t in render(values).items() if src.endswith("NOTES.txt"))
+    behind = merge(SCENARIOS["defaults"], {"ingress": {"enabled": True}})
+    expect("config.trustedProxies is not set" in notes(behind), "ingress without trustedProxies: no note")
+    listed = merge(behind, {"config": {"trustedProxies": ["10.0.0.0/8"]}})
+    expect("config.trustedProxies is not set" not in notes(listed), "note despite trustedProxies")
+    expect("config.trustedProxies is not set" not in notes(SCENARIOS["defaults"]), "note without ingress")
+    header = merge(SCENARIOS["defaults"], {"subscriberAuth": {"mode": "header"}})
+    expect("can name any tenant" in notes(header), "header mode without trustedProxies: no note")
+    return "NOTES.txt says so behind an ingress or in header mode, and not once it is set"
+
+
 def assert_in_memory() -> str:
     docs = RENDERED["in-memory"]
     _, _, c = server(docs)
@@ -697,6 +710,7 @@ for name, fn in [
     ("existingSecret: everything reads it", assert_existing_secret),
     ("in-memory: single replica", assert_in_memory),
     ("config.trustedProxies: list, none, unset", assert_trusted_proxies),
+    ("NOTES.txt: trustedProxies unset behind an ingress", assert_trusted_proxies_note),
     ("proxy.caCert / caConfigMap: mounted, FANOUT_UPSTREAM_CA_FILE names it", assert_upstream_ca),
 ]:
     check(name, fn)
