@@ -358,6 +358,12 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_UPSTREAM_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub upstream_max_connections: Option<u64>,
 
+    /// Proxy mode: most forwarded requests one client (its address, as `FANOUT_TRUSTED_PROXIES`
+    /// judges it) may have in flight at once; past it a request is answered `429` with a JSON-RPC
+    /// error. Unset: no bound per client.
+    #[arg(long, env = "FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_proxy_requests_per_client: Option<u64>,
+
     /// Proxy mode, for stateless upstreams: mint an `Mcp-Session-Id` on `initialize` when the
     /// upstream gives none (and strip it from forwarded requests).
     #[arg(long, env = "FANOUT_MINT_SESSION_IDS", default_value_t = false, action = clap::ArgAction::Set)]

@@ -160,6 +160,7 @@ impl State {
                     ca_file: config.upstream_ca_file.clone(),
                     http2: config.upstream_http2,
                     max_connections: config.upstream_connection_cap(open_file_limit),
+                    max_requests_per_client: config.max_proxy_requests_per_client.map(to_usize),
                     keep_per_client_connection: config.upstream_connection_cap(open_file_limit)
                         >= config.connection_caps(open_file_limit).0,
                 },

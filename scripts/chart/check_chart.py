@@ -809,6 +809,7 @@ SCHEMA_REJECTS = [
     ('metrics.prometheusRule.listenDown.for: "2 minutes"', {"metrics": {"prometheusRule": {"listenDown": {"for": "2 minutes"}}}}, r"/metrics/prometheusRule/listenDown/for"),
     ('httpRoute.timeouts.request: "forever"', {"httpRoute": {"timeouts": {"request": "forever"}}}, r"/httpRoute/timeouts/request"),
     ("preStop.sleepSeconds: 0", {"preStop": {"sleepSeconds": 0}}, r"/preStop/sleepSeconds"),
+    ("proxy.maxRequestsPerClient: 0", {"proxy": {"maxRequestsPerClient": 0}}, r"/proxy/maxRequestsPerClient.*minimum"),
     ("config.maxConnectionsPerClient: 0", {"config": {"maxConnectionsPerClient": 0}}, r"/config/maxConnectionsPerClient.*minimum"),
     ("config.maxSubscribersPerClient: 0", {"config": {"maxSubscribersPerClient": 0}}, r"/config/maxSubscribersPerClient.*minimum"),
     ('config.trustedProxies: ["ingress.example"]', {"config": {"trustedProxies": ["ingress.example"]}}, r"/config/trustedProxies"),

@@ -131,6 +131,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
                 rpc_method: f.rpc_method.clone(),
                 owner: f.owner.clone(),
                 peer: f.peer,
+                client: f.client,
                 own_task: f.own_task.clone(),
             },
         )

@@ -158,6 +158,7 @@ pub async fn delete_mcp(
         rpc_method: None,
         owner,
         peer: conn.peer,
+        client: conn.client,
         own_task: conn.own_task.clone(),
     };
     proxy::forward(&st, up, forward).await
@@ -293,6 +294,7 @@ async fn handle(
                 rpc_method,
                 owner,
                 peer: conn.peer,
+                client: conn.client,
                 own_task: conn.own_task.clone(),
             };
             if adapted {

@@ -23,6 +23,7 @@ use super::kept_upstream;
 use crate::mcp::forward_client::ForwardError;
 use crate::mcp::in_flight::Lease;
 use crate::mcp::upstream::Upstream;
+use crate::per_client::ClientKey;
 use crate::server::own_task::OwnTask;
 use crate::session::{minted, Owner};
 use crate::state::AppState;
@@ -65,13 +66,35 @@ pub struct Forward {
     pub owner: Option<Owner>,
     /// The client's address (the TCP peer), for `X-Forwarded-For` / `Forwarded`.
     pub peer: SocketAddr,
+    /// The address the request is from, as the edge judged it (`ConnInfo::client`): what
+    /// `FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT` counts.
+    pub client: IpAddr,
     /// The client connection's own task, when the request came on HTTP/1.x: it goes upstream on
     /// the connection kept there (`kept_upstream`).
     pub own_task: Option<OwnTask>,
 }
 
-/// Forwards one request upstream and relays the answer.
+/// Forwards one request upstream and relays the answer. A client past its share of requests in
+/// flight (`FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT`) is answered `429` at once; otherwise its place
+/// is held until the answer has been relayed (or dropped).
 pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
+    let Some(table) = &up.per_client else {
+        return forward_request(st, up, f).await;
+    };
+    let Some(place) = table.take(ClientKey::of(f.client)) else {
+        return upstream_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_proxied_requests",
+            &f.body,
+            "this client has as many requests in flight through this replica as it may (FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT); wait for an answer",
+        );
+    };
+    forward_request(st, up, f)
+        .await
+        .map(|body| holding(body, place))
+}
+
+async fn forward_request(st: &AppState, up: &Upstream, f: Forward) -> Response {
     let Forward {
         method,
         mut headers,
@@ -80,6 +103,7 @@ pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
         owner,
         peer,
         own_task,
+        client: _,
     } = f;
     // Named twice, the upstream may act on the other one than this service does.
     let Ok(session) = crate::auth::one_header(&headers, &SESSION_ID) else {

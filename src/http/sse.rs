@@ -73,6 +73,7 @@ pub async fn get_mcp(
                 rpc_method: None,
                 owner: None,
                 peer: conn.peer,
+                client: conn.client,
                 own_task: conn.own_task.clone(),
             };
             return Ok(proxy::forward(&st, up, forward).await);

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use super::forward_client::{self, ForwardClient};
 use super::in_flight::InFlight;
 use super::relay_watch::RelayWatch;
+use crate::per_client::PerClient;
 use crate::tls::TrustedCas;
 
 pub struct Upstream {
@@ -47,6 +48,8 @@ pub struct Upstream {
     pub(crate) in_flight: InFlight,
     /// The answers relayed as they arrive, held to a budget when their clients stop reading.
     pub(crate) relays: RelayWatch,
+    /// Forwarded requests in flight per client (`FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT`).
+    pub(crate) per_client: Option<Arc<PerClient>>,
 }
 
 /// How the proxy presents the upstream (`FANOUT_MINT_SESSION_IDS`, `FANOUT_ADVERTISE_LIST_CHANGED`,
@@ -72,6 +75,8 @@ pub struct UpstreamOptions {
     pub http2: bool,
     /// Most requests forwarded at once (`FANOUT_UPSTREAM_MAX_CONNECTIONS`; at least one).
     pub max_connections: usize,
+    /// Most requests one client may have in flight (`FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT`).
+    pub max_requests_per_client: Option<usize>,
     /// Keep an upstream connection for each HTTP/1.x client connection (`http::kept_upstream`):
     /// only when the bound leaves one for every client connection (its default), since a kept
     /// connection holds its permit while idle.
@@ -307,6 +312,7 @@ impl Upstream {
             rewrite_max_bytes: options.rewrite_max_bytes,
             in_flight: InFlight::new(options.max_connections),
             relays: RelayWatch::new(options.stalled_relays_budget, options.relays_cut),
+            per_client: options.max_requests_per_client.map(PerClient::new),
         })
     }
 

@@ -403,6 +403,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_UPSTREAM_MAX_CONNECTIONS
   value: {{ $v.proxy.maxConnections | int64 | quote }}
 {{- end }}
+{{- if not (kindIs "invalid" $v.proxy.maxRequestsPerClient) }}
+- name: FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT
+  value: {{ $v.proxy.maxRequestsPerClient | int64 | quote }}
+{{- end }}
 - name: FANOUT_MINT_SESSION_IDS
   value: {{ $v.proxy.mintSessionIds | quote }}
 - name: FANOUT_ADVERTISE_LIST_CHANGED
