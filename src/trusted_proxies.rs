@@ -1,4 +1,4 @@
-//! Whose forwarded headers are believed (`FANOUT_TRUSTED_PROXIES`, contract §4.1): the proxies
+//! Whose forwarded headers are believed (`FANOUT_TRUSTED_PROXIES`, contract §2, §3.5): the proxies
 //! in front of a replica (an ingress, a load balancer, a mesh sidecar) say who the client is and
 //! which scheme and host it used, in `X-Forwarded-For`, `X-Forwarded-Proto`, `X-Forwarded-Host`
 //! and `Forwarded`. Anyone else can write the same headers, so with the setting given:
@@ -6,14 +6,14 @@
 //! - a request from a peer **not** on the list has those headers removed at the edge, before
 //!   anything reads them: the origin check sees the scheme this listener speaks, proxy mode tells
 //!   the upstream only what the replica saw itself;
-//! - the client's address (the request's `ConnInfo::client`) is the peer's, unless the peer is on the list: then it
-//!   is read from `X-Forwarded-For`, right to left, skipping the addresses on the list — the
-//!   first one that is not is the client (what the nearest untrusted hop connected from; anything
-//!   to its left was written by the client itself). Admin authorization counts failed attempts
-//!   per client address and applies its loopback rule to it.
+//! - the client's address (the request's `ConnInfo::client`) is the peer's, unless the peer is on
+//!   the list: then it is read from `X-Forwarded-For`, right to left, skipping the addresses on
+//!   the list — the first one that is not is the client (what the nearest untrusted hop
+//!   connected from; anything to its left was written by the client itself). Admin
+//!   authorization counts failed attempts per client address and applies its loopback rule to it.
 //!
-//! The same list says whose tenant header `header` mode believes (the edge refuses it from any other
-//! peer). Unset, every peer's headers are believed as they come and the client is the peer (the
+//! The same list says whose tenant header `header` mode believes (the edge refuses it from any
+//! other peer). Unset, every peer's headers are believed as they come and the client is the peer (the
 //! behaviour before the setting existed); `none` trusts no peer.
 
 use std::net::{IpAddr, SocketAddr};

@@ -1,4 +1,5 @@
-//! Contract §4.1: with `FANOUT_TRUSTED_PROXIES` set, only the listed proxies' forwarded headers
+//! Contract §2 and §3.5 (docs/identity.md, "Whose forwarded headers are believed"): with
+//! `FANOUT_TRUSTED_PROXIES` set, only the listed proxies' forwarded headers
 //! (`X-Forwarded-For`/`-Proto`/`-Host`, `Forwarded`, `X-Real-IP`) are believed. A request from
 //! any other peer has them removed at the edge: the upstream of proxy mode hears what the replica
 //! saw itself, the origin check uses the scheme the listener speaks, and the admin limit counts
