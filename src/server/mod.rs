@@ -103,13 +103,24 @@ pub struct ConnectionsPerClient {
     pub exempt: Option<TrustedProxies>,
 }
 
+/// What becomes of a new connection under [`ConnectionsPerClient`].
+enum Admit {
+    /// Its peer is a listed proxy: not bounded.
+    Exempt,
+    /// It holds one of its client's places.
+    Placed(Place),
+    /// Its client holds its share already.
+    Refused,
+}
+
 impl ConnectionsPerClient {
-    /// `Ok(None)`: the peer is exempt; `Err(())`: it holds its share already.
-    fn admit(&self, peer: IpAddr) -> Result<Option<Place>, ()> {
+    fn admit(&self, peer: IpAddr) -> Admit {
         if self.exempt.as_ref().is_some_and(|t| t.contains(peer)) {
-            return Ok(None);
+            return Admit::Exempt;
         }
-        self.table.take(ClientKey::of(peer)).map(Some).ok_or(())
+        self.table
+            .take(ClientKey::of(peer))
+            .map_or(Admit::Refused, Admit::Placed)
     }
 }
 
@@ -243,9 +254,9 @@ pub async fn serve(
             },
         };
         let client_place = match opts.per_client.as_ref().map(|l| l.admit(peer.ip())) {
-            None | Some(Ok(None)) => None,
-            Some(Ok(Some(place))) => Some(place),
-            Some(Err(())) => {
+            None | Some(Admit::Exempt) => None,
+            Some(Admit::Placed(place)) => Some(place),
+            Some(Admit::Refused) => {
                 drop(slot_permit);
                 refuse(stream, peer, &refusals, &refused, &opts);
                 if refusal_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
