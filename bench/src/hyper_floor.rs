@@ -30,19 +30,9 @@ pub async fn serve(upstream: &str) -> Result<()> {
     // As reqwest and nginx (`tcp_nodelay on`) do.
     http.set_nodelay(true);
     let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build(http);
-    let listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| BenchError::io("binding the floor proxy", e))?;
-    let addr = listener
-        .local_addr()
-        .map_err(|e| BenchError::io("the floor proxy's address", e))?;
-    println!("{}", serde_json::json!({ "addr": addr.to_string() }));
+    let listener = listen("hyper-floor").await?;
     loop {
-        let (tcp, _) = listener
-            .accept()
-            .await
-            .map_err(|e| BenchError::io("accepting", e))?;
-        let _ = tcp.set_nodelay(true);
+        let tcp = accept(&listener).await?;
         let (client, uri) = (client.clone(), uri.clone());
         tokio::spawn(async move {
             let svc = service_fn(move |mut req: Request<Incoming>| {
@@ -65,4 +55,27 @@ pub async fn serve(upstream: &str) -> Result<()> {
                 .await;
         });
     }
+}
+
+/// A floor proxy's listener on a free loopback port, announced on stdout as the bench waits for
+/// it: `{"addr": "127.0.0.1:PORT"}`.
+pub async fn listen(what: &str) -> Result<TcpListener> {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .map_err(|e| BenchError::io(format!("binding the {what} proxy"), e))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| BenchError::io(format!("the {what} proxy's address"), e))?;
+    println!("{}", serde_json::json!({ "addr": addr.to_string() }));
+    Ok(listener)
+}
+
+/// The next client connection, with Nagle off (as nginx's `tcp_nodelay on`).
+pub async fn accept(listener: &TcpListener) -> Result<tokio::net::TcpStream> {
+    let (tcp, _) = listener
+        .accept()
+        .await
+        .map_err(|e| BenchError::io("accepting", e))?;
+    let _ = tcp.set_nodelay(true);
+    Ok(tcp)
 }

@@ -7,6 +7,7 @@
 mod clients;
 mod error;
 mod hyper_floor;
+mod lean_floor;
 mod nchan;
 mod pg;
 mod pgbench;
@@ -309,6 +310,9 @@ enum Cmd {
     /// (internal) `proxy-overhead`'s `hyper-floor` system: a bare hyper proxy to UPSTREAM.
     #[command(hide = true)]
     HyperFloor { upstream: String },
+    /// (internal) `proxy-overhead`'s `lean-floor` system: a proxy with no HTTP library to UPSTREAM.
+    #[command(hide = true)]
+    LeanFloor { upstream: String },
 }
 
 fn fanout_opts(c: &Common, default_durability: Durability) -> Result<FanoutOpts> {
@@ -383,6 +387,10 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Worker => return Ok(ExitCode::SUCCESS),
         Cmd::HyperFloor { upstream } => {
             hyper_floor::serve(&upstream).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::LeanFloor { upstream } => {
+            lean_floor::serve(&upstream).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::IdleMemory {
@@ -592,11 +600,12 @@ fn proxy_run(
 ) -> Result<proxy::ProxyRun> {
     if let Some(s) = systems
         .iter()
-        .find(|s| !proxy::SYSTEMS.contains(&s.as_str()))
+        .find(|s| !proxy::SYSTEMS.contains(&s.as_str()) && s.as_str() != proxy::LEAN_FLOOR)
     {
         return Err(BenchError::Failed(format!(
-            "--systems {s}: expected some of {}",
-            proxy::SYSTEMS.join(", ")
+            "--systems {s}: expected some of {}, {}",
+            proxy::SYSTEMS.join(", "),
+            proxy::LEAN_FLOOR
         )));
     }
     let loads = connections

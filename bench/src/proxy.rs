@@ -49,6 +49,10 @@ pub const SYSTEMS: [&str; 5] = [
     SESSION_SYSTEM,
 ];
 
+/// A system measured only when named (`--systems …,lean-floor`): a proxy with no HTTP library
+/// (`lean_floor`), to see how close to nginx a tokio proxy gets that does less than hyper.
+pub const LEAN_FLOOR: &str = "lean-floor";
+
 /// mcp-fanout in Postgres mode, every call in a session (see the module's docs).
 const SESSION_SYSTEM: &str = "mcp-fanout-session";
 
@@ -179,7 +183,8 @@ enum Front {
     /// mcp-fanout, and the session its calls are made in (if any).
     Fanout(Box<Fanout>, Option<String>),
     Nginx(Nchan),
-    /// A bare hyper proxy (`hyper_floor`): this process run as `hyper-floor UPSTREAM`.
+    /// A bare proxy: this process run as `hyper-floor UPSTREAM` (`hyper_floor`) or
+    /// `lean-floor UPSTREAM` (`lean_floor`).
     Floor {
         child: tokio::process::Child,
         addr: String,
@@ -211,8 +216,8 @@ impl Front {
                 };
                 Front::Fanout(Box::new(f), session)
             }
-            "hyper-floor" => {
-                let (child, addr) = start_floor(&up.url).await?;
+            "hyper-floor" | LEAN_FLOOR => {
+                let (child, addr) = start_floor(system, &up.url).await?;
                 Front::Floor { child, addr }
             }
             _ => {
@@ -249,15 +254,16 @@ impl Front {
     }
 }
 
-/// Starts this executable as the `hyper-floor` proxy in front of `upstream`; its address.
-async fn start_floor(upstream: &str) -> Result<(tokio::process::Child, String)> {
+/// Starts this executable as the `system` proxy (`hyper-floor` or `lean-floor`) in front of
+/// `upstream`; its address.
+async fn start_floor(system: &str, upstream: &str) -> Result<(tokio::process::Child, String)> {
     let exe = std::env::current_exe()
         .map_err(|e| BenchError::io("finding the bench's own executable", e))?;
     let mut cmd = tokio::process::Command::new(exe);
-    cmd.arg("hyper-floor").arg(upstream);
+    cmd.arg(system).arg(upstream);
     spawn_announcing(
         cmd,
-        "the hyper-floor proxy",
+        &format!("the {system} proxy"),
         "addr",
         Duration::from_secs(10),
     )
