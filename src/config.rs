@@ -268,6 +268,16 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_TRUSTED_PROXIES")]
     pub trusted_proxies: Option<crate::trusted_proxies::TrustedProxies>,
 
+    /// The header in which the proxies of FANOUT_TRUSTED_PROXIES name the client:
+    /// `x-forwarded-for`, `forwarded` (RFC 7239 `for=`) or `x-real-ip`.
+    #[arg(
+        long,
+        env = "FANOUT_CLIENT_ADDRESS_HEADER",
+        value_enum,
+        default_value = "x-forwarded-for"
+    )]
+    pub client_address_header: crate::trusted_proxies::ClientAddressHeader,
+
     /// How subscribers are identified: `none`, `header` (trusted gateway) or `jwt`.
     #[arg(
         long,

@@ -12,6 +12,12 @@
 //!   connected from; anything to its left was written by the client itself). Admin
 //!   authorization counts failed attempts per client address and applies its loopback rule to it.
 //!
+//! Which header names the client is `FANOUT_CLIENT_ADDRESS_HEADER`: `x-forwarded-for` (the
+//! default, walked as above), `forwarded` (RFC 7239: the `for=` parameters of its elements, walked
+//! the same way) or `x-real-ip` (one address, the nearest listed proxy's word). It must be the one
+//! the proxies in front write: a proxy passes the others on as the client sent them, and the walk
+//! would take the client's own claim for its address.
+//!
 //! The same list says whose tenant header `header` mode believes (the edge refuses it from any
 //! other peer). Unset, every peer's headers are believed as they come and the client is the peer (the
 //! behaviour before the setting existed); `none` trusts no peer.
@@ -35,6 +41,18 @@ const FORWARDED_HEADERS: [HeaderName; 7] = [
     HeaderName::from_static("x-real-ip"),
     header::FORWARDED,
 ];
+
+/// The header in which the listed proxies name the client (`FANOUT_CLIENT_ADDRESS_HEADER`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ClientAddressHeader {
+    /// `X-Forwarded-For: client, proxy1, proxy2`, each hop appending the address it saw.
+    #[default]
+    XForwardedFor,
+    /// `Forwarded: for=client, for=proxy1` (RFC 7239), each hop appending an element.
+    Forwarded,
+    /// `X-Real-IP: client`, set (not appended) by the nearest proxy.
+    XRealIp,
+}
 
 /// What the edge made of a request's peer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,9 +113,14 @@ impl TrustedProxies {
     }
 
     /// What the edge does with a request from `peer`: for a peer on the list, the client's address
-    /// as its `X-Forwarded-For` says (see the module's doc); for any other, the forwarded headers
+    /// as its `from` header says (see the module's doc); for any other, the forwarded headers
     /// removed and the peer's address.
-    pub fn judge(&self, peer: SocketAddr, headers: &mut HeaderMap) -> Judged {
+    pub fn judge(
+        &self,
+        peer: SocketAddr,
+        headers: &mut HeaderMap,
+        from: ClientAddressHeader,
+    ) -> Judged {
         let peer = canonical(peer.ip());
         if !self.contains(peer) {
             for name in &FORWARDED_HEADERS {
@@ -108,23 +131,39 @@ impl TrustedProxies {
                 trusted_peer: false,
             };
         }
+        let client = match from {
+            ClientAddressHeader::XForwardedFor => {
+                self.client_behind(peer, headers, "x-forwarded-for", xff_entries)
+            }
+            ClientAddressHeader::Forwarded => {
+                self.client_behind(peer, headers, "forwarded", forwarded_entries)
+            }
+            ClientAddressHeader::XRealIp => real_ip(headers).map_or(peer, canonical),
+        };
         Judged {
-            client: self.client_behind(peer, headers),
+            client,
             trusted_peer: true,
         }
     }
 
-    /// Walks `X-Forwarded-For` from its last entry (the hop nearest this one) towards its first,
-    /// while the entries are on the list. An entry that is not an address stops the walk at the
-    /// trusted hop before it.
-    fn client_behind(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    /// Walks the addresses the header `name` lists, from the last (the hop nearest this one)
+    /// towards the first, while they are on the list. An entry that is not an address stops the
+    /// walk at the trusted hop before it. `entries` splits one header value into its entries'
+    /// addresses, first to last (`None` for an entry that is not one).
+    fn client_behind(
+        &self,
+        peer: IpAddr,
+        headers: &HeaderMap,
+        name: &str,
+        entries: fn(&str) -> Vec<Option<IpAddr>>,
+    ) -> IpAddr {
         let mut client = peer;
-        for value in headers.get_all("x-forwarded-for").iter().rev() {
+        for value in headers.get_all(name).iter().rev() {
             let Ok(value) = value.to_str() else {
                 return client;
             };
-            for entry in value.rsplit(',') {
-                let Some(ip) = entry_address(entry.trim()) else {
+            for entry in entries(value).into_iter().rev() {
+                let Some(ip) = entry else {
                     return client;
                 };
                 client = canonical(ip);
@@ -137,8 +176,64 @@ impl TrustedProxies {
     }
 }
 
-/// An `X-Forwarded-For` entry: an address, possibly with a port (`192.0.2.1:443`,
-/// `[2001:db8::1]:443`) or in brackets.
+/// One `X-Forwarded-For` value's addresses: `client, proxy1, proxy2`.
+fn xff_entries(value: &str) -> Vec<Option<IpAddr>> {
+    value
+        .split(',')
+        .map(|entry| entry_address(entry.trim()))
+        .collect()
+}
+
+/// One `Forwarded` value's `for=` addresses, an element each (RFC 7239 §4: elements separated by
+/// `,`, their parameters by `;`, a value a token or a quoted string). An element without `for=`,
+/// or whose node is `unknown` or an obfuscated identifier (`_hidden`), is not an address.
+fn forwarded_entries(value: &str) -> Vec<Option<IpAddr>> {
+    split_unquoted(value, ',')
+        .into_iter()
+        .map(|element| {
+            split_unquoted(element, ';').into_iter().find_map(|pair| {
+                let (name, node) = pair.split_once('=')?;
+                if !name.trim().eq_ignore_ascii_case("for") {
+                    return None;
+                }
+                let node = node.trim();
+                let node = node
+                    .strip_prefix('"')
+                    .and_then(|n| n.strip_suffix('"'))
+                    .unwrap_or(node);
+                entry_address(node)
+            })
+        })
+        .collect()
+}
+
+/// `s` split at each `sep` outside a quoted string (a `\` inside one escapes the next character).
+fn split_unquoted(s: &str, sep: char) -> Vec<&str> {
+    let (mut parts, mut start, mut quoted, mut escaped) = (Vec::new(), 0, false, false);
+    for (i, c) in s.char_indices() {
+        match c {
+            _ if escaped => escaped = false,
+            '\\' if quoted => escaped = true,
+            '"' => quoted = !quoted,
+            c if c == sep && !quoted => {
+                parts.push(&s[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&s[start..]);
+    parts
+}
+
+/// `X-Real-IP`: the one address the nearest proxy set (its last value if it came more than once).
+fn real_ip(headers: &HeaderMap) -> Option<IpAddr> {
+    let value = headers.get_all("x-real-ip").iter().next_back()?;
+    entry_address(value.to_str().ok()?.trim())
+}
+
+/// An `X-Forwarded-For` entry or a `Forwarded` node: an address, possibly with a port
+/// (`192.0.2.1:443`, `[2001:db8::1]:443`) or in brackets.
 fn entry_address(entry: &str) -> Option<IpAddr> {
     if let Ok(ip) = entry.parse::<IpAddr>() {
         return Some(ip);
@@ -207,7 +302,11 @@ mod tests {
         h.insert("x-real-ip", HeaderValue::from_static("198.51.100.1"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         assert_eq!(
-            t.judge(sa("203.0.113.9:4000"), &mut h),
+            t.judge(
+                sa("203.0.113.9:4000"),
+                &mut h,
+                ClientAddressHeader::XForwardedFor
+            ),
             Judged {
                 client: ip("203.0.113.9"),
                 trusted_peer: false
@@ -217,7 +316,13 @@ mod tests {
         // With nothing trusted, every peer is judged so.
         let mut h = xff(&["198.51.100.1"]);
         assert_eq!(
-            list("none").judge(sa("10.0.0.1:4000"), &mut h).client,
+            list("none")
+                .judge(
+                    sa("10.0.0.1:4000"),
+                    &mut h,
+                    ClientAddressHeader::XForwardedFor
+                )
+                .client,
             ip("10.0.0.1")
         );
         assert!(h.is_empty());
@@ -229,7 +334,7 @@ mod tests {
         let peer = sa("10.0.0.5:4000");
         let judge = |values: &[&'static str]| {
             let mut h = xff(values);
-            let judged = t.judge(peer, &mut h);
+            let judged = t.judge(peer, &mut h, ClientAddressHeader::XForwardedFor);
             assert!(judged.trusted_peer);
             assert_eq!(h.get_all("x-forwarded-for").iter().count(), values.len());
             judged.client
@@ -260,5 +365,80 @@ mod tests {
         assert_eq!(judge(&["[2001:db8::1]:443"]), ip("2001:db8::1"));
         assert_eq!(judge(&["[2001:db8::1]"]), ip("2001:db8::1"));
         assert_eq!(judge(&["::ffff:198.51.100.1"]), ip("198.51.100.1"));
+    }
+
+    fn judged_by(from: ClientAddressHeader, name: &'static str, values: &[&'static str]) -> IpAddr {
+        let mut h = HeaderMap::new();
+        // A forged X-Forwarded-For the proxies in front pass on untouched: never read here.
+        h.append("x-forwarded-for", HeaderValue::from_static("192.0.2.66"));
+        for v in values {
+            h.append(name, HeaderValue::from_static(v));
+        }
+        let judged = list("10.0.0.0/8").judge(sa("10.0.0.5:4000"), &mut h, from);
+        assert!(judged.trusted_peer);
+        judged.client
+    }
+
+    #[test]
+    fn forwarded_names_the_client_in_its_for_parameters() {
+        let judge = |values| judged_by(ClientAddressHeader::Forwarded, "forwarded", values);
+        assert_eq!(judge(&[]), ip("10.0.0.5"), "no header: the peer");
+        assert_eq!(judge(&["for=198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(
+            judge(&["for=1.2.3.4, for=198.51.100.1;proto=https, For=10.0.0.9;by=10.0.0.1"]),
+            ip("198.51.100.1"),
+            "walked from the right, names and parameters in any case and order"
+        );
+        assert_eq!(
+            judge(&["for=1.2.3.4", "proto=http;for=198.51.100.1", "for=10.0.0.9"]),
+            ip("198.51.100.1"),
+            "header lines in order"
+        );
+        assert_eq!(
+            judge(&[r#"for="[2001:db8:cafe::17]:4711""#]),
+            ip("2001:db8:cafe::17"),
+            "a quoted IPv6 node with a port"
+        );
+        assert_eq!(
+            judge(&[r#"for="198.51.100.1:80";host="a,b;c", for=10.0.0.9"#]),
+            ip("198.51.100.1"),
+            "separators inside a quoted value do not split"
+        );
+        assert_eq!(
+            judge(&["for=198.51.100.1, for=_hidden, for=10.0.0.9"]),
+            ip("10.0.0.9"),
+            "an obfuscated node stops at the trusted hop"
+        );
+        assert_eq!(
+            judge(&["for=198.51.100.1, proto=https"]),
+            ip("10.0.0.5"),
+            "an element without for= stops at the peer"
+        );
+    }
+
+    #[test]
+    fn x_real_ip_is_the_nearest_proxy_word() {
+        let judge = |values| judged_by(ClientAddressHeader::XRealIp, "x-real-ip", values);
+        assert_eq!(judge(&[]), ip("10.0.0.5"), "no header: the peer");
+        assert_eq!(judge(&["198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(judge(&["1.2.3.4", "198.51.100.1"]), ip("198.51.100.1"));
+        assert_eq!(
+            judge(&["unknown"]),
+            ip("10.0.0.5"),
+            "not an address: the peer"
+        );
+    }
+
+    #[test]
+    fn with_the_default_header_a_forged_x_forwarded_for_behind_such_proxies_is_believed() {
+        // Why the setting exists: proxies that write Forwarded pass X-Forwarded-For on as sent.
+        assert_eq!(
+            judged_by(
+                ClientAddressHeader::XForwardedFor,
+                "forwarded",
+                &["for=198.51.100.1"]
+            ),
+            ip("192.0.2.66")
+        );
     }
 }

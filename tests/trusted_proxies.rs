@@ -10,7 +10,8 @@
 //! gateway (`403` from anyone else). A value that is not a list of addresses stops the start.
 //!
 //! The replicas listen on 127.0.0.1; connections from 127.0.0.2 play the trusted proxy, from
-//! 127.0.0.1 a client that reaches the replica directly; one test puts a real nginx in front.
+//! 127.0.0.1 a client that reaches the replica directly; two tests put a real nginx in front, one
+//! writing `X-Forwarded-For`, one only `Forwarded` (read with `FANOUT_CLIENT_ADDRESS_HEADER`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
@@ -19,7 +20,7 @@ use std::time::Duration;
 
 use mcp_fanout_testkit::error_shape::expect_http_error;
 use mcp_fanout_testkit::{
-    start, start_fails, start_memory, Canned, HttpResponse, Nginx, RecordingUpstream,
+    start, start_fails, start_memory, Canned, HttpResponse, Nginx, RecordingUpstream, Replica,
 };
 use serde_json::json;
 
@@ -268,6 +269,36 @@ async fn a_list_that_is_not_addresses_stops_the_start() {
             "the error names the setting for {bad}: {out}"
         );
     }
+    let out = start_fails(
+        &[
+            (
+                "FANOUT_CLIENT_ADDRESS_HEADER".to_string(),
+                "x-client-ip".to_string(),
+            ),
+            ("FANOUT_TRUSTED_PROXIES".to_string(), PROXY.to_string()),
+        ],
+        T,
+    )
+    .await;
+    assert!(
+        out.contains("client-address-header") && out.contains("forwarded"),
+        "the error names the setting and its values: {out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_address_header_without_trusted_proxies_is_warned_about() {
+    let r = start_memory(
+        "trusted-proxies-header-alone",
+        &[("FANOUT_CLIENT_ADDRESS_HEADER", "forwarded")],
+    )
+    .await;
+    r.wait_for_log("the start warning", T, |line| {
+        line.to_string()
+            .contains("FANOUT_CLIENT_ADDRESS_HEADER is set but FANOUT_TRUSTED_PROXIES is not")
+    })
+    .await
+    .expect("a warning that the setting has no effect");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -313,48 +344,59 @@ async fn in_header_mode_only_a_listed_gateway_may_name_the_tenant() {
 /// Behind a real nginx that appends the client's address (`$proxy_add_x_forwarded_for`, as
 /// deployments configure it) and connects from an address of its own, listed: each client is
 /// itself, and one that writes its own `X-Forwarded-For` is still itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn behind_a_real_nginx_each_client_is_counted_as_itself() {
-    let r = start_memory(
-        "trusted-proxies-nginx",
-        &[
-            ("FANOUT_ADMIN_TOKENS", TOKEN),
-            ("FANOUT_ADMIN_FAILED_ATTEMPTS", "2"),
-            ("FANOUT_ADMIN_FAILED_ATTEMPTS_PER_MIN", "1"),
-            ("FANOUT_TRUSTED_PROXIES", "127.0.0.9"),
-        ],
-    )
-    .await;
+/// A replica whose admin listener is reached through a real nginx (connecting from 127.0.0.9, the
+/// listed proxy) that forwards with `forwarding` (an nginx directive); two wrong tokens per client,
+/// then one a minute. `header` is `FANOUT_CLIENT_ADDRESS_HEADER`, if set. The replica, nginx and
+/// the URL of `/admin/cluster` through it.
+async fn admin_behind_nginx(
+    name: &str,
+    forwarding: &str,
+    header: Option<&'static str>,
+) -> (Replica, Nginx, String) {
+    let mut env = vec![
+        ("FANOUT_ADMIN_TOKENS", TOKEN),
+        ("FANOUT_ADMIN_FAILED_ATTEMPTS", "2"),
+        ("FANOUT_ADMIN_FAILED_ATTEMPTS_PER_MIN", "1"),
+        ("FANOUT_TRUSTED_PROXIES", "127.0.0.9"),
+    ];
+    if let Some(h) = header {
+        env.push(("FANOUT_CLIENT_ADDRESS_HEADER", h));
+    }
+    let r = start_memory(name, &env).await;
     let admin = r.admin_addr();
     let nginx = Nginx::start(|listen| {
         format!(
             "server {{\n listen {listen};\n location / {{\n proxy_pass http://{admin};\n\
              proxy_bind 127.0.0.9;\n proxy_http_version 1.1;\n\
-             proxy_set_header Connection \"\";\n\
-             proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;\n }}\n }}\n"
+             proxy_set_header Connection \"\";\n {forwarding}\n }}\n }}\n"
         )
     })
     .await;
     let url = format!("http://{}/admin/cluster", nginx.addr);
-    let (guesser, neighbour) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    (r, nginx, url)
+}
 
-    for i in 0..2 {
-        let resp = cluster_view(&guesser, &url, "198.51.100.7", "guess").await;
+/// Through nginx, the client at 127.0.0.2 guesses twice (claiming `claims[0]`, `claims[1]` in its
+/// `X-Forwarded-For`) and is then refused the right token (claiming `claims[2]`), while the client
+/// at 127.0.0.3 (claiming `claims[0]`) is served; the log names the guesser.
+async fn guesser_refused_neighbour_served(r: &Replica, url: &str, claims: [&str; 3]) {
+    let (guesser, neighbour) = (client_from("127.0.0.2"), client_from("127.0.0.3"));
+    for (i, claimed) in claims[..2].iter().enumerate() {
+        let resp = cluster_view(&guesser, url, claimed, "guess").await;
         expect_http_error(&format!("wrong token #{i}"), &resp, 401, "unauthorized");
     }
-    // What it writes itself is kept by nginx, left of the address nginx saw: not believed.
-    let refused = cluster_view(&guesser, &url, "198.51.100.8", TOKEN).await;
+    let refused = cluster_view(&guesser, url, claims[2], TOKEN).await;
     expect_http_error(
-        "the guesser through nginx",
+        "the guesser through nginx, right token",
         &refused,
         429,
         "too_many_failed_attempts",
     );
-    let served = cluster_view(&neighbour, &url, "198.51.100.7", TOKEN).await;
+    let served = cluster_view(&neighbour, url, claims[0], TOKEN).await;
     assert_eq!(
         served.status,
         200,
-        "another client through the same nginx: {}",
+        "another client through the same nginx, claiming the guesser's address: {}",
         served.text()
     );
     r.wait_for_log("the refusal names the guesser", T, |line| {
@@ -363,4 +405,46 @@ async fn behind_a_real_nginx_each_client_is_counted_as_itself() {
     })
     .await
     .expect("the guesser named in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_a_real_nginx_each_client_is_counted_as_itself() {
+    let xff = "proxy_set_header X-Forwarded-For $proxy_add_x_forwarded_for;";
+    let (r, _nginx, url) = admin_behind_nginx("trusted-proxies-nginx", xff, None).await;
+    // What the guesser writes itself is kept by nginx, left of the address nginx saw: not
+    // believed.
+    guesser_refused_neighbour_served(&r, &url, ["198.51.100.7", "198.51.100.7", "198.51.100.8"])
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn behind_an_nginx_that_writes_forwarded_the_client_is_read_from_it() {
+    // nginx writes `Forwarded: for=<the address it saw>` and passes the client's own
+    // X-Forwarded-For on untouched, as a proxy configured for RFC 7239 alone does.
+    let forwarded = "proxy_set_header Forwarded \"for=$remote_addr;proto=$scheme\";";
+
+    // Told to read Forwarded: the guesser is counted as the address nginx saw, whatever
+    // X-Forwarded-For it makes up for each attempt.
+    let name = "trusted-proxies-forwarded";
+    let (r, _nginx, url) = admin_behind_nginx(name, forwarded, Some("forwarded")).await;
+    guesser_refused_neighbour_served(&r, &url, ["198.51.100.0", "198.51.100.1", "198.51.100.99"])
+        .await;
+
+    // Left at X-Forwarded-For, the same deployment believes the guesser's claims: each made-up
+    // address is a fresh client. This is what the setting is for.
+    let name = "trusted-proxies-forwarded-unset";
+    let (_r, _nginx, url) = admin_behind_nginx(name, forwarded, None).await;
+    let guesser = client_from("127.0.0.2");
+    for i in 0..3 {
+        let claimed = format!("198.51.100.{}", 10 + i);
+        let resp = cluster_view(&guesser, &url, &claimed, "guess").await;
+        expect_http_error(
+            &format!("unset, wrong token #{i}"),
+            &resp,
+            401,
+            "unauthorized",
+        );
+    }
+    let served = cluster_view(&guesser, &url, "198.51.100.20", TOKEN).await;
+    assert_eq!(served.status, 200, "unset: {}", served.text());
 }

@@ -665,7 +665,11 @@ def assert_trusted_proxies() -> str:
     expect(none == "none", f"[]: {none}")
     _, _, c = server(d())
     expect("FANOUT_TRUSTED_PROXIES" not in env_of(c), "defaults: unset")
-    return "a list joined, [] = none, null = unset"
+    expect("FANOUT_CLIENT_ADDRESS_HEADER" not in env_of(c), "defaults: the binary's x-forwarded-for")
+    _, _, c = server(RENDERED["all-on"])
+    header = env_value(c, "FANOUT_CLIENT_ADDRESS_HEADER")
+    expect(header == "forwarded", f"all-on: client address header {header}")
+    return "a list joined, [] = none, null = unset; clientAddressHeader passed when not the default"
 
 
 def assert_trusted_proxies_note() -> str:
@@ -709,7 +713,7 @@ for name, fn in [
     ("all-on: Ingress / HTTPRoute are SSE-friendly", assert_sse_routes),
     ("existingSecret: everything reads it", assert_existing_secret),
     ("in-memory: single replica", assert_in_memory),
-    ("config.trustedProxies: list, none, unset", assert_trusted_proxies),
+    ("config.trustedProxies: list, none, unset; config.clientAddressHeader", assert_trusted_proxies),
     ("NOTES.txt: trustedProxies unset behind an ingress", assert_trusted_proxies_note),
     ("proxy.caCert / caConfigMap: mounted, FANOUT_UPSTREAM_CA_FILE names it", assert_upstream_ca),
 ]:
@@ -813,6 +817,7 @@ SCHEMA_REJECTS = [
     ("config.maxConnectionsPerClient: 0", {"config": {"maxConnectionsPerClient": 0}}, r"/config/maxConnectionsPerClient.*minimum"),
     ("config.maxSubscribersPerClient: 0", {"config": {"maxSubscribersPerClient": 0}}, r"/config/maxSubscribersPerClient.*minimum"),
     ('config.trustedProxies: ["ingress.example"]', {"config": {"trustedProxies": ["ingress.example"]}}, r"/config/trustedProxies"),
+    ('config.clientAddressHeader: "x-client-ip"', {"config": {"clientAddressHeader": "x-client-ip"}}, r"/config/clientAddressHeader"),
     ("proxy.bridgeMaxSessions: 0", {"proxy": {"bridgeMaxSessions": 0}}, r"/proxy/bridgeMaxSessions.*minimum"),
 ]
 for label, bad, pattern in SCHEMA_REJECTS:

@@ -67,7 +67,8 @@ where
         // First, so nothing after reads a forwarded header a peer not trusted to send it sent.
         if let Some(trusted) = &st.config.trusted_proxies {
             if let Some(peer) = req.extensions().get::<ConnInfo>().map(|c| c.peer) {
-                let judged = trusted.judge(peer, req.headers_mut());
+                let judged =
+                    trusted.judge(peer, req.headers_mut(), st.config.client_address_header);
                 if !judged.trusted_peer && names_a_tenant(&st, &req) {
                     let resp = AppError::Forbidden(
                         "the tenant header is accepted only from the gateway (FANOUT_TRUSTED_PROXIES)",

@@ -86,6 +86,14 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         );
     }
     if st.config.trusted_proxies.is_none()
+        && st.config.client_address_header != crate::trusted_proxies::ClientAddressHeader::default()
+    {
+        tracing::warn!(
+            header = ?st.config.client_address_header,
+            "FANOUT_CLIENT_ADDRESS_HEADER is set but FANOUT_TRUSTED_PROXIES is not: no proxy is believed to name the client, so every client is its peer's address; list the proxies in front"
+        );
+    }
+    if st.config.trusted_proxies.is_none()
         && st.upstream.is_some()
         && st.config.proxy_forwarded_headers
     {

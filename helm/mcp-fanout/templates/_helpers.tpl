@@ -347,6 +347,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_TRUSTED_PROXIES
   value: {{ if $c.trustedProxies }}{{ join "," $c.trustedProxies | quote }}{{ else }}"none"{{ end }}
 {{- end }}
+{{- if and $c.clientAddressHeader (ne $c.clientAddressHeader "x-forwarded-for") }}
+- name: FANOUT_CLIENT_ADDRESS_HEADER
+  value: {{ $c.clientAddressHeader | quote }}
+{{- end }}
 {{- $sa := $v.subscriberAuth }}
 - name: FANOUT_SUBSCRIBER_AUTH
   value: {{ $sa.mode | quote }}
