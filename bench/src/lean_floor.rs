@@ -10,6 +10,11 @@
 //! (`fanout-bench lean-floor UPSTREAM_URL`, hidden), so its CPU is counted apart; it prints
 //! `{"addr": "127.0.0.1:PORT"}`.
 //!
+//! `lean-floor-http` is the same with each head carried through the `http` crate's types on the
+//! way (a `Method`, a `Uri` and a `HeaderMap` built from the parsed request, a `StatusCode` and a
+//! `HeaderMap` from the answer, each written out again from them), as a lean transport would if
+//! the service's decisions, which read those types, stayed as they are.
+//!
 //! It answers what `hyper-floor` cannot: how close to nginx's CPU per request a tokio proxy
 //! gets when it does less per request than hyper's server and client. It is a measuring stick,
 //! not a proxy: it knows only `Content-Length` bodies (a chunked request or answer ends the
@@ -42,10 +47,12 @@ const WRITE_DEADLINE: Duration = Duration::from_secs(10);
 struct Upstream {
     addr: String,
     host: String,
+    /// Carry each head through the `http` crate's types (`lean-floor-http`).
+    typed: bool,
 }
 
-/// Serves until killed.
-pub async fn serve(upstream: &str) -> Result<()> {
+/// Serves until killed; `typed`: carry each head through the `http` crate's types.
+pub async fn serve(upstream: &str, typed: bool) -> Result<()> {
     let url = reqwest::Url::parse(upstream)
         .map_err(|e| BenchError::Failed(format!("upstream URL {upstream}: {e}")))?;
     let (Some(host), Some(port)) = (url.host_str(), url.port_or_known_default()) else {
@@ -56,6 +63,7 @@ pub async fn serve(upstream: &str) -> Result<()> {
     let up = Arc::new(Upstream {
         addr: format!("{host}:{port}"),
         host: format!("{host}:{port}"),
+        typed,
     });
     let listener = listen("lean-floor").await?;
     loop {
@@ -74,6 +82,7 @@ async fn connection(mut client: TcpStream, up: &Upstream) -> io::Result<()> {
     let mut from_client = Vec::with_capacity(8 * 1024);
     let mut to_upstream = Vec::with_capacity(8 * 1024);
     let mut from_upstream = Vec::with_capacity(8 * 1024);
+    let mut retyped = Vec::with_capacity(8 * 1024);
     loop {
         // The request: head, then body, as one buffer for the upstream.
         to_upstream.clear();
@@ -96,7 +105,14 @@ async fn connection(mut client: TcpStream, up: &Upstream) -> io::Result<()> {
             answer(conn, &mut from_upstream).await
         };
         let (used, close) = timeout(ANSWER_DEADLINE, exchange).await.map_err(late)??;
-        let written = client.write_all(&from_upstream[..used]);
+        let out = if up.typed {
+            retyped.clear();
+            through_types(&from_upstream[..used], &mut retyped)?;
+            &retyped[..]
+        } else {
+            &from_upstream[..used]
+        };
+        let written = client.write_all(out);
         timeout(WRITE_DEADLINE, written).await.map_err(late)??;
         from_upstream.drain(..used);
         if close {
@@ -118,6 +134,24 @@ async fn request(
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(buf).map_err(invalid)? {
+            httparse::Status::Complete(head) if up.typed => {
+                let (method, uri, headers) = request_types(&req)?;
+                let length = content_length(&headers)?;
+                out.extend_from_slice(method.as_str().as_bytes());
+                out.push(b' ');
+                let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                out.extend_from_slice(path.as_bytes());
+                out.extend_from_slice(b" HTTP/1.1\r\n");
+                for (name, value) in headers.iter() {
+                    if name == http::header::HOST {
+                        continue;
+                    }
+                    write_header(out, name.as_str().as_bytes(), value.as_bytes());
+                }
+                write_header(out, b"host", up.host.as_bytes());
+                out.extend_from_slice(b"\r\n");
+                return body(from, buf, head, length, out).await;
+            }
             httparse::Status::Complete(head) => {
                 let mut length = 0usize;
                 out.extend_from_slice(req.method.unwrap_or("GET").as_bytes());
@@ -142,13 +176,7 @@ async fn request(
                 out.extend_from_slice(b"Host: ");
                 out.extend_from_slice(up.host.as_bytes());
                 out.extend_from_slice(b"\r\n\r\n");
-                while buf.len() < head + length {
-                    if from.read_buf(buf).await? == 0 {
-                        return Err(io::ErrorKind::UnexpectedEof.into());
-                    }
-                }
-                out.extend_from_slice(&buf[head..head + length]);
-                return Ok(Some(head + length));
+                return body(from, buf, head, length, out).await;
             }
             httparse::Status::Partial => {
                 if buf.len() > MAX_HEAD {
@@ -164,6 +192,24 @@ async fn request(
             }
         }
     }
+}
+
+/// Reads until `buf` holds the request's `length` body bytes after its `head`, and appends them to
+/// `out` (which holds the head to forward already); how many bytes of `buf` the request took.
+async fn body(
+    from: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    head: usize,
+    length: usize,
+    out: &mut Vec<u8>,
+) -> io::Result<Option<usize>> {
+    while buf.len() < head + length {
+        if from.read_buf(buf).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    out.extend_from_slice(&buf[head..head + length]);
+    Ok(Some(head + length))
 }
 
 /// Reads one answer into `buf`: how many of its bytes are the answer, and whether the upstream
@@ -201,6 +247,65 @@ async fn answer(from: &mut TcpStream, buf: &mut Vec<u8>) -> io::Result<(usize, b
             }
         }
     }
+}
+
+/// A parsed request head as the `http` crate's types.
+fn request_types(
+    req: &httparse::Request,
+) -> io::Result<(http::Method, http::Uri, http::HeaderMap)> {
+    let method =
+        http::Method::from_bytes(req.method.unwrap_or("GET").as_bytes()).map_err(invalid)?;
+    let uri: http::Uri = req.path.unwrap_or("/").parse().map_err(invalid)?;
+    Ok((method, uri, header_map(req.headers)?))
+}
+
+fn header_map(headers: &[httparse::Header]) -> io::Result<http::HeaderMap> {
+    let mut map = http::HeaderMap::with_capacity(headers.len());
+    for h in headers {
+        let name = http::HeaderName::from_bytes(h.name.as_bytes()).map_err(invalid)?;
+        let value = http::HeaderValue::from_bytes(h.value).map_err(invalid)?;
+        map.append(name, value);
+    }
+    Ok(map)
+}
+
+fn content_length(headers: &http::HeaderMap) -> io::Result<usize> {
+    if headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return Err(invalid("chunked request"));
+    }
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .map_or(Ok(0), |v| number(v.as_bytes()))
+}
+
+fn write_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A whole answer (head and body, as read) written into `out` from the `http` crate's types: its
+/// status as a `StatusCode`, its headers as a `HeaderMap`.
+fn through_types(answer: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut headers);
+    let httparse::Status::Complete(head) = res.parse(answer).map_err(invalid)? else {
+        return Err(invalid("answer head incomplete"));
+    };
+    let status = http::StatusCode::from_u16(res.code.unwrap_or(502)).map_err(invalid)?;
+    let map = header_map(res.headers)?;
+    out.extend_from_slice(b"HTTP/1.1 ");
+    out.extend_from_slice(status.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+    out.extend_from_slice(b"\r\n");
+    for (name, value) in map.iter() {
+        write_header(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out.extend_from_slice(&answer[head..]);
+    Ok(())
 }
 
 fn number(value: &[u8]) -> io::Result<usize> {

@@ -313,6 +313,9 @@ enum Cmd {
     /// (internal) `proxy-overhead`'s `lean-floor` system: a proxy with no HTTP library to UPSTREAM.
     #[command(hide = true)]
     LeanFloor { upstream: String },
+    /// (internal) `proxy-overhead`'s `lean-floor-http`: `lean-floor` through the `http` types.
+    #[command(hide = true)]
+    LeanFloorHttp { upstream: String },
 }
 
 fn fanout_opts(c: &Common, default_durability: Durability) -> Result<FanoutOpts> {
@@ -390,7 +393,11 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::LeanFloor { upstream } => {
-            lean_floor::serve(&upstream).await?;
+            lean_floor::serve(&upstream, false).await?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Cmd::LeanFloorHttp { upstream } => {
+            lean_floor::serve(&upstream, true).await?;
             return Ok(ExitCode::SUCCESS);
         }
         Cmd::IdleMemory {
@@ -598,14 +605,13 @@ fn proxy_run(
     systems: Vec<String>,
     rounds: usize,
 ) -> Result<proxy::ProxyRun> {
-    if let Some(s) = systems
-        .iter()
-        .find(|s| !proxy::SYSTEMS.contains(&s.as_str()) && s.as_str() != proxy::LEAN_FLOOR)
-    {
+    if let Some(s) = systems.iter().find(|s| {
+        !proxy::SYSTEMS.contains(&s.as_str()) && !proxy::LEAN_FLOORS.contains(&s.as_str())
+    }) {
         return Err(BenchError::Failed(format!(
             "--systems {s}: expected some of {}, {}",
             proxy::SYSTEMS.join(", "),
-            proxy::LEAN_FLOOR
+            proxy::LEAN_FLOORS.join(", ")
         )));
     }
     let loads = connections

@@ -49,9 +49,10 @@ pub const SYSTEMS: [&str; 5] = [
     SESSION_SYSTEM,
 ];
 
-/// A system measured only when named (`--systems …,lean-floor`): a proxy with no HTTP library
-/// (`lean_floor`), to see how close to nginx a tokio proxy gets that does less than hyper.
-pub const LEAN_FLOOR: &str = "lean-floor";
+/// Systems measured only when named (`--systems …,lean-floor`): a proxy with no HTTP library
+/// (`lean_floor`), to see how close to nginx a tokio proxy gets that does less than hyper, and the
+/// same carrying each head through the `http` crate's types.
+pub const LEAN_FLOORS: [&str; 2] = ["lean-floor", "lean-floor-http"];
 
 /// mcp-fanout in Postgres mode, every call in a session (see the module's docs).
 const SESSION_SYSTEM: &str = "mcp-fanout-session";
@@ -216,7 +217,7 @@ impl Front {
                 };
                 Front::Fanout(Box::new(f), session)
             }
-            "hyper-floor" | LEAN_FLOOR => {
+            "hyper-floor" | "lean-floor" | "lean-floor-http" => {
                 let (child, addr) = start_floor(system, &up.url).await?;
                 Front::Floor { child, addr }
             }
@@ -254,7 +255,7 @@ impl Front {
     }
 }
 
-/// Starts this executable as the `system` proxy (`hyper-floor` or `lean-floor`) in front of
+/// Starts this executable as the `system` proxy (`hyper-floor` or a lean floor) in front of
 /// `upstream`; its address.
 async fn start_floor(system: &str, upstream: &str) -> Result<(tokio::process::Child, String)> {
     let exe = std::env::current_exe()

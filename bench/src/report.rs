@@ -598,7 +598,7 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
          $B catch-up                                         # 10k → 3 × 1k, 100k → 3 × 10\n\
          $B proxy-overhead                                   # tools/call direct / mcp-fanout / nginx / hyper-floor / mcp-fanout-session (wrk, py1 venv)\n\
          $B proxy-overhead --upstream static --systems mcp-fanout,hyper-floor,nginx  # the proxies' CPU per request, proxy-bound\n\
-         $B proxy-overhead --upstream static --systems nginx,lean-floor,hyper-floor  # the floors: no HTTP library, hyper alone\n\
+         $B proxy-overhead --upstream static --systems nginx,lean-floor,lean-floor-http,hyper-floor  # the floors: no HTTP library, http types, hyper\n\
          $B smoke                                            # seconds; asserts no loss (scripts/bench-smoke)\n\
          $B report --out BENCHMARKS.md                       # all of the above, this file\n```\n\
          \nEvery scenario accepts `--json FILE`, `--binary PATH`, `--url URL…` (measure running \
