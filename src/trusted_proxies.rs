@@ -133,10 +133,14 @@ impl TrustedProxies {
         }
         let client = match from {
             ClientAddressHeader::XForwardedFor => {
-                self.client_behind(peer, headers, "x-forwarded-for", xff_entries)
+                self.client_behind(peer, headers, "x-forwarded-for", |value| {
+                    value.split(',').map(|entry| entry_address(entry.trim()))
+                })
             }
             ClientAddressHeader::Forwarded => {
-                self.client_behind(peer, headers, "forwarded", forwarded_entries)
+                self.client_behind(peer, headers, "forwarded", |value| {
+                    forwarded_entries(value).into_iter()
+                })
             }
             ClientAddressHeader::XRealIp => real_ip(headers).map_or(peer, canonical),
         };
@@ -150,19 +154,22 @@ impl TrustedProxies {
     /// towards the first, while they are on the list. An entry that is not an address stops the
     /// walk at the trusted hop before it. `entries` splits one header value into its entries'
     /// addresses, first to last (`None` for an entry that is not one).
-    fn client_behind(
+    fn client_behind<'h, E>(
         &self,
         peer: IpAddr,
-        headers: &HeaderMap,
+        headers: &'h HeaderMap,
         name: &str,
-        entries: fn(&str) -> Vec<Option<IpAddr>>,
-    ) -> IpAddr {
+        entries: impl Fn(&'h str) -> E,
+    ) -> IpAddr
+    where
+        E: DoubleEndedIterator<Item = Option<IpAddr>>,
+    {
         let mut client = peer;
         for value in headers.get_all(name).iter().rev() {
             let Ok(value) = value.to_str() else {
                 return client;
             };
-            for entry in entries(value).into_iter().rev() {
+            for entry in entries(value).rev() {
                 let Some(ip) = entry else {
                     return client;
                 };
@@ -174,14 +181,6 @@ impl TrustedProxies {
         }
         client
     }
-}
-
-/// One `X-Forwarded-For` value's addresses: `client, proxy1, proxy2`.
-fn xff_entries(value: &str) -> Vec<Option<IpAddr>> {
-    value
-        .split(',')
-        .map(|entry| entry_address(entry.trim()))
-        .collect()
 }
 
 /// One `Forwarded` value's `for=` addresses, an element each (RFC 7239 §4: elements separated by
