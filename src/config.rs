@@ -242,8 +242,10 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_HTTP2_MAX_STREAMS", default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub http2_max_streams: u32,
 
-    /// Most open connections on the public listener; past it, new ones wait in the kernel's
-    /// listen backlog. Default: derived from the open-file limit (see docs/configuration.md).
+    /// Most open connections on the public listener; at it, a new one takes the place of the one
+    /// idle the longest, or waits in the kernel's listen backlog while every connection has a
+    /// request in progress. Default: derived from the open-file limit (see
+    /// docs/configuration.md).
     #[arg(long, env = "FANOUT_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connections: Option<u64>,
 

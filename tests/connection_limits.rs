@@ -1,11 +1,13 @@
-//! Connections that do nothing cannot exhaust a replica's file descriptors: a connection that
-//! sends nothing (or only the HTTP/2 preface) is closed by the first-request deadline, a body that
-//! stops short is answered `408` by the body deadline, and open connections are capped below the
-//! open-file limit, so a flood of idle sockets leaves the admin listener answering and the replica
-//! serving once they are gone.
+//! Connections that do nothing cannot exhaust a replica: a connection that sends nothing (or only
+//! the HTTP/2 preface) is closed by the first-request deadline, a body that stops short is
+//! answered `408` by the body deadline, and open connections are capped below the open-file limit.
+//! At a listener's cap, the connection with nothing in progress for the longest is closed to make
+//! room for a new one, so idle sockets never keep a client out, on the public listener or the
+//! admin one (probes); connections with a request in progress (streams) are never closed for it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use futures::future::join_all;
@@ -17,6 +19,7 @@ use mcp_fanout_testkit::{
     RawRequest, SseRequest, SOON,
 };
 use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
 
 /// The deadlines the tests run with (the defaults are 15 s, 75 s and 30 s).
 const DEADLINE_SECS: u64 = 2;
@@ -116,7 +119,7 @@ const OPEN_FILES: u64 = 1024;
 const FLOOD: usize = 1100;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flood_of_idle_sockets_leaves_the_admin_listener_answering_and_the_replica_serving() {
+async fn a_flood_of_idle_sockets_leaves_both_listeners_answering_and_every_socket_closed() {
     // A first-request deadline long enough for the whole flood to arrive before it closes any.
     let mut env = with_admin(DEADLINES);
     env.push(("FANOUT_FIRST_REQUEST_SECS".into(), "15".into()));
@@ -143,15 +146,12 @@ async fn a_flood_of_idle_sockets_leaves_the_admin_listener_answering_and_the_rep
     for s in flood.iter_mut().take(50) {
         s.write_all(H2_PREFACE).await.expect("preface");
     }
-    r.wait_for_log("the connection cap is reached", WITHIN, |l| {
-        l["fields"]["message"]
-            .as_str()
-            .is_some_and(|m| m.starts_with("connection cap reached"))
-    })
-    .await
-    .expect("the public listener reaches its cap");
+    r.wait_metric(AT_CAP_PUBLIC, WITHIN, |n| n >= 1.0)
+        .await
+        .expect("the public listener reaches its cap and makes room");
 
-    // Saturated: the admin listener still answers probes and metrics.
+    // Saturated with idle sockets: the admin listener answers probes and metrics, and the
+    // public one a request (an idle socket makes room for it).
     // (New connections each: the kit's client may hold one open from before the flood.)
     for path in ["/healthz", "/readyz", "/metrics"] {
         let resp = RawRequest::new("GET", path)
@@ -162,9 +162,13 @@ async fn a_flood_of_idle_sockets_leaves_the_admin_listener_answering_and_the_rep
             });
         assert_eq!(resp.status(), 200, "admin {path}");
     }
+    let resp = RawRequest::new("GET", PUBLIC_REQUEST)
+        .send(public, WITHIN)
+        .await
+        .expect("a public request is answered while idle sockets fill the listener");
+    assert_eq!(resp.status(), 200);
 
-    // Every idle socket is closed by the first-request deadline (those waiting in the backlog
-    // once the replica gets to them).
+    // Every idle socket is closed: to make room, or by the first-request deadline.
     let closed = join_all(
         flood
             .iter_mut()
@@ -197,26 +201,163 @@ async fn a_flood_of_idle_sockets_leaves_the_admin_listener_answering_and_the_rep
     assert_eq!(got[0].id.as_deref(), Some(id.as_str()));
 }
 
-/// Setting the cap explicitly: past it, connections wait in the backlog and are served in turn.
+const AT_CAP_PUBLIC: &str =
+    r#"mcp_fanout_connections_closed_total{listener="public",reason="at_cap"}"#;
+const AT_CAP_ADMIN: &str =
+    r#"mcp_fanout_connections_closed_total{listener="admin",reason="at_cap"}"#;
+
+/// Deadlines far beyond any test: a connection closed during one was closed to make room.
+const FAR_DEADLINES: &[(&str, &str)] = &[
+    ("FANOUT_FIRST_REQUEST_SECS", "600"),
+    ("FANOUT_IDLE_SECS", "600"),
+    ("FANOUT_ADMIN_ADDR", "127.0.0.1:0"),
+];
+
+/// `n` connections, each connected after the one before (so accepted in that order).
+async fn connect_in_order(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(TcpStream::connect(addr).await.expect("connect"));
+    }
+    out
+}
+
+/// A public request answered at once (a poll that does not wait): the public listener has no
+/// `/healthz` beside a separate admin one.
+const PUBLIC_REQUEST: &str = "/poll?timeout=0";
+
+/// A [`PUBLIC_REQUEST`] on a connection open already: it is answered `200`.
+async fn answered_on(conn: &mut TcpStream, what: &str) {
+    conn.write_all(b"GET /poll?timeout=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap_or_else(|e| panic!("{what}: write: {e}"));
+    let resp = response_on(conn, "GET", SOON)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: still open and answering: {e}"));
+    assert_eq!(resp.status(), 200, "{what}");
+}
+
+/// At an explicit cap of 4 held by idle sockets, a fifth connection's request is answered long
+/// before any deadline: the socket idle the longest (the first) is closed for it, and only that
+/// one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn past_an_explicit_cap_connections_wait_and_are_served_in_turn() {
-    let mut env = with_admin(DEADLINES);
+async fn at_the_cap_the_socket_idle_longest_makes_room_for_a_new_request() {
+    let mut env = with_admin(FAR_DEADLINES);
     env.push(("FANOUT_MAX_CONNECTIONS".into(), "4".into()));
     let r = start_owned("cap", &env).await;
     let addr = r.public_addr();
-    // Four idle sockets hold the cap; a fifth request waits until the deadline frees a place.
-    let mut idle = connect_idle(addr, 4, SOON).await.expect("connect");
-    r.wait_for_log("the connection cap is reached", WITHIN, |l| {
-        l["fields"]["max_connections"].as_u64() == Some(4)
-    })
-    .await
-    .expect("the cap is reached");
-    let resp = RawRequest::new("GET", "/healthz")
+    let mut idle = connect_in_order(addr, 4).await;
+    let resp = RawRequest::new("GET", PUBLIC_REQUEST)
         .send(addr, WITHIN)
         .await
-        .expect("a request past the cap is answered once a place frees");
+        .expect("a request past the cap is answered before the idle sockets' deadlines");
     assert_eq!(resp.status(), 200);
-    for s in &mut idle {
-        closed_by_peer(s, WITHIN).await.expect("idle sockets close");
+    closed_by_peer(&mut idle[0], SOON)
+        .await
+        .expect("the socket idle the longest was closed to make room");
+    for (i, conn) in idle.iter_mut().enumerate().skip(1) {
+        answered_on(conn, &format!("idle socket {i}")).await;
     }
+    assert_eq!(r.count(AT_CAP_PUBLIC).await.expect("metrics"), 1.0);
+}
+
+/// Requests in progress hold their places: at a cap of 4 held by two streams and two waiting
+/// polls, a fifth connection finds nothing idle (the cap is said to be reached with every
+/// connection busy) and waits; every stream and poll gets the next event, and the fifth is
+/// answered in the place a poll's connection leaves (nothing was closed to make room).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_with_a_request_in_progress_are_never_closed_to_make_room() {
+    let mut env = with_admin(FAR_DEADLINES);
+    env.push(("FANOUT_MAX_CONNECTIONS".into(), "4".into()));
+    let r = start_owned("cap-busy", &env).await;
+    let addr = r.public_addr();
+    let mut streams = Vec::new();
+    for i in 0..2 {
+        streams.push(open_stream_with(&r, SseRequest::mcp(), &format!("stream {i}")).await);
+    }
+    // Polls stay in hyper's hands while they wait (a stream leaves them after its head).
+    let polls: Vec<_> = (0..2)
+        .map(|_| {
+            tokio::spawn(async move {
+                RawRequest::new("GET", "/poll?timeout=60")
+                    .send(addr, WITHIN)
+                    .await
+            })
+        })
+        .collect();
+    r.wait_metric(r#"mcp_fanout_subscribers{kind="poll"}"#, WITHIN, |n| {
+        n >= 2.0
+    })
+    .await
+    .expect("both polls wait");
+    let fifth = tokio::spawn(async move {
+        RawRequest::new("GET", PUBLIC_REQUEST)
+            .send(addr, WITHIN)
+            .await
+    });
+    r.wait_for_log(
+        "the cap is reached with every connection busy",
+        WITHIN,
+        |l| {
+            l["fields"]["max_connections"].as_u64() == Some(4)
+                && l["fields"]["listener"].as_str() == Some("public")
+        },
+    )
+    .await
+    .expect("the fifth connection finds the cap reached and nothing idle");
+    let id = r
+        .publish_ok(&mcp_fanout_testkit::note(
+            "notifications/tools/list_changed",
+            "at-cap",
+            0,
+        ))
+        .await
+        .expect("publish on the admin listener");
+    for (i, s) in streams.iter_mut().enumerate() {
+        let got = s
+            .events(1, SOON)
+            .await
+            .unwrap_or_else(|e| panic!("stream {i} stays open and receives: {e}"));
+        assert_eq!(got[0].id.as_deref(), Some(id.as_str()), "stream {i}");
+    }
+    for (i, poll) in polls.into_iter().enumerate() {
+        let resp = poll
+            .await
+            .expect("join")
+            .unwrap_or_else(|e| panic!("poll {i} is answered: {e}"));
+        assert_eq!(resp.status(), 200, "poll {i}");
+        assert!(
+            resp.text().contains(&id),
+            "poll {i} gets the event: {}",
+            resp.text()
+        );
+    }
+    let resp = fifth
+        .await
+        .expect("join")
+        .expect("the fifth is answered once a poll's connection closes");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(r.count(AT_CAP_PUBLIC).await.expect("metrics"), 0.0);
+}
+
+/// The admin listener's cap (64) filled with idle sockets — by anyone who can reach its port —
+/// does not keep probes out: each probe's connection makes room.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_on_the_admin_listener_do_not_keep_probes_out() {
+    let r = start_owned("admin-idle", &with_admin(FAR_DEADLINES)).await;
+    let _idle = connect_idle(r.admin_addr(), 100, SOON)
+        .await
+        .expect("the idle sockets connect");
+    for path in ["/healthz", "/readyz", "/healthz"] {
+        let resp = RawRequest::new("GET", path)
+            .send(r.admin_addr(), WITHIN)
+            .await
+            .unwrap_or_else(|e| panic!("admin {path} is answered among idle sockets: {e}"));
+        assert_eq!(resp.status(), 200, "admin {path}");
+    }
+    let at_cap = r.count(AT_CAP_ADMIN).await.expect("metrics");
+    assert!(
+        at_cap >= 1.0,
+        "idle admin sockets closed to make room: {at_cap}"
+    );
 }

@@ -30,6 +30,13 @@ pub struct CodeLabel {
     pub code: &'static str,
 }
 
+/// A connection closed for doing nothing: on which listener, and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClosedLabel {
+    pub listener: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabel {
     pub task: &'static str,
@@ -57,6 +64,8 @@ pub struct Metrics {
     pub log_head: Gauge,
     /// Error answers, by code.
     pub http_errors: Family<CodeLabel, Counter>,
+    /// Connections closed for doing nothing, by listener and reason (`server::idle`).
+    pub connections_closed: Family<ClosedLabel, Counter>,
     /// 1 while the LISTEN connection is up (Postgres mode).
     pub listen_connected: Gauge,
     pub listen_reconnects: Counter,
@@ -97,6 +106,7 @@ impl Metrics {
         let deliver_lag = Histogram::new(exponential_buckets(0.000_25, 2.0, 16));
         let log_head = Gauge::default();
         let http_errors = Family::<CodeLabel, Counter>::default();
+        let connections_closed = Family::<ClosedLabel, Counter>::default();
         let listen_connected = Gauge::default();
         let listen_reconnects = Counter::default();
         let bridge_events = Counter::default();
@@ -142,6 +152,7 @@ impl Metrics {
             lag_window: Default::default(),
             log_head,
             http_errors,
+            connections_closed,
             listen_connected,
             listen_reconnects,
             bridge_events,
@@ -210,6 +221,11 @@ impl Metrics {
             "http_errors",
             "Error answers, by error code",
             self.http_errors.clone(),
+        );
+        registry.register(
+            "connections_closed",
+            "Connections closed for doing nothing (no request, idle, or idle at the connection cap), by listener and reason",
+            self.connections_closed.clone(),
         );
         registry.register(
             "listen_connected",

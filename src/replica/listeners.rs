@@ -8,7 +8,7 @@ use tokio::task::{Id, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use super::ServeError;
-use crate::server::{self, ConnOptions, ParseErrorCounts, RouterSlot};
+use crate::server::{self, ConnOptions, ListenerCounts, RouterSlot};
 
 /// A bound listener before it serves.
 pub struct Bound {
@@ -52,7 +52,7 @@ impl Listeners {
         bound: Bound,
         slot: RouterSlot,
         opts: ConnOptions,
-        refused: ParseErrorCounts,
+        refused: ListenerCounts,
     ) {
         tracing::info!(role = bound.role, addr = %bound.addr, "listening");
         let task = self.tasks.spawn(server::serve(

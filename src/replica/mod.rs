@@ -13,7 +13,9 @@ use crate::config::ServeConfig;
 use crate::db::DbError;
 use crate::http;
 use crate::per_client::PerClient;
-use crate::server::{ConnOptions, ConnectionsPerClient, ParseErrorCounts, RouterSlot};
+use crate::server::{
+    ConnOptions, ConnectionsPerClient, ListenerCounts, ListenerFamilies, RouterSlot,
+};
 use crate::shutdown::ShutdownSignal;
 use crate::supervise::Supervisor;
 use listeners::Listeners;
@@ -57,7 +59,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let admin_slot = admin.as_ref().map(|_| starting());
     let mut listeners = Listeners::new();
     let (public_opts, admin_opts) = conn_options(&config, open_files);
-    let refused = ParseErrorCounts::default();
+    let refused = ListenerCounts::default();
     listeners.serve(public, public_slot.clone(), public_opts, refused.clone());
     if let (Some(bound), Some(slot)) = (admin, admin_slot.clone()) {
         listeners.serve(bound, slot, admin_opts, refused.clone());
@@ -72,7 +74,10 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         }
     };
     let _ = st.cluster.public_addr.set(public_addr);
-    refused.count_into(st.metrics.http_errors.clone());
+    refused.count_into(ListenerFamilies {
+        http_errors: st.metrics.http_errors.clone(),
+        connections_closed: st.metrics.connections_closed.clone(),
+    });
     if st.admin_tokens.is_empty() {
         tracing::warn!(
             "no admin tokens configured: /admin/* answers only loopback requests to localhost"
@@ -152,6 +157,7 @@ fn conn_options(config: &ServeConfig, open_files: u64) -> (ConnOptions, ConnOpti
         "connection caps"
     );
     let public = ConnOptions {
+        role: "public",
         write_stall: config.write_stall(),
         first_request: Duration::from_secs(config.first_request_secs),
         idle: Duration::from_secs(config.idle_secs),
@@ -167,6 +173,7 @@ fn conn_options(config: &ServeConfig, open_files: u64) -> (ConnOptions, ConnOpti
             }),
     };
     let admin = ConnOptions {
+        role: "admin",
         max_connections: admin_cap,
         own_tasks: false,
         per_client: None,

@@ -4,15 +4,24 @@
 //! moment hyper hands it to the service until its response body is done (so a stream or a long
 //! poll is never idle); reading its body has a deadline of its own (`http::body`).
 //!
+//! And they make room: when a listener is at its connection cap and a new connection waits, the
+//! connection with nothing in progress for the longest ([`Sheddable`]) is closed at once, as
+//! its deadline would close it later. So sockets that do nothing (idle keep-alives, silent or
+//! slow-headed connections) never keep a client that has something to ask out; only requests in
+//! progress (streams, polls, calls) hold a listener full.
+//!
 //! Nothing here runs per request but a few atomic updates: the connection's task is not woken
 //! when a request starts or ends, and no timer is armed per request. One timer per connection
 //! checks the deadline when it would fall; while a request is in progress it looks again one
-//! deadline later.
+//! deadline later. A connection joins its listener's [`Sheddable`] table once, at accept, and
+//! leaves it when it closes; the table is searched only at the cap.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use slab::Slab;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 /// The requests in progress on one connection.
@@ -25,6 +34,11 @@ pub(super) struct Activity {
     idle_since_ns: AtomicU64,
     /// Whether any request has started on this connection.
     served: AtomicBool,
+    /// Set when the listener asks it to close to make room ([`Sheddable`]), until it has
+    /// answered: it is not asked twice.
+    asked: AtomicBool,
+    /// The listener's ask.
+    shed: Notify,
 }
 
 /// One request in progress; dropped with its response body.
@@ -48,13 +62,19 @@ pub(super) enum Idle {
     NoRequest,
     /// No request in progress for the idle deadline.
     BetweenRequests,
+    /// Nothing in progress when its listener, at its cap, needed the place for a new connection.
+    AtCap,
 }
 
 impl Idle {
+    pub(super) const ALL: [Idle; 3] = [Idle::NoRequest, Idle::BetweenRequests, Idle::AtCap];
+
+    /// The reason's name in logs and in `mcp_fanout_connections_closed_total{reason}`.
     pub(super) fn as_str(self) -> &'static str {
         match self {
             Idle::NoRequest => "no_request",
             Idle::BetweenRequests => "idle",
+            Idle::AtCap => "at_cap",
         }
     }
 }
@@ -66,7 +86,18 @@ impl Activity {
             in_flight: AtomicUsize::new(0),
             idle_since_ns: AtomicU64::new(0),
             served: AtomicBool::new(false),
+            asked: AtomicBool::new(false),
+            shed: Notify::new(),
         })
+    }
+
+    fn busy(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) > 0
+    }
+
+    /// Since when nothing has been in progress (meaningful only when not [`Self::busy`]).
+    fn idle_since(&self) -> Instant {
+        self.born + Duration::from_nanos(self.idle_since_ns.load(Ordering::Acquire))
     }
 
     /// A request starts: the connection is not idle until it is dropped.
@@ -75,29 +106,132 @@ impl Activity {
         self.served.store(true, Ordering::Release);
         InFlight(self.clone())
     }
+}
 
-    /// Resolves when the connection has done nothing for its deadline: `first_request` after
-    /// accept if no request has started, else `idle` after the last one ended.
+/// The connections of one listener, so that at its cap the one idle the longest can be asked to
+/// close (see the module's doc).
+#[derive(Default)]
+pub(super) struct Sheddable {
+    conns: Mutex<Table>,
+}
+
+/// The connections, and where the next search starts.
+#[derive(Default)]
+struct Table {
+    conns: Slab<Arc<Activity>>,
+    next: usize,
+}
+
+/// The idle connections one search compares, at most: the one idle the longest among them is
+/// asked. The search goes round the table from where the last one stopped, so a flood of new
+/// connections at the cap costs a bounded look each, not a pass over every open connection;
+/// with fewer idle connections than this, it is the one idle the longest of all.
+const SEARCH_IDLE: usize = 64;
+
+/// A connection's entry in its listener's [`Sheddable`] table, removed when dropped (when the
+/// connection's task ends).
+pub(super) struct Member {
+    table: Arc<Sheddable>,
+    key: usize,
+    activity: Arc<Activity>,
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        let mut table = self.table.conns.lock().unwrap_or_else(|p| p.into_inner());
+        table.conns.try_remove(self.key);
+    }
+}
+
+impl Sheddable {
+    /// Enters a new connection in the table.
+    pub(super) fn join(self: &Arc<Self>, activity: Arc<Activity>) -> Member {
+        let key = self
+            .conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .conns
+            .insert(activity.clone());
+        Member {
+            table: self.clone(),
+            key,
+            activity,
+        }
+    }
+
+    /// Asks the connection with nothing in progress for the longest (not asked already; among
+    /// the first [`SEARCH_IDLE`] found) to close; `false` when every connection has a request in
+    /// progress. One that has started a request by the time it hears the ask stays open and
+    /// passes the ask on.
+    pub(super) fn ask_longest_idle(&self) -> bool {
+        let mut table = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+        let slots = table.conns.capacity();
+        let start = table.next % slots.max(1);
+        let (mut longest, mut found, mut stop): (Option<&Arc<Activity>>, usize, usize) =
+            (None, 0, start);
+        for i in (start..slots).chain(0..start) {
+            stop = i + 1;
+            let Some(a) = table.conns.get(i) else {
+                continue;
+            };
+            if a.busy() || a.asked.load(Ordering::Acquire) {
+                continue;
+            }
+            found += 1;
+            if longest.is_none_or(|l| a.idle_since() < l.idle_since()) {
+                longest = Some(a);
+            }
+            if found == SEARCH_IDLE {
+                break;
+            }
+        }
+        let longest = longest.cloned();
+        table.next = stop;
+        match longest {
+            Some(a) => {
+                a.asked.store(true, Ordering::Release);
+                a.shed.notify_one();
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+impl Member {
+    /// Resolves when the connection has done nothing for its deadline — `first_request` after
+    /// accept if no request has started, else `idle` after the last one ended — or when it has
+    /// nothing in progress and its listener needs its place ([`Sheddable::ask_longest_idle`]).
     pub(super) async fn expired(&self, first_request: Duration, idle: Duration) -> Idle {
+        let a = &self.activity;
         loop {
-            let (limit, why) = if self.served.load(Ordering::Acquire) {
+            let (limit, why) = if a.served.load(Ordering::Acquire) {
                 (idle, Idle::BetweenRequests)
             } else {
                 (first_request, Idle::NoRequest)
             };
             let now = Instant::now();
-            let deadline = if self.in_flight.load(Ordering::Acquire) > 0 {
+            let deadline = if a.busy() {
                 // Busy: nothing can expire before a request ends and `limit` passes after it.
                 now + limit
             } else {
-                let since = self.idle_since_ns.load(Ordering::Acquire);
-                let deadline = self.born + Duration::from_nanos(since) + limit;
+                let deadline = a.idle_since() + limit;
                 if deadline <= now {
                     return why;
                 }
                 deadline
             };
-            tokio::time::sleep_until(deadline).await;
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                () = a.shed.notified() => {
+                    if !a.busy() {
+                        return Idle::AtCap;
+                    }
+                    // A request started since it was chosen: another connection is asked.
+                    a.asked.store(false, Ordering::Release);
+                    self.table.ask_longest_idle();
+                }
+            }
         }
     }
 }
@@ -106,16 +240,21 @@ impl Activity {
 mod tests {
     use super::*;
 
+    fn member(table: &Arc<Sheddable>) -> Member {
+        table.join(Activity::new())
+    }
+
     #[tokio::test]
     async fn deadlines_count_only_while_nothing_is_in_progress() {
-        let activity = Activity::new();
+        let table = Arc::new(Sheddable::default());
+        let activity = member(&table);
         let first = Duration::from_millis(100);
         let idle = Duration::from_millis(300);
         let started = Instant::now();
         assert_eq!(activity.expired(first, idle).await, Idle::NoRequest);
         assert!(started.elapsed() >= first);
 
-        let request = activity.begin();
+        let request = activity.activity.begin();
         let waiting = tokio::time::timeout(idle * 3, activity.expired(first, idle));
         assert!(
             waiting.await.is_err(),
@@ -125,5 +264,90 @@ mod tests {
         let ended = Instant::now();
         assert_eq!(activity.expired(first, idle).await, Idle::BetweenRequests);
         assert!(ended.elapsed() >= idle);
+    }
+
+    #[tokio::test]
+    async fn at_the_cap_the_connection_idle_longest_is_asked_and_a_busy_one_passes_the_ask_on() {
+        use futures::FutureExt;
+        let table = Arc::new(Sheddable::default());
+        let long = Duration::from_secs(3600);
+        // Joined in this order: `oldest` idle since before the others.
+        let oldest = member(&table);
+        let busy = member(&table);
+        let newer = member(&table);
+        let _in_progress = busy.activity.begin();
+        let heard = |m: &Member| m.expired(long, long).now_or_never();
+
+        assert!(table.ask_longest_idle());
+        assert_eq!(heard(&busy), None, "a busy connection is never asked");
+        assert_eq!(heard(&newer), None, "only the one idle longest is asked");
+        assert_eq!(heard(&oldest), Some(Idle::AtCap));
+        drop(oldest);
+
+        // The next ask goes to `newer`; it starts a request before it hears it, so it stays
+        // open and the ask passes on: with nobody else idle, to nobody.
+        let late = member(&table);
+        assert!(table.ask_longest_idle());
+        let started = newer.activity.begin();
+        assert_eq!(
+            heard(&newer),
+            None,
+            "a connection that started a request stays"
+        );
+        assert_eq!(heard(&late), Some(Idle::AtCap), "the ask passed on");
+        drop(late);
+        assert!(!table.ask_longest_idle(), "nothing idle: nobody is asked");
+        drop(started);
+        assert!(
+            table.ask_longest_idle(),
+            "idle again: it may be asked again"
+        );
+        assert_eq!(heard(&newer), Some(Idle::AtCap));
+    }
+
+    #[tokio::test]
+    async fn a_search_looks_at_a_bounded_part_of_a_large_table_and_goes_round_it() {
+        use futures::FutureExt;
+        let table = Arc::new(Sheddable::default());
+        let long = Duration::from_secs(3600);
+        let n = SEARCH_IDLE * 3 + 5;
+        let members: Vec<Member> = (0..n).map(|_| member(&table)).collect();
+        let mut asked = vec![false; n];
+        for round in 0..n {
+            assert!(
+                table.ask_longest_idle(),
+                "round {round}: an idle one is asked"
+            );
+            let heard: Vec<usize> = (0..n)
+                .filter(|&i| !asked[i] && members[i].expired(long, long).now_or_never().is_some())
+                .collect();
+            assert_eq!(
+                heard.len(),
+                1,
+                "round {round}: exactly one is asked: {heard:?}"
+            );
+            asked[heard[0]] = true;
+        }
+        assert!(
+            asked.iter().all(|a| *a),
+            "every idle connection is reached in turn"
+        );
+        assert!(!table.ask_longest_idle(), "each is asked once");
+    }
+
+    /// The metrics table of docs/api.md names every reason.
+    #[test]
+    fn the_documented_metric_names_every_reason() {
+        let doc = include_str!("../../docs/api.md");
+        let row = doc
+            .lines()
+            .find(|l| l.starts_with("| `mcp_fanout_connections_closed_total"))
+            .unwrap_or_else(|| panic!("docs/api.md has no row for connections_closed"));
+        for why in Idle::ALL {
+            assert!(
+                row.contains(&format!("`{}`", why.as_str())),
+                "{why:?}: {row}"
+            );
+        }
     }
 }

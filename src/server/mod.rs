@@ -2,10 +2,13 @@
 //! socket (hyper has no write timeout), per-connection info for handlers, event streams handed
 //! off to their own writers after the head, graceful shutdown.
 //!
-//! Open connections are capped below the open-file limit: at the cap the loop stops accepting
-//! (new connections wait in the kernel's listen backlog) until one closes, so `accept` never
-//! fails for want of a file descriptor and the admin listener, which has a cap of its own, keeps
-//! answering. Connections that do nothing are closed ([`idle`]).
+//! Open connections are capped below the open-file limit. At the cap, a connection just accepted
+//! takes the place of the one with nothing in progress for the longest, which is closed
+//! ([`idle`]); with every connection busy the loop stops accepting (new connections wait in the
+//! kernel's listen backlog) until one closes. So `accept` never fails for want of a file
+//! descriptor (one connection beyond the cap waits accepted, within the files kept for the
+//! process), idle sockets never keep a client out, and the admin listener, which has a cap of its
+//! own, keeps answering. Connections that do nothing are closed by their deadlines too.
 
 pub mod handoff;
 mod idle;
@@ -36,12 +39,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::metrics::CodeLabel;
+use crate::metrics::{ClosedLabel, CodeLabel};
 use crate::per_client::{ClientKey, PerClient, Place};
 use crate::socket::{SocketState, StreamCut};
 use crate::trusted_proxies::TrustedProxies;
 use handoff::HandOff;
-use idle::Activity;
+use idle::{Activity, Idle, Sheddable};
 use own_task::OwnTask;
 use parse_errors::{Exchanges, ParseError};
 use self_wake::SelfWake;
@@ -129,6 +132,8 @@ const MAX_REFUSALS_ANSWERING: usize = 64;
 
 #[derive(Clone)]
 pub struct ConnOptions {
+    /// The listener's name in logs and metrics (`public`, `admin`).
+    pub role: &'static str,
     pub write_stall: Duration,
     /// A connection that has not started a request this long after accept is closed.
     pub first_request: Duration,
@@ -164,21 +169,48 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 /// How often reaching the connection cap is logged, at most.
 const CAP_LOG_EVERY: Duration = Duration::from_secs(10);
 
-/// Where the requests hyper refuses while parsing them are counted: the replica's
-/// `http_errors` metric once its state is built (the listeners serve before; a refusal while the
-/// replica starts is answered, not counted).
+/// Where the listeners count what happens below the router, once the replica's state is built
+/// (the listeners serve before; what happens while the replica starts is not counted): the
+/// requests hyper refuses while parsing them and the connections refused at accept
+/// (`http_errors`), and the connections closed for doing nothing (`connections_closed`).
 #[derive(Clone, Default)]
-pub struct ParseErrorCounts(Arc<OnceLock<Family<CodeLabel, Counter>>>);
+pub struct ListenerCounts(Arc<OnceLock<ListenerFamilies>>);
 
-impl ParseErrorCounts {
-    /// Counts from now on into `family` (the first call wins).
-    pub fn count_into(&self, family: Family<CodeLabel, Counter>) {
-        let _ = self.0.set(family);
+/// The metric families [`ListenerCounts`] counts into.
+pub struct ListenerFamilies {
+    pub http_errors: Family<CodeLabel, Counter>,
+    pub connections_closed: Family<ClosedLabel, Counter>,
+}
+
+impl ListenerCounts {
+    /// Counts from now on into `families` (the first call wins). Every listener's reasons are
+    /// created at zero, so rates and alerts see zeros, not gaps.
+    pub fn count_into(&self, families: ListenerFamilies) {
+        for listener in ["public", "admin"] {
+            for why in Idle::ALL {
+                let _ = families.connections_closed.get_or_create(&ClosedLabel {
+                    listener,
+                    reason: why.as_str(),
+                });
+            }
+        }
+        let _ = self.0.set(families);
     }
 
     fn count(&self, code: &'static str) {
-        if let Some(family) = self.0.get() {
-            family.get_or_create(&CodeLabel { code }).inc();
+        if let Some(f) = self.0.get() {
+            f.http_errors.get_or_create(&CodeLabel { code }).inc();
+        }
+    }
+
+    fn closed(&self, listener: &'static str, why: Idle) {
+        if let Some(f) = self.0.get() {
+            f.connections_closed
+                .get_or_create(&ClosedLabel {
+                    listener,
+                    reason: why.as_str(),
+                })
+                .inc();
         }
     }
 }
@@ -226,7 +258,7 @@ pub async fn serve(
     slot: RouterSlot,
     opts: ConnOptions,
     stop: CancellationToken,
-    refused: ParseErrorCounts,
+    refused: ListenerCounts,
 ) {
     let builder = http_builder(opts.write_stall, opts.http2_max_streams);
     let graceful = GracefulShutdown::new();
@@ -236,10 +268,8 @@ pub async fn serve(
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_ANSWERING));
     let mut refusal_logged: Option<Instant> = None;
     let (first_request, idle) = (opts.first_request, opts.idle);
+    let sheddable = Arc::new(Sheddable::default());
     loop {
-        let Some(slot_permit) = connection_slot(&slots, &stop, &mut cap_logged, &opts).await else {
-            break;
-        };
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
             accepted = listener.accept() => match accepted {
@@ -253,11 +283,11 @@ pub async fn serve(
                 }
             },
         };
+        // The client's bound first: a client past it never makes room for itself.
         let client_place = match opts.per_client.as_ref().map(|l| l.admit(peer.ip())) {
             None | Some(Admit::Exempt) => None,
             Some(Admit::Placed(place)) => Some(place),
             Some(Admit::Refused) => {
-                drop(slot_permit);
                 refuse(stream, peer, &refusals, &refused, &opts);
                 if refusal_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
                     refusal_logged = Some(Instant::now());
@@ -265,6 +295,15 @@ pub async fn serve(
                 }
                 continue;
             }
+        };
+        let cap = Cap {
+            slots: &slots,
+            stop: &stop,
+            sheddable: &sheddable,
+            opts: &opts,
+        };
+        let Some(slot_permit) = cap.slot(&mut cap_logged).await else {
+            break;
         };
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
@@ -292,7 +331,9 @@ pub async fn serve(
         let handoff = info.handoff.clone();
         let slot = slot.clone();
         let activity = Activity::new();
-        let watched = activity.clone();
+        let member = sheddable.join(activity.clone());
+        let counts = refused.clone();
+        let role = opts.role;
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             let mut conn = info.clone();
             if req.version() >= hyper::Version::HTTP_2 {
@@ -329,10 +370,12 @@ pub async fn serve(
                     }
                 }
                 never = OwnTask::run_if_any(own_task.as_ref()) => match never {},
-                why = watched.expired(first_request, idle) => {
+                why = member.expired(first_request, idle) => {
+                    counts.closed(role, why);
                     tracing::debug!(%peer, reason = why.as_str(), "closing a connection that does nothing");
                 }
             }
+            drop(member);
             if let Some(own) = &own_task {
                 own.end();
             }
@@ -351,7 +394,7 @@ fn refuse(
     stream: TcpStream,
     peer: SocketAddr,
     refusals: &Arc<Semaphore>,
-    refused: &ParseErrorCounts,
+    refused: &ListenerCounts,
     opts: &ConnOptions,
 ) {
     refused.count(ParseError::TooManyConnections.code());
@@ -386,28 +429,36 @@ fn http_builder(write_stall: Duration, http2_max_streams: u32) -> auto::Builder<
     builder
 }
 
-/// A slot under the connection cap; at the cap, the next connection waits in the listen backlog
-/// (said at most every `CAP_LOG_EVERY`). `None` once `stop` is cancelled.
-async fn connection_slot(
-    slots: &Arc<Semaphore>,
-    stop: &CancellationToken,
-    cap_logged: &mut Option<Instant>,
-    opts: &ConnOptions,
-) -> Option<OwnedSemaphorePermit> {
-    match slots.clone().try_acquire_owned() {
-        Ok(p) => Some(p),
-        Err(_) => {
-            if cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
-                *cap_logged = Some(Instant::now());
-                tracing::warn!(
-                    max_connections = opts.max_connections,
-                    "connection cap reached; new connections wait in the listen backlog"
-                );
-            }
-            tokio::select! {
-                _ = stop.cancelled() => None,
-                p = slots.clone().acquire_owned() => p.ok(),
-            }
+/// A listener's connection cap, and what makes room under it.
+struct Cap<'a> {
+    slots: &'a Arc<Semaphore>,
+    stop: &'a CancellationToken,
+    sheddable: &'a Arc<Sheddable>,
+    opts: &'a ConnOptions,
+}
+
+impl Cap<'_> {
+    /// A place under the cap for a connection just accepted. At the cap, the connection with
+    /// nothing in progress for the longest is asked to close ([`idle`]) and its place is taken
+    /// when it has; with every connection busy, the new one waits for any to close (the ones
+    /// after it in the listen backlog), as it is said at most every `CAP_LOG_EVERY`. `None` once
+    /// `stop` is cancelled.
+    async fn slot(&self, cap_logged: &mut Option<Instant>) -> Option<OwnedSemaphorePermit> {
+        if let Ok(p) = self.slots.clone().try_acquire_owned() {
+            return Some(p);
+        }
+        let asked = self.sheddable.ask_longest_idle();
+        if !asked && cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+            *cap_logged = Some(Instant::now());
+            tracing::warn!(
+                listener = self.opts.role,
+                max_connections = self.opts.max_connections,
+                "connection cap reached with every connection busy; new connections wait for one to close"
+            );
+        }
+        tokio::select! {
+            _ = self.stop.cancelled() => None,
+            p = self.slots.clone().acquire_owned() => p.ok(),
         }
     }
 }

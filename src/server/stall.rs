@@ -16,7 +16,7 @@ use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
 use super::{handoff, parse_errors};
-use super::{ConnInfo, ParseErrorCounts};
+use super::{ConnInfo, ListenerCounts};
 use crate::socket::{Attached, Cut};
 
 /// A socket whose writes fail with `TimedOut` once the kernel has accepted nothing for `limit`.
@@ -33,7 +33,7 @@ pub(super) struct StallGuard {
     info: ConnInfo,
     writers: TaskTracker,
     /// Where a request hyper refuses is counted.
-    refused: ParseErrorCounts,
+    refused: ListenerCounts,
 }
 
 impl StallGuard {
@@ -42,7 +42,7 @@ impl StallGuard {
         limit: Duration,
         info: ConnInfo,
         writers: TaskTracker,
-        refused: ParseErrorCounts,
+        refused: ListenerCounts,
     ) -> StallGuard {
         StallGuard {
             inner: Some(info.socket.attach(inner)),
@@ -243,7 +243,7 @@ mod tests {
             Duration::from_millis(200),
             info.clone(),
             TaskTracker::new(),
-            ParseErrorCounts::default(),
+            ListenerCounts::default(),
         );
         let chunk = vec![b'x'; 64 * 1024];
         let started = std::time::Instant::now();
@@ -275,7 +275,7 @@ mod tests {
             limit,
             info.clone(),
             TaskTracker::new(),
-            ParseErrorCounts::default(),
+            ListenerCounts::default(),
         );
         // The client reads 2 KB every 50 ms: far too slow for the socket to take a 64 KiB write
         // within the deadline, fast enough to acknowledge something within it.
