@@ -597,11 +597,13 @@ def assert_alerts() -> str:
         ("McpFanoutUpstreamFailing", 'mcp_fanout_http_errors_total'),
         ("McpFanoutProxyRelaysCut", 'mcp_fanout_proxy_relays_cut_total'),
         ("McpFanoutAdminAttemptsRefused", 'mcp_fanout_http_errors_total'),
+        ("McpFanoutAdminConnectionsAtCap", 'mcp_fanout_connections_closed_total'),
     ]:
         expect(needle in rules.get(alert, ""), f"{alert}: {rules.get(alert)}")
     expect('reason=~"lagging|write_stall"' in rules["McpFanoutSlowSubscriberDrops"], "drop reasons")
     expect('code="upstream_busy"' in rules["McpFanoutUpstreamBusy"], "upstream_busy code")
     expect('code="too_many_failed_attempts"' in rules["McpFanoutAdminAttemptsRefused"], "too_many_failed_attempts code")
+    expect('listener="admin", reason="at_cap"' in rules["McpFanoutAdminConnectionsAtCap"], "admin at_cap labels")
     expect('code=~"upstream_unreachable|upstream_invalid|upstream_timeout|upstream_cut"' in rules["McpFanoutUpstreamFailing"], "upstream failure codes")
     for alert, expr in rules.items():
         expect(expr.count("(") == expr.count(")") and expr.count("{") == expr.count("}"), f"{alert}: unbalanced {expr}")
