@@ -125,6 +125,12 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_ADMIN_FAILED_ATTEMPTS_PER_MIN", default_value_t = 60, value_parser = clap::value_parser!(u32).range(1..))]
     pub admin_failed_attempts_per_min: u32,
 
+    /// How often one session may be claimed by a new stream, per minute, once its burst of 10 is
+    /// used (each claim is a database write and a NOTIFY every replica reads); a stream past it is
+    /// shed with `retry:`. `0`: no limit.
+    #[arg(long, env = "FANOUT_SESSION_CLAIMS_PER_MIN", default_value_t = 60)]
+    pub session_claims_per_min: u32,
+
     /// Recent events kept in memory per replica (in memory mode: the whole log).
     #[arg(long, env = "FANOUT_MEMORY_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_events: u64,

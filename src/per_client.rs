@@ -8,6 +8,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 /// One client, as limits count clients: an IPv4 address, or an IPv6 /64 (one host's usual
 /// allocation, so a host cannot multiply itself by its addresses); an IPv4-mapped address is its
@@ -128,5 +129,22 @@ mod tests {
         let _plain = t.take(key("192.0.2.1")).expect("the same client's second");
         assert!(t.take(key("192.0.2.1")).is_none());
         drop(v6);
+    }
+}
+
+/// A token bucket's state: what was left at `at` (may be below zero: uses counted while earlier
+/// ones were in progress, which the refill then pays back). The admin attempt limit and the
+/// session claim rate keep one per key.
+#[derive(Debug, Clone, Copy)]
+pub struct Bucket {
+    pub left: f64,
+    pub at: Instant,
+}
+
+impl Bucket {
+    /// What is left at `now`: what was plus `per_sec` a second since, at most `burst`.
+    pub fn refilled(self, now: Instant, burst: f64, per_sec: f64) -> f64 {
+        let secs = now.saturating_duration_since(self.at).as_secs_f64();
+        (self.left + secs * per_sec).min(burst)
     }
 }

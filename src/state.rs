@@ -15,6 +15,7 @@ use crate::event::PublishLimits;
 use crate::log::memory::{MemoryLimits, MemoryLog};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
+use crate::session::claim_rate::ClaimRate;
 use crate::session::memory::MemorySessions;
 use crate::session::SessionStore;
 use crate::shutdown::Lifecycle;
@@ -39,6 +40,8 @@ pub struct State {
     pub allowed_origins: Vec<String>,
     /// The `Host` names the public endpoints answer (`None`: any).
     pub allowed_hosts: Option<crate::config::AllowedHosts>,
+    /// How often one session may be claimed (`FANOUT_SESSION_CLAIMS_PER_MIN`; `None`: no limit).
+    pub claim_rate: Option<ClaimRate>,
     /// One permit per byte of `POST`/`DELETE /mcp` bodies held (`FANOUT_BODY_MEMORY_BYTES`).
     pub body_memory: Arc<tokio::sync::Semaphore>,
     pub started_at: SystemTime,
@@ -189,6 +192,7 @@ impl State {
             allowed_origins: config.allowed_origins(),
             allowed_hosts: config.allowed_hosts(),
             body_memory: Arc::new(tokio::sync::Semaphore::new(config.body_memory_bytes())),
+            claim_rate: ClaimRate::new(config.session_claims_per_min),
             config,
             subscriber_auth,
             upstream,

@@ -674,6 +674,16 @@ def assert_trusted_proxies() -> str:
     return "a list joined, [] = none, null = unset; clientAddressHeader passed when not the default"
 
 
+def assert_session_claims() -> str:
+    _, _, c = server(d())
+    default = env_value(c, "FANOUT_SESSION_CLAIMS_PER_MIN")
+    expect(default == "60", f"defaults: {default}")
+    _, _, c = server(RENDERED["all-on"])
+    set_ = env_value(c, "FANOUT_SESSION_CLAIMS_PER_MIN")
+    expect(set_ == "120", f"all-on: {set_}")
+    return f"passed as set (default {default}, all-on {set_})"
+
+
 def assert_trusted_proxies_note() -> str:
     def notes(values: dict[str, Any]) -> str:
         return next(t for src, t in render(values).items() if src.endswith("NOTES.txt"))
@@ -717,6 +727,7 @@ for name, fn in [
     ("in-memory: single replica", assert_in_memory),
     ("config.trustedProxies: list, none, unset; config.clientAddressHeader", assert_trusted_proxies),
     ("NOTES.txt: trustedProxies unset behind an ingress", assert_trusted_proxies_note),
+    ("config.sessionClaimsPerMin", assert_session_claims),
     ("proxy.caCert / caConfigMap: mounted, FANOUT_UPSTREAM_CA_FILE names it", assert_upstream_ca),
 ]:
     check(name, fn)

@@ -18,21 +18,13 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::per_client::ClientKey;
+use crate::per_client::{Bucket, ClientKey};
 
 /// Most sources remembered at once.
 pub const MAX_SOURCES: usize = 4096;
 
 /// Least time between two `warn` lines about refused attempts.
 const LOG_EVERY: Duration = Duration::from_secs(10);
-
-/// Attempts left to a source. May go below zero (attempts that were compared while earlier ones
-/// were still in progress), which the refill then pays back.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    left: f64,
-    at: Instant,
-}
 
 struct Table {
     sources: HashMap<ClientKey, Bucket>,
@@ -105,7 +97,7 @@ impl FailedAttempts {
         if !t.sources.contains_key(&source) && t.sources.len() >= MAX_SOURCES {
             let (burst, per_sec) = (self.burst, self.per_sec);
             t.sources
-                .retain(|_, b| refill(*b, now, burst, per_sec) < burst);
+                .retain(|_, b| b.refilled(now, burst, per_sec) < burst);
         }
         let full = Bucket {
             left: self.burst,
@@ -116,7 +108,7 @@ impl FailedAttempts {
         } else {
             t.overflow.get_or_insert(full)
         };
-        let left = refill(*bucket, now, self.burst, self.per_sec);
+        let left = bucket.refilled(now, self.burst, self.per_sec);
         *bucket = Bucket {
             left: left - 1.0,
             at: now,
@@ -124,7 +116,7 @@ impl FailedAttempts {
     }
 
     fn refilled(&self, b: Bucket, now: Instant) -> f64 {
-        refill(b, now, self.burst, self.per_sec)
+        b.refilled(now, self.burst, self.per_sec)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
@@ -135,11 +127,6 @@ impl FailedAttempts {
     fn remembered(&self) -> usize {
         self.lock().sources.len()
     }
-}
-
-fn refill(b: Bucket, now: Instant, burst: f64, per_sec: f64) -> f64 {
-    let secs = now.saturating_duration_since(b.at).as_secs_f64();
-    (b.left + secs * per_sec).min(burst)
 }
 
 #[cfg(test)]

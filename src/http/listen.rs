@@ -399,6 +399,11 @@ fn shed_error(reason: ShedReason, id: &Value) -> RpcError {
             StatusCode::TOO_MANY_REQUESTS,
             "this client holds as many streams on this replica as it may (FANOUT_MAX_SUBSCRIBERS_PER_CLIENT); end one first",
         ),
+        // Listen streams claim no session; kept for completeness.
+        ShedReason::ClaimRate => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this session was claimed more often than FANOUT_SESSION_CLAIMS_PER_MIN allows; retry later",
+        ),
     };
     RpcError::new(status, id, codes::SERVER_ERROR, message)
 }

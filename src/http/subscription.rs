@@ -60,6 +60,14 @@ pub(super) async fn open(
         Ok(g) => g,
         Err(shed) => return Ok(Open::Shed(shed)),
     };
+    // A session claimed too often by one owner (a client reconnecting in a loop) is shed before
+    // the database is asked anything: its claim would be a write (`session::claim_rate`).
+    if let (Some(rate), Some(s), Some(owner)) = (&st.claim_rate, &req.session, req.owner) {
+        if !rate.take(s, owner, std::time::Instant::now()) {
+            drop(guard);
+            return Ok(Open::Shed(counted(ShedReason::ClaimRate, st)));
+        }
+    }
     let bounds = match st.log.bounds().await {
         Ok(b) => b,
         Err(error) => {

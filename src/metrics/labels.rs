@@ -87,14 +87,17 @@ pub enum ShedReason {
     Database,
     /// The client holds its share of the slots (`FANOUT_MAX_SUBSCRIBERS_PER_CLIENT`).
     ClientLimit,
+    /// The stream's session was claimed more often than `FANOUT_SESSION_CLAIMS_PER_MIN`.
+    ClaimRate,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 4] = [
+    pub const ALL: [ShedReason; 5] = [
         ShedReason::Capacity,
         ShedReason::Draining,
         ShedReason::Database,
         ShedReason::ClientLimit,
+        ShedReason::ClaimRate,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -103,6 +106,7 @@ impl ShedReason {
             ShedReason::Draining => "draining",
             ShedReason::Database => "database",
             ShedReason::ClientLimit => "client_limit",
+            ShedReason::ClaimRate => "claim_rate",
         }
     }
 }
@@ -178,6 +182,7 @@ mod tests {
                 ShedReason::Draining => 1,
                 ShedReason::Database => 2,
                 ShedReason::ClientLimit => 3,
+                ShedReason::ClaimRate => 4,
             };
             assert_eq!(i, at, "{r:?}");
         }
@@ -217,7 +222,13 @@ mod tests {
         );
         assert_eq!(
             ShedReason::ALL.map(ShedReason::as_str),
-            ["capacity", "draining", "database", "client_limit"]
+            [
+                "capacity",
+                "draining",
+                "database",
+                "client_limit",
+                "claim_rate"
+            ]
         );
         assert_eq!(
             Task::ALL.map(Task::as_str),

@@ -5,6 +5,7 @@
 //! (`broadcast::stream_claims`: which local stream holds a session), on others through the
 //! control channel (`bridge::control`).
 
+pub mod claim_rate;
 pub mod memory;
 pub mod minted;
 pub mod postgres;

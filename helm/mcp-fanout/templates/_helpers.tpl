@@ -323,6 +323,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   value: {{ $c.bodyTimeoutSecs | int64 | quote }}
 - name: FANOUT_MAX_SESSIONS
   value: {{ $c.maxSessions | int64 | quote }}
+- name: FANOUT_SESSION_CLAIMS_PER_MIN
+  value: {{ $c.sessionClaimsPerMin | int64 | quote }}
 - name: FANOUT_BODY_MEMORY_BYTES
   value: {{ $c.bodyMemoryBytes | int64 | quote }}
 - name: FANOUT_HTTP2_MAX_STREAMS
