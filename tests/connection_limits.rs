@@ -226,6 +226,18 @@ async fn connect_in_order(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
 /// `/healthz` beside a separate admin one.
 const PUBLIC_REQUEST: &str = "/poll?timeout=0";
 
+/// Whether a connection open already (or closed by the replica) still answers a
+/// [`PUBLIC_REQUEST`].
+async fn answers(conn: &mut TcpStream) -> bool {
+    let sent = conn
+        .write_all(b"GET /poll?timeout=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    sent.is_ok()
+        && response_on(conn, "GET", SOON)
+            .await
+            .is_ok_and(|r| r.status() == 200)
+}
+
 /// A [`PUBLIC_REQUEST`] on a connection open already: it is answered `200`.
 async fn answered_on(conn: &mut TcpStream, what: &str) {
     conn.write_all(b"GET /poll?timeout=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
@@ -261,12 +273,13 @@ async fn at_the_cap_the_socket_idle_longest_makes_room_for_a_new_request() {
     assert_eq!(r.count(AT_CAP_PUBLIC).await.expect("metrics"), 1.0);
 }
 
-/// Requests in progress hold their places: at a cap of 4 held by two streams and two waiting
-/// polls, a fifth connection finds nothing idle (the cap is said to be reached with every
-/// connection busy) and waits; every stream and poll gets the next event, and the fifth is
-/// answered in the place a poll's connection leaves (nothing was closed to make room).
+/// Requests in progress hold their places, and a connection that goes idle gives up its own: at a
+/// cap of 4 held by two streams and two waiting polls (on keep-alive connections), a fifth
+/// connection finds nothing idle (the cap is said to be reached with every connection busy) and
+/// waits. Once the polls are answered their connections are idle keep-alives, far from their
+/// deadline: the first gives up its place to the fifth. The streams are never closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_with_a_request_in_progress_are_never_closed_to_make_room() {
+async fn busy_connections_keep_their_places_and_one_going_idle_gives_up_its_own() {
     let mut env = with_admin(FAR_DEADLINES);
     env.push(("FANOUT_MAX_CONNECTIONS".into(), "4".into()));
     let r = start_owned("cap-busy", &env).await;
@@ -276,15 +289,12 @@ async fn connections_with_a_request_in_progress_are_never_closed_to_make_room() 
         streams.push(open_stream_with(&r, SseRequest::mcp(), &format!("stream {i}")).await);
     }
     // Polls stay in hyper's hands while they wait (a stream leaves them after its head).
-    let polls: Vec<_> = (0..2)
-        .map(|_| {
-            tokio::spawn(async move {
-                RawRequest::new("GET", "/poll?timeout=60")
-                    .send(addr, WITHIN)
-                    .await
-            })
-        })
-        .collect();
+    let mut polls = connect_in_order(addr, 2).await;
+    for p in &mut polls {
+        p.write_all(b"GET /poll?timeout=60 HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            .await
+            .expect("poll");
+    }
     r.wait_metric(r#"mcp_fanout_subscribers{kind="poll"}"#, WITHIN, |n| {
         n >= 2.0
     })
@@ -305,25 +315,23 @@ async fn connections_with_a_request_in_progress_are_never_closed_to_make_room() 
     )
     .await
     .expect("the fifth connection finds the cap reached and nothing idle");
-    let id = r
-        .publish_ok(&mcp_fanout_testkit::note(
-            "notifications/tools/list_changed",
-            "at-cap",
-            0,
-        ))
-        .await
-        .expect("publish on the admin listener");
-    for (i, s) in streams.iter_mut().enumerate() {
-        let got = s
-            .events(1, SOON)
+    assert_eq!(r.count(AT_CAP_PUBLIC).await.expect("metrics"), 0.0);
+    let publish = |n| {
+        let r = &r;
+        async move {
+            r.publish_ok(&mcp_fanout_testkit::note(
+                "notifications/tools/list_changed",
+                "at-cap",
+                n,
+            ))
             .await
-            .unwrap_or_else(|e| panic!("stream {i} stays open and receives: {e}"));
-        assert_eq!(got[0].id.as_deref(), Some(id.as_str()), "stream {i}");
-    }
-    for (i, poll) in polls.into_iter().enumerate() {
-        let resp = poll
+            .expect("publish on the admin listener")
+        }
+    };
+    let id = publish(0).await;
+    for (i, p) in polls.iter_mut().enumerate() {
+        let resp = response_on(p, "GET", SOON)
             .await
-            .expect("join")
             .unwrap_or_else(|e| panic!("poll {i} is answered: {e}"));
         assert_eq!(resp.status(), 200, "poll {i}");
         assert!(
@@ -332,12 +340,31 @@ async fn connections_with_a_request_in_progress_are_never_closed_to_make_room() 
             resp.text()
         );
     }
+    // Both poll connections are idle keep-alives now; one gives up its place.
     let resp = fifth
         .await
         .expect("join")
-        .expect("the fifth is answered once a poll's connection closes");
+        .expect("the fifth is answered in the place an idle connection gave up");
     assert_eq!(resp.status(), 200);
-    assert_eq!(r.count(AT_CAP_PUBLIC).await.expect("metrics"), 0.0);
+    assert_eq!(r.count(AT_CAP_PUBLIC).await.expect("metrics"), 1.0);
+    // The first poll connection to go idle gave up its place; the other still answers.
+    let mut answering = 0;
+    for p in &mut polls {
+        answering += usize::from(answers(p).await);
+    }
+    assert_eq!(
+        answering, 1,
+        "one poll connection gave up its place, the other kept it"
+    );
+    // The streams were never closed: both get the next event.
+    let id = publish(1).await;
+    for (i, s) in streams.iter_mut().enumerate() {
+        let got = s
+            .events(2, SOON)
+            .await
+            .unwrap_or_else(|e| panic!("stream {i} stays open and receives: {e}"));
+        assert_eq!(got[1].id.as_deref(), Some(id.as_str()), "stream {i}");
+    }
 }
 
 /// The admin listener's cap (64) filled with idle sockets — by anyone who can reach its port —

@@ -39,6 +39,9 @@ pub(super) struct Activity {
     asked: AtomicBool,
     /// The listener's ask.
     shed: Notify,
+    /// Its listener's [`Sheddable::wanted`]: a connection that goes idle while a place is wanted
+    /// offers its own.
+    wanted: Arc<AtomicBool>,
 }
 
 /// One request in progress; dropped with its response body.
@@ -51,7 +54,12 @@ impl Drop for InFlight {
         // when the last one ended (the latest end, when several end together).
         let now = u64::try_from(a.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
         a.idle_since_ns.fetch_max(now, Ordering::Release);
-        a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let was = a.in_flight.fetch_sub(1, Ordering::AcqRel);
+        // Idle now, while a new connection waits at the cap with nobody idle to take the place
+        // of: this one offers its own (it answers in `Member::expired`).
+        if was == 1 && a.wanted.load(Ordering::Acquire) {
+            a.shed.notify_one();
+        }
     }
 }
 
@@ -80,7 +88,7 @@ impl Idle {
 }
 
 impl Activity {
-    pub(super) fn new() -> Arc<Activity> {
+    fn new(wanted: Arc<AtomicBool>) -> Arc<Activity> {
         Arc::new(Activity {
             born: Instant::now(),
             in_flight: AtomicUsize::new(0),
@@ -88,6 +96,7 @@ impl Activity {
             served: AtomicBool::new(false),
             asked: AtomicBool::new(false),
             shed: Notify::new(),
+            wanted,
         })
     }
 
@@ -113,6 +122,10 @@ impl Activity {
 #[derive(Default)]
 pub(super) struct Sheddable {
     conns: Mutex<Table>,
+    /// A new connection waits for a place ([`Sheddable::want_place`]) and nobody has given one
+    /// up yet: the first connection that is asked, or that goes idle, while it is set closes and
+    /// clears it.
+    wanted: Arc<AtomicBool>,
 }
 
 /// The connections, and where the next search starts.
@@ -144,6 +157,25 @@ impl Drop for Member {
 }
 
 impl Sheddable {
+    /// A new connection's activity, tied to this listener.
+    pub(super) fn activity(&self) -> Arc<Activity> {
+        Activity::new(self.wanted.clone())
+    }
+
+    /// A new connection waits for a place: the connection idle the longest is asked to give up
+    /// its own, and until one has (or [`Sheddable::place_found`]) any connection that goes idle
+    /// gives up its own. `false` when nobody was idle to ask.
+    pub(super) fn want_place(&self) -> bool {
+        self.wanted.store(true, Ordering::Release);
+        self.ask_longest_idle()
+    }
+
+    /// The waiting connection has its place (given up or freed otherwise): nobody else closes
+    /// for it.
+    pub(super) fn place_found(&self) {
+        self.wanted.store(false, Ordering::Release);
+    }
+
     /// Enters a new connection in the table.
     pub(super) fn join(self: &Arc<Self>, activity: Arc<Activity>) -> Member {
         let key = self
@@ -224,12 +256,19 @@ impl Member {
             tokio::select! {
                 () = tokio::time::sleep_until(deadline) => {}
                 () = a.shed.notified() => {
-                    if !a.busy() {
+                    if a.busy() {
+                        // A request started since it was asked: another connection is.
+                        a.asked.store(false, Ordering::Release);
+                        if self.table.wanted.load(Ordering::Acquire) {
+                            self.table.ask_longest_idle();
+                        }
+                    } else if self.table.wanted.swap(false, Ordering::AcqRel) {
                         return Idle::AtCap;
+                    } else {
+                        // The place was found meanwhile (another connection gave up its own,
+                        // or one closed).
+                        a.asked.store(false, Ordering::Release);
                     }
-                    // A request started since it was chosen: another connection is asked.
-                    a.asked.store(false, Ordering::Release);
-                    self.table.ask_longest_idle();
                 }
             }
         }
@@ -241,7 +280,7 @@ mod tests {
     use super::*;
 
     fn member(table: &Arc<Sheddable>) -> Member {
-        table.join(Activity::new())
+        table.join(table.activity())
     }
 
     #[tokio::test]
@@ -278,7 +317,7 @@ mod tests {
         let _in_progress = busy.activity.begin();
         let heard = |m: &Member| m.expired(long, long).now_or_never();
 
-        assert!(table.ask_longest_idle());
+        assert!(table.want_place());
         assert_eq!(heard(&busy), None, "a busy connection is never asked");
         assert_eq!(heard(&newer), None, "only the one idle longest is asked");
         assert_eq!(heard(&oldest), Some(Idle::AtCap));
@@ -287,7 +326,7 @@ mod tests {
         // The next ask goes to `newer`; it starts a request before it hears it, so it stays
         // open and the ask passes on: with nobody else idle, to nobody.
         let late = member(&table);
-        assert!(table.ask_longest_idle());
+        assert!(table.want_place());
         let started = newer.activity.begin();
         assert_eq!(
             heard(&newer),
@@ -296,13 +335,27 @@ mod tests {
         );
         assert_eq!(heard(&late), Some(Idle::AtCap), "the ask passed on");
         drop(late);
-        assert!(!table.ask_longest_idle(), "nothing idle: nobody is asked");
+        assert!(!table.want_place(), "nothing idle: nobody is asked");
+        assert_eq!(heard(&newer), None, "busy: it keeps its place");
+        // The place is still wanted: the first connection to go idle gives up its own, unasked.
         drop(started);
-        assert!(
-            table.ask_longest_idle(),
-            "idle again: it may be asked again"
+        assert_eq!(
+            heard(&newer),
+            Some(Idle::AtCap),
+            "idle again: it gives up its place"
         );
-        assert_eq!(heard(&newer), Some(Idle::AtCap));
+        // Once a place is found, going idle closes nothing.
+        let other = member(&table);
+        let request = other.activity.begin();
+        drop(request);
+        assert_eq!(heard(&other), None, "no place wanted any more");
+        assert!(table.want_place());
+        table.place_found();
+        assert_eq!(
+            heard(&other),
+            None,
+            "the place was found before it heard the ask"
+        );
     }
 
     #[tokio::test]
@@ -314,10 +367,7 @@ mod tests {
         let members: Vec<Member> = (0..n).map(|_| member(&table)).collect();
         let mut asked = vec![false; n];
         for round in 0..n {
-            assert!(
-                table.ask_longest_idle(),
-                "round {round}: an idle one is asked"
-            );
+            assert!(table.want_place(), "round {round}: an idle one is asked");
             let heard: Vec<usize> = (0..n)
                 .filter(|&i| !asked[i] && members[i].expired(long, long).now_or_never().is_some())
                 .collect();
@@ -332,7 +382,7 @@ mod tests {
             asked.iter().all(|a| *a),
             "every idle connection is reached in turn"
         );
-        assert!(!table.ask_longest_idle(), "each is asked once");
+        assert!(!table.want_place(), "each is asked once");
     }
 
     /// The metrics table of docs/api.md names every reason.

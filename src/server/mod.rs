@@ -44,7 +44,7 @@ use crate::per_client::{ClientKey, PerClient, Place};
 use crate::socket::{SocketState, StreamCut};
 use crate::trusted_proxies::TrustedProxies;
 use handoff::HandOff;
-use idle::{Activity, Idle, Sheddable};
+use idle::{Idle, Sheddable};
 use own_task::OwnTask;
 use parse_errors::{Exchanges, ParseError};
 use self_wake::SelfWake;
@@ -330,7 +330,7 @@ pub async fn serve(
         ));
         let handoff = info.handoff.clone();
         let slot = slot.clone();
-        let activity = Activity::new();
+        let activity = sheddable.activity();
         let member = sheddable.join(activity.clone());
         let counts = refused.clone();
         let role = opts.role;
@@ -440,25 +440,27 @@ struct Cap<'a> {
 impl Cap<'_> {
     /// A place under the cap for a connection just accepted. At the cap, the connection with
     /// nothing in progress for the longest is asked to close ([`idle`]) and its place is taken
-    /// when it has; with every connection busy, the new one waits for any to close (the ones
-    /// after it in the listen backlog), as it is said at most every `CAP_LOG_EVERY`. `None` once
-    /// `stop` is cancelled.
+    /// when it has; with every connection busy, the new one waits (the ones after it in the
+    /// listen backlog) until one closes or goes idle — the first to go idle gives up its place —
+    /// as it is said at most every `CAP_LOG_EVERY`. `None` once `stop` is cancelled.
     async fn slot(&self, cap_logged: &mut Option<Instant>) -> Option<OwnedSemaphorePermit> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Some(p);
         }
-        let asked = self.sheddable.ask_longest_idle();
+        let asked = self.sheddable.want_place();
         if !asked && cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
             *cap_logged = Some(Instant::now());
             tracing::warn!(
                 listener = self.opts.role,
                 max_connections = self.opts.max_connections,
-                "connection cap reached with every connection busy; new connections wait for one to close"
+                "connection cap reached with every connection busy; new connections wait for one to close or go idle"
             );
         }
-        tokio::select! {
+        let place = tokio::select! {
             _ = self.stop.cancelled() => None,
             p = self.slots.clone().acquire_owned() => p.ok(),
-        }
+        };
+        self.sheddable.place_found();
+        place
     }
 }
