@@ -388,3 +388,37 @@ async fn idle_sockets_on_the_admin_listener_do_not_keep_probes_out() {
         "idle admin sockets closed to make room: {at_cap}"
     );
 }
+
+/// A request head must be whole within 10 s of its first byte; a keep-alive connection with no
+/// head started lasts its idle deadline. (hyper's own header timeout, which this replaces, started
+/// whenever it waited for a head: it closed every idle keep-alive 10 s after its last answer,
+/// whatever `FANOUT_IDLE_SECS` said, and load balancers keeping connections longer met closed
+/// ones.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_is_timed_from_its_first_byte_and_an_idle_keep_alive_lasts_its_deadline() {
+    let r = start_owned("heads", &with_admin(FAR_DEADLINES)).await;
+    let addr = r.public_addr();
+    let mut conns = connect_in_order(addr, 2).await;
+    for (i, c) in conns.iter_mut().enumerate() {
+        answered_on(c, &format!("connection {i}: a first request")).await;
+    }
+    let (idle, slow) = conns.split_at_mut(1);
+    let (idle, slow) = (&mut idle[0], &mut slow[0]);
+    // Half a head, then nothing.
+    let started = std::time::Instant::now();
+    slow.write_all(b"GET /poll?timeout=0 HTTP/1.1\r\nHost: 127.0.0.1\r\n")
+        .await
+        .expect("half a head");
+    closed_by_peer(slow, WITHIN + Duration::from_secs(5))
+        .await
+        .expect("a head not whole within 10 s of its first byte closes its connection");
+    assert!(
+        started.elapsed() >= Duration::from_secs(9),
+        "not before its 10 s: {:?}",
+        started.elapsed()
+    );
+    // More than 10 s after its last answer, the idle keep-alive still answers.
+    answered_on(idle, "an idle keep-alive past 10 s").await;
+    let slow_heads = r#"mcp_fanout_connections_closed_total{listener="public",reason="slow_head"}"#;
+    assert_eq!(r.count(slow_heads).await.expect("metrics"), 1.0);
+}

@@ -10,6 +10,14 @@
 //! slow-headed connections) never keep a client that has something to ask out; only requests in
 //! progress (streams, polls, calls) hold a listener full.
 //!
+//! A request head must be whole within [`HEAD_WITHIN`] of its first byte, or the connection is
+//! closed. hyper's own header-read timeout is off: it starts whenever hyper waits for a head, so it
+//! closed every idle keep-alive connection 10 s after its last answer (whatever
+//! `FANOUT_IDLE_SECS` said: a load balancer keeping connections for 60 s met closed ones) and a
+//! new connection before `FANOUT_FIRST_REQUEST_SECS`. Here a head's clock starts at its first
+//! byte ([`Activity::bytes_read`], from the socket's reads on an HTTP/1.x connection between
+//! requests); a connection's first head is bounded by the first-request deadline.
+//!
 //! Nothing here runs per request but a few atomic updates: the connection's task is not woken
 //! when a request starts or ends, and no timer is armed per request. One timer per connection
 //! checks the deadline when it would fall; while a request is in progress it looks again one
@@ -42,6 +50,11 @@ pub(super) struct Activity {
     /// Its listener's [`Sheddable::wanted`]: a connection that goes idle while a place is wanted
     /// offers its own.
     wanted: Arc<AtomicBool>,
+    /// Whether its requests are HTTP/1.x (known from the first): only then are heads timed.
+    h1: AtomicBool,
+    /// When the first byte of a head was read while no request was in progress, in nanoseconds
+    /// after `born` (0: no head being read).
+    head_at_ns: AtomicU64,
 }
 
 /// One request in progress; dropped with its response body.
@@ -72,10 +85,17 @@ pub(super) enum Idle {
     BetweenRequests,
     /// Nothing in progress when its listener, at its cap, needed the place for a new connection.
     AtCap,
+    /// A request head not whole within [`HEAD_WITHIN`] of its first byte.
+    SlowHead,
 }
 
 impl Idle {
-    pub(super) const ALL: [Idle; 3] = [Idle::NoRequest, Idle::BetweenRequests, Idle::AtCap];
+    pub(super) const ALL: [Idle; 4] = [
+        Idle::NoRequest,
+        Idle::BetweenRequests,
+        Idle::AtCap,
+        Idle::SlowHead,
+    ];
 
     /// The reason's name in logs and in `mcp_fanout_connections_closed_total{reason}`.
     pub(super) fn as_str(self) -> &'static str {
@@ -83,6 +103,7 @@ impl Idle {
             Idle::NoRequest => "no_request",
             Idle::BetweenRequests => "idle",
             Idle::AtCap => "at_cap",
+            Idle::SlowHead => "slow_head",
         }
     }
 }
@@ -97,7 +118,35 @@ impl Activity {
             asked: AtomicBool::new(false),
             shed: Notify::new(),
             wanted,
+            h1: AtomicBool::new(false),
+            head_at_ns: AtomicU64::new(0),
         })
+    }
+
+    /// Nanoseconds since `born` (at least 1: 0 means "none" where it is stored).
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// The socket read some bytes: between requests on an HTTP/1.x connection, they start a
+    /// head, whose clock starts now. Called on every read; a few atomic loads.
+    pub(super) fn bytes_read(&self) {
+        if self.h1.load(Ordering::Relaxed)
+            && self.head_at_ns.load(Ordering::Relaxed) == 0
+            && !self.busy()
+        {
+            self.head_at_ns.store(self.now_ns(), Ordering::Release);
+        }
+    }
+
+    /// When the head being read started, if one is.
+    fn head_started(&self) -> Option<Instant> {
+        match self.head_at_ns.load(Ordering::Acquire) {
+            0 => None,
+            ns => Some(self.born + Duration::from_nanos(ns)),
+        }
     }
 
     fn busy(&self) -> bool {
@@ -109,10 +158,14 @@ impl Activity {
         self.born + Duration::from_nanos(self.idle_since_ns.load(Ordering::Acquire))
     }
 
-    /// A request starts: the connection is not idle until it is dropped.
-    pub(super) fn begin(self: &Arc<Activity>) -> InFlight {
+    /// A request starts (its head is whole): the connection is not idle until it is dropped.
+    /// `http1`: it came on HTTP/1.x, whose next heads are timed.
+    pub(super) fn begin(self: &Arc<Activity>, http1: bool) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        self.served.store(true, Ordering::Release);
+        self.head_at_ns.store(0, Ordering::Release);
+        if !self.served.swap(true, Ordering::AcqRel) && http1 {
+            self.h1.store(true, Ordering::Relaxed);
+        }
         InFlight(self.clone())
     }
 }
@@ -134,6 +187,15 @@ struct Table {
     conns: Slab<Arc<Activity>>,
     next: usize,
 }
+
+/// Time a request head has from its first byte to its end (hyper's `header_read_timeout`, timed
+/// from the right moment).
+pub(super) const HEAD_WITHIN: Duration = Duration::from_secs(10);
+
+/// How often an HTTP/1.x connection looks whether a head has started (so a slow head is closed
+/// between [`HEAD_WITHIN`] and this much later): a timer wake every few seconds per HTTP/1.x
+/// connection hyper holds (streams are handed off), not one per request.
+const HEAD_LOOK_EVERY: Duration = Duration::from_secs(3);
 
 /// The idle connections one search compares, at most: the one idle the longest among them is
 /// asked. The search goes round the table from where the last one stopped, so a flood of new
@@ -232,8 +294,9 @@ impl Sheddable {
 
 impl Member {
     /// Resolves when the connection has done nothing for its deadline — `first_request` after
-    /// accept if no request has started, else `idle` after the last one ended — or when it has
-    /// nothing in progress and its listener needs its place ([`Sheddable::ask_longest_idle`]).
+    /// accept if no request has started, else `idle` after the last one ended — when a head has
+    /// taken longer than [`HEAD_WITHIN`], or when it has nothing in progress and its listener
+    /// needs its place ([`Sheddable::ask_longest_idle`]).
     pub(super) async fn expired(&self, first_request: Duration, idle: Duration) -> Idle {
         let a = &self.activity;
         loop {
@@ -251,6 +314,18 @@ impl Member {
                 if deadline <= now {
                     return why;
                 }
+                match a.head_started() {
+                    Some(at) if at + HEAD_WITHIN <= now => return Idle::SlowHead,
+                    Some(at) => deadline.min(at + HEAD_WITHIN),
+                    None => deadline,
+                }
+            };
+            // A head may start on HTTP/1.x (or before the first request tells the version) without
+            // waking this task: look again soon.
+            let may_time_heads = a.h1.load(Ordering::Relaxed) || !a.served.load(Ordering::Acquire);
+            let deadline = if may_time_heads {
+                deadline.min(now + HEAD_LOOK_EVERY)
+            } else {
                 deadline
             };
             tokio::select! {
@@ -293,7 +368,7 @@ mod tests {
         assert_eq!(activity.expired(first, idle).await, Idle::NoRequest);
         assert!(started.elapsed() >= first);
 
-        let request = activity.activity.begin();
+        let request = activity.activity.begin(true);
         let waiting = tokio::time::timeout(idle * 3, activity.expired(first, idle));
         assert!(
             waiting.await.is_err(),
@@ -314,7 +389,7 @@ mod tests {
         let oldest = member(&table);
         let busy = member(&table);
         let newer = member(&table);
-        let _in_progress = busy.activity.begin();
+        let _in_progress = busy.activity.begin(true);
         let heard = |m: &Member| m.expired(long, long).now_or_never();
 
         assert!(table.want_place());
@@ -327,7 +402,7 @@ mod tests {
         // open and the ask passes on: with nobody else idle, to nobody.
         let late = member(&table);
         assert!(table.want_place());
-        let started = newer.activity.begin();
+        let started = newer.activity.begin(true);
         assert_eq!(
             heard(&newer),
             None,
@@ -346,7 +421,7 @@ mod tests {
         );
         // Once a place is found, going idle closes nothing.
         let other = member(&table);
-        let request = other.activity.begin();
+        let request = other.activity.begin(true);
         drop(request);
         assert_eq!(heard(&other), None, "no place wanted any more");
         assert!(table.want_place());

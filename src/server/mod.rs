@@ -56,8 +56,6 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 /// Most bytes hyper's h2 layer buffers per HTTP/2 stream beyond what the stream's flow-control
 /// window lets out (hyper's default is 400 KiB).
 const H2_MAX_SEND_BUF: usize = 64 * 1024;
-/// Time a client has to send its request head.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// What handlers know about the connection a request came on.
 #[derive(Clone)]
@@ -321,17 +319,20 @@ pub async fn serve(
             own_task: opts.own_tasks.then(OwnTask::default),
         };
         let own_task = info.own_task.clone();
-        let io = TokioIo::new(StallGuard::new(
-            stream,
-            opts.write_stall,
-            info.clone(),
-            writers.clone(),
-            refused.clone(),
-        ));
-        let handoff = info.handoff.clone();
-        let slot = slot.clone();
         let activity = sheddable.activity();
         let member = sheddable.join(activity.clone());
+        let io = TokioIo::new(
+            StallGuard::new(
+                stream,
+                opts.write_stall,
+                info.clone(),
+                writers.clone(),
+                refused.clone(),
+            )
+            .timing_heads(activity.clone()),
+        );
+        let handoff = info.handoff.clone();
+        let slot = slot.clone();
         let counts = refused.clone();
         let role = opts.role;
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
@@ -342,7 +343,7 @@ pub async fn serve(
             }
             req.extensions_mut().insert(conn);
             host_from_authority(&mut req);
-            let in_flight = activity.begin();
+            let in_flight = activity.begin(req.version() < hyper::Version::HTTP_2);
             let exchange = info.exchanges.begin();
             let answered = slot.current().oneshot(req);
             async move {
@@ -416,7 +417,9 @@ fn http_builder(write_stall: Duration, http2_max_streams: u32) -> auto::Builder<
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        // Off: it would time every wait for a head, idle keep-alives included; heads are timed
+        // from their first byte instead (`idle::HEAD_WITHIN`).
+        .header_read_timeout(None)
         .max_buf_size(MAX_HEADER_BYTES);
     builder
         .http2()

@@ -7,6 +7,7 @@
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
+use super::idle::Activity;
 use super::{handoff, parse_errors};
 use super::{ConnInfo, ListenerCounts};
 use crate::socket::{Attached, Cut};
@@ -34,6 +36,8 @@ pub(super) struct StallGuard {
     writers: TaskTracker,
     /// Where a request hyper refuses is counted.
     refused: ListenerCounts,
+    /// The connection's activity, told of every read (a head's clock starts at its first byte).
+    activity: Option<Arc<Activity>>,
 }
 
 impl StallGuard {
@@ -53,7 +57,14 @@ impl StallGuard {
             info,
             writers,
             refused,
+            activity: None,
         }
+    }
+
+    /// Tells `activity` of every read.
+    pub(super) fn timing_heads(mut self, activity: Arc<Activity>) -> StallGuard {
+        self.activity = Some(activity);
+        self
     }
 
     /// The kernel accepts nothing now (the socket is full, or its stream's backlog is at its bound
@@ -136,8 +147,18 @@ impl AsyncRead for StallGuard {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut().inner.as_mut() {
-            Some(tcp) => Pin::new(&mut **tcp).poll_read(cx, buf),
+        let this = self.get_mut();
+        match this.inner.as_mut() {
+            Some(tcp) => {
+                let before = buf.filled().len();
+                let read = Pin::new(&mut **tcp).poll_read(cx, buf);
+                if let (Some(a), Poll::Ready(Ok(()))) = (&this.activity, &read) {
+                    if buf.filled().len() > before {
+                        a.bytes_read();
+                    }
+                }
+                read
+            }
             // The end of the input, as far as hyper is concerned.
             None => Poll::Ready(Ok(())),
         }
