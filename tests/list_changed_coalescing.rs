@@ -284,10 +284,18 @@ async fn coalesced_burst(r: &Replica) {
     }
 }
 
+/// The test resumes one session from every id it was given, a stream after another as fast as it
+/// can: no claim rate (`FANOUT_SESSION_CLAIMS_PER_MIN`), which would shed such a loop.
+const NO_CLAIM_RATE: (&str, &str) = ("FANOUT_SESSION_CLAIMS_PER_MIN", "0");
+
 async fn memory_replica(label: &str, window_ms: &str) -> Replica {
-    Replica::start(bin(), label, &[("FANOUT_COALESCE_MS", window_ms)])
-        .await
-        .expect("replica starts")
+    Replica::start(
+        bin(),
+        label,
+        &[("FANOUT_COALESCE_MS", window_ms), NO_CLAIM_RATE],
+    )
+    .await
+    .expect("replica starts")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -306,6 +314,7 @@ async fn a_list_changed_burst_is_coalesced_in_postgres_mode_and_resume_loses_not
         &[
             ("DATABASE_URL", url.as_str()),
             ("FANOUT_COALESCE_MS", WINDOW_MS),
+            NO_CLAIM_RATE,
         ],
     )
     .await
