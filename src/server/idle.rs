@@ -219,11 +219,6 @@ impl Drop for Member {
 }
 
 impl Sheddable {
-    /// A new connection's activity, tied to this listener.
-    pub(super) fn activity(&self) -> Arc<Activity> {
-        Activity::new(self.wanted.clone())
-    }
-
     /// A new connection waits for a place: the connection idle the longest is asked to give up
     /// its own, and until one has (or [`Sheddable::place_found`]) any connection that goes idle
     /// gives up its own. `false` when nobody was idle to ask.
@@ -238,8 +233,9 @@ impl Sheddable {
         self.wanted.store(false, Ordering::Release);
     }
 
-    /// Enters a new connection in the table.
-    pub(super) fn join(self: &Arc<Self>, activity: Arc<Activity>) -> Member {
+    /// Enters a new connection in the table, with its activity tied to this listener.
+    pub(super) fn join(self: &Arc<Self>) -> Member {
+        let activity = Activity::new(self.wanted.clone());
         let key = self
             .conns
             .lock()
@@ -293,6 +289,11 @@ impl Sheddable {
 }
 
 impl Member {
+    /// The connection's requests in progress (and its head's clock).
+    pub(super) fn activity(&self) -> &Arc<Activity> {
+        &self.activity
+    }
+
     /// Resolves when the connection has done nothing for its deadline — `first_request` after
     /// accept if no request has started, else `idle` after the last one ended — when a head has
     /// taken longer than [`HEAD_WITHIN`], or when it has nothing in progress and its listener
@@ -355,7 +356,7 @@ mod tests {
     use super::*;
 
     fn member(table: &Arc<Sheddable>) -> Member {
-        table.join(table.activity())
+        table.join()
     }
 
     #[tokio::test]

@@ -261,12 +261,14 @@ pub async fn serve(
     let builder = http_builder(opts.write_stall, opts.http2_max_streams);
     let graceful = GracefulShutdown::new();
     let writers = TaskTracker::new();
-    let slots = Arc::new(Semaphore::new(opts.max_connections.max(1)));
-    let mut cap_logged: Option<Instant> = None;
+    let mut cap = Cap {
+        slots: Arc::new(Semaphore::new(opts.max_connections.max(1))),
+        sheddable: Arc::new(Sheddable::default()),
+        logged: None,
+    };
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_ANSWERING));
     let mut refusal_logged: Option<Instant> = None;
     let (first_request, idle) = (opts.first_request, opts.idle);
-    let sheddable = Arc::new(Sheddable::default());
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -294,13 +296,7 @@ pub async fn serve(
                 continue;
             }
         };
-        let cap = Cap {
-            slots: &slots,
-            stop: &stop,
-            sheddable: &sheddable,
-            opts: &opts,
-        };
-        let Some(slot_permit) = cap.slot(&mut cap_logged).await else {
+        let Some(slot_permit) = cap.slot(&stop, &opts).await else {
             break;
         };
         if let Err(error) = stream.set_nodelay(true) {
@@ -319,8 +315,8 @@ pub async fn serve(
             own_task: opts.own_tasks.then(OwnTask::default),
         };
         let own_task = info.own_task.clone();
-        let activity = sheddable.activity();
-        let member = sheddable.join(activity.clone());
+        let member = cap.sheddable.join();
+        let activity = member.activity().clone();
         let io = TokioIo::new(
             StallGuard::new(
                 stream,
@@ -433,34 +429,40 @@ fn http_builder(write_stall: Duration, http2_max_streams: u32) -> auto::Builder<
 }
 
 /// A listener's connection cap, and what makes room under it.
-struct Cap<'a> {
-    slots: &'a Arc<Semaphore>,
-    stop: &'a CancellationToken,
-    sheddable: &'a Arc<Sheddable>,
-    opts: &'a ConnOptions,
+struct Cap {
+    /// One permit per place under the cap.
+    slots: Arc<Semaphore>,
+    /// The listener's connections, which may be asked to make room.
+    sheddable: Arc<Sheddable>,
+    /// When reaching the cap with every connection busy was last logged.
+    logged: Option<Instant>,
 }
 
-impl Cap<'_> {
+impl Cap {
     /// A place under the cap for a connection just accepted. At the cap, the connection with
     /// nothing in progress for the longest is asked to close ([`idle`]) and its place is taken
     /// when it has; with every connection busy, the new one waits (the ones after it in the
     /// listen backlog) until one closes or goes idle — the first to go idle gives up its place —
     /// as it is said at most every `CAP_LOG_EVERY`. `None` once `stop` is cancelled.
-    async fn slot(&self, cap_logged: &mut Option<Instant>) -> Option<OwnedSemaphorePermit> {
+    async fn slot(
+        &mut self,
+        stop: &CancellationToken,
+        opts: &ConnOptions,
+    ) -> Option<OwnedSemaphorePermit> {
         if let Ok(p) = self.slots.clone().try_acquire_owned() {
             return Some(p);
         }
         let asked = self.sheddable.want_place();
-        if !asked && cap_logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
-            *cap_logged = Some(Instant::now());
+        if !asked && self.logged.is_none_or(|at| at.elapsed() >= CAP_LOG_EVERY) {
+            self.logged = Some(Instant::now());
             tracing::warn!(
-                listener = self.opts.role,
-                max_connections = self.opts.max_connections,
+                listener = opts.role,
+                max_connections = opts.max_connections,
                 "connection cap reached with every connection busy; new connections wait for one to close or go idle"
             );
         }
         let place = tokio::select! {
-            _ = self.stop.cancelled() => None,
+            _ = stop.cancelled() => None,
             p = self.slots.clone().acquire_owned() => p.ok(),
         };
         self.sheddable.place_found();

@@ -12,10 +12,10 @@
 //! Per session and owner, not per client: clients behind one address (a NAT, a load balancer not
 //! listed in `FANOUT_TRUSTED_PROXIES`) never share a bucket, so one stuck client slows only
 //! itself, and another principal presenting a session's id (refused with `403` at the claim)
-//! spends its own bucket, not the owner's. Per replica: a loop spread over N replicas gets N times the rate. At most [`MAX_WATCHED`] sessions
-//! are watched at once; a full bucket is forgotten, and past that many sessions with claims in
-//! their last refill time a new one is not limited (a flood of distinct ids is bounded by
-//! `FANOUT_MAX_SESSIONS`, not here).
+//! spends its own bucket, not the owner's. Per replica: a loop spread over N replicas gets N times
+//! the rate. At most [`MAX_WATCHED`] sessions are watched at once; a full bucket is forgotten, and
+//! past that many sessions with claims in their last refill time a new one is not limited (a flood
+//! of distinct ids is bounded by `FANOUT_MAX_SESSIONS`, not here).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -66,14 +66,12 @@ impl ClaimRate {
 
     /// Takes one of `owner`'s claims of `session`; `false` when none is left (the stream is shed).
     pub fn take(&self, session: &str, owner: &Owner, now: Instant) -> bool {
-        self.take_keyed(&format!("{}\n{session}", owner.key()), now)
-    }
-
-    fn take_keyed(&self, session: &str, now: Instant) -> bool {
+        // A session id is a header value: no line break, so the key names one pair.
+        let key = format!("{}\n{session}", owner.key());
         let mut guard = self.table.lock().unwrap_or_else(|p| p.into_inner());
         let t = &mut *guard;
         let per_sec = self.per_sec;
-        if !t.sessions.contains_key(session) && t.sessions.len() >= MAX_WATCHED {
+        if !t.sessions.contains_key(&key) && t.sessions.len() >= MAX_WATCHED {
             if t.purged_at
                 .is_none_or(|at| now.duration_since(at) >= PURGE_EVERY)
             {
@@ -85,7 +83,7 @@ impl ClaimRate {
                 return true;
             }
         }
-        let bucket = t.sessions.entry(session.to_owned()).or_insert(Bucket {
+        let bucket = t.sessions.entry(key).or_insert(Bucket {
             left: BURST,
             at: now,
         });
@@ -98,7 +96,7 @@ impl ClaimRate {
                 let shed = std::mem::take(&mut t.shed_since_log);
                 t.logged_at = Some(now);
                 tracing::warn!(
-                    session = session.rsplit('\n').next().unwrap_or_default(),
+                    session,
                     shed,
                     "streams shed: their session was claimed more often than FANOUT_SESSION_CLAIMS_PER_MIN (a client reconnecting in a loop?)"
                 );
@@ -119,27 +117,28 @@ mod tests {
 
     #[test]
     fn a_session_gets_its_burst_then_the_rate_and_others_are_untouched() {
+        let anyone = Owner::nobody();
         let rate = ClaimRate::new(60).expect("a limit");
         let t0 = Instant::now();
         for i in 0..10 {
-            assert!(rate.take_keyed("a", t0), "claim {i} of the burst");
+            assert!(rate.take("a", &anyone, t0), "claim {i} of the burst");
         }
-        assert!(!rate.take_keyed("a", t0), "past the burst");
+        assert!(!rate.take("a", &anyone, t0), "past the burst");
         assert!(
-            rate.take_keyed("b", t0),
+            rate.take("b", &anyone, t0),
             "another session has its own bucket"
         );
         let later = t0 + Duration::from_millis(1000);
-        assert!(rate.take_keyed("a", later), "one a second refills");
-        assert!(!rate.take_keyed("a", later));
+        assert!(rate.take("a", &anyone, later), "one a second refills");
+        assert!(!rate.take("a", &anyone, later));
         let much_later = t0 + Duration::from_secs(3600);
         for i in 0..10 {
             assert!(
-                rate.take_keyed("a", much_later),
+                rate.take("a", &anyone, much_later),
                 "refilled to the burst, not past it: {i}"
             );
         }
-        assert!(!rate.take_keyed("a", much_later));
+        assert!(!rate.take("a", &anyone, much_later));
     }
 
     #[test]
@@ -164,25 +163,26 @@ mod tests {
 
     #[test]
     fn the_table_is_bounded_and_forgets_full_buckets_first() {
+        let anyone = Owner::nobody();
         let rate = ClaimRate::new(60).expect("a limit");
         let t0 = Instant::now();
         for i in 0..MAX_WATCHED {
-            assert!(rate.take_keyed(&format!("s{i}"), t0));
+            assert!(rate.take(&format!("s{i}"), &anyone, t0));
         }
         // Full of sessions that claimed just now: a new one is let through, not watched.
-        assert!(rate.take_keyed("new", t0));
+        assert!(rate.take("new", &anyone, t0));
         for _ in 0..20 {
             assert!(
-                rate.take_keyed("new", t0),
+                rate.take("new", &anyone, t0),
                 "not watched while the table is full"
             );
         }
         // Once the others' buckets have refilled they are forgotten and the new one is watched.
         let later = t0 + Duration::from_secs(60);
         for _ in 0..10 {
-            assert!(rate.take_keyed("new", later));
+            assert!(rate.take("new", &anyone, later));
         }
-        assert!(!rate.take_keyed("new", later), "watched again");
+        assert!(!rate.take("new", &anyone, later), "watched again");
         let held = rate.table.lock().expect("lock").sessions.len();
         assert_eq!(held, 1, "the refilled buckets were forgotten");
     }
