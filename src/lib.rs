@@ -6,6 +6,7 @@
 //! to subscribers through [`http::sse`] and [`http::poll`]. [`event`] holds the event types and the
 //! one function that frames an event for the wire.
 
+pub mod allocator;
 pub mod auth;
 pub mod bridge;
 pub mod broadcast;

@@ -9,30 +9,12 @@ use mcp_fanout::config::{Cli, Command, MigrateArgs};
 use mcp_fanout::db::{connect, Db, DbError};
 use mcp_fanout::log::postgres::migrate;
 use mcp_fanout::replica::{self, ServeError};
-use mcp_fanout::{cli, telemetry};
+use mcp_fanout::{allocator, cli, telemetry};
 
-/// mimalloc, not glibc's malloc: buffers allocated on one worker thread and freed on the other
-/// (a request read on one, its answer written on another) took glibc's arena locks, about one
-/// futex call per two proxied requests; mimalloc frees across threads without a lock.
+/// mimalloc, counting what each worker frees so it collects its heap before it sleeps (see
+/// [`mcp_fanout::allocator`]).
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-/// How often freed memory is looked for to give back.
-const GIVE_BACK_EVERY: Duration = Duration::from_secs(5);
-
-/// Gives the memory freed since the last look back to the system, every [`GIVE_BACK_EVERY`].
-/// mimalloc gives back (decommits) free memory a while after it was freed, but only when the
-/// allocator is next used: a replica gone quiet after a peak (thousands of connections closed, an
-/// attack over) kept it resident, ~20 MB after 3,000 subscribers had come and gone.
-async fn give_back_freed_memory() {
-    let mut every = tokio::time::interval(GIVE_BACK_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        // SAFETY: `mi_collect` takes no pointers and may be called from any thread at any time.
-        unsafe { libmimalloc_sys::mi_collect(false) };
-    }
-}
+static ALLOCATOR: allocator::Allocator = allocator::Allocator;
 
 #[derive(Debug, thiserror::Error)]
 enum StartError {
@@ -47,11 +29,13 @@ enum StartError {
 }
 
 fn main() -> ExitCode {
+    let huge_pages = allocator::no_huge_pages();
     let cli = Cli::parse();
     // One TLS crypto provider for the process (Postgres TLS, JWKS over https).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .on_thread_park(allocator::collect_before_sleeping)
         .build()
     {
         Ok(rt) => rt,
@@ -64,7 +48,10 @@ fn main() -> ExitCode {
         match cli.command.unwrap_or(Command::Serve(Box::new(cli.serve))) {
             Command::Serve(config) => {
                 telemetry::init(config.log_format);
-                tokio::spawn(give_back_freed_memory());
+                if let Err(e) = huge_pages {
+                    tracing::warn!(error = %e, "cannot turn transparent huge pages off: freed memory may stay resident");
+                }
+                tokio::spawn(allocator::give_back_freed_memory());
                 Ok(replica::serve(*config).await?)
             }
             Command::Migrate(args) => run_migrate(args).await,
