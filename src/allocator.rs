@@ -83,16 +83,7 @@ unsafe impl GlobalAlloc for Allocator {
 /// Collects this thread's heap if it freed at least [`COLLECT_AFTER`] since it last did. For the
 /// runtime's `on_thread_park`: called on a worker about to sleep.
 pub fn collect_before_sleeping() {
-    let due = FREED
-        .try_with(|freed| {
-            let due = freed.get() >= COLLECT_AFTER;
-            if due {
-                freed.set(0);
-            }
-            due
-        })
-        .unwrap_or(false);
-    if due {
+    if FREED.try_with(|freed| freed.get() >= COLLECT_AFTER) == Ok(true) {
         collect();
     }
 }
