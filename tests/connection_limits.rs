@@ -15,8 +15,8 @@ use mcp_fanout_testkit::hostile::{
     closed_by_peer, connect_idle, response_on, send_head_and_part, H2_PREFACE,
 };
 use mcp_fanout_testkit::{
-    error_code, open_stream_with, start_memory, start_owned, start_with_open_files, with_admin,
-    RawRequest, SseRequest, SOON,
+    error_code, open_stream_with, start_memory, start_with_open_files, with_admin, RawRequest,
+    Replica, SseRequest, SOON,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
@@ -213,6 +213,13 @@ const FAR_DEADLINES: &[(&str, &str)] = &[
     ("FANOUT_ADMIN_ADDR", "127.0.0.1:0"),
 ];
 
+/// A replica with [`FAR_DEADLINES`] and an explicit public cap of 4 connections.
+async fn start_at_a_cap_of_4(label: &str) -> Replica {
+    let mut env = FAR_DEADLINES.to_vec();
+    env.push(("FANOUT_MAX_CONNECTIONS", "4"));
+    start_memory(label, &env).await
+}
+
 /// `n` connections, each connected after the one before (so accepted in that order).
 async fn connect_in_order(addr: SocketAddr, n: usize) -> Vec<TcpStream> {
     let mut out = Vec::with_capacity(n);
@@ -254,9 +261,7 @@ async fn answered_on(conn: &mut TcpStream, what: &str) {
 /// one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn at_the_cap_the_socket_idle_longest_makes_room_for_a_new_request() {
-    let mut env = with_admin(FAR_DEADLINES);
-    env.push(("FANOUT_MAX_CONNECTIONS".into(), "4".into()));
-    let r = start_owned("cap", &env).await;
+    let r = start_at_a_cap_of_4("cap").await;
     let addr = r.public_addr();
     let mut idle = connect_in_order(addr, 4).await;
     let resp = RawRequest::new("GET", PUBLIC_REQUEST)
@@ -280,9 +285,7 @@ async fn at_the_cap_the_socket_idle_longest_makes_room_for_a_new_request() {
 /// deadline: the first gives up its place to the fifth. The streams are never closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn busy_connections_keep_their_places_and_one_going_idle_gives_up_its_own() {
-    let mut env = with_admin(FAR_DEADLINES);
-    env.push(("FANOUT_MAX_CONNECTIONS".into(), "4".into()));
-    let r = start_owned("cap-busy", &env).await;
+    let r = start_at_a_cap_of_4("cap-busy").await;
     let addr = r.public_addr();
     let mut streams = Vec::new();
     for i in 0..2 {
@@ -371,7 +374,7 @@ async fn busy_connections_keep_their_places_and_one_going_idle_gives_up_its_own(
 /// does not keep probes out: each probe's connection makes room.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_on_the_admin_listener_do_not_keep_probes_out() {
-    let r = start_owned("admin-idle", &with_admin(FAR_DEADLINES)).await;
+    let r = start_memory("admin-idle", FAR_DEADLINES).await;
     let _idle = connect_idle(r.admin_addr(), 100, SOON)
         .await
         .expect("the idle sockets connect");
@@ -396,7 +399,7 @@ async fn idle_sockets_on_the_admin_listener_do_not_keep_probes_out() {
 /// ones.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_head_is_timed_from_its_first_byte_and_an_idle_keep_alive_lasts_its_deadline() {
-    let r = start_owned("heads", &with_admin(FAR_DEADLINES)).await;
+    let r = start_memory("heads", FAR_DEADLINES).await;
     let addr = r.public_addr();
     let mut conns = connect_in_order(addr, 2).await;
     for (i, c) in conns.iter_mut().enumerate() {
