@@ -8,7 +8,7 @@ use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// One client, as limits count clients: an IPv4 address, or an IPv6 /64 (one host's usual
 /// allocation, so a host cannot multiply itself by its addresses); an IPv4-mapped address is its
@@ -106,6 +106,21 @@ mod tests {
     }
 
     #[test]
+    fn refusals_are_logged_at_most_every_ten_seconds_with_the_count_since() {
+        let mut r = Refusals::default();
+        let t0 = Instant::now();
+        assert_eq!(r.count(t0), Some(1), "the first is logged");
+        assert_eq!(r.count(t0 + Duration::from_secs(1)), None);
+        assert_eq!(r.count(t0 + Duration::from_secs(9)), None);
+        assert_eq!(
+            r.count(t0 + Duration::from_secs(10)),
+            Some(3),
+            "ten seconds on, with the two not logged"
+        );
+        assert_eq!(r.count(t0 + Duration::from_secs(11)), None);
+    }
+
+    #[test]
     fn a_client_holds_at_most_max_and_is_forgotten_at_zero() {
         let t = PerClient::new(2);
         let (a, b) = (key("192.0.2.1"), key("192.0.2.2"));
@@ -133,8 +148,8 @@ mod tests {
 }
 
 /// A token bucket's state: what was left at `at` (may be below zero: uses counted while earlier
-/// ones were in progress, which the refill then pays back). The admin attempt limit and the
-/// session claim rate keep one per key.
+/// ones were in progress, which the refill then pays back). The admin attempt limit, the session
+/// claim rate and the session writes per client keep one per key.
 #[derive(Debug, Clone, Copy)]
 pub struct Bucket {
     pub left: f64,
@@ -146,5 +161,119 @@ impl Bucket {
     pub fn refilled(self, now: Instant, burst: f64, per_sec: f64) -> f64 {
         let secs = now.saturating_duration_since(self.at).as_secs_f64();
         (self.left + secs * per_sec).min(burst)
+    }
+}
+
+/// Least time between two searches of a full [`Buckets`] table for refilled buckets (a flood of
+/// new clients does not make each of them pass over the table).
+const PURGE_EVERY: Duration = Duration::from_secs(1);
+
+/// A token bucket per client, `burst` deep and refilled at `per_sec`, for at most `max` clients:
+/// a bucket that has refilled is forgotten (looked for when the table is full), and past `max`
+/// clients with buckets, new ones share one. So its memory is bounded whatever addresses the
+/// clients use, and a flood from many addresses gets one more client's allowance, not one each.
+pub struct Buckets {
+    max: usize,
+    burst: f64,
+    per_sec: f64,
+    clients: HashMap<ClientKey, Bucket>,
+    /// Shared by the clients that found the table full.
+    overflow: Option<Bucket>,
+    purged_at: Option<Instant>,
+}
+
+impl Buckets {
+    pub fn new(max: usize, burst: f64, per_sec: f64) -> Buckets {
+        Buckets {
+            max,
+            burst,
+            per_sec,
+            clients: HashMap::new(),
+            overflow: None,
+            purged_at: None,
+        }
+    }
+
+    /// What `client` has left at `now`: its bucket's, the shared one's when the table is full
+    /// and it has none, else a full bucket.
+    pub fn left(&self, client: ClientKey, now: Instant) -> f64 {
+        let bucket = match self.clients.get(&client) {
+            Some(b) => Some(*b),
+            None if self.clients.len() >= self.max => self.overflow,
+            None => None,
+        };
+        bucket.map_or(self.burst, |b| b.refilled(now, self.burst, self.per_sec))
+    }
+
+    /// Takes one from `client`'s bucket (or the shared one), even past empty: what was left
+    /// before, at `now`.
+    pub fn take(&mut self, client: ClientKey, now: Instant) -> f64 {
+        let (burst, per_sec) = (self.burst, self.per_sec);
+        if !self.clients.contains_key(&client)
+            && self.clients.len() >= self.max
+            && self
+                .purged_at
+                .is_none_or(|at| now.duration_since(at) >= PURGE_EVERY)
+        {
+            self.purged_at = Some(now);
+            self.clients
+                .retain(|_, b| b.refilled(now, burst, per_sec) < burst);
+        }
+        let full = Bucket {
+            left: burst,
+            at: now,
+        };
+        let bucket = if self.clients.len() < self.max || self.clients.contains_key(&client) {
+            self.clients.entry(client).or_insert(full)
+        } else {
+            self.overflow.get_or_insert(full)
+        };
+        let left = bucket.refilled(now, burst, per_sec);
+        *bucket = Bucket {
+            left: left - 1.0,
+            at: now,
+        };
+        left
+    }
+
+    /// How long until a bucket with `left` at hand has one to take.
+    pub fn wait(&self, left: f64) -> Duration {
+        Duration::from_secs_f64(((1.0 - left) / self.per_sec).max(0.0))
+    }
+
+    /// Clients with a bucket of their own.
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+}
+
+/// Least time between two `warn` lines about refusals ([`Refusals`]).
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// Refusals counted between two `warn` lines, one at most every 10 s, so a flood of refusals
+/// cannot flood the log. The admin attempt limit, the session claim rate and the session writes
+/// per client keep one.
+#[derive(Default)]
+pub struct Refusals {
+    since_log: u64,
+    logged_at: Option<Instant>,
+}
+
+impl Refusals {
+    /// Counts one refusal at `now`; `Some(n)` when a line is due, `n` the refusals since the last.
+    pub fn count(&mut self, now: Instant) -> Option<u64> {
+        self.since_log += 1;
+        if self
+            .logged_at
+            .is_some_and(|at| now.duration_since(at) < LOG_EVERY)
+        {
+            return None;
+        }
+        self.logged_at = Some(now);
+        Some(std::mem::take(&mut self.since_log))
     }
 }

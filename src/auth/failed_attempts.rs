@@ -13,44 +13,32 @@
 //! has refilled is forgotten. Past that many sources with failures, new ones share one bucket, so
 //! the table's memory is bounded whatever addresses the failures come from.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::per_client::{Bucket, ClientKey};
+use crate::per_client::{Buckets, ClientKey, Refusals};
 
 /// Most sources remembered at once.
 pub const MAX_SOURCES: usize = 4096;
 
-/// Least time between two `warn` lines about refused attempts.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
 struct Table {
-    sources: HashMap<ClientKey, Bucket>,
-    /// Shared by the sources that found the table full.
-    overflow: Option<Bucket>,
-    refused_since_log: u64,
-    logged_at: Option<Instant>,
+    sources: Buckets,
+    refused: Refusals,
 }
 
 pub struct FailedAttempts {
-    burst: f64,
-    per_sec: f64,
     table: Mutex<Table>,
 }
 
 impl FailedAttempts {
     /// `burst` failed attempts per source, then `per_min` a minute (both at least 1).
     pub fn new(burst: u32, per_min: u32) -> FailedAttempts {
+        let (burst, per_sec) = (f64::from(burst.max(1)), f64::from(per_min.max(1)) / 60.0);
         FailedAttempts {
-            burst: f64::from(burst.max(1)),
-            per_sec: f64::from(per_min.max(1)) / 60.0,
             table: Mutex::new(Table {
-                sources: HashMap::new(),
-                overflow: None,
-                refused_since_log: 0,
-                logged_at: None,
+                sources: Buckets::new(MAX_SOURCES, burst, per_sec),
+                refused: Refusals::default(),
             }),
         }
     }
@@ -58,26 +46,12 @@ impl FailedAttempts {
     /// Whether `ip` may have its token compared now; `Err` says how long until it may.
     pub fn check(&self, ip: IpAddr, now: Instant) -> Result<(), Duration> {
         let mut t = self.lock();
-        let source = ClientKey::of(ip);
-        let bucket = match t.sources.get(&source) {
-            Some(b) => Some(*b),
-            None if t.sources.len() >= MAX_SOURCES => t.overflow,
-            None => None,
-        };
-        let Some(bucket) = bucket else {
-            return Ok(());
-        };
-        let left = self.refilled(bucket, now);
+        let left = t.sources.left(ClientKey::of(ip), now);
         if left >= 1.0 {
             return Ok(());
         }
-        let wait = Duration::from_secs_f64((1.0 - left) / self.per_sec);
-        t.refused_since_log += 1;
-        if t.logged_at
-            .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
-        {
-            let refused = std::mem::take(&mut t.refused_since_log);
-            t.logged_at = Some(now);
+        let wait = t.sources.wait(left);
+        if let Some(refused) = t.refused.count(now) {
             tracing::warn!(
                 source = %ip,
                 refused,
@@ -91,32 +65,7 @@ impl FailedAttempts {
 
     /// Counts a failed attempt of `ip`.
     pub fn failed(&self, ip: IpAddr, now: Instant) {
-        let mut guard = self.lock();
-        let t = &mut *guard;
-        let source = ClientKey::of(ip);
-        if !t.sources.contains_key(&source) && t.sources.len() >= MAX_SOURCES {
-            let (burst, per_sec) = (self.burst, self.per_sec);
-            t.sources
-                .retain(|_, b| b.refilled(now, burst, per_sec) < burst);
-        }
-        let full = Bucket {
-            left: self.burst,
-            at: now,
-        };
-        let bucket = if t.sources.len() < MAX_SOURCES || t.sources.contains_key(&source) {
-            t.sources.entry(source).or_insert(full)
-        } else {
-            t.overflow.get_or_insert(full)
-        };
-        let left = bucket.refilled(now, self.burst, self.per_sec);
-        *bucket = Bucket {
-            left: left - 1.0,
-            at: now,
-        };
-    }
-
-    fn refilled(&self, b: Bucket, now: Instant) -> f64 {
-        b.refilled(now, self.burst, self.per_sec)
+        self.lock().sources.take(ClientKey::of(ip), now);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Table> {

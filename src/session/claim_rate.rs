@@ -22,7 +22,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use super::Owner;
-use crate::per_client::Bucket;
+use crate::per_client::{Bucket, Refusals};
 
 /// Claims a session may make at once before the rate applies.
 pub const BURST: f64 = 10.0;
@@ -33,16 +33,12 @@ pub const MAX_WATCHED: usize = 65_536;
 /// Least time between two searches of the full table.
 const PURGE_EVERY: Duration = Duration::from_secs(1);
 
-/// Least time between two `warn` lines about shed claims.
-const LOG_EVERY: Duration = Duration::from_secs(10);
-
 struct Table {
     sessions: HashMap<String, Bucket>,
     /// When the full table was last searched for refilled buckets (at most once a
     /// [`PURGE_EVERY`]: a flood of new ids does not make each claim pass over the table).
     purged_at: Option<Instant>,
-    shed_since_log: u64,
-    logged_at: Option<Instant>,
+    shed: Refusals,
 }
 
 pub struct ClaimRate {
@@ -58,8 +54,7 @@ impl ClaimRate {
             table: Mutex::new(Table {
                 sessions: HashMap::new(),
                 purged_at: None,
-                shed_since_log: 0,
-                logged_at: None,
+                shed: Refusals::default(),
             }),
         })
     }
@@ -89,12 +84,7 @@ impl ClaimRate {
         });
         let left = bucket.refilled(now, BURST, per_sec);
         if left < 1.0 {
-            t.shed_since_log += 1;
-            if t.logged_at
-                .is_none_or(|at| now.duration_since(at) >= LOG_EVERY)
-            {
-                let shed = std::mem::take(&mut t.shed_since_log);
-                t.logged_at = Some(now);
+            if let Some(shed) = t.shed.count(now) {
                 tracing::warn!(
                     session,
                     shed,
