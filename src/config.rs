@@ -131,6 +131,13 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_SESSION_CLAIMS_PER_MIN", default_value_t = 60)]
     pub session_claims_per_min: u32,
 
+    /// Most session writes one client (its address, as `FANOUT_TRUSTED_PROXIES` judges it) may
+    /// cause a minute, as many at once: streams that claim a session and, in proxy mode,
+    /// `initialize` requests that record one. Past it a stream is shed with `retry:` and an
+    /// `initialize` answered `429`, before the database is written. Unset: no bound per client.
+    #[arg(long, env = "FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN", value_parser = clap::value_parser!(u32).range(1..))]
+    pub session_writes_per_client_per_min: Option<u32>,
+
     /// Recent events kept in memory per replica (in memory mode: the whole log).
     #[arg(long, env = "FANOUT_MEMORY_EVENTS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub memory_events: u64,

@@ -16,6 +16,7 @@ use crate::log::memory::{MemoryLimits, MemoryLog};
 use crate::log::EventLog;
 use crate::metrics::Metrics;
 use crate::session::claim_rate::ClaimRate;
+use crate::session::client_rate::ClientRate;
 use crate::session::memory::MemorySessions;
 use crate::session::SessionStore;
 use crate::shutdown::Lifecycle;
@@ -42,6 +43,9 @@ pub struct State {
     pub allowed_hosts: Option<crate::config::AllowedHosts>,
     /// How often one session may be claimed (`FANOUT_SESSION_CLAIMS_PER_MIN`; `None`: no limit).
     pub claim_rate: Option<ClaimRate>,
+    /// How many session writes one client may cause (`FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN`;
+    /// `None`: no bound).
+    pub session_writes: Option<ClientRate>,
     /// One permit per byte of `POST`/`DELETE /mcp` bodies held (`FANOUT_BODY_MEMORY_BYTES`).
     pub body_memory: Arc<tokio::sync::Semaphore>,
     pub started_at: SystemTime,
@@ -193,6 +197,7 @@ impl State {
             allowed_hosts: config.allowed_hosts(),
             body_memory: Arc::new(tokio::sync::Semaphore::new(config.body_memory_bytes())),
             claim_rate: ClaimRate::new(config.session_claims_per_min),
+            session_writes: ClientRate::new(config.session_writes_per_client_per_min),
             config,
             subscriber_auth,
             upstream,

@@ -684,6 +684,18 @@ def assert_session_claims() -> str:
     return f"passed as set (default {default}, all-on {set_})"
 
 
+def assert_session_writes_per_client() -> str:
+    _, _, c = server(d())
+    expect(
+        "FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN" not in env_of(c),
+        "defaults: unset (no bound per client)",
+    )
+    _, _, c = server(RENDERED["all-on"])
+    set_ = env_value(c, "FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN")
+    expect(set_ == "600", f"all-on: {set_}")
+    return f"unset by default, passed as set (all-on {set_})"
+
+
 def assert_trusted_proxies_note() -> str:
     def notes(values: dict[str, Any]) -> str:
         return next(t for src, t in render(values).items() if src.endswith("NOTES.txt"))
@@ -728,6 +740,7 @@ for name, fn in [
     ("config.trustedProxies: list, none, unset; config.clientAddressHeader", assert_trusted_proxies),
     ("NOTES.txt: trustedProxies unset behind an ingress", assert_trusted_proxies_note),
     ("config.sessionClaimsPerMin", assert_session_claims),
+    ("config.sessionWritesPerClientPerMin", assert_session_writes_per_client),
     ("proxy.caCert / caConfigMap: mounted, FANOUT_UPSTREAM_CA_FILE names it", assert_upstream_ca),
 ]:
     check(name, fn)
@@ -829,6 +842,7 @@ SCHEMA_REJECTS = [
     ("proxy.maxRequestsPerClient: 0", {"proxy": {"maxRequestsPerClient": 0}}, r"/proxy/maxRequestsPerClient.*minimum"),
     ("config.maxConnectionsPerClient: 0", {"config": {"maxConnectionsPerClient": 0}}, r"/config/maxConnectionsPerClient.*minimum"),
     ("config.maxSubscribersPerClient: 0", {"config": {"maxSubscribersPerClient": 0}}, r"/config/maxSubscribersPerClient.*minimum"),
+    ("config.sessionWritesPerClientPerMin: 0", {"config": {"sessionWritesPerClientPerMin": 0}}, r"/config/sessionWritesPerClientPerMin.*minimum"),
     ('config.trustedProxies: ["ingress.example"]', {"config": {"trustedProxies": ["ingress.example"]}}, r"/config/trustedProxies"),
     ('config.clientAddressHeader: "x-client-ip"', {"config": {"clientAddressHeader": "x-client-ip"}}, r"/config/clientAddressHeader"),
     ("proxy.bridgeMaxSessions: 0", {"proxy": {"bridgeMaxSessions": 0}}, r"/proxy/bridgeMaxSessions.*minimum"),

@@ -399,10 +399,14 @@ fn shed_error(reason: ShedReason, id: &Value) -> RpcError {
             StatusCode::TOO_MANY_REQUESTS,
             "this client holds as many streams on this replica as it may (FANOUT_MAX_SUBSCRIBERS_PER_CLIENT); end one first",
         ),
-        // Listen streams claim no session; kept for completeness.
+        // Listen streams claim no session; kept for completeness (these two).
         ShedReason::ClaimRate => (
             StatusCode::TOO_MANY_REQUESTS,
             "this session was claimed more often than FANOUT_SESSION_CLAIMS_PER_MIN allows; retry later",
+        ),
+        ShedReason::SessionWrites => (
+            StatusCode::TOO_MANY_REQUESTS,
+            "this client opened sessions faster than FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN allows; retry later",
         ),
     };
     RpcError::new(status, id, codes::SERVER_ERROR, message)

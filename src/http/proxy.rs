@@ -74,10 +74,16 @@ pub struct Forward {
     pub own_task: Option<OwnTask>,
 }
 
-/// Forwards one request upstream and relays the answer. A client past its share of requests in
-/// flight (`FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT`) is answered `429` at once; otherwise its place
-/// is held until the answer has been relayed (or dropped).
+/// Forwards one request upstream and relays the answer. An `initialize` from a client past its
+/// session writes (`FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN`), or a request from a client past its
+/// share of requests in flight (`FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT`), is answered `429` at once;
+/// otherwise the client's place is held until the answer has been relayed (or dropped).
 pub async fn forward(st: &AppState, up: &Upstream, f: Forward) -> Response {
+    if let (Some(rate), Some("initialize")) = (&st.session_writes, f.rpc_method.as_deref()) {
+        if let Err(wait) = rate.take(f.client, std::time::Instant::now()) {
+            return too_many_sessions(&f.body, wait);
+        }
+    }
     let Some(table) = &up.per_client else {
         return forward_request(st, up, f).await;
     };
@@ -659,6 +665,23 @@ pub(crate) fn upstream_busy(up: &Upstream, request_body: &[u8]) -> Response {
             up.in_flight.max()
         ),
     ))
+}
+
+/// An `initialize` from a client past its session writes (`FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN`):
+/// `429` before anything is forwarded (the session the upstream would open could not be recorded),
+/// with `Retry-After` when the client's allowance has one again.
+fn too_many_sessions(request_body: &[u8], wait: std::time::Duration) -> Response {
+    let mut resp = upstream_error(
+        StatusCode::TOO_MANY_REQUESTS,
+        "too_many_sessions",
+        request_body,
+        "this client opened sessions faster than FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN allows; retry after the Retry-After seconds",
+    );
+    let secs = wait.as_secs_f64().ceil().max(1.0);
+    if let Ok(v) = HeaderValue::from_str(&format!("{secs:.0}")) {
+        resp.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    resp
 }
 
 /// A refusal the client may retry in a second (`Retry-After: 1`).

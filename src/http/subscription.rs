@@ -68,6 +68,14 @@ pub(super) async fn open(
             return Ok(Open::Shed(counted(ShedReason::ClaimRate, st)));
         }
     }
+    // So is a client writing sessions faster than its allowance (a new session id each time,
+    // which the claim rate above does not see: `session::client_rate`).
+    if let (Some(rate), Some(_), Some(_)) = (&st.session_writes, &req.session, req.owner) {
+        if rate.take(conn.client, std::time::Instant::now()).is_err() {
+            drop(guard);
+            return Ok(Open::Shed(counted(ShedReason::SessionWrites, st)));
+        }
+    }
     let bounds = match st.log.bounds().await {
         Ok(b) => b,
         Err(error) => {

@@ -89,15 +89,19 @@ pub enum ShedReason {
     ClientLimit,
     /// The stream's session was claimed more often than `FANOUT_SESSION_CLAIMS_PER_MIN`.
     ClaimRate,
+    /// The stream's client caused more session writes than
+    /// `FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN`.
+    SessionWrites,
 }
 
 impl ShedReason {
-    pub const ALL: [ShedReason; 5] = [
+    pub const ALL: [ShedReason; 6] = [
         ShedReason::Capacity,
         ShedReason::Draining,
         ShedReason::Database,
         ShedReason::ClientLimit,
         ShedReason::ClaimRate,
+        ShedReason::SessionWrites,
     ];
 
     pub const fn as_str(self) -> &'static str {
@@ -107,6 +111,7 @@ impl ShedReason {
             ShedReason::Database => "database",
             ShedReason::ClientLimit => "client_limit",
             ShedReason::ClaimRate => "claim_rate",
+            ShedReason::SessionWrites => "session_writes",
         }
     }
 }
@@ -183,6 +188,7 @@ mod tests {
                 ShedReason::Database => 2,
                 ShedReason::ClientLimit => 3,
                 ShedReason::ClaimRate => 4,
+                ShedReason::SessionWrites => 5,
             };
             assert_eq!(i, at, "{r:?}");
         }
@@ -227,7 +233,8 @@ mod tests {
                 "draining",
                 "database",
                 "client_limit",
-                "claim_rate"
+                "claim_rate",
+                "session_writes"
             ]
         );
         assert_eq!(

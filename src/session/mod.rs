@@ -6,6 +6,7 @@
 //! control channel (`bridge::control`).
 
 pub mod claim_rate;
+pub mod client_rate;
 pub mod memory;
 pub mod minted;
 pub mod postgres;

@@ -325,6 +325,10 @@ install, upgrade, lint and template fails early with a sentence saying what to c
   value: {{ $c.maxSessions | int64 | quote }}
 - name: FANOUT_SESSION_CLAIMS_PER_MIN
   value: {{ $c.sessionClaimsPerMin | int64 | quote }}
+{{- if not (kindIs "invalid" $c.sessionWritesPerClientPerMin) }}
+- name: FANOUT_SESSION_WRITES_PER_CLIENT_PER_MIN
+  value: {{ $c.sessionWritesPerClientPerMin | int64 | quote }}
+{{- end }}
 - name: FANOUT_BODY_MEMORY_BYTES
   value: {{ $c.bodyMemoryBytes | int64 | quote }}
 - name: FANOUT_HTTP2_MAX_STREAMS
