@@ -106,7 +106,9 @@ async fn collect(
     prepaid: usize,
     mut held: Option<OwnedSemaphorePermit>,
 ) -> Result<HeldBody, AppError> {
-    let mut parts: Vec<Bytes> = Vec::new();
+    // The usual body comes in one frame: kept as it is, with no list made for it.
+    let mut first: Option<Bytes> = None;
+    let mut rest: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     while let Some(frame) = body.frame().await {
         let frame = frame.map_err(|e| {
@@ -125,14 +127,18 @@ async fn collect(
             return Err(AppError::PayloadTooLarge(max));
         }
         take(memory, &mut held, total.max(prepaid) - before.max(prepaid))?;
-        parts.push(data);
+        match first {
+            None => first = Some(data),
+            Some(_) => rest.push(data),
+        }
     }
-    let bytes = match parts.len() {
-        0 => Bytes::new(),
-        1 => parts.swap_remove(0),
-        _ => {
+    let bytes = match first {
+        None => Bytes::new(),
+        Some(one) if rest.is_empty() => one,
+        Some(one) => {
             let mut all = BytesMut::with_capacity(total);
-            for p in parts {
+            all.extend_from_slice(&one);
+            for p in rest {
                 all.extend_from_slice(&p);
             }
             all.freeze()

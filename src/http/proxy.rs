@@ -33,18 +33,7 @@ use crate::state::AppState;
 /// `Connection` header names. `Proxy-Authorization` is a credential for this hop (the service
 /// takes none), `Proxy-Authenticate` the upstream's challenge for its own hop.
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "proxy-connection"
-            | "keep-alive"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "upgrade"
-    )
+    HOP_BY_HOP.contains(name)
 }
 
 /// The headers the proxy adds to say who the client is (`FANOUT_PROXY_FORWARDED_HEADERS`).
@@ -144,7 +133,12 @@ async fn forward_request(st: &AppState, up: &Upstream, f: Forward) -> Response {
     let deleted = session
         .filter(|_| method == Method::DELETE)
         .map(str::to_owned);
-    to_upstream(&mut headers, up.forwarded_headers.then_some(peer), minted);
+    to_upstream(
+        &mut headers,
+        up.forwarded_headers.then_some(peer),
+        minted,
+        request_body.len(),
+    );
     let mut req = axum::http::Request::new(http_body_util::Full::new(request_body.clone()));
     *req.method_mut() = method.clone();
     *req.uri_mut() = up.uri.clone();
@@ -448,40 +442,105 @@ async fn before<F: std::future::Future>(
 /// those their `Connection` names) dropped first, so a client cannot name this hop's own
 /// forwarded headers away; then who the client is added (`client`: `None` when
 /// `FANOUT_PROXY_FORWARDED_HEADERS` is off). `Host` is the upstream's and `Content-Length` the
-/// body's as sent. A minted session id stays here; one the upstream issued goes back to it (a
-/// stateful upstream refuses a request without its session id).
-fn to_upstream(headers: &mut HeaderMap, client: Option<SocketAddr>, minted_session: bool) {
+/// body's as sent (`body_len`): the received one is kept only when it states exactly that, as
+/// digits with no leading zero, and is otherwise written anew. A minted session id stays here;
+/// one the upstream issued goes back to it (a stateful upstream refuses a request without its
+/// session id).
+fn to_upstream(
+    headers: &mut HeaderMap,
+    client: Option<SocketAddr>,
+    minted_session: bool,
+    body_len: usize,
+) {
     strip_hop_by_hop(headers);
     if let Some(peer) = client {
         add_forwarded(headers, peer);
     }
     headers.remove(header::HOST);
-    headers.remove(header::CONTENT_LENGTH);
+    if !states_length(headers, body_len) {
+        headers.remove(header::CONTENT_LENGTH);
+    }
     if minted_session {
         headers.remove(&SESSION_ID);
     }
 }
 
+/// Whether `headers` has one `Content-Length`, `len` written as `len` writes itself (so hyper
+/// sends it as it is, with no value made for it).
+fn states_length(headers: &HeaderMap, len: usize) -> bool {
+    let mut values = headers.get_all(header::CONTENT_LENGTH).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    let mut n = len;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    v.as_bytes() == &digits[at..]
+}
+
 /// Removes the hop-by-hop headers and those their `Connection` names. A message without any
-/// (the usual one) is only looked at.
+/// (the usual one) is only looked at; one with a single `Connection` header (the usual one
+/// otherwise: `keep-alive`) allocates nothing.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     if !headers.keys().any(is_hop_by_hop) {
         return;
     }
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    let hop: Vec<HeaderName> = headers
-        .keys()
-        .filter(|n| is_hop_by_hop(n))
-        .cloned()
-        .collect();
-    for name in named.into_iter().chain(hop) {
+    let mut connection = headers.get_all(header::CONNECTION).iter();
+    if let (Some(_), Some(_)) = (connection.next(), connection.next()) {
+        // Named in several headers: gathered first, as removing needs the map.
+        let named: Vec<HeaderValue> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .cloned()
+            .collect();
+        for v in &named {
+            remove_named(headers, v);
+        }
+    } else if let Some(v) = headers.remove(header::CONNECTION) {
+        remove_named(headers, &v);
+    }
+    for name in &HOP_BY_HOP {
         headers.remove(name);
+    }
+}
+
+/// The hop-by-hop headers themselves (see [`is_hop_by_hop`]).
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("proxy-connection"),
+    HeaderName::from_static("keep-alive"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes the headers a `Connection` value names (a list of header names). One that is
+/// hop-by-hop itself is left to [`strip_hop_by_hop`]'s own pass, without making a name of it.
+fn remove_named(headers: &mut HeaderMap, connection: &HeaderValue) {
+    let Ok(list) = connection.to_str() else {
+        return;
+    };
+    for token in list.split(',').map(str::trim) {
+        if HOP_BY_HOP
+            .iter()
+            .any(|h| h.as_str().eq_ignore_ascii_case(token))
+        {
+            continue;
+        }
+        if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            headers.remove(name);
+        }
     }
 }
 
@@ -513,13 +572,15 @@ fn add_forwarded(headers: &mut HeaderMap, peer: SocketAddr) {
     let host = headers
         .get(header::HOST)
         .filter(|h| h.to_str().is_ok_and(|h| !h.contains(['"', '\\'])));
-    // Each value written once into its string (writing to a `String` cannot fail).
-    let mut xff = joined(headers, &X_FORWARDED_FOR).unwrap_or_default();
+    // Each value written once into its string, sized for this hop's part (writing to a `String`
+    // cannot fail).
+    let mut xff = joined(headers, &X_FORWARDED_FOR).unwrap_or_else(|| String::with_capacity(48));
     if !xff.is_empty() {
         xff.push_str(", ");
     }
     push_ip(&mut xff, ip);
-    let mut forwarded = joined(headers, &header::FORWARDED).unwrap_or_default();
+    let mut forwarded = joined(headers, &header::FORWARDED)
+        .unwrap_or_else(|| String::with_capacity(80 + host.map_or(0, HeaderValue::len)));
     if !forwarded.is_empty() {
         forwarded.push_str(", ");
     }
@@ -1126,7 +1187,7 @@ mod tests {
             ("mcp-session-id", "minted"),
             ("accept", "*/*"),
         ]);
-        to_upstream(&mut h, Some(peer), true);
+        to_upstream(&mut h, Some(peer), true, 11);
         // The client's own entry named in `Connection` is dropped; this hop's is there.
         assert_eq!(h["x-forwarded-for"], "10.1.2.3");
         assert_eq!(h["forwarded"], r#"for=10.1.2.3;host="svc:8080";proto=http"#);
@@ -1139,9 +1200,35 @@ mod tests {
 
         // Off, and an upstream's session: only the hop's own headers go.
         let mut h = map(&[("host", "svc"), ("mcp-session-id", "theirs")]);
-        to_upstream(&mut h, None, false);
+        to_upstream(&mut h, None, false, 0);
         assert!(!h.contains_key("x-forwarded-for") && !h.contains_key("forwarded"));
         assert_eq!(h["mcp-session-id"], "theirs");
+    }
+
+    #[test]
+    fn a_content_length_is_kept_only_when_it_states_the_body_exactly() {
+        for (sent, body_len, kept) in [
+            (&["12"][..], 12, true),
+            (&["0"][..], 0, true),
+            (&["18446744073709551615"][..], usize::MAX, true),
+            (&["12"][..], 11, false),
+            (&["012"][..], 12, false),
+            (&["+12"][..], 12, false),
+            (&["12 "][..], 12, false),
+            (&["12", "12"][..], 12, false),
+            (&[][..], 12, false),
+        ] {
+            let mut h = HeaderMap::new();
+            for v in sent {
+                h.append(header::CONTENT_LENGTH, HeaderValue::from_static(v));
+            }
+            to_upstream(&mut h, None, false, body_len);
+            assert_eq!(
+                h.contains_key(header::CONTENT_LENGTH),
+                kept,
+                "{sent:?} for {body_len} bytes"
+            );
+        }
     }
 
     #[test]
