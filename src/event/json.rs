@@ -170,8 +170,13 @@ impl<'de> Visitor<'de> for Strict<'_> {
 /// What the proxy needs of a body it forwards: the verdict of [`parse_json`] (one JSON value, no
 /// key named twice at any depth; the same errors, at the same place) and the top-level object's
 /// `method` when it is a string. No [`Value`] is built: each object's keys are compared as they
-/// are read (borrowed from the input unless escaped) and dropped with it.
+/// are read (borrowed from the input unless escaped) and dropped with it. The usual body (no
+/// escape, short numbers, small objects) is read by [`simple_scan`](super::simple_scan) in one
+/// pass; any other goes through `serde_json` as here.
 pub fn scan_method(bytes: &[u8]) -> Result<Option<String>, JsonError> {
+    if let Some(method) = super::simple_scan::scan(bytes) {
+        return Ok(method);
+    }
     let duplicate = Cell::new(None);
     let seed = Scan {
         duplicate: &duplicate,
@@ -258,14 +263,17 @@ impl<'de> Visitor<'de> for Scan<'_> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<String>, A::Error> {
-        let mut listed: Vec<Cow<'de, str>> = Vec::new();
-        let mut hashed: HashSet<Cow<'de, str>> = HashSet::new();
+        // The first keys on the stack (no allocation for the usual small object), the rest in a
+        // hash set made only when an object has more.
+        let mut listed: [Cow<'de, str>; SCAN_LIST_KEYS] =
+            [const { Cow::Borrowed("") }; SCAN_LIST_KEYS];
+        let mut n = 0;
+        let mut hashed: Option<HashSet<Cow<'de, str>>> = None;
         let mut method = None;
         while let Some(key) = map.next_key_seed(Key)? {
-            let repeated = if hashed.is_empty() {
-                listed.contains(&key)
-            } else {
-                hashed.contains(&key)
+            let repeated = match &hashed {
+                None => listed[..n].contains(&key),
+                Some(h) => h.contains(&key),
             };
             if repeated {
                 self.duplicate.set(Some(key.into_owned()));
@@ -279,13 +287,20 @@ impl<'de> Visitor<'de> for Scan<'_> {
             } else {
                 map.next_value_seed(self.nested())?;
             }
-            if !hashed.is_empty() {
-                hashed.insert(key);
-            } else if listed.len() < SCAN_LIST_KEYS {
-                listed.push(key);
-            } else {
-                hashed.extend(listed.drain(..));
-                hashed.insert(key);
+            match &mut hashed {
+                Some(h) => {
+                    h.insert(key);
+                }
+                None if n < SCAN_LIST_KEYS => {
+                    listed[n] = key;
+                    n += 1;
+                }
+                None => {
+                    let mut h: HashSet<Cow<'de, str>> =
+                        listed.iter_mut().map(std::mem::take).collect();
+                    h.insert(key);
+                    hashed = Some(h);
+                }
             }
         }
         Ok(method)
@@ -442,6 +457,15 @@ mod tests {
             let scanned = scan_method(text.as_bytes()).map_err(|e| e.to_string());
             proptest::prop_assert_eq!(scanned, by_parse(&text), "{}", text);
         }
+
+        /// What the fast path (`simple_scan`) answers, `serde_json` answers alike: it accepts
+        /// only bodies `serde_json` accepts, with the same `method` (the rest it leaves).
+        #[test]
+        fn the_fast_path_answers_as_parsing_does(text in json_text()) {
+            if let Some(method) = crate::event::simple_scan::scan(text.as_bytes()) {
+                proptest::prop_assert_eq!(Ok(method), by_parse(&text), "{}", text);
+            }
+        }
     }
 
     fn json_text() -> impl proptest::strategy::Strategy<Value = String> {
@@ -463,6 +487,19 @@ mod tests {
             r#""tools/call""#,
             r#""\u00e9""#,
             r#""""#,
+            // The fast path's edges (`simple_scan`): what it reads and what it leaves.
+            "0",
+            "-0.5",
+            "123456789012345678",
+            "1234567890123456789",
+            "1e3",
+            "01",
+            "1.",
+            r#""é""#,
+            "\"\u{7f}\"",
+            r#""a\nb""#,
+            " true ",
+            "\n[ ]\t",
         ])
         .prop_map(str::to_owned);
         leaf.prop_recursive(4, 48, 6, move |inner| {

@@ -7,6 +7,7 @@ pub mod id;
 pub mod input;
 pub mod json;
 pub mod list_changed;
+pub mod simple_scan;
 pub mod target;
 
 pub use chunk::Chunk;
