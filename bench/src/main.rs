@@ -285,6 +285,11 @@ enum Cmd {
         /// Times the whole set is measured (one row each).
         #[arg(long, default_value_t = 1)]
         rounds: usize,
+        /// Each wrk connection waits this long before each request: a set rate (connections /
+        /// pace), so the proxies are measured at the same requests/s whatever the upstream, each
+        /// request arriving at a process that had gone to sleep (as behind a slow upstream).
+        #[arg(long)]
+        pace_ms: Option<u64>,
     },
     /// Runs every scenario with its defaults (and nchan) and writes BENCHMARKS.md; or renders it
     /// from saved `--json` results with `--from`.
@@ -547,9 +552,10 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             duration_secs,
             systems,
             rounds,
+            pace_ms,
         } => {
             let mut ctx = ctx(&common, Durability::On)?;
-            let run = proxy_run(
+            let mut run = proxy_run(
                 upstream,
                 python,
                 &connections,
@@ -557,6 +563,7 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
                 systems,
                 rounds,
             )?;
+            run.pace_ms = pace_ms;
             let r = proxy::proxy_overhead(&mut ctx, &run).await;
             (ctx, common.json, r)
         }
@@ -628,6 +635,7 @@ fn proxy_run(
         loads,
         systems,
         rounds,
+        pace_ms: None,
     })
 }
 

@@ -442,6 +442,8 @@ pub struct ProxyRun {
     pub loads: Vec<Load>,
     pub systems: Vec<String>,
     pub rounds: usize,
+    /// Each connection's wait before each request (wrk's `delay()`), if any.
+    pub pace_ms: Option<u64>,
 }
 
 impl Default for ProxyRun {
@@ -458,7 +460,16 @@ impl Default for ProxyRun {
             loads: vec![load(8, 2), load(1, 1)],
             systems: SYSTEMS.iter().map(ToString::to_string).collect(),
             rounds: 1,
+            pace_ms: None,
         }
+    }
+}
+
+/// The wrk script, with each request delayed by `pace_ms` when set.
+fn paced(pace_ms: Option<u64>) -> String {
+    match pace_ms {
+        Some(ms) => format!("{LUA}\nfunction delay()\n    return {ms}\nend\n"),
+        None => LUA.to_owned(),
     }
 }
 
@@ -470,7 +481,7 @@ pub async fn proxy_overhead(ctx: &mut Ctx, run: &ProxyRun) -> Result<()> {
         .tempdir()
         .map_err(|e| BenchError::io("creating a temp dir", e))?;
     let script = dir.path().join("tools_call.lua");
-    std::fs::write(&script, LUA)
+    std::fs::write(&script, paced(run.pace_ms))
         .map_err(|e| BenchError::io(format!("writing {}", script.display()), e))?;
     let up = UpstreamServer::start(run.upstream, run.python.as_deref(), dir.path()).await?;
     check_answer(&up.url, None).await?;
@@ -501,7 +512,7 @@ pub async fn proxy_overhead(ctx: &mut Ctx, run: &ProxyRun) -> Result<()> {
                     upstream: up_after.since(&up_before),
                     has_proxy: !pids.is_empty(),
                 };
-                ctx.push(row(
+                let mut row = row(
                     run.upstream,
                     system,
                     round,
@@ -509,7 +520,12 @@ pub async fn proxy_overhead(ctx: &mut Ctx, run: &ProxyRun) -> Result<()> {
                     &r,
                     direct[i].as_ref(),
                     cpu,
-                ));
+                );
+                if let Some(ms) = run.pace_ms {
+                    row.case.push_str(&format!(", paced {ms} ms"));
+                    row.set("pace_ms", ms);
+                }
+                ctx.push(row);
             }
         }
     }

@@ -599,6 +599,7 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
          $B proxy-overhead                                   # tools/call direct / mcp-fanout / nginx / hyper-floor / mcp-fanout-session (wrk, py1 venv)\n\
          $B proxy-overhead --upstream static --systems mcp-fanout,hyper-floor,nginx  # the proxies' CPU per request, proxy-bound\n\
          $B proxy-overhead --upstream static --systems nginx,lean-floor,lean-floor-http,hyper-floor  # the floors: no HTTP library, http types, hyper\n\
+         $B proxy-overhead --upstream static --pace-ms 20 --systems nginx,lean-floor,hyper-floor,mcp-fanout  # the same at a set 400/s (8 connections): each request wakes a sleeping proxy\n\
          $B smoke                                            # seconds; asserts no loss (scripts/bench-smoke)\n\
          $B report --out BENCHMARKS.md                       # all of the above, this file\n```\n\
          \nEvery scenario accepts `--json FILE`, `--binary PATH`, `--url URL…` (measure running \
