@@ -205,9 +205,9 @@ impl Buckets {
         bucket.map_or(self.burst, |b| b.refilled(now, self.burst, self.per_sec))
     }
 
-    /// Takes one from `client`'s bucket (or the shared one), even past empty: what was left
-    /// before, at `now`.
-    pub fn take(&mut self, client: ClientKey, now: Instant) -> f64 {
+    /// Takes one from `client`'s bucket (or the shared one), even past empty (the refill pays it
+    /// back before the next is left).
+    pub fn take(&mut self, client: ClientKey, now: Instant) {
         let (burst, per_sec) = (self.burst, self.per_sec);
         if !self.clients.contains_key(&client)
             && self.clients.len() >= self.max
@@ -233,7 +233,6 @@ impl Buckets {
             left: left - 1.0,
             at: now,
         };
-        left
     }
 
     /// How long until a bucket with `left` at hand has one to take.
