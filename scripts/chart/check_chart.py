@@ -756,9 +756,9 @@ def hadolint() -> str:
     out = subprocess.run([str(exe), "--no-color", str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
     expect(out.returncode == 0, (out.stdout + out.stderr).strip())
     dockerfile = (ROOT / "Dockerfile").read_text()
-    for needle in ("cargo build --release --locked", "gcr.io/distroless/cc-debian12:nonroot", "USER 65532", "EXPOSE 8080 9090", "ENTRYPOINT [\"/usr/local/bin/mcp-fanout\"]"):
+    for needle in ("cargo build --release --locked", "./scripts/build-pgo", "gcr.io/distroless/cc-debian12:nonroot", "USER 65532", "EXPOSE 8080 9090", "ENTRYPOINT [\"/usr/local/bin/mcp-fanout\"]"):
         expect(needle in dockerfile, f"Dockerfile lacks {needle!r}")
-    return "hadolint clean; multi-stage, --locked, distroless nonroot, 65532, EXPOSE 8080 9090, binary as ENTRYPOINT"
+    return "hadolint clean; multi-stage, --locked, PGO build, distroless nonroot, 65532, EXPOSE 8080 9090, binary as ENTRYPOINT"
 
 
 def dockerignored(rel: str, patterns: list[tuple[bool, str]]) -> bool:
@@ -792,8 +792,10 @@ def docker_context() -> str:
     files = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     kept = [f for f in files if (ROOT / f).is_file() and not dockerignored(f, patterns)]
-    needed = ["Cargo.toml", "Cargo.lock", "testkit/Cargo.toml"]
+    needed = ["Cargo.toml", "Cargo.lock", "testkit/Cargo.toml", "scripts/build-pgo"]
     needed += [f for f in files if f.startswith(("src/", "sql/", "testkit/src/")) and (ROOT / f).is_file()]
+    # scripts/build-pgo builds the bench and runs it (the PGO training run).
+    needed += [f for f in files if f.startswith("bench/") and f != "bench/notes.md" and (ROOT / f).is_file()]
     lost = [f for f in needed if f not in kept]
     expect(not lost, f"excluded from the Docker build context but needed by the build: {lost[:10]}")
     for leak in ("target/", ".git/", "helm/"):
@@ -806,13 +808,13 @@ def docker_context() -> str:
         # What `cargo build --release --locked --bin mcp-fanout` resolves on linux (offline: from the
         # local cache; a stale Cargo.lock or a missing workspace member fails here).
         out = subprocess.run([cargo, "tree", "--locked", "--offline", "--target", "x86_64-unknown-linux-gnu",
-                              "-e", "normal,build", "-p", "mcp-fanout"], cwd=tmp,
+                              "-e", "normal,build", "-p", "mcp-fanout", "-p", "mcp-fanout-bench"], cwd=tmp,
                              capture_output=True, text=True, timeout=120,
                              env={**os.environ, "CARGO_TARGET_DIR": str(Path(tmp) / "target")})
     if out.returncode != 0 and ("offline" in out.stderr or "failed to download" in out.stderr or "no matching package" in out.stderr):
         raise Skip("the crates are not in the local cargo cache (cargo tree --offline)")
     expect(out.returncode == 0, out.stderr.strip()[-800:])
-    return f"{len(kept)} files; `cargo tree --locked` resolves the binary's dependencies in a copy of it"
+    return f"{len(kept)} files; `cargo tree --locked` resolves the binary's and the bench's dependencies in a copy of it"
 
 
 check("Dockerfile: hadolint and the required shape", hadolint)
