@@ -108,6 +108,9 @@ pub async fn report(
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
     let mut machine_v = machine();
+    // Which build was measured: `target/release/mcp-fanout` is the plain build CI tests,
+    // `target/pgo/mcp-fanout` the profile-guided one the image ships (scripts/build-pgo).
+    machine_v["binary"] = json!(opts.binary.display().to_string());
     let mut machine_from_file = false;
     let mut pg_settings = String::new();
     if from.is_empty() {
@@ -568,6 +571,16 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
     );
     let _ = writeln!(md, "## Machine\n");
     let _ = writeln!(md, "- code measured: commit {}", g("git"));
+    let binary = g("binary");
+    let _ = writeln!(
+        md,
+        "- binary measured: {}",
+        if binary.is_empty() {
+            "not recorded (a run before the binary was)".to_string()
+        } else {
+            format!("`{binary}`")
+        }
+    );
     let _ = writeln!(md, "- `nproc`: {}", g("nproc"));
     let _ = writeln!(md, "- CPU: {}", g("cpu").trim());
     let _ = writeln!(md, "- `uname -a`: `{}`", g("uname"));
