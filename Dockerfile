@@ -10,8 +10,9 @@ FROM rust:${RUST_VERSION}-bookworm AS build
 # The binary is built with profile-guided optimisation (scripts/build-pgo): an instrumented build
 # runs through the bench's scenarios, then the release build uses its counts. The training run
 # starts Postgres, nginx (its static MCP upstream) and wrk; llvm-tools merges the counts.
-# `--build-arg PGO=0` builds without it (faster; ~25 % more CPU per proxied request). The tools
-# stay in this stage, not in the image, so their versions are Debian's current ones, not pinned.
+# `--build-arg PGO=0` builds without it (faster to build; 25-30 % more CPU per proxied request).
+# The tools stay in this stage, not in the image, so their versions are Debian's current ones,
+# not pinned.
 # hadolint ignore=DL3008
 RUN apt-get update \
  && apt-get install -y --no-install-recommends postgresql nginx wrk procps \
