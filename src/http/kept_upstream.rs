@@ -3,13 +3,14 @@
 //!
 //! An HTTP/1.x client connection runs one request at a time, and its handler runs inside the
 //! connection's own task. So a request from one goes upstream on a connection kept for that client
-//! connection ([`forward_client::Direct`]), driven inside the same task (`server::own_task`):
-//! handing the request over, the answer back and each chunk of its body are wakes within one
-//! task, not trips through the scheduler to the pool's connection task (often on the other
-//! worker). The kept connection is reused by the client connection's next request while the
-//! upstream keeps it open, replaced when it is not ready (an answer not read to its end, the
-//! upstream closed it), and closed with the client connection (or once its HTTP side ends with an
-//! event stream handed off).
+//! connection ([`forward_client::Direct`], a [`DirectConn`]), with no HTTP library's client in
+//! between: the request is written in one piece and the answer read by the same task as it
+//! relays it — no hand-over to a connection task, no channel. The kept connection is reused by
+//! the client connection's next request while the upstream keeps it open, replaced when it is not
+//! usable (an answer not read to its end, the upstream closed it or sent something unasked), and
+//! closed with the client connection (or once its HTTP side ends with an event stream handed
+//! off). Between requests it waits in the client connection's [`OwnTask`], which watches it: one
+//! the upstream closes is closed here at once.
 //!
 //! A kept connection holds one permit of `FANOUT_UPSTREAM_MAX_CONNECTIONS` for its life, idle
 //! too, and the requests on it take none of their own ([`Lease`]): the bound stays a bound on the
@@ -22,21 +23,30 @@
 //! HTTP/2 client requests (concurrent on one connection, each in a task of its own), and an
 //! `https://` or HTTP/2 upstream, use the pooled client (`forward_client::build`).
 
-use axum::http::{Request, Response};
+use axum::http::{HeaderMap, Method, Request, Response};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::body::Incoming;
 
-use crate::mcp::forward_client::{Direct, DirectSender, ForwardError};
+use crate::mcp::forward_client::{Direct, DirectConn, ForwardError, UpstreamBody};
 use crate::mcp::in_flight::Lease;
 use crate::mcp::upstream::Upstream;
-use crate::server::own_task::OwnTask;
+use crate::server::own_task::{self, OwnTask};
 
-/// The upstream connection kept for a client connection: its sender, and the permit of
+/// The upstream connection kept for a client connection, idle, and the permit of
 /// `FANOUT_UPSTREAM_MAX_CONNECTIONS` it holds for its life.
 pub struct Kept {
-    sender: DirectSender,
+    conn: DirectConn,
     lease: Lease,
+}
+
+impl own_task::Kept for Kept {
+    fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
+        self.conn.poll_gone(cx)
+    }
+
+    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
+        self
+    }
 }
 
 impl Kept {
@@ -53,20 +63,27 @@ pub fn take(up: &Upstream, own: Option<&OwnTask>) -> Option<Kept> {
     own?.take_kept::<Kept>()
 }
 
-/// Sends `req` (its target the upstream's absolute URI) upstream: on `kept` when it is ready, else
-/// on a new connection kept for `own` from now on and holding `lease`; on the pooled client when
-/// there is nothing to keep (an HTTP/2 client, an `https://` or HTTP/2 upstream).
+/// Sends a request (`method`, `headers` as forwarded, `body`) upstream: on `kept` when it is
+/// still usable, else on a new connection, kept for `own` once its answer has been read to the
+/// end and holding `lease`; on the pooled client when there is nothing to keep (an HTTP/2 client,
+/// an `https://` or HTTP/2 upstream).
 pub async fn send(
     up: &Upstream,
     own: Option<&OwnTask>,
     kept: Option<Kept>,
     lease: &Lease,
-    req: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, ForwardError> {
-    match (own, &up.direct) {
-        (Some(own), Some(direct)) => send_kept(direct, own, kept, lease, req).await,
-        _ => Ok(up.forward.request(req).await?),
+    method: Method,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response<UpstreamBody>, ForwardError> {
+    if let (Some(own), Some(direct)) = (own, &up.direct) {
+        return send_kept(direct, own, kept, lease, &method, &headers, &body).await;
     }
+    let mut req = Request::new(Full::new(body));
+    *req.method_mut() = method;
+    *req.uri_mut() = up.uri.clone();
+    *req.headers_mut() = headers;
+    Ok(up.forward.request(req).await?.map(UpstreamBody::Pooled))
 }
 
 async fn send_kept(
@@ -74,39 +91,31 @@ async fn send_kept(
     own: &OwnTask,
     kept: Option<Kept>,
     lease: &Lease,
-    mut req: Request<Full<Bytes>>,
-) -> Result<Response<Incoming>, ForwardError> {
-    direct.address(&mut req);
-    if let Some(Kept { mut sender, lease }) = kept.filter(|k| k.sender.is_ready()) {
-        let answer = sender.try_send_request(req);
-        own.put_back(Kept { sender, lease });
-        match answer.await {
-            Ok(resp) => return Ok(resp),
-            // Not sent: the connection ended meanwhile (the upstream closed it while it was
-            // idle). A new one carries it, as the pool retries such a request.
-            Err(mut e) => match e.take_message() {
-                Some(unsent) => req = unsent,
-                None => return Err(e.into_error().into()),
-            },
+    method: &Method,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<Response<UpstreamBody>, ForwardError> {
+    let req = direct.request(method, headers, body);
+    // An idle connection the upstream closed, or sent something unasked on, is replaced. A new
+    // connection takes over the permit of the one kept before (if any).
+    let (mut conn, lease) = match kept.and_then(|mut k| k.conn.is_reusable().then_some(k)) {
+        Some(Kept { conn, lease }) => (conn, lease),
+        None => (direct.connect().await?, lease.clone()),
+    };
+    let reused = conn.used();
+    if let Err(error) = conn.write(&req).await {
+        if !reused {
+            return Err(ForwardError::Direct(error.into()));
         }
+        // Closed by the upstream while it was idle, the close not seen yet: nothing of the
+        // request was taken. A new connection carries it, as the pool retries such a request.
+        tracing::debug!(%error, "kept upstream connection closed; sending on a new one");
+        conn = direct.connect().await?;
+        conn.write(&req)
+            .await
+            .map_err(|e| ForwardError::Direct(e.into()))?;
     }
-    // A new connection replaces the one kept before (if any), and takes over its permit.
-    let (mut sender, connection) = direct.connect().await?;
-    let answer = sender.send_request(req);
-    // The connection holds its permit for as long as it is open, its handle kept or not (a
-    // handle dropped as not ready leaves its connection open until a new one replaces it).
-    let held = lease.clone();
-    own.drive(
-        async move {
-            if let Err(error) = connection.await {
-                tracing::debug!(%error, "upstream connection ended with an error");
-            }
-            drop(held);
-        },
-        Kept {
-            sender,
-            lease: lease.clone(),
-        },
-    );
-    Ok(answer.await?)
+    let own = own.clone();
+    let home = Box::new(move |conn: DirectConn| own.keep(Kept { conn, lease }));
+    Ok(conn.answer(method, home).await?.map(UpstreamBody::Direct))
 }

@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::error::ErrorCode;
 use super::headers::MCP_SESSION_ID;
 use super::kept_upstream;
-use crate::mcp::forward_client::ForwardError;
+use crate::mcp::forward_client::{ForwardError, UpstreamBody};
 use crate::mcp::in_flight::Lease;
 use crate::mcp::upstream::Upstream;
 use crate::per_client::ClientKey;
@@ -139,16 +139,20 @@ async fn forward_request(st: &AppState, up: &Upstream, f: Forward) -> Response {
         minted,
         request_body.len(),
     );
-    let mut req = axum::http::Request::new(http_body_util::Full::new(request_body.clone()));
-    *req.method_mut() = method.clone();
-    *req.uri_mut() = up.uri.clone();
-    *req.headers_mut() = headers;
     // One timer for the answer's head and a held body: both are due by the same deadline.
     let timer = tokio::time::sleep(up.response_timeout);
     tokio::pin!(timer);
     let sent = before(
         timer.as_mut(),
-        kept_upstream::send(up, own_task.as_ref(), kept, &permit, req),
+        kept_upstream::send(
+            up,
+            own_task.as_ref(),
+            kept,
+            &permit,
+            method.clone(),
+            headers,
+            request_body.clone(),
+        ),
     )
     .await;
     let mut resp = match sent {
@@ -253,7 +257,7 @@ fn grown(size: usize, needed: usize, max: usize) -> usize {
 async fn relay_body(
     st: &AppState,
     up: &Upstream,
-    resp: axum::http::Response<hyper::body::Incoming>,
+    resp: axum::http::Response<UpstreamBody>,
     headers: &mut HeaderMap,
     rewrite: bool,
     mut timer: std::pin::Pin<&mut tokio::time::Sleep>,
@@ -681,7 +685,7 @@ fn upstream_error(
 /// status line or header), as `upstream_unreachable` otherwise (no connection, or closed before
 /// answering) — so an alert on unreachable upstreams is not set off by one that answers badly.
 fn no_answer(up: &Upstream, error: &ForwardError, request_body: &[u8]) -> Response {
-    if answered_badly(error) {
+    if error.is_invalid_answer() {
         tracing::warn!(%error, upstream = %up.url, "the upstream's answer is not valid HTTP");
         return upstream_error(
             StatusCode::BAD_GATEWAY,
@@ -697,21 +701,6 @@ fn no_answer(up: &Upstream, error: &ForwardError, request_body: &[u8]) -> Respon
         request_body,
         "the upstream MCP server is unreachable",
     )
-}
-
-/// Whether the client failed parsing what the upstream sent (not connecting, not a close).
-fn answered_badly(error: &ForwardError) -> bool {
-    if error.is_connect() {
-        return false;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(h) = e.downcast_ref::<hyper::Error>() {
-            return h.is_parse() || h.is_parse_too_large() || h.is_parse_status();
-        }
-        source = e.source();
-    }
-    false
 }
 
 /// Every upstream connection this replica may hold is in use (`FANOUT_UPSTREAM_MAX_CONNECTIONS`):

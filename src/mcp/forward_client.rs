@@ -8,21 +8,23 @@
 //! URL parsing (the target URI is parsed once, at start).
 //!
 //! A plain `http://` upstream spoken to over HTTP/1.1 can also be reached on a connection of one's
-//! own ([`Direct`]): the edge keeps one for each HTTP/1.x client connection and drives it inside
-//! that connection's task (`http::kept_upstream`), which the pool's connections, each a task of
-//! its own, cannot be.
+//! own ([`Direct`], a [`DirectConn`]): the edge keeps one for each HTTP/1.x client connection
+//! (`http::kept_upstream`), and its answers are read by that client connection's task as it
+//! relays them, with no connection task of their own as the pool's have.
 
 use std::time::Duration;
 
 use axum::http::{HeaderValue, Uri};
 use bytes::Bytes;
 use http_body_util::Full;
-use hyper::client::conn::http1;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
+
+pub use super::direct_conn::{DirectBody, DirectConn, DirectError, Home, RequestBytes};
 
 /// How long connecting to the upstream may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -68,11 +70,6 @@ pub fn build(tls: rustls::ClientConfig, http2: bool) -> ForwardClient {
         .build(https)
 }
 
-/// Sends requests on one upstream connection of [`Direct`]'s.
-pub type DirectSender = http1::SendRequest<Full<Bytes>>;
-/// One upstream connection of [`Direct`]'s: it does its reads and writes as it is polled.
-pub type DirectConnection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
-
 /// How a plain `http://` upstream spoken to over HTTP/1.1 is reached on a connection of one's
 /// own, with what the pooled client would add to each request (the target in origin form and
 /// `Host`), worked out once.
@@ -83,7 +80,7 @@ pub struct Direct {
     /// `Host`: the upstream's name, and its port unless it is 80 (as the pooled client writes it).
     host_header: HeaderValue,
     /// The path (and query) requests are sent to.
-    origin_form: Uri,
+    origin_form: String,
 }
 
 /// Why a request went unanswered on the pooled client or on a [`Direct`] connection.
@@ -95,8 +92,8 @@ pub enum ForwardError {
     Connect(#[source] std::io::Error),
     #[error("connecting to the upstream: timed out after {CONNECT_TIMEOUT:?}")]
     ConnectTimedOut,
-    #[error("on the upstream connection: {0}")]
-    Direct(#[from] hyper::Error),
+    #[error(transparent)]
+    Direct(#[from] DirectError),
 }
 
 impl ForwardError {
@@ -106,6 +103,69 @@ impl ForwardError {
             ForwardError::Pooled(e) => e.is_connect(),
             ForwardError::Connect(_) | ForwardError::ConnectTimedOut => true,
             ForwardError::Direct(_) => false,
+        }
+    }
+
+    /// The upstream sent something that is not an HTTP answer (a head over the bound, a malformed
+    /// status line or header), as opposed to not being reached or closing.
+    pub fn is_invalid_answer(&self) -> bool {
+        match self {
+            ForwardError::Direct(e) => e.is_invalid_answer(),
+            _ => {
+                let mut source = std::error::Error::source(self);
+                while let Some(e) = source {
+                    if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                        return h.is_parse() || h.is_parse_too_large() || h.is_parse_status();
+                    }
+                    source = e.source();
+                }
+                false
+            }
+        }
+    }
+}
+
+/// Why an upstream answer's body was cut.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamBodyError {
+    #[error(transparent)]
+    Pooled(#[from] hyper::Error),
+    #[error(transparent)]
+    Direct(#[from] DirectError),
+}
+
+/// An upstream answer's body: from the pooled client, or read from a [`DirectConn`].
+#[derive(Debug)]
+pub enum UpstreamBody {
+    Pooled(Incoming),
+    Direct(DirectBody),
+}
+
+impl hyper::body::Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamBodyError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<Frame<Bytes>, UpstreamBodyError>>> {
+        match self.get_mut() {
+            UpstreamBody::Pooled(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Direct(b) => std::pin::Pin::new(b).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Pooled(b) => b.is_end_stream(),
+            UpstreamBody::Direct(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Pooled(b) => b.size_hint(),
+            UpstreamBody::Direct(b) => b.size_hint(),
         }
     }
 }
@@ -123,7 +183,7 @@ impl Direct {
             Some(p) => HeaderValue::from_str(&format!("{name}:{p}")).ok()?,
             None => HeaderValue::from_str(name).ok()?,
         };
-        let origin_form = uri.path_and_query()?.as_str().parse().ok()?;
+        let origin_form = uri.path_and_query()?.as_str().to_owned();
         // An IPv6 address is written in brackets in a URL, not in a socket address.
         let host = name
             .trim_start_matches('[')
@@ -137,16 +197,18 @@ impl Direct {
         })
     }
 
-    /// `req` as it goes on a connection of one's own: origin-form target, `Host` set.
-    pub fn address(&self, req: &mut axum::http::Request<Full<Bytes>>) {
-        *req.uri_mut() = self.origin_form.clone();
-        req.headers_mut()
-            .insert(axum::http::header::HOST, self.host_header.clone());
+    /// A request as it goes on a connection of one's own: origin-form target, `Host` set.
+    pub fn request(
+        &self,
+        method: &axum::http::Method,
+        headers: &axum::http::HeaderMap,
+        body: &Bytes,
+    ) -> RequestBytes {
+        RequestBytes::new(method, &self.origin_form, &self.host_header, headers, body)
     }
 
-    /// A new connection to the upstream (within [`CONNECT_TIMEOUT`], `TCP_NODELAY`, the read
-    /// buffer bounded as the pool's): its sender, and the connection, which must be polled.
-    pub async fn connect(&self) -> Result<(DirectSender, DirectConnection), ForwardError> {
+    /// A new connection to the upstream (within [`CONNECT_TIMEOUT`], `TCP_NODELAY`).
+    pub async fn connect(&self) -> Result<DirectConn, ForwardError> {
         let connecting = TcpStream::connect((self.host.as_str(), self.port));
         let tcp = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
             .await
@@ -156,9 +218,7 @@ impl Direct {
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed on an upstream connection");
         }
-        let mut builder = http1::Builder::new();
-        builder.max_buf_size(READ_BUF_MAX_BYTES);
-        Ok(builder.handshake(TokioIo::new(tcp)).await?)
+        Ok(DirectConn::new(tcp))
     }
 }
 

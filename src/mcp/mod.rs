@@ -2,6 +2,7 @@
 //! `subscriptions/listen` (2026-07-28) in [`listen`]; the proxy mode's upstream server in [`upstream`], the client that reaches it in
 //! [`forward_client`], the bound on its connections in [`in_flight`].
 
+pub mod direct_conn;
 pub mod forward_client;
 pub mod in_flight;
 pub mod listen;

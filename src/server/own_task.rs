@@ -1,45 +1,49 @@
-//! Work an HTTP/1.x connection's own task drives beside hyper's side of it.
+//! What an HTTP/1.x connection's own task keeps beside hyper's side of it: one handle a handler
+//! leaves for the connection's next request — proxy mode's upstream connection, see
+//! `http::kept_upstream` — watched while it waits.
 //!
 //! A handler runs inside its connection's task on HTTP/1.x (hyper polls the service's future in
-//! the connection's dispatch loop). A future it hands to [`OwnTask::drive`] — proxy mode's
-//! upstream connection, see `http::kept_upstream` — is polled by that same task from then on: the
-//! wakes between the handler and that work (a request handed over, its answer handed back, each
-//! chunk of the answer's body) stay inside one task, answered in place by `self_wake`, instead
-//! of going through the scheduler to a task of their own, which may be on the other worker.
-//!
-//! One piece of work at a time: driving another drops the one before, with the handle kept with
-//! it. The work and its handle are dropped when the work ends, and with the connection. HTTP/2
-//! requests get no `OwnTask` (their handlers run as tasks of their own, concurrently), and
+//! the connection's dispatch loop), and so does the reading of its answer's body. Between
+//! requests the kept handle is idle; it is watched with the connection's task's waker
+//! ([`Kept::poll_gone`], registered when it is kept and again at each of [`OwnTask::run`]'s
+//! polls), so one the other end closed is dropped as soon as that is seen (with what it holds),
+//! not at the next request. The handle and its watch are dropped with the connection.
+//! HTTP/2 requests get no `OwnTask` (their handlers run as tasks of their own, concurrently), and
 //! neither does any connection of a listener that has no use for one (`ConnOptions::own_tasks`):
 //! there the connection's task polls nothing more than before.
 
 use std::any::Any;
 use std::convert::Infallible;
-use std::future::{poll_fn, Future};
-use std::pin::Pin;
+use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll, Waker};
 
-use futures::task::AtomicWaker;
+/// A handle kept between requests.
+pub trait Kept: Any + Send {
+    /// `Ready` once the handle is of no more use (its other end closed it); polled while it is
+    /// kept, with the connection's task's context.
+    fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()>;
 
-type Work = Pin<Box<dyn Future<Output = ()> + Send>>;
+    /// As `Any`, to be taken back as what it is.
+    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
+}
 
-/// A connection's own task, as a place to drive work in; cheap to clone (one `Arc`).
+/// A connection's own task, as a place to keep a handle in; cheap to clone (one `Arc`).
 #[derive(Clone, Default)]
 pub struct OwnTask(Arc<Shared>);
 
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
-    /// The connection's task, as last seen by [`OwnTask::run`].
-    task: AtomicWaker,
 }
 
 #[derive(Default)]
 struct State {
-    work: Option<Work>,
-    /// A handle on `work` (a sender to it), taken and put back by the handler that uses it.
-    kept: Option<Box<dyn Any + Send>>,
+    kept: Option<Box<dyn Kept>>,
+    /// The connection's task, as last seen by [`OwnTask::run`]: a handle kept is watched with it.
+    task: Option<Waker>,
+    /// The connection has ended: nothing is kept any more.
+    ended: bool,
 }
 
 impl OwnTask {
@@ -47,45 +51,52 @@ impl OwnTask {
         self.0.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Drives `work` in the connection's task from now on, with `kept` as its handle; what was
-    /// driven and kept before is dropped.
-    pub fn drive<K: Any + Send>(&self, work: impl Future<Output = ()> + Send + 'static, kept: K) {
-        let new = State {
-            work: Some(Box::pin(work)),
-            kept: Some(Box::new(kept)),
+    /// Takes the handle kept, if there is one of type `K`.
+    pub fn take_kept<K: Kept>(&self) -> Option<K> {
+        let mut state = self.state();
+        let kept = state.kept.take()?;
+        if !(*kept).type_id().eq(&std::any::TypeId::of::<K>()) {
+            state.kept = Some(kept);
+            return None;
+        }
+        drop(state);
+        kept.into_any().downcast::<K>().ok().map(|k| *k)
+    }
+
+    /// Keeps `kept` for the connection's next request, watched from now on; what was kept before
+    /// is dropped, and so is `kept` once the connection has ended.
+    pub fn keep<K: Kept>(&self, kept: K) {
+        let mut kept: Box<dyn Kept> = Box::new(kept);
+        let mut state = self.state();
+        if state.ended {
+            return;
+        }
+        // Watched from now on with the connection's task (no wake of the task needed for that).
+        let gone = match &state.task {
+            Some(task) => kept.poll_gone(&mut Context::from_waker(task)).is_ready(),
+            None => false,
         };
-        let old = std::mem::replace(&mut *self.state(), new);
+        let old = if gone {
+            Some(kept)
+        } else {
+            state.kept.replace(kept)
+        };
+        drop(state);
         // Dropped outside the lock: a drop may run arbitrary code.
         drop(old);
-        // The task polls the new work at once (a wake during its own poll is answered in place).
-        self.0.task.wake();
     }
 
-    /// Takes the handle kept with the work being driven, if there is one of type `K`.
-    pub fn take_kept<K: Any + Send>(&self) -> Option<K> {
-        let mut state = self.state();
-        match state.kept.take()?.downcast::<K>() {
-            Ok(kept) => Some(*kept),
-            Err(other) => {
-                state.kept = Some(other);
-                None
-            }
-        }
-    }
-
-    /// Puts back a handle [`take_kept`](Self::take_kept) took, if the work it goes with is still
-    /// driven (it is dropped otherwise).
-    pub fn put_back<K: Any + Send>(&self, kept: K) {
-        let mut state = self.state();
-        if state.work.is_some() {
-            state.kept = Some(Box::new(kept));
-        }
-    }
-
-    /// Drops the work and its handle: the connection has ended (what else holds this connection's
-    /// state, a handed-off stream's writer, must not keep them).
+    /// Drops the handle: the connection has ended (what else holds this connection's state, a
+    /// handed-off stream's writer, must not keep it).
     pub fn end(&self) {
-        let ended = std::mem::take(&mut *self.state());
+        let ended = std::mem::replace(
+            &mut *self.state(),
+            State {
+                kept: None,
+                task: None,
+                ended: true,
+            },
+        );
         drop(ended);
     }
 
@@ -97,20 +108,23 @@ impl OwnTask {
         }
     }
 
-    /// Drives the work handed over, for as long as the connection lives (never ends): the
-    /// connection's task polls this beside hyper's side of the connection.
+    /// Watches the handle kept, for as long as the connection lives (never ends): the
+    /// connection's task polls this beside hyper's side of the connection, and drops a handle
+    /// whose other end is gone.
     pub async fn run(&self) -> Infallible {
         poll_fn(|cx| {
-            self.0.task.register(cx.waker());
-            let ended = {
+            let gone = {
                 let mut state = self.state();
-                match state.work.as_mut().map(|w| w.as_mut().poll(cx)) {
-                    Some(Poll::Ready(())) => Some(std::mem::take(&mut *state)),
+                if !state.task.as_ref().is_some_and(|t| t.will_wake(cx.waker())) {
+                    state.task = Some(cx.waker().clone());
+                }
+                match state.kept.as_mut().map(|k| k.poll_gone(cx)) {
+                    Some(Poll::Ready(())) => state.kept.take(),
                     _ => None,
                 }
             };
             // Dropped outside the lock: a drop may run arbitrary code.
-            drop(ended);
+            drop(gone);
             Poll::Pending
         })
         .await
@@ -122,49 +136,96 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
     use super::*;
+    use std::sync::atomic::{AtomicBool, Ordering};
     use std::time::Duration;
 
+    /// Gone once its flag is set; says when it is dropped.
+    struct Handle {
+        n: u32,
+        gone: Arc<AtomicBool>,
+        dropped: Option<tokio::sync::oneshot::Sender<u32>>,
+    }
+
+    impl Kept for Handle {
+        fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+            if self.gone.load(Ordering::SeqCst) {
+                return Poll::Ready(());
+            }
+            cx.waker().wake_by_ref();
+            Poll::Pending
+        }
+
+        fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+            self
+        }
+    }
+
+    impl Drop for Handle {
+        fn drop(&mut self) {
+            if let Some(tx) = self.dropped.take() {
+                let _ = tx.send(self.n);
+            }
+        }
+    }
+
+    struct Other;
+
+    impl Kept for Other {
+        fn poll_gone(&mut self, _: &mut Context<'_>) -> Poll<()> {
+            Poll::Pending
+        }
+
+        fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
+            self
+        }
+    }
+
+    fn handle(n: u32) -> (Handle, Arc<AtomicBool>, tokio::sync::oneshot::Receiver<u32>) {
+        let gone = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let h = Handle {
+            n,
+            gone: gone.clone(),
+            dropped: Some(tx),
+        };
+        (h, gone, rx)
+    }
+
     #[tokio::test]
-    async fn work_runs_in_the_runner_and_its_handle_goes_with_it() {
+    async fn a_kept_handle_is_taken_back_as_what_it_is_and_dropped_once_gone_or_ended() {
         let own = OwnTask::default();
         let runner = own.clone();
         let running = tokio::spawn(async move { runner.run().await });
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-        own.drive(
-            async move {
-                let _ = rx.await;
-                let _ = done_tx.send(());
-            },
-            7u32,
+        let (h, gone, dropped) = handle(7);
+        own.keep(h);
+        assert!(
+            own.take_kept::<Other>().is_none(),
+            "a handle of another type"
         );
-        assert_eq!(own.take_kept::<String>(), None, "a handle of another type");
-        assert_eq!(own.take_kept::<u32>(), Some(7));
-        own.put_back(7u32);
-        let (tx2, rx2) = tokio::sync::oneshot::channel::<()>();
-        own.drive(
-            async move {
-                let _ = rx2.await;
-            },
-            8u32,
+        let h = own.take_kept::<Handle>().unwrap();
+        assert_eq!(h.n, 7);
+        own.keep(h);
+        // Its other end goes: the runner drops it without a request asking.
+        gone.store(true, Ordering::SeqCst);
+        let n = tokio::time::timeout(Duration::from_secs(5), dropped)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(n, 7);
+        assert!(own.take_kept::<Handle>().is_none());
+        // Kept again, then the connection ends: dropped, and nothing is kept after.
+        let (h, _gone, dropped) = handle(8);
+        own.keep(h);
+        own.end();
+        assert_eq!(dropped.await.unwrap(), 8);
+        let (h, _gone, dropped) = handle(9);
+        own.keep(h);
+        assert_eq!(
+            dropped.await.unwrap(),
+            9,
+            "kept after the end: dropped at once"
         );
-        assert_eq!(own.take_kept::<u32>(), Some(8));
-        own.put_back(8u32);
-        // The first work was dropped by the second drive: its sender sees a closed receiver.
-        assert!(tx.send(()).is_err());
-        assert!(done_rx.await.is_err());
-        // The second ends: the runner drops it and its handle.
-        tx2.send(()).unwrap();
-        tokio::time::timeout(Duration::from_secs(5), async {
-            while own.state().work.is_some() {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await
-        .unwrap();
-        assert_eq!(own.take_kept::<u32>(), None);
-        own.put_back(9u32);
-        assert_eq!(own.take_kept::<u32>(), None, "no work: nothing is kept");
+        assert!(own.take_kept::<Handle>().is_none());
         running.abort();
     }
 }
