@@ -28,14 +28,6 @@ use crate::server::own_task::OwnTask;
 use crate::session::{minted, Owner};
 use crate::state::AppState;
 
-/// Headers that describe one hop, not the message (RFC 9110 §7.6.1, and the legacy
-/// `Proxy-Connection` and `Keep-Alive`): never forwarded either way, and neither is any header a
-/// `Connection` header names. `Proxy-Authorization` is a credential for this hop (the service
-/// takes none), `Proxy-Authenticate` the upstream's challenge for its own hop.
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
-}
-
 /// The headers the proxy adds to say who the client is (`FANOUT_PROXY_FORWARDED_HEADERS`).
 const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -492,9 +484,17 @@ fn states_length(headers: &HeaderMap, len: usize) -> bool {
 
 /// Removes the hop-by-hop headers and those their `Connection` names. A message without any
 /// (the usual one) is only looked at; one with a single `Connection` header (the usual one
-/// otherwise: `keep-alive`) allocates nothing.
+/// otherwise: `keep-alive`) allocates nothing, and only the hop-by-hop names it has are looked up
+/// to be removed.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    if !headers.keys().any(is_hop_by_hop) {
+    // Which of `HOP_BY_HOP` the message has, in one pass over its names.
+    let present = headers.keys().fold(0u16, |seen, name| {
+        HOP_BY_HOP
+            .iter()
+            .position(|h| h == name)
+            .map_or(seen, |i| seen | 1 << i)
+    });
+    if present == 0 {
         return;
     }
     let mut connection = headers.get_all(header::CONNECTION).iter();
@@ -511,12 +511,17 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     } else if let Some(v) = headers.remove(header::CONNECTION) {
         remove_named(headers, &v);
     }
-    for name in &HOP_BY_HOP {
-        headers.remove(name);
+    for (i, name) in HOP_BY_HOP.iter().enumerate() {
+        if present & 1 << i != 0 {
+            headers.remove(name);
+        }
     }
 }
 
-/// The hop-by-hop headers themselves (see [`is_hop_by_hop`]).
+/// Headers that describe one hop, not the message (RFC 9110 §7.6.1, and the legacy
+/// `Proxy-Connection` and `Keep-Alive`): never forwarded either way, and neither is any header a
+/// `Connection` header names. `Proxy-Authorization` is a credential for this hop (the service
+/// takes none), `Proxy-Authenticate` the upstream's challenge for its own hop.
 const HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
     HeaderName::from_static("proxy-connection"),
