@@ -1,4 +1,4 @@
-//! Proxy mode keeps one upstream connection for each HTTP/1.x client connection, driven inside
+//! Proxy mode keeps one upstream connection for each HTTP/1.x client connection, spoken to by
 //! that connection's task (docs/proxy.md, "Upstream connections"; `http::kept_upstream`):
 //!
 //! - two client connections taking turns each keep their own upstream connection (the pooled
@@ -7,6 +7,8 @@
 //!   HTTP side ends with an event stream handed off (the pool kept idle ones for 30 s);
 //! - one the upstream closes after an answer is replaced, the next request answered without an
 //!   error;
+//! - a request the upstream took and then closed on without answering is answered `502` and
+//!   never sent twice (only one whose write failed goes again, on a new connection);
 //! - a kept connection holds a permit of `FANOUT_UPSTREAM_MAX_CONNECTIONS` while idle too (the
 //!   requests on it none of their own), so the replica's upstream connections stay within the
 //!   bound when HTTP/2 clients' requests go on the pooled client beside them.
@@ -186,6 +188,42 @@ async fn an_upstream_connection_the_upstream_closes_is_replaced_without_an_error
         10,
         "each call on a new upstream connection"
     );
+    c.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_the_upstream_took_and_closed_on_is_answered_502_and_never_sent_twice() {
+    // The second request on the kept connection is read by the upstream, which then closes the
+    // connection without a word: it may have acted on it, so it is not sent again.
+    let up = RecordingUpstream::scripted(|log| {
+        if log.len() == 2 {
+            Reply::AnswerAndClose(Vec::new())
+        } else {
+            Reply::Answer(echo(log))
+        }
+    })
+    .await
+    .unwrap();
+    let r = proxy_for("kept-upstream-taken", &up, &[]).await;
+    let mut c = Client::connect(r.public_addr()).await;
+    let (status, body) = c.call("t-0").await;
+    assert_eq!((status, body["id"].as_str()), (200, Some("t-0")));
+    let (status, body) = c.call("t-1").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(
+        body["id"], "t-1",
+        "the error carries the request's id: {body}"
+    );
+    // The next request goes on a new connection and is answered.
+    let (status, body) = c.call("t-2").await;
+    assert_eq!((status, body["id"].as_str()), (200, Some("t-2")));
+    let ids: Vec<String> = up
+        .received()
+        .iter()
+        .filter_map(|r| r.json()["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids, ["t-0", "t-1", "t-2"], "each request received once");
+    assert_eq!(connections_of(&up, "t-").len(), 2);
     c.close();
 }
 

@@ -686,7 +686,7 @@ fn upstream_error(
 }
 
 /// A forwarded request that got no answer head: `502`, counted as `upstream_invalid` when the
-/// upstream sent something that is not an HTTP answer (a head over hyper's bound, a malformed
+/// upstream sent something that is not an HTTP answer (a head over the client's bound, a malformed
 /// status line or header), as `upstream_unreachable` otherwise (no connection, or closed before
 /// answering) — so an alert on unreachable upstreams is not set off by one that answers badly.
 fn no_answer(up: &Upstream, error: &ForwardError, request_body: &[u8]) -> Response {
