@@ -302,6 +302,11 @@ enum Cmd {
         /// Render from these saved JSON results instead of running (repeatable).
         #[arg(long)]
         from: Vec<PathBuf>,
+        /// Keep the results part of the existing `--out` file and render only the notes
+        /// (`bench/notes.md`) after it again: for a change to the notes when the saved results
+        /// are not at hand.
+        #[arg(long, conflicts_with = "from")]
+        notes_only: bool,
         /// Skip the 100k-over-6-replicas idle run.
         #[arg(long)]
         skip_100k: bool,
@@ -571,9 +576,13 @@ async fn run(cmd: Cmd) -> Result<ExitCode> {
             common,
             out,
             from,
+            notes_only,
             skip_100k,
             hold_100k_secs,
         } => {
+            if notes_only {
+                return report::rerender_notes(&out).await;
+            }
             return report::report(
                 &common_for_report(&common)?,
                 &common,

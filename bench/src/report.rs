@@ -96,6 +96,42 @@ fn machine() -> Value {
     })
 }
 
+/// The analysis rendered after the results: `bench/notes.md`.
+fn notes_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("notes.md")
+}
+
+/// `report --notes-only`: `out`'s results part (everything before the notes' first line, as a
+/// run or `--from` rendered it) kept as it is, and the notes rendered after it again from
+/// `bench/notes.md` — for a change to the notes when the run's saved rows are not at hand. The
+/// file is what `--from` with those rows would write.
+pub async fn rerender_notes(out: &Path) -> Result<ExitCode> {
+    let text = tokio::fs::read_to_string(out)
+        .await
+        .map_err(|e| BenchError::io(format!("reading {}", out.display()), e))?;
+    let notes = tokio::fs::read_to_string(notes_path())
+        .await
+        .map_err(|e| BenchError::io("reading bench/notes.md", e))?;
+    let first = notes.lines().next().unwrap_or_default();
+    let Some(at) = text
+        .match_indices(&format!("\n\n{first}\n"))
+        .map(|(at, _)| at + 2)
+        .next()
+        .filter(|_| !first.is_empty())
+    else {
+        return Err(BenchError::Missing(format!(
+            "{} has no notes part starting with {first:?} (bench/notes.md's first line): render it with --from",
+            out.display()
+        )));
+    };
+    let rendered = format!("{}{}\n", &text[..at], notes.trim_end());
+    tokio::fs::write(out, rendered)
+        .await
+        .map_err(|e| BenchError::io(format!("writing {}", out.display()), e))?;
+    progress(&format!("wrote {} (notes rendered again)", out.display()));
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `report`: run everything (or load saved rows) and write the markdown.
 pub async fn report(
     opts: &FanoutOpts,
@@ -661,8 +697,7 @@ fn render(rows: &[Row], notes: &[String], machine: &Value, pg_settings: &str) ->
             let _ = writeln!(md, "- {n}");
         }
     }
-    let analysis = Path::new(env!("CARGO_MANIFEST_DIR")).join("notes.md");
-    if let Ok(text) = std::fs::read_to_string(analysis) {
+    if let Ok(text) = std::fs::read_to_string(notes_path()) {
         let _ = writeln!(md, "\n{}", text.trim_end());
     }
     md
