@@ -76,8 +76,9 @@ pub struct ConnInfo {
     /// The service's responses not yet all on the wire (tells hyper's own parse-error answers
     /// from them).
     pub exchanges: Exchanges,
-    /// The connection's own task, to drive work in beside hyper's side (`own_task`): on
-    /// HTTP/1.x requests only, whose handlers run inside that task.
+    /// The connection's own task, where a handler keeps a handle for the next request, watched
+    /// beside hyper's side (`own_task`): on HTTP/1.x requests only, whose handlers run inside
+    /// that task.
     pub own_task: Option<OwnTask>,
 }
 
