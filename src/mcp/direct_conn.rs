@@ -210,12 +210,18 @@ impl DirectConn {
                 continue;
             }
             let (framing, keep_alive) = framing(request, status, version, &headers)?;
-            let mut resp = Response::new(DirectBody {
+            let mut body = DirectBody {
                 conn: Some(self),
                 framing,
                 keep_alive,
                 home: Some(home),
-            });
+            };
+            if matches!(framing, Framing::Done) {
+                // No body to read: the connection goes home now, not when (or if) someone polls
+                // an empty body (one that says it has ended may never be).
+                body.finish();
+            }
+            let mut resp = Response::new(body);
             *resp.status_mut() = status;
             *resp.version_mut() = version;
             *resp.headers_mut() = headers;
@@ -720,6 +726,24 @@ mod tests {
         )
         .await;
         assert_eq!(head.unwrap(), (200, Bytes::new(), true));
+    }
+
+    #[tokio::test]
+    async fn an_answer_without_a_body_sends_its_connection_home_unpolled() {
+        for answer in [
+            &b"HTTP/1.1 204 No Content\r\n\r\n"[..],
+            b"HTTP/1.1 202 Accepted\r\ncontent-length: 0\r\n\r\n",
+        ] {
+            let (conn, mut up) = pair().await;
+            up.write_all(answer).await.unwrap();
+            let (home, homed) = home();
+            let resp = conn.answer(&Method::POST, home).await.unwrap();
+            assert!(hyper::body::Body::is_end_stream(resp.body()));
+            assert!(
+                homed.lock().unwrap().is_some(),
+                "home before the body is polled"
+            );
+        }
     }
 
     #[tokio::test]
