@@ -43,10 +43,6 @@ impl own_task::Kept for Kept {
     fn poll_gone(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<()> {
         self.conn.poll_gone(cx)
     }
-
-    fn into_any(self: Box<Self>) -> Box<dyn std::any::Any + Send> {
-        self
-    }
 }
 
 impl Kept {
@@ -98,11 +94,10 @@ async fn send_kept(
     let req = direct.request(method, headers, body);
     // An idle connection the upstream closed, or sent something unasked on, is replaced. A new
     // connection takes over the permit of the one kept before (if any).
-    let (mut conn, lease) = match kept.and_then(|mut k| k.conn.is_reusable().then_some(k)) {
-        Some(Kept { conn, lease }) => (conn, lease),
-        None => (direct.connect().await?, lease.clone()),
+    let (mut conn, lease, reused) = match kept.and_then(|mut k| k.conn.is_reusable().then_some(k)) {
+        Some(Kept { conn, lease }) => (conn, lease, true),
+        None => (direct.connect().await?, lease.clone(), false),
     };
-    let reused = conn.used();
     if let Err(error) = conn.write(&req).await {
         if !reused {
             return Err(ForwardError::Direct(error.into()));

@@ -20,6 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use super::error::ErrorCode;
 use super::headers::MCP_SESSION_ID;
 use super::kept_upstream;
+use crate::mcp::direct_conn::Digits;
 use crate::mcp::forward_client::{ForwardError, UpstreamBody};
 use crate::mcp::in_flight::Lease;
 use crate::mcp::upstream::Upstream;
@@ -468,18 +469,7 @@ fn states_length(headers: &HeaderMap, len: usize) -> bool {
     let (Some(v), None) = (values.next(), values.next()) else {
         return false;
     };
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut n = len;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    v.as_bytes() == &digits[at..]
+    v.as_bytes() == Digits::of(len as u64).as_bytes()
 }
 
 /// Removes the hop-by-hop headers and those their `Connection` names. A message without any

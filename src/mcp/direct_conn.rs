@@ -32,7 +32,7 @@ use hyper::body::{Frame, SizeHint};
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-pub use super::forward_client::READ_BUF_MAX_BYTES;
+use super::forward_client::READ_BUF_MAX_BYTES;
 
 /// Most headers an answer's head may have (hyper's client default).
 pub const MAX_HEADERS: usize = 100;
@@ -67,8 +67,6 @@ pub struct DirectConn {
     io: TcpStream,
     /// Bytes read and not yet used.
     buf: BytesMut,
-    /// Whether a request went on it already (a failed write then means: closed while idle).
-    used: bool,
 }
 
 /// Where an answer's body ends.
@@ -117,7 +115,6 @@ impl DirectConn {
         DirectConn {
             io,
             buf: BytesMut::new(),
-            used: false,
         }
     }
 
@@ -153,14 +150,8 @@ impl DirectConn {
         }
     }
 
-    /// Whether a request went on this connection before.
-    pub fn used(&self) -> bool {
-        self.used
-    }
-
     /// Writes `req`. On an error the connection is unusable.
     pub async fn write(&mut self, req: &RequestBytes) -> std::io::Result<()> {
-        self.used = true;
         let Some(body) = &req.body else {
             return self.io.write_all(&req.head).await;
         };
@@ -331,14 +322,14 @@ impl RequestBytes {
     }
 }
 
-/// A number's decimal digits, without allocating.
-struct Digits {
+/// A number's decimal digits, without allocating (a length as `Content-Length` writes it).
+pub struct Digits {
     buf: [u8; 20],
     at: usize,
 }
 
 impl Digits {
-    fn of(mut n: u64) -> Digits {
+    pub fn of(mut n: u64) -> Digits {
         let mut d = Digits {
             buf: [0; 20],
             at: 20,
@@ -353,7 +344,7 @@ impl Digits {
         }
     }
 
-    fn as_bytes(&self) -> &[u8] {
+    pub fn as_bytes(&self) -> &[u8] {
         &self.buf[self.at..]
     }
 }

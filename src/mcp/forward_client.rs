@@ -24,7 +24,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::TcpStream;
 
-pub use super::direct_conn::{DirectBody, DirectConn, DirectError, Home, RequestBytes};
+pub use super::direct_conn::{DirectBody, DirectConn, DirectError, RequestBytes};
 
 /// How long connecting to the upstream may take.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);

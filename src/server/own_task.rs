@@ -23,9 +23,6 @@ pub trait Kept: Any + Send {
     /// `Ready` once the handle is of no more use (its other end closed it); polled while it is
     /// kept, with the connection's task's context.
     fn poll_gone(&mut self, cx: &mut Context<'_>) -> Poll<()>;
-
-    /// As `Any`, to be taken back as what it is.
-    fn into_any(self: Box<Self>) -> Box<dyn Any + Send>;
 }
 
 /// A connection's own task, as a place to keep a handle in; cheap to clone (one `Arc`).
@@ -54,13 +51,12 @@ impl OwnTask {
     /// Takes the handle kept, if there is one of type `K`.
     pub fn take_kept<K: Kept>(&self) -> Option<K> {
         let mut state = self.state();
-        let kept = state.kept.take()?;
-        if !(*kept).type_id().eq(&std::any::TypeId::of::<K>()) {
-            state.kept = Some(kept);
+        if !state.kept.as_deref().is_some_and(|k| <dyn Any>::is::<K>(k)) {
             return None;
         }
+        let kept: Box<dyn Any + Send> = state.kept.take()?;
         drop(state);
-        kept.into_any().downcast::<K>().ok().map(|k| *k)
+        kept.downcast::<K>().ok().map(|k| *k)
     }
 
     /// Keeps `kept` for the connection's next request, watched from now on; what was kept before
@@ -154,10 +150,6 @@ mod tests {
             cx.waker().wake_by_ref();
             Poll::Pending
         }
-
-        fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-            self
-        }
     }
 
     impl Drop for Handle {
@@ -173,10 +165,6 @@ mod tests {
     impl Kept for Other {
         fn poll_gone(&mut self, _: &mut Context<'_>) -> Poll<()> {
             Poll::Pending
-        }
-
-        fn into_any(self: Box<Self>) -> Box<dyn Any + Send> {
-            self
         }
     }
 
