@@ -9,6 +9,7 @@
 
 use std::any::Any;
 use std::convert::Infallible;
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::task::{Context, Poll};
 
@@ -64,48 +65,10 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let st = self.st.clone();
-        // First, so nothing after reads a forwarded header a peer not trusted to send it sent.
-        if let Some(trusted) = &st.config.trusted_proxies {
-            if let Some(peer) = req.extensions().get::<ConnInfo>().map(|c| c.peer) {
-                let judged =
-                    trusted.judge(peer, req.headers_mut(), st.config.client_address_header);
-                if !judged.trusted_peer && names_a_tenant(&st, &req) {
-                    let resp = AppError::Forbidden(
-                        "the tenant header is accepted only from the gateway (FANOUT_TRUSTED_PROXIES)",
-                    )
-                    .into_response();
-                    return std::future::ready(Ok(counted(&st, resp))).boxed();
-                }
-                if let Some(conn) = req.extensions_mut().get_mut::<ConnInfo>() {
-                    conn.client = judged.client;
-                }
-            }
-        }
-        if let Some(hosts) = &st.allowed_hosts {
-            // The public endpoints only: the admin listener has its own rules (tokens, or a
-            // loopback Host).
-            let public = matches!(req.uri().path(), "/mcp" | "/poll");
-            if public && !origin::host_allowed(req.headers(), hosts) {
-                let resp = AppError::Forbidden(
-                    "the request's Host is not one this service answers (FANOUT_ALLOWED_HOSTS)",
-                )
-                .into_response();
-                return std::future::ready(Ok(counted(&st, resp))).boxed();
-            }
-        }
-        if !origin::origin_allowed(req.headers(), &st.allowed_origins) {
-            let resp = AppError::Forbidden("the request's Origin is not allowed").into_response();
-            return std::future::ready(Ok(counted(&st, resp))).boxed();
-        }
-        let origin = req.headers().get(header::ORIGIN).cloned();
-        let preflight = req.method() == Method::OPTIONS
-            && req
-                .headers()
-                .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-        if preflight {
-            let resp = with_cors(preflight_answer(), origin);
-            return std::future::ready(Ok(counted(&st, resp))).boxed();
-        }
+        let origin = match admit(&st, &mut req) {
+            Admitted::Pass(origin) => origin,
+            Admitted::Answered(answered) => return std::future::ready(Ok(answered)).boxed(),
+        };
         let called = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
         async move {
             let resp = match called {
@@ -120,6 +83,95 @@ where
         }
         .boxed()
     }
+}
+
+/// `handler` behind the edge, as [`Edge`] runs a route, for a request the listener answers
+/// without the router (`POST /mcp`, see [`super::direct_routes`]): the same checks, the same
+/// answers, one future and no boxed service around it.
+pub async fn around<F, Fut>(st: AppState, mut req: Request, handler: F) -> Response
+where
+    F: FnOnce(AppState, Request) -> Fut,
+    Fut: Future<Output = Response>,
+{
+    let resp = match admit(&st, &mut req) {
+        Admitted::Pass(origin) => {
+            let resp = match AssertUnwindSafe(handler(st.clone(), req))
+                .catch_unwind()
+                .await
+            {
+                Ok(resp) => resp,
+                Err(panic) => panic_response(panic),
+            };
+            counted(&st, with_cors(resp, origin))
+        }
+        Admitted::Answered(answered) => answered,
+    };
+    with_length(resp)
+}
+
+/// A body of a known size gets its `Content-Length`, as axum's router gives it.
+fn with_length(mut resp: Response) -> Response {
+    use axum::body::HttpBody;
+    if !resp.headers().contains_key(header::CONTENT_LENGTH) {
+        if let Some(size) = resp.body().size_hint().exact() {
+            resp.headers_mut()
+                .insert(header::CONTENT_LENGTH, HeaderValue::from(size));
+        }
+    }
+    resp
+}
+
+/// What the edge makes of a request on its way in.
+enum Admitted {
+    /// It goes on to its route; its `Origin` is for the CORS headers of its answer.
+    Pass(Option<HeaderValue>),
+    /// The edge answers it itself (a refusal, a CORS preflight), counted.
+    Answered(Response),
+}
+
+/// The edge's checks on a request on its way in.
+fn admit(st: &AppState, req: &mut Request) -> Admitted {
+    // First, so nothing after reads a forwarded header a peer not trusted to send it sent.
+    if let Some(trusted) = &st.config.trusted_proxies {
+        if let Some(peer) = req.extensions().get::<ConnInfo>().map(|c| c.peer) {
+            let judged = trusted.judge(peer, req.headers_mut(), st.config.client_address_header);
+            if !judged.trusted_peer && names_a_tenant(st, req) {
+                let resp = AppError::Forbidden(
+                    "the tenant header is accepted only from the gateway (FANOUT_TRUSTED_PROXIES)",
+                )
+                .into_response();
+                return Admitted::Answered(counted(st, resp));
+            }
+            if let Some(conn) = req.extensions_mut().get_mut::<ConnInfo>() {
+                conn.client = judged.client;
+            }
+        }
+    }
+    if let Some(hosts) = &st.allowed_hosts {
+        // The public endpoints only: the admin listener has its own rules (tokens, or a
+        // loopback Host).
+        let public = matches!(req.uri().path(), "/mcp" | "/poll");
+        if public && !origin::host_allowed(req.headers(), hosts) {
+            let resp = AppError::Forbidden(
+                "the request's Host is not one this service answers (FANOUT_ALLOWED_HOSTS)",
+            )
+            .into_response();
+            return Admitted::Answered(counted(st, resp));
+        }
+    }
+    if !origin::origin_allowed(req.headers(), &st.allowed_origins) {
+        let resp = AppError::Forbidden("the request's Origin is not allowed").into_response();
+        return Admitted::Answered(counted(st, resp));
+    }
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let preflight = req.method() == Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if preflight {
+        return Admitted::Answered(counted(st, with_cors(preflight_answer(), origin)));
+    }
+    Admitted::Pass(origin)
 }
 
 /// The answer to an allowed CORS preflight.

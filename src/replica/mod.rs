@@ -117,7 +117,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let sup = Supervisor::new(st.metrics.clone(), stop_tasks.clone());
     let heartbeat = tasks::start(&sup, &st, &config, db);
     let (public_router, admin_router) = http::app(st.clone());
-    public_slot.set(public_router);
+    public_slot.set_with_direct(public_router, http::direct_post_mcp(st.clone()));
     if let (Some(slot), Some(router)) = (admin_slot, admin_router) {
         slot.set(router);
     }

@@ -24,7 +24,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::response::Response;
 use axum::Router;
+use futures::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -231,23 +233,75 @@ fn host_from_authority<B>(req: &mut hyper::Request<B>) {
     }
 }
 
+/// A request the listener answers without its router: the handler behind the edge, called
+/// directly (see [`RouterSlot::set_with_direct`]).
+pub type DirectRoute =
+    Arc<dyn Fn(hyper::Request<Body>) -> BoxFuture<'static, Response> + Send + Sync>;
+
+/// What a listener serves: its router, and the route it answers before it (`POST /mcp`, the
+/// request a proxying replica answers most).
+#[derive(Clone)]
+struct Served {
+    router: Router,
+    post_mcp: Option<DirectRoute>,
+}
+
 /// The router a listener serves, replaceable while serving: a replica answers probes with a
 /// "starting" router while the database comes up, then switches to the full one.
 #[derive(Clone)]
-pub struct RouterSlot(Arc<std::sync::RwLock<Router>>);
+pub struct RouterSlot(Arc<std::sync::RwLock<Served>>);
 
 impl RouterSlot {
     pub fn new(router: Router) -> RouterSlot {
-        RouterSlot(Arc::new(std::sync::RwLock::new(router)))
+        RouterSlot(Arc::new(std::sync::RwLock::new(Served {
+            router,
+            post_mcp: None,
+        })))
     }
 
     pub fn set(&self, router: Router) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = router;
+        self.replace(Served {
+            router,
+            post_mcp: None,
+        });
+    }
+
+    /// `router`, with `POST /mcp` answered by `post_mcp` without it. `post_mcp` must answer as
+    /// the router's own route would (the same layers around the same handler): what it saves is
+    /// the router's work per request — the route lookup, a boxed service cloned and a future
+    /// boxed per layer — on the request a proxying replica answers most.
+    pub fn set_with_direct(&self, router: Router, post_mcp: DirectRoute) {
+        self.replace(Served {
+            router,
+            post_mcp: Some(post_mcp),
+        });
+    }
+
+    fn replace(&self, served: Served) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = served;
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Served> {
+        self.0.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The route answering `req` without the router, if there is one.
+    fn direct_for<B>(&self, req: &hyper::Request<B>) -> Option<DirectRoute> {
+        if req.method() != hyper::Method::POST || req.uri().path() != "/mcp" {
+            return None;
+        }
+        self.read().post_mcp.clone()
     }
 
     fn current(&self) -> Router {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.read().router.clone()
     }
+}
+
+/// A request's answer in the making: by a route the listener answers itself, or by the router.
+enum Answering<R> {
+    Direct(BoxFuture<'static, Response>),
+    Routed(R),
 }
 
 /// Serves the slot's router on `listener` until `stop` is cancelled, then waits for open
@@ -342,9 +396,16 @@ pub async fn serve(
             host_from_authority(&mut req);
             let in_flight = activity.begin(req.version() < hyper::Version::HTTP_2);
             let exchange = info.exchanges.begin();
-            let answered = slot.current().oneshot(req);
+            let answering = match slot.direct_for(&req) {
+                Some(route) => Answering::Direct(route(req.map(Body::new))),
+                None => Answering::Routed(slot.current().oneshot(req)),
+            };
             async move {
-                let resp = exchange.carried_by(answered.await?);
+                let resp = match answering {
+                    Answering::Direct(answer) => answer.await,
+                    Answering::Routed(answer) => answer.await?,
+                };
+                let resp = exchange.carried_by(resp);
                 // The request is in progress until its response body is done; on HTTP/2 the
                 // body is under its stream's write-stall deadline, whatever it carries.
                 let watch = StreamWatch::current();
