@@ -298,7 +298,9 @@ async fn handle(
                 own_task: conn.own_task.clone(),
             };
             if adapted {
-                return Ok(era_adapter::forward(&st, up, forward).await);
+                // Boxed: the adapter's future is larger than the plain forward's, and the
+                // request's future (boxed once per request) would be its size on every request.
+                return Ok(Box::pin(era_adapter::forward(&st, up, forward)).await);
             }
             return Ok(proxy::forward(&st, up, forward).await);
         }

@@ -137,7 +137,7 @@ async fn forward_request(st: &AppState, up: &Upstream, f: Forward) -> Response {
     tokio::pin!(timer);
     let sent = before(
         timer.as_mut(),
-        kept_upstream::send(
+        std::pin::pin!(kept_upstream::send(
             up,
             own_task.as_ref(),
             kept,
@@ -145,7 +145,7 @@ async fn forward_request(st: &AppState, up: &Upstream, f: Forward) -> Response {
             method.clone(),
             headers,
             request_body.clone(),
-        ),
+        )),
     )
     .await;
     let mut resp = match sent {
@@ -281,7 +281,7 @@ async fn relay_body(
         )
     } else if !is_sse && known_len.is_some_and(|n| n <= HOLD_WHOLE_MAX_BYTES) {
         Body::from(
-            within(timer.as_mut(), resp.into_body().collect())
+            within(timer.as_mut(), std::pin::pin!(resp.into_body().collect()))
                 .await?
                 .to_bytes(),
         )
@@ -361,7 +361,13 @@ where
     let mut held = None;
     let read = before(
         timer,
-        hold(body, known_len, up.rewrite_max_bytes, &memory, &mut held),
+        std::pin::pin!(hold(
+            body,
+            known_len,
+            up.rewrite_max_bytes,
+            &memory,
+            &mut held
+        )),
     )
     .await
     .map_err(|Elapsed| BodyFailed::Timeout)??;
@@ -405,9 +411,9 @@ fn body_failed(up: &Upstream, failed: BodyFailed, request_body: &[u8]) -> Respon
 
 /// Reads an upstream body (`read`) before `timer` fires: a read error is a cut answer, the timer
 /// a timeout.
-async fn within<T, E: std::fmt::Display>(
+async fn within<T, E: std::fmt::Display, R: std::future::Future<Output = Result<T, E>>>(
     timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    read: impl std::future::Future<Output = Result<T, E>>,
+    read: std::pin::Pin<&mut R>,
 ) -> Result<T, BodyFailed> {
     match before(timer, read).await {
         Ok(Ok(v)) => Ok(v),
@@ -423,10 +429,13 @@ async fn within<T, E: std::fmt::Display>(
 struct Elapsed;
 
 /// `work`'s output, unless `timer` fires first. The same timer can bound several steps: it is
-/// registered once, where a `timeout` per step would register (and remove) one each.
+/// registered once, where a `timeout` per step would register (and remove) one each. `work` is
+/// pinned where the caller awaits this, not moved in: a future taken by value would be stored
+/// twice in this one's state (as its argument and where `select!` polls it), and the request's
+/// future, boxed once per request, would be the larger by the size of the whole upstream send.
 async fn before<F: std::future::Future>(
     timer: std::pin::Pin<&mut tokio::time::Sleep>,
-    work: F,
+    work: std::pin::Pin<&mut F>,
 ) -> Result<F::Output, Elapsed> {
     tokio::select! {
         biased;

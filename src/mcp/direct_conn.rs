@@ -177,7 +177,7 @@ impl DirectConn {
     ) -> Result<Response<DirectBody>, DirectError> {
         loop {
             let parsed = loop {
-                if let Some(parsed) = parse_head(&self.buf)? {
+                if let Some(parsed) = parse_head(&mut self.buf)? {
                     break parsed;
                 }
                 if self.buf.len() >= READ_BUF_MAX_BYTES {
@@ -188,12 +188,10 @@ impl DirectConn {
                 }
             };
             let Head {
-                len,
                 status,
                 version,
                 headers,
             } = parsed;
-            self.buf.advance(len);
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(DirectError::Invalid("101 without an upgrade asked for"));
             }
@@ -351,15 +349,14 @@ impl Digits {
 
 /// An answer head as parsed.
 struct Head {
-    /// Its length in bytes.
-    len: usize,
     status: StatusCode,
     version: Version,
     headers: HeaderMap,
 }
 
-/// The answer head at the start of `buf`, once it is whole.
-fn parse_head(buf: &[u8]) -> Result<Option<Head>, DirectError> {
+/// The answer head at the start of `buf`, once it is whole: taken off the buffer. Its header
+/// values are slices of the head's bytes (shared, as the body's chunks are), not copies.
+fn parse_head(buf: &mut BytesMut) -> Result<Option<Head>, DirectError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
     let len = match resp.parse(buf) {
@@ -378,16 +375,33 @@ fn parse_head(buf: &[u8]) -> Result<Option<Head>, DirectError> {
         Some(0) => Version::HTTP_10,
         _ => Version::HTTP_11,
     };
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
+    // Where each header's name and value lie in the head (the parse borrows the buffer, which
+    // is split below).
+    let start = buf.as_ptr() as usize;
+    let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
+    let count = resp.headers.len();
+    for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
+        let name = h.name.as_ptr() as usize - start;
+        let value = h.value.as_ptr() as usize - start;
+        // Within the head, which is at most READ_BUF_MAX_BYTES.
+        *span = (
+            name as u32,
+            (name + h.name.len()) as u32,
+            value as u32,
+            (value + h.value.len()) as u32,
+        );
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(name_at, name_end, value_at, value_end) in &spans[..count] {
+        let name = HeaderName::from_bytes(&head[name_at as usize..name_end as usize])
             .map_err(|_| DirectError::Invalid("header name"))?;
         let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| DirectError::Invalid("header value"))?;
+            HeaderValue::from_maybe_shared(head.slice(value_at as usize..value_end as usize))
+                .map_err(|_| DirectError::Invalid("header value"))?;
         headers.append(name, value);
     }
     Ok(Some(Head {
-        len,
         status,
         version,
         headers,
