@@ -65,8 +65,16 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let st = self.st.clone();
-        let origin = match admit(&st, &mut req) {
-            Admitted::Pass(origin) => origin,
+        let peer = req.extensions().get::<ConnInfo>().map(|c| c.peer);
+        let origin = match admit(&st, &mut req, peer) {
+            Admitted::Pass { origin, client } => {
+                if let (Some(client), Some(conn)) =
+                    (client, req.extensions_mut().get_mut::<ConnInfo>())
+                {
+                    conn.client = client;
+                }
+                origin
+            }
             Admitted::Answered(answered) => return std::future::ready(Ok(answered)).boxed(),
         };
         let called = std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req)));
@@ -86,16 +94,25 @@ where
 }
 
 /// `handler` behind the edge, as [`Edge`] runs a route, for a request the listener answers
-/// without the router (`POST /mcp`, see [`super::direct_routes`]): the same checks, the same
-/// answers, one future and no boxed service around it.
-pub async fn around<F, Fut>(st: AppState, mut req: Request, handler: F) -> Response
+/// without the router (`POST /mcp`, see [`super::direct_post_mcp`]): the same checks, the same
+/// answers, one future and no boxed service around it. The connection's details come beside
+/// the request, not in its extensions (a map allocated per request).
+pub async fn around<F, Fut>(
+    st: AppState,
+    mut conn: ConnInfo,
+    mut req: Request,
+    handler: F,
+) -> Response
 where
-    F: FnOnce(AppState, Request) -> Fut,
+    F: FnOnce(AppState, ConnInfo, Request) -> Fut,
     Fut: Future<Output = Response>,
 {
-    let resp = match admit(&st, &mut req) {
-        Admitted::Pass(origin) => {
-            let resp = match AssertUnwindSafe(handler(st.clone(), req))
+    let resp = match admit(&st, &mut req, Some(conn.peer)) {
+        Admitted::Pass { origin, client } => {
+            if let Some(client) = client {
+                conn.client = client;
+            }
+            let resp = match AssertUnwindSafe(handler(st.clone(), conn, req))
                 .catch_unwind()
                 .await
             {
@@ -123,17 +140,22 @@ fn with_length(mut resp: Response) -> Response {
 
 /// What the edge makes of a request on its way in.
 enum Admitted {
-    /// It goes on to its route; its `Origin` is for the CORS headers of its answer.
-    Pass(Option<HeaderValue>),
+    /// It goes on to its route; its `Origin` is for the CORS headers of its answer, and `client`
+    /// is who a trusted proxy says the request is from (the connection's `ConnInfo::client`).
+    Pass {
+        origin: Option<HeaderValue>,
+        client: Option<std::net::IpAddr>,
+    },
     /// The edge answers it itself (a refusal, a CORS preflight), counted.
     Answered(Response),
 }
 
-/// The edge's checks on a request on its way in.
-fn admit(st: &AppState, req: &mut Request) -> Admitted {
+/// The edge's checks on a request on its way in from `peer`.
+fn admit(st: &AppState, req: &mut Request, peer: Option<std::net::SocketAddr>) -> Admitted {
+    let mut client = None;
     // First, so nothing after reads a forwarded header a peer not trusted to send it sent.
     if let Some(trusted) = &st.config.trusted_proxies {
-        if let Some(peer) = req.extensions().get::<ConnInfo>().map(|c| c.peer) {
+        if let Some(peer) = peer {
             let judged = trusted.judge(peer, req.headers_mut(), st.config.client_address_header);
             if !judged.trusted_peer && names_a_tenant(st, req) {
                 let resp = AppError::Forbidden(
@@ -142,9 +164,7 @@ fn admit(st: &AppState, req: &mut Request) -> Admitted {
                 .into_response();
                 return Admitted::Answered(counted(st, resp));
             }
-            if let Some(conn) = req.extensions_mut().get_mut::<ConnInfo>() {
-                conn.client = judged.client;
-            }
+            client = Some(judged.client);
         }
     }
     if let Some(hosts) = &st.allowed_hosts {
@@ -171,7 +191,7 @@ fn admit(st: &AppState, req: &mut Request) -> Admitted {
     if preflight {
         return Admitted::Answered(counted(st, with_cors(preflight_answer(), origin)));
     }
-    Admitted::Pass(origin)
+    Admitted::Pass { origin, client }
 }
 
 /// The answer to an allowed CORS preflight.

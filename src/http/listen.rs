@@ -131,6 +131,16 @@ pub async fn post_mcp(State(st): State<AppState>, req: axum::extract::Request) -
     }
 }
 
+/// [`post_mcp`] with the connection's details beside the request (the listener's direct route,
+/// `super::direct_post_mcp`), not in its extensions.
+pub async fn post_mcp_on(st: AppState, conn: ConnInfo, req: axum::extract::Request) -> Response {
+    let (parts, body) = req.into_parts();
+    match handle(st, &conn, parts.version, parts.headers, body).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
 /// `DELETE /mcp`: forwarded in proxy mode (and the session's streams end on every replica);
 /// standalone, there is nothing to delete. Only the session's owner may delete it.
 pub async fn delete_mcp(

@@ -52,12 +52,7 @@ pub fn app(st: AppState) -> (Router, Option<Router>) {
 /// listener to call without the router (`server::RouterSlot::set_with_direct`). Tested against
 /// the router's own answers in this module's tests.
 pub fn direct_post_mcp(st: AppState) -> DirectRoute {
-    Arc::new(move |req| {
-        edge::around(st.clone(), req, |st, req| {
-            listen::post_mcp(axum::extract::State(st), req)
-        })
-        .boxed()
-    })
+    Arc::new(move |req, conn| edge::around(st.clone(), conn, req, listen::post_mcp_on).boxed())
 }
 
 /// What a replica serves while its database is not ready yet: live, not ready; streams are shed
@@ -283,7 +278,12 @@ mod tests {
             let routed = seen(&st, routed, before).await;
             let st = state();
             let before = errors(&st);
-            let direct = direct_post_mcp(st.clone())(copy()).await;
+            let conn = parts
+                .extensions
+                .get::<ConnInfo>()
+                .cloned()
+                .expect("the connection's details");
+            let direct = direct_post_mcp(st.clone())(copy(), conn).await;
             let direct = seen(&st, direct, before).await;
             assert!(
                 routed.0.starts_with(status.as_str()),

@@ -234,9 +234,9 @@ fn host_from_authority<B>(req: &mut hyper::Request<B>) {
 }
 
 /// A request the listener answers without its router: the handler behind the edge, called
-/// directly (see [`RouterSlot::set_with_direct`]).
+/// directly with the connection's details (see [`RouterSlot::set_with_direct`]).
 pub type DirectRoute =
-    Arc<dyn Fn(hyper::Request<Body>) -> BoxFuture<'static, Response> + Send + Sync>;
+    Arc<dyn Fn(hyper::Request<Body>, ConnInfo) -> BoxFuture<'static, Response> + Send + Sync>;
 
 /// What a listener serves: its router, and the route it answers before it (`POST /mcp`, the
 /// request a proxying replica answers most).
@@ -392,13 +392,15 @@ pub async fn serve(
                 // Its handler runs as a task of its own, beside the connection's other streams.
                 conn.own_task = None;
             }
-            req.extensions_mut().insert(conn);
             host_from_authority(&mut req);
             let in_flight = activity.begin(req.version() < hyper::Version::HTTP_2);
             let exchange = info.exchanges.begin();
             let answering = match slot.direct_for(&req) {
-                Some(route) => Answering::Direct(route(req.map(Body::new))),
-                None => Answering::Routed(slot.current().oneshot(req)),
+                Some(route) => Answering::Direct(route(req.map(Body::new), conn)),
+                None => {
+                    req.extensions_mut().insert(conn);
+                    Answering::Routed(slot.current().oneshot(req))
+                }
             };
             async move {
                 let resp = match answering {
@@ -409,9 +411,7 @@ pub async fn serve(
                 // The request is in progress until its response body is done; on HTTP/2 the
                 // body is under its stream's write-stall deadline, whatever it carries.
                 let watch = StreamWatch::current();
-                Ok::<_, Infallible>(
-                    resp.map(|body| Body::new(Watching::new(body, watch, in_flight))),
-                )
+                Ok::<_, Infallible>(resp.map(|body| Watching::new(body, watch, in_flight)))
             }
         });
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
