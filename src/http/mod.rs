@@ -18,16 +18,15 @@ pub mod proxy;
 pub mod sse;
 pub mod subscription;
 
+use std::sync::Arc;
+
 use axum::http::{Method, Uri};
 use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use tower_http::catch_panic::CatchPanicLayer;
-
-use std::sync::Arc;
-
 use futures::FutureExt;
+use tower_http::catch_panic::CatchPanicLayer;
 
 use self::error::AppError;
 use crate::server::DirectRoute;
