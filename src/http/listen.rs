@@ -120,19 +120,15 @@ impl IntoResponse for RpcError {
 /// `POST /mcp`. Takes the request whole: its headers move on to the upstream (proxy mode) as
 /// they are, and the connection's details are read in place (extractors would copy both).
 pub async fn post_mcp(State(st): State<AppState>, req: axum::extract::Request) -> Response {
-    let (parts, body) = req.into_parts();
-    let Some(conn) = parts.extensions.get::<ConnInfo>() else {
+    let Some(conn) = req.extensions().get::<ConnInfo>().cloned() else {
         tracing::error!("a request without its connection's details");
         return AppError::Internal.into_response();
     };
-    match handle(st, conn, parts.version, parts.headers, body).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
+    post_mcp_on(st, conn, req).await
 }
 
-/// [`post_mcp`] with the connection's details beside the request (the listener's direct route,
-/// `super::direct_post_mcp`), not in its extensions.
+/// [`post_mcp`] with the connection's details beside the request, not in its extensions: what
+/// the route runs, and what the listener's direct route (`super::direct_post_mcp`) calls.
 pub async fn post_mcp_on(st: AppState, conn: ConnInfo, req: axum::extract::Request) -> Response {
     let (parts, body) = req.into_parts();
     match handle(st, &conn, parts.version, parts.headers, body).await {

@@ -165,15 +165,7 @@ mod tests {
             req = req.header(*name, *value);
         }
         let mut req = req.body(Body::from(body.to_owned())).expect("a request");
-        req.extensions_mut().insert(ConnInfo {
-            peer,
-            client: peer.ip(),
-            socket: Default::default(),
-            handoff: Default::default(),
-            slot: None,
-            exchanges: Default::default(),
-            own_task: None,
-        });
+        req.extensions_mut().insert(ConnInfo::for_peer(peer));
         req
     }
 

@@ -85,6 +85,21 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
+    /// A connection's details as the accept loop makes them for a new connection from `peer`,
+    /// without a place under a cap (for tests that drive handlers and sockets directly).
+    #[cfg(test)]
+    pub fn for_peer(peer: SocketAddr) -> ConnInfo {
+        ConnInfo {
+            peer,
+            client: peer.ip(),
+            socket: SocketState::default(),
+            handoff: HandOff::default(),
+            slot: None,
+            exchanges: Exchanges::default(),
+            own_task: None,
+        }
+    }
+
     /// The request's own stream when the connection carries others (HTTP/2): the server resets it
     /// alone when it takes nothing for the write-stall deadline.
     pub fn stream_cut(&self) -> Option<StreamCut> {
@@ -240,7 +255,6 @@ pub type DirectRoute =
 
 /// What a listener serves: its router, and the route it answers before it (`POST /mcp`, the
 /// request a proxying replica answers most).
-#[derive(Clone)]
 struct Served {
     router: Router,
     post_mcp: Option<DirectRoute>,

@@ -234,22 +234,8 @@ impl AsyncWrite for StallGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::socket::SocketState;
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
-
-    /// A fresh connection's state, as the accept loop makes it.
-    fn conn_info(peer: std::net::SocketAddr) -> ConnInfo {
-        ConnInfo {
-            handoff: Default::default(),
-            peer,
-            client: peer.ip(),
-            socket: SocketState::default(),
-            slot: None,
-            exchanges: Default::default(),
-            own_task: None,
-        }
-    }
 
     #[tokio::test]
     async fn a_socket_that_stops_draining_fails_writes_after_the_deadline() {
@@ -258,7 +244,7 @@ mod tests {
         // The client connects and never reads.
         let _client = TcpStream::connect(addr).await.expect("connect");
         let (server_side, peer) = listener.accept().await.expect("accept");
-        let info = conn_info(peer);
+        let info = ConnInfo::for_peer(peer);
         let mut guarded = StallGuard::new(
             server_side,
             Duration::from_millis(200),
@@ -289,7 +275,7 @@ mod tests {
         client.set_recv_buffer_size(4096).expect("rcvbuf");
         let mut client = client.connect(addr).await.expect("connect");
         let (server_side, peer) = listener.accept().await.expect("accept");
-        let info = conn_info(peer);
+        let info = ConnInfo::for_peer(peer);
         let limit = Duration::from_millis(300);
         let mut guarded = StallGuard::new(
             server_side,
