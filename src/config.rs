@@ -364,6 +364,16 @@ pub struct ServeConfig {
     #[arg(long, env = "FANOUT_UPSTREAM")]
     pub upstream: Option<String>,
 
+    /// Proxy mode: how many threads serve the public listener's connections, each connection on
+    /// one of them from accept to close (`server::workers`). Event streams handed off after their
+    /// head, the fan-out and the admin listener run on the main runtime's threads (one per core,
+    /// `TOKIO_WORKER_THREADS`) whatever this is. One keeps a proxied request's work on one core:
+    /// ~16 % less CPU per request than the shared scheduler at a light load (bench/notes.md); raise
+    /// it toward the core count when proxied requests alone keep a core busy, or for HTTP/2
+    /// subscribers (an HTTP/2 connection's writes stay on its worker).
+    #[arg(long, env = "FANOUT_CONNECTION_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub connection_workers: u32,
+
     /// Proxy mode, for an `https://` upstream: PEM CA certificates trusted for its certificate,
     /// besides the Mozilla roots (a private CA, a mesh's own). Read once, at start.
     #[arg(long, env = "FANOUT_UPSTREAM_CA_FILE")]

@@ -9,6 +9,7 @@ use mcp_fanout::config::{Cli, Command, MigrateArgs};
 use mcp_fanout::db::{connect, Db, DbError};
 use mcp_fanout::log::postgres::migrate;
 use mcp_fanout::replica::{self, ServeError};
+use mcp_fanout::server::workers;
 use mcp_fanout::{allocator, cli, telemetry};
 
 /// mimalloc, counting what each worker frees so it collects its heap before it sleeps (see
@@ -26,6 +27,8 @@ enum StartError {
     Cli(#[from] cli::CliError),
     #[error("cannot start the runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Workers(#[from] workers::WorkersError),
 }
 
 fn main() -> ExitCode {
@@ -52,6 +55,11 @@ fn main() -> ExitCode {
                     tracing::warn!(error = %e, "cannot turn transparent huge pages off: freed memory may stay resident");
                 }
                 tokio::spawn(allocator::give_back_freed_memory());
+                if config.upstream.is_some() {
+                    // Proxy mode's public connections each stay on one thread.
+                    let count = usize::try_from(config.connection_workers).unwrap_or(1);
+                    workers::start(count, allocator::collect_before_sleeping)?;
+                }
                 Ok(replica::serve(*config).await?)
             }
             Command::Migrate(args) => run_migrate(args).await,

@@ -140,6 +140,18 @@ impl Drop for Attachment {
 }
 
 impl<S: AsRawFd> Attached<S> {
+    /// The same socket (the same descriptor) as another type, still tied to the state: `to`
+    /// converts it (a tokio socket to std's and back, moving it between runtimes). When `to`
+    /// fails it has closed the socket, and the state is untied.
+    pub fn try_map<T: AsRawFd, E>(
+        self,
+        to: impl FnOnce(S) -> Result<T, E>,
+    ) -> Result<Attached<T>, E> {
+        let Attached { attachment, socket } = self;
+        let socket = to(socket)?;
+        Ok(Attached { attachment, socket })
+    }
+
     /// The socket, no longer tied to the state (which no longer asks the kernel about it).
     pub fn into_inner(self) -> S {
         let Attached { attachment, socket } = self;

@@ -1,11 +1,14 @@
 //! Contract §1, §7.4: a subscriber that stops reading is ended (write-stall deadline, or
 //! cannot-keep-up) while the others keep receiving everything and publishes keep completing quickly;
 //! when it reconnects with its `Last-Event-ID` it receives everything it missed, exactly once.
+//! The same in proxy mode, where each stream's socket moves off its connection worker after the
+//! head (`server::workers`).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // tests may panic; see clippy.toml
 
 use std::time::Duration;
 
+use mcp_fanout_testkit::upstream::{Canned, RecordingUpstream};
 use mcp_fanout_testkit::{start, Replica, SseConn, SseRequest, Tally, SOON};
 use serde_json::{json, Value};
 use tokio::time::Instant;
@@ -58,31 +61,70 @@ async fn dropped_for_stall_or_lag(r: &Replica) -> f64 {
     total
 }
 
+/// The settings of both runs, plus `extra`.
+async fn replica(label: &str, extra: &[(&str, &str)]) -> Replica {
+    let stall = STALL_SECS.to_string();
+    let mut env = vec![
+        ("FANOUT_WRITE_STALL_SECS", stall.as_str()),
+        // The byte bound has a test of its own (slow_subscriber_bounds.rs); here the stall
+        // deadline (or the lag) ends the subscriber.
+        ("FANOUT_MAX_LAG_BYTES", "1073741824"),
+        ("FANOUT_MEMORY_EVENTS", "100000"),
+        ("FANOUT_MEMORY_BYTES", "1073741824"),
+    ];
+    env.extend_from_slice(extra);
+    start(label, &env).await
+}
+
+/// A GET stream, in session `session` when sessions are named.
+fn stream(sessions: bool, session: &str) -> SseRequest {
+    let req = SseRequest::mcp();
+    if sessions {
+        req.session(session)
+    } else {
+        req
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_subscriber_is_ended_others_get_everything_and_it_resumes_without_loss() {
-    let stall = STALL_SECS.to_string();
-    let r = start(
-        "slow",
+    let r = replica("slow", &[]).await;
+    stalled_subscriber(&r, true).await;
+}
+
+/// Proxy mode serves its connections on connection workers (`server::workers`), and a stream's
+/// socket moves from its worker to the main runtime once its head is written: the move keeps
+/// the socket's deadlines and the stream's every event.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_same_in_proxy_mode_where_streams_move_off_the_connection_workers() {
+    let up = RecordingUpstream::start(Canned::json(
+        &json!({"jsonrpc": "2.0", "id": 1, "result": {}}),
+    ))
+    .await
+    .expect("upstream");
+    let url = up.url("/mcp");
+    let r = replica(
+        "slow-proxy",
         &[
-            ("FANOUT_WRITE_STALL_SECS", stall.as_str()),
-            // The byte bound has a test of its own (slow_subscriber_bounds.rs); here the stall
-            // deadline (or the lag) ends the subscriber.
-            ("FANOUT_MAX_LAG_BYTES", "1073741824"),
-            ("FANOUT_MEMORY_EVENTS", "100000"),
-            ("FANOUT_MEMORY_BYTES", "1073741824"),
+            ("FANOUT_UPSTREAM", url.as_str()),
+            ("FANOUT_CONNECTION_WORKERS", "2"),
         ],
     )
     .await;
+    // A GET with a session id the proxy has not seen is refused (404): these streams have none.
+    stalled_subscriber(&r, false).await;
+}
 
+async fn stalled_subscriber(r: &Replica, sessions: bool) {
     let mut slow = r
-        .subscribe(&SseRequest::mcp().session(SLOW_SESSION).recv_buffer(4096))
+        .subscribe(&stream(sessions, SLOW_SESSION).recv_buffer(4096))
         .await
         .expect("slow subscriber connects");
     assert_eq!(slow.status(), 200);
     let mut fast = Vec::new();
     for i in 0..2 {
         let c = r
-            .subscribe(&SseRequest::mcp().session(&format!("fast-{i}")))
+            .subscribe(&stream(sessions, &format!("fast-{i}")))
             .await
             .expect("fast subscriber connects");
         assert_eq!(c.status(), 200);
@@ -122,7 +164,7 @@ async fn a_stalled_subscriber_is_ended_others_get_everything_and_it_resumes_with
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         slowest_publish = slowest_publish.max(t.elapsed());
-        if dropped_for_stall_or_lag(&r).await >= 1.0 {
+        if dropped_for_stall_or_lag(r).await >= 1.0 {
             break;
         }
         assert!(
@@ -184,11 +226,7 @@ async fn a_stalled_subscriber_is_ended_others_get_everything_and_it_resumes_with
 
     // Reconnect with its Last-Event-ID: everything it missed, once, in order.
     let mut again = r
-        .subscribe(
-            &SseRequest::mcp()
-                .session(SLOW_SESSION)
-                .last_event_id(&resume_from),
-        )
+        .subscribe(&stream(sessions, SLOW_SESSION).last_event_id(&resume_from))
         .await
         .expect("reconnect");
     assert_eq!(again.status(), 200);
@@ -206,6 +244,9 @@ async fn a_stalled_subscriber_is_ended_others_get_everything_and_it_resumes_with
     tally.assert_exact();
 
     // Counted (above) and logged with its session id.
+    if !sessions {
+        return;
+    }
     r.wait_for_log(
         "the drop of the slow subscriber, with its session id",
         SOON,

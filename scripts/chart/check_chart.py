@@ -843,6 +843,7 @@ SCHEMA_REJECTS = [
     ("preStop.sleepSeconds: 0", {"preStop": {"sleepSeconds": 0}}, r"/preStop/sleepSeconds"),
     ("proxy.maxRequestsPerClient: 0", {"proxy": {"maxRequestsPerClient": 0}}, r"/proxy/maxRequestsPerClient.*minimum"),
     ("config.maxConnectionsPerClient: 0", {"config": {"maxConnectionsPerClient": 0}}, r"/config/maxConnectionsPerClient.*minimum"),
+    ("proxy.connectionWorkers: 0", {"proxy": {"connectionWorkers": 0}}, r"/proxy/connectionWorkers.*minimum"),
     ("config.maxSubscribersPerClient: 0", {"config": {"maxSubscribersPerClient": 0}}, r"/config/maxSubscribersPerClient.*minimum"),
     ("config.sessionWritesPerClientPerMin: 0", {"config": {"sessionWritesPerClientPerMin": 0}}, r"/config/sessionWritesPerClientPerMin.*minimum"),
     ('config.trustedProxies: ["ingress.example"]', {"config": {"trustedProxies": ["ingress.example"]}}, r"/config/trustedProxies"),

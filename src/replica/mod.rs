@@ -165,6 +165,8 @@ fn conn_options(config: &ServeConfig, open_files: u64) -> (ConnOptions, ConnOpti
         http2_max_streams: config.http2_max_streams,
         // Proxy mode keeps an upstream connection in an HTTP/1.x client connection's task.
         own_tasks: config.upstream.is_some(),
+        // Proxy mode's connections each stay on one thread (when the binary runs the workers).
+        on_workers: config.upstream.is_some(),
         per_client: config
             .max_connections_per_client
             .map(|max| ConnectionsPerClient {
@@ -177,6 +179,7 @@ fn conn_options(config: &ServeConfig, open_files: u64) -> (ConnOptions, ConnOpti
         max_connections: admin_cap,
         own_tasks: false,
         per_client: None,
+        on_workers: false,
         ..public.clone()
     };
     (public, admin)

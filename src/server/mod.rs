@@ -17,6 +17,7 @@ mod parse_errors;
 mod self_wake;
 mod stall;
 pub mod stream_watch;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
@@ -30,11 +31,12 @@ use futures::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -164,6 +166,9 @@ pub struct ConnOptions {
     pub own_tasks: bool,
     /// Most connections one client may hold open (`None`: no bound per client).
     pub per_client: Option<ConnectionsPerClient>,
+    /// Serve each connection on one of the connection [`workers`] (when they run), not on the
+    /// listener's runtime.
+    pub on_workers: bool,
 }
 
 /// The listen backlog asked for (the kernel bounds it by `net.core.somaxconn`): connections past
@@ -337,7 +342,8 @@ pub async fn serve(
     };
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_ANSWERING));
     let mut refusal_logged: Option<Instant> = None;
-    let (first_request, idle) = (opts.first_request, opts.idle);
+    // Where handed-off streams are written, whichever runtime serves their connection.
+    let home = Handle::current();
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -371,6 +377,77 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%error, "set_nodelay failed");
         }
+        let conn = Connection {
+            peer,
+            slot: slot.clone(),
+            slot_permit,
+            client_place,
+            member: cap.sheddable.join(),
+            builder: builder.clone(),
+            graceful: graceful.watcher(),
+            writers: writers.clone(),
+            counts: refused.clone(),
+            opts: opts.clone(),
+            home: home.clone(),
+        };
+        if !opts.on_workers || !workers::started() {
+            tokio::spawn(conn.serve(stream));
+            continue;
+        }
+        // Moved to a worker's reactor: the socket leaves this runtime's first.
+        match stream.into_std() {
+            Ok(std) => {
+                workers::spawn(async move {
+                    match TcpStream::from_std(std) {
+                        Ok(stream) => conn.serve(stream).await,
+                        Err(error) => {
+                            tracing::warn!(%error, %peer, "cannot hand a connection to its worker");
+                        }
+                    }
+                });
+            }
+            Err(error) => tracing::warn!(%error, %peer, "cannot hand a connection to a worker"),
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    writers.close();
+    writers.wait().await;
+}
+
+/// An accepted connection and what serving it needs.
+struct Connection {
+    peer: SocketAddr,
+    slot: RouterSlot,
+    slot_permit: OwnedSemaphorePermit,
+    client_place: Option<Place>,
+    member: idle::Member,
+    builder: auto::Builder<StreamExec>,
+    graceful: Watcher,
+    writers: TaskTracker,
+    counts: ListenerCounts,
+    opts: ConnOptions,
+    /// The runtime the listener serves on, where a handed-off stream's writer runs.
+    home: Handle,
+}
+
+impl Connection {
+    /// Serves the connection until it ends, is closed for doing nothing, or is drained; on the
+    /// runtime it is polled on (its socket registered there).
+    async fn serve(self, stream: TcpStream) {
+        let Connection {
+            peer,
+            slot,
+            slot_permit,
+            client_place,
+            member,
+            builder,
+            graceful,
+            writers,
+            counts,
+            opts,
+            home,
+        } = self;
         let info = ConnInfo {
             peer,
             client: peer.ip(),
@@ -384,22 +461,20 @@ pub async fn serve(
             own_task: opts.own_tasks.then(OwnTask::default),
         };
         let own_task = info.own_task.clone();
-        let member = cap.sheddable.join();
         let activity = member.activity().clone();
         let io = TokioIo::new(
             StallGuard::new(
                 stream,
                 opts.write_stall,
                 info.clone(),
-                writers.clone(),
-                refused.clone(),
+                writers,
+                counts.clone(),
             )
-            .timing_heads(activity.clone()),
+            .timing_heads(activity.clone())
+            .writing_streams_on(home),
         );
         let handoff = info.handoff.clone();
-        let slot = slot.clone();
-        let counts = refused.clone();
-        let role = opts.role;
+        let (first_request, idle, role) = (opts.first_request, opts.idle, opts.role);
         let svc = tower::service_fn(move |mut req: hyper::Request<Incoming>| {
             let mut conn = info.clone();
             if req.version() >= hyper::Version::HTTP_2 {
@@ -431,8 +506,8 @@ pub async fn serve(
         let conn = builder.serve_connection_with_upgrades(io, TowerToHyperService::new(svc));
         let conn = graceful.watch(conn.into_owned());
         // The connection's wakes during its own poll (hyper's body channel, each request) are
-        // answered in place, not by a trip through the other worker (see `self_wake`).
-        tokio::spawn(SelfWake::new(async move {
+        // answered in place, not by a trip through the scheduler (see `self_wake`).
+        SelfWake::new(async move {
             tokio::select! {
                 ended = conn => {
                     if let Err(error) = ended {
@@ -452,12 +527,9 @@ pub async fn serve(
             if let Some(own) = &own_task {
                 own.end();
             }
-        }));
+        })
+        .await;
     }
-    drop(listener);
-    graceful.shutdown().await;
-    writers.close();
-    writers.wait().await;
 }
 
 /// A connection over its client's bound: answered `429 too_many_connections` (counted) and closed,

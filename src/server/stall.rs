@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::runtime::Handle;
 use tokio::time::Sleep;
 use tokio_util::task::TaskTracker;
 
@@ -38,6 +39,9 @@ pub(super) struct StallGuard {
     refused: ListenerCounts,
     /// The connection's activity, told of every read (a head's clock starts at its first byte).
     activity: Option<Arc<Activity>>,
+    /// Where a handed-off stream's writer runs, when not on this socket's own runtime (a
+    /// connection worker's: see `super::workers`).
+    home: Option<Handle>,
 }
 
 impl StallGuard {
@@ -58,7 +62,16 @@ impl StallGuard {
             writers,
             refused,
             activity: None,
+            home: None,
         }
+    }
+
+    /// A handed-off stream's writer runs on `home`, its socket moved to that runtime's reactor
+    /// (nothing moves when the socket is on that runtime already).
+    pub(super) fn writing_streams_on(mut self, home: Handle) -> StallGuard {
+        let here = Handle::try_current().ok().map(|h| h.id());
+        self.home = (here != Some(home.id())).then_some(home);
+        self
     }
 
     /// Tells `activity` of every read.
@@ -109,12 +122,26 @@ impl StallGuard {
         let Some(tcp) = self.inner.take() else {
             return;
         };
-        self.writers.spawn(handoff::write_stream(
-            tcp,
-            chunks,
-            self.limit,
-            self.info.clone(),
-        ));
+        let (limit, info) = (self.limit, self.info.clone());
+        match &self.home {
+            None => drop(self.writers.spawn(handoff::write_stream(tcp, chunks, limit, info))),
+            Some(home) => match tcp.try_map(TcpStream::into_std) {
+                Ok(std) => drop(self.writers.spawn_on(
+                    async move {
+                        match std.try_map(TcpStream::from_std) {
+                            Ok(tcp) => handoff::write_stream(tcp, chunks, limit, info).await,
+                            Err(error) => {
+                                tracing::warn!(%error, peer = %info.peer, "cannot move a stream to its writer");
+                            }
+                        }
+                    },
+                    home,
+                )),
+                Err(error) => {
+                    tracing::warn!(%error, peer = %info.peer, "cannot move a stream to its writer");
+                }
+            },
+        }
         // hyper polls its body again (which now fails) and lets go of the connection.
         cx.waker().wake_by_ref();
     }

@@ -413,6 +413,8 @@ install, upgrade, lint and template fails early with a sentence saying what to c
 - name: FANOUT_UPSTREAM_MAX_CONNECTIONS
   value: {{ $v.proxy.maxConnections | int64 | quote }}
 {{- end }}
+- name: FANOUT_CONNECTION_WORKERS
+  value: {{ $v.proxy.connectionWorkers | int64 | quote }}
 {{- if not (kindIs "invalid" $v.proxy.maxRequestsPerClient) }}
 - name: FANOUT_MAX_PROXY_REQUESTS_PER_CLIENT
   value: {{ $v.proxy.maxRequestsPerClient | int64 | quote }}

@@ -1,0 +1,109 @@
+//! Connection workers: single-threaded runtimes, one per core, each serving the connections
+//! handed to it from accept to close, as nginx's worker processes do. Proxy mode's public
+//! listener uses them (see `ConnOptions::on_workers`); everything else runs on the process's
+//! main runtime.
+//!
+//! On tokio's shared multi-thread scheduler a connection's wake-ups land on whichever worker
+//! thread holds the I/O driver at the time, so a proxied request's two halves (the client's
+//! request, the upstream's answer) run on one core or the other, each time from that core's cold
+//! caches, and two requests ready at once wake the sleeping worker (a futex, two context
+//! switches). Here a connection stays on the thread it was handed to: its socket is registered
+//! with that thread's reactor, and what it spawns (an HTTP/2 stream's task) runs there too.
+//! Measured on a proxied `tools/call` (bench/notes.md, "Connection workers for proxy mode").
+//!
+//! What must not wait behind requests leaves them: an event stream handed off after its head
+//! (`super::handoff`) is written by a task on the main runtime, as on every other listener, so a
+//! fan-out's writes are spread over the main runtime's workers and a worker's requests never
+//! queue behind them (nor they behind requests). The broadcaster, the database bridge, the accept
+//! loops and the admin listener stay on the main runtime; the two meet only through channels and
+//! wakers, which work across runtimes.
+//!
+//! Connections are handed out in turn. A worker's connections share its one thread: a handler
+//! must not block (none does: the CPU-heavy work is bounded per request).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+
+use tokio::runtime::Handle;
+
+/// The process's connection workers, once started (never, in tests that serve in-process: their
+/// connections run on the caller's runtime).
+static WORKERS: OnceLock<Workers> = OnceLock::new();
+
+struct Workers {
+    handles: Vec<Handle>,
+    next: AtomicUsize,
+}
+
+/// Why the workers could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkersError {
+    #[error("cannot start a connection worker thread: {0}")]
+    Thread(#[source] std::io::Error),
+    #[error("cannot build a connection worker's runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    #[error("a connection worker thread ended while starting")]
+    Gone,
+}
+
+/// Starts `count` connection workers (at least one) for the rest of the process; `on_park` runs
+/// whenever one is about to sleep (as the main runtime's `on_thread_park`). A second call does
+/// nothing.
+pub fn start(count: usize, on_park: fn()) -> Result<(), WorkersError> {
+    if WORKERS.get().is_some() {
+        return Ok(());
+    }
+    let mut handles = Vec::with_capacity(count.max(1));
+    for i in 0..count.max(1) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::Builder::new()
+            .name(format!("conn-worker-{i}"))
+            .spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .on_thread_park(on_park)
+                    .build();
+                match rt {
+                    Ok(rt) => {
+                        let _ = tx.send(Ok(rt.handle().clone()));
+                        // Runs the connections spawned onto it for the rest of the process.
+                        rt.block_on(std::future::pending::<()>());
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                    }
+                }
+            })
+            .map_err(WorkersError::Thread)?;
+        let handle = rx
+            .recv()
+            .map_err(|_| WorkersError::Gone)?
+            .map_err(WorkersError::Runtime)?;
+        handles.push(handle);
+    }
+    let _ = WORKERS.set(Workers {
+        handles,
+        next: AtomicUsize::new(0),
+    });
+    Ok(())
+}
+
+/// Whether the workers run (the binary starts them in proxy mode; in-process tests never do).
+pub fn started() -> bool {
+    WORKERS.get().is_some()
+}
+
+/// Runs `serve` (a connection, from its socket to its end) on the next worker in turn; `false`
+/// (and `serve` dropped) when no workers run.
+pub fn spawn<F>(serve: F) -> bool
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    let Some(w) = WORKERS.get() else {
+        return false;
+    };
+    let i = w.next.fetch_add(1, Ordering::Relaxed) % w.handles.len();
+    drop(w.handles[i].spawn(serve));
+    true
+}
