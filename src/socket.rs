@@ -141,14 +141,17 @@ impl Drop for Attachment {
 
 impl<S: AsRawFd> Attached<S> {
     /// The same socket (the same descriptor) as another type, still tied to the state: `to`
-    /// converts it (a tokio socket to std's and back, moving it between runtimes). When `to`
-    /// fails it has closed the socket, and the state is untied.
+    /// converts it (a tokio socket to std's and back, moving it between runtimes). The state is
+    /// untied while `to` runs (it may close the socket when it fails; the state then stays
+    /// untied) and tied again to what it returns.
     pub fn try_map<T: AsRawFd, E>(
         self,
         to: impl FnOnce(S) -> Result<T, E>,
     ) -> Result<Attached<T>, E> {
         let Attached { attachment, socket } = self;
+        attachment.0.detach();
         let socket = to(socket)?;
+        *attachment.0.fd() = Some(socket.as_raw_fd());
         Ok(Attached { attachment, socket })
     }
 
@@ -261,5 +264,29 @@ mod tests {
         assert_eq!(state.unacknowledged(), None, "dropping the guard detaches");
         state.cut(Cut::WriteStall);
         assert_eq!(state.cut_reason(), Some(Cut::WriteStall));
+    }
+
+    #[tokio::test]
+    async fn a_socket_moved_between_types_stays_tied_and_one_lost_in_the_move_does_not() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let _client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (server, _) = listener.accept().await.expect("accept");
+        let state = SocketState::default();
+        let fd = server.as_raw_fd();
+        let moved = state
+            .attach(server)
+            .try_map(tokio::net::TcpStream::into_std)
+            .expect("to std")
+            .try_map(tokio::net::TcpStream::from_std)
+            .expect("back to tokio");
+        assert_eq!(moved.as_raw_fd(), fd);
+        assert_eq!(state.unacknowledged(), Some(0), "still tied");
+        let lost: Result<Attached<tokio::net::TcpStream>, &str> = moved.try_map(|socket| {
+            drop(socket);
+            Err("lost")
+        });
+        assert!(lost.is_err());
+        assert_eq!(state.unacknowledged(), None, "untied");
     }
 }
