@@ -342,8 +342,9 @@ pub async fn serve(
     };
     let refusals = Arc::new(Semaphore::new(MAX_REFUSALS_ANSWERING));
     let mut refusal_logged: Option<Instant> = None;
-    // Where handed-off streams are written, whichever runtime serves their connection.
-    let home = Handle::current();
+    // Connections served on the workers have their handed-off streams written here.
+    let on_workers = opts.on_workers && workers::started();
+    let home = on_workers.then(Handle::current);
     loop {
         let (stream, peer) = tokio::select! {
             _ = stop.cancelled() => break,
@@ -390,23 +391,13 @@ pub async fn serve(
             opts: opts.clone(),
             home: home.clone(),
         };
-        if !opts.on_workers || !workers::started() {
+        if !on_workers {
             tokio::spawn(conn.serve(stream));
             continue;
         }
         // Moved to a worker's reactor: the socket leaves this runtime's first.
-        match stream.into_std() {
-            Ok(std) => {
-                workers::spawn(async move {
-                    match TcpStream::from_std(std) {
-                        Ok(stream) => conn.serve(stream).await,
-                        Err(error) => {
-                            tracing::warn!(%error, %peer, "cannot hand a connection to its worker");
-                        }
-                    }
-                });
-            }
-            Err(error) => tracing::warn!(%error, %peer, "cannot hand a connection to a worker"),
+        if let Some(task) = workers::moved(stream, peer, |stream| conn.serve(stream)) {
+            workers::spawn(task);
         }
     }
     drop(listener);
@@ -427,8 +418,9 @@ struct Connection {
     writers: TaskTracker,
     counts: ListenerCounts,
     opts: ConnOptions,
-    /// The runtime the listener serves on, where a handed-off stream's writer runs.
-    home: Handle,
+    /// The runtime the listener serves on, where a handed-off stream's writer runs, when the
+    /// connection is served on a worker.
+    home: Option<Handle>,
 }
 
 impl Connection {

@@ -66,11 +66,10 @@ impl StallGuard {
         }
     }
 
-    /// A handed-off stream's writer runs on `home`, its socket moved to that runtime's reactor
-    /// (nothing moves when the socket is on that runtime already).
-    pub(super) fn writing_streams_on(mut self, home: Handle) -> StallGuard {
-        let here = Handle::try_current().ok().map(|h| h.id());
-        self.home = (here != Some(home.id())).then_some(home);
+    /// A handed-off stream's writer runs on `home` (a connection served on a worker), its
+    /// socket moved to that runtime's reactor; on this socket's own runtime when `None`.
+    pub(super) fn writing_streams_on(mut self, home: Option<Handle>) -> StallGuard {
+        self.home = home;
         self
     }
 
@@ -123,24 +122,15 @@ impl StallGuard {
             return;
         };
         let (limit, info) = (self.limit, self.info.clone());
+        let peer = info.peer;
+        let write = move |tcp| handoff::write_stream(tcp, chunks, limit, info);
         match &self.home {
-            None => drop(self.writers.spawn(handoff::write_stream(tcp, chunks, limit, info))),
-            Some(home) => match tcp.try_map(TcpStream::into_std) {
-                Ok(std) => drop(self.writers.spawn_on(
-                    async move {
-                        match std.try_map(TcpStream::from_std) {
-                            Ok(tcp) => handoff::write_stream(tcp, chunks, limit, info).await,
-                            Err(error) => {
-                                tracing::warn!(%error, peer = %info.peer, "cannot move a stream to its writer");
-                            }
-                        }
-                    },
-                    home,
-                )),
-                Err(error) => {
-                    tracing::warn!(%error, peer = %info.peer, "cannot move a stream to its writer");
+            None => drop(self.writers.spawn(write(tcp))),
+            Some(home) => {
+                if let Some(task) = super::workers::moved(tcp, peer, write) {
+                    drop(self.writers.spawn_on(task, home));
                 }
-            },
+            }
         }
         // hyper polls its body again (which now fails) and lets go of the connection.
         cx.waker().wake_by_ref();

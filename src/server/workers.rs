@@ -22,10 +22,15 @@
 //! must not block (none does: the CPU-heavy work is bounded per request).
 
 use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
+
+use crate::socket::Attached;
 
 /// The process's connection workers, once started (never, in tests that serve in-process: their
 /// connections run on the caller's runtime).
@@ -106,4 +111,67 @@ where
     let i = w.next.fetch_add(1, Ordering::Relaxed) % w.handles.len();
     drop(w.handles[i].spawn(serve));
     true
+}
+
+/// A socket that can leave one runtime's reactor and join another's (its descriptor unchanged).
+pub(super) trait Movable: Sized {
+    /// The socket while it belongs to no reactor.
+    type Detached: Send + 'static;
+    /// Deregisters it from the current runtime's reactor.
+    fn detach(self) -> io::Result<Self::Detached>;
+    /// Registers it with the reactor of the runtime this is called on.
+    fn attach(detached: Self::Detached) -> io::Result<Self>;
+}
+
+impl Movable for TcpStream {
+    type Detached = std::net::TcpStream;
+
+    fn detach(self) -> io::Result<std::net::TcpStream> {
+        self.into_std()
+    }
+
+    fn attach(detached: std::net::TcpStream) -> io::Result<TcpStream> {
+        TcpStream::from_std(detached)
+    }
+}
+
+/// A socket with its state attached stays attached through the move.
+impl Movable for Attached<TcpStream> {
+    type Detached = Attached<std::net::TcpStream>;
+
+    fn detach(self) -> io::Result<Self::Detached> {
+        self.try_map(TcpStream::into_std)
+    }
+
+    fn attach(detached: Self::Detached) -> io::Result<Self> {
+        detached.try_map(TcpStream::from_std)
+    }
+}
+
+/// The task that runs `serve` with `socket` on whichever runtime it is spawned onto: the socket
+/// leaves this runtime's reactor now and joins the other's when the task first runs. `None` (the
+/// socket closed, the failure logged) when it cannot leave.
+pub(super) fn moved<S, F, Fut>(
+    socket: S,
+    peer: SocketAddr,
+    serve: F,
+) -> Option<impl Future<Output = ()> + Send + 'static>
+where
+    S: Movable + Send + 'static,
+    F: FnOnce(S) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send,
+{
+    let detached = match socket.detach() {
+        Ok(detached) => detached,
+        Err(error) => {
+            tracing::warn!(%error, %peer, "cannot move a socket to another runtime");
+            return None;
+        }
+    };
+    Some(async move {
+        match S::attach(detached) {
+            Ok(socket) => serve(socket).await,
+            Err(error) => tracing::warn!(%error, %peer, "cannot move a socket to another runtime"),
+        }
+    })
 }
