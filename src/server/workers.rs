@@ -1,5 +1,5 @@
-//! Connection workers: single-threaded runtimes, one per core, each serving the connections
-//! handed to it from accept to close, as nginx's worker processes do. Proxy mode's public
+//! Connection workers: single-threaded runtimes (`FANOUT_CONNECTION_WORKERS`, default one), each
+//! serving the connections handed to it from accept to close, as nginx's worker processes do. Proxy mode's public
 //! listener uses them (see `ConnOptions::on_workers`); everything else runs on the process's
 //! main runtime.
 //!
@@ -99,18 +99,21 @@ pub fn started() -> bool {
     WORKERS.get().is_some()
 }
 
-/// Runs `serve` (a connection, from its socket to its end) on the next worker in turn; `false`
-/// (and `serve` dropped) when no workers run.
-pub fn spawn<F>(serve: F) -> bool
+/// Runs `serve` (a connection, from its socket to its end) on the next worker in turn, or where
+/// the caller runs when no workers run (callers check [`started`] first, to keep the socket where
+/// it is).
+pub fn spawn<F>(serve: F)
 where
     F: Future<Output = ()> + Send + 'static,
 {
-    let Some(w) = WORKERS.get() else {
-        return false;
+    let handle = match WORKERS.get() {
+        Some(w) => &w.handles[w.next.fetch_add(1, Ordering::Relaxed) % w.handles.len()],
+        None => {
+            drop(tokio::spawn(serve));
+            return;
+        }
     };
-    let i = w.next.fetch_add(1, Ordering::Relaxed) % w.handles.len();
-    drop(w.handles[i].spawn(serve));
-    true
+    drop(handle.spawn(serve));
 }
 
 /// A socket that can leave one runtime's reactor and join another's (its descriptor unchanged).
