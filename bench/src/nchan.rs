@@ -52,12 +52,32 @@ impl Nchan {
 
     /// Starts nginx with `template` (`@PORT@` and `@PREFIX@` replaced, then each of `vars`) and
     /// waits until `probe` answers below 500; `how` says how to install what is missing.
+    /// The port is chosen before nginx binds it, so another process can take it in between: nginx
+    /// counts as started only once its own process listens there, and one that exits because
+    /// the port was taken is started again on another.
     pub async fn start_conf(
         template: &str,
         vars: &[(&str, String)],
         probe: &str,
         how: &str,
     ) -> Result<Nchan> {
+        for _ in 0..4 {
+            if let Some(n) = Nchan::start_on_free_port(template, vars, probe, how).await? {
+                return Ok(n);
+            }
+        }
+        Nchan::start_on_free_port(template, vars, probe, how)
+            .await?
+            .ok_or_else(|| BenchError::Missing("nginx: five ports were all taken".to_string()))
+    }
+
+    /// One attempt of [`Nchan::start_conf`]: `None` if nginx exited because its port was taken.
+    async fn start_on_free_port(
+        template: &str,
+        vars: &[(&str, String)],
+        probe: &str,
+        how: &str,
+    ) -> Result<Option<Nchan>> {
         let bin = nginx_bin(how)?;
         let dir = tempfile::Builder::new()
             .prefix("fanout-bench-nchan-")
@@ -95,18 +115,27 @@ impl Nchan {
         let http = crate::sut::http_client()?;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(resp) = http.get(n.url(probe)).send().await {
-                // 404 "no channel" before anyone subscribed is an answer too (nchan), and so is
-                // the MCP server's 405/406 to a bare GET (proxy).
-                if resp.status().as_u16() < 500 {
-                    return Ok(n);
+            let own = n
+                .child
+                .as_ref()
+                .is_some_and(|c| mcp_fanout_testkit::ports::listens_on(c.id(), port));
+            if own {
+                if let Ok(resp) = http.get(n.url(probe)).send().await {
+                    // 404 "no channel" before anyone subscribed is an answer too (nchan), and so
+                    // is the MCP server's 405/406 to a bare GET (proxy).
+                    if resp.status().as_u16() < 500 {
+                        return Ok(Some(n));
+                    }
                 }
             }
             if let Some(c) = n.child.as_mut() {
                 if let Ok(Some(status)) = c.try_wait() {
+                    let log = std::fs::read_to_string(&err_path).unwrap_or_default();
+                    if log.contains("Address already in use") {
+                        return Ok(None);
+                    }
                     return Err(BenchError::Missing(format!(
-                        "nginx exited ({status}): {}. {how}",
-                        std::fs::read_to_string(&err_path).unwrap_or_default()
+                        "nginx exited ({status}): {log}. {how}"
                     )));
                 }
             }

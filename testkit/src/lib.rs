@@ -29,6 +29,8 @@
 //! - [`h2c`]: HTTP/2 over cleartext with the `h2` crate, each stream's flow-control window in the
 //!   test's hands (streams that never open it, streams read as fast as they come).
 //! - [`nginx`], [`haproxy`]: real load balancers and gateways in front of replicas.
+//! - [`ports`]: starting such a server on a free port, and knowing it is its own process that
+//!   listens there.
 //! - [`upstream`]: a recording HTTP/1.1 upstream for proxy mode (what it received; a canned answer,
 //!   or one scripted per request, a 2025-era handshake among them).
 
@@ -52,6 +54,7 @@ pub mod metrics;
 pub mod nginx;
 pub mod openssl;
 pub mod poll;
+pub mod ports;
 pub mod postgres;
 pub mod replica;
 pub mod requests;

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use tokio::process::{Child, Command};
 
-use crate::wait::spawn_listening;
+use crate::ports::spawn_on_free_port;
 
 pub const NGINX: &str = "/usr/sbin/nginx";
 
@@ -40,37 +40,35 @@ impl Nginx {
     }
 
     /// nginx with `http_body(listen)` as the body of its `http {}` block, where `listen` is the
-    /// `127.0.0.1:PORT` its `server` must listen on (a free port). Waits until it accepts.
-    pub async fn start(http_body: impl FnOnce(&str) -> String) -> Nginx {
+    /// `127.0.0.1:PORT` its `server` must listen on (a free port). Waits until it listens there
+    /// itself (again on another port if that one was taken: [`crate::ports`]).
+    pub async fn start(http_body: impl Fn(&str) -> String) -> Nginx {
         assert!(
             Path::new(NGINX).exists(),
             "{NGINX} is required (apt-get install nginx; .ci/run installs it)"
         );
         let dir = tempfile::tempdir().expect("temp dir");
-        let port = crate::postgres::free_port().expect("a free port");
-        let addr: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
-        let p = dir.path().display();
-        let body = http_body(&addr.to_string());
-        let conf = format!(
-            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
-             error_log {p}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
-             http {{\n access_log off;\n client_body_temp_path {p}/body;\n\
-             proxy_temp_path {p}/proxy;\n fastcgi_temp_path {p}/fastcgi;\n\
-             uwsgi_temp_path {p}/uwsgi;\n scgi_temp_path {p}/scgi;\n{body}}}\n"
-        );
         let conf_path = dir.path().join("nginx.conf");
-        std::fs::write(&conf_path, conf).expect("write nginx.conf");
-        let child = spawn_listening(
-            "nginx",
-            Command::new(NGINX)
-                .arg("-p")
+        let p = dir.path().display().to_string();
+        let (child, addr) = spawn_on_free_port("nginx", |addr| {
+            let body = http_body(&addr.to_string());
+            let conf = format!(
+                "daemon off;\nmaster_process off;\nworker_processes 1;\npid {p}/nginx.pid;\n\
+                 error_log {p}/error.log warn;\nevents {{ worker_connections 1024; }}\n\
+                 http {{\n access_log off;\n client_body_temp_path {p}/body;\n\
+                 proxy_temp_path {p}/proxy;\n fastcgi_temp_path {p}/fastcgi;\n\
+                 uwsgi_temp_path {p}/uwsgi;\n scgi_temp_path {p}/scgi;\n{body}}}\n"
+            );
+            std::fs::write(&conf_path, conf).expect("write nginx.conf");
+            let mut cmd = Command::new(NGINX);
+            cmd.arg("-p")
                 .arg(dir.path())
                 .arg("-c")
                 .arg(&conf_path)
                 .arg("-e")
-                .arg(dir.path().join("error.log")),
-            addr,
-        )
+                .arg(dir.path().join("error.log"));
+            cmd
+        })
         .await;
         Nginx {
             _child: child,

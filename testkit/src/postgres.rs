@@ -366,6 +366,12 @@ impl Proc {
             .map_err(|e| Error::io(format!("checking on {}", self.what), e))
     }
 
+    /// Whether this process itself listens on `port`: until it does, whatever accepts there is
+    /// another process that took the port first ([`crate::ports`]).
+    fn listens_on(&self, port: u16) -> bool {
+        crate::ports::listens_on(self.child.id(), port)
+    }
+
     /// Sends `sig`, waits up to `timeout` for the exit, then kills.
     async fn stop(mut self, sig: libc::c_int, timeout: Duration) -> Result<ExitStatus> {
         if let Some(status) = self.try_wait()? {
@@ -1002,11 +1008,11 @@ impl PgCluster {
         });
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let exited = {
+            let (exited, own) = {
                 let mut guard = self.lock_proc();
                 match guard.as_mut() {
-                    Some(p) => p.try_wait()?,
-                    None => None,
+                    Some(p) => (p.try_wait()?, p.listens_on(self.port)),
+                    None => (None, false),
                 }
             };
             if let Some(status) = exited {
@@ -1017,9 +1023,11 @@ impl PgCluster {
                     self.log_tail()
                 )));
             }
-            if let Ok(client) = self.server.connect("postgres").await {
-                if client.simple_query("SELECT 1").await.is_ok() {
-                    return Ok(());
+            if own {
+                if let Ok(client) = self.server.connect("postgres").await {
+                    if client.simple_query("SELECT 1").await.is_ok() {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() >= deadline {
@@ -1252,11 +1260,11 @@ impl PgBouncer {
     async fn wait_ready(&self) -> Result<()> {
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let exited = {
+            let (exited, own) = {
                 let mut guard = self.proc.lock().unwrap_or_else(PoisonError::into_inner);
                 match guard.as_mut() {
-                    Some(p) => p.try_wait()?,
-                    None => None,
+                    Some(p) => (p.try_wait()?, p.listens_on(self.port)),
+                    None => (None, false),
                 }
             };
             if let Some(status) = exited {
@@ -1266,9 +1274,11 @@ impl PgBouncer {
                     self.log_tail()
                 )));
             }
-            if let Ok(rows) = self.server.query("postgres", "SELECT 1").await {
-                if !rows.is_empty() {
-                    return Ok(());
+            if own {
+                if let Ok(rows) = self.server.query("postgres", "SELECT 1").await {
+                    if !rows.is_empty() {
+                        return Ok(());
+                    }
                 }
             }
             if Instant::now() >= deadline {

@@ -47,24 +47,3 @@ where
     })
     .await
 }
-
-/// Starts `cmd` (stdout discarded, stderr inherited, killed on drop) and waits until something
-/// accepts on `addr`; panics naming `what` if it cannot start or does not listen in time.
-pub async fn spawn_listening(
-    what: &str,
-    cmd: &mut tokio::process::Command,
-    addr: std::net::SocketAddr,
-) -> tokio::process::Child {
-    let child = cmd
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::inherit())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("start {what}: {e}"));
-    wait_until(&format!("{what} listening"), SOON, || async {
-        tokio::net::TcpStream::connect(addr).await.is_ok()
-    })
-    .await
-    .unwrap_or_else(|e| panic!("{what} starts: {e}"));
-    child
-}

@@ -1,5 +1,5 @@
-"""FanoutSubscriptionBus against the real mcp-fanout binary (memory mode, started per test on a free
-port): own events once, resync as one event of each list kind, failover, publish errors.
+"""FanoutSubscriptionBus against the real mcp-fanout binary (memory mode, started per test on a port
+it binds itself, read from its log): own events once, resync as one event of each list kind, failover, publish errors.
 
 The binary: MCP_FANOUT_BIN, else target/debug/mcp-fanout of the repository. Run:
     MCP_FANOUT_BIN=target/debug/mcp-fanout python -m pytest clients/python/tests
@@ -11,9 +11,12 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from typing import IO
 from pathlib import Path
 
 import httpx2
@@ -49,13 +52,39 @@ def closed_url() -> str:
     return f"http://127.0.0.1:{free_port()}"
 
 
+def listening_url(proc: subprocess.Popen[str]) -> str:
+    """The public address the replica logs once bound (it binds port 0: a port chosen here first
+    could be taken by another process before the replica binds it, and that one would answer)."""
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        fields = entry.get("fields", {})
+        if fields.get("message") == "listening" and fields.get("role") == "public":
+            return f"http://{fields['addr']}"
+    raise AssertionError(f"mcp-fanout exited ({proc.wait()}) before it listened")
+
+
+def drain(stream: IO[str] | None) -> None:
+    for _ in stream or ():
+        pass
+
+
 @pytest.fixture
 def fanout() -> Iterator[str]:
     """A memory-mode mcp-fanout with an admin token; its base URL."""
-    port = free_port()
-    env = {"PATH": os.environ.get("PATH", ""), "FANOUT_ADDR": f"127.0.0.1:{port}", "FANOUT_ADMIN_TOKENS": TOKEN}
-    proc = subprocess.Popen([BIN], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "FANOUT_ADDR": "127.0.0.1:0",
+        "FANOUT_ADMIN_TOKENS": TOKEN,
+        "FANOUT_LOG_FORMAT": "json",
+    }
+    proc = subprocess.Popen([BIN], env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    url = listening_url(proc)
+    # Keep reading its log so that a full pipe never blocks it.
+    threading.Thread(target=drain, args=(proc.stdout,), daemon=True).start()
     deadline = time.monotonic() + 20
     while True:
         try:

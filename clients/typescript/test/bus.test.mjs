@@ -1,6 +1,6 @@
-// FanoutEventBus against the real mcp-fanout binary (memory mode, started per test on a free port):
-// own events once and in order, resync as one event of each list kind, failover, publish errors
-// reported to `onerror`, close() flushing the queue.
+// FanoutEventBus against the real mcp-fanout binary (memory mode, started per test on a port it
+// binds itself, read from its log): own events once and in order, resync as one event of each list
+// kind, failover, publish errors reported to `onerror`, close() flushing the queue.
 //
 // The binary: MCP_FANOUT_BIN, else target/debug/mcp-fanout of the repository. Needs dist/ (npm
 // install builds it). Run: MCP_FANOUT_BIN=target/debug/mcp-fanout node --test clients/typescript/test/
@@ -9,6 +9,7 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { createServer } from 'node:net';
 import { dirname, join } from 'node:path';
+import { createInterface } from 'node:readline';
 import { test } from 'node:test';
 import { fileURLToPath } from 'node:url';
 
@@ -37,15 +38,39 @@ async function until(pred, what, timeoutMs = 10_000) {
     }
 }
 
+/**
+ * The public address the replica logs once bound. It binds port 0: a port chosen here first could
+ * be taken by another process before the replica binds it, and that one would answer.
+ */
+function listeningUrl(child) {
+    return new Promise((resolve, reject) => {
+        const lines = createInterface({ input: child.stdout });
+        lines.on('line', line => {
+            let fields;
+            try {
+                fields = JSON.parse(line).fields ?? {};
+            } catch {
+                return;
+            }
+            if (fields.message === 'listening' && fields.role === 'public') resolve(`http://${fields.addr}`);
+        });
+        child.on('exit', code => reject(new Error(`mcp-fanout exited (${code}) before it listened`)));
+    });
+}
+
 /** A memory-mode mcp-fanout with an admin token, killed after the test; its base URL. */
 async function startFanout(t) {
-    const port = await freePort();
     const child = spawn(BIN, [], {
-        env: { PATH: process.env.PATH, FANOUT_ADDR: `127.0.0.1:${port}`, FANOUT_ADMIN_TOKENS: TOKEN },
-        stdio: 'ignore'
+        env: {
+            PATH: process.env.PATH,
+            FANOUT_ADDR: '127.0.0.1:0',
+            FANOUT_ADMIN_TOKENS: TOKEN,
+            FANOUT_LOG_FORMAT: 'json'
+        },
+        stdio: ['ignore', 'pipe', 'ignore']
     });
     t.after(() => child.kill('SIGKILL'));
-    const url = `http://127.0.0.1:${port}`;
+    const url = await listeningUrl(child);
     const deadline = Date.now() + 20_000;
     for (;;) {
         const ok = await fetch(`${url}/readyz`).then(

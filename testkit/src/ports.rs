@@ -1,0 +1,151 @@
+//! Servers the kit cannot give port 0 (nginx, HAProxy): a free port is chosen first and bound by
+//! the server later, so another process can take it in between. Then "something accepts on the
+//! port" would be that other process, and a test would talk to the wrong server. So a server
+//! counts as started only once *its own process* holds a listening socket on the port
+//! ([`listens_on`]); one that exits first is started again on another port.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+use tokio::time::Instant;
+
+use crate::wait::{POLL_INTERVAL, SOON};
+
+/// How many ports a server is tried on before the start fails.
+const ATTEMPTS: usize = 5;
+
+/// Whether process `pid` itself holds a socket listening on TCP `port` (IPv4 or IPv6): the
+/// listening sockets' inodes in `/proc/net/tcp{,6}` against the process's open files.
+pub fn listens_on(pid: u32, port: u16) -> bool {
+    let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|table| std::fs::read_to_string(table).ok())
+        .flat_map(|text| listening_inodes(&text, port))
+        .collect();
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+        .filter_map(|target| {
+            let t = target.to_string_lossy().into_owned();
+            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .any(|inode| inodes.contains(&inode))
+}
+
+/// The inodes of the sockets in LISTEN state (`0A`) on `port` in a `/proc/net/tcp` table.
+fn listening_inodes(table: &str, port: u16) -> Vec<String> {
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f.get(1)?.rsplit(':').next()?;
+            let listening = *f.get(3)? == "0A";
+            (listening && u16::from_str_radix(local_port, 16).ok()? == port)
+                .then(|| f.get(9).map(|s| s.to_string()))
+                .flatten()
+        })
+        .collect()
+}
+
+/// Starts `command(addr)` for a free `127.0.0.1` port (stdout discarded, stderr inherited, killed
+/// on drop) and waits until that process itself listens on it. If it exits first (its port was
+/// taken), it is started again on another port. Panics naming `what` if no attempt listens.
+pub async fn spawn_on_free_port(
+    what: &str,
+    mut command: impl FnMut(SocketAddr) -> Command,
+) -> (Child, SocketAddr) {
+    let mut exits = Vec::new();
+    for _ in 0..ATTEMPTS {
+        let port = crate::postgres::free_port().unwrap_or_else(|e| panic!("{what}: {e}"));
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let mut child = command(addr)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("start {what}: {e}"));
+        match own_listener(&mut child, port, SOON).await {
+            Started::Listening => return (child, addr),
+            Started::Exited(status) => exits.push(format!("port {port}: exited {status}")),
+            Started::TimedOut => panic!("{what} does not listen on {addr} within {SOON:?}"),
+        }
+    }
+    panic!("{what} did not start on any of {ATTEMPTS} ports: {exits:?}")
+}
+
+enum Started {
+    Listening,
+    Exited(std::process::ExitStatus),
+    TimedOut,
+}
+
+/// Waits until `child` listens on `port` itself, exits, or `timeout` passes.
+async fn own_listener(child: &mut Child, port: u16, timeout: Duration) -> Started {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Started::Exited(status);
+        }
+        if child.id().is_some_and(|pid| listens_on(pid, port)) {
+            return Started::Listening;
+        }
+        if Instant::now() >= deadline {
+            return Started::TimedOut;
+        }
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_listener_is_this_process_s_own_and_a_closed_one_is_not() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = l.local_addr().expect("addr").port();
+        assert!(listens_on(std::process::id(), port));
+        // Another process (pid 1) does not hold it.
+        assert!(!listens_on(1, port));
+        drop(l);
+        assert!(!listens_on(std::process::id(), port));
+    }
+
+    /// A server whose first port is taken by someone else: that someone's accepting is not
+    /// taken for the server's start; the server is started again on another port.
+    #[tokio::test]
+    async fn a_server_whose_port_was_taken_is_started_on_another() {
+        let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        let taken_port = taken.local_addr().expect("addr").port();
+        let mut ports = Vec::new();
+        let (child, addr) = spawn_on_free_port("http.server", |addr| {
+            let port = if ports.is_empty() {
+                taken_port
+            } else {
+                addr.port()
+            };
+            ports.push(port);
+            let mut cmd = Command::new("python3");
+            cmd.args([
+                "-m",
+                "http.server",
+                "--bind",
+                "127.0.0.1",
+                &port.to_string(),
+            ]);
+            cmd
+        })
+        .await;
+        assert_eq!(ports.len(), 2, "tried {ports:?}");
+        assert_ne!(addr.port(), taken_port);
+        let pid = child.id().expect("running");
+        assert!(listens_on(pid, addr.port()));
+        assert!(!listens_on(pid, taken_port));
+    }
+}
