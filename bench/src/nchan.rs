@@ -118,7 +118,7 @@ impl Nchan {
             let own = n
                 .child
                 .as_ref()
-                .is_some_and(|c| mcp_fanout_testkit::ports::listens_on(c.id(), port));
+                .is_some_and(|c| mcp_fanout_testkit::ports::may_listen_on(c.id(), port));
             if own {
                 if let Ok(resp) = http.get(n.url(probe)).send().await {
                     // 404 "no channel" before anyone subscribed is an answer too (nchan), and so

@@ -2,7 +2,7 @@
 //! the server later, so another process can take it in between. Then "something accepts on the
 //! port" would be that other process, and a test would talk to the wrong server. So a server
 //! counts as started only once *its own process* holds a listening socket on the port
-//! ([`listens_on`]); one that exits first is started again on another port.
+//! ([`listens_on`]) and accepts; one that exits first is started again on another port.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -16,25 +16,29 @@ use crate::wait::{POLL_INTERVAL, SOON};
 const ATTEMPTS: usize = 5;
 
 /// Whether process `pid` itself holds a socket listening on TCP `port` (IPv4 or IPv6): the
-/// listening sockets' inodes in `/proc/net/tcp{,6}` against the process's open files.
-pub fn listens_on(pid: u32, port: u16) -> bool {
+/// listening sockets' inodes in `/proc/net/tcp{,6}` against the process's open files. `None` when
+/// its open files cannot be read (another user's process without `CAP_SYS_PTRACE`): then only
+/// whether something answers can tell, as before this check.
+pub fn listens_on(pid: u32, port: u16) -> Option<bool> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
     let inodes: Vec<String> = ["/proc/net/tcp", "/proc/net/tcp6"]
         .iter()
         .filter_map(|table| std::fs::read_to_string(table).ok())
         .flat_map(|text| listening_inodes(&text, port))
         .collect();
-    if inodes.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
-        .filter_map(|target| {
-            let t = target.to_string_lossy().into_owned();
-            Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
-        })
-        .any(|inode| inodes.contains(&inode))
+    Some(
+        fds.filter_map(|fd| std::fs::read_link(fd.ok()?.path()).ok())
+            .filter_map(|target| {
+                let t = target.to_string_lossy().into_owned();
+                Some(t.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+            })
+            .any(|inode| inodes.contains(&inode)),
+    )
+}
+
+/// Whether `pid` listens on `port` as far as can be told: yes, or its open files cannot be read.
+pub fn may_listen_on(pid: u32, port: u16) -> bool {
+    listens_on(pid, port).unwrap_or(true)
 }
 
 /// The inodes of the sockets in LISTEN state (`0A`) on `port` in a `/proc/net/tcp` table.
@@ -92,7 +96,11 @@ async fn own_listener(child: &mut Child, port: u16, timeout: Duration) -> Starte
         if let Ok(Some(status)) = child.try_wait() {
             return Started::Exited(status);
         }
-        if child.id().is_some_and(|pid| listens_on(pid, port)) {
+        if child.id().is_some_and(|pid| may_listen_on(pid, port))
+            && tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .is_ok()
+        {
             return Started::Listening;
         }
         if Instant::now() >= deadline {
@@ -110,11 +118,11 @@ mod tests {
     fn a_listener_is_this_process_s_own_and_a_closed_one_is_not() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         let port = l.local_addr().expect("addr").port();
-        assert!(listens_on(std::process::id(), port));
-        // Another process (pid 1) does not hold it.
-        assert!(!listens_on(1, port));
+        assert_eq!(listens_on(std::process::id(), port), Some(true));
+        // Another process (pid 1) does not hold it (or its files cannot be read).
+        assert_ne!(listens_on(1, port), Some(true));
         drop(l);
-        assert!(!listens_on(std::process::id(), port));
+        assert_eq!(listens_on(std::process::id(), port), Some(false));
     }
 
     /// A server whose first port is taken by someone else: that someone's accepting is not
@@ -145,7 +153,7 @@ mod tests {
         assert_eq!(ports.len(), 2, "tried {ports:?}");
         assert_ne!(addr.port(), taken_port);
         let pid = child.id().expect("running");
-        assert!(listens_on(pid, addr.port()));
-        assert!(!listens_on(pid, taken_port));
+        assert_eq!(listens_on(pid, addr.port()), Some(true));
+        assert_eq!(listens_on(pid, taken_port), Some(false));
     }
 }

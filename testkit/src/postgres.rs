@@ -369,7 +369,7 @@ impl Proc {
     /// Whether this process itself listens on `port`: until it does, whatever accepts there is
     /// another process that took the port first ([`crate::ports`]).
     fn listens_on(&self, port: u16) -> bool {
-        crate::ports::listens_on(self.child.id(), port)
+        crate::ports::may_listen_on(self.child.id(), port)
     }
 
     /// Sends `sig`, waits up to `timeout` for the exit, then kills.
