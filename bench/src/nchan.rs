@@ -61,14 +61,15 @@ impl Nchan {
         probe: &str,
         how: &str,
     ) -> Result<Nchan> {
-        for _ in 0..4 {
+        const ATTEMPTS: usize = 5;
+        for _ in 0..ATTEMPTS {
             if let Some(n) = Nchan::start_on_free_port(template, vars, probe, how).await? {
                 return Ok(n);
             }
         }
-        Nchan::start_on_free_port(template, vars, probe, how)
-            .await?
-            .ok_or_else(|| BenchError::Missing("nginx: five ports were all taken".to_string()))
+        Err(BenchError::Missing(format!(
+            "nginx: its port was taken on each of {ATTEMPTS} tries"
+        )))
     }
 
     /// One attempt of [`Nchan::start_conf`]: `None` if nginx exited because its port was taken.

@@ -1,7 +1,7 @@
 //! Connection workers: single-threaded runtimes (`FANOUT_CONNECTION_WORKERS`, default one), each
-//! serving the connections handed to it from accept to close, as nginx's worker processes do. Proxy mode's public
-//! listener uses them (see `ConnOptions::on_workers`); everything else runs on the process's
-//! main runtime.
+//! serving the connections handed to it from accept to close, as nginx's worker processes do.
+//! Proxy mode's public listener uses them (see `ConnOptions::on_workers`); everything else runs on
+//! the process's main runtime.
 //!
 //! On tokio's shared multi-thread scheduler a connection's wake-ups land on whichever worker
 //! thread holds the I/O driver at the time, so a proxied request's two halves (the client's

@@ -30,13 +30,9 @@ impl HaProxy {
         );
         let dir = tempfile::tempdir().expect("temp dir");
         let conf_path = dir.path().join("haproxy.cfg");
-        let mut checked = false;
         let (child, addr) = spawn_on_free_port("haproxy", |addr| {
             std::fs::write(&conf_path, config(&addr.to_string())).expect("write haproxy.cfg");
-            if !checked {
-                check(&conf_path);
-                checked = true;
-            }
+            check(&conf_path);
             let mut cmd = Command::new(HAPROXY);
             cmd.arg("-db").arg("-f").arg(&conf_path);
             cmd

@@ -5,12 +5,11 @@
 //! ([`listens_on`]) and accepts; one that exits first is started again on another port.
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
+use tokio::net::TcpStream;
 use tokio::process::{Child, Command};
-use tokio::time::Instant;
 
-use crate::wait::{POLL_INTERVAL, SOON};
+use crate::wait::{wait_for, SOON};
 
 /// How many ports a server is tried on before the start fails.
 const ATTEMPTS: usize = 5;
@@ -58,8 +57,9 @@ fn listening_inodes(table: &str, port: u16) -> Vec<String> {
 }
 
 /// Starts `command(addr)` for a free `127.0.0.1` port (stdout discarded, stderr inherited, killed
-/// on drop) and waits until that process itself listens on it. If it exits first (its port was
-/// taken), it is started again on another port. Panics naming `what` if no attempt listens.
+/// on drop) and waits until that process itself listens on it and accepts. If it exits first (its
+/// port was taken), it is started again on another port. Panics naming `what` if no attempt
+/// listens.
 pub async fn spawn_on_free_port(
     what: &str,
     mut command: impl FnMut(SocketAddr) -> Command,
@@ -74,40 +74,26 @@ pub async fn spawn_on_free_port(
             .kill_on_drop(true)
             .spawn()
             .unwrap_or_else(|e| panic!("start {what}: {e}"));
-        match own_listener(&mut child, port, SOON).await {
-            Started::Listening => return (child, addr),
-            Started::Exited(status) => exits.push(format!("port {port}: exited {status}")),
-            Started::TimedOut => panic!("{what} does not listen on {addr} within {SOON:?}"),
+        // `Ok` once it listens itself, `Err(status)` if it exited first.
+        let started = wait_for(&format!("{what} listening on {addr}"), SOON, || {
+            let exited = child.try_wait().ok().flatten();
+            let own = child.id().is_some_and(|pid| may_listen_on(pid, port));
+            async move {
+                match exited {
+                    Some(status) => Some(Err(status)),
+                    None if own && TcpStream::connect(addr).await.is_ok() => Some(Ok(())),
+                    None => None,
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+        match started {
+            Ok(()) => return (child, addr),
+            Err(status) => exits.push(format!("port {port}: exited {status}")),
         }
     }
     panic!("{what} did not start on any of {ATTEMPTS} ports: {exits:?}")
-}
-
-enum Started {
-    Listening,
-    Exited(std::process::ExitStatus),
-    TimedOut,
-}
-
-/// Waits until `child` listens on `port` itself, exits, or `timeout` passes.
-async fn own_listener(child: &mut Child, port: u16, timeout: Duration) -> Started {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return Started::Exited(status);
-        }
-        if child.id().is_some_and(|pid| may_listen_on(pid, port))
-            && tokio::net::TcpStream::connect(("127.0.0.1", port))
-                .await
-                .is_ok()
-        {
-            return Started::Listening;
-        }
-        if Instant::now() >= deadline {
-            return Started::TimedOut;
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
 }
 
 #[cfg(test)]

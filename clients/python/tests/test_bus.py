@@ -1,5 +1,6 @@
 """FanoutSubscriptionBus against the real mcp-fanout binary (memory mode, started per test on a port
-it binds itself, read from its log): own events once, resync as one event of each list kind, failover, publish errors.
+it binds itself, read from its log): own events once, resync as one event of each list kind,
+failover, publish errors.
 
 The binary: MCP_FANOUT_BIN, else target/debug/mcp-fanout of the repository. Run:
     MCP_FANOUT_BIN=target/debug/mcp-fanout python -m pytest clients/python/tests
@@ -9,15 +10,15 @@ The binary: MCP_FANOUT_BIN, else target/debug/mcp-fanout of the repository. Run:
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
-import json
 import subprocess
 import threading
 import time
 from collections.abc import Iterator
-from typing import IO
 from pathlib import Path
+from typing import IO
 
 import httpx2
 import pytest
